@@ -1,0 +1,81 @@
+//! `/v1/events`: the event log over HTTP. `GET` is a cursor feed (long-poll with `waitMs`) for
+//! consumers that poll instead of subscribing; `POST` appends an event the way another
+//! service's XADD would, validated first (admin only).
+
+use super::problem::{ApiResult, Problem};
+use super::{AppState, json_object};
+use crate::auth::Principal;
+use crate::engine::LogEntry;
+use crate::model::{EventId, OrderEvent};
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const MAX_LIMIT: usize = 1000;
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedQuery {
+    /// Cursor: an event id, `0` for the oldest retained, `$` for "from now".
+    after: Option<String>,
+    limit: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+/// `GET /v1/events?after=&limit=&waitMs=`: events after the cursor, oldest first, and the
+/// cursor to ask with next. Partners see only their own orders' events. Malformed entries are
+/// skipped here (the event tail counts and sets them aside).
+pub async fn list_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<FeedQuery>,
+) -> ApiResult<Json<Value>> {
+    let after = match q.after.as_deref() {
+        None | Some("0") | Some("") => EventId::ZERO,
+        Some("$") => state.engine.last_event_id().await?,
+        Some(cursor) => cursor.parse::<EventId>().map_err(Problem::bad_request)?,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let entries = state.engine.read_events(after, limit, wait).await?;
+    let mut next = after;
+    let mut events = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if let Ok(id) = entry.id() {
+            next = next.max(id);
+        }
+        if let LogEntry::Event(e) = entry
+            && principal.may_access_order(e.event.partner_id.as_deref())
+        {
+            events.push(e);
+        }
+    }
+    Ok(Json(json!({ "events": events, "next": next.to_string() })))
+}
+
+/// `POST /v1/events` (admin): appends a validated event, as an external producer would.
+pub async fn publish_event(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !principal.is_admin() {
+        return Err(Problem::forbidden("Only admin keys may publish events."));
+    }
+    let body = json_object(&headers, body)?;
+    let raw = serde_json::to_string(&body).unwrap_or_default();
+    let event = OrderEvent::parse(&raw)
+        .map_err(|e| Problem::bad_request(format!("Not an event in the documented form: {e}")))?;
+    let id = state.engine.append_raw_event(&event.to_json()).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "eventId": id.to_string() })),
+    ))
+}

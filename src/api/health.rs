@@ -1,0 +1,63 @@
+//! Liveness, readiness and metrics.
+
+use super::AppState;
+use super::problem::Problem;
+use crate::auth::Principal;
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::{HeaderValue, Request, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::time::Duration;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the engine answers now.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, state.engine.ping()).await {
+        Ok(Ok(())) => {
+            Json(json!({ "status": "ready", "engine": state.engine.kind() })).into_response()
+        }
+        Ok(Err(e)) => {
+            Problem::unavailable(format!("engine {} unreachable: {e}", state.engine.kind()))
+                .into_response()
+        }
+        Err(_) => Problem::unavailable(format!(
+            "engine {} did not answer in time",
+            state.engine.kind()
+        ))
+        .into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format. Needs an admin key unless `http.public_metrics`.
+pub async fn metrics(
+    State(state): State<AppState>,
+    request: Request<axum::body::Body>,
+) -> Response {
+    if !state.config.http.public_metrics {
+        let (mut parts, _) = request.into_parts();
+        match Principal::from_request_parts(&mut parts, &state).await {
+            Ok(p) if p.is_admin() => {}
+            Ok(_) => return Problem::forbidden("Metrics need an admin key.").into_response(),
+            Err(problem) => return problem.into_response(),
+        }
+    }
+    let queue = tokio::time::timeout(READY_TIMEOUT, state.engine.queue_stats()).await;
+    let queue = match queue {
+        Ok(Ok(q)) => Some(q),
+        _ => None,
+    };
+    let body = state.metrics.render(queue.as_ref(), queue.is_some());
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,590 @@
+//! `/v1/orders`: intake (202 + id, status record written before the answer), transitions,
+//! the polling `/status` and the whole order with its history.
+
+use super::problem::{ApiResult, FieldError, Problem};
+use super::{AppState, Idempotency, accepted_response, json_object};
+use crate::auth::Principal;
+use crate::engine::{AcceptOutcome, Command, EnqueueOutcome, NewCommand};
+use crate::metrics::Metrics;
+use crate::model::{LineItem, Order, OrderEvent, OrderStatus, StatusRecord, now_rfc3339};
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+const MAX_ID_LEN: usize = 128;
+const MAX_ITEMS: usize = 100;
+const MAX_REASON_LEN: usize = 500;
+const MAX_METADATA_BYTES: usize = 8 * 1024;
+
+/// Collects every field error of a body, so a client learns all of them at once.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn error(&mut self, pointer: &str, detail: impl Into<String>) {
+        self.errors.push(FieldError {
+            pointer: format!("#{pointer}"),
+            detail: detail.into(),
+        });
+    }
+
+    /// A required or optional identifier: 1..=128 visible ASCII characters; order ids (which
+    /// appear in URLs) are further limited to `A-Z a-z 0-9 . _ ~ : -`.
+    fn id(
+        &mut self,
+        body: &Map<String, Value>,
+        field: &str,
+        required: bool,
+        url_safe: bool,
+    ) -> Option<String> {
+        let pointer = format!("/{field}");
+        match body.get(field) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.error(&pointer, "is required");
+                }
+                None
+            }
+            Some(Value::String(s)) => {
+                let allowed = |c: char| {
+                    if url_safe {
+                        c.is_ascii_alphanumeric() || "._~:-".contains(c)
+                    } else {
+                        c.is_ascii_graphic()
+                    }
+                };
+                if s.is_empty() || s.len() > MAX_ID_LEN {
+                    self.error(&pointer, format!("must be 1 to {MAX_ID_LEN} characters"));
+                    None
+                } else if !s.chars().all(allowed) {
+                    let set = if url_safe {
+                        "letters, digits and . _ ~ : -"
+                    } else {
+                        "visible ASCII characters"
+                    };
+                    self.error(&pointer, format!("may contain only {set}"));
+                    None
+                } else {
+                    Some(s.clone())
+                }
+            }
+            Some(_) => {
+                self.error(&pointer, "must be a string");
+                None
+            }
+        }
+    }
+
+    fn unknown_fields(&mut self, body: &Map<String, Value>, known: &[&str], prefix: &str) {
+        for key in body.keys() {
+            if !known.contains(&key.as_str()) {
+                self.error(&format!("{prefix}/{key}"), "is not a known field");
+            }
+        }
+    }
+
+    fn items(&mut self, body: &Map<String, Value>) -> Vec<LineItem> {
+        let Some(value) = body.get("items") else {
+            self.error("/items", "is required");
+            return Vec::new();
+        };
+        let Value::Array(items) = value else {
+            self.error("/items", "must be an array");
+            return Vec::new();
+        };
+        if items.is_empty() || items.len() > MAX_ITEMS {
+            self.error("/items", format!("must hold 1 to {MAX_ITEMS} items"));
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate().take(MAX_ITEMS) {
+            let base = format!("/items/{i}");
+            let Value::Object(item) = item else {
+                self.error(&base, "must be an object");
+                continue;
+            };
+            self.unknown_fields(item, &["sku", "quantity", "unitPrice"], &base);
+            let sku = match item.get("sku") {
+                Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => Some(s.clone()),
+                Some(Value::String(_)) => {
+                    self.error(
+                        &format!("{base}/sku"),
+                        format!("must be 1 to {MAX_ID_LEN} characters"),
+                    );
+                    None
+                }
+                Some(_) => {
+                    self.error(&format!("{base}/sku"), "must be a string");
+                    None
+                }
+                None => {
+                    self.error(&format!("{base}/sku"), "is required");
+                    None
+                }
+            };
+            // Non-positive quantities are well-formed: the worker's business validation
+            // rejects such orders (`accepted -> rejected`).
+            let quantity = match item.get("quantity") {
+                Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
+                Some(Value::Number(_)) | Some(_) => {
+                    self.error(&format!("{base}/quantity"), "must be an integer");
+                    None
+                }
+                None => {
+                    self.error(&format!("{base}/quantity"), "is required");
+                    None
+                }
+            };
+            let unit_price = match item.get("unitPrice") {
+                Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f.is_finite() && f >= 0.0) => {
+                    Some(n.clone())
+                }
+                Some(Value::Number(_)) => {
+                    self.error(&format!("{base}/unitPrice"), "must not be negative");
+                    None
+                }
+                Some(_) => {
+                    self.error(&format!("{base}/unitPrice"), "must be a number");
+                    None
+                }
+                None => {
+                    self.error(&format!("{base}/unitPrice"), "is required");
+                    None
+                }
+            };
+            if let (Some(sku), Some(quantity), Some(unit_price)) = (sku, quantity, unit_price) {
+                out.push(LineItem {
+                    sku,
+                    quantity,
+                    unit_price,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Validates an intake body into an order (without its id and timestamp yet).
+fn validate_order(body: &Map<String, Value>) -> Result<Order, Problem> {
+    let mut c = Checker::default();
+    c.unknown_fields(
+        body,
+        &[
+            "orderId",
+            "customerId",
+            "partnerId",
+            "items",
+            "currency",
+            "metadata",
+        ],
+        "",
+    );
+    let order_id = c.id(body, "orderId", false, true);
+    let customer_id = c.id(body, "customerId", true, false);
+    let partner_id = c.id(body, "partnerId", false, false);
+    let items = c.items(body);
+    let currency = match body.get("currency") {
+        Some(Value::String(s)) if s.len() == 3 && s.chars().all(|ch| ch.is_ascii_uppercase()) => {
+            Some(s.clone())
+        }
+        Some(_) => {
+            c.error(
+                "/currency",
+                "must be a three-letter ISO 4217 code in upper case, e.g. USD",
+            );
+            None
+        }
+        None => {
+            c.error("/currency", "is required");
+            None
+        }
+    };
+    let metadata = match body.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(m @ Value::Object(_)) => {
+            if serde_json::to_string(m).map_or(0, |s| s.len()) > MAX_METADATA_BYTES {
+                c.error(
+                    "/metadata",
+                    format!("must serialise to at most {MAX_METADATA_BYTES} bytes"),
+                );
+            }
+            Some(m.clone())
+        }
+        Some(_) => {
+            c.error("/metadata", "must be an object");
+            None
+        }
+    };
+    if !c.errors.is_empty() {
+        return Err(Problem::validation(c.errors));
+    }
+    match (customer_id, currency) {
+        (Some(customer_id), Some(currency)) => Ok(Order {
+            order_id: order_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            customer_id,
+            partner_id,
+            items,
+            currency,
+            metadata,
+            created_at: now_rfc3339(),
+        }),
+        // Unreachable: a missing field was recorded as an error above.
+        _ => Err(Problem::bad_request("customerId and currency are required")),
+    }
+}
+
+fn status_url(order_id: &str) -> String {
+    format!("/v1/orders/{order_id}/status")
+}
+
+/// `POST /v1/orders`
+pub async fn create_order(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match create_order_inner(&state, &principal, &headers, body).await {
+        Ok(response) => response,
+        Err(problem) => {
+            if problem.status == 503 {
+                Metrics::inc(&state.metrics.intake_unavailable);
+            } else {
+                Metrics::inc(&state.metrics.intake_refused);
+            }
+            problem.into_response()
+        }
+    }
+}
+
+async fn create_order_inner(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = json_object(headers, body)?;
+    let mut order = validate_order(&body)?;
+    if let Principal::Partner { partner_id } = principal {
+        match &order.partner_id {
+            None => order.partner_id = Some(partner_id.clone()),
+            Some(p) if p == partner_id => {}
+            Some(_) => {
+                return Err(Problem::forbidden(
+                    "A partner key may only create orders for its own partnerId.",
+                ));
+            }
+        }
+    }
+    let idempotency =
+        match Idempotency::begin(state, principal, headers, "POST /v1/orders", &body).await {
+            Ok(i) => i,
+            Err(response) => return Ok(response),
+        };
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let response_body = json!({
+        "orderId": order.order_id,
+        "messageId": message_id,
+        "status": "accepted",
+        "statusUrl": status_url(&order.order_id),
+    });
+    let event = OrderEvent {
+        event_type: OrderStatus::Accepted.event_type(),
+        order_id: order.order_id.clone(),
+        customer_id: order.customer_id.clone(),
+        partner_id: order.partner_id.clone(),
+        status: OrderStatus::Accepted,
+        previous_status: None,
+        version: 1,
+        occurred_at: order.created_at.clone(),
+        data: None,
+    };
+    let command = NewCommand {
+        message_id,
+        order_id: order.order_id.clone(),
+        command: Command::ProcessOrder {
+            order: Box::new(order.clone()),
+        },
+        sent_at: order.created_at.clone(),
+    };
+    let record = idempotency.record(
+        StatusCode::ACCEPTED,
+        &response_body,
+        state.config.http.idempotency_ttl,
+    );
+    match state
+        .engine
+        .accept_order(&order, &event, &command, record.as_ref())
+        .await
+    {
+        Ok(AcceptOutcome::Accepted { .. }) => {
+            Metrics::inc(&state.metrics.orders_accepted);
+            Ok(accepted_response(StatusCode::ACCEPTED, &response_body))
+        }
+        Ok(AcceptOutcome::AlreadyExists) => {
+            idempotency.abandon(state).await;
+            Err(Problem::conflict(
+                "order-exists",
+                "An order with this orderId exists",
+                format!(
+                    "Order {} was accepted before; nothing was queued.",
+                    order.order_id
+                ),
+            ))
+        }
+        Err(e) => {
+            idempotency.abandon(state).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Loads an order's status and checks the caller may see it.
+async fn authorized_status(
+    state: &AppState,
+    principal: &Principal,
+    order_id: &str,
+) -> ApiResult<StatusRecord> {
+    let status = state
+        .engine
+        .order_status(order_id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("No order {order_id}.")))?;
+    if !principal.may_access_order(status.partner_id.as_deref()) {
+        return Err(Problem::forbidden("This order belongs to another partner."));
+    }
+    Ok(status)
+}
+
+/// `GET /v1/orders/{id}/status`
+pub async fn get_status(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(order_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let status = authorized_status(&state, &principal, &order_id).await?;
+    Ok(Json(json!({
+        "orderId": status.order_id,
+        "status": status.status,
+        "version": status.version,
+        "updatedAt": status.updated_at,
+    })))
+}
+
+/// `GET /v1/orders/{id}`
+pub async fn get_order(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(order_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let record = state
+        .engine
+        .order(&order_id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("No order {order_id}.")))?;
+    if !principal.may_access_order(record.status.partner_id.as_deref()) {
+        return Err(Problem::forbidden("This order belongs to another partner."));
+    }
+    let mut body = serde_json::to_value(&record.order).unwrap_or_default();
+    if let Value::Object(map) = &mut body {
+        map.insert("status".into(), json!(record.status.status));
+        map.insert("version".into(), json!(record.status.version));
+        map.insert("updatedAt".into(), json!(record.status.updated_at));
+        map.insert("history".into(), json!(record.history));
+    }
+    Ok(Json(body))
+}
+
+/// `POST /v1/orders/{id}/transitions`
+pub async fn create_transition(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(order_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match create_transition_inner(&state, &principal, &order_id, &headers, body).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn create_transition_inner(
+    state: &AppState,
+    principal: &Principal,
+    order_id: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = json_object(headers, body)?;
+    let mut c = Checker::default();
+    c.unknown_fields(&body, &["status", "reason"], "");
+    let target = match body.get("status") {
+        Some(Value::String(s)) => match s.parse::<OrderStatus>() {
+            Ok(st) => Some(st),
+            Err(e) => {
+                c.error("/status", e);
+                None
+            }
+        },
+        Some(_) => {
+            c.error("/status", "must be a string");
+            None
+        }
+        None => {
+            c.error("/status", "is required");
+            None
+        }
+    };
+    let reason = match body.get("reason") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) if r.len() <= MAX_REASON_LEN => Some(r.clone()),
+        Some(Value::String(_)) => {
+            c.error(
+                "/reason",
+                format!("must be at most {MAX_REASON_LEN} characters"),
+            );
+            None
+        }
+        Some(_) => {
+            c.error("/reason", "must be a string");
+            None
+        }
+    };
+    let (Some(target), true) = (target, c.errors.is_empty()) else {
+        return Err(Problem::validation(c.errors));
+    };
+    let current = authorized_status(state, principal, order_id).await?;
+    if !state.config.workflow.allows(current.status, target) {
+        let allowed: Vec<&str> = state
+            .config
+            .workflow
+            .transitions
+            .get(&current.status)
+            .map(|t| t.iter().map(|s| s.as_str()).collect())
+            .unwrap_or_default();
+        return Err(Problem::conflict(
+            "illegal-transition",
+            "Transition not allowed",
+            format!(
+                "Order {order_id} is {} (version {}); it may move to: [{}]. Nothing was queued.",
+                current.status,
+                current.version,
+                allowed.join(", ")
+            ),
+        ));
+    }
+    let path = format!("POST /v1/orders/{order_id}/transitions");
+    let idempotency = match Idempotency::begin(state, principal, headers, &path, &body).await {
+        Ok(i) => i,
+        Err(response) => return Ok(response),
+    };
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let response_body = json!({
+        "orderId": order_id,
+        "messageId": message_id,
+        "requestedStatus": target,
+        "statusUrl": status_url(order_id),
+    });
+    let command = NewCommand {
+        message_id,
+        order_id: order_id.to_string(),
+        command: Command::Transition {
+            status: target,
+            reason,
+        },
+        sent_at: now_rfc3339(),
+    };
+    let record = idempotency.record(
+        StatusCode::ACCEPTED,
+        &response_body,
+        state.config.http.idempotency_ttl,
+    );
+    match state
+        .engine
+        .enqueue_command(&command, record.as_ref())
+        .await
+    {
+        Ok(EnqueueOutcome::Enqueued) => {
+            Metrics::inc(&state.metrics.transitions_queued);
+            Ok(accepted_response(StatusCode::ACCEPTED, &response_body))
+        }
+        Ok(EnqueueOutcome::UnknownOrder) => {
+            idempotency.abandon(state).await;
+            Err(Problem::not_found(format!("No order {order_id}.")))
+        }
+        Err(e) => {
+            idempotency.abandon(state).await;
+            Err(e.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_well_formed_order_validates_and_gets_an_id() {
+        let o = validate_order(&body(json!({
+            "customerId": "c-1",
+            "items": [{"sku": "a", "quantity": 2, "unitPrice": 9.5}],
+            "currency": "EUR"
+        })))
+        .unwrap();
+        assert_eq!(o.customer_id, "c-1");
+        assert!(!o.order_id.is_empty());
+    }
+
+    #[test]
+    fn every_field_error_is_reported_with_a_pointer() {
+        let p = validate_order(&body(json!({
+            "orderId": "has space",
+            "items": [{"sku": "", "quantity": 1.5, "unitPrice": -1}, 7],
+            "currency": "usd",
+            "colour": "red"
+        })))
+        .unwrap_err();
+        let pointers: Vec<&str> = p.errors.iter().map(|e| e.pointer.as_str()).collect();
+        for expected in [
+            "#/colour",
+            "#/orderId",
+            "#/customerId",
+            "#/items/0/sku",
+            "#/items/0/quantity",
+            "#/items/0/unitPrice",
+            "#/items/1",
+            "#/currency",
+        ] {
+            assert!(
+                pointers.contains(&expected),
+                "{expected} missing from {pointers:?}"
+            );
+        }
+        assert_eq!(p.status, 400);
+    }
+
+    #[test]
+    fn zero_quantity_is_well_formed_and_left_to_business_validation() {
+        assert!(
+            validate_order(&body(json!({
+                "customerId": "c",
+                "items": [{"sku": "a", "quantity": 0, "unitPrice": 1}],
+                "currency": "USD"
+            })))
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! RFC 9457 problem details: every error the HTTP API answers is `application/problem+json`.
+//! Field errors use the RFC's own example shape: `errors: [{detail, pointer}]` with JSON
+//! Pointers into the request body.
+
+use crate::engine::EngineError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldError {
+    /// JSON Pointer (RFC 6901) in URI fragment form, e.g. `#/items/0/quantity`.
+    pub pointer: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+    #[serde(skip)]
+    pub www_authenticate: bool,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &str) -> Problem {
+        Problem {
+            problem_type: format!("/problems/{slug}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: None,
+            errors: Vec::new(),
+            retry_after: None,
+            www_authenticate: false,
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Problem {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn validation(errors: Vec<FieldError>) -> Problem {
+        let mut p = Problem::new(
+            StatusCode::BAD_REQUEST,
+            "validation",
+            "The request body is not valid",
+        );
+        p.detail = Some(format!(
+            "{} field error(s); see `errors`. Nothing was queued.",
+            errors.len()
+        ));
+        p.errors = errors;
+        p
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request").detail(detail)
+    }
+
+    pub fn unauthorized() -> Problem {
+        let mut p = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Missing or invalid credentials",
+        )
+        .detail("Send `Authorization: Bearer <key>` or `x-api-key: <key>`.");
+        p.www_authenticate = true;
+        p
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed").detail(detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail(detail)
+    }
+
+    pub fn conflict(slug: &str, title: &str, detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::CONFLICT, slug, title).detail(detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Problem {
+        let mut p = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+        )
+        .detail(detail);
+        p.retry_after = Some(1);
+        p
+    }
+}
+
+impl From<EngineError> for Problem {
+    fn from(e: EngineError) -> Problem {
+        match e {
+            EngineError::Unavailable(_) => {
+                tracing::warn!(error = %e, "engine unavailable");
+                Problem::unavailable(
+                    "The storage engine is unreachable; nothing was changed. Retry later.",
+                )
+            }
+            EngineError::Corrupt(_) => {
+                tracing::error!(error = %e, "engine data error");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.www_authenticate {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"herald\""),
+            );
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, Problem>;

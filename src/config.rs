@@ -1,0 +1,437 @@
+//! Configuration: built-in defaults < `--config FILE` < environment `HERALD_<SECTION>__<KEY>` <
+//! command-line flags. `config/herald.toml` documents every key with its default; the
+//! `Default` impls below are the single source of those defaults.
+
+use crate::model::OrderStatus;
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub engine: EngineConfig,
+    pub auth: AuthConfig,
+    pub queue: QueueConfig,
+    pub worker: WorkerConfig,
+    pub workflow: WorkflowConfig,
+    pub http: HttpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            engine: EngineConfig::default(),
+            auth: AuthConfig::default(),
+            queue: QueueConfig::default(),
+            worker: WorkerConfig::default(),
+            workflow: WorkflowConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    pub kind: EngineKind,
+    pub redis_url: String,
+    pub key_prefix: String,
+    /// Event stream key; empty means `<key_prefix>{p0}:events`.
+    pub events_stream: String,
+    /// Entries kept in the event log (Redis: approximate `MAXLEN ~`).
+    pub event_retention: u64,
+    /// Status history entries kept per order.
+    pub history_limit: usize,
+    /// How long one engine operation may take before it counts as unavailable.
+    #[serde(deserialize_with = "duration")]
+    pub operation_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kind: EngineKind::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "herald:".into(),
+            events_stream: String::new(),
+            event_retention: 100_000,
+            history_limit: 100,
+            operation_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The hash tag every key carries, so each multi-key script touches one cluster slot.
+    pub const HASH_TAG: &'static str = "{p0}";
+
+    pub fn events_stream_key(&self) -> String {
+        if self.events_stream.is_empty() {
+            format!("{}{}:events", self.key_prefix, Self::HASH_TAG)
+        } else {
+            self.events_stream.clone()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub admin_keys: Vec<String>,
+    pub partner_keys: Vec<PartnerKey>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerKey {
+    pub key: String,
+    pub partner_id: String,
+}
+
+impl std::fmt::Debug for PartnerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys never reach logs, not even through a debug print of the config.
+        f.debug_struct("PartnerKey")
+            .field("key", &"<redacted>")
+            .field("partner_id", &self.partner_id)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(deserialize_with = "duration")]
+    pub visibility_timeout: Duration,
+    pub max_receives: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            visibility_timeout: Duration::from_secs(30),
+            max_receives: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub batch_size: usize,
+    pub batches_in_flight: usize,
+    /// How long a receive waits for work before it asks again.
+    #[serde(deserialize_with = "duration")]
+    pub receive_wait: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            batch_size: 10,
+            batches_in_flight: 5,
+            receive_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkflowConfig {
+    /// Currencies the worker accepts; an order in another currency is rejected.
+    pub currencies: Vec<String>,
+    /// The transition table: status -> statuses it may move to.
+    pub transitions: BTreeMap<OrderStatus, Vec<OrderStatus>>,
+}
+
+impl Default for WorkflowConfig {
+    fn default() -> Self {
+        use OrderStatus::*;
+        WorkflowConfig {
+            currencies: ["USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD"]
+                .map(String::from)
+                .to_vec(),
+            transitions: BTreeMap::from([
+                (Accepted, vec![Confirmed, Rejected, Cancelled]),
+                (Confirmed, vec![Preparing, Cancelled]),
+                (Preparing, vec![Shipped, Cancelled]),
+                (Shipped, vec![Delivered]),
+            ]),
+        }
+    }
+}
+
+impl WorkflowConfig {
+    pub fn allows(&self, from: OrderStatus, to: OrderStatus) -> bool {
+        self.transitions
+            .get(&from)
+            .is_some_and(|targets| targets.contains(&to))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long an `Idempotency-Key` response is remembered.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_ttl: Duration,
+    /// Serve `/metrics` without credentials (for scrapers on a trusted network).
+    pub public_metrics: bool,
+    /// How long shutdown waits for in-flight requests and batches.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 64 * 1024,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            public_metrics: false,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Durations are written the human way: `"30s"`, `"5m"`, `"250ms"`.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+}
+
+/// Command-line overrides, the last layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub redis_url: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from the four layers. `env` is the process environment (a
+    /// parameter so tests can pass their own).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> anyhow::Result<Config> {
+        let mut table = toml::Table::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            table = text
+                .parse::<toml::Table>()
+                .with_context(|| format!("parsing config file {}", path.display()))?;
+        }
+        let mut extra_admin_key = None;
+        for (name, value) in env {
+            if name == "HERALD_ADMIN_KEY" {
+                extra_admin_key = Some(value);
+                continue;
+            }
+            let Some(path) = name.strip_prefix("HERALD_") else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            if keys.iter().any(|k| k.is_empty()) {
+                bail!("environment variable {name}: empty section or key");
+            }
+            set_path(&mut table, &keys, env_value(&value))
+                .with_context(|| format!("environment variable {name}"))?;
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
+        if let Some(key) = extra_admin_key.filter(|k| !k.is_empty()) {
+            config.auth.admin_keys.push(key);
+        }
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(url) = &overrides.redis_url {
+            config.engine.redis_url = url.clone();
+            config.engine.kind = EngineKind::Redis;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let wf = &self.workflow;
+        if !wf.allows(OrderStatus::Accepted, OrderStatus::Confirmed)
+            || !wf.allows(OrderStatus::Accepted, OrderStatus::Rejected)
+        {
+            bail!(
+                "workflow.transitions: `accepted` must allow `confirmed` and `rejected` (the worker's outcomes)"
+            );
+        }
+        if self.queue.max_receives == 0 {
+            bail!("queue.max_receives must be at least 1");
+        }
+        if self.worker.batch_size == 0 || self.worker.batches_in_flight == 0 {
+            bail!("worker.batch_size and worker.batches_in_flight must be at least 1");
+        }
+        if self.queue.visibility_timeout < Duration::from_millis(100) {
+            bail!("queue.visibility_timeout must be at least 100ms");
+        }
+        if self.engine.history_limit == 0 {
+            bail!("engine.history_limit must be at least 1");
+        }
+        for key in self
+            .auth
+            .admin_keys
+            .iter()
+            .chain(self.auth.partner_keys.iter().map(|p| &p.key))
+        {
+            if key.len() < 16 {
+                bail!("auth: every API key must be at least 16 characters long");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An environment value is read as a TOML value when it is one (`3`, `true`, `["a","b"]`),
+/// and as a plain string otherwise (`redis://...`, `30s`).
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> anyhow::Result<()> {
+    let (last, sections) = keys.split_last().context("empty key")?;
+    let mut current = table;
+    for section in sections {
+        let entry = current
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("`{section}` is not a section"),
+        };
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.engine.kind, EngineKind::Memory);
+        assert_eq!(c.engine.events_stream_key(), "herald:{p0}:events");
+        assert_eq!(c.queue.visibility_timeout, Duration::from_secs(30));
+        assert!(c.auth.admin_keys.is_empty());
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "listen = \"127.0.0.1:9000\"\n[queue]\nvisibility_timeout = \"5s\"\nmax_receives = 3\n[engine]\nkey_prefix = \"file:\""
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(f.path()),
+            env(&[
+                ("HERALD_QUEUE__MAX_RECEIVES", "7"),
+                ("HERALD_ENGINE__KEY_PREFIX", "env:"),
+                ("HERALD_ADMIN_KEY", "admin-key-from-env-0001"),
+                ("PATH", "/bin"),
+            ]),
+            &Overrides {
+                listen: Some("127.0.0.1:9100".parse().unwrap()),
+                redis_url: Some("redis://127.0.0.1:7000".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.queue.visibility_timeout, Duration::from_secs(5));
+        assert_eq!(c.queue.max_receives, 7);
+        assert_eq!(c.engine.key_prefix, "env:");
+        assert_eq!(c.engine.kind, EngineKind::Redis);
+        assert_eq!(c.engine.redis_url, "redis://127.0.0.1:7000");
+        assert_eq!(c.auth.admin_keys, vec!["admin-key-from-env-0001"]);
+    }
+
+    #[test]
+    fn env_lists_parse_as_toml() {
+        let c = Config::load(
+            None,
+            env(&[("HERALD_WORKFLOW__CURRENCIES", r#"["USD","NOK"]"#)]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.workflow.currencies, vec!["USD", "NOK"]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let err = Config::load(
+            None,
+            env(&[("HERALD_QUEUE__VISIBILITY", "5s")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("visibility"), "{err:#}");
+        let err = Config::load(
+            None,
+            env(&[("HERALD_QUEUE__VISIBILITY_TIMEOUT", "soon")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("soon"), "{err:#}");
+    }
+
+    #[test]
+    fn documented_config_file_states_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/herald.toml");
+        let documented = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            format!("{documented:?}"),
+            format!("{:?}", Config::default()),
+            "config/herald.toml and the built-in defaults disagree"
+        );
+    }
+
+    #[test]
+    fn short_api_keys_are_refused() {
+        let err = Config::load(
+            None,
+            env(&[("HERALD_ADMIN_KEY", "short")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("16 characters"));
+    }
+}

@@ -1,0 +1,511 @@
+//! Redis-specific behaviour the cross-engine conformance suite cannot express: losing the
+//! consumer group, a Redis restart (scripts and group gone), Redis being down, entries written
+//! by other programs, blocking reads next to ordinary commands.
+//!
+//! Each test starts its own `redis-server` on an ephemeral loopback port (no persistence) and
+//! kills it when done; the shared Redis on 6379 is never touched.
+
+use super::*;
+use crate::model::{LineItem, now_rfc3339};
+use std::net::TcpListener;
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut server = Server { port, child: None };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Process::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(mut c) = self.client().get_connection()
+                && ::redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn client(&self) -> ::redis::Client {
+        ::redis::Client::open(self.url()).expect("client")
+    }
+
+    fn raw(&self, args: &[&[u8]]) -> Value {
+        let mut conn = self.client().get_connection().expect("connection");
+        let mut cmd = ::redis::cmd(std::str::from_utf8(args[0]).expect("command name"));
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn).expect("raw command")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn config(server: &Server, op_timeout: Duration) -> EngineConfig {
+    EngineConfig {
+        kind: crate::config::EngineKind::Redis,
+        redis_url: server.url(),
+        key_prefix: "t:".into(),
+        operation_timeout: op_timeout,
+        ..EngineConfig::default()
+    }
+}
+
+fn settings(consumer: &str) -> EngineSettings {
+    EngineSettings {
+        visibility_timeout: Duration::from_millis(300),
+        max_receives: 2,
+        history_limit: 10,
+        event_retention: 1000,
+        consumer_name: consumer.into(),
+    }
+}
+
+async fn engine(server: &Server, consumer: &str) -> Arc<RedisEngine> {
+    Arc::new(
+        RedisEngine::connect(&config(server, Duration::from_secs(2)), settings(consumer))
+            .await
+            .expect("engine"),
+    )
+}
+
+fn order(id: &str) -> Order {
+    Order {
+        order_id: id.into(),
+        customer_id: "c1".into(),
+        partner_id: None,
+        items: vec![LineItem {
+            sku: "s".into(),
+            quantity: 1,
+            unit_price: serde_json::Number::from(3),
+        }],
+        currency: "EUR".into(),
+        metadata: None,
+        created_at: now_rfc3339(),
+    }
+}
+
+fn event(
+    o: &Order,
+    status: OrderStatus,
+    previous: Option<OrderStatus>,
+    version: u64,
+) -> OrderEvent {
+    OrderEvent {
+        event_type: status.event_type(),
+        order_id: o.order_id.clone(),
+        customer_id: o.customer_id.clone(),
+        partner_id: None,
+        status,
+        previous_status: previous,
+        version,
+        occurred_at: now_rfc3339(),
+        data: None,
+    }
+}
+
+fn new_command(order_id: &str, command: Command) -> NewCommand {
+    NewCommand {
+        message_id: uuid::Uuid::new_v4().to_string(),
+        order_id: order_id.into(),
+        command,
+        sent_at: now_rfc3339(),
+    }
+}
+
+async fn accept(e: &RedisEngine, id: &str) -> (Order, NewCommand) {
+    let o = order(id);
+    let cmd = new_command(
+        id,
+        Command::ProcessOrder {
+            order: Box::new(o.clone()),
+        },
+    );
+    let outcome = e
+        .accept_order(&o, &event(&o, OrderStatus::Accepted, None, 1), &cmd, None)
+        .await
+        .expect("accept");
+    assert!(matches!(outcome, AcceptOutcome::Accepted { .. }));
+    (o, cmd)
+}
+
+fn change(o: &Order, from: OrderStatus, to: OrderStatus, expected: u64) -> StatusChange {
+    StatusChange {
+        expected_version: expected,
+        event: event(o, to, Some(from), expected + 1),
+        reason: Some("test".into()),
+    }
+}
+
+#[tokio::test]
+async fn whole_flow_with_every_apply_outcome() {
+    let server = Server::start();
+    let e = engine(&server, "c1").await;
+    let (o, first) = accept(&e, "o1").await;
+    let cancel = new_command(
+        "o1",
+        Command::Transition {
+            status: OrderStatus::Cancelled,
+            reason: None,
+        },
+    );
+    assert_eq!(
+        e.enqueue_command(&cancel, None).await.unwrap(),
+        EnqueueOutcome::Enqueued
+    );
+    let batch = e
+        .receive_batch(10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 2);
+    assert_eq!((&batch[0].message, &batch[1].message), (&first, &cancel));
+    let confirm = change(&o, OrderStatus::Accepted, OrderStatus::Confirmed, 1);
+    let cancelled = change(&o, OrderStatus::Confirmed, OrderStatus::Cancelled, 2);
+    assert_eq!(
+        e.apply(&batch[1], Some(&cancelled)).await.unwrap(),
+        ApplyOutcome::Blocked
+    );
+    let stale = change(&o, OrderStatus::Accepted, OrderStatus::Confirmed, 4);
+    assert_eq!(
+        e.apply(&batch[0], Some(&stale)).await.unwrap(),
+        ApplyOutcome::Stale { current_version: 1 }
+    );
+    let ApplyOutcome::Applied {
+        event_id: Some(confirmed_id),
+    } = e.apply(&batch[0], Some(&confirm)).await.unwrap()
+    else {
+        panic!("first command must apply");
+    };
+    assert_eq!(
+        e.apply(&batch[0], Some(&confirm)).await.unwrap(),
+        ApplyOutcome::AlreadyDone
+    );
+    assert!(matches!(
+        e.apply(&batch[1], Some(&cancelled)).await.unwrap(),
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    let record = e.order("o1").await.unwrap().unwrap();
+    assert_eq!(record.order, o);
+    assert_eq!(
+        (record.status.status, record.status.version),
+        (OrderStatus::Cancelled, 3)
+    );
+    assert_eq!(record.status.partner_id, None);
+    assert_eq!(record.history[1].event_id, confirmed_id.to_string());
+    assert_eq!(record.history[1].reason.as_deref(), Some("test"));
+    let entries = e
+        .read_events(EventId::ZERO, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    let statuses: Vec<_> = entries
+        .iter()
+        .map(|x| match x {
+            LogEntry::Event(ev) => ev.event.status,
+            LogEntry::Malformed(m) => panic!("malformed {m:?}"),
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            OrderStatus::Accepted,
+            OrderStatus::Confirmed,
+            OrderStatus::Cancelled
+        ]
+    );
+    // Everything acknowledged and deleted; the FIFO gate is gone with its last command.
+    let stats = e.queue_stats().await.unwrap();
+    assert_eq!(stats, QueueStats::default());
+    assert_eq!(server.raw(&[b"EXISTS", b"t:{p0}:cmdq:o1"]), Value::Int(0));
+    assert_eq!(server.raw(&[b"XLEN", b"t:{p0}:commands"]), Value::Int(0));
+}
+
+#[tokio::test]
+async fn redelivery_dead_letter_and_redrive() {
+    let server = Server::start();
+    let e = engine(&server, "c1").await;
+    let (_, cmd) = accept(&e, "o1").await;
+    let first = e.receive_batch(1, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(first[0].receive_count, 1);
+    // Expires while the receiver blocks: a blocked receive still notices it.
+    let started = Instant::now();
+    let again = e.receive_batch(1, Duration::from_secs(3)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!((again[0].receive_count, &again[0].message), (2, &cmd));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(e.receive_batch(1, Duration::ZERO).await.unwrap().is_empty());
+    let dead = e.dead_letters(10).await.unwrap();
+    assert_eq!((dead.len(), dead[0].receive_count), (1, 2));
+    assert_eq!(e.queue_stats().await.unwrap().dead_letters, 1);
+    assert_eq!(e.redrive(10).await.unwrap(), 1);
+    let back = e.receive_batch(1, Duration::from_secs(1)).await.unwrap();
+    assert_eq!((back[0].receive_count, &back[0].message), (1, &cmd));
+}
+
+#[tokio::test]
+async fn consumer_group_is_recreated_after_flushall() {
+    let server = Server::start();
+    let e = engine(&server, "c1").await;
+    accept(&e, "o1").await;
+    assert_eq!(server.raw(&[b"FLUSHALL"]), Value::Okay);
+    // The first receive finds the group gone, recreates it, and does not fail.
+    let got = e
+        .receive_batch(5, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    let (_, cmd) = accept(&e, "o2").await;
+    let got = e.receive_batch(5, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message, cmd);
+    // Group deleted while the stream stays: the new group starts from the beginning, so the
+    // unfinished command is delivered again (at least once, never lost).
+    server.raw(&[b"XGROUP", b"DESTROY", b"t:{p0}:commands", b"workers"]);
+    let again = e
+        .receive_batch(5, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((&again[0].message, again[0].receive_count), (&cmd, 1));
+}
+
+#[tokio::test]
+async fn scripts_and_group_come_back_after_a_restart() {
+    let mut server = Server::start();
+    let e = engine(&server, "c1").await;
+    accept(&e, "o1").await;
+    // Leave idle blocking connections behind: they die with the server.
+    e.receive_batch(1, Duration::from_millis(10)).await.unwrap();
+    e.read_events(EventId::ZERO, 1, Duration::from_millis(10))
+        .await
+        .unwrap();
+    server.restart();
+    // The shared connection reconnects; a call or two may fail while it does.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "engine did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Blocking reads replace their dead connections without failing.
+    let read = e
+        .read_events(EventId::ZERO, 1, Duration::from_millis(10))
+        .await;
+    assert!(read.unwrap().is_empty());
+    let (_, cmd) = accept(&e, "o1").await; // the data is gone: NOSCRIPT reloads the script
+    let got = e.receive_batch(5, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message, cmd);
+}
+
+#[tokio::test]
+async fn redis_down_means_unavailable_promptly_then_recovery() {
+    let mut server = Server::start();
+    let op = Duration::from_millis(500);
+    let e = RedisEngine::connect(&config(&server, op), settings("c1"))
+        .await
+        .unwrap();
+    accept(&e, "o1").await;
+    server.kill();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let status = e.order_status("o1").await;
+        assert!(
+            matches!(status, Err(EngineError::Unavailable(_))),
+            "{status:?}"
+        );
+        let received = e.receive_batch(5, Duration::from_secs(1)).await;
+        assert!(
+            matches!(received, Err(EngineError::Unavailable(_))),
+            "{received:?}"
+        );
+        let read = e
+            .read_events(EventId::ZERO, 5, Duration::from_secs(1))
+            .await;
+        assert!(matches!(read, Err(EngineError::Unavailable(_))), "{read:?}");
+        assert!(started.elapsed() < op * 8, "took {:?}", started.elapsed());
+    }
+    server.spawn();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "engine did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(e.receive_batch(5, Duration::from_millis(50)).await.is_ok());
+    assert!(
+        e.read_events(EventId::ZERO, 5, Duration::from_millis(50))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn connect_failure_names_the_url_without_password() {
+    let server = Server::start();
+    let port = server.port;
+    drop(server);
+    let config = EngineConfig {
+        redis_url: format!("redis://user:hunter2@127.0.0.1:{port}"),
+        operation_timeout: Duration::from_millis(300),
+        ..EngineConfig::default()
+    };
+    let Err(err) = RedisEngine::connect(&config, settings("c1")).await else {
+        panic!("connect must fail");
+    };
+    let text = format!("{err:#}");
+    assert!(
+        text.contains(&format!("redis://user:***@127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn foreign_entries_are_reported_or_set_aside() {
+    let server = Server::start();
+    let e = engine(&server, "c1").await;
+    let events = b"t:{p0}:events".as_slice();
+    server.raw(&[b"XADD", events, b"*", b"other", b"x"]);
+    server.raw(&[b"XADD", events, b"*", b"event", &[0xff, 0xfe]]);
+    let entries = e
+        .read_events(EventId::ZERO, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    let [LogEntry::Malformed(no_field), LogEntry::Malformed(binary)] = &entries[..] else {
+        panic!("{entries:?}");
+    };
+    assert_eq!(no_field.raw, r#"{"other":"x"}"#);
+    assert_eq!(binary.raw, "\u{fffd}\u{fffd}");
+    // A command entry that does not decode is set aside, not handed out or left blocking.
+    server.raw(&[b"XADD", b"t:{p0}:commands", b"*", b"message", b"{nope"]);
+    let (_, cmd) = accept(&e, "o1").await;
+    let got = e
+        .receive_batch(10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message, cmd);
+    assert_eq!(
+        server.raw(&[b"HLEN", b"t:{p0}:commands:malformed"]),
+        Value::Int(1)
+    );
+    assert_eq!(server.raw(&[b"XLEN", b"t:{p0}:commands"]), Value::Int(1));
+}
+
+#[tokio::test]
+async fn blocking_reads_do_not_stall_other_commands() {
+    let server = Server::start();
+    let e = engine(&server, "c1").await;
+    accept(&e, "o1").await;
+    e.receive_batch(1, Duration::ZERO).await.unwrap();
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                let last = e.last_event_id().await.unwrap();
+                e.read_events(last, 10, Duration::from_secs(2))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let receiver = {
+        let e = e.clone();
+        tokio::spawn(async move { e.receive_batch(10, Duration::from_secs(2)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        e.order_status("o1").await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    for r in readers {
+        assert!(r.await.unwrap().is_empty());
+    }
+    receiver.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_late_extend_does_not_take_back_work_another_consumer_claimed() {
+    let server = Server::start();
+    let e1 = engine(&server, "c1").await;
+    let e2 = engine(&server, "c2").await;
+    accept(&e1, "o1").await;
+    let mine = e1.receive_batch(1, Duration::ZERO).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let theirs = e2.receive_batch(1, Duration::ZERO).await.unwrap();
+    assert_eq!(theirs[0].receipt, mine[0].receipt);
+    e1.extend_visibility(&mine[0]).await.unwrap();
+    e1.release(&mine[0]).await.unwrap();
+    let pending = server.raw(&[
+        b"XPENDING",
+        b"t:{p0}:commands",
+        b"workers",
+        b"-",
+        b"+",
+        b"10",
+    ]);
+    let owner = items(&pending)
+        .and_then(|p| p.first())
+        .and_then(items)
+        .and_then(|e| e.get(1))
+        .and_then(text);
+    assert_eq!(owner.as_deref(), Some("c2"));
+    // Still hidden: c1's release did not hand it out again.
+    assert!(
+        e1.receive_batch(1, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

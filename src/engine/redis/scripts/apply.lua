@@ -1,0 +1,46 @@
+-- Completes a received command: per-order FIFO gate, optimistic version check, then the status
+-- change (hash, event, history) and the acknowledgement, all or nothing. All checks come before
+-- the first write (Redis keeps writes made before a script error).
+--
+-- KEYS: 1 order hash, 2 history list, 3 events stream, 4 commands stream, 5 order's cmdq list
+-- ARGV: 1 consumer group, 2 stream entry id of the delivery, 3 messageId,
+--       4 '1' if a change follows, 5 expected version, 6 new status, 7 new version,
+--       8 updatedAt, 9 event JSON, 10 event retention, 11 history entry JSON without eventId,
+--       12 history limit
+-- Returns: {'done'} | {'blocked'} | {'stale', current version} | {'missing'} |
+--          {'applied', event id or ''}
+local function ack()
+  -- pcall: a vanished group (Redis restarted empty) must not fail the script half-way.
+  redis.pcall('XACK', KEYS[4], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[4], ARGV[2])
+end
+
+local position = redis.call('LPOS', KEYS[5], ARGV[3])
+if not position then
+  -- Applied or dead-lettered before (by this or another receiver): just acknowledge this copy.
+  ack()
+  return {'done'}
+end
+if position ~= 0 then
+  return {'blocked'}
+end
+
+local event_id = ''
+if ARGV[4] == '1' then
+  local version = redis.call('HGET', KEYS[1], 'version')
+  if not version then
+    return {'missing'}
+  end
+  -- Versions are compared as the decimal strings Herald writes: exact for any u64.
+  if version ~= ARGV[5] then
+    return {'stale', version}
+  end
+  redis.call('HSET', KEYS[1], 'status', ARGV[6], 'version', ARGV[7], 'updatedAt', ARGV[8])
+  event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*', 'event', ARGV[9])
+  redis.call('RPUSH', KEYS[2], '{"eventId":"' .. event_id .. '",' .. string.sub(ARGV[11], 2))
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[12]), -1)
+end
+
+redis.call('LPOP', KEYS[5])
+ack()
+return {'applied', event_id}

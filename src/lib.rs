@@ -1,0 +1,20 @@
+//! Herald: a real-time order status push server. `README.md` says what it does;
+//! `shared/DESIGN.md` is the contract. Modules, each owning one concern:
+//!
+//! - [`config`]: the layered configuration.
+//! - [`engine`]: every byte of state (queue, status store, event log, idempotency) behind one
+//!   seam, with the memory and Redis engines.
+//! - [`api`]: the HTTP API; [`auth`]: who is calling.
+//! - [`worker`]: the order workflow over the command queue.
+//! - [`tail`]: follows the event log for this node's consumers.
+//! - [`server`]: `herald serve`, roles and shutdown.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod tail;
+pub mod worker;

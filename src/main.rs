@@ -1,0 +1,69 @@
+//! The `herald` binary: `herald serve` runs every role (or `--roles` a subset).
+
+use clap::{Parser, Subcommand};
+use herald::config::{Config, Overrides};
+use herald::server::{self, Roles};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Real-time order status push server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve {
+        /// Configuration file (TOML); see config/herald.toml for every key.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides `listen`); port 0 picks a free port.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Redis URL; implies `[engine] kind = "redis"`.
+        #[arg(long, value_name = "URL")]
+        redis_url: Option<String>,
+        /// Roles to run: any of api, worker, push (comma-separated), or all.
+        #[arg(long, default_value = "all")]
+        roles: Roles,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve {
+            config,
+            listen,
+            redis_url,
+            roles,
+        } => Config::load(
+            config.as_deref(),
+            std::env::vars(),
+            &Overrides { listen, redis_url },
+        )
+        .and_then(|config| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(server::serve(config, roles))
+        }),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

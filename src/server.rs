@@ -1,0 +1,221 @@
+//! `herald serve`: opens the engine, starts the roles this process runs and shuts them down in
+//! order. Shutdown is designed, not bolted on: on SIGTERM/SIGINT intake stops first (the HTTP
+//! server stops accepting and finishes its requests), then the worker finishes the batches in
+//! flight and releases the commands it had not started, then the event tail stops, all within
+//! `http.shutdown_grace`.
+
+use crate::api::{self, AppState, Shared};
+use crate::auth::{KeyRing, generate_admin_key};
+use crate::config::Config;
+use crate::engine;
+use crate::metrics::Metrics;
+use crate::tail::EventTail;
+use crate::worker::Worker;
+use anyhow::{Context, bail};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The roles one process runs; any subset, so roles can be spread over nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub worker: bool,
+    pub push: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        api: true,
+        worker: true,
+        push: true,
+    };
+}
+
+impl FromStr for Roles {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut roles = Roles {
+            api: false,
+            worker: false,
+            push: false,
+        };
+        for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "all" => roles = Roles::ALL,
+                "api" => roles.api = true,
+                "worker" => roles.worker = true,
+                "push" => roles.push = true,
+                other => {
+                    return Err(format!(
+                        "unknown role `{other}` (roles: api, worker, push, all)"
+                    ));
+                }
+            }
+        }
+        if roles
+            == (Roles {
+                api: false,
+                worker: false,
+                push: false,
+            })
+        {
+            return Err("no role given".into());
+        }
+        Ok(roles)
+    }
+}
+
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [
+            (self.api, "api"),
+            (self.worker, "worker"),
+            (self.push, "push"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
+    if config.auth.admin_keys.is_empty() {
+        let key = generate_admin_key();
+        // Printed once on stdout, on purpose: nothing is open by default, and the operator of
+        // a fresh start needs this key. It never goes to the log.
+        println!("herald: no admin key configured; generated one for this run:");
+        println!("herald:   admin key: {key}");
+        println!("herald:   (set HERALD_ADMIN_KEY or [auth] admin_keys to choose your own)");
+        config.auth.admin_keys.push(key);
+    }
+    let consumer = format!(
+        "herald-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let engine = engine::open(&config, consumer.clone())
+        .await
+        .with_context(|| format!("opening the {:?} engine", config.engine.kind))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    let grace = config.http.shutdown_grace;
+
+    let state = AppState(Arc::new(Shared {
+        engine: engine.clone(),
+        keys: KeyRing::from_config(&config.auth),
+        config: config.clone(),
+        metrics: metrics.clone(),
+    }));
+    if state.keys.is_empty() {
+        bail!("no API key configured");
+    }
+
+    let mut background = tokio::task::JoinSet::new();
+    if roles.worker {
+        let worker = Worker::new(
+            engine.clone(),
+            config.workflow.clone(),
+            config.worker.clone(),
+            config.queue.visibility_timeout,
+            metrics.clone(),
+        );
+        background.spawn(worker.run(shutdown.clone()));
+    }
+    if roles.push {
+        let tail = Arc::new(EventTail::new(engine.clone(), metrics.clone(), 4096));
+        background.spawn(tail.run(shutdown.clone()));
+    }
+
+    let router = api::router(state, roles.api);
+    println!(
+        "herald {}: listening on http://{addr} (engine: {}, roles: {roles}, consumer: {consumer})",
+        env!("CARGO_PKG_VERSION"),
+        engine.kind()
+    );
+    if roles.api {
+        println!("herald:   intake:  POST http://{addr}/v1/orders");
+        println!("herald:   status:  GET  http://{addr}/v1/orders/{{orderId}}/status");
+        println!("herald:   events:  GET  http://{addr}/v1/events?after=$&waitMs=25000");
+    }
+    println!(
+        "herald:   health:  GET  http://{addr}/healthz  http://{addr}/readyz  http://{addr}/metrics"
+    );
+    tracing::info!(%addr, engine = engine.kind(), %roles, "herald started");
+
+    let server_shutdown = shutdown.clone();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(server_shutdown.cancelled_owned())
+            .await
+    });
+
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = &mut server => {
+            result.context("HTTP server task")?.context("HTTP server")?;
+            bail!("HTTP server stopped unexpectedly");
+        }
+    }
+    tracing::info!(grace = ?grace, "shutting down: intake stops, in-flight work finishes");
+    shutdown.cancel();
+    let drained = tokio::time::timeout(grace, async {
+        let _ = server.await;
+        while background.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "shutdown grace period over; unfinished commands return after their visibility timeout"
+        );
+    }
+    tracing::info!("herald stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops herald");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_any_subset() {
+        let r: Roles = "api,push".parse().unwrap();
+        assert!(r.api && r.push && !r.worker);
+        assert_eq!("all".parse::<Roles>().unwrap(), Roles::ALL);
+        assert!("api,bogus".parse::<Roles>().is_err());
+        assert!("".parse::<Roles>().is_err());
+        assert_eq!(r.to_string(), "api,push");
+    }
+}

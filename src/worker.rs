@@ -1,0 +1,325 @@
+//! The worker: receives commands from the engine's queue and runs the order workflow.
+//!
+//! It owns no state: it reads an order, decides the next status from the transition table in
+//! config, and hands the decision to [`OrderStore::apply`], which writes status, history and
+//! event and acknowledges the command in one atomic step. A redelivered command therefore never
+//! makes a second event: the engine reports it `AlreadyDone`. Per-order FIFO is the engine's
+//! gate; the worker only waits (keeping the command invisible) while an earlier command of the
+//! same order is pending.
+//!
+//! Several batches are in flight at once (`worker.batches_in_flight`), and the commands of one
+//! batch run concurrently: different orders proceed in parallel.
+
+use crate::config::{WorkerConfig, WorkflowConfig};
+use crate::engine::{ApplyOutcome, Command, Engine, EngineError, ReceivedCommand, StatusChange};
+use crate::metrics::Metrics;
+use crate::model::{Order, OrderEvent, OrderStatus, StatusRecord, now_rfc3339};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub struct Worker {
+    engine: Arc<dyn Engine>,
+    workflow: WorkflowConfig,
+    config: WorkerConfig,
+    visibility_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a new order is rejected; `None` means it passes business validation.
+pub fn business_rejection(order: &Order, workflow: &WorkflowConfig) -> Option<String> {
+    if !workflow.currencies.iter().any(|c| c == &order.currency) {
+        return Some(format!("currency {} is not accepted", order.currency));
+    }
+    if let Some((i, item)) = order
+        .items
+        .iter()
+        .enumerate()
+        .find(|(_, item)| item.quantity <= 0)
+    {
+        return Some(format!(
+            "item {i} ({}) has non-positive quantity {}",
+            item.sku, item.quantity
+        ));
+    }
+    None
+}
+
+enum Decision {
+    Change(OrderStatus, Option<String>),
+    /// Acknowledge without a change (the workflow no longer allows the command).
+    Refuse(String),
+}
+
+impl Worker {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        workflow: WorkflowConfig,
+        config: WorkerConfig,
+        visibility_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Worker> {
+        Arc::new(Worker {
+            engine,
+            workflow,
+            config,
+            visibility_timeout,
+            metrics,
+        })
+    }
+
+    /// Runs until `shutdown` fires, then finishes the batches in flight (releasing the commands
+    /// they had not started) and returns.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.config.batches_in_flight));
+        let mut batches = JoinSet::new();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let received = tokio::select! {
+                r = self.engine.receive_batch(self.config.batch_size, self.config.receive_wait) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            // Reap finished batches so the set does not grow.
+            while batches.try_join_next().is_some() {}
+            match received {
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => {
+                    backoff = Duration::from_millis(50);
+                    let worker = self.clone();
+                    let shutdown = shutdown.clone();
+                    batches.spawn(async move {
+                        worker.process_batch(batch, &shutdown).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.worker_errors);
+                    tracing::warn!(error = %e, "receiving commands failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {},
+                        _ = shutdown.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        while batches.join_next().await.is_some() {}
+        tracing::info!("worker stopped");
+    }
+
+    async fn process_batch(&self, batch: Vec<ReceivedCommand>, shutdown: &CancellationToken) {
+        let work = batch.iter().map(|command| self.process(command, shutdown));
+        futures_util::future::join_all(work).await;
+    }
+
+    /// Runs one command to completion, or leaves it for redelivery on error, or releases it
+    /// at shutdown if it had to wait.
+    async fn process(&self, command: &ReceivedCommand, shutdown: &CancellationToken) {
+        if shutdown.is_cancelled() {
+            self.release(command).await;
+            return;
+        }
+        let started = Instant::now();
+        let mut last_extended = started;
+        let mut wait = Duration::from_millis(2);
+        let mut read_status = false;
+        loop {
+            match self.try_apply(command, read_status).await {
+                Ok(ApplyOutcome::Applied { event_id }) => {
+                    if event_id.is_some() {
+                        Metrics::inc(&self.metrics.commands_applied);
+                    }
+                    return;
+                }
+                Ok(ApplyOutcome::AlreadyDone) => {
+                    Metrics::inc(&self.metrics.commands_redelivered_done);
+                    return;
+                }
+                Ok(ApplyOutcome::Stale { .. }) => read_status = true,
+                Ok(ApplyOutcome::Blocked) => {
+                    Metrics::inc(&self.metrics.commands_blocked);
+                    if shutdown.is_cancelled() {
+                        self.release(command).await;
+                        return;
+                    }
+                    // Waiting longer than a visibility timeout means the earlier command is
+                    // stuck (its holder died, or it is failing toward the dead-letter queue).
+                    // Give the slot back; the command returns after its visibility timeout.
+                    if started.elapsed() > self.visibility_timeout {
+                        tracing::info!(message_id = %command.message.message_id, order_id = %command.message.order_id,
+                            "command still waiting for an earlier command of its order; leaving it for redelivery");
+                        return;
+                    }
+                    // Keep the command invisible while it waits its turn.
+                    if last_extended.elapsed() > self.visibility_timeout / 3 {
+                        if let Err(e) = self.engine.extend_visibility(command).await {
+                            tracing::warn!(error = %e, message_id = %command.message.message_id, "extending visibility failed");
+                        }
+                        last_extended = Instant::now();
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.worker_errors);
+                    tracing::warn!(error = %e, message_id = %command.message.message_id, order_id = %command.message.order_id,
+                        "command failed; it will be delivered again after the visibility timeout");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn release(&self, command: &ReceivedCommand) {
+        if let Err(e) = self.engine.release(command).await {
+            tracing::warn!(error = %e, message_id = %command.message.message_id, "releasing command failed; it returns after its visibility timeout");
+        }
+    }
+
+    /// Decides and applies once. A `processOrder` is decided without reading the order back
+    /// (it carries the order, and a new order is `accepted` at version 1) unless `read_status`.
+    async fn try_apply(
+        &self,
+        command: &ReceivedCommand,
+        read_status: bool,
+    ) -> Result<ApplyOutcome, EngineError> {
+        let order_id = &command.message.order_id;
+        let status = match &command.message.command {
+            // If anything ran before it, the engine answers `Stale` and the next round reads.
+            Command::ProcessOrder { order } if !read_status => StatusRecord {
+                order_id: order.order_id.clone(),
+                customer_id: order.customer_id.clone(),
+                partner_id: order.partner_id.clone(),
+                status: OrderStatus::Accepted,
+                version: 1,
+                updated_at: order.created_at.clone(),
+            },
+            _ => match self.engine.order_status(order_id).await? {
+                Some(s) => s,
+                None => return Err(missing(order_id)),
+            },
+        };
+        let change = match self.decide(&command.message.command, &status) {
+            Decision::Change(to, reason) => Some(status_change(&status, to, reason)),
+            Decision::Refuse(why) => {
+                tracing::info!(message_id = %command.message.message_id, order_id = %order_id, reason = %why,
+                    "command acknowledged without change");
+                None
+            }
+        };
+        let outcome = self.engine.apply(command, change.as_ref()).await?;
+        if change.is_none() && matches!(outcome, ApplyOutcome::Applied { .. }) {
+            Metrics::inc(&self.metrics.commands_refused);
+        }
+        Ok(outcome)
+    }
+
+    fn decide(&self, command: &Command, status: &StatusRecord) -> Decision {
+        match command {
+            Command::ProcessOrder { order } => {
+                if status.status != OrderStatus::Accepted {
+                    return Decision::Refuse(format!(
+                        "order is already {}, not accepted",
+                        status.status
+                    ));
+                }
+                match business_rejection(order, &self.workflow) {
+                    Some(reason) => Decision::Change(OrderStatus::Rejected, Some(reason)),
+                    None => Decision::Change(OrderStatus::Confirmed, None),
+                }
+            }
+            Command::Transition { status: to, reason } => {
+                if self.workflow.allows(status.status, *to) {
+                    Decision::Change(*to, reason.clone())
+                } else {
+                    Decision::Refuse(format!(
+                        "transition {} -> {to} is not allowed",
+                        status.status
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn missing(order_id: &str) -> EngineError {
+    EngineError::Corrupt(format!(
+        "command for order {order_id}, which does not exist"
+    ))
+}
+
+/// The change from `status` to `to`: the event that records it, version + 1.
+pub fn status_change(
+    status: &StatusRecord,
+    to: OrderStatus,
+    reason: Option<String>,
+) -> StatusChange {
+    let event = OrderEvent {
+        event_type: to.event_type(),
+        order_id: status.order_id.clone(),
+        customer_id: status.customer_id.clone(),
+        partner_id: status.partner_id.clone(),
+        status: to,
+        previous_status: Some(status.status),
+        version: status.version + 1,
+        occurred_at: now_rfc3339(),
+        data: reason.as_ref().map(|r| serde_json::json!({ "reason": r })),
+    };
+    StatusChange {
+        expected_version: status.version,
+        event,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LineItem;
+
+    fn order(currency: &str, quantity: i64) -> Order {
+        Order {
+            order_id: "o1".into(),
+            customer_id: "c1".into(),
+            partner_id: None,
+            items: vec![LineItem {
+                sku: "s".into(),
+                quantity,
+                unit_price: serde_json::Number::from(3),
+            }],
+            currency: currency.into(),
+            metadata: None,
+            created_at: now_rfc3339(),
+        }
+    }
+
+    #[test]
+    fn valid_orders_pass_business_validation() {
+        assert_eq!(
+            business_rejection(&order("USD", 2), &WorkflowConfig::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn unknown_currency_and_non_positive_quantity_reject() {
+        let wf = WorkflowConfig::default();
+        assert!(
+            business_rejection(&order("XXX", 1), &wf)
+                .unwrap()
+                .contains("currency")
+        );
+        assert!(
+            business_rejection(&order("USD", 0), &wf)
+                .unwrap()
+                .contains("quantity")
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! Test harness: real servers on ephemeral loopback ports. `RedisServer` starts its own
+//! `redis-server` (never the shared one on 6379) and can stop, kill, pause and restart it;
+//! `Herald` starts the real binary and reads the address it prints. Both die with the test.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral port")
+}
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    aof: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A fresh redis-server; `aof` turns on the append-only file (`appendfsync always`, so a
+    /// stop loses nothing).
+    pub fn start(aof: bool) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            aof,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut conn) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    /// Stops the server (SIGTERM: with AOF, everything acknowledged is on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory (so with AOF, with the same data).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connection to the test redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub const ADMIN_KEY: &str = "test-admin-key-000000000001";
+pub const ACME_KEY: &str = "test-partner-key-acme-000001";
+pub const GLOBEX_KEY: &str = "test-partner-key-globex-0001";
+
+/// A running `herald serve`.
+pub struct Herald {
+    child: Option<Child>,
+    pub base: String,
+    pub output: Arc<Mutex<Vec<String>>>,
+    _config: tempfile::NamedTempFile,
+}
+
+pub struct HeraldOptions {
+    pub redis_url: Option<String>,
+    pub roles: String,
+    /// Extra TOML appended to the test config.
+    pub extra_toml: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for HeraldOptions {
+    fn default() -> Self {
+        HeraldOptions {
+            redis_url: None,
+            roles: "all".into(),
+            extra_toml: String::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_herald"))
+}
+
+impl Herald {
+    pub fn start(options: HeraldOptions) -> Herald {
+        use std::io::Write;
+        let mut config = tempfile::NamedTempFile::new().expect("temp config");
+        write!(
+            config,
+            r#"
+[auth]
+admin_keys = ["{ADMIN_KEY}"]
+partner_keys = [
+  {{ key = "{ACME_KEY}", partner_id = "acme" }},
+  {{ key = "{GLOBEX_KEY}", partner_id = "globex" }},
+]
+{}
+"#,
+            options.extra_toml
+        )
+        .expect("write config");
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config.path())
+            .args(["--listen", "127.0.0.1:0", "--roles", &options.roles])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(url) = &options.redis_url {
+            cmd.args(["--redis-url", url]);
+        }
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        Herald::spawn(cmd, config)
+    }
+
+    fn spawn(mut cmd: Command, config: tempfile::NamedTempFile) -> Herald {
+        cmd.env_remove("HERALD_ADMIN_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start herald");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for (stream, is_stdout) in [
+            (Box::new(stdout) as Box<dyn std::io::Read + Send>, true),
+            (Box::new(stderr), false),
+        ] {
+            let output = output.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    // Recorded before the address is announced, so a test that starts after
+                    // the announcement sees every line up to it.
+                    output.lock().unwrap().push(line.clone());
+                    if is_stdout && let Some(rest) = line.split("listening on http://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = tx.send(addr);
+                    }
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "herald did not start:\n{}",
+                    output.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Herald {
+            child: Some(child),
+            base: format!("http://{addr}"),
+            output,
+            _config: config,
+        }
+    }
+
+    /// `herald serve` with no config file at all (memory engine, generated admin key).
+    pub fn start_bare(env: &[(&str, &str)]) -> Herald {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Herald::spawn(cmd, tempfile::NamedTempFile::new().expect("temp file"))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the process to exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        self.signal("TERM");
+        match self.child.take() {
+            Some(mut child) => child.wait().map(|s| s.success()).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .expect("http client")
+}
+
+pub fn order_body(order_id: &str, customer: &str) -> serde_json::Value {
+    serde_json::json!({
+        "orderId": order_id,
+        "customerId": customer,
+        "items": [{"sku": "sku-1", "quantity": 2, "unitPrice": 12.5}],
+        "currency": "USD"
+    })
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,744 @@
+//! The engine conformance suite: every behaviour the engine seam promises, run against the
+//! memory engine and against the Redis engine (each test on its own `redis-server`).
+//!
+//! Each test is written once as `async fn name(h: Harness)`; the `conformance!` macro makes a
+//! `memory::name` and a `redis::name` test of it.
+
+mod common;
+
+use herald::config::EngineConfig;
+use herald::engine::memory::MemoryEngine;
+use herald::engine::redis::RedisEngine;
+use herald::engine::*;
+use herald::model::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+const VISIBILITY: Duration = Duration::from_millis(400);
+
+struct Harness {
+    engine: Arc<dyn Engine>,
+    /// The Redis server behind the engine, if any (kept alive for the test's duration).
+    redis: Option<common::RedisServer>,
+    settings: EngineSettings,
+    engine_config: EngineConfig,
+}
+
+fn settings(consumer: &str) -> EngineSettings {
+    EngineSettings {
+        visibility_timeout: VISIBILITY,
+        max_receives: 3,
+        history_limit: 5,
+        event_retention: 50,
+        consumer_name: consumer.into(),
+    }
+}
+
+impl Harness {
+    fn memory() -> Harness {
+        let settings = settings("c1");
+        Harness {
+            engine: Arc::new(MemoryEngine::new(settings.clone())),
+            redis: None,
+            settings,
+            engine_config: EngineConfig::default(),
+        }
+    }
+
+    async fn redis() -> Harness {
+        let server = common::RedisServer::start(false);
+        let engine_config = EngineConfig {
+            kind: herald::config::EngineKind::Redis,
+            redis_url: server.url(),
+            key_prefix: "conf:".into(),
+            ..EngineConfig::default()
+        };
+        let settings = settings("c1");
+        let engine = RedisEngine::connect(&engine_config, settings.clone())
+            .await
+            .expect("redis engine");
+        Harness {
+            engine: Arc::new(engine),
+            redis: Some(server),
+            settings,
+            engine_config,
+        }
+    }
+
+    /// A second engine handle on the same state, as another process would have (memory: the
+    /// same engine, since it cannot be shared across processes).
+    async fn second_consumer(&self) -> Arc<dyn Engine> {
+        match &self.redis {
+            None => self.engine.clone(),
+            Some(_) => Arc::new(
+                RedisEngine::connect(&self.engine_config, settings("c2"))
+                    .await
+                    .expect("second redis engine"),
+            ),
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Harness::memory()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Harness::redis().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    accept_writes_status_history_event_and_command_together,
+    accepting_an_existing_order_id_writes_nothing,
+    applied_changes_bump_version_by_one_and_log_one_event_each,
+    redelivered_command_after_apply_is_already_done_without_second_event,
+    unacknowledged_command_is_received_again_after_visibility_timeout,
+    extend_visibility_keeps_a_command_hidden_without_counting_a_receive,
+    released_command_is_receivable_at_once,
+    command_received_more_than_max_receives_goes_to_dead_letters_and_redrive_returns_it,
+    later_command_of_an_order_is_blocked_until_the_earlier_one_completes,
+    different_orders_are_received_together,
+    change_on_a_stale_version_is_refused_and_writes_nothing,
+    acknowledging_without_change_completes_the_command,
+    enqueue_for_unknown_order_is_refused,
+    history_is_capped_oldest_first,
+    event_log_reads_after_a_cursor_in_order,
+    waiting_reader_wakes_when_an_event_is_appended,
+    malformed_entries_are_reported_not_fatal_and_set_aside_once,
+    event_log_keeps_only_the_retention_window,
+    idempotency_key_is_claimed_once_then_replayed,
+    abandoned_idempotency_key_can_be_claimed_again,
+    queue_stats_count_visible_in_flight_and_dead,
+    a_second_consumer_takes_over_expired_work,
+);
+
+fn order(id: &str) -> Order {
+    Order {
+        order_id: id.into(),
+        customer_id: format!("cust-{id}"),
+        partner_id: Some("acme".into()),
+        items: vec![LineItem {
+            sku: "sku".into(),
+            quantity: 1,
+            unit_price: serde_json::Number::from(5),
+        }],
+        currency: "USD".into(),
+        metadata: None,
+        created_at: now_rfc3339(),
+    }
+}
+
+fn accepted_event(o: &Order) -> OrderEvent {
+    OrderEvent {
+        event_type: "order.accepted".into(),
+        order_id: o.order_id.clone(),
+        customer_id: o.customer_id.clone(),
+        partner_id: o.partner_id.clone(),
+        status: OrderStatus::Accepted,
+        previous_status: None,
+        version: 1,
+        occurred_at: o.created_at.clone(),
+        data: None,
+    }
+}
+
+fn command(order_id: &str, command: Command) -> NewCommand {
+    NewCommand {
+        message_id: uuid::Uuid::new_v4().to_string(),
+        order_id: order_id.into(),
+        command,
+        sent_at: now_rfc3339(),
+    }
+}
+
+fn process(o: &Order) -> Command {
+    Command::ProcessOrder {
+        order: Box::new(o.clone()),
+    }
+}
+
+fn transition(order_id: &str, to: OrderStatus) -> NewCommand {
+    command(
+        order_id,
+        Command::Transition {
+            status: to,
+            reason: None,
+        },
+    )
+}
+
+/// Accepts an order; returns its processOrder command.
+async fn accept(engine: &Arc<dyn Engine>, id: &str) -> NewCommand {
+    let o = order(id);
+    let cmd = command(id, process(&o));
+    let outcome = engine
+        .accept_order(&o, &accepted_event(&o), &cmd, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, AcceptOutcome::Accepted { .. }),
+        "{outcome:?}"
+    );
+    cmd
+}
+
+async fn receive(engine: &Arc<dyn Engine>, max: usize) -> Vec<ReceivedCommand> {
+    engine
+        .receive_batch(max, Duration::from_millis(50))
+        .await
+        .unwrap()
+}
+
+async fn receive_one(engine: &Arc<dyn Engine>) -> ReceivedCommand {
+    let mut batch = engine
+        .receive_batch(1, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 1, "expected one command");
+    batch.remove(0)
+}
+
+async fn change_to(engine: &Arc<dyn Engine>, order_id: &str, to: OrderStatus) -> StatusChange {
+    let status = engine.order_status(order_id).await.unwrap().unwrap();
+    herald::worker::status_change(&status, to, None)
+}
+
+async fn events(engine: &Arc<dyn Engine>) -> Vec<LoggedEvent> {
+    engine
+        .read_events(EventId::ZERO, 1000, Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            LogEntry::Event(e) => Some(e),
+            LogEntry::Malformed(_) => None,
+        })
+        .collect()
+}
+
+async fn accept_writes_status_history_event_and_command_together(h: Harness) {
+    let e = &h.engine;
+    let cmd = accept(e, "o1").await;
+    let status = e.order_status("o1").await.unwrap().unwrap();
+    assert_eq!(status.status, OrderStatus::Accepted);
+    assert_eq!(status.version, 1);
+    assert_eq!(status.partner_id.as_deref(), Some("acme"));
+    let record = e.order("o1").await.unwrap().unwrap();
+    assert_eq!(record.order.customer_id, "cust-o1");
+    assert_eq!(record.order.items.len(), 1);
+    assert_eq!(record.history.len(), 1);
+    let evs = events(e).await;
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].event.event_type, "order.accepted");
+    assert_eq!(record.history[0].event_id, evs[0].event_id);
+    let got = receive_one(e).await;
+    assert_eq!(got.message, cmd);
+    assert_eq!(got.receive_count, 1);
+}
+
+async fn accepting_an_existing_order_id_writes_nothing(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let o = order("o1");
+    let outcome = e
+        .accept_order(&o, &accepted_event(&o), &command("o1", process(&o)), None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, AcceptOutcome::AlreadyExists);
+    assert_eq!(events(e).await.len(), 1);
+    assert_eq!(receive(e, 10).await.len(), 1);
+}
+
+async fn applied_changes_bump_version_by_one_and_log_one_event_each(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let got = receive_one(e).await;
+    let change = change_to(e, "o1", OrderStatus::Confirmed).await;
+    let outcome = e.apply(&got, Some(&change)).await.unwrap();
+    assert!(matches!(
+        outcome,
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    e.enqueue_command(&transition("o1", OrderStatus::Preparing), None)
+        .await
+        .unwrap();
+    let got = receive_one(e).await;
+    let change = change_to(e, "o1", OrderStatus::Preparing).await;
+    e.apply(&got, Some(&change)).await.unwrap();
+    let record = e.order("o1").await.unwrap().unwrap();
+    assert_eq!(record.status.status, OrderStatus::Preparing);
+    assert_eq!(record.status.version, 3);
+    let versions: Vec<u64> = record.history.iter().map(|h| h.version).collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+    let evs = events(e).await;
+    let statuses: Vec<_> = evs
+        .iter()
+        .map(|e| (e.event.status, e.event.version))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (OrderStatus::Accepted, 1),
+            (OrderStatus::Confirmed, 2),
+            (OrderStatus::Preparing, 3)
+        ]
+    );
+    assert_eq!(evs[2].event.previous_status, Some(OrderStatus::Confirmed));
+    assert!(receive(e, 10).await.is_empty(), "queue drained");
+}
+
+async fn redelivered_command_after_apply_is_already_done_without_second_event(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let first = receive_one(e).await;
+    let change = change_to(e, "o1", OrderStatus::Confirmed).await;
+    // A second receiver holds a copy of the same delivery (as after a visibility timeout).
+    let copy = first.clone();
+    e.apply(&first, Some(&change)).await.unwrap();
+    let again = e.apply(&copy, Some(&change)).await.unwrap();
+    assert_eq!(again, ApplyOutcome::AlreadyDone);
+    assert_eq!(events(e).await.len(), 2);
+    assert_eq!(e.order_status("o1").await.unwrap().unwrap().version, 2);
+}
+
+async fn unacknowledged_command_is_received_again_after_visibility_timeout(h: Harness) {
+    let e = &h.engine;
+    let cmd = accept(e, "o1").await;
+    let first = receive_one(e).await;
+    assert!(receive(e, 10).await.is_empty(), "invisible while in flight");
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(150)).await;
+    let second = receive_one(e).await;
+    assert_eq!(second.message, cmd);
+    assert_eq!(second.receive_count, first.receive_count + 1);
+}
+
+async fn extend_visibility_keeps_a_command_hidden_without_counting_a_receive(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let first = receive_one(e).await;
+    for _ in 0..3 {
+        tokio::time::sleep(VISIBILITY / 2).await;
+        e.extend_visibility(&first).await.unwrap();
+    }
+    assert!(
+        receive(e, 10).await.is_empty(),
+        "still hidden after 1.5 timeouts"
+    );
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(150)).await;
+    assert_eq!(receive_one(e).await.receive_count, 2);
+}
+
+async fn released_command_is_receivable_at_once(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let first = receive_one(e).await;
+    e.release(&first).await.unwrap();
+    let again = e
+        .receive_batch(10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message, first.message);
+}
+
+async fn command_received_more_than_max_receives_goes_to_dead_letters_and_redrive_returns_it(
+    h: Harness,
+) {
+    let e = &h.engine;
+    let cmd = accept(e, "o1").await;
+    for n in 1..=h.settings.max_receives {
+        let got = receive_one(e).await;
+        assert_eq!(got.receive_count, n);
+        e.release(&got).await.unwrap();
+    }
+    assert!(
+        receive(e, 10).await.is_empty(),
+        "moved to the dead-letter queue"
+    );
+    let dead = e.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message, cmd);
+    assert_eq!(e.queue_stats().await.unwrap().dead_letters, 1);
+    // The dead letter no longer blocks the order's later commands.
+    e.enqueue_command(&transition("o1", OrderStatus::Cancelled), None)
+        .await
+        .unwrap();
+    let next = receive_one(e).await;
+    let change = change_to(e, "o1", OrderStatus::Cancelled).await;
+    assert!(matches!(
+        e.apply(&next, Some(&change)).await.unwrap(),
+        ApplyOutcome::Applied { .. }
+    ));
+    assert_eq!(e.redrive(10).await.unwrap(), 1);
+    assert!(e.dead_letters(10).await.unwrap().is_empty());
+    let back = receive_one(e).await;
+    assert_eq!(back.message, cmd);
+    assert_eq!(back.receive_count, 1, "redrive resets the receive count");
+}
+
+async fn later_command_of_an_order_is_blocked_until_the_earlier_one_completes(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let cancel = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&cancel, None).await.unwrap();
+    let batch = receive(e, 10).await;
+    assert_eq!(batch.len(), 2);
+    let (first, second) = (&batch[0], &batch[1]);
+    assert_eq!(second.message, cancel, "received in arrival order");
+    let change = change_to(e, "o1", OrderStatus::Cancelled).await;
+    assert_eq!(
+        e.apply(second, Some(&change)).await.unwrap(),
+        ApplyOutcome::Blocked
+    );
+    assert_eq!(
+        e.order_status("o1").await.unwrap().unwrap().version,
+        1,
+        "nothing written"
+    );
+    let confirm = change_to(e, "o1", OrderStatus::Confirmed).await;
+    e.apply(first, Some(&confirm)).await.unwrap();
+    let change = change_to(e, "o1", OrderStatus::Cancelled).await;
+    assert!(matches!(
+        e.apply(second, Some(&change)).await.unwrap(),
+        ApplyOutcome::Applied { .. }
+    ));
+    let statuses: Vec<_> = events(e).await.iter().map(|e| e.event.status).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            OrderStatus::Accepted,
+            OrderStatus::Confirmed,
+            OrderStatus::Cancelled
+        ]
+    );
+}
+
+async fn different_orders_are_received_together(h: Harness) {
+    let e = &h.engine;
+    for i in 0..5 {
+        accept(e, &format!("o{i}")).await;
+    }
+    let batch = receive(e, 10).await;
+    assert_eq!(batch.len(), 5);
+    for got in &batch {
+        let change = change_to(e, &got.message.order_id, OrderStatus::Confirmed).await;
+        assert!(matches!(
+            e.apply(got, Some(&change)).await.unwrap(),
+            ApplyOutcome::Applied { .. }
+        ));
+    }
+}
+
+async fn change_on_a_stale_version_is_refused_and_writes_nothing(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let got = receive_one(e).await;
+    let status = e.order_status("o1").await.unwrap().unwrap();
+    let mut stale = status.clone();
+    stale.version = 7;
+    let change = herald::worker::status_change(&stale, OrderStatus::Confirmed, None);
+    assert_eq!(
+        e.apply(&got, Some(&change)).await.unwrap(),
+        ApplyOutcome::Stale { current_version: 1 }
+    );
+    assert_eq!(events(e).await.len(), 1);
+    let change = herald::worker::status_change(&status, OrderStatus::Confirmed, None);
+    assert!(matches!(
+        e.apply(&got, Some(&change)).await.unwrap(),
+        ApplyOutcome::Applied { .. }
+    ));
+}
+
+async fn acknowledging_without_change_completes_the_command(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let got = receive_one(e).await;
+    assert_eq!(
+        e.apply(&got, None).await.unwrap(),
+        ApplyOutcome::Applied { event_id: None }
+    );
+    assert_eq!(events(e).await.len(), 1);
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(150)).await;
+    assert!(receive(e, 10).await.is_empty(), "acknowledged for good");
+    let stats = e.queue_stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (0, 0));
+}
+
+async fn enqueue_for_unknown_order_is_refused(h: Harness) {
+    let e = &h.engine;
+    let outcome = e
+        .enqueue_command(&transition("nope", OrderStatus::Cancelled), None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, EnqueueOutcome::UnknownOrder);
+    assert!(receive(e, 10).await.is_empty());
+}
+
+async fn history_is_capped_oldest_first(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let path = [
+        OrderStatus::Confirmed,
+        OrderStatus::Preparing,
+        OrderStatus::Shipped,
+        OrderStatus::Delivered,
+    ];
+    // The engine does not judge transitions (the worker does): walk the whole path, five
+    // entries with `accepted`, which is exactly the cap.
+    let first = receive_one(e).await;
+    let change = change_to(e, "o1", path[0]).await;
+    e.apply(&first, Some(&change)).await.unwrap();
+    for to in &path[1..] {
+        e.enqueue_command(&transition("o1", *to), None)
+            .await
+            .unwrap();
+        let got = receive_one(e).await;
+        let change = change_to(e, "o1", *to).await;
+        e.apply(&got, Some(&change)).await.unwrap();
+    }
+    let record = e.order("o1").await.unwrap().unwrap();
+    assert_eq!(record.history.len(), 5);
+    // One more change pushes the oldest (accepted) out.
+    e.enqueue_command(&transition("o1", OrderStatus::Cancelled), None)
+        .await
+        .unwrap();
+    let got = receive_one(e).await;
+    let change = change_to(e, "o1", OrderStatus::Cancelled).await;
+    e.apply(&got, Some(&change)).await.unwrap();
+    let record = e.order("o1").await.unwrap().unwrap();
+    let versions: Vec<u64> = record.history.iter().map(|h| h.version).collect();
+    assert_eq!(versions, vec![2, 3, 4, 5, 6]);
+}
+
+async fn event_log_reads_after_a_cursor_in_order(h: Harness) {
+    let e = &h.engine;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let o = order(&format!("o{i}"));
+        ids.push(
+            e.append_raw_event(&accepted_event(&o).to_json())
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    assert_eq!(e.last_event_id().await.unwrap(), ids[4]);
+    assert_eq!(e.first_event_id().await.unwrap(), Some(ids[0]));
+    let after = e.read_events(ids[1], 2, Duration::ZERO).await.unwrap();
+    let got: Vec<EventId> = after.iter().map(|x| x.id().unwrap()).collect();
+    assert_eq!(got, vec![ids[2], ids[3]]);
+    assert!(
+        e.read_events(ids[4], 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn waiting_reader_wakes_when_an_event_is_appended(h: Harness) {
+    let e = h.engine.clone();
+    let start = e.last_event_id().await.unwrap();
+    let reader = {
+        let e = e.clone();
+        tokio::spawn(async move { e.read_events(start, 10, Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let o = order("o1");
+    let id = e
+        .append_raw_event(&accepted_event(&o).to_json())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), reader)
+        .await
+        .expect("reader woke before its wait ran out")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id().unwrap(), id);
+}
+
+async fn malformed_entries_are_reported_not_fatal_and_set_aside_once(h: Harness) {
+    let e = &h.engine;
+    let bad = e.append_raw_event("{not json").await.unwrap();
+    let wrong = e
+        .append_raw_event(r#"{"type":"order.shipped","orderId":"o","customerId":"c","status":"accepted","version":1,"occurredAt":"2026-01-01T00:00:00Z"}"#)
+        .await
+        .unwrap();
+    let o = order("o1");
+    let good = e
+        .append_raw_event(&accepted_event(&o).to_json())
+        .await
+        .unwrap();
+    let entries = e
+        .read_events(EventId::ZERO, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 3);
+    let LogEntry::Malformed(m1) = &entries[0] else {
+        panic!("{:?}", entries[0])
+    };
+    assert_eq!(m1.entry_id, bad.to_string());
+    assert_eq!(m1.raw, "{not json");
+    let LogEntry::Malformed(m2) = &entries[1] else {
+        panic!("{:?}", entries[1])
+    };
+    assert_eq!(m2.entry_id, wrong.to_string());
+    assert!(m2.error.contains("does not match"), "{}", m2.error);
+    let LogEntry::Event(ev) = &entries[2] else {
+        panic!("{:?}", entries[2])
+    };
+    assert_eq!(ev.event_id, good.to_string());
+    e.set_aside(m1).await.unwrap();
+    e.set_aside(m1).await.unwrap();
+    e.set_aside(m2).await.unwrap();
+    let aside = e.malformed_entries(10).await.unwrap();
+    assert_eq!(aside, vec![m1.clone(), m2.clone()]);
+}
+
+async fn event_log_keeps_only_the_retention_window(h: Harness) {
+    let e = &h.engine;
+    let o = order("o1");
+    let raw = accepted_event(&o).to_json();
+    let mut ids = Vec::new();
+    for _ in 0..400 {
+        ids.push(e.append_raw_event(&raw).await.unwrap());
+    }
+    let first = e.first_event_id().await.unwrap().unwrap();
+    assert!(first > ids[0], "old entries trimmed");
+    // Redis trims approximately (MAXLEN ~), never below the retention.
+    let kept = e
+        .read_events(EventId::ZERO, 1000, Duration::ZERO)
+        .await
+        .unwrap()
+        .len();
+    assert!(
+        kept >= h.settings.event_retention as usize && kept < 400,
+        "kept {kept}"
+    );
+}
+
+async fn idempotency_key_is_claimed_once_then_replayed(h: Harness) {
+    let e = &h.engine;
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        e.begin_idempotent("admin:k1", "fp1", ttl).await.unwrap(),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        e.begin_idempotent("admin:k1", "fp2", ttl).await.unwrap(),
+        IdempotencyBegin::InFlight {
+            fingerprint: "fp1".into()
+        }
+    );
+    let o = order("o1");
+    let response = IdempotentResponse {
+        key: "admin:k1".into(),
+        fingerprint: "fp1".into(),
+        status: 202,
+        body: serde_json::json!({"orderId": "o1"}),
+        ttl,
+    };
+    e.accept_order(
+        &o,
+        &accepted_event(&o),
+        &command("o1", process(&o)),
+        Some(&response),
+    )
+    .await
+    .unwrap();
+    match e.begin_idempotent("admin:k1", "fp1", ttl).await.unwrap() {
+        IdempotencyBegin::Completed(r) => {
+            assert_eq!(r.status, 202);
+            assert_eq!(r.fingerprint, "fp1");
+            assert_eq!(r.body, response.body);
+        }
+        other => panic!("expected a completed record, got {other:?}"),
+    }
+    // Abandoning a completed key changes nothing.
+    e.abandon_idempotent("admin:k1").await.unwrap();
+    assert!(matches!(
+        e.begin_idempotent("admin:k1", "fp1", ttl).await.unwrap(),
+        IdempotencyBegin::Completed(_)
+    ));
+}
+
+async fn abandoned_idempotency_key_can_be_claimed_again(h: Harness) {
+    let e = &h.engine;
+    let ttl = Duration::from_secs(60);
+    e.begin_idempotent("admin:k2", "fp", ttl).await.unwrap();
+    e.abandon_idempotent("admin:k2").await.unwrap();
+    assert_eq!(
+        e.begin_idempotent("admin:k2", "fp", ttl).await.unwrap(),
+        IdempotencyBegin::Started
+    );
+    // An in-flight claim that is never completed expires.
+    e.begin_idempotent("admin:k3", "fp", Duration::from_millis(200))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        e.begin_idempotent("admin:k3", "fp", ttl).await.unwrap(),
+        IdempotencyBegin::Started
+    );
+}
+
+async fn queue_stats_count_visible_in_flight_and_dead(h: Harness) {
+    let e = &h.engine;
+    for i in 0..3 {
+        accept(e, &format!("o{i}")).await;
+    }
+    assert_eq!(
+        e.queue_stats().await.unwrap(),
+        QueueStats {
+            visible: 3,
+            in_flight: 0,
+            dead_letters: 0
+        }
+    );
+    let got = receive(e, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        e.queue_stats().await.unwrap(),
+        QueueStats {
+            visible: 2,
+            in_flight: 1,
+            dead_letters: 0
+        }
+    );
+}
+
+async fn a_second_consumer_takes_over_expired_work(h: Harness) {
+    let e = &h.engine;
+    let other = h.second_consumer().await;
+    accept(e, "o1").await;
+    let first = receive_one(e).await;
+    // The first consumer dies without acknowledging; the second claims it after the timeout.
+    assert!(receive(&other, 10).await.is_empty());
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(150)).await;
+    let taken = receive_one(&other).await;
+    assert_eq!(taken.message, first.message);
+    let change = change_to(&other, "o1", OrderStatus::Confirmed).await;
+    assert!(matches!(
+        other.apply(&taken, Some(&change)).await.unwrap(),
+        ApplyOutcome::Applied { .. }
+    ));
+    // The first consumer's late completion changes nothing.
+    assert_eq!(
+        e.apply(&first, Some(&change)).await.unwrap(),
+        ApplyOutcome::AlreadyDone
+    );
+    assert_eq!(events(e).await.len(), 2);
+}

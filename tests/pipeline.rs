@@ -1,0 +1,791 @@
+//! The order pipeline end to end: the real `herald` binary over HTTP, on the memory engine and
+//! on a real redis-server started by the test, including crashes and Redis restarts.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Memory,
+    Redis,
+}
+
+struct Stack {
+    herald: Herald,
+    redis: Option<RedisServer>,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    fn start(kind: Kind) -> Stack {
+        Self::start_with(kind, "")
+    }
+
+    fn start_with(kind: Kind, extra_toml: &str) -> Stack {
+        let redis = (kind == Kind::Redis).then(|| RedisServer::start(true));
+        let herald = Herald::start(HeraldOptions {
+            redis_url: redis.as_ref().map(|r| r.url()),
+            extra_toml: extra_toml.to_string(),
+            ..HeraldOptions::default()
+        });
+        Stack {
+            herald,
+            redis,
+            http: client(),
+        }
+    }
+
+    async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.herald.url(path))
+            .header("x-api-key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.http
+            .get(self.herald.url(path))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn status(&self, order_id: &str) -> Option<Value> {
+        let r = self
+            .get(&format!("/v1/orders/{order_id}/status"), ADMIN_KEY)
+            .await;
+        if r.status() == StatusCode::OK {
+            r.json().await.ok()
+        } else {
+            None
+        }
+    }
+
+    async fn wait_for_status(&self, order_id: &str, status: &str, version: u64) -> Value {
+        eventually(
+            Duration::from_secs(20),
+            &format!("order {order_id} {status} v{version}"),
+            || async {
+                self.status(order_id)
+                    .await
+                    .filter(|s| s["status"] == status && s["version"] == version)
+            },
+        )
+        .await
+    }
+
+    async fn queue(&self) -> Value {
+        self.get("/v1/admin/queues", ADMIN_KEY)
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn events(&self) -> Vec<Value> {
+        let body: Value = self
+            .get("/v1/events?after=0&limit=1000", ADMIN_KEY)
+            .await
+            .json()
+            .await
+            .unwrap();
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn metric(&self, name: &str) -> u64 {
+        let text = self.get("/metrics", ADMIN_KEY).await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test] async fn $name() { super::$name(super::Kind::Memory).await; } )*
+        }
+        mod redis {
+            $( #[tokio::test] async fn $name() { super::$name(super::Kind::Redis).await; } )*
+        }
+    };
+}
+
+on_both_engines!(
+    order_is_confirmed_then_moves_on_with_versions_1_2_3,
+    idempotency_key_replays_and_refuses_another_body,
+    illegal_transition_is_refused_with_409_and_nothing_queued,
+    bad_input_is_refused_with_field_errors_and_nothing_queued,
+    credentials_are_required_and_partners_reach_only_their_orders,
+    invalid_orders_are_rejected_by_the_worker,
+    sigterm_drains_and_exits_cleanly,
+);
+
+async fn order_is_confirmed_then_moves_on_with_versions_1_2_3(kind: Kind) {
+    let s = Stack::start(kind);
+    let r = s
+        .post("/v1/orders", ADMIN_KEY, &order_body("ord-1", "cust-1"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(r.headers()["location"], "/v1/orders/ord-1/status");
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["orderId"], "ord-1");
+    assert_eq!(body["status"], "accepted");
+    assert!(body["messageId"].as_str().is_some_and(|m| !m.is_empty()));
+    // The status record exists as soon as the 202 is out.
+    let first = s.status("ord-1").await.expect("status right after the 202");
+    assert!(first["status"] == "accepted" || first["status"] == "confirmed");
+    s.wait_for_status("ord-1", "confirmed", 2).await;
+
+    let r = s
+        .post(
+            "/v1/orders/ord-1/transitions",
+            ADMIN_KEY,
+            &json!({"status": "preparing", "reason": "picked"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["requestedStatus"], "preparing");
+    s.wait_for_status("ord-1", "preparing", 3).await;
+
+    let order: Value = s
+        .get("/v1/orders/ord-1", ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let history: Vec<(String, u64)> = order["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["status"].as_str().unwrap().to_string(),
+                h["version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            ("accepted".into(), 1),
+            ("confirmed".into(), 2),
+            ("preparing".into(), 3)
+        ]
+    );
+    assert_eq!(order["items"][0]["sku"], "sku-1");
+    let events: Vec<(String, u64)> = s
+        .events()
+        .await
+        .iter()
+        .filter(|e| e["orderId"] == "ord-1")
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            ("order.accepted".into(), 1),
+            ("order.confirmed".into(), 2),
+            ("order.preparing".into(), 3)
+        ]
+    );
+}
+
+async fn idempotency_key_replays_and_refuses_another_body(kind: Kind) {
+    let s = Stack::start(kind);
+    let send = |body: Value| {
+        s.http
+            .post(s.herald.url("/v1/orders"))
+            .header("x-api-key", ADMIN_KEY)
+            .header("idempotency-key", "key-1")
+            .json(&body)
+            .send()
+    };
+    let first = send(order_body("idem-1", "c")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    let replay = send(order_body("idem-1", "c")).await.unwrap();
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        replay.json::<Value>().await.unwrap(),
+        first,
+        "same body, same messageId"
+    );
+    let other = send(order_body("idem-2", "c")).await.unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.headers()["content-type"], "application/problem+json");
+    assert!(
+        s.status("idem-2").await.is_none(),
+        "the other body was not accepted"
+    );
+    // One order, one processOrder command: exactly two events once confirmed.
+    s.wait_for_status("idem-1", "confirmed", 2).await;
+    assert_eq!(s.events().await.len(), 2);
+}
+
+#[tokio::test]
+async fn idempotency_key_in_flight_is_a_409() {
+    let s = Stack::start(Kind::Redis);
+    // A first request holding the key, as seen from Redis while it is being processed.
+    let mut conn = s.redis.as_ref().unwrap().conn();
+    let _: () = ::redis::cmd("SET")
+        .arg("herald:{p0}:idem:admin:busy-key")
+        .arg(r#"{"state":"inflight","fingerprint":"f"}"#)
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut conn)
+        .unwrap();
+    let r = s
+        .http
+        .post(s.herald.url("/v1/orders"))
+        .header("x-api-key", ADMIN_KEY)
+        .header("idempotency-key", "busy-key")
+        .json(&order_body("busy-1", "c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "/problems/idempotency-in-flight");
+    assert!(s.status("busy-1").await.is_none());
+}
+
+async fn illegal_transition_is_refused_with_409_and_nothing_queued(kind: Kind) {
+    let s = Stack::start(kind);
+    s.post("/v1/orders", ADMIN_KEY, &order_body("ill-1", "c"))
+        .await;
+    s.wait_for_status("ill-1", "confirmed", 2).await;
+    let r = s
+        .post(
+            "/v1/orders/ill-1/transitions",
+            ADMIN_KEY,
+            &json!({"status": "delivered"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "/problems/illegal-transition");
+    assert!(p["detail"].as_str().unwrap().contains("preparing"), "{p}");
+    let q = s.queue().await;
+    assert_eq!(q["commands"]["visible"], 0);
+    assert_eq!(q["commands"]["inFlight"], 0);
+    let st = s.status("ill-1").await.unwrap();
+    assert_eq!(
+        (st["status"].as_str(), st["version"].as_u64()),
+        (Some("confirmed"), Some(2))
+    );
+    let r = s
+        .post(
+            "/v1/orders/missing/transitions",
+            ADMIN_KEY,
+            &json!({"status": "cancelled"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+async fn bad_input_is_refused_with_field_errors_and_nothing_queued(kind: Kind) {
+    let s = Stack::start(kind);
+    let r = s
+        .post(
+            "/v1/orders",
+            ADMIN_KEY,
+            &json!({"orderId": "bad-1", "items": [{"sku": "a", "quantity": "two", "unitPrice": 1}], "currency": "dollars"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: Value = r.json().await.unwrap();
+    let pointers: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert!(pointers.contains(&"#/customerId"), "{p}");
+    assert!(pointers.contains(&"#/items/0/quantity"), "{p}");
+    assert!(pointers.contains(&"#/currency"), "{p}");
+
+    let raw = s
+        .http
+        .post(s.herald.url("/v1/orders"))
+        .header("x-api-key", ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body("{\"customerId\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+    let wrong_type = s
+        .http
+        .post(s.herald.url("/v1/orders"))
+        .header("x-api-key", ADMIN_KEY)
+        .header("content-type", "text/plain")
+        .body(order_body("bad-2", "c").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let huge = json!({"customerId": "c", "items": [], "currency": "USD", "metadata": {"x": "y".repeat(100_000)}});
+    let r = s.post("/v1/orders", ADMIN_KEY, &huge).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    assert!(s.status("bad-1").await.is_none());
+    assert!(s.status("bad-2").await.is_none());
+    let q = s.queue().await;
+    assert_eq!(
+        (
+            q["commands"]["visible"].as_u64(),
+            q["commands"]["inFlight"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert!(s.events().await.is_empty());
+}
+
+async fn credentials_are_required_and_partners_reach_only_their_orders(kind: Kind) {
+    let s = Stack::start(kind);
+    let anonymous = s
+        .http
+        .post(s.herald.url("/v1/orders"))
+        .json(&order_body("a-1", "c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        anonymous.headers()["content-type"],
+        "application/problem+json"
+    );
+    let wrong = s
+        .post(
+            "/v1/orders",
+            "not-a-key-at-all-000000",
+            &order_body("a-1", "c"),
+        )
+        .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    // acme's order: partnerId comes from its key.
+    let r = s
+        .post("/v1/orders", ACME_KEY, &order_body("acme-1", "c"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let mut spoof = order_body("acme-2", "c");
+    spoof["partnerId"] = json!("globex");
+    assert_eq!(
+        s.post("/v1/orders", ACME_KEY, &spoof).await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    assert_eq!(
+        s.get("/v1/orders/acme-1/status", ACME_KEY).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.get("/v1/orders/acme-1/status", GLOBEX_KEY).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.get("/v1/orders/acme-1", GLOBEX_KEY).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    s.wait_for_status("acme-1", "confirmed", 2).await;
+    let r = s
+        .post(
+            "/v1/orders/acme-1/transitions",
+            GLOBEX_KEY,
+            &json!({"status": "cancelled"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.get("/v1/admin/queues", ACME_KEY).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.get("/v1/orders/acme-1/status", "").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Partners' event feed holds only their own orders.
+    s.post("/v1/orders", ADMIN_KEY, &order_body("house-1", "c"))
+        .await;
+    let feed: Value = s
+        .get("/v1/events?after=0", GLOBEX_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(feed["events"].as_array().unwrap().len(), 0);
+    let feed: Value = s
+        .get("/v1/events?after=0", ACME_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["orderId"] == "acme-1")
+    );
+    assert!(
+        !s.herald.logs().contains(ACME_KEY),
+        "keys never reach the log"
+    );
+}
+
+async fn invalid_orders_are_rejected_by_the_worker(kind: Kind) {
+    let s = Stack::start(kind);
+    let mut body = order_body("rej-1", "c");
+    body["items"][0]["quantity"] = json!(0);
+    assert_eq!(
+        s.post("/v1/orders", ADMIN_KEY, &body).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let mut body = order_body("rej-2", "c");
+    body["currency"] = json!("XXX");
+    assert_eq!(
+        s.post("/v1/orders", ADMIN_KEY, &body).await.status(),
+        StatusCode::ACCEPTED
+    );
+    s.wait_for_status("rej-1", "rejected", 2).await;
+    s.wait_for_status("rej-2", "rejected", 2).await;
+    let rejected: Vec<Value> = s
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "order.rejected")
+        .collect();
+    assert_eq!(rejected.len(), 2);
+    let reason = |id: &str| {
+        rejected
+            .iter()
+            .find(|e| e["orderId"] == id)
+            .and_then(|e| e["data"]["reason"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(reason("rej-1").contains("quantity"), "{rejected:?}");
+    assert!(reason("rej-2").contains("currency"), "{rejected:?}");
+}
+
+async fn sigterm_drains_and_exits_cleanly(kind: Kind) {
+    let mut s = Stack::start(kind);
+    for i in 0..20 {
+        s.post(
+            "/v1/orders",
+            ADMIN_KEY,
+            &order_body(&format!("term-{i}"), "c"),
+        )
+        .await;
+    }
+    assert!(
+        s.herald.terminate(),
+        "exit status 0 after SIGTERM:\n{}",
+        s.herald.logs()
+    );
+    assert!(s.herald.logs().contains("herald stopped"));
+}
+
+#[tokio::test]
+async fn serve_without_keys_generates_an_admin_key_and_prints_it() {
+    let herald = Herald::start_bare(&[]);
+    let logs = herald.logs();
+    let key = logs
+        .lines()
+        .find_map(|l| l.split("admin key: ").nth(1))
+        .expect("the generated key is printed")
+        .trim()
+        .to_string();
+    let http = client();
+    let r = http
+        .get(herald.url("/v1/admin/queues"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "nothing is open by default"
+    );
+    let r = http
+        .get(herald.url("/v1/admin/queues"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(logs.contains("engine: memory"), "{logs}");
+    eventually(
+        Duration::from_secs(5),
+        "the URLs it serves are printed",
+        || async {
+            herald
+                .logs()
+                .contains("POST http://127.0.0.1")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn worker_killed_mid_batch_loses_no_command_and_duplicates_no_event() {
+    let redis = RedisServer::start(true);
+    let extra = "[queue]\nvisibility_timeout = \"2s\"\n";
+    let start = |roles: &str| {
+        Herald::start(HeraldOptions {
+            redis_url: Some(redis.url()),
+            roles: roles.into(),
+            extra_toml: extra.into(),
+            ..HeraldOptions::default()
+        })
+    };
+    let api = start("api");
+    let http = client();
+    const ORDERS: usize = 300;
+    for i in 0..ORDERS {
+        let r = http
+            .post(api.url("/v1/orders"))
+            .header("x-api-key", ADMIN_KEY)
+            .json(&order_body(&format!("k-{i}"), "c"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    // Freeze a worker in the middle of its batches, check it holds unacknowledged work, kill it.
+    let mut conn = redis.conn();
+    let mut victim = start("worker");
+    let mut pending = 0u64;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        victim.signal("STOP");
+        let summary: ::redis::Value = ::redis::cmd("XPENDING")
+            .arg("herald:{p0}:commands")
+            .arg("workers")
+            .query(&mut conn)
+            .unwrap();
+        if let ::redis::Value::Array(parts) = summary
+            && let Some(::redis::Value::Int(n)) = parts.first()
+        {
+            pending = *n as u64;
+        }
+        if pending > 0 {
+            break;
+        }
+        victim.signal("CONT");
+    }
+    assert!(
+        pending > 0,
+        "the worker was caught holding unacknowledged commands"
+    );
+    victim.kill9();
+
+    let _rescuer = start("worker");
+    let s = Stack {
+        herald: api,
+        redis: None,
+        http,
+    };
+    for i in 0..ORDERS {
+        s.wait_for_status(&format!("k-{i}"), "confirmed", 2).await;
+    }
+    let events = s.events_all().await;
+    let confirmed = events
+        .iter()
+        .filter(|e| e["type"] == "order.confirmed")
+        .count();
+    assert_eq!(confirmed, ORDERS, "exactly one confirmed event per order");
+    assert_eq!(events.len(), 2 * ORDERS);
+    let q = s.queue().await;
+    assert_eq!(q["commands"]["inFlight"], 0);
+    assert_eq!(q["commands"]["deadLetters"], 0);
+    drop(redis);
+}
+
+impl Stack {
+    /// Every event in the log, following the cursor page by page.
+    async fn events_all(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let body: Value = self
+                .get(&format!("/v1/events?after={cursor}&limit=1000"), ADMIN_KEY)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let page = body["events"].as_array().cloned().unwrap_or_default();
+            if page.is_empty() {
+                return all;
+            }
+            cursor = body["next"].as_str().unwrap().to_string();
+            all.extend(page);
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_restart_with_aof_pauses_intake_then_resumes_without_loss() {
+    let mut s = Stack::start_with(Kind::Redis, "[engine]\noperation_timeout = \"500ms\"\n");
+    for i in 0..20 {
+        s.post("/v1/orders", ADMIN_KEY, &order_body(&format!("r-{i}"), "c"))
+            .await;
+    }
+    s.redis.as_mut().unwrap().stop();
+    let ready = s.http.get(s.herald.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let r = s
+        .post("/v1/orders", ADMIN_KEY, &order_body("during", "c"))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "never a 202 while nothing can be queued"
+    );
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    s.redis.as_mut().unwrap().start_again();
+    eventually(Duration::from_secs(20), "readyz after restart", || async {
+        let r = s.http.get(s.herald.url("/readyz")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    for i in 20..40 {
+        let r = s
+            .post("/v1/orders", ADMIN_KEY, &order_body(&format!("r-{i}"), "c"))
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    for i in 0..40 {
+        s.wait_for_status(&format!("r-{i}"), "confirmed", 2).await;
+    }
+    assert!(s.status("during").await.is_none());
+    let events = s.events_all().await;
+    assert_eq!(
+        events.len(),
+        80,
+        "accepted + confirmed for each order, once"
+    );
+}
+
+#[tokio::test]
+async fn redis_losing_its_data_is_survived_by_recreating_the_consumer_group() {
+    let mut s = Stack::start_with(Kind::Redis, "[engine]\noperation_timeout = \"500ms\"\n");
+    s.post("/v1/orders", ADMIN_KEY, &order_body("before", "c"))
+        .await;
+    s.wait_for_status("before", "confirmed", 2).await;
+    {
+        let mut conn = s.redis.as_ref().unwrap().conn();
+        let _: () = ::redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    }
+    s.redis.as_mut().unwrap().restart();
+    eventually(
+        Duration::from_secs(20),
+        "readyz after data loss",
+        || async {
+            let r = s.http.get(s.herald.url("/readyz")).send().await.ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+    let r = s
+        .post("/v1/orders", ADMIN_KEY, &order_body("after", "c"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    s.wait_for_status("after", "confirmed", 2).await;
+}
+
+#[tokio::test]
+async fn external_xadd_entries_are_read_and_malformed_ones_set_aside() {
+    let s = Stack::start(Kind::Redis);
+    // Let the tail find the end of the log first.
+    eventually(Duration::from_secs(10), "event tail started", || async {
+        s.herald.logs().contains("event tail started").then_some(())
+    })
+    .await;
+    let mut conn = s.redis.as_ref().unwrap().conn();
+    let valid = json!({
+        "type": "order.shipped", "orderId": "ext-1", "customerId": "cust-x", "partnerId": "acme",
+        "status": "shipped", "previousStatus": "preparing", "version": 4,
+        "occurredAt": "2026-11-26T10:00:00.000Z", "data": {"carrier": "DHL", "n": [1, 2]}
+    });
+    let bad_id: String = ::redis::cmd("XADD")
+        .arg("herald:{p0}:events")
+        .arg("*")
+        .arg("event")
+        .arg("{\"type\": \"order.shipped\", truncated")
+        .query(&mut conn)
+        .unwrap();
+    let no_field: String = ::redis::cmd("XADD")
+        .arg("herald:{p0}:events")
+        .arg("*")
+        .arg("payload")
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let good_id: String = ::redis::cmd("XADD")
+        .arg("herald:{p0}:events")
+        .arg("*")
+        .arg("event")
+        .arg(valid.to_string())
+        .query(&mut conn)
+        .unwrap();
+    eventually(Duration::from_secs(10), "tail read the entries", || async {
+        (s.metric("herald_events_read_total").await >= 1
+            && s.metric("herald_events_malformed_total").await >= 2)
+            .then_some(())
+    })
+    .await;
+    let events = s.events().await;
+    let ext = events
+        .iter()
+        .find(|e| e["orderId"] == "ext-1")
+        .expect("external event readable");
+    assert_eq!(ext["eventId"], good_id.as_str());
+    assert_eq!(ext["data"], valid["data"], "data passed through untouched");
+    let aside: Value = s
+        .get("/v1/admin/events/malformed", ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = aside["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["entryId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![bad_id.as_str(), no_field.as_str()]);
+    // The readers carry on: Herald's own events after the bad entries still arrive.
+    s.post("/v1/orders", ADMIN_KEY, &order_body("after-bad", "c"))
+        .await;
+    s.wait_for_status("after-bad", "confirmed", 2).await;
+    eventually(
+        Duration::from_secs(10),
+        "tail read Herald's events",
+        || async { (s.metric("herald_events_read_total").await >= 3).then_some(()) },
+    )
+    .await;
+}
