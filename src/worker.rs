@@ -16,7 +16,6 @@ use crate::metrics::Metrics;
 use crate::model::{Order, OrderEvent, OrderStatus, StatusRecord, now_rfc3339};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -72,46 +71,42 @@ impl Worker {
     }
 
     /// Runs until `shutdown` fires, then finishes the batches in flight (releasing the commands
-    /// they had not started) and returns.
+    /// they had not started) and returns. Each of the `batches_in_flight` pollers receives a
+    /// batch, runs it and receives again, so receives overlap with processing.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.config.batches_in_flight));
-        let mut batches = JoinSet::new();
+        let mut pollers = JoinSet::new();
+        for _ in 0..self.config.batches_in_flight {
+            pollers.spawn(self.clone().poll(shutdown.clone()));
+        }
+        while pollers.join_next().await.is_some() {}
+        tracing::info!("worker stopped");
+    }
+
+    async fn poll(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = shutdown.cancelled() => break,
-            };
             let received = tokio::select! {
                 r = self.engine.receive_batch(self.config.batch_size, self.config.receive_wait) => r,
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => return,
             };
-            // Reap finished batches so the set does not grow.
-            while batches.try_join_next().is_some() {}
             match received {
-                Ok(batch) if batch.is_empty() => {}
                 Ok(batch) => {
                     backoff = Duration::from_millis(50);
-                    let worker = self.clone();
-                    let shutdown = shutdown.clone();
-                    batches.spawn(async move {
-                        worker.process_batch(batch, &shutdown).await;
-                        drop(permit);
-                    });
+                    if !batch.is_empty() {
+                        self.process_batch(batch, &shutdown).await;
+                    }
                 }
                 Err(e) => {
                     Metrics::inc(&self.metrics.worker_errors);
                     tracing::warn!(error = %e, "receiving commands failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {},
-                        _ = shutdown.cancelled() => break,
+                        _ = shutdown.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
-        while batches.join_next().await.is_some() {}
-        tracing::info!("worker stopped");
     }
 
     async fn process_batch(&self, batch: Vec<ReceivedCommand>, shutdown: &CancellationToken) {

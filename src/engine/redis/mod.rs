@@ -34,6 +34,7 @@ use conn::{BlockingPool, is_busygroup, is_nogroup, map_err, redact, within};
 use reply::{StreamEntry, corrupt, int, items, text};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The consumer group all workers share.
 const GROUP: &str = "workers";
@@ -118,6 +119,10 @@ impl Scripts {
 pub struct RedisEngine {
     /// Shared, auto-reconnecting connection for every non-blocking command.
     conn: ConnectionManager,
+    /// A second one for intake (accept, enqueue) alone: Redis serves each connection's
+    /// pipeline in order, so on the shared one an intake call would wait behind the worker's
+    /// whole pipeline of applies; on its own it waits for one turn of Redis' event loop.
+    intake: ConnectionManager,
     /// Dedicated connections for `XREAD BLOCK` / `XREADGROUP BLOCK`.
     blocking: BlockingPool,
     keys: Keys,
@@ -127,6 +132,11 @@ pub struct RedisEngine {
     /// Where the next `XAUTOCLAIM` scan continues, so expired deliveries deep in a long pending
     /// list are found too (each call scans only a bounded part of it).
     claim_cursor: Mutex<String>,
+    /// When the next receive runs the claim script (milliseconds since `started`). Expired
+    /// work is looked for at most every quarter visibility timeout, not on every receive: a
+    /// claim costs a script run, and receives are on the worker's hot path.
+    next_claim_ms: AtomicU64,
+    started: std::time::Instant,
 }
 
 /// A history entry without its event id: the scripts splice the id in once the event's XADD
@@ -255,18 +265,28 @@ impl RedisEngine {
         let conn = within(
             "connecting",
             op_timeout * 3,
+            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
+        )
+        .await
+        .with_context(|| format!("cannot connect to Redis at {shown}"))?;
+        let intake = within(
+            "connecting",
+            op_timeout * 3,
             ConnectionManager::new_with_config(client.clone(), manager_config),
         )
         .await
         .with_context(|| format!("cannot connect to Redis at {shown}"))?;
         let engine = RedisEngine {
             conn,
+            intake,
             blocking: BlockingPool::new(client, op_timeout),
             keys: Keys::new(config),
             scripts: Scripts::new(),
             settings,
             op_timeout,
             claim_cursor: Mutex::new("0-0".into()),
+            next_claim_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         };
         engine
             .ping()
@@ -355,6 +375,22 @@ impl RedisEngine {
             invocation.invoke_async(&mut conn),
         )
         .await
+    }
+
+    /// Runs an intake script on the intake connection.
+    async fn run_intake_script(
+        &self,
+        what: &str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> EngineResult<Value> {
+        let mut conn = self.intake.clone();
+        within(
+            what,
+            self.op_timeout * 2,
+            invocation.invoke_async(&mut conn),
+        )
+        .await
+        .map_err(|e| map_err(what, e))
     }
 
     async fn run_script(
@@ -586,7 +622,9 @@ impl OrderStore for RedisEngine {
             .arg(message)
             .arg(idem_json)
             .arg(idem_ttl);
-        let reply = self.run_script("accepting an order", &invocation).await?;
+        let reply = self
+            .run_intake_script("accepting an order", &invocation)
+            .await?;
         match text(&reply).as_deref() {
             Some("exists") => Ok(AcceptOutcome::AlreadyExists),
             Some(id) => Ok(AcceptOutcome::Accepted {
@@ -620,7 +658,9 @@ impl OrderStore for RedisEngine {
             .arg(message)
             .arg(idem_json)
             .arg(idem_ttl);
-        let reply = self.run_script("queueing a command", &invocation).await?;
+        let reply = self
+            .run_intake_script("queueing a command", &invocation)
+            .await?;
         match text(&reply).as_deref() {
             Some("ok") => Ok(EnqueueOutcome::Enqueued),
             Some("unknown") => Ok(EnqueueOutcome::UnknownOrder),
@@ -762,7 +802,15 @@ impl CommandQueue for RedisEngine {
         // a claim notices: block in slices then. With nothing pending, block the whole wait.
         let slice = (self.settings.visibility_timeout / 4).max(Duration::from_millis(50));
         loop {
-            let (expired, pending) = self.claim_expired(max).await?;
+            let now_ms = self.started.elapsed().as_millis() as u64;
+            let (expired, pending) = if now_ms >= self.next_claim_ms.load(Ordering::Relaxed) {
+                self.next_claim_ms
+                    .store(now_ms + slice.as_millis() as u64, Ordering::Relaxed);
+                self.claim_expired(max).await?
+            } else {
+                // Not looked: assume work may be in flight, so block in slices.
+                (Vec::new(), 1)
+            };
             let mut batch = self.to_received(expired).await?;
             if batch.len() >= max {
                 return Ok(batch);
@@ -793,13 +841,16 @@ impl CommandQueue for RedisEngine {
     }
 
     async fn release(&self, command: &ReceivedCommand) -> EngineResult<()> {
-        // Idle as long as the visibility timeout: the next claim takes it.
+        // Idle as long as the visibility timeout: the next claim takes it, and the next
+        // receive claims.
         self.touch(
             command,
             self.settings.visibility_timeout,
             "releasing a command",
         )
-        .await
+        .await?;
+        self.next_claim_ms.store(0, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn queue_stats(&self) -> EngineResult<QueueStats> {
@@ -1107,8 +1158,17 @@ impl Engine for RedisEngine {
         "redis"
     }
 
+    /// Pings over both connections, so a readiness probe also re-establishes the intake one.
     async fn ping(&self) -> EngineResult<()> {
         let _: Value = self.run("PING", &::redis::cmd("PING")).await?;
+        let mut intake = self.intake.clone();
+        let _: Value = within(
+            "PING (intake)",
+            self.op_timeout,
+            ::redis::cmd("PING").query_async(&mut intake),
+        )
+        .await
+        .map_err(|e| map_err("PING (intake)", e))?;
         Ok(())
     }
 }
