@@ -1,1 +1,48 @@
-fn main() {}
+//! `herald-loadtest`: load generator for Herald. One subcommand per scenario; each prints a
+//! table of throughput and latency percentiles (HDR histograms) and can write JSON.
+
+mod intake;
+mod rate;
+mod stats;
+mod sys;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "herald-loadtest", version, about)]
+struct Cli {
+    /// Worker threads for the async runtime (default: one per core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Order intake: POST /v1/orders, closed or open loop
+    ///
+    /// Sends orders as fast as N clients can (closed loop, --clients) or on a fixed schedule
+    /// (open loop, --rate; latency from each order's scheduled time), and optionally measures
+    /// accept -> confirmed latency from the event feed (--confirm-latency).
+    Intake(intake::IntakeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    sys::raise_nofile_limit();
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = cli.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build()?;
+
+    rt.block_on(async {
+        match cli.scenario {
+            Scenario::Intake(args) => intake::run(args).await,
+        }
+    })
+}
