@@ -24,7 +24,9 @@ pub struct MemoryEngine {
 
 #[derive(Default)]
 struct State {
-    orders: HashMap<String, StoredOrder>,
+    /// Boxed: when the map grows it rehashes by moving entries, and moving a pointer instead
+    /// of a whole order keeps that pause short with millions of orders.
+    orders: HashMap<String, Box<StoredOrder>>,
     events: VecDeque<(EventId, String)>,
     last_event_id: EventId,
     /// The command queue in arrival order, keyed by a sequence number (the receipt).
@@ -205,11 +207,11 @@ impl OrderStore for MemoryEngine {
             let history = VecDeque::from([State::history_entry(event_id, accepted_event, None)]);
             state.orders.insert(
                 order.order_id.clone(),
-                StoredOrder {
+                Box::new(StoredOrder {
                     order: order.clone(),
                     status,
                     history,
-                },
+                }),
             );
             state.enqueue(command.clone(), 0);
             if let Some(response) = idempotent {
