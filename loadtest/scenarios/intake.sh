@@ -34,7 +34,7 @@ start_redis() {
   RDIR=$(mktemp -d)
   # Durable production setting: AOF with fsync every second.
   redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
-    --dir "$RDIR" --logfile "$OUT/redis.log" &
+    --dir "$RDIR" --logfile "$PWD/$OUT/redis.log" &
   pids+=($!)
   until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.05; done
 }
@@ -78,10 +78,10 @@ if [[ " $ENGINES " == *" redis "* ]]; then
   EVENT='{"type":"order.accepted","orderId":"0190c0de-0000-7000-8000-000000000000","customerId":"c-1","status":"accepted","version":1,"occurredAt":"2026-11-26T10:00:00.000Z"}'
   for c in 1 16 64; do
     echo "redis-benchmark XADD clients=$c no pipelining:" | tee -a "$OUT/redis-benchmark.txt"
-    redis-benchmark -p "$RPORT" -c "$c" -n 200000 -q XADD bench '*' event "$EVENT" | tee -a "$OUT/redis-benchmark.txt"
+    redis-benchmark -p "$RPORT" -c "$c" -n 200000 -q XADD bench '*' event "$EVENT" | tr '\r' '\n' | tail -1 | sed 's/.*}: //' | tee -a "$OUT/redis-benchmark.txt"
   done
   echo "redis-benchmark XADD clients=16 pipeline=16:" | tee -a "$OUT/redis-benchmark.txt"
-  redis-benchmark -p "$RPORT" -c 16 -P 16 -n 1000000 -q XADD bench '*' event "$EVENT" | tee -a "$OUT/redis-benchmark.txt"
+  redis-benchmark -p "$RPORT" -c 16 -P 16 -n 1000000 -q XADD bench '*' event "$EVENT" | tr '\r' '\n' | tail -1 | sed 's/.*}: //' | tee -a "$OUT/redis-benchmark.txt"
 fi
 
 python3 - "$OUT" <<'PY'
