@@ -365,10 +365,19 @@ impl RedisEngine {
         self.query(what, cmd).await.map_err(|e| map_err(what, e))
     }
 
-    /// Runs a script. Twice the operation timeout: after a Redis restart the first call needs a
-    /// second round trip to load the script.
+    /// Runs a script on the shared connection. Twice the operation timeout: after a Redis
+    /// restart the first call needs a second round trip to load the script.
     async fn eval(&self, what: &str, invocation: &ScriptInvocation<'_>) -> RedisResult<Value> {
-        let mut conn = self.conn.clone();
+        self.eval_on(&self.conn, what, invocation).await
+    }
+
+    async fn eval_on(
+        &self,
+        conn: &ConnectionManager,
+        what: &str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> RedisResult<Value> {
+        let mut conn = conn.clone();
         within(
             what,
             self.op_timeout * 2,
@@ -383,14 +392,9 @@ impl RedisEngine {
         what: &str,
         invocation: &ScriptInvocation<'_>,
     ) -> EngineResult<Value> {
-        let mut conn = self.intake.clone();
-        within(
-            what,
-            self.op_timeout * 2,
-            invocation.invoke_async(&mut conn),
-        )
-        .await
-        .map_err(|e| map_err(what, e))
+        self.eval_on(&self.intake, what, invocation)
+            .await
+            .map_err(|e| map_err(what, e))
     }
 
     async fn run_script(
