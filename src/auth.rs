@@ -128,6 +128,7 @@ mod tests {
                 key: "partner-key-acme-0001".into(),
                 partner_id: "acme".into(),
             }],
+            ..AuthConfig::default()
         })
     }
 

@@ -20,6 +20,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub workflow: WorkflowConfig,
     pub http: HttpConfig,
+    pub push: PushConfig,
 }
 
 impl Default for Config {
@@ -32,6 +33,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             workflow: WorkflowConfig::default(),
             http: HttpConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -92,6 +94,56 @@ impl EngineConfig {
 pub struct AuthConfig {
     pub admin_keys: Vec<String>,
     pub partner_keys: Vec<PartnerKey>,
+    pub jwt: JwtConfig,
+}
+
+/// Customer tokens (JWT, `sub` = customerId). HS256 with a shared secret or RS256 with a
+/// public key; both may be set. `exp` is required; `nbf`, `iss` and `aud` are checked when
+/// configured or present.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    pub hs256_secret: String,
+    pub rs256_public_key_pem: String,
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(deserialize_with = "duration")]
+    pub leeway: Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hs256_secret: String::new(),
+            rs256_public_key_pem: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field(
+                "hs256_secret",
+                &if self.hs256_secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field(
+                "rs256_public_key_pem",
+                &!self.rs256_public_key_pem.is_empty(),
+            )
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -204,6 +256,47 @@ impl Default for HttpConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             public_metrics: false,
             shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The push hub and its WebSocket connections (DESIGN 1.4). Every limit answers with a
+/// documented error or close code (README, "Subscriptions").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// WebSocket connections this node holds at once; more are refused with HTTP 503.
+    pub max_connections: usize,
+    /// Live subscriptions per connection.
+    pub max_subscriptions_per_connection: usize,
+    /// Largest message a client may send (bytes); larger closes with 1009.
+    pub max_message_bytes: usize,
+    /// Bytes queued towards one connection; a client that falls further behind is closed
+    /// with 4008 (slow consumer) rather than buffered without bound.
+    pub outbound_queue_bytes: usize,
+    /// Subscribe messages per connection per second (burst of the same size).
+    pub subscribe_rate: u32,
+    /// graphql-transport-ws: time allowed between upgrade and `connection_init` (4408 after).
+    #[serde(deserialize_with = "duration")]
+    pub connection_init_timeout: Duration,
+    /// How often the server keeps idle connections alive (`ka` / ping).
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_interval: Duration,
+    /// Events held for the hub between the log reader and the fan-out.
+    pub tail_buffer: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            max_connections: 10_000,
+            max_subscriptions_per_connection: 100,
+            max_message_bytes: 64 * 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            subscribe_rate: 20,
+            connection_init_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(60),
+            tail_buffer: 4096,
         }
     }
 }
