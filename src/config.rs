@@ -97,9 +97,10 @@ pub struct AuthConfig {
     pub jwt: JwtConfig,
 }
 
-/// Customer tokens (JWT, `sub` = customerId). HS256 with a shared secret or RS256 with a
-/// public key; both may be set. `exp` is required; `nbf`, `iss` and `aud` are checked when
-/// configured or present.
+/// Customer tokens (JWT, `sub` = customerId). HS256 with a shared secret (at least 32 bytes)
+/// or RS256 with a public key (PEM); both may be set, each accepts only its own algorithm.
+/// `exp` and `sub` are required, `nbf` is checked when present, `iss` and `aud` are required
+/// and checked when configured. `Debug` never shows the secret.
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JwtConfig {
@@ -394,6 +395,18 @@ impl Config {
                 bail!("auth: every API key must be at least 16 characters long");
             }
         }
+        let jwt = &self.auth.jwt;
+        if !jwt.hs256_secret.is_empty()
+            && jwt.hs256_secret.len() < crate::auth::MIN_HS256_SECRET_BYTES
+        {
+            bail!(
+                "auth.jwt.hs256_secret must be at least {} bytes",
+                crate::auth::MIN_HS256_SECRET_BYTES
+            );
+        }
+        if !jwt.rs256_public_key_pem.is_empty() {
+            crate::auth::rs256_public_key(&jwt.rs256_public_key_pem)?;
+        }
         Ok(())
     }
 }
@@ -526,5 +539,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("16 characters"));
+    }
+
+    fn jwt_env(key: &str, value: &str) -> anyhow::Result<Config> {
+        Config::load(
+            None,
+            env(&[(&format!("HERALD_AUTH__JWT__{key}"), value)]),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn short_hs256_secrets_are_refused() {
+        let err = jwt_env("HS256_SECRET", "only-31-bytes-long-secret-xxxxx").unwrap_err();
+        assert!(format!("{err:#}").contains("at least 32 bytes"), "{err:#}");
+        assert!(!format!("{err:#}").contains("only-31"), "{err:#}");
+        assert!(jwt_env("HS256_SECRET", "exactly-32-bytes-long-secret-xyz").is_ok());
+    }
+
+    #[test]
+    fn unparsable_rs256_public_keys_are_refused() {
+        let err = jwt_env("RS256_PUBLIC_KEY_PEM", "not a pem").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("rs256_public_key_pem"),
+            "{err:#}"
+        );
+        let garbage = "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n";
+        assert!(jwt_env("RS256_PUBLIC_KEY_PEM", garbage).is_err());
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt_rs256_public.pem");
+        let pem = std::fs::read_to_string(path).unwrap();
+        assert!(jwt_env("RS256_PUBLIC_KEY_PEM", &pem).is_ok());
     }
 }

@@ -110,7 +110,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
 
     let state = AppState(Arc::new(Shared {
         engine: engine.clone(),
-        keys: KeyRing::from_config(&config.auth),
+        keys: KeyRing::from_config(&config.auth).context("loading [auth] keys")?,
         config: config.clone(),
         metrics: metrics.clone(),
     }));

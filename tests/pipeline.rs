@@ -454,6 +454,199 @@ async fn credentials_are_required_and_partners_reach_only_their_orders(kind: Kin
     );
 }
 
+const JWT_SECRET: &str = "pipeline-test-hs256-secret-000000000001";
+
+fn hs256_jwt_toml() -> String {
+    format!(
+        "[auth.jwt]\nhs256_secret = \"{JWT_SECRET}\"\nissuer = \"https://id.example\"\naudience = \"herald\"\n"
+    )
+}
+
+fn customer_claims(customer: &str, expires_in: i64) -> Value {
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    json!({"sub": customer, "exp": now + expires_in, "iss": "https://id.example", "aud": "herald"})
+}
+
+fn hs256_token(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn customer_token_reads_its_own_orders_and_nothing_else() {
+    let s = Stack::start_with(Kind::Memory, &hs256_jwt_toml());
+    for (order, customer) in [("mine-1", "cust-a"), ("theirs-1", "cust-b")] {
+        let r = s
+            .post("/v1/orders", ADMIN_KEY, &order_body(order, customer))
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let token = hs256_token(&customer_claims("cust-a", 600));
+
+    let own = s.get("/v1/orders/mine-1/status", &token).await;
+    assert_eq!(own.status(), StatusCode::OK);
+    assert_eq!(own.json::<Value>().await.unwrap()["orderId"], "mine-1");
+    assert_eq!(
+        s.get("/v1/orders/mine-1", &token).await.status(),
+        StatusCode::OK
+    );
+
+    // Another customer's order answers exactly as a partner's foreign order does.
+    for path in ["/v1/orders/theirs-1/status", "/v1/orders/theirs-1"] {
+        let customer = s.get(path, &token).await;
+        let partner = s.get(path, GLOBEX_KEY).await;
+        assert_eq!(customer.status(), StatusCode::FORBIDDEN);
+        assert_eq!(customer.status(), partner.status());
+        assert_eq!(
+            customer.headers()["content-type"],
+            partner.headers()["content-type"]
+        );
+        assert_eq!(
+            customer.json::<Value>().await.unwrap(),
+            partner.json::<Value>().await.unwrap()
+        );
+    }
+
+    // The event feed holds only the customer's own orders.
+    let feed: Value = s
+        .get("/v1/events?after=0", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = feed["events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    assert!(events.iter().all(|e| e["customerId"] == "cust-a"), "{feed}");
+    assert!(
+        !s.herald.logs().contains(&token),
+        "tokens never reach the log"
+    );
+}
+
+#[tokio::test]
+async fn customer_token_may_not_create_transition_publish_or_administer() {
+    let s = Stack::start_with(Kind::Memory, &hs256_jwt_toml());
+    s.post("/v1/orders", ADMIN_KEY, &order_body("mine-2", "cust-a"))
+        .await;
+    let token = hs256_token(&customer_claims("cust-a", 600));
+    let refusals = [
+        s.post("/v1/orders", &token, &order_body("new-1", "cust-a"))
+            .await,
+        s.post(
+            "/v1/orders/mine-2/transitions",
+            &token,
+            &json!({"status": "cancelled"}),
+        )
+        .await,
+        s.post("/v1/events", &token, &json!({})).await,
+        s.get("/v1/admin/queues", &token).await,
+    ];
+    for r in refusals {
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{}", r.url());
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    assert!(s.status("new-1").await.is_none(), "nothing was created");
+}
+
+#[tokio::test]
+async fn expired_or_forged_customer_token_is_a_401_with_a_safe_detail() {
+    let s = Stack::start_with(Kind::Memory, &hs256_jwt_toml());
+    s.post("/v1/orders", ADMIN_KEY, &order_body("mine-3", "cust-a"))
+        .await;
+    let expired = hs256_token(&customer_claims("cust-a", -3600));
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &customer_claims("cust-a", 600),
+        &jsonwebtoken::EncodingKey::from_secret(b"not-the-configured-secret-0000000000"),
+    )
+    .unwrap();
+    for (token, detail) in [
+        (&expired, "token expired"),
+        (&forged, "invalid token: bad signature"),
+    ] {
+        let r = s.get("/v1/orders/mine-3/status", token).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"herald\"");
+        let body = r.text().await.unwrap();
+        let problem: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["detail"], detail);
+        assert!(!body.contains(token.as_str()) && !body.contains(JWT_SECRET));
+    }
+}
+
+#[tokio::test]
+async fn rs256_customer_token_is_verified_with_the_configured_public_key() {
+    let public = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/jwt_rs256_public.pem"),
+    )
+    .unwrap();
+    let private = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/jwt_rs256_private.pem"),
+    )
+    .unwrap();
+    let s = Stack::start_with(
+        Kind::Memory,
+        &format!(
+            "[auth.jwt]\nrs256_public_key_pem = \"\"\"\n{public}\"\"\"\naudience = \"herald\"\n"
+        ),
+    );
+    s.post("/v1/orders", ADMIN_KEY, &order_body("rs-1", "cust-r"))
+        .await;
+    let claims = json!({
+        "sub": "cust-r",
+        "exp": jsonwebtoken::get_current_timestamp() + 600,
+        "aud": "herald",
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        s.get("/v1/orders/rs-1/status", &token).await.status(),
+        StatusCode::OK
+    );
+    // With only the RSA key configured, an HS256 token (even one keyed with the public PEM)
+    // is refused.
+    let confused = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()),
+    )
+    .unwrap();
+    let r = s.get("/v1/orders/rs-1/status", &confused).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn unparsable_rs256_public_key_stops_startup() {
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(
+        &mut config,
+        format!(
+            "[auth]\nadmin_keys = [\"{ADMIN_KEY}\"]\n[auth.jwt]\nrs256_public_key_pem = \"-----BEGIN PUBLIC KEY-----\\nbm90IGEga2V5\\n-----END PUBLIC KEY-----\\n\"\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rs256_public_key_pem"), "{stderr}");
+}
+
 async fn invalid_orders_are_rejected_by_the_worker(kind: Kind) {
     let s = Stack::start(kind);
     let mut body = order_body("rej-1", "c");

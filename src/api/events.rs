@@ -29,8 +29,8 @@ pub struct FeedQuery {
 }
 
 /// `GET /v1/events?after=&limit=&waitMs=`: events after the cursor, oldest first, and the
-/// cursor to ask with next. Partners see only their own orders' events. Malformed entries are
-/// skipped here (the event tail counts and sets them aside).
+/// cursor to ask with next. Partners and customers see only their own orders' events.
+/// Malformed entries are skipped here (the event tail counts and sets them aside).
 pub async fn list_events(
     State(state): State<AppState>,
     principal: Principal,
@@ -51,7 +51,7 @@ pub async fn list_events(
             next = next.max(id);
         }
         if let LogEntry::Event(e) = entry
-            && principal.may_access_order(e.event.partner_id.as_deref())
+            && principal.may_access_order(e.event.partner_id.as_deref(), &e.event.customer_id)
         {
             events.push(e);
         }

@@ -8,7 +8,7 @@ pub mod health;
 pub mod orders;
 pub mod problem;
 
-use crate::auth::{KeyRing, Principal, credential_from_headers};
+use crate::auth::{AuthError, KeyRing, Principal, credential_from_headers};
 use crate::config::Config;
 use crate::engine::{Engine, IdempotencyBegin, IdempotentResponse};
 use crate::metrics::Metrics;
@@ -89,10 +89,23 @@ impl FromRequestParts<AppState> for Principal {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
         let credential =
             credential_from_headers(&parts.headers).ok_or_else(Problem::unauthorized)?;
-        state
-            .keys
-            .authenticate(&credential)
-            .ok_or_else(Problem::unauthorized)
+        state.keys.authenticate(&credential).map_err(|e| match e {
+            AuthError::Unknown => Problem::unauthorized(),
+            // The message names the reason only (never the token): safe to send.
+            AuthError::Expired | AuthError::Invalid(_) => {
+                Problem::unauthorized().detail(e.to_string())
+            }
+        })
+    }
+}
+
+/// Refuses customer tokens on the routes that change things: customers only read.
+pub fn refuse_customers(principal: &Principal, what: &str) -> ApiResult<()> {
+    match principal {
+        Principal::Customer { .. } => Err(Problem::forbidden(format!(
+            "A customer token may not {what}; it reads its own orders only."
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! the polling `/status` and the whole order with its history.
 
 use super::problem::{ApiResult, FieldError, Problem};
-use super::{AppState, Idempotency, accepted_response, json_object};
+use super::{AppState, Idempotency, accepted_response, json_object, refuse_customers};
 use crate::auth::Principal;
 use crate::engine::{AcceptOutcome, Command, EnqueueOutcome, NewCommand};
 use crate::metrics::Metrics;
@@ -268,6 +268,7 @@ async fn create_order_inner(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    refuse_customers(principal, "create orders")?;
     let body = json_object(headers, body)?;
     let mut order = validate_order(&body)?;
     if let Principal::Partner { partner_id } = principal {
@@ -355,7 +356,7 @@ async fn authorized_status(
         .order_status(order_id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("No order {order_id}.")))?;
-    if !principal.may_access_order(status.partner_id.as_deref()) {
+    if !principal.may_access_order(status.partner_id.as_deref(), &status.customer_id) {
         return Err(Problem::forbidden("This order belongs to another partner."));
     }
     Ok(status)
@@ -387,7 +388,10 @@ pub async fn get_order(
         .order(&order_id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("No order {order_id}.")))?;
-    if !principal.may_access_order(record.status.partner_id.as_deref()) {
+    if !principal.may_access_order(
+        record.status.partner_id.as_deref(),
+        &record.status.customer_id,
+    ) {
         return Err(Problem::forbidden("This order belongs to another partner."));
     }
     let mut body = serde_json::to_value(&record.order).unwrap_or_default();
@@ -421,6 +425,7 @@ async fn create_transition_inner(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    refuse_customers(principal, "request transitions")?;
     let body = json_object(headers, body)?;
     let mut c = Checker::default();
     c.unknown_fields(&body, &["status", "reason"], "");
