@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod graphql;
 pub mod metrics;
 pub mod model;
 pub mod server;
