@@ -3,6 +3,8 @@
 //! `Herald` starts the real binary and reads the address it prints. Both die with the test.
 #![allow(dead_code)]
 
+use reqwest::StatusCode;
+use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -307,3 +309,121 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Which engine a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Memory,
+    Redis,
+}
+
+/// A Herald (and, on the Redis engine, its own redis-server) with an HTTP client.
+pub struct Stack {
+    pub herald: Herald,
+    pub redis: Option<RedisServer>,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    pub fn start(kind: Kind) -> Stack {
+        Self::start_with(kind, "")
+    }
+
+    pub fn start_with(kind: Kind, extra_toml: &str) -> Stack {
+        let redis = (kind == Kind::Redis).then(|| RedisServer::start(true));
+        let herald = Herald::start(HeraldOptions {
+            redis_url: redis.as_ref().map(|r| r.url()),
+            extra_toml: extra_toml.to_string(),
+            ..HeraldOptions::default()
+        });
+        Stack {
+            herald,
+            redis,
+            http: client(),
+        }
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.herald.url(path))
+            .header("x-api-key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.http
+            .get(self.herald.url(path))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn status(&self, order_id: &str) -> Option<Value> {
+        let r = self
+            .get(&format!("/v1/orders/{order_id}/status"), ADMIN_KEY)
+            .await;
+        if r.status() == StatusCode::OK {
+            r.json().await.ok()
+        } else {
+            None
+        }
+    }
+
+    pub async fn wait_for_status(&self, order_id: &str, status: &str, version: u64) -> Value {
+        eventually(
+            Duration::from_secs(20),
+            &format!("order {order_id} {status} v{version}"),
+            || async {
+                self.status(order_id)
+                    .await
+                    .filter(|s| s["status"] == status && s["version"] == version)
+            },
+        )
+        .await
+    }
+
+    pub async fn queue(&self) -> Value {
+        self.get("/v1/admin/queues", ADMIN_KEY)
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn events(&self) -> Vec<Value> {
+        let body: Value = self
+            .get("/v1/events?after=0&limit=1000", ADMIN_KEY)
+            .await
+            .json()
+            .await
+            .unwrap();
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.get("/metrics", ADMIN_KEY).await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Runs each named `async fn(Kind)` as one test per engine: `memory::name`, `redis::name`.
+#[allow(unused_macros)]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test] async fn $name() { super::$name(super::Kind::Memory).await; } )*
+        }
+        mod redis {
+            $( #[tokio::test] async fn $name() { super::$name(super::Kind::Redis).await; } )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_engines;
