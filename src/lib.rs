@@ -7,6 +7,8 @@
 //! - [`api`]: the HTTP API; [`auth`]: who is calling.
 //! - [`worker`]: the order workflow over the command queue.
 //! - [`tail`]: follows the event log for this node's consumers.
+//! - [`graphql`]: the schema, documents, filters and projections.
+//! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
 //! - [`server`]: `herald serve`, roles and shutdown.
 
 pub mod api;
@@ -16,6 +18,7 @@ pub mod engine;
 pub mod graphql;
 pub mod metrics;
 pub mod model;
+pub mod push;
 pub mod server;
 pub mod tail;
 pub mod worker;

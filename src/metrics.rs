@@ -12,6 +12,8 @@ macro_rules! counters {
         #[derive(Default)]
         pub struct Metrics {
             $( pub $field: AtomicU64, )*
+            /// Series owned by other parts (the push hub), appended at scrape time.
+            pub extra: std::sync::OnceLock<ExtraSeries>,
         }
 
         impl Metrics {
@@ -25,6 +27,9 @@ macro_rules! counters {
         }
     };
 }
+
+/// Writes more series into the exposition.
+pub type ExtraSeries = Box<dyn Fn() -> String + Send + Sync>;
 
 counters! {
     orders_accepted => "herald_orders_accepted_total", "Orders accepted at intake (202).";
@@ -80,6 +85,9 @@ impl Metrics {
                 "Commands in the dead-letter queue.",
                 q.dead_letters,
             );
+        }
+        if let Some(extra) = self.extra.get() {
+            out.push_str(&extra());
         }
         out
     }

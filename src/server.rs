@@ -8,8 +8,10 @@ use crate::api::{self, AppState, Shared};
 use crate::auth::{KeyRing, generate_admin_key};
 use crate::config::Config;
 use crate::engine;
+use crate::graphql::{DocumentLimits, GraphqlSchema};
 use crate::metrics::Metrics;
-use crate::tail::EventTail;
+use crate::push::{self, PushState};
+use crate::tail::{EventSink, EventTail};
 use crate::worker::Worker;
 use anyhow::{Context, bail};
 use std::fmt;
@@ -119,6 +121,9 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
     }
 
     let mut background = tokio::task::JoinSet::new();
+    // WebSocket connections close on their own token (with 1012) when shutdown starts.
+    let push_shutdown = CancellationToken::new();
+    let mut push_state = None;
     if roles.worker {
         let worker = Worker::new(
             engine.clone(),
@@ -130,16 +135,45 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         background.spawn(worker.run(shutdown.clone()));
     }
     if roles.push {
-        let tail = Arc::new(EventTail::new(engine.clone(), metrics.clone(), 4096));
+        let schema =
+            GraphqlSchema::load().map_err(|e| anyhow::anyhow!("config/schema.graphql: {e}"))?;
+        let hub = Arc::new(push::hub::Hub::new());
+        let push = Arc::new(PushState {
+            app: state.clone(),
+            hub: hub.clone(),
+            schema: Arc::new(schema),
+            limits: DocumentLimits::default(),
+            connections: Default::default(),
+            metrics: Default::default(),
+            shutdown: push_shutdown.clone(),
+        });
+        let weak = Arc::downgrade(&push);
+        let _ = metrics.extra.set(Box::new(move || {
+            weak.upgrade()
+                .map(|p| p.metric_series())
+                .unwrap_or_default()
+        }));
+        let sinks: Vec<Arc<dyn EventSink>> = vec![hub];
+        let tail = Arc::new(EventTail::new(engine.clone(), metrics.clone(), sinks));
         background.spawn(tail.run(shutdown.clone()));
+        push_state = Some(push);
     }
 
-    let router = api::router(state, roles.api);
+    let mut router = api::router(state, roles.api);
+    if let Some(push) = &push_state {
+        router = router.merge(push::router(push.clone()));
+    }
     println!(
         "herald {}: listening on http://{addr} (engine: {}, roles: {roles}, consumer: {consumer})",
         env!("CARGO_PKG_VERSION"),
         engine.kind()
     );
+    if roles.push {
+        println!("herald:   console: http://{addr}/");
+        println!(
+            "herald:   graphql: ws://{addr}/graphql (graphql-transport-ws, graphql-ws/AppSync)"
+        );
+    }
     if roles.api {
         println!("herald:   intake:  POST http://{addr}/v1/orders");
         println!("herald:   status:  GET  http://{addr}/v1/orders/{{orderId}}/status");
@@ -165,6 +199,9 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         }
     }
     tracing::info!(grace = ?grace, "shutting down: intake stops, in-flight work finishes");
+    // Subscribers are told to reconnect (1012) first: upgraded connections are not part of
+    // the HTTP server's graceful drain.
+    push_shutdown.cancel();
     shutdown.cancel();
     let drained = tokio::time::timeout(grace, async {
         let _ = server.await;

@@ -1,5 +1,5 @@
-//! The event tail: follows the whole event log from this node's own position and publishes
-//! every valid event to in-process subscribers (the push hub, the webhook dispatcher).
+//! The event tail: follows the whole event log from this node's own position and hands every
+//! valid event, in log order, to this node's sinks (the push hub).
 //!
 //! Entries written by any program are read exactly like Herald's own. An entry that does not
 //! parse is counted, logged and set aside in the engine (idempotently, since every node's tail
@@ -11,7 +11,6 @@ use crate::metrics::Metrics;
 use crate::model::{EventId, LoggedEvent};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// Entries fetched per read.
@@ -19,25 +18,31 @@ const READ_BATCH: usize = 512;
 /// How long a read waits for new entries before asking again.
 const READ_WAIT: Duration = Duration::from_secs(1);
 
+/// A consumer of the event log on this node. `publish` is called in log order from the tail's
+/// task and must not block (queue the work; never await inside).
+pub trait EventSink: Send + Sync {
+    /// The tail's starting cursor: every event after it will be published.
+    fn start(&self, cursor: EventId);
+    fn publish(&self, event: Arc<LoggedEvent>);
+}
+
 pub struct EventTail {
     engine: Arc<dyn Engine>,
     metrics: Arc<Metrics>,
-    sender: broadcast::Sender<Arc<LoggedEvent>>,
+    sinks: Vec<Arc<dyn EventSink>>,
 }
 
 impl EventTail {
-    pub fn new(engine: Arc<dyn Engine>, metrics: Arc<Metrics>, capacity: usize) -> EventTail {
-        let (sender, _) = broadcast::channel(capacity.max(16));
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        sinks: Vec<Arc<dyn EventSink>>,
+    ) -> EventTail {
         EventTail {
             engine,
             metrics,
-            sender,
+            sinks,
         }
-    }
-
-    /// A receiver of every valid event read after this call.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LoggedEvent>> {
-        self.sender.subscribe()
     }
 
     /// Follows the log from its current end until `shutdown`.
@@ -55,6 +60,9 @@ impl EventTail {
                 }
             }
         };
+        for sink in &self.sinks {
+            sink.start(cursor);
+        }
         tracing::info!(%cursor, "event tail started");
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -88,8 +96,10 @@ impl EventTail {
         match entry {
             LogEntry::Event(event) => {
                 Metrics::inc(&self.metrics.events_read);
-                // No receivers is fine: nobody on this node is listening yet.
-                let _ = self.sender.send(Arc::new(event));
+                let event = Arc::new(event);
+                for sink in &self.sinks {
+                    sink.publish(event.clone());
+                }
             }
             LogEntry::Malformed(bad) => {
                 Metrics::inc(&self.metrics.events_malformed);

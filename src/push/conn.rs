@@ -1,0 +1,206 @@
+//! One WebSocket connection's outbound side: a queue bounded in bytes, shared by the hub (live
+//! events), the subscription tasks (acks, replays, errors) and the connection's own loop.
+//!
+//! The queue never blocks a producer: the hub must not wait on one slow socket. A push that
+//! would take the queued bytes over `push.outbound_queue_bytes` closes the connection with
+//! 4008 instead (a slow consumer is cut off, with a reason, before it costs memory).
+
+use bytes::Bytes;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tokio::sync::{Notify, mpsc};
+
+/// Close codes Herald uses besides the protocols' own (README, "Subscriptions").
+pub mod close {
+    /// The client did not keep up: its outbound queue reached `push.outbound_queue_bytes`.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// The connection's token expired.
+    pub const TOKEN_EXPIRED: u16 = 4403;
+    /// Nothing heard from the client for three keepalive intervals.
+    pub const KEEPALIVE_TIMEOUT: u16 = 4504;
+    /// The server is shutting down: reconnect (to this or another node).
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// A message larger than `push.max_message_bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+}
+
+/// A message on its way to the socket.
+#[derive(Debug)]
+pub enum Out {
+    /// An event: the subscription's envelope prefix, the shared payload, then `}`.
+    Event { prefix: Bytes, payload: Bytes },
+    /// A protocol message, already serialised.
+    Text(String),
+}
+
+impl Out {
+    fn cost(&self) -> usize {
+        match self {
+            Out::Event { prefix, payload } => prefix.len() + payload.len() + 1,
+            Out::Text(text) => text.len(),
+        }
+    }
+
+    /// The frame's text. Events are spliced here, in the connection's task, so the hub never
+    /// copies a payload per subscriber.
+    pub fn into_text(self) -> String {
+        match self {
+            Out::Event { prefix, payload } => {
+                let mut frame = Vec::with_capacity(prefix.len() + payload.len() + 1);
+                frame.extend_from_slice(&prefix);
+                frame.extend_from_slice(&payload);
+                frame.push(b'}');
+                // Both parts come from serde_json / our own templates: always UTF-8. Should
+                // that ever break, the lossy form is still valid JSON text for the client.
+                String::from_utf8(frame)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            }
+            Out::Text(text) => text,
+        }
+    }
+}
+
+pub struct ConnHandle {
+    tx: mpsc::UnboundedSender<Out>,
+    queued: AtomicUsize,
+    limit: usize,
+    closed: AtomicBool,
+    close_frame: Mutex<Option<(u16, String)>>,
+    /// Woken when the connection must close (slow consumer, shutdown, expiry).
+    pub kill: Notify,
+    /// Woken after the writer drained a batch (replays wait on it for room).
+    drained: Notify,
+}
+
+impl ConnHandle {
+    pub fn new(limit: usize) -> (ConnHandle, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            ConnHandle {
+                tx,
+                queued: AtomicUsize::new(0),
+                limit,
+                closed: AtomicBool::new(false),
+                close_frame: Mutex::new(None),
+                kill: Notify::new(),
+                drained: Notify::new(),
+            },
+            rx,
+        )
+    }
+
+    /// Queues a message. `false` when this push made the connection a slow consumer (it is
+    /// then closing with 4008); pushes to a closing connection are dropped silently.
+    pub fn push(&self, out: Out) -> bool {
+        if self.is_closed() {
+            return true;
+        }
+        let cost = out.cost();
+        let before = self.queued.fetch_add(cost, Ordering::AcqRel);
+        if before + cost > self.limit && before > 0 {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            self.close(
+                close::SLOW_CONSUMER,
+                "slow consumer: outbound queue full; reconnect and resume with `after`",
+            );
+            return false;
+        }
+        if self.tx.send(out).is_err() {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+        }
+        true
+    }
+
+    /// Called by the writer once a message has reached the socket's buffer.
+    pub fn written(&self, out_cost: usize) {
+        self.queued.fetch_sub(out_cost, Ordering::AcqRel);
+    }
+
+    pub fn wrote_batch(&self) {
+        self.drained.notify_waiters();
+    }
+
+    /// Waits until at most half the queue is in use (replays pace themselves with this).
+    pub async fn wait_for_room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.is_closed() || self.queued.load(Ordering::Acquire) <= self.limit / 2 {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Asks the connection to close with `code` and `reason`. The first reason wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Ok(mut frame) = self.close_frame.lock() {
+            *frame = Some((code, reason.to_string()));
+        }
+        self.kill.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    pub fn close_frame(&self) -> Option<(u16, String)> {
+        self.close_frame.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+/// The cost the writer hands back to [`ConnHandle::written`].
+pub fn cost(out: &Out) -> usize {
+    out.cost()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_frames_splice_the_shared_payload() {
+        let out = Out::Event {
+            prefix: Bytes::from_static(br#"{"id":"7","type":"next","payload":"#),
+            payload: Bytes::from_static(br#"{"data":{"x":1}}"#),
+        };
+        let text = out.into_text();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["id"], "7");
+        assert_eq!(v["payload"]["data"]["x"], 1);
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_connection_as_slow_consumer() {
+        let (conn, mut rx) = ConnHandle::new(100);
+        assert!(conn.push(Out::Text("x".repeat(60))));
+        assert!(!conn.push(Out::Text("y".repeat(60))));
+        assert!(conn.is_closed());
+        assert_eq!(conn.close_frame().map(|f| f.0), Some(close::SLOW_CONSUMER));
+        // The first message is still there; the refused one is not.
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn one_message_larger_than_the_limit_still_passes_an_empty_queue() {
+        let (conn, _rx) = ConnHandle::new(10);
+        assert!(conn.push(Out::Text("z".repeat(50))));
+        assert!(!conn.is_closed());
+    }
+
+    #[test]
+    fn written_messages_make_room_again() {
+        let (conn, mut rx) = ConnHandle::new(100);
+        assert!(conn.push(Out::Text("x".repeat(60))));
+        let out = rx.try_recv().unwrap();
+        conn.written(cost(&out));
+        assert!(conn.push(Out::Text("y".repeat(60))));
+        assert!(!conn.is_closed());
+    }
+}

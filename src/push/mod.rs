@@ -1,0 +1,192 @@
+//! WebSocket subscriptions (DESIGN 1.4): the push hub fed by the event tail, the WebSocket
+//! endpoint with one file per protocol over one subscription core, `POST /graphql` for the
+//! `order` query, and the console page at `/`.
+//!
+//! - [`hub`]: the index of live subscriptions and the fan-out (shared payload bytes).
+//! - [`conn`]: one connection's outbound queue, bounded in bytes.
+//! - [`session`]: the subscription core and the connection loop.
+//! - [`transport_ws`]: `graphql-transport-ws`; [`appsync`]: `graphql-ws` (AppSync, Apollo).
+//! - [`ws`]: the handshake; [`query`]: `POST /graphql`.
+
+pub mod appsync;
+pub mod conn;
+pub mod hub;
+pub mod query;
+pub mod session;
+pub mod transport_ws;
+pub mod ws;
+
+use crate::api::AppState;
+use crate::graphql::{DocumentLimits, GraphqlSchema};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use serde_json::{Map, Value};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use tokio_util::sync::CancellationToken;
+
+/// Counters of the WebSocket side (the hub keeps its own).
+#[derive(Default)]
+pub struct PushMetrics {
+    pub connections_opened: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub subscriptions_started: AtomicU64,
+    pub subscriptions_refused: AtomicU64,
+    pub invalid_documents: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub subscription_limit: AtomicU64,
+    pub messages_too_big: AtomicU64,
+}
+
+pub struct PushState {
+    pub app: AppState,
+    pub hub: Arc<hub::Hub>,
+    pub schema: Arc<GraphqlSchema>,
+    pub limits: DocumentLimits,
+    pub connections: AtomicUsize,
+    pub metrics: PushMetrics,
+    pub shutdown: CancellationToken,
+}
+
+impl PushState {
+    /// Prometheus series of the push side, appended to `/metrics`.
+    pub fn metric_series(&self) -> String {
+        let mut out = String::new();
+        self.hub
+            .metric_series(&mut out, self.connections.load(Ordering::Relaxed) as u64);
+        let m = &self.metrics;
+        for (name, help, value) in [
+            (
+                "herald_push_connections_opened_total",
+                "WebSocket connections accepted.",
+                &m.connections_opened,
+            ),
+            (
+                "herald_push_connections_refused_total",
+                "WebSocket upgrades refused with 503 at push.max_connections.",
+                &m.connections_refused,
+            ),
+            (
+                "herald_push_subscriptions_started_total",
+                "Subscriptions that went live.",
+                &m.subscriptions_started,
+            ),
+            (
+                "herald_push_subscriptions_refused_total",
+                "Subscriptions refused by authorization.",
+                &m.subscriptions_refused,
+            ),
+            (
+                "herald_push_invalid_documents_total",
+                "Subscribe messages whose document failed to parse or validate.",
+                &m.invalid_documents,
+            ),
+            (
+                "herald_push_rate_limited_total",
+                "Subscribe messages refused by push.subscribe_rate.",
+                &m.rate_limited,
+            ),
+            (
+                "herald_push_subscription_limit_total",
+                "Subscribe messages refused by push.max_subscriptions_per_connection.",
+                &m.subscription_limit,
+            ),
+            (
+                "herald_push_messages_too_big_total",
+                "Connections closed with 1009 for a message over push.max_message_bytes.",
+                &m.messages_too_big,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        out
+    }
+}
+
+/// The push role's routes: the WebSocket endpoint and its alias, `POST /graphql`, and the
+/// console page.
+pub fn router(state: Arc<PushState>) -> Router {
+    let max_body = state.app.config.push.max_message_bytes;
+    Router::new()
+        .route("/graphql", get(ws::upgrade).post(query::graphql_query))
+        .route(
+            "/graphql/realtime",
+            get(ws::upgrade).post(query::graphql_query),
+        )
+        .route("/", get(console))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+const CONSOLE: &str = include_str!("console.html");
+
+async fn console() -> impl IntoResponse {
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        Html(CONSOLE),
+    )
+}
+
+/// The credential in a `connection_init` payload or an AppSync authorization object:
+/// `{"authorization": "Bearer <token>"}` (the scheme is optional) or `{"x-api-key": "<key>"}`,
+/// keys compared case-insensitively.
+pub fn credential_from_payload(payload: &Map<String, Value>) -> Option<String> {
+    let get = |name: &str| {
+        payload
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(value) = get("authorization") {
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => value,
+        };
+        return Some(token.to_string());
+    }
+    get("x-api-key").map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cred(v: Value) -> Option<String> {
+        credential_from_payload(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn connection_init_credentials_in_every_spelling() {
+        assert_eq!(
+            cred(json!({"authorization": "Bearer abc"})).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            cred(json!({"Authorization": "bearer  abc "})).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            cred(json!({"Authorization": "raw-token"})).as_deref(),
+            Some("raw-token")
+        );
+        assert_eq!(cred(json!({"X-Api-Key": "k1"})).as_deref(), Some("k1"));
+        assert_eq!(cred(json!({"host": "h"})), None);
+        assert_eq!(cred(json!({"x-api-key": ""})), None);
+        assert_eq!(cred(json!({"x-api-key": 5})), None);
+    }
+}

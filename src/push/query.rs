@@ -1,0 +1,94 @@
+//! `POST /graphql`: the `order(orderId)` query, with the same document rules, projection and
+//! authorization as subscriptions. GraphQL over HTTP with `application/json`: a request that
+//! was read answers 200 with `data` and/or `errors`; an unreadable body answers 400 and a
+//! missing or refused credential 401, both with GraphQL errors.
+
+use super::PushState;
+use crate::auth::credential_from_headers;
+use crate::graphql::{GraphqlError, GraphqlRequest, Operation};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+pub async fn graphql_query(
+    State(state): State<Arc<PushState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(credential) = credential_from_headers(&headers) else {
+        return errors(
+            StatusCode::UNAUTHORIZED,
+            GraphqlError::with_code("Missing credentials.", "UNAUTHENTICATED"),
+        );
+    };
+    let principal = match state.app.keys.authenticate(&credential) {
+        Ok(p) => p,
+        Err(e) => {
+            return errors(
+                StatusCode::UNAUTHORIZED,
+                GraphqlError::with_code(format!("Unauthorized: {e}."), "UNAUTHENTICATED"),
+            );
+        }
+    };
+    let request: GraphqlRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return errors(
+                StatusCode::BAD_REQUEST,
+                GraphqlError::with_code(
+                    format!(
+                        "The body must be a JSON object {{query, variables?, operationName?}}: {e}"
+                    ),
+                    "BAD_REQUEST",
+                ),
+            );
+        }
+    };
+    let query = match state.schema.prepare(&request, &state.limits) {
+        Ok(Operation::Query(q)) => q,
+        Ok(Operation::Subscription(_)) => {
+            return errors(
+                StatusCode::OK,
+                GraphqlError::with_code(
+                    "Subscriptions are served over WebSocket on GET /graphql.",
+                    "BAD_REQUEST",
+                ),
+            );
+        }
+        Err(errs) => return json(StatusCode::OK, &serde_json::json!({ "errors": errs })),
+    };
+    let status = match state.app.engine.order_status(&query.order_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "graphql query: engine unavailable");
+            return errors(
+                StatusCode::SERVICE_UNAVAILABLE,
+                GraphqlError::with_code(
+                    "The status store is unavailable; retry.",
+                    "SERVICE_UNAVAILABLE",
+                ),
+            );
+        }
+    };
+    match status {
+        Some(s) if !principal.may_access_order(s.partner_id.as_deref(), &s.customer_id) => {
+            // A foreign order is reported like a missing one: nothing about it leaks.
+            raw(StatusCode::OK, query.projection.render_order(None))
+        }
+        s => raw(StatusCode::OK, query.projection.render_order(s.as_ref())),
+    }
+}
+
+fn errors(status: StatusCode, error: GraphqlError) -> Response {
+    json(status, &serde_json::json!({ "errors": [error] }))
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response {
+    raw(status, Bytes::from(value.to_string()))
+}
+
+fn raw(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}

@@ -1,0 +1,613 @@
+//! The subscription core shared by both WebSocket protocols: one task per connection that
+//! reads client messages, writes the outbound queue (batched: feed, then one flush), keeps the
+//! connection alive, enforces the limits and starts and stops subscriptions.
+//!
+//! Protocol files (`transport_ws.rs`, `appsync.rs`) only translate messages; everything a
+//! subscription means (authorization, the hub, `after` replays, limits) lives here.
+
+use super::conn::{ConnHandle, Out, close};
+use super::hub::Registration;
+use super::{PushState, appsync, transport_ws};
+use crate::auth::{AuthError, Principal};
+use crate::engine::LogEntry;
+use crate::graphql::{EventFilter, GraphqlError, GraphqlRequest, Operation, SubscriptionSpec};
+use crate::model::EventId;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// The WebSocket subprotocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `graphql-transport-ws`: the GraphQL over WebSocket protocol.
+    TransportWs,
+    /// `graphql-ws`: the AppSync real-time dialect and legacy Apollo messages.
+    GraphqlWs,
+}
+
+/// How one subscription's messages are spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    TransportWs,
+    AppSync,
+    Apollo,
+}
+
+impl Dialect {
+    fn event_prefix(self, id: &str) -> Bytes {
+        let id = json_string(id);
+        let kind = match self {
+            Dialect::TransportWs => "next",
+            Dialect::AppSync | Dialect::Apollo => "data",
+        };
+        Bytes::from(format!(r#"{{"id":{id},"type":"{kind}","payload":"#))
+    }
+
+    /// The acknowledgement sent once the subscription is live (AppSync `start_ack`).
+    fn ack(self, id: &str) -> Option<String> {
+        match self {
+            Dialect::AppSync => Some(format!(
+                r#"{{"id":{},"type":"start_ack"}}"#,
+                json_string(id)
+            )),
+            Dialect::TransportWs | Dialect::Apollo => None,
+        }
+    }
+
+    pub fn error(self, id: &str, errors: &[GraphqlError]) -> String {
+        let id = json_string(id);
+        match self {
+            Dialect::TransportWs | Dialect::Apollo => {
+                let payload = serde_json::to_string(errors).unwrap_or_else(|_| "[]".into());
+                format!(r#"{{"id":{id},"type":"error","payload":{payload}}}"#)
+            }
+            Dialect::AppSync => {
+                let payload = serde_json::json!({ "errors": appsync::errors(errors) });
+                format!(r#"{{"id":{id},"type":"error","payload":{payload}}}"#)
+            }
+        }
+    }
+}
+
+pub fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// What the connection loop does after a client message.
+pub enum Flow {
+    Continue,
+    Close(u16, String),
+}
+
+/// A subscription started on this connection: its hub id once registered, whether it ended.
+#[derive(Default)]
+pub struct SubSlot {
+    hub_id: AtomicU64,
+    registered: AtomicBool,
+    stopped: AtomicBool,
+    pub ended: AtomicBool,
+}
+
+struct SubHandle {
+    slot: Arc<SubSlot>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+/// Why a subscribe was refused before it started.
+pub enum Refusal {
+    /// The id is in use (graphql-transport-ws closes with 4409).
+    DuplicateId,
+    Errors(Vec<GraphqlError>),
+}
+
+pub struct Session {
+    pub state: Arc<PushState>,
+    pub conn: Arc<ConnHandle>,
+    pub protocol: Protocol,
+    /// Who the connection authenticated as (headers, query parameter or connection_init).
+    pub principal: Option<Principal>,
+    pub acked: bool,
+    pub inits: u32,
+    subs: HashMap<String, SubHandle>,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Session {
+    pub fn send(&self, text: String) {
+        self.conn.push(Out::Text(text));
+    }
+
+    pub fn authenticate(&self, credential: &str) -> Result<Principal, AuthError> {
+        self.state.app.keys.authenticate(credential)
+    }
+
+    fn take_token(&mut self) -> bool {
+        let rate = f64::from(self.state.app.config.push.subscribe_rate.max(1));
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Starts a subscription. Checks that need no I/O happen here (id, rate, count, the
+    /// document); authorization against the status store, registration and any replay run
+    /// in a task of their own, which reports errors on the connection.
+    pub fn subscribe(
+        &mut self,
+        id: &str,
+        request: &GraphqlRequest,
+        principal: Principal,
+        dialect: Dialect,
+    ) -> Result<(), Refusal> {
+        self.subs
+            .retain(|_, handle| !handle.slot.ended.load(Ordering::Acquire));
+        if self.subs.contains_key(id) {
+            return Err(Refusal::DuplicateId);
+        }
+        let state = self.state.clone();
+        let metrics = &state.metrics;
+        if !self.take_token() {
+            metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Errors(vec![GraphqlError::with_code(
+                format!(
+                    "Too many subscribe messages: at most {} per second per connection (push.subscribe_rate).",
+                    self.state.app.config.push.subscribe_rate
+                ),
+                "RATE_LIMITED",
+            )]));
+        }
+        let max = self.state.app.config.push.max_subscriptions_per_connection;
+        if self.subs.len() >= max {
+            metrics.subscription_limit.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Errors(vec![GraphqlError::with_code(
+                format!(
+                    "Too many subscriptions on this connection: at most {max} (push.max_subscriptions_per_connection)."
+                ),
+                "LIMIT_EXCEEDED",
+            )]));
+        }
+        let spec = match self.state.schema.prepare(request, &self.state.limits) {
+            Ok(Operation::Subscription(spec)) => spec,
+            Ok(Operation::Query(_)) => {
+                return Err(Refusal::Errors(vec![GraphqlError::with_code(
+                    "Only subscriptions are served over WebSocket; send queries to POST /graphql.",
+                    "BAD_REQUEST",
+                )]));
+            }
+            Err(errors) => {
+                metrics.invalid_documents.fetch_add(1, Ordering::Relaxed);
+                return Err(Refusal::Errors(errors));
+            }
+        };
+        let slot = Arc::new(SubSlot::default());
+        let task = tokio::spawn(start(
+            self.state.clone(),
+            self.conn.clone(),
+            slot.clone(),
+            id.to_string(),
+            spec,
+            principal,
+            dialect,
+        ));
+        self.subs.insert(
+            id.to_string(),
+            SubHandle {
+                slot,
+                task: Some(task.abort_handle()),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops a subscription (client `complete`/`stop`). Unknown ids are ignored, as the
+    /// protocols ask.
+    pub fn unsubscribe(&mut self, id: &str) -> bool {
+        match self.subs.remove(id) {
+            Some(handle) => {
+                self.end(handle);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn end(&self, handle: SubHandle) {
+        if let Some(task) = handle.task {
+            task.abort();
+        }
+        handle.slot.stopped.store(true, Ordering::SeqCst);
+        if handle.slot.registered.load(Ordering::SeqCst) {
+            self.state
+                .hub
+                .remove(handle.slot.hub_id.load(Ordering::SeqCst));
+        }
+    }
+
+    fn end_all(&mut self) {
+        for (_, handle) in std::mem::take(&mut self.subs) {
+            self.end(handle);
+        }
+    }
+}
+
+/// Checks a subscription against its caller and narrows it to what the caller may see. A
+/// partner's subscription is confined to its partnerId and a customer's to its customerId
+/// (besides any argument), so even events written by other programs cannot leak.
+async fn authorize(
+    state: &PushState,
+    principal: &Principal,
+    filter: &mut EventFilter,
+) -> Result<(), GraphqlError> {
+    let refuse = |what: String| GraphqlError::with_code(what, "FORBIDDEN");
+    match principal {
+        Principal::Admin => return Ok(()),
+        Principal::Partner { partner_id } => {
+            if let Some(asked) = &filter.partner_id
+                && asked != partner_id
+            {
+                return Err(refuse(format!(
+                    "Not authorized to subscribe to partnerId `{asked}`."
+                )));
+            }
+            filter.partner_id = Some(partner_id.clone());
+        }
+        Principal::Customer { customer_id, .. } => {
+            if let Some(asked) = &filter.customer_id
+                && asked != customer_id
+            {
+                return Err(refuse(format!(
+                    "Not authorized to subscribe to customerId `{asked}`."
+                )));
+            }
+            filter.customer_id = Some(customer_id.clone());
+        }
+    }
+    if let Some(order_id) = &filter.order_id {
+        let status = state.app.engine.order_status(order_id).await.map_err(|e| {
+            tracing::warn!(error = %e, "subscription authorization: engine unavailable");
+            GraphqlError::with_code(
+                "The status store is unavailable; retry.",
+                "SERVICE_UNAVAILABLE",
+            )
+        })?;
+        let allowed = status
+            .is_some_and(|s| principal.may_access_order(s.partner_id.as_deref(), &s.customer_id));
+        if !allowed {
+            // The same answer whether the order is missing or someone else's.
+            return Err(refuse(format!(
+                "Not authorized to subscribe to orderId `{order_id}`."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The asynchronous part of a subscribe: authorize, register with the hub (queueing the ack
+/// under the hub's lock), replay `after` the cursor, then go live.
+async fn start(
+    state: Arc<PushState>,
+    conn: Arc<ConnHandle>,
+    slot: Arc<SubSlot>,
+    id: String,
+    spec: SubscriptionSpec,
+    principal: Principal,
+    dialect: Dialect,
+) {
+    let fail = |errors: Vec<GraphqlError>| {
+        slot.ended.store(true, Ordering::Release);
+        conn.push(Out::Text(dialect.error(&id, &errors)));
+    };
+    let SubscriptionSpec {
+        mut filter,
+        after,
+        projection,
+    } = spec;
+    if let Err(e) = authorize(&state, &principal, &mut filter).await {
+        state
+            .metrics
+            .subscriptions_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return fail(vec![e]);
+    }
+    let after = match after.as_deref().map(str::parse::<EventId>).transpose() {
+        Ok(after) => after,
+        Err(e) => {
+            return fail(vec![GraphqlError::with_code(
+                format!("Argument `after`: {e}"),
+                "BAD_USER_INPUT",
+            )]);
+        }
+    };
+    let prefix = dialect.event_prefix(&id);
+    let registration = Registration {
+        conn: conn.clone(),
+        prefix: prefix.clone(),
+        filter: filter.clone(),
+        projection: projection.clone(),
+        catching_up: after.is_some(),
+    };
+    let ack = dialect.ack(&id).map(Out::Text);
+    let Some((hub_id, position)) = state.hub.register(registration, ack) else {
+        return fail(vec![GraphqlError::with_code(
+            "This node is starting and not yet following the event log; retry.",
+            "SERVICE_UNAVAILABLE",
+        )]);
+    };
+    slot.hub_id.store(hub_id, Ordering::SeqCst);
+    slot.registered.store(true, Ordering::SeqCst);
+    if slot.stopped.load(Ordering::SeqCst) {
+        state.hub.remove(hub_id);
+        return;
+    }
+    state
+        .metrics
+        .subscriptions_started
+        .fetch_add(1, Ordering::Relaxed);
+    let Some(after) = after else { return };
+    match replay(
+        &state,
+        &conn,
+        &filter,
+        &projection,
+        &prefix,
+        after,
+        position,
+    )
+    .await
+    {
+        Ok(()) => {
+            if !state.hub.go_live(hub_id) {
+                state.hub.remove(hub_id);
+                fail(vec![GraphqlError::with_code(
+                    "The subscription fell too far behind while replaying; resubscribe with `after` set to the last eventId received.",
+                    "REPLAY_OVERFLOW",
+                )]);
+            }
+        }
+        Err(e) => {
+            state.hub.remove(hub_id);
+            fail(vec![e]);
+        }
+    }
+}
+
+/// Sends the retained events in `(after, position]` that match, paced by the connection's
+/// queue. Refuses a cursor older than the retained log: events may have been trimmed.
+async fn replay(
+    state: &PushState,
+    conn: &ConnHandle,
+    filter: &EventFilter,
+    projection: &crate::graphql::Projection,
+    prefix: &Bytes,
+    after: EventId,
+    position: EventId,
+) -> Result<(), GraphqlError> {
+    if after >= position {
+        return Ok(());
+    }
+    let unavailable = |e: crate::engine::EngineError| {
+        tracing::warn!(error = %e, "replay: engine unavailable");
+        GraphqlError::with_code(
+            "The event log is unavailable; retry.",
+            "SERVICE_UNAVAILABLE",
+        )
+    };
+    let engine = &state.app.engine;
+    let first = engine.first_event_id().await.map_err(unavailable)?;
+    let expired = match first {
+        Some(first) => after < first && after != EventId::ZERO,
+        None => true,
+    };
+    if expired {
+        return Err(GraphqlError::with_code(
+            format!(
+                "Cursor `{after}` is older than the retained event log (oldest retained: {}); events after it may be gone. Resubscribe without `after` and reload state from GET /v1/orders/{{id}}.",
+                first.map_or_else(|| "none".to_string(), |f| f.to_string())
+            ),
+            "CURSOR_EXPIRED",
+        ));
+    }
+    let mut cursor = after;
+    loop {
+        let entries = engine
+            .read_events(cursor, 256, Duration::ZERO)
+            .await
+            .map_err(unavailable)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for entry in entries {
+            let Ok(entry_id) = entry.id() else { continue };
+            if entry_id > position {
+                return Ok(());
+            }
+            cursor = entry_id;
+            if let LogEntry::Event(event) = entry
+                && filter.matches(&event)
+            {
+                conn.wait_for_room().await;
+                if conn.is_closed() {
+                    return Ok(());
+                }
+                conn.push(Out::Event {
+                    prefix: prefix.clone(),
+                    payload: projection.render_event(&event),
+                });
+            }
+        }
+        if cursor >= position {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs one upgraded connection until it closes.
+pub async fn run(
+    state: Arc<PushState>,
+    mut ws: Socket,
+    protocol: Protocol,
+    principal: Option<Principal>,
+) {
+    let config = state.app.config.push.clone();
+    let (conn, mut rx) = ConnHandle::new(config.outbound_queue_bytes);
+    let conn = Arc::new(conn);
+    let mut session = Session {
+        state: state.clone(),
+        conn: conn.clone(),
+        protocol,
+        principal,
+        acked: false,
+        inits: 0,
+        subs: HashMap::new(),
+        tokens: f64::from(config.subscribe_rate.max(1)),
+        refilled: Instant::now(),
+    };
+    let init_deadline = tokio::time::sleep(config.connection_init_timeout);
+    tokio::pin!(init_deadline);
+    let keepalive = config.keepalive_interval.max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let shutdown = state.shutdown.clone();
+
+    'conn: loop {
+        let expiry = token_expiry(session.principal.as_ref());
+        tokio::select! {
+            biased;
+            _ = conn.kill.notified() => break,
+            _ = shutdown.cancelled() => {
+                conn.close(close::SERVICE_RESTART, "server shutting down; reconnect");
+                break;
+            }
+            Some(out) = rx.recv() => {
+                let write = write_batch(&mut ws, &conn, &mut rx, out);
+                tokio::select! {
+                    result = write => if result.is_err() { break 'conn },
+                    _ = conn.kill.notified() => break 'conn,
+                }
+            }
+            message = ws.next() => {
+                last_heard = Instant::now();
+                let flow = match message {
+                    None => break,
+                    Some(Err(e)) => {
+                        if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                            state.metrics.messages_too_big.fetch_add(1, Ordering::Relaxed);
+                            conn.close(close::MESSAGE_TOO_BIG, "message too big (push.max_message_bytes)");
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Text(text))) => match protocol {
+                        Protocol::TransportWs => transport_ws::on_message(&mut session, &text).await,
+                        Protocol::GraphqlWs => appsync::on_message(&mut session, &text).await,
+                    },
+                    Some(Ok(Message::Binary(_))) => Flow::Close(
+                        4400,
+                        "binary messages are not part of this protocol".into(),
+                    ),
+                    Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => Flow::Continue, // ping/pong: tungstenite answers pings
+                };
+                if let Flow::Close(code, reason) = flow {
+                    conn.close(code, &reason);
+                    break;
+                }
+            }
+            _ = &mut init_deadline, if !session.acked => {
+                conn.close(4408, "connection initialisation timeout");
+                break;
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > keepalive * 3 {
+                    conn.close(close::KEEPALIVE_TIMEOUT, "keepalive timeout: nothing heard from the client");
+                    break;
+                }
+                match protocol {
+                    Protocol::TransportWs => session.send(r#"{"type":"ping"}"#.into()),
+                    Protocol::GraphqlWs => {
+                        if session.acked {
+                            session.send(r#"{"type":"ka"}"#.into());
+                        }
+                        // AppSync clients never send anything on their own: a WebSocket ping
+                        // (answered by every client library) shows the peer is alive.
+                        conn.push(Out::Text(String::new()));
+                    }
+                }
+            }
+            _ = sleep_until_unix(expiry), if expiry.is_some() => {
+                conn.close(close::TOKEN_EXPIRED, "token expired; reconnect with a fresh token");
+                break;
+            }
+        }
+    }
+    session.end_all();
+    state.connections.fetch_sub(1, Ordering::AcqRel);
+    if let Some((code, reason)) = conn.close_frame() {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+async fn write_batch(
+    ws: &mut Socket,
+    conn: &ConnHandle,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Out>,
+    first: Out,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(out) = next.take() {
+        let cost = super::conn::cost(&out);
+        let message = match out {
+            // The empty text is the keepalive marker for a WebSocket-level ping.
+            Out::Text(text) if text.is_empty() => Message::Ping(Bytes::new()),
+            out => Message::text(out.into_text()),
+        };
+        ws.feed(message).await?;
+        conn.written(cost);
+        n += 1;
+        if n < 256 {
+            next = rx.try_recv().ok();
+        }
+    }
+    ws.flush().await?;
+    conn.wrote_batch();
+    Ok(())
+}
+
+fn token_expiry(principal: Option<&Principal>) -> Option<u64> {
+    principal.and_then(Principal::expires_at)
+}
+
+async fn sleep_until_unix(at: Option<u64>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(at.saturating_sub(now))).await;
+}

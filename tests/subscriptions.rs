@@ -1,0 +1,902 @@
+//! WebSocket subscriptions end to end: the real binary, real third-party clients (the Node
+//! `graphql-ws` reference client, Python `gql`'s AppSync transport, headless Chromium on the
+//! console page) and, for the protocol's corners, a raw tokio-tungstenite client. Every
+//! behaviour runs on both engines; Redis tests start their own redis-server.
+//!
+//! The client scripts live in `tests/clients` (`npm ci` and `pip install -r
+//! requirements.txt` there; `.ci/run` does both).
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// A client script running as its own process; its stdout lines are collected.
+struct ClientProc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    ready: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ClientProc {
+    fn spawn(mut command: Command) -> ClientProc {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ready = dir.path().join("ready");
+        command
+            .arg("--ready-file")
+            .arg(&ready)
+            .current_dir(clients_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {command:?}: {e} (install the clients: see tests/clients/README.md)"
+            )
+        });
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        ClientProc {
+            child,
+            lines,
+            ready,
+            _dir: dir,
+        }
+    }
+
+    /// The reference `graphql-ws` client (graphql-transport-ws).
+    fn graphql_ws(url: &str, token: &str, query: &str, variables: Value, count: usize) -> Self {
+        let mut c = Command::new("node");
+        c.arg("graphql-ws-client.mjs")
+            .args(["--url", url, "--token", token, "--query", query])
+            .args(["--variables", &variables.to_string()])
+            .args(["--count", &count.to_string(), "--timeout-ms", "20000"]);
+        ClientProc::spawn(c)
+    }
+
+    /// Python `gql` with `AppSyncWebsocketsTransport` (the AppSync dialect on graphql-ws).
+    fn appsync(url: &str, api_key: &str, query: &str, variables: Value, count: usize) -> Self {
+        let mut c = Command::new("python3");
+        c.arg("appsync_client.py")
+            .args(["--url", url, "--api-key", api_key, "--query", query])
+            .args(["--variables", &variables.to_string()])
+            .args(["--count", &count.to_string(), "--timeout-s", "20"]);
+        ClientProc::spawn(c)
+    }
+
+    /// Waits until the client says its subscription is live.
+    async fn ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ready.exists() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "client exited ({status}) before it was ready: {:?}",
+                    self.lines.lock().unwrap()
+                );
+            }
+            assert!(Instant::now() < deadline, "client never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the client to exit; its success and its JSON lines.
+    async fn finish(mut self) -> (bool, Vec<Value>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("client did not finish: {:?}", self.lines.lock().unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Let the reader thread take the last lines.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let lines = self.lines.lock().unwrap().clone();
+        let values = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| json!({ "raw": l })))
+            .collect();
+        (status.success(), values)
+    }
+
+    async fn events(self) -> Vec<Value> {
+        let (ok, lines) = self.finish().await;
+        assert!(ok, "client failed: {lines:?}");
+        lines
+    }
+
+    async fn error(self) -> Value {
+        let (ok, lines) = self.finish().await;
+        assert!(!ok, "client should have failed: {lines:?}");
+        lines
+            .iter()
+            .find_map(|l| l.get("error").cloned())
+            .unwrap_or_else(|| panic!("no error line in {lines:?}"))
+    }
+}
+
+impl Drop for ClientProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ws_url(herald: &Herald) -> String {
+    herald.url("/graphql").replacen("http://", "ws://", 1)
+}
+
+/// The event object inside one `{"data":{"onOrderUpdated":{..}}}` line.
+fn event(line: &Value) -> &Value {
+    &line["data"]["onOrderUpdated"]
+}
+
+fn statuses(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| event(l)["status"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+impl Stack {
+    async fn transition(&self, order_id: &str, status: &str, version: u64) {
+        let r = self
+            .post(
+                &format!("/v1/orders/{order_id}/transitions"),
+                ADMIN_KEY,
+                &json!({ "status": status }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+        self.wait_for_status(order_id, status, version).await;
+    }
+
+    async fn order(&self, key: &str, order_id: &str, customer: &str) {
+        let r = self
+            .post("/v1/orders", key, &order_body(order_id, customer))
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+        self.wait_for_status(order_id, "confirmed", 2).await;
+    }
+
+    async fn publish(&self, event: Value) -> String {
+        let r = self.post("/v1/events", ADMIN_KEY, &event).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+        r.json::<Value>().await.unwrap()["eventId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+fn external_event(order_id: &str, customer: &str, partner: Option<&str>, version: u64) -> Value {
+    json!({
+        "type": "order.preparing", "orderId": order_id, "customerId": customer,
+        "partnerId": partner, "status": "preparing", "previousStatus": "confirmed",
+        "version": version, "occurredAt": "2026-11-27T10:00:00Z", "data": {"note": "x", "n": version}
+    })
+}
+
+on_both_engines!(
+    graphql_ws_client_gets_its_orders_events_in_order_and_nothing_else,
+    appsync_client_gets_selected_fields_of_its_partners_orders,
+    invalid_documents_are_refused_with_graphql_errors,
+    unauthorized_subscriptions_are_refused_with_an_error,
+    resubscribing_after_a_cursor_gets_exactly_the_missed_events,
+    a_cursor_older_than_retention_is_refused,
+    graphql_query_over_http_uses_the_same_projection_and_authorization,
+);
+
+async fn graphql_ws_client_gets_its_orders_events_in_order_and_nothing_else(kind: Kind) {
+    let s = Stack::start(kind);
+    let mut client = ClientProc::graphql_ws(
+        &ws_url(&s.herald),
+        ADMIN_KEY,
+        "subscription($id: ID) { onOrderUpdated(orderId: $id) { orderId status version } }",
+        json!({ "id": "mine-1" }),
+        3,
+    );
+    client.ready().await;
+    s.order(ADMIN_KEY, "other-1", "cust-2").await;
+    s.order(ADMIN_KEY, "mine-1", "cust-1").await;
+    s.transition("mine-1", "preparing", 3).await;
+    s.transition("other-1", "cancelled", 3).await;
+    let lines = client.events().await;
+    assert_eq!(statuses(&lines), ["ACCEPTED", "CONFIRMED", "PREPARING"]);
+    for (i, line) in lines.iter().enumerate() {
+        let e = event(line).as_object().unwrap();
+        let keys: Vec<&str> = e.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["orderId", "status", "version"],
+            "only selected fields"
+        );
+        assert_eq!(e["orderId"], "mine-1");
+        assert_eq!(e["version"], i as u64 + 1);
+    }
+}
+
+async fn appsync_client_gets_selected_fields_of_its_partners_orders(kind: Kind) {
+    let s = Stack::start(kind);
+    let mut client = ClientProc::appsync(
+        &s.herald.url("/graphql"),
+        ACME_KEY,
+        "subscription { onOrderUpdated { orderId partnerId status previousStatus data } }",
+        json!({}),
+        3,
+    );
+    client.ready().await;
+    s.order(GLOBEX_KEY, "globex-1", "cust-9").await;
+    s.order(ACME_KEY, "acme-1", "cust-1").await;
+    s.publish(external_event("globex-1", "cust-9", Some("globex"), 3))
+        .await;
+    s.publish(external_event("acme-1", "cust-1", Some("acme"), 3))
+        .await;
+    let lines = client.events().await;
+    assert_eq!(statuses(&lines), ["ACCEPTED", "CONFIRMED", "PREPARING"]);
+    for line in &lines {
+        let e = event(line);
+        assert_eq!(e["orderId"], "acme-1", "a partner sees only its orders");
+        assert_eq!(e["partnerId"], "acme");
+        assert_eq!(e.as_object().unwrap().len(), 5);
+    }
+    assert_eq!(event(&lines[0])["previousStatus"], Value::Null);
+    assert_eq!(event(&lines[1])["previousStatus"], "ACCEPTED");
+    // `data` is the event's JSON as a string.
+    let data: Value = serde_json::from_str(event(&lines[2])["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data, json!({"note": "x", "n": 3}));
+}
+
+async fn invalid_documents_are_refused_with_graphql_errors(kind: Kind) {
+    let s = Stack::start(kind);
+    let url = ws_url(&s.herald);
+    let unknown_field = ClientProc::graphql_ws(
+        &url,
+        ADMIN_KEY,
+        "subscription { onOrderUpdated { orderId nope } }",
+        json!({}),
+        1,
+    );
+    let error = unknown_field.error().await;
+    assert!(
+        error[0]["message"].as_str().unwrap().contains("nope"),
+        "{error}"
+    );
+    assert_eq!(error[0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED");
+    assert!(error[0]["locations"].is_array());
+
+    let bad_variable = ClientProc::graphql_ws(
+        &url,
+        ADMIN_KEY,
+        "subscription($s: [OrderStatus!]) { onOrderUpdated(status: $s) { orderId } }",
+        json!({ "s": ["TELEPORTED"] }),
+        1,
+    );
+    let error = bad_variable.error().await;
+    assert_eq!(error[0]["extensions"]["code"], "BAD_USER_INPUT", "{error}");
+
+    let bad_argument = ClientProc::appsync(
+        &s.herald.url("/graphql"),
+        ADMIN_KEY,
+        "subscription { onOrderUpdated(status: [TELEPORTED]) { orderId } }",
+        json!({}),
+        1,
+    );
+    let error = bad_argument.error().await;
+    let text = error.to_string();
+    assert!(text.contains("TELEPORTED"), "{text}");
+}
+
+const JWT_SECRET: &str = "subscriptions-test-hs256-secret-0000000001";
+
+fn jwt_toml() -> String {
+    format!("[auth.jwt]\nhs256_secret = \"{JWT_SECRET}\"\nleeway = \"0s\"\n")
+}
+
+fn customer_token(customer: &str, ttl_secs: u64) -> String {
+    let exp = jsonwebtoken::get_current_timestamp() + ttl_secs;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": customer, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn unauthorized_subscriptions_are_refused_with_an_error(kind: Kind) {
+    let s = Stack::start_with(kind, &jwt_toml());
+    s.order(ACME_KEY, "acme-7", "cust-7").await;
+    let url = ws_url(&s.herald);
+    let q = "subscription($o: ID, $c: ID, $p: ID) { onOrderUpdated(orderId: $o, customerId: $c, partnerId: $p) { orderId } }";
+    let cases = [
+        (GLOBEX_KEY.to_string(), json!({ "o": "acme-7" })),
+        (GLOBEX_KEY.to_string(), json!({ "p": "acme" })),
+        (customer_token("cust-8", 600), json!({ "o": "acme-7" })),
+        (customer_token("cust-8", 600), json!({ "c": "cust-7" })),
+        // An order that does not exist reads exactly like someone else's.
+        (ACME_KEY.to_string(), json!({ "o": "no-such-order" })),
+    ];
+    for (token, variables) in cases {
+        let error = ClientProc::graphql_ws(&url, &token, q, variables.clone(), 1)
+            .error()
+            .await;
+        assert_eq!(
+            error[0]["extensions"]["code"], "FORBIDDEN",
+            "{variables}: {error}"
+        );
+    }
+    // The rightful customer is served.
+    let mut own = ClientProc::graphql_ws(
+        &url,
+        &customer_token("cust-7", 600),
+        q,
+        json!({ "o": "acme-7" }),
+        1,
+    );
+    own.ready().await;
+    s.transition("acme-7", "preparing", 3).await;
+    let lines = own.events().await;
+    assert_eq!(event(&lines[0]), &json!({ "orderId": "acme-7" }));
+    // A wrong credential is refused at connection time.
+    let error = ClientProc::graphql_ws(&url, "not-a-key-000000000000", q, json!({}), 1)
+        .error()
+        .await;
+    assert_eq!(error["closeCode"], 4403, "{error}");
+}
+
+async fn resubscribing_after_a_cursor_gets_exactly_the_missed_events(kind: Kind) {
+    let s = Stack::start(kind);
+    let url = ws_url(&s.herald);
+    let q = "subscription($o: ID, $after: ID) { onOrderUpdated(orderId: $o, after: $after) { eventId status version } }";
+    let mut first = ClientProc::graphql_ws(&url, ADMIN_KEY, q, json!({ "o": "r-1" }), 2);
+    first.ready().await;
+    s.order(ADMIN_KEY, "r-1", "cust-1").await;
+    let seen = first.events().await;
+    assert_eq!(statuses(&seen), ["ACCEPTED", "CONFIRMED"]);
+    let cursor = event(&seen[1])["eventId"].as_str().unwrap().to_string();
+
+    // Missed while disconnected, with another order's events in between.
+    s.transition("r-1", "preparing", 3).await;
+    s.order(ADMIN_KEY, "r-2", "cust-2").await;
+    s.transition("r-1", "shipped", 4).await;
+
+    let mut second = ClientProc::graphql_ws(
+        &url,
+        ADMIN_KEY,
+        q,
+        json!({ "o": "r-1", "after": cursor }),
+        3,
+    );
+    second.ready().await;
+    s.transition("r-1", "delivered", 5).await;
+    let lines = second.events().await;
+    assert_eq!(statuses(&lines), ["PREPARING", "SHIPPED", "DELIVERED"]);
+    let versions: Vec<u64> = lines
+        .iter()
+        .map(|l| event(l)["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [3, 4, 5], "no gap, no duplicate");
+
+    // The AppSync client resumes the same way.
+    let mut third = ClientProc::appsync(
+        &s.herald.url("/graphql"),
+        ADMIN_KEY,
+        q,
+        json!({ "o": "r-1", "after": cursor }),
+        3,
+    );
+    third.ready().await;
+    assert_eq!(
+        statuses(&third.events().await),
+        ["PREPARING", "SHIPPED", "DELIVERED"]
+    );
+}
+
+async fn a_cursor_older_than_retention_is_refused(kind: Kind) {
+    let s = Stack::start_with(kind, "[engine]\nevent_retention = 10\n");
+    for v in 0..250 {
+        s.publish(external_event("t-1", "cust-1", None, v + 3))
+            .await;
+    }
+    let error = ClientProc::graphql_ws(
+        &ws_url(&s.herald),
+        ADMIN_KEY,
+        "subscription { onOrderUpdated(after: \"1-0\") { eventId } }",
+        json!({}),
+        1,
+    )
+    .error()
+    .await;
+    assert_eq!(error[0]["extensions"]["code"], "CURSOR_EXPIRED", "{error}");
+}
+
+async fn graphql_query_over_http_uses_the_same_projection_and_authorization(kind: Kind) {
+    let s = Stack::start(kind);
+    s.order(ACME_KEY, "q-1", "cust-1").await;
+    let query = |key: &'static str, body: Value| {
+        let http = s.http.clone();
+        let url = s.herald.url("/graphql");
+        async move {
+            let r = http
+                .post(url)
+                .header("x-api-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let doc = json!({ "query": "query($id: ID!) { o: order(orderId: $id) { orderId status version __typename } }", "variables": { "id": "q-1" } });
+    let (status, body) = query(ACME_KEY, doc.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({ "data": { "o": { "orderId": "q-1", "status": "CONFIRMED", "version": 2, "__typename": "Order" } } })
+    );
+    let (_, body) = query(GLOBEX_KEY, doc).await;
+    assert_eq!(
+        body,
+        json!({ "data": { "o": null } }),
+        "foreign reads as null"
+    );
+    let (status, body) = query(
+        ADMIN_KEY,
+        json!({ "query": "{ order(orderId: 1) { nope } }" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    let r = s
+        .http
+        .post(s.herald.url("/graphql"))
+        .json(&json!({ "query": "{ order(orderId: \"q-1\") { status } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn subscriber_on_node_a_gets_events_produced_through_node_b() {
+    let redis = RedisServer::start(true);
+    let push_only = Herald::start(HeraldOptions {
+        redis_url: Some(redis.url()),
+        roles: "push".into(),
+        ..HeraldOptions::default()
+    });
+    let producer = Stack {
+        herald: Herald::start(HeraldOptions {
+            redis_url: Some(redis.url()),
+            ..HeraldOptions::default()
+        }),
+        redis: None,
+        http: client(),
+    };
+    let mut client = ClientProc::graphql_ws(
+        &ws_url(&push_only),
+        ADMIN_KEY,
+        "subscription { onOrderUpdated(customerId: \"cust-ab\") { orderId status } }",
+        json!({}),
+        2,
+    );
+    client.ready().await;
+    producer.order(ADMIN_KEY, "ab-1", "cust-ab").await;
+    assert_eq!(statuses(&client.events().await), ["ACCEPTED", "CONFIRMED"]);
+}
+
+#[tokio::test]
+async fn console_page_shows_an_orders_events_live_in_chromium() {
+    let s = Stack::start(Kind::Memory);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new("node");
+    c.arg("console-browser.mjs")
+        .args(["--url", &s.herald.url("/"), "--key", ADMIN_KEY])
+        .args([
+            "--order",
+            "web-1",
+            "--expect",
+            "CONFIRMED",
+            "--timeout-ms",
+            "30000",
+        ])
+        .arg("--screenshot")
+        .arg(dir.path().join("console.png"));
+    let mut browser = ClientProc::spawn(c);
+    browser.ready().await;
+    s.order(ADMIN_KEY, "web-1", "cust-1").await;
+    let (ok, lines) = browser.finish().await;
+    assert!(ok, "{lines:?}");
+    let shown = lines[0]["events"].to_string();
+    assert!(
+        shown.contains("CONFIRMED") && shown.contains("ACCEPTED"),
+        "{shown}"
+    );
+}
+
+// ---- protocol corners and limits, with a raw client (engine-independent) ----
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn connect(herald: &Herald, subprotocol: &str) -> Ws {
+    let mut request = ws_url(herald).into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", subprotocol.parse().unwrap());
+    let (ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket upgrade");
+    assert_eq!(response.headers()["sec-websocket-protocol"], subprotocol);
+    ws
+}
+
+async fn send(ws: &mut Ws, value: Value) {
+    ws.send(Message::text(value.to_string())).await.unwrap();
+}
+
+/// The next JSON message (pings answered by tungstenite are skipped).
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open stream")
+            .expect("valid frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads until the server closes; the close code.
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+    None
+}
+
+async fn init(ws: &mut Ws, key: &str) {
+    send(
+        ws,
+        json!({"type": "connection_init", "payload": {"x-api-key": key}}),
+    )
+    .await;
+    assert_eq!(next(ws).await["type"], "connection_ack");
+}
+
+fn sub(id: &str, query: &str) -> Value {
+    json!({"id": id, "type": "subscribe", "payload": {"query": query}})
+}
+
+const ALL: &str = "subscription { onOrderUpdated { orderId version } }";
+
+#[tokio::test]
+async fn graphql_transport_ws_rules_are_enforced_with_their_close_codes() {
+    let s = Stack::start_with(
+        Kind::Memory,
+        "[push]\nconnection_init_timeout = \"300ms\"\nmax_message_bytes = 2048\n",
+    );
+    let h = &s.herald;
+
+    let mut ws = connect(h, "graphql-transport-ws").await;
+    send(&mut ws, sub("1", ALL)).await;
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(4401),
+        "subscribe before ack"
+    );
+
+    let mut ws = connect(h, "graphql-transport-ws").await;
+    assert_eq!(close_code(&mut ws).await, Some(4408), "init timeout");
+
+    let mut ws = connect(h, "graphql-transport-ws").await;
+    init(&mut ws, ADMIN_KEY).await;
+    send(&mut ws, json!({"type": "ping", "payload": {"t": 1}})).await;
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "pong", "payload": {"t": 1}})
+    );
+    send(&mut ws, sub("1", ALL)).await;
+    send(&mut ws, sub("1", ALL)).await;
+    assert_eq!(close_code(&mut ws).await, Some(4409), "duplicate id");
+
+    let mut ws = connect(h, "graphql-transport-ws").await;
+    init(&mut ws, ADMIN_KEY).await;
+    send(&mut ws, json!({"type": "connection_init"})).await;
+    assert_eq!(close_code(&mut ws).await, Some(4429), "second init");
+
+    let mut ws = connect(h, "graphql-transport-ws").await;
+    init(&mut ws, ADMIN_KEY).await;
+    send(&mut ws, json!({"type": "teleport"})).await;
+    assert_eq!(close_code(&mut ws).await, Some(4400), "unknown message");
+
+    let mut ws = connect(h, "graphql-transport-ws").await;
+    init(&mut ws, ADMIN_KEY).await;
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(4400), "binary frame");
+
+    let mut ws = connect(h, "graphql-transport-ws").await;
+    init(&mut ws, ADMIN_KEY).await;
+    send(&mut ws, sub("1", &format!("{ALL} #{}", "x".repeat(4096)))).await;
+    assert_eq!(close_code(&mut ws).await, Some(1009), "message too big");
+
+    // Complete from the client ends the subscription: nothing more arrives for it.
+    let mut ws = connect(h, "graphql-transport-ws").await;
+    init(&mut ws, ADMIN_KEY).await;
+    send(&mut ws, sub("a", ALL)).await;
+    send(&mut ws, json!({"id": "a", "type": "complete"})).await;
+    send(
+        &mut ws,
+        sub(
+            "b",
+            "subscription { onOrderUpdated(orderId: \"c-1\") { orderId version } }",
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.order(ADMIN_KEY, "c-1", "cust-1").await;
+    let m = next(&mut ws).await;
+    assert_eq!(
+        (m["id"].as_str(), m["type"].as_str()),
+        (Some("b"), Some("next"))
+    );
+
+    // Handshakes: no subprotocol, a wrong key.
+    let r = s
+        .http
+        .get(h.url("/graphql"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let mut request = ws_url(h).into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("sec-websocket-protocol", "graphql-ws".parse().unwrap());
+    headers.insert("x-api-key", "wrong-key-00000000000".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn per_connection_and_per_node_limits_answer_as_documented() {
+    let s = Stack::start_with(
+        Kind::Memory,
+        "[push]\nmax_subscriptions_per_connection = 2\nsubscribe_rate = 3\nmax_connections = 3\n",
+    );
+    let h = &s.herald;
+    let mut ws = connect(h, "graphql-transport-ws").await;
+    init(&mut ws, ADMIN_KEY).await;
+    send(&mut ws, sub("1", ALL)).await;
+    send(&mut ws, sub("2", ALL)).await;
+    send(&mut ws, sub("3", ALL)).await;
+    let m = next(&mut ws).await;
+    assert_eq!(
+        (m["id"].as_str(), m["type"].as_str()),
+        (Some("3"), Some("error"))
+    );
+    assert_eq!(m["payload"][0]["extensions"]["code"], "LIMIT_EXCEEDED");
+    // The rate: three tokens are spent; the next subscribe within the second is refused.
+    send(&mut ws, json!({"id": "1", "type": "complete"})).await;
+    send(&mut ws, sub("4", ALL)).await;
+    let m = next(&mut ws).await;
+    assert_eq!(m["payload"][0]["extensions"]["code"], "RATE_LIMITED", "{m}");
+
+    let _two = connect(h, "graphql-transport-ws").await;
+    let _three = connect(h, "graphql-ws").await;
+    let mut request = ws_url(h).into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 503);
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert_eq!(s.metric("herald_push_connections_refused_total").await, 1);
+    assert_eq!(s.metric("herald_push_subscription_limit_total").await, 1);
+    assert_eq!(s.metric("herald_push_rate_limited_total").await, 1);
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_and_the_others_get_everything() {
+    let s = Stack::start_with(Kind::Memory, "[push]\noutbound_queue_bytes = 65536\n");
+    let h = &s.herald;
+    let mut slow = connect(h, "graphql-transport-ws").await;
+    init(&mut slow, ADMIN_KEY).await;
+    send(
+        &mut slow,
+        sub("s", "subscription { onOrderUpdated { data } }"),
+    )
+    .await;
+    let mut fast = connect(h, "graphql-transport-ws").await;
+    init(&mut fast, ADMIN_KEY).await;
+    send(
+        &mut fast,
+        sub("f", "subscription { onOrderUpdated { version } }"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let big = "y".repeat(16 * 1024);
+    let n = 600u64;
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            let m = next(&mut fast).await;
+            assert_eq!(m["type"], "next");
+            got += 1;
+        }
+        got
+    });
+    for v in 0..n {
+        let mut e = external_event("slow-1", "cust-1", None, v + 3);
+        e["data"] = json!({ "pad": big });
+        s.publish(e).await;
+    }
+    assert_eq!(
+        reader.await.unwrap(),
+        n,
+        "the fast subscriber got every event"
+    );
+    eventually(Duration::from_secs(10), "slow consumer closed", || async {
+        (s.metric("herald_push_slow_consumers_total").await == 1).then_some(())
+    })
+    .await;
+    // The stalled client, reading at last, finds its stream ended (4008 when the close
+    // frame still fit in the socket's buffers).
+    let code = close_code(&mut slow).await;
+    assert!(matches!(code, Some(4008) | None), "{code:?}");
+}
+
+#[tokio::test]
+async fn appsync_dialect_messages_keepalive_and_stop() {
+    use base64::Engine as _;
+    let s = Stack::start_with(Kind::Memory, "[push]\nkeepalive_interval = \"200ms\"\n");
+    let h = &s.herald;
+    let header = base64::engine::general_purpose::STANDARD
+        .encode(json!({"host": "x", "x-api-key": ADMIN_KEY}).to_string());
+    let url = format!("{}?header={header}&payload=e30=", ws_url(h));
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "graphql-ws".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    send(&mut ws, json!({"type": "connection_init"})).await;
+    let ack = next(&mut ws).await;
+    assert_eq!(ack["type"], "connection_ack");
+    assert!(ack["payload"]["connectionTimeoutMs"].as_u64().unwrap() > 0);
+    assert_eq!(next(&mut ws).await["type"], "ka");
+    let data =
+        json!({"query": "subscription { onOrderUpdated(orderId: \"as-1\") { orderId status } }"})
+            .to_string();
+    send(&mut ws, json!({"id": "7", "type": "start", "payload": {"data": data, "extensions": {"authorization": {"host": "x", "x-api-key": ADMIN_KEY}}}})).await;
+    let mut seen = Vec::new();
+    let mut kas = 0;
+    let mut posted = false;
+    while seen.len() < 3 {
+        let m = next(&mut ws).await;
+        match m["type"].as_str() {
+            Some("ka") => kas += 1,
+            Some("start_ack") => {
+                seen.push("start_ack".to_string());
+                if !posted {
+                    posted = true;
+                    s.order(ADMIN_KEY, "as-1", "cust-1").await;
+                }
+            }
+            Some("data") => {
+                assert_eq!(m["id"], "7");
+                seen.push(
+                    m["payload"]["data"]["onOrderUpdated"]["status"]
+                        .as_str()
+                        .unwrap()
+                        .into(),
+                );
+            }
+            other => panic!("unexpected {other:?}: {m}"),
+        }
+    }
+    assert_eq!(seen, ["start_ack", "ACCEPTED", "CONFIRMED"]);
+    send(&mut ws, json!({"id": "7", "type": "stop"})).await;
+    loop {
+        let m = next(&mut ws).await;
+        if m["type"] == "ka" {
+            kas += 1;
+            continue;
+        }
+        assert_eq!(m, json!({"id": "7", "type": "complete"}));
+        break;
+    }
+    // A bad start gets an `error` with its id; the connection stays up.
+    send(&mut ws, json!({"id": "8", "type": "start", "payload": {"data": "{\"query\":\"subscription { nope }\"}"}})).await;
+    loop {
+        let m = next(&mut ws).await;
+        if m["type"] == "ka" {
+            kas += 1;
+            continue;
+        }
+        assert_eq!(
+            (m["id"].as_str(), m["type"].as_str()),
+            (Some("8"), Some("error"))
+        );
+        assert_eq!(m["payload"]["errors"][0]["errorType"], "ValidationError");
+        break;
+    }
+    // Keepalives keep coming while idle.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while kas < 3 && Instant::now() < deadline {
+        if next(&mut ws).await["type"] == "ka" {
+            kas += 1;
+        }
+    }
+    assert!(kas >= 3, "ka every keepalive_interval");
+}
+
+#[tokio::test]
+async fn token_expiry_and_shutdown_close_the_connection_with_their_codes() {
+    let mut s = Stack::start_with(Kind::Memory, &jwt_toml());
+    let mut ws = connect(&s.herald, "graphql-transport-ws").await;
+    send(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {}", customer_token("cust-1", 2))}}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["type"], "connection_ack");
+    assert_eq!(close_code(&mut ws).await, Some(4403), "token expired");
+
+    let mut ws = connect(&s.herald, "graphql-transport-ws").await;
+    init(&mut ws, ADMIN_KEY).await;
+    send(&mut ws, sub("1", ALL)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.herald.signal("TERM");
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(1012),
+        "reconnect on shutdown"
+    );
+    assert!(s.herald.terminate());
+}
