@@ -866,6 +866,22 @@ async fn appsync_dialect_messages_keepalive_and_stop() {
         assert_eq!(m["payload"]["errors"][0]["errorType"], "ValidationError");
         break;
     }
+    // Legacy Apollo (subscriptions-transport-ws) on the same subprotocol: an object payload.
+    send(&mut ws, json!({"id": "9", "type": "start", "payload": {"query": "subscription($o: ID) { onOrderUpdated(orderId: $o) { version } }", "variables": {"o": "as-1"}}})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.transition("as-1", "preparing", 3).await;
+    loop {
+        let m = next(&mut ws).await;
+        if m["type"] == "ka" {
+            kas += 1;
+            continue;
+        }
+        assert_eq!(
+            m,
+            json!({"id": "9", "type": "data", "payload": {"data": {"onOrderUpdated": {"version": 3}}}})
+        );
+        break;
+    }
     // Keepalives keep coming while idle.
     let deadline = Instant::now() + Duration::from_secs(3);
     while kas < 3 && Instant::now() < deadline {
