@@ -11,6 +11,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod webhook;
 
 use crate::config::Config;
 use crate::model::{

@@ -1,0 +1,222 @@
+//! The webhook part of the engine seam (DESIGN 1.2 webhook endpoints, 1.5 deliveries):
+//! partner endpoints, deliveries with their attempt log, the durable retry schedule, and the
+//! consumer group through which the event log becomes deliveries exactly once however many
+//! nodes run.
+//!
+//! Every multi-key change is one engine call, so an engine can make it atomic (Redis: one Lua
+//! script): a crash can neither lose a scheduled retry nor schedule it twice, and an event is
+//! acknowledged in the same step that stores its deliveries.
+
+use super::{EngineResult, LogEntry};
+use crate::model::EventId;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A partner's webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// `ep_` + a UUIDv7 (simple form).
+    pub id: String,
+    /// The owner; `None` for an admin endpoint that receives every order's events.
+    #[serde(default)]
+    pub partner_id: Option<String>,
+    pub url: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Event types delivered (`order.shipped`, `order.*`); empty means all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    /// Why the endpoint was disabled (`410 Gone`, failing for `disable_after`, by a user).
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    #[serde(default)]
+    pub rate_limit_per_second: Option<u32>,
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Signing secrets, newest first: after a rotation the previous one keeps signing until
+    /// its `expires_at_ms`.
+    pub secrets: Vec<EndpointSecret>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// The first failed attempt since the last success (endpoint health).
+    #[serde(default)]
+    pub failing_since_ms: Option<u64>,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSecret {
+    /// `whsec_` + base64 of at least 24 random bytes.
+    pub secret: String,
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for EndpointSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets never reach logs.
+        f.debug_struct("EndpointSecret")
+            .field("secret", &"<redacted>")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeliveryState {
+    /// Scheduled or being attempted.
+    Pending,
+    Succeeded,
+    /// The schedule is exhausted (or the endpoint answered 410): kept for manual retry.
+    Failed,
+}
+
+/// One event for one endpoint. Its id is the `webhook-id`, the same across retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// `msg_` + a value derived from (event id, endpoint id), so a redelivered event maps to
+    /// the same delivery.
+    pub id: String,
+    pub endpoint_id: String,
+    /// The endpoint owner's partner id (for listing by partner).
+    #[serde(default)]
+    pub partner_id: Option<String>,
+    pub event_id: String,
+    pub event_type: String,
+    /// The exact request body, fixed when the delivery is created.
+    pub body: String,
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// When the next attempt is due (`Pending` only).
+    #[serde(default)]
+    pub next_attempt_at_ms: Option<u64>,
+    #[serde(default)]
+    pub last_status_code: Option<u16>,
+}
+
+/// One HTTP attempt of a delivery, as the delivery log shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    pub at_ms: u64,
+    #[serde(default)]
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The first 20 KB of the response body.
+    #[serde(default)]
+    pub response: String,
+}
+
+/// What an attempt leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    /// Try again at this time (ms since the epoch).
+    RetryAt(u64),
+    /// No more attempts: the delivery is kept as failed.
+    Failed,
+    /// `410 Gone`: the delivery fails and the endpoint is disabled with this reason.
+    Gone(String),
+}
+
+/// What [`WebhookStore::finish_attempt`] changed on the endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointHealth {
+    Unchanged,
+    /// The endpoint was disabled by this attempt (410, or failing for `disable_after`).
+    Disabled { reason: String },
+}
+
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Creates or replaces an endpoint.
+    async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()>;
+
+    async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>>;
+
+    /// Every endpoint (the dispatcher matches events against them).
+    async fn endpoints(&self) -> EngineResult<Vec<Endpoint>>;
+
+    /// Deletes an endpoint and takes its pending deliveries off the schedule. `false` when
+    /// there was none.
+    async fn delete_endpoint(&self, id: &str) -> EngineResult<bool>;
+
+    /// Events for the dispatcher through the consumer group `webhooks` on the event log:
+    /// entries not yet handed to any node, then entries handed out more than `reclaim_after`
+    /// ago and never acknowledged (a node died with them).
+    async fn claim_events(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+        reclaim_after: Duration,
+    ) -> EngineResult<Vec<LogEntry>>;
+
+    /// Stores the deliveries of one event (each only if its id is new), schedules them at
+    /// their `next_attempt_at_ms`, and acknowledges the event in the consumer group, all in
+    /// one step. An empty list just acknowledges.
+    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery])
+    -> EngineResult<()>;
+
+    /// Takes up to `max` deliveries due at `now_ms`: each is re-scheduled at `now_ms + lease`
+    /// before it is returned, so a node that dies mid-attempt leaves it to be taken again,
+    /// and two nodes never take the same delivery at once.
+    async fn claim_due(
+        &self,
+        now_ms: u64,
+        max: usize,
+        lease: Duration,
+    ) -> EngineResult<Vec<Delivery>>;
+
+    /// The earliest scheduled time, if anything is scheduled.
+    async fn next_due_ms(&self) -> EngineResult<Option<u64>>;
+
+    /// Records an attempt and its outcome in one step: the attempt joins the delivery's log,
+    /// the delivery's state and schedule change, and the endpoint's health is updated (a
+    /// success clears `failing_since_ms`; a failure sets it if unset and disables the endpoint
+    /// when it is older than `disable_after`; `Gone` disables it).
+    async fn finish_attempt(
+        &self,
+        delivery_id: &str,
+        attempt: &Attempt,
+        outcome: &AttemptOutcome,
+        disable_after: Duration,
+    ) -> EngineResult<EndpointHealth>;
+
+    async fn delivery(&self, id: &str) -> EngineResult<Option<Delivery>>;
+
+    /// The attempts of one delivery, oldest first.
+    async fn attempts(&self, delivery_id: &str) -> EngineResult<Vec<Attempt>>;
+
+    /// An endpoint's deliveries, newest first, created before `before_ms` when given.
+    async fn deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+        before_ms: Option<u64>,
+    ) -> EngineResult<Vec<Delivery>>;
+
+    /// Manual retry: the delivery becomes pending and due at `at_ms`. `false` when unknown.
+    async fn retry_delivery(&self, delivery_id: &str, at_ms: u64) -> EngineResult<bool>;
+
+    /// Schedules every failed delivery of the endpoint created at or after `since_ms` again
+    /// at `at_ms`; how many.
+    async fn recover_failed(
+        &self,
+        endpoint_id: &str,
+        since_ms: u64,
+        at_ms: u64,
+    ) -> EngineResult<usize>;
+}
