@@ -136,7 +136,9 @@ pub enum AttemptOutcome {
 pub enum EndpointHealth {
     Unchanged,
     /// The endpoint was disabled by this attempt (410, or failing for `disable_after`).
-    Disabled { reason: String },
+    Disabled {
+        reason: String,
+    },
 }
 
 #[async_trait]
@@ -167,8 +169,7 @@ pub trait WebhookStore: Send + Sync {
     /// Stores the deliveries of one event (each only if its id is new), schedules them at
     /// their `next_attempt_at_ms`, and acknowledges the event in the consumer group, all in
     /// one step. An empty list just acknowledges.
-    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery])
-    -> EngineResult<()>;
+    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()>;
 
     /// Takes up to `max` deliveries due at `now_ms`: each is re-scheduled at `now_ms + lease`
     /// before it is returned, so a node that dies mid-attempt leaves it to be taken again,
