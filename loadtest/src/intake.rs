@@ -666,7 +666,7 @@ async fn open_loop(
                 };
                 loop {
                     match pacer.poll(Instant::now()) {
-                        Step::WaitUntil(t) => sleep_until_precise(t),
+                        Step::WaitUntil(t) => rate::sleep_until_precise(t),
                         Step::Send { k, due } => {
                             let ctx = thread_ctx.clone();
                             handle.spawn(async move {
@@ -688,18 +688,6 @@ async fn open_loop(
     // Every permit back = every request answered.
     let _all = permits.acquire_many(max_in_flight).await?;
     Ok(pacer.missed_since(ctx.warm_end))
-}
-
-/// Sleeps on the OS timer (with minimal slack) until shortly before `t`, and yields for the
-/// rest: a plain sleep wakes some tens of microseconds late, which would count as latency.
-fn sleep_until_precise(t: Instant) {
-    const SPIN: Duration = Duration::from_micros(50);
-    let left = t.saturating_duration_since(Instant::now());
-    if left > SPIN + Duration::from_micros(10) {
-        std::thread::sleep(left - SPIN);
-    } else if !left.is_zero() {
-        std::thread::yield_now();
-    }
 }
 
 /// The `\r`-updated progress line on stderr, once a second.

@@ -1,10 +1,15 @@
 //! `herald-loadtest`: load generator for Herald. One subcommand per scenario; each prints a
 //! table of throughput and latency percentiles (HDR histograms) and can write JSON.
 
+mod fanout;
+mod idle;
 mod intake;
+mod publish;
 mod rate;
+mod reference;
 mod stats;
 mod sys;
+mod ws;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +32,21 @@ enum Scenario {
     /// (open loop, --rate; latency from each order's scheduled time), and optionally measures
     /// accept -> confirmed latency from the event feed (--confirm-latency).
     Intake(intake::IntakeArgs),
+
+    /// WebSocket fan-out: N subscribers, events published into the server, publish -> receive
+    /// latency and deliveries/s
+    ///
+    /// Events go into Herald's Redis stream (--target herald) or to the reference server
+    /// (--target reference); --mode broadcast (everyone gets every event) or targeted (one
+    /// order per connection); --rate R (open loop) or max (closed loop).
+    Fanout(fanout::FanoutArgs),
+
+    /// The reference broadcast server Herald's fan-out is compared with (no GraphQL, no
+    /// Redis; pre-serialised frames). Prints `listening on ws://ADDR`.
+    Reference(reference::ReferenceArgs),
+
+    /// Server memory per idle subscribed connection (VmRSS of --pid before and after)
+    Idle(idle::IdleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +63,9 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.scenario {
             Scenario::Intake(args) => intake::run(args).await,
+            Scenario::Fanout(args) => fanout::run(args).await,
+            Scenario::Reference(args) => reference::run(args).await,
+            Scenario::Idle(args) => idle::run(args).await,
         }
     })
 }

@@ -126,6 +126,18 @@ impl Pacer {
     }
 }
 
+/// Sleeps on the OS timer (with minimal slack) until shortly before `t`, and yields for the
+/// rest: a plain sleep wakes some tens of microseconds late, which would count as latency.
+pub fn sleep_until_precise(t: Instant) {
+    const SPIN: Duration = Duration::from_micros(50);
+    let left = t.saturating_duration_since(Instant::now());
+    if left > SPIN + Duration::from_micros(10) {
+        std::thread::sleep(left - SPIN);
+    } else if !left.is_zero() {
+        std::thread::yield_now();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,12 @@ impl SharedHistogram {
         LatencySummary::from_histogram(&self.lock())
     }
 
+    /// Adds this histogram's samples to `into` (e.g. merging per-shard histograms at the end).
+    pub fn merge_into(&self, into: &mut Histogram<u64>) {
+        // Every histogram here has the same bounds, which is all `add` can fail on.
+        let _ = into.add(&*self.lock());
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.lock().len()
