@@ -26,6 +26,7 @@ pub struct Roles {
     pub api: bool,
     pub worker: bool,
     pub push: bool,
+    pub webhooks: bool,
 }
 
 impl Roles {
@@ -33,37 +34,35 @@ impl Roles {
         api: true,
         worker: true,
         push: true,
+        webhooks: true,
+    };
+    const NONE: Roles = Roles {
+        api: false,
+        worker: false,
+        push: false,
+        webhooks: false,
     };
 }
 
 impl FromStr for Roles {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut roles = Roles {
-            api: false,
-            worker: false,
-            push: false,
-        };
+        let mut roles = Roles::NONE;
         for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match role {
                 "all" => roles = Roles::ALL,
                 "api" => roles.api = true,
                 "worker" => roles.worker = true,
                 "push" => roles.push = true,
+                "webhooks" => roles.webhooks = true,
                 other => {
                     return Err(format!(
-                        "unknown role `{other}` (roles: api, worker, push, all)"
+                        "unknown role `{other}` (roles: api, worker, push, webhooks, all)"
                     ));
                 }
             }
         }
-        if roles
-            == (Roles {
-                api: false,
-                worker: false,
-                push: false,
-            })
-        {
+        if roles == Roles::NONE {
             return Err("no role given".into());
         }
         Ok(roles)
@@ -76,6 +75,7 @@ impl fmt::Display for Roles {
             (self.api, "api"),
             (self.worker, "worker"),
             (self.push, "push"),
+            (self.webhooks, "webhooks"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -249,7 +249,11 @@ mod tests {
     #[test]
     fn roles_parse_any_subset() {
         let r: Roles = "api,push".parse().unwrap();
-        assert!(r.api && r.push && !r.worker);
+        assert!(r.api && r.push && !r.worker && !r.webhooks);
+        let w: Roles = "webhooks".parse().unwrap();
+        assert!(w.webhooks && !w.api);
+        assert!("all".parse::<Roles>().unwrap().webhooks);
+        assert_eq!(Roles::ALL.to_string(), "api,worker,push,webhooks");
         assert_eq!("all".parse::<Roles>().unwrap(), Roles::ALL);
         assert!("api,bogus".parse::<Roles>().is_err());
         assert!("".parse::<Roles>().is_err());
