@@ -21,4 +21,5 @@ pub mod model;
 pub mod push;
 pub mod server;
 pub mod tail;
+pub mod webhooks;
 pub mod worker;
