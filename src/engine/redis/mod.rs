@@ -1156,6 +1156,80 @@ impl IdempotencyStore for RedisEngine {
     }
 }
 
+/// Not implemented on Redis yet: every call reports the engine unavailable, so nothing
+/// pretends to have stored or delivered anything. The memory engine implements it.
+#[async_trait]
+impl webhook::WebhookStore for RedisEngine {
+    async fn put_endpoint(&self, _: &webhook::Endpoint) -> EngineResult<()> {
+        Err(webhooks_pending())
+    }
+    async fn endpoint(&self, _: &str) -> EngineResult<Option<webhook::Endpoint>> {
+        Err(webhooks_pending())
+    }
+    async fn endpoints(&self) -> EngineResult<Vec<webhook::Endpoint>> {
+        Err(webhooks_pending())
+    }
+    async fn delete_endpoint(&self, _: &str) -> EngineResult<bool> {
+        Err(webhooks_pending())
+    }
+    async fn claim_events(
+        &self,
+        _: &str,
+        _: usize,
+        _: Duration,
+        _: Duration,
+    ) -> EngineResult<Vec<LogEntry>> {
+        Err(webhooks_pending())
+    }
+    async fn create_deliveries(&self, _: EventId, _: &[webhook::Delivery]) -> EngineResult<()> {
+        Err(webhooks_pending())
+    }
+    async fn claim_due(
+        &self,
+        _: u64,
+        _: usize,
+        _: Duration,
+    ) -> EngineResult<Vec<webhook::Delivery>> {
+        Err(webhooks_pending())
+    }
+    async fn next_due_ms(&self) -> EngineResult<Option<u64>> {
+        Err(webhooks_pending())
+    }
+    async fn finish_attempt(
+        &self,
+        _: &str,
+        _: &webhook::Attempt,
+        _: &webhook::AttemptOutcome,
+        _: Duration,
+    ) -> EngineResult<webhook::EndpointHealth> {
+        Err(webhooks_pending())
+    }
+    async fn delivery(&self, _: &str) -> EngineResult<Option<webhook::Delivery>> {
+        Err(webhooks_pending())
+    }
+    async fn attempts(&self, _: &str) -> EngineResult<Vec<webhook::Attempt>> {
+        Err(webhooks_pending())
+    }
+    async fn deliveries(
+        &self,
+        _: &str,
+        _: usize,
+        _: Option<u64>,
+    ) -> EngineResult<Vec<webhook::Delivery>> {
+        Err(webhooks_pending())
+    }
+    async fn retry_delivery(&self, _: &str, _: u64) -> EngineResult<bool> {
+        Err(webhooks_pending())
+    }
+    async fn recover_failed(&self, _: &str, _: u64, _: u64) -> EngineResult<usize> {
+        Err(webhooks_pending())
+    }
+}
+
+fn webhooks_pending() -> EngineError {
+    EngineError::Unavailable("the webhook store is not implemented on the redis engine yet".into())
+}
+
 #[async_trait]
 impl Engine for RedisEngine {
     fn kind(&self) -> &'static str {
