@@ -9,6 +9,7 @@
 //! - [`tail`]: follows the event log for this node's consumers.
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
+//! - [`webhooks`]: partner webhooks: dispatcher, sender, signatures and the SSRF guard.
 //! - [`server`]: `herald serve`, roles and shutdown.
 
 pub mod api;
