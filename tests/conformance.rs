@@ -47,7 +47,10 @@ impl Harness {
     }
 
     async fn redis() -> Harness {
-        let server = common::RedisServer::start(false);
+        Harness::redis_with(common::RedisServer::start(false)).await
+    }
+
+    async fn redis_with(server: common::RedisServer) -> Harness {
         let engine_config = EngineConfig {
             kind: herald::config::EngineKind::Redis,
             redis_url: server.url(),
@@ -124,23 +127,6 @@ conformance!(
     abandoned_idempotency_key_can_be_claimed_again,
     queue_stats_count_visible_in_flight_and_dead,
     a_second_consumer_takes_over_expired_work,
-);
-
-/// Webhook store behaviours, on the memory engine only until the Redis engine implements them.
-macro_rules! memory_only {
-    ($($name:ident),* $(,)?) => {
-        mod memory_webhooks {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Harness::memory()).await;
-                }
-            )*
-        }
-    };
-}
-
-memory_only!(
     endpoints_are_stored_listed_replaced_and_deleted,
     deleting_an_endpoint_takes_its_deliveries_off_the_schedule,
     claimed_events_are_not_handed_out_again_once_deliveries_are_created,
@@ -1142,7 +1128,18 @@ async fn failed_delivery_is_kept_and_recover_failed_schedules_it_again(h: Harnes
 
 async fn gone_fails_the_delivery_and_disables_the_endpoint(h: Harness) {
     let e = &h.engine;
-    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    // Realistic times and every optional field set: the engine rewrites the stored endpoint,
+    // and everything but its health must come back exactly as it was put.
+    let mut put = endpoint("ep_1");
+    put.description = Some("orders → ERP \"main\" / eu".into());
+    put.rate_limit_per_second = Some(50);
+    put.created_at_ms = 1_764_213_743_123;
+    put.updated_at_ms = 1_764_213_743_999;
+    put.secrets.push(EndpointSecret {
+        secret: "whsec_b2xkIHNlY3JldCBrZXB0IGZvciBhIGRheQ==".into(),
+        expires_at_ms: Some(1_764_300_143_123),
+    });
+    e.put_endpoint(&put).await.unwrap();
     create(
         e,
         &[
@@ -1162,16 +1159,14 @@ async fn gone_fails_the_delivery_and_disables_the_endpoint(h: Harness) {
             reason: "endpoint answered 410 Gone".into()
         }
     );
-    let ep = e.endpoint("ep_1").await.unwrap().unwrap();
-    assert!(!ep.enabled);
-    assert_eq!(
-        ep.disabled_reason.as_deref(),
-        Some("endpoint answered 410 Gone")
-    );
-    assert_eq!(ep.failing_since_ms, Some(150));
-    // Everything else about the endpoint is as it was put.
-    assert_eq!(ep.secrets, endpoint("ep_1").secrets);
-    assert_eq!(ep.event_types, Vec::<String>::new());
+    let expected = Endpoint {
+        enabled: false,
+        disabled_reason: Some("endpoint answered 410 Gone".into()),
+        failing_since_ms: Some(150),
+        updated_at_ms: 150,
+        ..put
+    };
+    assert_eq!(e.endpoint("ep_1").await.unwrap(), Some(expected));
     let d = e.delivery("msg_1").await.unwrap().unwrap();
     assert_eq!(d.state, DeliveryState::Failed);
     assert_eq!(e.recover_failed("ep_1", 0, 500).await.unwrap(), 1);
@@ -1305,4 +1300,65 @@ async fn retry_delivery_makes_any_delivery_pending_and_due(h: Harness) {
         ["msg_1"]
     );
     assert!(!e.retry_delivery("msg_unknown", 7_000).await.unwrap());
+}
+
+/// Redis only: deliveries, their schedule and attempts, endpoint health and the dispatch
+/// group's unacknowledged events survive a Redis restart when Redis runs with AOF.
+#[tokio::test]
+async fn redis_webhook_state_survives_a_redis_restart_with_aof() {
+    let mut h = Harness::redis_with(common::RedisServer::start(true)).await;
+    let e = h.engine.clone();
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(
+        &e,
+        &[
+            delivery("msg_1", "ep_1", 100, 100),
+            delivery("msg_2", "ep_1", 100, 300),
+        ],
+    )
+    .await;
+    assert_eq!(
+        ids(&e.claim_due(100, 1, LONG_LEASE).await.unwrap()),
+        ["msg_1"]
+    );
+    e.finish_attempt(
+        "msg_1",
+        &attempt(1, 120, Some(500)),
+        &AttemptOutcome::RetryAt(5_000),
+        DAY,
+    )
+    .await
+    .unwrap();
+    let reclaim = Duration::from_millis(200);
+    let event = append_event(&e, "o1").await;
+    let got = e
+        .claim_events("n1", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&got), [event]);
+
+    h.redis.as_mut().expect("redis harness").restart();
+    let after: Arc<dyn Engine> = Arc::new(
+        RedisEngine::connect(&h.engine_config, settings("c2"))
+            .await
+            .expect("engine after the restart"),
+    );
+    assert_eq!(after.next_due_ms().await.unwrap(), Some(300));
+    assert_eq!(
+        ids(&after.claim_due(1_000, 10, LONG_LEASE).await.unwrap()),
+        ["msg_2"]
+    );
+    let retried = after.claim_due(5_000, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&retried), ["msg_1"]);
+    assert_eq!(retried[0].attempts, 1);
+    assert_eq!(after.attempts("msg_1").await.unwrap().len(), 1);
+    let ep = after.endpoint("ep_1").await.unwrap().unwrap();
+    assert_eq!(ep.failing_since_ms, Some(120));
+    // The event n1 took before the restart and never acknowledged is still reclaimable.
+    tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
+    let taken = after
+        .claim_events("n2", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&taken), [event]);
 }
