@@ -21,6 +21,7 @@ pub struct Config {
     pub workflow: WorkflowConfig,
     pub http: HttpConfig,
     pub push: PushConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 impl Default for Config {
@@ -34,6 +35,7 @@ impl Default for Config {
             workflow: WorkflowConfig::default(),
             http: HttpConfig::default(),
             push: PushConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -302,10 +304,80 @@ impl Default for PushConfig {
     }
 }
 
+/// Partner webhooks (DESIGN 1.5): the retry schedule, the HTTP client's limits and the
+/// per-endpoint defaults. README, "Webhooks", explains each.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// CIDRs exempt from the SSRF guard (loopback, private, ... are refused otherwise).
+    pub allow_networks: Vec<String>,
+    /// When each attempt is due, counted from the previous one; the first is the immediate
+    /// attempt. After the last, the delivery is failed (kept for manual retry).
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// Each retry interval is moved by up to this fraction either way.
+    pub jitter: f64,
+    /// One attempt, connect to the end of the response body.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// An endpoint failing for this long without a success is disabled.
+    #[serde(deserialize_with = "duration")]
+    pub disable_after: Duration,
+    /// Default per endpoint: attempts in flight at once (on one node).
+    pub max_in_flight: u32,
+    /// Default per endpoint: attempts started per second (on one node); 0 = no limit.
+    pub rate_limit_per_second: u32,
+    /// How long a node holds a delivery it claimed before another node may take it.
+    #[serde(deserialize_with = "duration")]
+    pub lease: Duration,
+    /// The longest `Retry-After` honoured; a longer one is cut to this.
+    #[serde(deserialize_with = "duration")]
+    pub retry_after_max: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let h = |hours: u64| Duration::from_secs(hours * 3600);
+        WebhooksConfig {
+            allow_networks: Vec::new(),
+            retry_schedule: vec![
+                Duration::ZERO,
+                Duration::from_secs(5),
+                Duration::from_secs(5 * 60),
+                Duration::from_secs(30 * 60),
+                h(2),
+                h(5),
+                h(10),
+                h(10),
+            ],
+            jitter: 0.2,
+            request_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            disable_after: h(5 * 24),
+            max_in_flight: 20,
+            rate_limit_per_second: 0,
+            lease: Duration::from_secs(60),
+            retry_after_max: h(1),
+        }
+    }
+}
+
 /// Durations are written the human way: `"30s"`, `"5m"`, `"250ms"`.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+        })
+        .collect()
 }
 
 /// Command-line overrides, the last layer.
@@ -394,6 +466,21 @@ impl Config {
             if key.len() < 16 {
                 bail!("auth: every API key must be at least 16 characters long");
             }
+        }
+        let hooks = &self.webhooks;
+        if hooks.retry_schedule.is_empty() {
+            bail!("webhooks.retry_schedule must hold at least one interval (the first attempt)");
+        }
+        if !(0.0..1.0).contains(&hooks.jitter) {
+            bail!("webhooks.jitter must be at least 0 and below 1");
+        }
+        if hooks.max_in_flight == 0 {
+            bail!("webhooks.max_in_flight must be at least 1");
+        }
+        if hooks.lease < hooks.request_timeout + hooks.connect_timeout {
+            bail!(
+                "webhooks.lease must be at least request_timeout + connect_timeout (an attempt must end before another node may take its delivery)"
+            );
         }
         let jwt = &self.auth.jwt;
         if !jwt.hs256_secret.is_empty()
@@ -528,6 +615,36 @@ mod tests {
             format!("{:?}", Config::default()),
             "config/herald.toml and the built-in defaults disagree"
         );
+    }
+
+    #[test]
+    fn webhook_schedule_parses_human_durations_and_bad_values_are_refused() {
+        let c = Config::load(
+            None,
+            env(&[("HERALD_WEBHOOKS__RETRY_SCHEDULE", r#"["0s","200ms","1m"]"#)]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.webhooks.retry_schedule,
+            vec![
+                Duration::ZERO,
+                Duration::from_millis(200),
+                Duration::from_secs(60)
+            ]
+        );
+        assert_eq!(c.webhooks.disable_after, Duration::from_secs(5 * 24 * 3600));
+        for (key, value) in [
+            ("HERALD_WEBHOOKS__RETRY_SCHEDULE", "[]"),
+            ("HERALD_WEBHOOKS__JITTER", "1.5"),
+            ("HERALD_WEBHOOKS__MAX_IN_FLIGHT", "0"),
+            ("HERALD_WEBHOOKS__LEASE", "1s"),
+        ] {
+            assert!(
+                Config::load(None, env(&[(key, value)]), &Overrides::default()).is_err(),
+                "{key}={value}"
+            );
+        }
     }
 
     #[test]

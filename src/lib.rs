@@ -9,6 +9,7 @@
 //! - [`tail`]: follows the event log for this node's consumers.
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
+//! - [`webhooks`]: partner webhooks: dispatcher, sender, signatures and the SSRF guard.
 //! - [`server`]: `herald serve`, roles and shutdown.
 
 pub mod api;
@@ -21,4 +22,5 @@ pub mod model;
 pub mod push;
 pub mod server;
 pub mod tail;
+pub mod webhooks;
 pub mod worker;

@@ -31,7 +31,7 @@ enum Cmd {
         /// Redis URL; implies `[engine] kind = "redis"`.
         #[arg(long, value_name = "URL")]
         redis_url: Option<String>,
-        /// Roles to run: any of api, worker, push (comma-separated), or all.
+        /// Roles to run: any of api, worker, push, webhooks (comma-separated), or all.
         #[arg(long, default_value = "all")]
         roles: Roles,
     },

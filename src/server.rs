@@ -1,7 +1,8 @@
 //! `herald serve`: opens the engine, starts the roles this process runs and shuts them down in
 //! order. Shutdown is designed, not bolted on: on SIGTERM/SIGINT intake stops first (the HTTP
 //! server stops accepting and finishes its requests), then the worker finishes the batches in
-//! flight and releases the commands it had not started, then the event tail stops, all within
+//! flight and releases the commands it had not started, then the event tail, the webhook
+//! dispatcher and the webhook sender stop (attempts in flight finish), all within
 //! `http.shutdown_grace`.
 
 use crate::api::{self, AppState, Shared};
@@ -12,12 +13,16 @@ use crate::graphql::{DocumentLimits, GraphqlSchema};
 use crate::metrics::Metrics;
 use crate::push::{self, PushState};
 use crate::tail::{EventSink, EventTail};
+use crate::webhooks::dispatcher::Dispatcher;
+use crate::webhooks::sender::Sender;
+use crate::webhooks::ssrf::{self, AllowList};
 use crate::worker::Worker;
 use anyhow::{Context, bail};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// The roles one process runs; any subset, so roles can be spread over nodes.
@@ -26,6 +31,7 @@ pub struct Roles {
     pub api: bool,
     pub worker: bool,
     pub push: bool,
+    pub webhooks: bool,
 }
 
 impl Roles {
@@ -33,37 +39,35 @@ impl Roles {
         api: true,
         worker: true,
         push: true,
+        webhooks: true,
+    };
+    const NONE: Roles = Roles {
+        api: false,
+        worker: false,
+        push: false,
+        webhooks: false,
     };
 }
 
 impl FromStr for Roles {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut roles = Roles {
-            api: false,
-            worker: false,
-            push: false,
-        };
+        let mut roles = Roles::NONE;
         for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match role {
                 "all" => roles = Roles::ALL,
                 "api" => roles.api = true,
                 "worker" => roles.worker = true,
                 "push" => roles.push = true,
+                "webhooks" => roles.webhooks = true,
                 other => {
                     return Err(format!(
-                        "unknown role `{other}` (roles: api, worker, push, all)"
+                        "unknown role `{other}` (roles: api, worker, push, webhooks, all)"
                     ));
                 }
             }
         }
-        if roles
-            == (Roles {
-                api: false,
-                worker: false,
-                push: false,
-            })
-        {
+        if roles == Roles::NONE {
             return Err("no role given".into());
         }
         Ok(roles)
@@ -76,6 +80,7 @@ impl fmt::Display for Roles {
             (self.api, "api"),
             (self.worker, "worker"),
             (self.push, "push"),
+            (self.webhooks, "webhooks"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -110,11 +115,17 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let grace = config.http.shutdown_grace;
 
+    let webhook_allow = Arc::new(
+        AllowList::parse(&config.webhooks.allow_networks).map_err(|e| anyhow::anyhow!(e))?,
+    );
+    let webhook_wake = Arc::new(Notify::new());
     let state = AppState(Arc::new(Shared {
         engine: engine.clone(),
         keys: KeyRing::from_config(&config.auth).context("loading [auth] keys")?,
         config: config.clone(),
         metrics: metrics.clone(),
+        webhook_allow: webhook_allow.clone(),
+        webhook_wake: webhook_wake.clone(),
     }));
     if state.keys.is_empty() {
         bail!("no API key configured");
@@ -133,6 +144,31 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             metrics.clone(),
         );
         background.spawn(worker.run(shutdown.clone()));
+    }
+    if roles.webhooks {
+        let client = ssrf::client(
+            (*webhook_allow).clone(),
+            config.webhooks.connect_timeout,
+            config.webhooks.request_timeout,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let dispatcher = Dispatcher::new(
+            engine.clone(),
+            metrics.clone(),
+            consumer.clone(),
+            config.webhooks.lease,
+            webhook_wake.clone(),
+        );
+        background.spawn(dispatcher.run(shutdown.clone()));
+        let sender = Sender::new(
+            engine.clone(),
+            config.webhooks.clone(),
+            webhook_allow.clone(),
+            client,
+            metrics.clone(),
+            webhook_wake.clone(),
+        );
+        background.spawn(sender.run(shutdown.clone()));
     }
     if roles.push {
         let schema =
@@ -178,6 +214,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         println!("herald:   intake:  POST http://{addr}/v1/orders");
         println!("herald:   status:  GET  http://{addr}/v1/orders/{{orderId}}/status");
         println!("herald:   events:  GET  http://{addr}/v1/events?after=$&waitMs=25000");
+        println!("herald:   webhooks: POST http://{addr}/v1/webhooks");
     }
     println!(
         "herald:   health:  GET  http://{addr}/healthz  http://{addr}/readyz  http://{addr}/metrics"
@@ -249,7 +286,11 @@ mod tests {
     #[test]
     fn roles_parse_any_subset() {
         let r: Roles = "api,push".parse().unwrap();
-        assert!(r.api && r.push && !r.worker);
+        assert!(r.api && r.push && !r.worker && !r.webhooks);
+        let w: Roles = "webhooks".parse().unwrap();
+        assert!(w.webhooks && !w.api);
+        assert!("all".parse::<Roles>().unwrap().webhooks);
+        assert_eq!(Roles::ALL.to_string(), "api,worker,push,webhooks");
         assert_eq!("all".parse::<Roles>().unwrap(), Roles::ALL);
         assert!("api,bogus".parse::<Roles>().is_err());
         assert!("".parse::<Roles>().is_err());

@@ -9,6 +9,7 @@ mod common;
 use herald::config::EngineConfig;
 use herald::engine::memory::MemoryEngine;
 use herald::engine::redis::RedisEngine;
+use herald::engine::webhook::*;
 use herald::engine::*;
 use herald::model::*;
 use std::sync::Arc;
@@ -46,7 +47,10 @@ impl Harness {
     }
 
     async fn redis() -> Harness {
-        let server = common::RedisServer::start(false);
+        Harness::redis_with(common::RedisServer::start(false)).await
+    }
+
+    async fn redis_with(server: common::RedisServer) -> Harness {
         let engine_config = EngineConfig {
             kind: herald::config::EngineKind::Redis,
             redis_url: server.url(),
@@ -123,6 +127,22 @@ conformance!(
     abandoned_idempotency_key_can_be_claimed_again,
     queue_stats_count_visible_in_flight_and_dead,
     a_second_consumer_takes_over_expired_work,
+    endpoints_are_stored_listed_replaced_and_deleted,
+    deleting_an_endpoint_takes_its_deliveries_off_the_schedule,
+    claimed_events_are_not_handed_out_again_once_deliveries_are_created,
+    unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_after,
+    waiting_dispatcher_wakes_when_an_event_is_appended,
+    creating_a_delivery_twice_keeps_the_first,
+    claim_due_returns_due_deliveries_in_due_order_once_per_lease,
+    next_due_ms_is_the_earliest_scheduled_time,
+    succeeded_attempt_takes_the_delivery_off_the_schedule,
+    retry_at_schedules_the_next_attempt_at_that_time,
+    failed_delivery_is_kept_and_recover_failed_schedules_it_again,
+    gone_fails_the_delivery_and_disables_the_endpoint,
+    endpoint_health_tracks_failures_and_disables_after_disable_after,
+    attempts_are_listed_oldest_first_and_capped,
+    deliveries_are_listed_newest_first_with_limit_and_before,
+    retry_delivery_makes_any_delivery_pending_and_due,
 );
 
 fn order(id: &str) -> Order {
@@ -741,4 +761,604 @@ async fn a_second_consumer_takes_over_expired_work(h: Harness) {
         ApplyOutcome::AlreadyDone
     );
     assert_eq!(events(e).await.len(), 2);
+}
+
+// ---- Webhook store (DESIGN 1.5) ----
+//
+// Times are plain numbers chosen by the tests (the engine never reads a clock for them), so
+// the schedule and the endpoint health are checked without sleeping.
+
+const LONG_LEASE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn endpoint(id: &str) -> Endpoint {
+    Endpoint {
+        id: id.into(),
+        partner_id: Some("acme".into()),
+        url: format!("https://hooks.example.com/{id}"),
+        description: None,
+        event_types: Vec::new(),
+        enabled: true,
+        disabled_reason: None,
+        rate_limit_per_second: None,
+        max_in_flight: Some(4),
+        secrets: vec![EndpointSecret {
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            expires_at_ms: None,
+        }],
+        created_at_ms: 1_000,
+        updated_at_ms: 1_000,
+        failing_since_ms: None,
+    }
+}
+
+fn delivery(id: &str, endpoint_id: &str, created_at_ms: u64, due_ms: u64) -> Delivery {
+    Delivery {
+        id: id.into(),
+        endpoint_id: endpoint_id.into(),
+        partner_id: Some("acme".into()),
+        event_id: format!("{created_at_ms}-0"),
+        event_type: "order.shipped".into(),
+        body: r#"{"type":"order.shipped","timestamp":"2026-01-01T00:00:00Z","data":{"orderId":"o/1 é"}}"#
+            .into(),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        created_at_ms,
+        updated_at_ms: created_at_ms,
+        next_attempt_at_ms: Some(due_ms),
+        last_status_code: None,
+    }
+}
+
+fn attempt(number: u32, at_ms: u64, status_code: Option<u16>) -> Attempt {
+    Attempt {
+        number,
+        at_ms,
+        status_code,
+        latency_ms: 12,
+        error: status_code
+            .is_none()
+            .then(|| "connection refused".to_string()),
+        response: "ok".into(),
+    }
+}
+
+/// Stores deliveries as the dispatcher does, for an event that was never claimed.
+async fn create(e: &Arc<dyn Engine>, deliveries: &[Delivery]) {
+    e.create_deliveries(EventId { ms: 1, seq: 0 }, deliveries)
+        .await
+        .unwrap();
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<&str> {
+    deliveries.iter().map(|d| d.id.as_str()).collect()
+}
+
+fn entry_ids(entries: &[LogEntry]) -> Vec<EventId> {
+    entries.iter().map(|e| e.id().unwrap()).collect()
+}
+
+async fn append_event(e: &Arc<dyn Engine>, order_id: &str) -> EventId {
+    e.append_raw_event(&accepted_event(&order(order_id)).to_json())
+        .await
+        .unwrap()
+}
+
+async fn endpoints_are_stored_listed_replaced_and_deleted(h: Harness) {
+    let e = &h.engine;
+    let mut b = endpoint("ep_b");
+    b.partner_id = None;
+    b.event_types = vec!["order.shipped".into(), "order.*".into()];
+    b.secrets.push(EndpointSecret {
+        secret: "whsec_b2xkIHNlY3JldCBrZXB0IGZvciBhIGRheQ==".into(),
+        expires_at_ms: Some(90_000),
+    });
+    let a = endpoint("ep_a");
+    e.put_endpoint(&b).await.unwrap();
+    e.put_endpoint(&a).await.unwrap();
+    assert_eq!(e.endpoint("ep_b").await.unwrap(), Some(b.clone()));
+    assert_eq!(e.endpoints().await.unwrap(), vec![a.clone(), b.clone()]);
+
+    let mut replaced = a.clone();
+    replaced.url = "https://other.example.com/hook".into();
+    replaced.updated_at_ms = 2_000;
+    e.put_endpoint(&replaced).await.unwrap();
+    assert_eq!(e.endpoint("ep_a").await.unwrap(), Some(replaced));
+
+    assert!(e.delete_endpoint("ep_a").await.unwrap());
+    assert!(!e.delete_endpoint("ep_a").await.unwrap());
+    assert_eq!(e.endpoint("ep_a").await.unwrap(), None);
+    assert_eq!(e.endpoints().await.unwrap(), vec![b]);
+}
+
+async fn deleting_an_endpoint_takes_its_deliveries_off_the_schedule(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    create(
+        e,
+        &[
+            delivery("msg_1", "ep_1", 100, 100),
+            delivery("msg_2", "ep_2", 100, 200),
+        ],
+    )
+    .await;
+    assert!(e.delete_endpoint("ep_1").await.unwrap());
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(200));
+    let due = e.claim_due(1_000, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&due), ["msg_2"]);
+}
+
+async fn claimed_events_are_not_handed_out_again_once_deliveries_are_created(h: Harness) {
+    let e = &h.engine;
+    let first = append_event(e, "o1").await;
+    let second = append_event(e, "o2").await;
+    let reclaim = Duration::from_millis(200);
+    let got = e
+        .claim_events("n1", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&got), [first, second]);
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    e.create_deliveries(first, &[delivery("msg_1", "ep_1", 100, 100)])
+        .await
+        .unwrap();
+    // No matching endpoint: an empty list acknowledges all the same.
+    e.create_deliveries(second, &[]).await.unwrap();
+    tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
+    let again = e
+        .claim_events("n2", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(
+        ids(&e.claim_due(100, 10, LONG_LEASE).await.unwrap()),
+        ["msg_1"]
+    );
+}
+
+async fn unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_after(h: Harness) {
+    let e = &h.engine;
+    let other = h.second_consumer().await;
+    let id = append_event(e, "o1").await;
+    let reclaim = Duration::from_millis(300);
+    let got = e
+        .claim_events("n1", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&got), [id]);
+    // n1 dies without creating the deliveries. Not before `reclaim_after`...
+    let early = other
+        .claim_events("n2", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert!(early.is_empty(), "{early:?}");
+    // ...but after it, another node takes it over.
+    tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
+    let taken = other
+        .claim_events("n2", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&taken), [id]);
+    other.create_deliveries(id, &[]).await.unwrap();
+    tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
+    assert!(
+        e.claim_events("n1", 10, Duration::ZERO, reclaim)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn waiting_dispatcher_wakes_when_an_event_is_appended(h: Harness) {
+    let e = h.engine.clone();
+    let waiter = tokio::spawn({
+        let e = e.clone();
+        async move {
+            e.claim_events("n1", 10, Duration::from_secs(5), DAY)
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = std::time::Instant::now();
+    let id = append_event(&e, "o1").await;
+    let got = waiter.await.unwrap();
+    assert_eq!(entry_ids(&got), [id]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+async fn creating_a_delivery_twice_keeps_the_first(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    e.finish_attempt(
+        "msg_1",
+        &attempt(1, 150, Some(500)),
+        &AttemptOutcome::RetryAt(5_000),
+        DAY,
+    )
+    .await
+    .unwrap();
+    // The event is delivered to the dispatcher again (a node died before its ack landed).
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    let stored = e.delivery("msg_1").await.unwrap().unwrap();
+    assert_eq!(stored.attempts, 1);
+    assert_eq!(stored.next_attempt_at_ms, Some(5_000));
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(5_000));
+    assert_eq!(e.attempts("msg_1").await.unwrap().len(), 1);
+}
+
+async fn claim_due_returns_due_deliveries_in_due_order_once_per_lease(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(
+        e,
+        &[
+            delivery("msg_1", "ep_1", 100, 300),
+            delivery("msg_2", "ep_1", 100, 100),
+            delivery("msg_3", "ep_1", 100, 200),
+            delivery("msg_4", "ep_1", 100, 5_000),
+        ],
+    )
+    .await;
+    assert!(e.claim_due(99, 10, LONG_LEASE).await.unwrap().is_empty());
+    let first = e.claim_due(250, 1, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&first), ["msg_2"]);
+    assert_eq!(first[0], delivery("msg_2", "ep_1", 100, 100));
+    let rest = e.claim_due(1_000, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&rest), ["msg_3", "msg_1"]);
+    // Leased: not handed out again while another node may be attempting it.
+    assert!(e.claim_due(1_000, 10, LONG_LEASE).await.unwrap().is_empty());
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(5_000));
+    // After the lease (the node died mid-attempt) they are due again, in due order.
+    // msg_2's lease ends at 60 250, the others' at 61 000 (equal times go in id order).
+    let later = e.claim_due(60_500, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&later), ["msg_4", "msg_2"]);
+    let last = e.claim_due(61_000, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&last), ["msg_1", "msg_3"]);
+}
+
+async fn next_due_ms_is_the_earliest_scheduled_time(h: Harness) {
+    let e = &h.engine;
+    assert_eq!(e.next_due_ms().await.unwrap(), None);
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(
+        e,
+        &[
+            delivery("msg_1", "ep_1", 100, 700),
+            delivery("msg_2", "ep_1", 100, 400),
+        ],
+    )
+    .await;
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(400));
+}
+
+async fn succeeded_attempt_takes_the_delivery_off_the_schedule(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    let health = e
+        .finish_attempt(
+            "msg_1",
+            &attempt(1, 130, Some(204)),
+            &AttemptOutcome::Succeeded,
+            DAY,
+        )
+        .await
+        .unwrap();
+    assert_eq!(health, EndpointHealth::Unchanged);
+    let d = e.delivery("msg_1").await.unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Succeeded);
+    assert_eq!(d.attempts, 1);
+    assert_eq!(d.last_status_code, Some(204));
+    assert_eq!(d.next_attempt_at_ms, None);
+    assert_eq!(d.updated_at_ms, 130);
+    assert_eq!(e.next_due_ms().await.unwrap(), None);
+    assert!(
+        e.claim_due(u64::MAX / 4, 10, LONG_LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn retry_at_schedules_the_next_attempt_at_that_time(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    e.finish_attempt(
+        "msg_1",
+        &attempt(1, 120, Some(503)),
+        &AttemptOutcome::RetryAt(5_120),
+        DAY,
+    )
+    .await
+    .unwrap();
+    let d = e.delivery("msg_1").await.unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Pending);
+    assert_eq!(d.next_attempt_at_ms, Some(5_120));
+    assert_eq!(d.last_status_code, Some(503));
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(5_120));
+    assert!(e.claim_due(5_119, 10, LONG_LEASE).await.unwrap().is_empty());
+    let due = e.claim_due(5_120, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&due), ["msg_1"]);
+    assert_eq!(due[0].attempts, 1);
+}
+
+async fn failed_delivery_is_kept_and_recover_failed_schedules_it_again(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(
+        e,
+        &[
+            delivery("msg_1", "ep_1", 1_000, 1_000),
+            delivery("msg_2", "ep_1", 2_000, 2_000),
+            delivery("msg_3", "ep_1", 3_000, 3_000),
+        ],
+    )
+    .await;
+    for (id, at) in [("msg_1", 1_000), ("msg_2", 2_000)] {
+        e.finish_attempt(id, &attempt(1, at, None), &AttemptOutcome::Failed, DAY)
+            .await
+            .unwrap();
+    }
+    let d = e.delivery("msg_1").await.unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Failed);
+    assert_eq!(d.next_attempt_at_ms, None);
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(3_000));
+
+    // Only failed deliveries created at or after `since`: msg_3 is pending, not failed.
+    assert_eq!(e.recover_failed("ep_1", 1_500, 9_000).await.unwrap(), 1);
+    let d = e.delivery("msg_2").await.unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Pending);
+    assert_eq!(d.next_attempt_at_ms, Some(9_000));
+    assert_eq!(
+        e.delivery("msg_1").await.unwrap().unwrap().state,
+        DeliveryState::Failed
+    );
+    assert_eq!(e.recover_failed("ep_1", 0, 9_000).await.unwrap(), 1);
+    assert_eq!(e.recover_failed("ep_1", 0, 9_000).await.unwrap(), 0);
+    assert_eq!(e.recover_failed("ep_unknown", 0, 9_000).await.unwrap(), 0);
+    let due = e.claim_due(9_000, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&due), ["msg_3", "msg_1", "msg_2"]);
+}
+
+async fn gone_fails_the_delivery_and_disables_the_endpoint(h: Harness) {
+    let e = &h.engine;
+    // Realistic times and every optional field set: the engine rewrites the stored endpoint,
+    // and everything but its health must come back exactly as it was put.
+    let mut put = endpoint("ep_1");
+    put.description = Some("orders → ERP \"main\" / eu".into());
+    put.rate_limit_per_second = Some(50);
+    put.created_at_ms = 1_764_213_743_123;
+    put.updated_at_ms = 1_764_213_743_999;
+    put.secrets.push(EndpointSecret {
+        secret: "whsec_b2xkIHNlY3JldCBrZXB0IGZvciBhIGRheQ==".into(),
+        expires_at_ms: Some(1_764_300_143_123),
+    });
+    e.put_endpoint(&put).await.unwrap();
+    create(
+        e,
+        &[
+            delivery("msg_1", "ep_1", 100, 100),
+            delivery("msg_2", "ep_1", 100, 100),
+        ],
+    )
+    .await;
+    let gone = AttemptOutcome::Gone("endpoint answered 410 Gone".into());
+    let health = e
+        .finish_attempt("msg_1", &attempt(1, 150, Some(410)), &gone, DAY)
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        EndpointHealth::Disabled {
+            reason: "endpoint answered 410 Gone".into()
+        }
+    );
+    let expected = Endpoint {
+        enabled: false,
+        disabled_reason: Some("endpoint answered 410 Gone".into()),
+        failing_since_ms: Some(150),
+        updated_at_ms: 150,
+        ..put
+    };
+    assert_eq!(e.endpoint("ep_1").await.unwrap(), Some(expected));
+    let d = e.delivery("msg_1").await.unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Failed);
+    assert_eq!(e.recover_failed("ep_1", 0, 500).await.unwrap(), 1);
+    // Already disabled: a second 410 does not disable it again.
+    let health = e
+        .finish_attempt("msg_2", &attempt(1, 160, Some(410)), &gone, DAY)
+        .await
+        .unwrap();
+    assert_eq!(health, EndpointHealth::Unchanged);
+}
+
+async fn endpoint_health_tracks_failures_and_disables_after_disable_after(h: Harness) {
+    let e = &h.engine;
+    let disable_after = Duration::from_secs(10);
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    let mut number = 0;
+    let mut finish = |at: u64, code: u16, outcome: AttemptOutcome| {
+        number += 1;
+        let e = e.clone();
+        async move {
+            e.finish_attempt(
+                "msg_1",
+                &attempt(number, at, Some(code)),
+                &outcome,
+                disable_after,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let failing_since = |e: Arc<dyn Engine>| async move {
+        e.endpoint("ep_1").await.unwrap().unwrap().failing_since_ms
+    };
+    let retry = || AttemptOutcome::RetryAt(1_000_000);
+
+    assert_eq!(finish(1_000, 500, retry()).await, EndpointHealth::Unchanged);
+    assert_eq!(failing_since(e.clone()).await, Some(1_000));
+    assert_eq!(finish(5_000, 500, retry()).await, EndpointHealth::Unchanged);
+    assert_eq!(failing_since(e.clone()).await, Some(1_000));
+    finish(6_000, 200, AttemptOutcome::Succeeded).await;
+    assert_eq!(failing_since(e.clone()).await, None);
+
+    assert_eq!(finish(7_000, 500, retry()).await, EndpointHealth::Unchanged);
+    assert_eq!(failing_since(e.clone()).await, Some(7_000));
+    // Exactly `disable_after` is not more than it.
+    assert_eq!(
+        finish(17_000, 500, retry()).await,
+        EndpointHealth::Unchanged
+    );
+    let reason = failing_too_long_reason(disable_after);
+    assert_eq!(
+        finish(17_001, 500, AttemptOutcome::Failed).await,
+        EndpointHealth::Disabled {
+            reason: reason.clone()
+        }
+    );
+    let ep = e.endpoint("ep_1").await.unwrap().unwrap();
+    assert!(!ep.enabled);
+    assert_eq!(ep.disabled_reason, Some(reason));
+    assert_eq!(ep.updated_at_ms, 17_001);
+    assert_eq!(
+        finish(30_000, 500, retry()).await,
+        EndpointHealth::Unchanged
+    );
+}
+
+async fn attempts_are_listed_oldest_first_and_capped(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    assert!(e.attempts("msg_1").await.unwrap().is_empty());
+    let total = ATTEMPTS_KEPT as u32 + 5;
+    for n in 1..=total {
+        let at = 100 + u64::from(n);
+        e.finish_attempt(
+            "msg_1",
+            &attempt(n, at, Some(500)),
+            &AttemptOutcome::RetryAt(at + 1),
+            DAY,
+        )
+        .await
+        .unwrap();
+    }
+    let attempts = e.attempts("msg_1").await.unwrap();
+    assert_eq!(attempts.len(), ATTEMPTS_KEPT);
+    assert_eq!(attempts[0], attempt(6, 106, Some(500)));
+    assert_eq!(attempts.last().map(|a| a.number), Some(total));
+    assert_eq!(e.delivery("msg_1").await.unwrap().unwrap().attempts, total);
+    assert!(e.attempts("msg_unknown").await.unwrap().is_empty());
+}
+
+async fn deliveries_are_listed_newest_first_with_limit_and_before(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    let mut all: Vec<Delivery> = (1..=5)
+        .map(|i| delivery(&format!("msg_{i}"), "ep_1", i * 1_000, i * 1_000))
+        .collect();
+    all.push(delivery("msg_other", "ep_2", 4_500, 4_500));
+    create(e, &all).await;
+    let newest = e.deliveries("ep_1", 3, None).await.unwrap();
+    assert_eq!(ids(&newest), ["msg_5", "msg_4", "msg_3"]);
+    assert_eq!(newest[0], all[4]);
+    let older = e.deliveries("ep_1", 10, Some(3_000)).await.unwrap();
+    assert_eq!(ids(&older), ["msg_2", "msg_1"]);
+    assert!(e.deliveries("ep_1", 0, None).await.unwrap().is_empty());
+    assert!(e.deliveries("ep_none", 10, None).await.unwrap().is_empty());
+}
+
+async fn retry_delivery_makes_any_delivery_pending_and_due(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    e.finish_attempt(
+        "msg_1",
+        &attempt(1, 150, Some(200)),
+        &AttemptOutcome::Succeeded,
+        DAY,
+    )
+    .await
+    .unwrap();
+    assert!(e.retry_delivery("msg_1", 7_000).await.unwrap());
+    let d = e.delivery("msg_1").await.unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Pending);
+    assert_eq!(d.next_attempt_at_ms, Some(7_000));
+    assert_eq!(d.attempts, 1);
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(7_000));
+    assert_eq!(
+        ids(&e.claim_due(7_000, 10, LONG_LEASE).await.unwrap()),
+        ["msg_1"]
+    );
+    assert!(!e.retry_delivery("msg_unknown", 7_000).await.unwrap());
+}
+
+/// Redis only: deliveries, their schedule and attempts, endpoint health and the dispatch
+/// group's unacknowledged events survive a Redis restart when Redis runs with AOF.
+#[tokio::test]
+async fn redis_webhook_state_survives_a_redis_restart_with_aof() {
+    let mut h = Harness::redis_with(common::RedisServer::start(true)).await;
+    let e = h.engine.clone();
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    create(
+        &e,
+        &[
+            delivery("msg_1", "ep_1", 100, 100),
+            delivery("msg_2", "ep_1", 100, 300),
+        ],
+    )
+    .await;
+    assert_eq!(
+        ids(&e.claim_due(100, 1, LONG_LEASE).await.unwrap()),
+        ["msg_1"]
+    );
+    e.finish_attempt(
+        "msg_1",
+        &attempt(1, 120, Some(500)),
+        &AttemptOutcome::RetryAt(5_000),
+        DAY,
+    )
+    .await
+    .unwrap();
+    let reclaim = Duration::from_millis(200);
+    let event = append_event(&e, "o1").await;
+    let got = e
+        .claim_events("n1", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&got), [event]);
+
+    h.redis.as_mut().expect("redis harness").restart();
+    let after: Arc<dyn Engine> = Arc::new(
+        RedisEngine::connect(&h.engine_config, settings("c2"))
+            .await
+            .expect("engine after the restart"),
+    );
+    assert_eq!(after.next_due_ms().await.unwrap(), Some(300));
+    assert_eq!(
+        ids(&after.claim_due(1_000, 10, LONG_LEASE).await.unwrap()),
+        ["msg_2"]
+    );
+    let retried = after.claim_due(5_000, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&retried), ["msg_1"]);
+    assert_eq!(retried[0].attempts, 1);
+    assert_eq!(after.attempts("msg_1").await.unwrap().len(), 1);
+    let ep = after.endpoint("ep_1").await.unwrap().unwrap();
+    assert_eq!(ep.failing_since_ms, Some(120));
+    // The event n1 took before the restart and never acknowledged is still reclaimable.
+    tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
+    let taken = after
+        .claim_events("n2", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&taken), [event]);
 }

@@ -1,12 +1,13 @@
 //! The HTTP API (DESIGN 1.2): routing, shared state and the request plumbing every handler
 //! uses (authentication, JSON bodies, idempotency). Handlers live per resource: `orders.rs`,
-//! `events.rs`, `admin.rs`, `health.rs`. Handlers talk to the engine only.
+//! `events.rs`, `webhooks.rs`, `admin.rs`, `health.rs`. Handlers talk to the engine only.
 
 pub mod admin;
 pub mod events;
 pub mod health;
 pub mod orders;
 pub mod problem;
+pub mod webhooks;
 
 use crate::auth::{AuthError, KeyRing, Principal, credential_from_headers};
 use crate::config::Config;
@@ -35,6 +36,11 @@ pub struct Shared {
     pub config: Config,
     pub keys: KeyRing,
     pub metrics: Arc<Metrics>,
+    /// The SSRF guard's exemptions (`webhooks.allow_networks`): endpoint URLs are checked
+    /// against it when they are created or changed.
+    pub webhook_allow: Arc<crate::webhooks::ssrf::AllowList>,
+    /// Wakes this node's webhook sender when a request schedules a delivery for now.
+    pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::ops::Deref for AppState {
@@ -64,6 +70,33 @@ pub fn router(state: AppState, api: bool) -> Router {
                 "/v1/events",
                 get(events::list_events).post(events::publish_event),
             )
+            .route(
+                "/v1/webhooks",
+                post(webhooks::create_endpoint).get(webhooks::list_endpoints),
+            )
+            .route(
+                "/v1/webhooks/{webhook_id}",
+                get(webhooks::get_endpoint)
+                    .patch(webhooks::patch_endpoint)
+                    .delete(webhooks::delete_endpoint),
+            )
+            .route(
+                "/v1/webhooks/{webhook_id}/rotate-secret",
+                post(webhooks::rotate_secret),
+            )
+            .route(
+                "/v1/webhooks/{webhook_id}/deliveries",
+                get(webhooks::list_deliveries),
+            )
+            .route(
+                "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
+                get(webhooks::get_delivery),
+            )
+            .route(
+                "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+                post(webhooks::retry_delivery),
+            )
+            .route("/v1/webhooks/{webhook_id}/recover", post(webhooks::recover))
             .route("/v1/admin/queues", get(admin::queues))
             .route("/v1/admin/dlq", get(admin::dead_letters))
             .route("/v1/admin/dlq/redrive", post(admin::redrive))

@@ -1,7 +1,7 @@
 //! The engine seam: every byte of Herald's state lives behind these traits.
 //!
-//! The command queue (SQS semantics), the status store, the event log and the idempotency
-//! records are one [`Engine`]. `memory.rs` implements it inside the process; `redis/` implements
+//! The command queue (SQS semantics), the status store, the event log, the idempotency
+//! records and the webhook store (`webhook.rs`) are one [`Engine`]. `memory.rs` implements it inside the process; `redis/` implements
 //! it on Redis streams and Lua scripts. Nothing outside this module names Redis, and every
 //! behaviour promised here is checked against both engines by `tests/conformance.rs`.
 //!
@@ -276,7 +276,9 @@ pub trait IdempotencyStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Engine: OrderStore + CommandQueue + EventLog + IdempotencyStore {
+pub trait Engine:
+    OrderStore + CommandQueue + EventLog + IdempotencyStore + webhook::WebhookStore
+{
     /// `memory` or `redis`.
     fn kind(&self) -> &'static str;
 

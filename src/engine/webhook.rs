@@ -13,6 +13,21 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// The consumer group on the event log through which events become deliveries.
+pub const DISPATCH_GROUP: &str = "webhooks";
+
+/// Attempts kept per delivery: the newest; older ones drop off the log.
+pub const ATTEMPTS_KEPT: usize = 50;
+
+/// The reason an endpoint is disabled with when it failed without a success for longer than
+/// `disable_after` (both engines use it, so the text is the same whichever runs).
+pub fn failing_too_long_reason(disable_after: Duration) -> String {
+    format!(
+        "failing without a successful delivery for more than {}",
+        humantime::format_duration(disable_after)
+    )
+}
+
 /// A partner's webhook endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -148,7 +163,7 @@ pub trait WebhookStore: Send + Sync {
 
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>>;
 
-    /// Every endpoint (the dispatcher matches events against them).
+    /// Every endpoint (the dispatcher matches events against them), in id order.
     async fn endpoints(&self) -> EngineResult<Vec<Endpoint>>;
 
     /// Deletes an endpoint and takes its pending deliveries off the schedule. `false` when
@@ -168,12 +183,16 @@ pub trait WebhookStore: Send + Sync {
 
     /// Stores the deliveries of one event (each only if its id is new), schedules them at
     /// their `next_attempt_at_ms`, and acknowledges the event in the consumer group, all in
-    /// one step. An empty list just acknowledges.
+    /// one step. An empty list just acknowledges. A `Pending` delivery without
+    /// `next_attempt_at_ms` is due at its `created_at_ms`. A delivery whose id exists already
+    /// is left exactly as it is (a redelivered event changes nothing).
     async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()>;
 
     /// Takes up to `max` deliveries due at `now_ms`: each is re-scheduled at `now_ms + lease`
     /// before it is returned, so a node that dies mid-attempt leaves it to be taken again,
-    /// and two nodes never take the same delivery at once.
+    /// and two nodes never take the same delivery at once. The returned records keep the
+    /// `next_attempt_at_ms` they were due at (the lease lives in the schedule only). A
+    /// scheduled delivery whose record or endpoint is gone is dropped from the schedule.
     async fn claim_due(
         &self,
         now_ms: u64,
@@ -187,7 +206,9 @@ pub trait WebhookStore: Send + Sync {
     /// Records an attempt and its outcome in one step: the attempt joins the delivery's log,
     /// the delivery's state and schedule change, and the endpoint's health is updated (a
     /// success clears `failing_since_ms`; a failure sets it if unset and disables the endpoint
-    /// when it is older than `disable_after`; `Gone` disables it).
+    /// when it is older than `disable_after`; `Gone` disables it). "Now" is `attempt.at_ms`.
+    /// The log keeps the newest [`ATTEMPTS_KEPT`] attempts. An unknown delivery id changes
+    /// nothing and reports `Unchanged`.
     async fn finish_attempt(
         &self,
         delivery_id: &str,
@@ -209,7 +230,8 @@ pub trait WebhookStore: Send + Sync {
         before_ms: Option<u64>,
     ) -> EngineResult<Vec<Delivery>>;
 
-    /// Manual retry: the delivery becomes pending and due at `at_ms`. `false` when unknown.
+    /// Manual retry: the delivery becomes pending and due at `at_ms` (whatever its state; its
+    /// attempt count is kept). `false` when unknown.
     async fn retry_delivery(&self, delivery_id: &str, at_ms: u64) -> EngineResult<bool>;
 
     /// Schedules every failed delivery of the endpoint created at or after `since_ms` again

@@ -14,6 +14,7 @@
 //! | `P{p0}:idem:<key>` | string | idempotency record (JSON), with a TTL |
 //! | `P{p0}:events:malformed` | hash | event entry id -> malformed entry (JSON) |
 //! | `P{p0}:commands:malformed` | hash | command entry id -> its fields, for entries that do not decode |
+//! | `P{p0}:webhooks:*` | | the webhook store, see `webhooks.rs` |
 //!
 //! SQS semantics come from the consumer group: a delivery is a pending entry, the visibility
 //! timeout is the pending entry's idle time (expired entries are taken over with `XAUTOCLAIM`),
@@ -23,6 +24,7 @@
 
 mod conn;
 mod reply;
+mod webhooks;
 
 use super::*;
 use crate::config::EngineConfig;
@@ -57,6 +59,11 @@ struct Keys {
     malformed_commands: String,
     /// `P{p0}:cmdq:`; scripts append an order id to it.
     cmdq_prefix: String,
+    /// `P{p0}:webhooks:`; scripts append `delivery:<id>`, `attempts:<id>`,
+    /// `by_endpoint:<endpoint id>` and `failed:<endpoint id>` to it.
+    webhooks: String,
+    webhook_endpoints: String,
+    webhook_schedule: String,
 }
 
 impl Keys {
@@ -69,6 +76,9 @@ impl Keys {
             malformed_events: format!("{base}:events:malformed"),
             malformed_commands: format!("{base}:commands:malformed"),
             cmdq_prefix: format!("{base}:cmdq:"),
+            webhooks: format!("{base}:webhooks:"),
+            webhook_endpoints: format!("{base}:webhooks:endpoints"),
+            webhook_schedule: format!("{base}:webhooks:schedule"),
             base,
         }
     }
@@ -88,6 +98,18 @@ impl Keys {
     fn idem(&self, key: &str) -> String {
         format!("{}:idem:{key}", self.base)
     }
+
+    fn webhook_delivery(&self, delivery_id: &str) -> String {
+        format!("{}delivery:{delivery_id}", self.webhooks)
+    }
+
+    fn webhook_attempts(&self, delivery_id: &str) -> String {
+        format!("{}attempts:{delivery_id}", self.webhooks)
+    }
+
+    fn webhook_by_endpoint(&self, endpoint_id: &str) -> String {
+        format!("{}by_endpoint:{endpoint_id}", self.webhooks)
+    }
 }
 
 struct Scripts {
@@ -99,6 +121,11 @@ struct Scripts {
     touch: Script,
     stats: Script,
     abandon: Script,
+    webhook_create: Script,
+    webhook_claim_due: Script,
+    webhook_finish: Script,
+    webhook_reschedule: Script,
+    webhook_delete_endpoint: Script,
 }
 
 impl Scripts {
@@ -112,6 +139,13 @@ impl Scripts {
             touch: Script::new(include_str!("scripts/touch.lua")),
             stats: Script::new(include_str!("scripts/stats.lua")),
             abandon: Script::new(include_str!("scripts/abandon.lua")),
+            webhook_create: Script::new(include_str!("scripts/webhook_create.lua")),
+            webhook_claim_due: Script::new(include_str!("scripts/webhook_claim_due.lua")),
+            webhook_finish: Script::new(include_str!("scripts/webhook_finish.lua")),
+            webhook_reschedule: Script::new(include_str!("scripts/webhook_reschedule.lua")),
+            webhook_delete_endpoint: Script::new(include_str!(
+                "scripts/webhook_delete_endpoint.lua"
+            )),
         }
     }
 }
@@ -137,6 +171,8 @@ pub struct RedisEngine {
     /// claim costs a script run, and receives are on the worker's hot path.
     next_claim_ms: AtomicU64,
     started: std::time::Instant,
+    /// Where the next `XAUTOCLAIM` scan of the webhook dispatch group continues.
+    dispatch_cursor: Mutex<String>,
 }
 
 /// A history entry without its event id: the scripts splice the id in once the event's XADD
@@ -287,6 +323,7 @@ impl RedisEngine {
             claim_cursor: Mutex::new("0-0".into()),
             next_claim_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            dispatch_cursor: Mutex::new("0-0".into()),
         };
         engine
             .ping()
@@ -300,6 +337,10 @@ impl RedisEngine {
             .create_group()
             .await
             .with_context(|| format!("creating the command consumer group on {shown}"))?;
+        engine
+            .create_dispatch_group()
+            .await
+            .with_context(|| format!("creating the webhook dispatch group on {shown}"))?;
         Ok(engine)
     }
 
@@ -1192,6 +1233,20 @@ mod tests {
         assert_eq!(keys.commands, "herald:{p0}:commands");
         assert_eq!(keys.dlq, "herald:{p0}:dlq");
         assert_eq!(keys.malformed_events, "herald:{p0}:events:malformed");
+        assert_eq!(keys.webhook_endpoints, "herald:{p0}:webhooks:endpoints");
+        assert_eq!(keys.webhook_schedule, "herald:{p0}:webhooks:schedule");
+        assert_eq!(
+            keys.webhook_delivery("msg_1"),
+            "herald:{p0}:webhooks:delivery:msg_1"
+        );
+        assert_eq!(
+            keys.webhook_attempts("msg_1"),
+            "herald:{p0}:webhooks:attempts:msg_1"
+        );
+        assert_eq!(
+            keys.webhook_by_endpoint("ep_1"),
+            "herald:{p0}:webhooks:by_endpoint:ep_1"
+        );
     }
 
     #[test]

@@ -1,0 +1,622 @@
+//! `/v1/webhooks`: partner endpoints, their secrets and their delivery log.
+//!
+//! Isolation works like orders: a partner key reaches only endpoints with its own partnerId
+//! (another partner's endpoint answers 404, exactly like a missing one, so ids cannot be
+//! probed); admin keys reach all and may create endpoints for any partner or for every order
+//! (no partnerId); customer tokens get 403. A secret is returned once, by create and by
+//! rotate-secret, and never in any other response or log line.
+
+use super::problem::{ApiResult, FieldError, Problem};
+use super::{AppState, json_object};
+use crate::auth::Principal;
+use crate::engine::webhook::{Attempt, Delivery, DeliveryState, Endpoint, EndpointSecret};
+use crate::model::{OrderStatus, now_millis, rfc3339};
+use crate::webhooks::{signature, ssrf};
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// After a rotation the previous secret keeps signing this long.
+pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+const MAX_URL_LEN: usize = 2048;
+const MAX_DESCRIPTION_LEN: usize = 500;
+const MAX_EVENT_TYPES: usize = 20;
+const MAX_RATE_LIMIT: u64 = 10_000;
+const MAX_IN_FLIGHT: u64 = 1000;
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 250;
+
+fn ms_to_rfc3339(ms: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
+
+/// The endpoint as every response shows it: no secret.
+fn endpoint_view(e: &Endpoint) -> Value {
+    json!({
+        "id": e.id,
+        "partnerId": e.partner_id,
+        "url": e.url,
+        "description": e.description,
+        "eventTypes": e.event_types,
+        "enabled": e.enabled,
+        "disabledReason": e.disabled_reason,
+        "rateLimitPerSecond": e.rate_limit_per_second,
+        "maxInFlight": e.max_in_flight,
+        "createdAt": ms_to_rfc3339(e.created_at_ms),
+        "updatedAt": ms_to_rfc3339(e.updated_at_ms),
+        "failingSince": e.failing_since_ms.map(ms_to_rfc3339),
+    })
+}
+
+fn delivery_view(d: &Delivery) -> Value {
+    json!({
+        "id": d.id,
+        "endpointId": d.endpoint_id,
+        "eventId": d.event_id,
+        "eventType": d.event_type,
+        "state": d.state,
+        "attempts": d.attempts,
+        "createdAt": ms_to_rfc3339(d.created_at_ms),
+        "updatedAt": ms_to_rfc3339(d.updated_at_ms),
+        "nextAttemptAt": d.next_attempt_at_ms.filter(|_| d.state == DeliveryState::Pending).map(ms_to_rfc3339),
+        "lastStatusCode": d.last_status_code,
+    })
+}
+
+fn attempt_view(a: &Attempt) -> Value {
+    json!({
+        "number": a.number,
+        "at": ms_to_rfc3339(a.at_ms),
+        "statusCode": a.status_code,
+        "latencyMs": a.latency_ms,
+        "error": a.error,
+        "response": a.response,
+    })
+}
+
+/// Whether `principal` may see and change `endpoint`.
+fn owns(principal: &Principal, endpoint: &Endpoint) -> bool {
+    match principal {
+        Principal::Admin => true,
+        Principal::Partner { partner_id } => endpoint.partner_id.as_deref() == Some(partner_id),
+        Principal::Customer { .. } => false,
+    }
+}
+
+fn refuse_customers(principal: &Principal) -> ApiResult<()> {
+    match principal {
+        Principal::Customer { .. } => Err(Problem::forbidden(
+            "Webhooks belong to partners and admins; a customer token cannot reach them.",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn no_such_endpoint() -> Problem {
+    Problem::not_found("No such webhook endpoint.")
+}
+
+/// The endpoint with this id, if the caller may see it; a foreign one is 404 like a missing one.
+async fn visible_endpoint(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<Endpoint> {
+    refuse_customers(principal)?;
+    match state.engine.endpoint(id).await? {
+        Some(e) if owns(principal, &e) => Ok(e),
+        _ => Err(no_such_endpoint()),
+    }
+}
+
+/// Field checks shared by create and patch, collecting every error at once.
+#[derive(Default)]
+struct Fields {
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    fn error(&mut self, field: &str, detail: impl Into<String>) {
+        self.errors.push(FieldError {
+            pointer: format!("#/{field}"),
+            detail: detail.into(),
+        });
+    }
+
+    fn unknown(&mut self, body: &Map<String, Value>, known: &[&str]) {
+        for key in body.keys() {
+            if !known.contains(&key.as_str()) {
+                self.error(key, "is not a known field");
+            }
+        }
+    }
+
+    fn url(&mut self, state: &AppState, value: &Value) -> Option<String> {
+        let Value::String(url) = value else {
+            self.error("url", "must be a string");
+            return None;
+        };
+        if url.len() > MAX_URL_LEN {
+            self.error("url", format!("must be at most {MAX_URL_LEN} characters"));
+            return None;
+        }
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.error("url", format!("is not an absolute URL: {e}"));
+                return None;
+            }
+        };
+        match ssrf::check_url(&parsed, &state.webhook_allow) {
+            Ok(()) => Some(url.clone()),
+            Err(e) => {
+                self.error("url", e);
+                None
+            }
+        }
+    }
+
+    fn event_types(&mut self, value: &Value) -> Option<Vec<String>> {
+        let Value::Array(items) = value else {
+            self.error("eventTypes", "must be an array of event types");
+            return None;
+        };
+        if items.len() > MAX_EVENT_TYPES {
+            self.error(
+                "eventTypes",
+                format!("must hold at most {MAX_EVENT_TYPES} types"),
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let known = item.as_str().filter(|t| {
+                *t == "*"
+                    || *t == "order.*"
+                    || t.strip_prefix("order.")
+                        .is_some_and(|s| s.parse::<OrderStatus>().is_ok() && *s == s.to_lowercase())
+            });
+            match known {
+                Some(t) => out.push(t.to_string()),
+                None => self.error(
+                    &format!("eventTypes/{i}"),
+                    "must be `order.<status>` (e.g. `order.shipped`), `order.*` or `*`",
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    fn description(&mut self, value: &Value) -> Option<Option<String>> {
+        match value {
+            Value::Null => Some(None),
+            Value::String(s) if s.chars().count() <= MAX_DESCRIPTION_LEN => Some(Some(s.clone())),
+            _ => {
+                self.error(
+                    "description",
+                    format!("must be a string of at most {MAX_DESCRIPTION_LEN} characters"),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional limit: `null` clears it (the `[webhooks]` default applies).
+    fn limit(&mut self, field: &str, value: &Value, min: u64, max: u64) -> Option<Option<u32>> {
+        match value {
+            Value::Null => Some(None),
+            Value::Number(n) if n.as_u64().is_some_and(|v| (min..=max).contains(&v)) => {
+                n.as_u64().map(|v| Some(v as u32))
+            }
+            _ => {
+                self.error(field, format!("must be an integer from {min} to {max}"));
+                None
+            }
+        }
+    }
+
+    fn done(self) -> ApiResult<()> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            let mut p = Problem::validation(self.errors);
+            p.detail = Some("See `errors`; nothing was changed.".into());
+            Err(p)
+        }
+    }
+}
+
+/// `POST /v1/webhooks`: 201 with the endpoint and its `secret` (shown this once).
+pub async fn create_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    refuse_customers(&principal)?;
+    let body = json_object(&headers, body)?;
+    let mut f = Fields::default();
+    f.unknown(
+        &body,
+        &[
+            "url",
+            "eventTypes",
+            "partnerId",
+            "description",
+            "rateLimitPerSecond",
+            "maxInFlight",
+        ],
+    );
+    let url = match body.get("url") {
+        Some(v) => f.url(&state, v),
+        None => {
+            f.error("url", "is required");
+            None
+        }
+    };
+    let event_types = body
+        .get("eventTypes")
+        .map(|v| f.event_types(v))
+        .unwrap_or(Some(Vec::new()));
+    let description = body
+        .get("description")
+        .map(|v| f.description(v))
+        .unwrap_or(Some(None));
+    let rate = body
+        .get("rateLimitPerSecond")
+        .map(|v| f.limit("rateLimitPerSecond", v, 0, MAX_RATE_LIMIT))
+        .unwrap_or(Some(None));
+    let in_flight = body
+        .get("maxInFlight")
+        .map(|v| f.limit("maxInFlight", v, 1, MAX_IN_FLIGHT))
+        .unwrap_or(Some(None));
+    let partner_id = match (body.get("partnerId"), &principal) {
+        (None | Some(Value::Null), Principal::Partner { partner_id }) => Some(partner_id.clone()),
+        (None | Some(Value::Null), _) => None,
+        (Some(Value::String(p)), Principal::Partner { partner_id }) if p == partner_id => {
+            Some(p.clone())
+        }
+        (Some(Value::String(_)), Principal::Partner { .. }) => {
+            return Err(Problem::forbidden(
+                "A partner key creates endpoints for its own partnerId only.",
+            ));
+        }
+        (Some(Value::String(p)), _) if !p.is_empty() && p.len() <= 128 => Some(p.clone()),
+        (Some(_), _) => {
+            f.error("partnerId", "must be a string of 1 to 128 characters");
+            None
+        }
+    };
+    f.done()?;
+    let (Some(url), Some(event_types), Some(description), Some(rate), Some(in_flight)) =
+        (url, event_types, description, rate, in_flight)
+    else {
+        return Err(Problem::bad_request("The request body is not valid."));
+    };
+    let now = now_millis();
+    let secret = signature::generate_secret();
+    let endpoint = Endpoint {
+        id: format!("ep_{}", uuid::Uuid::now_v7().simple()),
+        partner_id,
+        url,
+        description,
+        event_types,
+        enabled: true,
+        disabled_reason: None,
+        rate_limit_per_second: rate,
+        max_in_flight: in_flight,
+        secrets: vec![EndpointSecret {
+            secret: secret.clone(),
+            expires_at_ms: None,
+        }],
+        created_at_ms: now,
+        updated_at_ms: now,
+        failing_since_ms: None,
+    };
+    state.engine.put_endpoint(&endpoint).await?;
+    tracing::info!(endpoint_id = %endpoint.id, partner_id = endpoint.partner_id.as_deref().unwrap_or(""), "webhook endpoint created");
+    let mut view = endpoint_view(&endpoint);
+    view["secret"] = Value::String(secret);
+    let mut response = (StatusCode::CREATED, Json(view)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/webhooks/{}", endpoint.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `GET /v1/webhooks`: the caller's endpoints (admin: all), oldest first.
+pub async fn list_endpoints(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Value>> {
+    refuse_customers(&principal)?;
+    let mut endpoints: Vec<Endpoint> = state
+        .engine
+        .endpoints()
+        .await?
+        .into_iter()
+        .filter(|e| owns(&principal, e))
+        .collect();
+    endpoints.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+    let views: Vec<Value> = endpoints.iter().map(endpoint_view).collect();
+    Ok(Json(json!({ "endpoints": views })))
+}
+
+/// `GET /v1/webhooks/{id}`.
+pub async fn get_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let endpoint = visible_endpoint(&state, &principal, &id).await?;
+    Ok(Json(endpoint_view(&endpoint)))
+}
+
+/// `PATCH /v1/webhooks/{id}`: url, eventTypes, enabled, description, limits.
+pub async fn patch_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let mut endpoint = visible_endpoint(&state, &principal, &id).await?;
+    let body = json_object(&headers, body)?;
+    let mut f = Fields::default();
+    f.unknown(
+        &body,
+        &[
+            "url",
+            "eventTypes",
+            "enabled",
+            "description",
+            "rateLimitPerSecond",
+            "maxInFlight",
+        ],
+    );
+    if let Some(v) = body.get("url")
+        && let Some(url) = f.url(&state, v)
+    {
+        endpoint.url = url;
+    }
+    if let Some(v) = body.get("eventTypes")
+        && let Some(types) = f.event_types(v)
+    {
+        endpoint.event_types = types;
+    }
+    if let Some(v) = body.get("description")
+        && let Some(d) = f.description(v)
+    {
+        endpoint.description = d;
+    }
+    if let Some(v) = body.get("rateLimitPerSecond")
+        && let Some(r) = f.limit("rateLimitPerSecond", v, 0, MAX_RATE_LIMIT)
+    {
+        endpoint.rate_limit_per_second = r;
+    }
+    if let Some(v) = body.get("maxInFlight")
+        && let Some(m) = f.limit("maxInFlight", v, 1, MAX_IN_FLIGHT)
+    {
+        endpoint.max_in_flight = m;
+    }
+    match body.get("enabled") {
+        None => {}
+        Some(Value::Bool(true)) => {
+            endpoint.enabled = true;
+            endpoint.disabled_reason = None;
+            endpoint.failing_since_ms = None;
+        }
+        Some(Value::Bool(false)) => {
+            if endpoint.enabled {
+                endpoint.disabled_reason = Some("disabled through the API".into());
+            }
+            endpoint.enabled = false;
+        }
+        Some(_) => f.error("enabled", "must be true or false"),
+    }
+    f.done()?;
+    endpoint.updated_at_ms = now_millis();
+    state.engine.put_endpoint(&endpoint).await?;
+    Ok(Json(endpoint_view(&endpoint)))
+}
+
+/// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries leave the schedule.
+pub async fn delete_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    visible_endpoint(&state, &principal, &id).await?;
+    if state.engine.delete_endpoint(&id).await? {
+        tracing::info!(endpoint_id = %id, "webhook endpoint deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_such_endpoint())
+    }
+}
+
+/// `POST /v1/webhooks/{id}/rotate-secret`: a new secret, returned once; the previous one keeps
+/// signing beside it for [`ROTATION_OVERLAP`] (space-separated signatures).
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let mut endpoint = visible_endpoint(&state, &principal, &id).await?;
+    let now = now_millis();
+    let previous_expires = now + ROTATION_OVERLAP.as_millis() as u64;
+    // Only the current secret lives on; older ones (already overlapping) stop now.
+    let previous = endpoint
+        .secrets
+        .iter()
+        .find(|s| s.expires_at_ms.is_none())
+        .or_else(|| endpoint.secrets.first())
+        .map(|s| EndpointSecret {
+            secret: s.secret.clone(),
+            expires_at_ms: Some(previous_expires),
+        });
+    let secret = signature::generate_secret();
+    endpoint.secrets = std::iter::once(EndpointSecret {
+        secret: secret.clone(),
+        expires_at_ms: None,
+    })
+    .chain(previous)
+    .collect();
+    endpoint.updated_at_ms = now;
+    state.engine.put_endpoint(&endpoint).await?;
+    tracing::info!(endpoint_id = %id, "webhook secret rotated");
+    Ok(Json(json!({
+        "secret": secret,
+        "previousSecretExpiresAt": ms_to_rfc3339(previous_expires),
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    limit: Option<usize>,
+    /// Deliveries created before this time: RFC 3339 or milliseconds since the epoch.
+    before: Option<String>,
+}
+
+fn parse_time(field: &str, value: &str) -> ApiResult<u64> {
+    if let Ok(ms) = value.parse::<u64>() {
+        return Ok(ms);
+    }
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+        .map_err(|_| {
+            Problem::bad_request(format!(
+                "`{field}` must be an RFC 3339 time (2026-01-01T00:00:00Z) or epoch milliseconds."
+            ))
+        })
+}
+
+/// `GET /v1/webhooks/{id}/deliveries?limit&before`: newest first; `next` is the `before` of
+/// the following page.
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    visible_endpoint(&state, &principal, &id).await?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let before = q
+        .before
+        .as_deref()
+        .map(|b| parse_time("before", b))
+        .transpose()?;
+    let deliveries = state.engine.deliveries(&id, limit, before).await?;
+    let next = (deliveries.len() == limit)
+        .then(|| deliveries.last().map(|d| d.created_at_ms.to_string()))
+        .flatten();
+    let views: Vec<Value> = deliveries.iter().map(delivery_view).collect();
+    Ok(Json(json!({ "deliveries": views, "next": next })))
+}
+
+async fn visible_delivery(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    delivery_id: &str,
+) -> ApiResult<Delivery> {
+    visible_endpoint(state, principal, id).await?;
+    match state.engine.delivery(delivery_id).await? {
+        Some(d) if d.endpoint_id == id => Ok(d),
+        _ => Err(Problem::not_found("No such delivery for this endpoint.")),
+    }
+}
+
+/// `GET /v1/webhooks/{id}/deliveries/{deliveryId}`: the delivery, its payload and every
+/// attempt (status code, latency, first 20 KB of the response).
+pub async fn get_delivery(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((id, delivery_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let delivery = visible_delivery(&state, &principal, &id, &delivery_id).await?;
+    let attempts = state.engine.attempts(&delivery_id).await?;
+    let mut view = delivery_view(&delivery);
+    view["payload"] = serde_json::from_str(&delivery.body).unwrap_or(Value::Null);
+    view["attemptLog"] = Value::Array(attempts.iter().map(attempt_view).collect());
+    Ok(Json(view))
+}
+
+/// `POST /v1/webhooks/{id}/deliveries/{deliveryId}/retry`: attempt again now (202).
+pub async fn retry_delivery(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((id, delivery_id)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    visible_delivery(&state, &principal, &id, &delivery_id).await?;
+    if !state
+        .engine
+        .retry_delivery(&delivery_id, now_millis())
+        .await?
+    {
+        return Err(Problem::not_found("No such delivery for this endpoint."));
+    }
+    state.webhook_wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "deliveryId": delivery_id, "state": "pending" })),
+    ))
+}
+
+/// `POST /v1/webhooks/{id}/recover` `{since}`: every failed delivery created since then is
+/// attempted again now (202 with how many).
+pub async fn recover(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    visible_endpoint(&state, &principal, &id).await?;
+    let body = json_object(&headers, body)?;
+    let mut f = Fields::default();
+    f.unknown(&body, &["since"]);
+    let since = match body.get("since") {
+        Some(Value::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
+            Ok(t) => Some((t.unix_timestamp_nanos() / 1_000_000).max(0) as u64),
+            Err(_) => {
+                f.error(
+                    "since",
+                    "must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z",
+                );
+                None
+            }
+        },
+        Some(_) => {
+            f.error("since", "must be an RFC 3339 time string");
+            None
+        }
+        None => {
+            f.error("since", "is required");
+            None
+        }
+    };
+    f.done()?;
+    let since = since.unwrap_or_default();
+    let recovered = state
+        .engine
+        .recover_failed(&id, since, now_millis())
+        .await?;
+    if recovered > 0 {
+        state.webhook_wake.notify_one();
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "recovered": recovered })),
+    ))
+}

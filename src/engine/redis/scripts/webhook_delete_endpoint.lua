@@ -1,0 +1,15 @@
+-- Deletes an endpoint and takes its deliveries off the retry schedule, atomically. The
+-- delivery records and their logs stay (nothing lists them once the endpoint is gone).
+--
+-- KEYS: 1 endpoints hash, 2 schedule zset
+-- ARGV: 1 endpoint id, 2 webhook key prefix
+-- Returns: 1 if the endpoint existed, else 0.
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+local ids = redis.call('ZRANGE', ARGV[2] .. 'by_endpoint:' .. ARGV[1], 0, -1)
+-- In slices: unpack has a limit on how many values it returns.
+for i = 1, #ids, 1000 do
+  redis.call('ZREM', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
+end
+return 1

@@ -1,0 +1,690 @@
+//! The webhook store on Redis (DESIGN 1.5): endpoints, deliveries and their attempt logs, the
+//! durable retry schedule, and the `webhooks` consumer group on the event log.
+//!
+//! Keys (P = `engine.key_prefix`, all under the hash tag `{p0}`):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `P{p0}:webhooks:endpoints` | hash | endpoint id -> endpoint (JSON) |
+//! | `P{p0}:webhooks:delivery:<id>` | hash | one delivery, a field per attribute (scripts update fields in place) |
+//! | `P{p0}:webhooks:attempts:<id>` | list | the delivery's attempts (JSON), oldest first, the newest [`ATTEMPTS_KEPT`] |
+//! | `P{p0}:webhooks:by_endpoint:<endpoint id>` | zset | delivery ids scored by creation time (ms) |
+//! | `P{p0}:webhooks:failed:<endpoint id>` | zset | failed delivery ids scored by creation time (ms) |
+//! | `P{p0}:webhooks:schedule` | zset | delivery ids scored by due time (ms) |
+//!
+//! Every change to more than one key is one script in `scripts/webhook_*.lua`. Times come from
+//! the caller, never from Redis' clock, so both engines agree under test. This file never
+//! decides delivery policy (what is due when, what disables an endpoint is the caller's and the
+//! scripts' contract): it only moves data between Rust types and Redis.
+
+use super::*;
+use crate::engine::webhook::*;
+
+/// Delivery states as stored in the delivery hash.
+fn state_name(state: DeliveryState) -> &'static str {
+    match state {
+        DeliveryState::Pending => "pending",
+        DeliveryState::Succeeded => "succeeded",
+        DeliveryState::Failed => "failed",
+    }
+}
+
+fn parse_state(name: &str) -> Option<DeliveryState> {
+    match name {
+        "pending" => Some(DeliveryState::Pending),
+        "succeeded" => Some(DeliveryState::Succeeded),
+        "failed" => Some(DeliveryState::Failed),
+        _ => None,
+    }
+}
+
+/// The hash arguments (field, value, ...) a new delivery is stored with.
+fn delivery_hash(delivery: &Delivery, due_ms: Option<u64>) -> Vec<String> {
+    let mut out = vec![
+        "id".to_string(),
+        delivery.id.clone(),
+        "endpointId".into(),
+        delivery.endpoint_id.clone(),
+        "eventId".into(),
+        delivery.event_id.clone(),
+        "eventType".into(),
+        delivery.event_type.clone(),
+        "body".into(),
+        delivery.body.clone(),
+        "state".into(),
+        state_name(delivery.state).into(),
+        "attempts".into(),
+        delivery.attempts.to_string(),
+        "createdAtMs".into(),
+        delivery.created_at_ms.to_string(),
+        "updatedAtMs".into(),
+        delivery.updated_at_ms.to_string(),
+    ];
+    if let Some(partner) = &delivery.partner_id {
+        out.extend(["partnerId".to_string(), partner.clone()]);
+    }
+    if let Some(due) = due_ms {
+        out.extend(["nextAttemptAtMs".to_string(), due.to_string()]);
+    }
+    if let Some(code) = delivery.last_status_code {
+        out.extend(["lastStatusCode".to_string(), code.to_string()]);
+    }
+    out
+}
+
+/// A delivery from its hash (`None` when the hash is empty: no such delivery).
+fn parse_delivery(fields: &HashMap<String, String>) -> EngineResult<Option<Delivery>> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let id = fields.get("id").map_or("?", String::as_str);
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .cloned()
+            .ok_or_else(|| corrupt(format!("delivery {id}: hash has no `{name}` field")))
+    };
+    fn number<T: std::str::FromStr>(id: &str, name: &str, raw: &str) -> EngineResult<T> {
+        raw.parse()
+            .map_err(|_| corrupt(format!("delivery {id}: `{name}` is not a number: {raw}")))
+    }
+    let optional = |name: &str| -> EngineResult<Option<u64>> {
+        fields
+            .get(name)
+            .map(|raw| number(id, name, raw))
+            .transpose()
+    };
+    let state = text("state")?;
+    Ok(Some(Delivery {
+        id: text("id")?,
+        endpoint_id: text("endpointId")?,
+        partner_id: fields.get("partnerId").cloned(),
+        event_id: text("eventId")?,
+        event_type: text("eventType")?,
+        body: text("body")?,
+        state: parse_state(&state)
+            .ok_or_else(|| corrupt(format!("delivery {id}: unknown state `{state}`")))?,
+        attempts: number(id, "attempts", &text("attempts")?)?,
+        created_at_ms: number(id, "createdAtMs", &text("createdAtMs")?)?,
+        updated_at_ms: number(id, "updatedAtMs", &text("updatedAtMs")?)?,
+        next_attempt_at_ms: optional("nextAttemptAtMs")?,
+        last_status_code: fields
+            .get("lastStatusCode")
+            .map(|raw| number(id, "lastStatusCode", raw))
+            .transpose()?,
+    }))
+}
+
+/// A delivery hash returned by a script (field, value, ... as an array).
+fn delivery_from_reply(value: &Value) -> EngineResult<Option<Delivery>> {
+    let pairs = reply::fields(value).ok_or_else(|| corrupt("delivery hash reply is not pairs"))?;
+    let mut fields = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let (Ok(k), Ok(v)) = (String::from_utf8(k), String::from_utf8(v)) else {
+            return Err(corrupt("delivery hash holds bytes that are not UTF-8"));
+        };
+        fields.insert(k, v);
+    }
+    parse_delivery(&fields)
+}
+
+fn parse_endpoint(id: &str, json: &str) -> EngineResult<Endpoint> {
+    serde_json::from_str(json)
+        .map_err(|e| corrupt(format!("endpoint {id}: record does not decode: {e}")))
+}
+
+/// A sorted-set score (RESP2 text or RESP3 double) as whole milliseconds.
+fn score_ms(value: &Value) -> Option<u64> {
+    let score = match value {
+        Value::Double(d) => *d,
+        other => text(other)?.parse::<f64>().ok()?,
+    };
+    (score.is_finite() && score >= 0.0).then_some(score as u64)
+}
+
+impl RedisEngine {
+    /// `XGROUP CREATE events webhooks $ MKSTREAM`: the dispatch group starts at the log's
+    /// current end (the history before the first start is not delivered); an existing group
+    /// is fine.
+    pub(super) async fn create_dispatch_group(&self) -> EngineResult<()> {
+        let result: RedisResult<Value> = self
+            .query(
+                "XGROUP CREATE",
+                ::redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&self.keys.events)
+                    .arg(DISPATCH_GROUP)
+                    .arg("$")
+                    .arg("MKSTREAM"),
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_busygroup(&e) => Ok(()),
+            Err(e) => Err(map_err("creating the webhook dispatch group", e)),
+        }
+    }
+
+    async fn recover_dispatch_group(&self, e: &::redis::RedisError) -> EngineResult<()> {
+        tracing::warn!(error = %e, stream = %self.keys.events,
+            "webhook dispatch group is missing; creating it again at the end of the log");
+        self.create_dispatch_group().await
+    }
+
+    /// `XAUTOCLAIM`: entries handed out at least `reclaim_after` ago and never acknowledged.
+    async fn reclaim_events(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> EngineResult<Vec<LogEntry>> {
+        let cursor = self
+            .dispatch_cursor
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|_| "0-0".into());
+        let what = "reclaiming webhook events";
+        let reply: Value = match self
+            .query(
+                what,
+                ::redis::cmd("XAUTOCLAIM")
+                    .arg(&self.keys.events)
+                    .arg(DISPATCH_GROUP)
+                    .arg(consumer)
+                    .arg(millis(reclaim_after))
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(max),
+            )
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) if is_nogroup(&e) => {
+                self.recover_dispatch_group(&e).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(map_err(what, e)),
+        };
+        let bad = || corrupt("XAUTOCLAIM returned an unexpected reply");
+        let parts = items(&reply).ok_or_else(bad)?;
+        let (Some(next), Some(claimed)) = (parts.first(), parts.get(1)) else {
+            return Err(bad());
+        };
+        if let (Some(next), Ok(mut cursor)) = (text(next), self.dispatch_cursor.lock()) {
+            *cursor = next;
+        }
+        let mut out = Vec::new();
+        let mut deleted = Vec::new();
+        for item in items(claimed).ok_or_else(bad)? {
+            match items(item) {
+                // Redis 6.2 hands out an entry trimmed from the log with nil fields (7.x drops
+                // it from the pending list itself): nothing to deliver, acknowledge it.
+                Some([id, Value::Nil]) => deleted.extend(text(id)),
+                _ => out.extend(reply::stream_entry(item)?.map(log_entry)),
+            }
+        }
+        if !deleted.is_empty() {
+            let _: Value = self
+                .run(
+                    "acknowledging trimmed webhook events",
+                    ::redis::cmd("XACK")
+                        .arg(&self.keys.events)
+                        .arg(DISPATCH_GROUP)
+                        .arg(&deleted),
+                )
+                .await?;
+        }
+        Ok(out)
+    }
+
+    /// `XREADGROUP .. STREAMS events >` on a blocking connection: entries never handed out.
+    async fn read_new_events(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> EngineResult<Vec<LogEntry>> {
+        let mut cmd = ::redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(DISPATCH_GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max);
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
+        // BLOCK 0 would wait forever.
+        if block_ms > 0 {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS").arg(&self.keys.events).arg(">");
+        let what = "reading events for webhooks";
+        let reply: Value = match self
+            .blocking
+            .query(what, &cmd, block, self.op_timeout)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) if is_nogroup(&e) => {
+                self.recover_dispatch_group(&e).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(map_err(what, e)),
+        };
+        Ok(reply::read_entries(&reply)?
+            .into_iter()
+            .map(log_entry)
+            .collect())
+    }
+
+    async fn reschedule(
+        &self,
+        what: &str,
+        at_ms: u64,
+        mode: &str,
+        id: &str,
+        since_ms: u64,
+    ) -> EngineResult<usize> {
+        let mut invocation = self.scripts.webhook_reschedule.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_schedule)
+            .arg(&self.keys.webhooks)
+            .arg(at_ms)
+            .arg(crate::model::now_millis())
+            .arg(mode)
+            .arg(id)
+            .arg(since_ms);
+        let reply = self.run_script(what, &invocation).await?;
+        int(&reply)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| corrupt(format!("{what}: unexpected script reply")))
+    }
+}
+
+#[async_trait]
+impl WebhookStore for RedisEngine {
+    async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()> {
+        let json = serde_json::to_string(endpoint).map_err(corrupt)?;
+        let _: Value = self
+            .run(
+                "storing an endpoint",
+                ::redis::cmd("HSET")
+                    .arg(&self.keys.webhook_endpoints)
+                    .arg(&endpoint.id)
+                    .arg(json),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>> {
+        let json: Option<String> = self
+            .run(
+                "reading an endpoint",
+                ::redis::cmd("HGET")
+                    .arg(&self.keys.webhook_endpoints)
+                    .arg(id),
+            )
+            .await?;
+        json.map(|json| parse_endpoint(id, &json)).transpose()
+    }
+
+    async fn endpoints(&self) -> EngineResult<Vec<Endpoint>> {
+        let all: HashMap<String, String> = self
+            .run(
+                "listing endpoints",
+                ::redis::cmd("HGETALL").arg(&self.keys.webhook_endpoints),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(all.len());
+        for (id, json) in all {
+            match parse_endpoint(&id, &json) {
+                Ok(endpoint) => out.push(endpoint),
+                // One unreadable record must not stop deliveries to every other endpoint.
+                Err(e) => tracing::error!(endpoint_id = %id, error = %e, "endpoint skipped"),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> EngineResult<bool> {
+        let mut invocation = self.scripts.webhook_delete_endpoint.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_schedule)
+            .arg(id)
+            .arg(&self.keys.webhooks);
+        let reply = self.run_script("deleting an endpoint", &invocation).await?;
+        match int(&reply) {
+            Some(n) => Ok(n == 1),
+            None => Err(corrupt(
+                "delete-endpoint script returned an unexpected reply",
+            )),
+        }
+    }
+
+    async fn claim_events(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+        reclaim_after: Duration,
+    ) -> EngineResult<Vec<LogEntry>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        // An entry handed out to a node that died becomes reclaimable while this call blocks,
+        // and only XAUTOCLAIM notices: block in slices.
+        let slice = (reclaim_after / 4).max(Duration::from_millis(50));
+        loop {
+            let mut batch = self.reclaim_events(consumer, max, reclaim_after).await?;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let block = if batch.is_empty() {
+                remaining.min(slice)
+            } else {
+                Duration::ZERO
+            };
+            if batch.len() < max {
+                let fresh = self
+                    .read_new_events(consumer, max - batch.len(), block)
+                    .await?;
+                batch.extend(fresh);
+            }
+            if !batch.is_empty() || tokio::time::Instant::now() >= deadline || block.is_zero() {
+                return Ok(batch);
+            }
+        }
+    }
+
+    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()> {
+        let mut invocation = self.scripts.webhook_create.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_schedule)
+            .key(&self.keys.events)
+            .arg(DISPATCH_GROUP)
+            .arg(event.to_string())
+            .arg(&self.keys.webhooks)
+            .arg(deliveries.len());
+        for delivery in deliveries {
+            let due = (delivery.state == DeliveryState::Pending).then(|| {
+                delivery
+                    .next_attempt_at_ms
+                    .unwrap_or(delivery.created_at_ms)
+            });
+            let hash = delivery_hash(delivery, due);
+            invocation
+                .arg(&delivery.id)
+                .arg(&delivery.endpoint_id)
+                .arg(delivery.created_at_ms)
+                .arg(due.map(|d| d.to_string()).unwrap_or_default())
+                .arg(if delivery.state == DeliveryState::Failed {
+                    "1"
+                } else {
+                    "0"
+                })
+                .arg(hash.len())
+                .arg(hash);
+        }
+        self.run_script("creating deliveries", &invocation)
+            .await
+            .map(|_| ())
+    }
+
+    async fn claim_due(
+        &self,
+        now_ms: u64,
+        max: usize,
+        lease: Duration,
+    ) -> EngineResult<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.scripts.webhook_claim_due.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_schedule)
+            .key(&self.keys.webhook_endpoints)
+            .arg(now_ms)
+            .arg(max)
+            .arg(now_ms.saturating_add(millis(lease)))
+            .arg(&self.keys.webhooks);
+        let reply = self
+            .run_script("claiming due deliveries", &invocation)
+            .await?;
+        let mut out = Vec::new();
+        for item in items(&reply).ok_or_else(|| corrupt("claim-due script reply"))? {
+            out.extend(delivery_from_reply(item)?);
+        }
+        Ok(out)
+    }
+
+    async fn next_due_ms(&self) -> EngineResult<Option<u64>> {
+        let reply: Value = self
+            .run(
+                "reading the next due time",
+                ::redis::cmd("ZRANGE")
+                    .arg(&self.keys.webhook_schedule)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        let bad = || corrupt("ZRANGE WITHSCORES returned an unexpected reply");
+        let parts = items(&reply).ok_or_else(bad)?;
+        // RESP2: [member, score]; RESP3: [[member, score]].
+        let score = match parts {
+            [] => return Ok(None),
+            [pair] => items(pair).and_then(|p| p.get(1)).ok_or_else(bad)?,
+            [_, score] => score,
+            _ => return Err(bad()),
+        };
+        score_ms(score).map(Some).ok_or_else(bad)
+    }
+
+    async fn finish_attempt(
+        &self,
+        delivery_id: &str,
+        attempt: &Attempt,
+        outcome: &AttemptOutcome,
+        disable_after: Duration,
+    ) -> EngineResult<EndpointHealth> {
+        let attempt_json = serde_json::to_string(attempt).map_err(corrupt)?;
+        let (name, retry_at, gone_reason) = match outcome {
+            AttemptOutcome::Succeeded => ("succeeded", 0, ""),
+            AttemptOutcome::RetryAt(at_ms) => ("retry", *at_ms, ""),
+            AttemptOutcome::Failed => ("failed", 0, ""),
+            AttemptOutcome::Gone(reason) => ("gone", 0, reason.as_str()),
+        };
+        let mut invocation = self.scripts.webhook_finish.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_schedule)
+            .key(&self.keys.webhook_endpoints)
+            .arg(&self.keys.webhooks)
+            .arg(delivery_id)
+            .arg(attempt_json)
+            .arg(ATTEMPTS_KEPT)
+            .arg(attempt.at_ms)
+            .arg(
+                attempt
+                    .status_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(name)
+            .arg(retry_at)
+            .arg(gone_reason)
+            .arg(u64::try_from(disable_after.as_millis()).unwrap_or(u64::MAX))
+            .arg(failing_too_long_reason(disable_after));
+        let reply = self.run_script("finishing an attempt", &invocation).await?;
+        let bad = || corrupt("finish-attempt script returned an unexpected reply");
+        let parts = items(&reply).ok_or_else(bad)?;
+        match (parts.first().and_then(text).as_deref(), parts.get(1)) {
+            (Some("unchanged"), _) => Ok(EndpointHealth::Unchanged),
+            (Some("disabled"), Some(reason)) => Ok(EndpointHealth::Disabled {
+                reason: text(reason).ok_or_else(bad)?,
+            }),
+            (Some("corrupt"), Some(what)) => Err(corrupt(format!(
+                "finishing an attempt of {delivery_id}: {}",
+                text(what).unwrap_or_default()
+            ))),
+            _ => Err(bad()),
+        }
+    }
+
+    async fn delivery(&self, id: &str) -> EngineResult<Option<Delivery>> {
+        let fields: HashMap<String, String> = self
+            .run(
+                "reading a delivery",
+                ::redis::cmd("HGETALL").arg(self.keys.webhook_delivery(id)),
+            )
+            .await?;
+        parse_delivery(&fields)
+    }
+
+    async fn attempts(&self, delivery_id: &str) -> EngineResult<Vec<Attempt>> {
+        let raw: Vec<String> = self
+            .run(
+                "reading attempts",
+                ::redis::cmd("LRANGE")
+                    .arg(self.keys.webhook_attempts(delivery_id))
+                    .arg(0)
+                    .arg(-1),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(raw.len());
+        for json in raw {
+            match serde_json::from_str::<Attempt>(&json) {
+                Ok(attempt) => out.push(attempt),
+                // One unreadable entry must not hide the others.
+                Err(e) => tracing::warn!(%delivery_id, error = %e, "attempt does not decode"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+        before_ms: Option<u64>,
+    ) -> EngineResult<Vec<Delivery>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = self
+            .run(
+                "listing deliveries",
+                ::redis::cmd("ZREVRANGEBYSCORE")
+                    .arg(self.keys.webhook_by_endpoint(endpoint_id))
+                    .arg(before_ms.map_or("+inf".to_string(), |b| format!("({b}")))
+                    .arg("-inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(self.keys.webhook_delivery(id));
+        }
+        let what = "reading deliveries";
+        let mut conn = self.conn.clone();
+        let hashes: Vec<HashMap<String, String>> =
+            within(what, self.op_timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|e| map_err(what, e))?;
+        let mut out = Vec::with_capacity(hashes.len());
+        for fields in &hashes {
+            out.extend(parse_delivery(fields)?);
+        }
+        Ok(out)
+    }
+
+    async fn retry_delivery(&self, delivery_id: &str, at_ms: u64) -> EngineResult<bool> {
+        let n = self
+            .reschedule("retrying a delivery", at_ms, "one", delivery_id, 0)
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn recover_failed(
+        &self,
+        endpoint_id: &str,
+        since_ms: u64,
+        at_ms: u64,
+    ) -> EngineResult<usize> {
+        self.reschedule(
+            "recovering failed deliveries",
+            at_ms,
+            "failed",
+            endpoint_id,
+            since_ms,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery() -> Delivery {
+        Delivery {
+            id: "msg_1".into(),
+            endpoint_id: "ep_1".into(),
+            partner_id: Some("acme".into()),
+            event_id: "1-0".into(),
+            event_type: "order.shipped".into(),
+            body: "{\"a\":\"é\"}".into(),
+            state: DeliveryState::Pending,
+            attempts: 2,
+            created_at_ms: 1_764_213_743_123,
+            updated_at_ms: 1_764_213_743_124,
+            next_attempt_at_ms: Some(1_764_213_743_200),
+            last_status_code: Some(503),
+        }
+    }
+
+    #[test]
+    fn delivery_hash_round_trips() {
+        let d = delivery();
+        let hash = delivery_hash(&d, d.next_attempt_at_ms);
+        let fields: HashMap<String, String> = hash
+            .chunks(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect();
+        assert_eq!(parse_delivery(&fields).unwrap(), Some(d));
+        assert_eq!(parse_delivery(&HashMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_delivery_hash_is_corrupt_not_a_panic() {
+        let d = delivery();
+        let mut fields: HashMap<String, String> = delivery_hash(&d, None)
+            .chunks(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect();
+        fields.insert("attempts".into(), "many".into());
+        assert!(matches!(
+            parse_delivery(&fields),
+            Err(EngineError::Corrupt(_))
+        ));
+        fields.remove("attempts");
+        assert!(matches!(
+            parse_delivery(&fields),
+            Err(EngineError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn scores_read_in_both_protocols() {
+        assert_eq!(
+            score_ms(&Value::BulkString(b"1764213743123".to_vec())),
+            Some(1_764_213_743_123)
+        );
+        assert_eq!(score_ms(&Value::Double(250.0)), Some(250));
+        assert_eq!(score_ms(&Value::BulkString(b"nope".to_vec())), None);
+    }
+}

@@ -1,0 +1,270 @@
+//! The dispatcher: turns each event of the log into deliveries, exactly once however many
+//! nodes run it. Events come through the engine's consumer group (`claim_events`); each is
+//! matched against the enabled endpoints, its body is built once, and its deliveries are
+//! stored and the event acknowledged in one engine step (`create_deliveries`). A node that dies
+//! between the claim and that step leaves the event to be reclaimed by another; a delivery's id
+//! derives from (event, endpoint), so a reclaimed event never makes a second delivery.
+//!
+//! It never sends anything: the sender picks the deliveries up from the schedule.
+
+use crate::engine::webhook::{Delivery, DeliveryState, Endpoint};
+use crate::engine::{Engine, LogEntry};
+use crate::metrics::Metrics;
+use crate::model::{LoggedEvent, now_millis};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Events claimed per call.
+const CLAIM_BATCH: usize = 100;
+/// How long a claim waits for new events before asking again.
+const CLAIM_WAIT: Duration = Duration::from_secs(1);
+
+pub struct Dispatcher {
+    engine: Arc<dyn Engine>,
+    metrics: Arc<Metrics>,
+    consumer: String,
+    /// An event claimed by a node that never acknowledged it is taken over after this long.
+    reclaim_after: Duration,
+    /// Wakes this node's sender: new deliveries are due now.
+    wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        consumer: String,
+        reclaim_after: Duration,
+        wake: Arc<Notify>,
+    ) -> Dispatcher {
+        Dispatcher {
+            engine,
+            metrics,
+            consumer,
+            reclaim_after,
+            wake,
+        }
+    }
+
+    /// Claims and dispatches events until `shutdown`. A batch being dispatched is finished
+    /// first (each event is one engine step, so stopping between two loses nothing).
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(consumer = %self.consumer, "webhook dispatcher started");
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let claimed = tokio::select! {
+                r = self.engine.claim_events(&self.consumer, CLAIM_BATCH, CLAIM_WAIT, self.reclaim_after) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            let result = match claimed {
+                Ok(entries) if entries.is_empty() => Ok(()),
+                Ok(entries) => self.dispatch(entries).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    Metrics::inc(&self.metrics.webhook_dispatch_errors);
+                    tracing::warn!(error = %e, "webhook dispatcher: engine call failed; unacknowledged events are claimed again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        tracing::info!("webhook dispatcher stopped");
+    }
+
+    async fn dispatch(&self, entries: Vec<LogEntry>) -> Result<(), crate::engine::EngineError> {
+        let endpoints = self.engine.endpoints().await?;
+        for entry in entries {
+            let id = match entry.id() {
+                Ok(id) => id,
+                Err(e) => {
+                    // Engines only hand out entries with stream ids; nothing to acknowledge.
+                    tracing::warn!(error = %e, "webhook dispatcher: entry without a valid id skipped");
+                    continue;
+                }
+            };
+            let deliveries = match &entry {
+                LogEntry::Event(event) => deliveries_for(event, &endpoints, now_millis()),
+                LogEntry::Malformed(bad) => {
+                    // Acknowledged with no delivery; kept aside (idempotently: the tail of a
+                    // push node may have done it already).
+                    if let Err(e) = self.engine.set_aside(bad).await {
+                        tracing::warn!(error = %e, entry_id = %bad.entry_id, "could not set the malformed entry aside");
+                    }
+                    Vec::new()
+                }
+            };
+            self.engine.create_deliveries(id, &deliveries).await?;
+            Metrics::inc(&self.metrics.webhook_events_dispatched);
+            if !deliveries.is_empty() {
+                Metrics::add(
+                    &self.metrics.webhook_deliveries_created,
+                    deliveries.len() as u64,
+                );
+                self.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The deliveries of one event: one per enabled endpoint that may see it and wants its type.
+/// The body is built once and shared by all of them.
+pub fn deliveries_for(event: &LoggedEvent, endpoints: &[Endpoint], now_ms: u64) -> Vec<Delivery> {
+    let mut matching = endpoints.iter().filter(|e| wants(e, event)).peekable();
+    if matching.peek().is_none() {
+        return Vec::new();
+    }
+    let body = body(event);
+    matching
+        .map(|endpoint| Delivery {
+            id: delivery_id(&event.event_id, &endpoint.id),
+            endpoint_id: endpoint.id.clone(),
+            partner_id: endpoint.partner_id.clone(),
+            event_id: event.event_id.clone(),
+            event_type: event.event.event_type.clone(),
+            body: body.clone(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            next_attempt_at_ms: Some(now_ms),
+            last_status_code: None,
+        })
+        .collect()
+}
+
+/// Whether `endpoint` receives `event`: enabled, allowed to see the order (a partner's
+/// endpoint only its partnerId's orders; an endpoint without partnerId every order), and
+/// subscribed to the event type.
+pub fn wants(endpoint: &Endpoint, event: &LoggedEvent) -> bool {
+    endpoint.enabled
+        && endpoint
+            .partner_id
+            .as_deref()
+            .is_none_or(|own| event.event.partner_id.as_deref() == Some(own))
+        && type_matches(&endpoint.event_types, &event.event.event_type)
+}
+
+/// `[]` and `*` match everything; `order.*` every type that starts with `order.`.
+pub fn type_matches(patterns: &[String], event_type: &str) -> bool {
+    patterns.is_empty()
+        || patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => event_type.starts_with(prefix),
+            None => p == event_type,
+        })
+}
+
+/// `{"type", "timestamp", "data": <the event with eventId>}`.
+pub fn body(event: &LoggedEvent) -> String {
+    serde_json::json!({
+        "type": event.event.event_type,
+        "timestamp": event.event.occurred_at,
+        "data": event,
+    })
+    .to_string()
+}
+
+/// `msg_` + 32 hex digits of SHA-256(event id, endpoint id): the same for a redelivered event.
+pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
+    let digest = Sha256::digest(format!("{event_id}\n{endpoint_id}"));
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{OrderEvent, OrderStatus};
+
+    fn event(partner: Option<&str>, status: OrderStatus) -> LoggedEvent {
+        LoggedEvent {
+            event_id: "1700000000000-3".into(),
+            event: OrderEvent {
+                event_type: status.event_type(),
+                order_id: "o-1".into(),
+                customer_id: "c-1".into(),
+                partner_id: partner.map(String::from),
+                status,
+                previous_status: None,
+                version: 1,
+                occurred_at: "2026-01-01T00:00:00.000Z".into(),
+                data: None,
+            },
+        }
+    }
+
+    fn endpoint(id: &str, partner: Option<&str>, types: &[&str]) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            partner_id: partner.map(String::from),
+            url: "https://example.com/hook".into(),
+            description: None,
+            event_types: types.iter().map(|t| t.to_string()).collect(),
+            enabled: true,
+            disabled_reason: None,
+            rate_limit_per_second: None,
+            max_in_flight: None,
+            secrets: Vec::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            failing_since_ms: None,
+        }
+    }
+
+    #[test]
+    fn partner_endpoints_get_only_their_partners_events_and_admin_endpoints_all() {
+        let acme = endpoint("ep_a", Some("acme"), &[]);
+        let all = endpoint("ep_all", None, &[]);
+        assert!(wants(&acme, &event(Some("acme"), OrderStatus::Accepted)));
+        assert!(!wants(&acme, &event(Some("globex"), OrderStatus::Accepted)));
+        assert!(!wants(&acme, &event(None, OrderStatus::Accepted)));
+        assert!(wants(&all, &event(Some("globex"), OrderStatus::Accepted)));
+        assert!(wants(&all, &event(None, OrderStatus::Accepted)));
+        let mut off = endpoint("ep_off", None, &[]);
+        off.enabled = false;
+        assert!(!wants(&off, &event(None, OrderStatus::Accepted)));
+    }
+
+    #[test]
+    fn event_types_match_exactly_or_by_wildcard() {
+        let t = |p: &[&str], ty: &str| {
+            type_matches(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ty)
+        };
+        assert!(t(&[], "order.shipped"));
+        assert!(t(&["order.*"], "order.shipped"));
+        assert!(t(&["*"], "order.shipped"));
+        assert!(t(&["order.shipped"], "order.shipped"));
+        assert!(!t(&["order.delivered"], "order.shipped"));
+    }
+
+    #[test]
+    fn deliveries_share_one_body_and_ids_are_stable_per_event_and_endpoint() {
+        let e = event(Some("acme"), OrderStatus::Confirmed);
+        let eps = [
+            endpoint("ep_a", Some("acme"), &["order.*"]),
+            endpoint("ep_b", None, &["order.confirmed"]),
+            endpoint("ep_c", Some("globex"), &[]),
+        ];
+        let ds = deliveries_for(&e, &eps, 42);
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds[0].body, ds[1].body);
+        assert_eq!(ds[0].next_attempt_at_ms, Some(42));
+        assert_eq!(ds[0].id, delivery_id("1700000000000-3", "ep_a"));
+        assert_ne!(ds[0].id, ds[1].id);
+        assert!(ds[0].id.starts_with("msg_") && ds[0].id.len() == 36);
+        let body: serde_json::Value = serde_json::from_str(&ds[0].body).unwrap();
+        assert_eq!(body["type"], "order.confirmed");
+        assert_eq!(body["timestamp"], "2026-01-01T00:00:00.000Z");
+        assert_eq!(body["data"]["eventId"], "1700000000000-3");
+        assert_eq!(body["data"]["orderId"], "o-1");
+    }
+}

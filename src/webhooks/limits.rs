@@ -1,0 +1,121 @@
+//! Per-endpoint limits on this node: attempts in flight at once (a semaphore) and attempts
+//! started per second (a token bucket). A delivery that cannot start now is told how long to
+//! wait, and the sender puts it back on the schedule without counting an attempt, so a slow
+//! or dead endpoint holds at most its own `max_in_flight` tasks and never anyone else's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a delivery waits when its endpoint has every in-flight slot taken.
+pub const BUSY_RETRY: Duration = Duration::from_millis(250);
+
+/// The limits of one endpoint.
+pub struct EndpointLimiter {
+    max_in_flight: u32,
+    rate_per_second: u32,
+    in_flight: Arc<Semaphore>,
+    /// Tokens available and when they were last counted. `std::sync::Mutex`: held for a few
+    /// arithmetic operations, never across an `.await`.
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl EndpointLimiter {
+    fn new(max_in_flight: u32, rate_per_second: u32) -> EndpointLimiter {
+        EndpointLimiter {
+            max_in_flight,
+            rate_per_second,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1) as usize)),
+            bucket: Mutex::new((f64::from(rate_per_second), Instant::now())),
+        }
+    }
+
+    /// A permit to attempt now (held until the attempt ends), or how long to wait.
+    pub fn try_start(&self) -> Result<OwnedSemaphorePermit, Duration> {
+        let permit = self
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| BUSY_RETRY)?;
+        if self.rate_per_second > 0 {
+            let rate = f64::from(self.rate_per_second);
+            let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let (tokens, last) = *bucket;
+            let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
+            if tokens < 1.0 {
+                *bucket = (tokens, now);
+                return Err(
+                    Duration::from_secs_f64((1.0 - tokens) / rate).max(Duration::from_millis(5))
+                );
+            }
+            *bucket = (tokens - 1.0, now);
+        }
+        Ok(permit)
+    }
+}
+
+/// The limiters of every endpoint this node has sent to, rebuilt when an endpoint's limits
+/// change (attempts holding permits of the old one finish undisturbed).
+#[derive(Default)]
+pub struct Limiters {
+    by_endpoint: Mutex<HashMap<String, Arc<EndpointLimiter>>>,
+}
+
+impl Limiters {
+    pub fn get(&self, endpoint_id: &str, max_in_flight: u32, rate: u32) -> Arc<EndpointLimiter> {
+        let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = map.get(endpoint_id)
+            && l.max_in_flight == max_in_flight
+            && l.rate_per_second == rate
+        {
+            return l.clone();
+        }
+        let limiter = Arc::new(EndpointLimiter::new(max_in_flight, rate));
+        map.insert(endpoint_id.to_string(), limiter.clone());
+        limiter
+    }
+
+    pub fn forget(&self, endpoint_id: &str) {
+        let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(endpoint_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_limit_refuses_the_extra_attempt_until_one_ends() {
+        let limiters = Limiters::default();
+        let l = limiters.get("ep", 2, 0);
+        let a = l.try_start().unwrap();
+        let _b = l.try_start().unwrap();
+        assert_eq!(l.try_start().unwrap_err(), BUSY_RETRY);
+        drop(a);
+        assert!(l.try_start().is_ok());
+    }
+
+    #[test]
+    fn rate_limit_allows_a_burst_of_its_size_then_says_how_long_to_wait() {
+        let l = Limiters::default().get("ep", 100, 10);
+        for _ in 0..10 {
+            drop(l.try_start().unwrap());
+        }
+        let wait = l.try_start().unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn changed_limits_build_a_new_limiter() {
+        let limiters = Limiters::default();
+        let a = limiters.get("ep", 1, 0);
+        assert!(Arc::ptr_eq(&a, &limiters.get("ep", 1, 0)));
+        assert!(!Arc::ptr_eq(&a, &limiters.get("ep", 2, 0)));
+    }
+}
