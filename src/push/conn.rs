@@ -31,6 +31,8 @@ pub enum Out {
     Event { prefix: Bytes, payload: Bytes },
     /// A protocol message, already serialised.
     Text(String),
+    /// A WebSocket-level ping (keepalive for clients that never speak on their own).
+    Ping,
 }
 
 impl Out {
@@ -38,6 +40,7 @@ impl Out {
         match self {
             Out::Event { prefix, payload } => prefix.len() + payload.len() + 1,
             Out::Text(text) => text.len(),
+            Out::Ping => 2,
         }
     }
 
@@ -56,6 +59,7 @@ impl Out {
                     .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
             }
             Out::Text(text) => text,
+            Out::Ping => String::new(),
         }
     }
 }

@@ -41,6 +41,8 @@ struct Sub {
     held: Option<Vec<Out>>,
     /// Set when the hold overflowed; the replay task reports it.
     overflowed: bool,
+    /// Events up to here are not delivered live (they were replayed, or the client has them).
+    floor: Option<EventId>,
 }
 
 #[derive(Default)]
@@ -74,6 +76,9 @@ pub struct Registration {
     pub projection: Arc<Projection>,
     /// Hold live events (a replay follows) instead of delivering them at once.
     pub catching_up: bool,
+    /// The client's cursor: live events at or before it are skipped (a cursor from another
+    /// node may be ahead of this node's position).
+    pub after: Option<EventId>,
 }
 
 impl Default for Hub {
@@ -124,6 +129,7 @@ impl Hub {
                 projection,
                 held: reg.catching_up.then(Vec::new),
                 overflowed: false,
+                floor: reg.after,
             },
         );
         Some((id, position))
@@ -180,6 +186,7 @@ impl Hub {
     /// Delivers one event to every matching subscription. Called by the tail, in log order.
     pub fn dispatch(&self, event: &LoggedEvent) {
         let id = event.event_id.parse::<EventId>().ok();
+        let event_id = id.unwrap_or(EventId::ZERO);
         let mut index = self.lock();
         if let Some(id) = id {
             if index.position.is_some_and(|p| id <= p) {
@@ -208,7 +215,10 @@ impl Hub {
                 let Some(sub) = subs.get_mut(sub_id) else {
                     continue;
                 };
-                if sub.conn.is_closed() || !sub.filter.matches(event) {
+                if sub.conn.is_closed()
+                    || sub.floor.is_some_and(|floor| event_id <= floor)
+                    || !sub.filter.matches(event)
+                {
                     continue;
                 }
                 let ptr = Arc::as_ptr(&sub.projection);
@@ -320,5 +330,213 @@ impl EventSink for Hub {
 
     fn publish(&self, event: Arc<LoggedEvent>) {
         self.dispatch(&event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graphql::{DocumentLimits, GraphqlRequest, GraphqlSchema, Operation};
+    use crate::model::{OrderEvent, OrderStatus};
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    fn spec(query: &str) -> (EventFilter, Arc<Projection>) {
+        let schema = GraphqlSchema::load().unwrap();
+        let request = GraphqlRequest {
+            query: query.into(),
+            ..GraphqlRequest::default()
+        };
+        match schema.prepare(&request, &DocumentLimits::default()) {
+            Ok(Operation::Subscription(s)) => (s.filter, s.projection),
+            _ => panic!("not a subscription"),
+        }
+    }
+
+    fn event(id: &str, order: &str, version: u64) -> LoggedEvent {
+        LoggedEvent {
+            event_id: id.into(),
+            event: OrderEvent {
+                event_type: "order.confirmed".into(),
+                order_id: order.into(),
+                customer_id: "c-1".into(),
+                partner_id: None,
+                status: OrderStatus::Confirmed,
+                previous_status: Some(OrderStatus::Accepted),
+                version,
+                occurred_at: "2026-11-27T10:00:00Z".into(),
+                data: None,
+            },
+        }
+    }
+
+    fn subscribe(
+        hub: &Hub,
+        query: &str,
+        catching_up: bool,
+        after: Option<&str>,
+    ) -> (SubId, UnboundedReceiver<Out>) {
+        let (conn, rx) = ConnHandle::new(1 << 20);
+        let (filter, projection) = spec(query);
+        let (id, _) = hub
+            .register(
+                Registration {
+                    conn: Arc::new(conn),
+                    prefix: Bytes::from_static(b"{\"id\":\"1\",\"type\":\"next\",\"payload\":"),
+                    filter,
+                    projection,
+                    catching_up,
+                    after: after.map(|a| a.parse().unwrap()),
+                },
+                None,
+            )
+            .expect("started hub");
+        (id, rx)
+    }
+
+    fn received(rx: &mut UnboundedReceiver<Out>) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(serde_json::from_str(&m.into_text()).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn nothing_registers_before_the_tail_has_started() {
+        let hub = Hub::new();
+        let (conn, _rx) = ConnHandle::new(1024);
+        let (filter, projection) = spec("subscription { onOrderUpdated { version } }");
+        let reg = Registration {
+            conn: Arc::new(conn),
+            prefix: Bytes::new(),
+            filter,
+            projection,
+            catching_up: false,
+            after: None,
+        };
+        assert!(hub.register(reg, None).is_none());
+    }
+
+    #[test]
+    fn events_reach_matching_subscriptions_through_the_index_only() {
+        let hub = Hub::new();
+        hub.start(EventId::ZERO);
+        let (_, mut mine) = subscribe(
+            &hub,
+            "subscription { onOrderUpdated(orderId: \"o-1\") { version } }",
+            false,
+            None,
+        );
+        let (_, mut all) = subscribe(
+            &hub,
+            "subscription { onOrderUpdated { orderId } }",
+            false,
+            None,
+        );
+        hub.dispatch(&event("1-0", "o-2", 1));
+        hub.dispatch(&event("2-0", "o-1", 1));
+        let mine = received(&mut mine);
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0]["payload"]["data"]["onOrderUpdated"]["version"], 1);
+        assert_eq!(received(&mut all).len(), 2);
+        // A repeated (older) event is not dispatched twice.
+        hub.dispatch(&event("2-0", "o-1", 1));
+        assert_eq!(hub.stats.events_dispatched.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn each_event_is_rendered_once_per_distinct_selection_set() {
+        let hub = Hub::new();
+        hub.start(EventId::ZERO);
+        let mut receivers = Vec::new();
+        for _ in 0..5 {
+            receivers.push(
+                subscribe(
+                    &hub,
+                    "subscription { onOrderUpdated { version orderId } }",
+                    false,
+                    None,
+                )
+                .1,
+            );
+            // The same selection written with a fragment is the same selection set.
+            receivers.push(
+                subscribe(
+                    &hub,
+                    "subscription { onOrderUpdated { ...F } } fragment F on OrderEvent { version orderId }",
+                    false,
+                    None,
+                )
+                .1,
+            );
+        }
+        receivers.push(
+            subscribe(
+                &hub,
+                "subscription { onOrderUpdated { status } }",
+                false,
+                None,
+            )
+            .1,
+        );
+        hub.dispatch(&event("1-0", "o-1", 1));
+        assert_eq!(hub.stats.renders.load(Ordering::Relaxed), 2);
+        assert_eq!(hub.stats.deliveries.load(Ordering::Relaxed), 11);
+    }
+
+    #[test]
+    fn catching_up_holds_live_events_until_the_replay_is_done() {
+        let hub = Hub::new();
+        hub.start("5-0".parse().unwrap());
+        let (id, mut rx) = subscribe(
+            &hub,
+            "subscription { onOrderUpdated { version } }",
+            true,
+            Some("3-0"),
+        );
+        hub.dispatch(&event("6-0", "o-1", 6));
+        assert!(received(&mut rx).is_empty(), "held while replaying");
+        assert!(hub.go_live(id));
+        let got = received(&mut rx);
+        assert_eq!(got.len(), 1);
+        hub.dispatch(&event("7-0", "o-1", 7));
+        assert_eq!(received(&mut rx).len(), 1);
+    }
+
+    #[test]
+    fn a_cursor_ahead_of_this_node_skips_what_the_client_already_has() {
+        let hub = Hub::new();
+        hub.start("5-0".parse().unwrap());
+        let (_, mut rx) = subscribe(
+            &hub,
+            "subscription { onOrderUpdated { version } }",
+            false,
+            Some("7-0"),
+        );
+        hub.dispatch(&event("6-0", "o-1", 6));
+        hub.dispatch(&event("7-0", "o-1", 7));
+        hub.dispatch(&event("8-0", "o-1", 8));
+        let got = received(&mut rx);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["payload"]["data"]["onOrderUpdated"]["version"], 8);
+    }
+
+    #[test]
+    fn removed_subscriptions_and_their_selection_sets_are_gone() {
+        let hub = Hub::new();
+        hub.start(EventId::ZERO);
+        let (id, mut rx) = subscribe(
+            &hub,
+            "subscription { onOrderUpdated { version } }",
+            false,
+            None,
+        );
+        hub.remove(id);
+        hub.remove(id);
+        hub.dispatch(&event("1-0", "o-1", 1));
+        assert!(received(&mut rx).is_empty());
+        assert_eq!(hub.subscription_count(), 0);
+        assert!(hub.lock().projections.is_empty());
+        assert!(hub.lock().by_key.is_empty());
     }
 }

@@ -343,6 +343,7 @@ async fn start(
         filter: filter.clone(),
         projection: projection.clone(),
         catching_up: after.is_some(),
+        after,
     };
     let ack = dialect.ack(&id).map(Out::Text);
     let Some((hub_id, position)) = state.hub.register(registration, ack) else {
@@ -548,7 +549,7 @@ pub async fn run(
                         }
                         // AppSync clients never send anything on their own: a WebSocket ping
                         // (answered by every client library) shows the peer is alive.
-                        conn.push(Out::Text(String::new()));
+                        conn.push(Out::Ping);
                     }
                 }
             }
@@ -581,8 +582,7 @@ async fn write_batch(
     while let Some(out) = next.take() {
         let cost = super::conn::cost(&out);
         let message = match out {
-            // The empty text is the keepalive marker for a WebSocket-level ping.
-            Out::Text(text) if text.is_empty() => Message::Ping(Bytes::new()),
+            Out::Ping => Message::Ping(Bytes::new()),
             out => Message::text(out.into_text()),
         };
         ws.feed(message).await?;
