@@ -6,9 +6,10 @@
 //! 4008 instead (a slow consumer is cut off, with a reason, before it costs memory).
 
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// Close codes Herald uses besides the protocols' own (README, "Subscriptions").
 pub mod close {
@@ -65,7 +66,11 @@ impl Out {
 }
 
 pub struct ConnHandle {
-    tx: mpsc::UnboundedSender<Out>,
+    /// A plain deque, not a channel: an idle connection's empty queue allocates nothing
+    /// (a tokio channel allocates a block of slots up front, ~2 KiB per connection).
+    queue: Mutex<VecDeque<Out>>,
+    /// Woken when the queue gets something (a stored permit, so no wake-up is lost).
+    pub ready: Notify,
     queued: AtomicUsize,
     limit: usize,
     closed: AtomicBool,
@@ -77,20 +82,26 @@ pub struct ConnHandle {
 }
 
 impl ConnHandle {
-    pub fn new(limit: usize) -> (ConnHandle, mpsc::UnboundedReceiver<Out>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            ConnHandle {
-                tx,
-                queued: AtomicUsize::new(0),
-                limit,
-                closed: AtomicBool::new(false),
-                close_frame: Mutex::new(None),
-                kill: Notify::new(),
-                drained: Notify::new(),
-            },
-            rx,
-        )
+    pub fn new(limit: usize) -> ConnHandle {
+        ConnHandle {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            queued: AtomicUsize::new(0),
+            limit,
+            closed: AtomicBool::new(false),
+            close_frame: Mutex::new(None),
+            kill: Notify::new(),
+            drained: Notify::new(),
+        }
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Out>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Everything queued so far, in order (the writer's next batch).
+    pub fn take_batch(&self) -> VecDeque<Out> {
+        std::mem::take(&mut *self.lock_queue())
     }
 
     /// Queues a message. `false` when this push made the connection a slow consumer (it is
@@ -109,9 +120,8 @@ impl ConnHandle {
             );
             return false;
         }
-        if self.tx.send(out).is_err() {
-            self.queued.fetch_sub(cost, Ordering::AcqRel);
-        }
+        self.lock_queue().push_back(out);
+        self.ready.notify_one();
         true
     }
 
@@ -181,29 +191,29 @@ mod tests {
 
     #[test]
     fn a_full_queue_closes_the_connection_as_slow_consumer() {
-        let (conn, mut rx) = ConnHandle::new(100);
+        let conn = ConnHandle::new(100);
         assert!(conn.push(Out::Text("x".repeat(60))));
         assert!(!conn.push(Out::Text("y".repeat(60))));
         assert!(conn.is_closed());
         assert_eq!(conn.close_frame().map(|f| f.0), Some(close::SLOW_CONSUMER));
         // The first message is still there; the refused one is not.
-        assert!(rx.try_recv().is_ok());
-        assert!(rx.try_recv().is_err());
+        assert_eq!(conn.take_batch().len(), 1);
     }
 
     #[test]
     fn one_message_larger_than_the_limit_still_passes_an_empty_queue() {
-        let (conn, _rx) = ConnHandle::new(10);
+        let conn = ConnHandle::new(10);
         assert!(conn.push(Out::Text("z".repeat(50))));
         assert!(!conn.is_closed());
     }
 
     #[test]
     fn written_messages_make_room_again() {
-        let (conn, mut rx) = ConnHandle::new(100);
+        let conn = ConnHandle::new(100);
         assert!(conn.push(Out::Text("x".repeat(60))));
-        let out = rx.try_recv().unwrap();
-        conn.written(cost(&out));
+        for out in conn.take_batch() {
+            conn.written(cost(&out));
+        }
         assert!(conn.push(Out::Text("y".repeat(60))));
         assert!(!conn.is_closed());
     }

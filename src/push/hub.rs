@@ -338,7 +338,6 @@ mod tests {
     use super::*;
     use crate::graphql::{DocumentLimits, GraphqlRequest, GraphqlSchema, Operation};
     use crate::model::{OrderEvent, OrderStatus};
-    use tokio::sync::mpsc::UnboundedReceiver;
 
     fn spec(query: &str) -> (EventFilter, Arc<Projection>) {
         let schema = GraphqlSchema::load().unwrap();
@@ -374,13 +373,13 @@ mod tests {
         query: &str,
         catching_up: bool,
         after: Option<&str>,
-    ) -> (SubId, UnboundedReceiver<Out>) {
-        let (conn, rx) = ConnHandle::new(1 << 20);
+    ) -> (SubId, Arc<ConnHandle>) {
+        let conn = Arc::new(ConnHandle::new(1 << 20));
         let (filter, projection) = spec(query);
         let (id, _) = hub
             .register(
                 Registration {
-                    conn: Arc::new(conn),
+                    conn: conn.clone(),
                     prefix: Bytes::from_static(b"{\"id\":\"1\",\"type\":\"next\",\"payload\":"),
                     filter,
                     projection,
@@ -390,21 +389,20 @@ mod tests {
                 None,
             )
             .expect("started hub");
-        (id, rx)
+        (id, conn)
     }
 
-    fn received(rx: &mut UnboundedReceiver<Out>) -> Vec<serde_json::Value> {
-        let mut out = Vec::new();
-        while let Ok(m) = rx.try_recv() {
-            out.push(serde_json::from_str(&m.into_text()).unwrap());
-        }
-        out
+    fn received(conn: &mut Arc<ConnHandle>) -> Vec<serde_json::Value> {
+        conn.take_batch()
+            .into_iter()
+            .map(|m| serde_json::from_str(&m.into_text()).unwrap())
+            .collect()
     }
 
     #[test]
     fn nothing_registers_before_the_tail_has_started() {
         let hub = Hub::new();
-        let (conn, _rx) = ConnHandle::new(1024);
+        let conn = ConnHandle::new(1024);
         let (filter, projection) = spec("subscription { onOrderUpdated { version } }");
         let reg = Registration {
             conn: Arc::new(conn),

@@ -468,8 +468,7 @@ pub async fn run(
     principal: Option<Principal>,
 ) {
     let config = state.app.config.push.clone();
-    let (conn, mut rx) = ConnHandle::new(config.outbound_queue_bytes);
-    let conn = Arc::new(conn);
+    let conn = Arc::new(ConnHandle::new(config.outbound_queue_bytes));
     let mut session = Session {
         state: state.clone(),
         conn: conn.clone(),
@@ -498,8 +497,8 @@ pub async fn run(
                 conn.close(close::SERVICE_RESTART, "server shutting down; reconnect");
                 break;
             }
-            Some(out) = rx.recv() => {
-                let write = write_batch(&mut ws, &conn, &mut rx, out);
+            _ = conn.ready.notified() => {
+                let write = write_batch(&mut ws, &conn);
                 tokio::select! {
                     result = write => if result.is_err() { break 'conn },
                     _ = conn.kill.notified() => break 'conn,
@@ -570,16 +569,16 @@ pub async fn run(
     }
 }
 
-/// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+/// Writes everything queued (feed each message), then flushes once.
 async fn write_batch(
     ws: &mut Socket,
     conn: &ConnHandle,
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Out>,
-    first: Out,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let mut next = Some(first);
-    let mut n = 0;
-    while let Some(out) = next.take() {
+    let batch = conn.take_batch();
+    if batch.is_empty() {
+        return Ok(());
+    }
+    for out in batch {
         let cost = super::conn::cost(&out);
         let message = match out {
             Out::Ping => Message::Ping(Bytes::new()),
@@ -587,10 +586,6 @@ async fn write_batch(
         };
         ws.feed(message).await?;
         conn.written(cost);
-        n += 1;
-        if n < 256 {
-            next = rx.try_recv().ok();
-        }
     }
     ws.flush().await?;
     conn.wrote_batch();

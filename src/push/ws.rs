@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 /// Per-socket buffers: small, so an idle connection costs a few KiB (tungstenite's default
 /// read buffer is 128 KiB).
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 8 * 1024;
 
 pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> Response {
