@@ -362,6 +362,13 @@ async fn gone_disables_the_endpoint_until_it_is_enabled_again(kind: Kind) {
     let sink = Sink::start().await;
     sink.answer("/gone", Answer::Status(410));
     let s = start(kind, "");
+    // An operations endpoint that wants only the operational notices.
+    create_endpoint(
+        &s,
+        ADMIN_KEY,
+        json!({"url": sink.url("/ops"), "eventTypes": ["endpoint.*"]}),
+    )
+    .await;
     let ep = create_endpoint(
         &s,
         ADMIN_KEY,
@@ -382,6 +389,13 @@ async fn gone_disables_the_endpoint_until_it_is_enabled_again(kind: Kind) {
     );
     assert_eq!(s.metric("herald_webhook_endpoints_disabled_total").await, 1);
     assert!(s.herald.logs().contains("endpoint.disabled"));
+    // The `endpoint.disabled` notice reaches the operations endpoint, signed like any delivery.
+    let notice = sink.wait_for("/ops", 1).await;
+    let body: Value = serde_json::from_str(&notice[0].body).unwrap();
+    assert_eq!(body["type"], "endpoint.disabled");
+    assert_eq!(body["data"]["endpointId"], ep["id"]);
+    assert!(body["data"]["reason"].as_str().unwrap().contains("410"));
+    assert!(notice[0].headers.contains_key("webhook-signature"));
     // Disabled: later events make no request.
     order(&s, ADMIN_KEY, "gone-2").await;
     tokio::time::sleep(Duration::from_millis(500)).await;

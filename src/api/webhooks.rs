@@ -183,6 +183,8 @@ impl Fields {
             let known = item.as_str().filter(|t| {
                 *t == "*"
                     || *t == "order.*"
+                    || *t == "endpoint.*"
+                    || *t == "endpoint.disabled"
                     || t.strip_prefix("order.")
                         .is_some_and(|s| s.parse::<OrderStatus>().is_ok() && *s == s.to_lowercase())
             });
@@ -190,7 +192,7 @@ impl Fields {
                 Some(t) => out.push(t.to_string()),
                 None => self.error(
                     &format!("eventTypes/{i}"),
-                    "must be `order.<status>` (e.g. `order.shipped`), `order.*` or `*`",
+                    "must be `order.<status>` (e.g. `order.shipped`), `order.*`, `endpoint.disabled`, `endpoint.*` or `*`",
                 ),
             }
         }

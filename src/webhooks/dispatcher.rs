@@ -173,6 +173,60 @@ pub fn body(event: &LoggedEvent) -> String {
     .to_string()
 }
 
+/// The `endpoint.disabled` notice, an operational webhook in the manner of Svix's: when an
+/// endpoint is disabled (410 Gone, or failing for `disable_after`), the owner's other enabled
+/// endpoints that want `endpoint.disabled` (no `eventTypes`, `*`, `endpoint.*` or the exact
+/// type) and the admin endpoints receive `{"type":"endpoint.disabled","timestamp","data":
+/// {endpointId, partnerId, url, reason, disabledAt}}`, signed and retried like any delivery.
+/// It is not an order event, so it is not on the event log.
+pub fn disabled_notice(
+    disabled: &Endpoint,
+    reason: &str,
+    endpoints: &[Endpoint],
+    now_ms: u64,
+) -> Vec<Delivery> {
+    const TYPE: &str = "endpoint.disabled";
+    let at = crate::model::now_rfc3339();
+    let notice_id = format!("{TYPE}:{}:{now_ms}", disabled.id);
+    let body = serde_json::json!({
+        "type": TYPE,
+        "timestamp": at,
+        "data": {
+            "endpointId": disabled.id,
+            "partnerId": disabled.partner_id,
+            "url": disabled.url,
+            "reason": reason,
+            "disabledAt": at,
+        },
+    })
+    .to_string();
+    endpoints
+        .iter()
+        .filter(|e| {
+            e.enabled
+                && e.id != disabled.id
+                && e.partner_id
+                    .as_deref()
+                    .is_none_or(|own| disabled.partner_id.as_deref() == Some(own))
+                && type_matches(&e.event_types, TYPE)
+        })
+        .map(|endpoint| Delivery {
+            id: delivery_id(&notice_id, &endpoint.id),
+            endpoint_id: endpoint.id.clone(),
+            partner_id: endpoint.partner_id.clone(),
+            event_id: notice_id.clone(),
+            event_type: TYPE.to_string(),
+            body: body.clone(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            next_attempt_at_ms: Some(now_ms),
+            last_status_code: None,
+        })
+        .collect()
+}
+
 /// `msg_` + 32 hex digits of SHA-256(event id, endpoint id): the same for a redelivered event.
 pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
     let digest = Sha256::digest(format!("{event_id}\n{endpoint_id}"));
@@ -218,6 +272,26 @@ mod tests {
             updated_at_ms: 0,
             failing_since_ms: None,
         }
+    }
+
+    #[test]
+    fn disabled_notice_goes_to_the_owners_other_endpoints_and_admin_endpoints_only() {
+        let gone = endpoint("ep_gone", Some("acme"), &[]);
+        let endpoints = vec![
+            gone.clone(),
+            endpoint("ep_acme_ops", Some("acme"), &["endpoint.*"]),
+            endpoint("ep_acme_orders", Some("acme"), &["order.*"]),
+            endpoint("ep_globex", Some("globex"), &[]),
+            endpoint("ep_admin", None, &[]),
+        ];
+        let notices = disabled_notice(&gone, "410 Gone", &endpoints, 42);
+        let to: Vec<&str> = notices.iter().map(|d| d.endpoint_id.as_str()).collect();
+        assert_eq!(to, ["ep_acme_ops", "ep_admin"]);
+        let body: serde_json::Value = serde_json::from_str(&notices[0].body).unwrap();
+        assert_eq!(body["type"], "endpoint.disabled");
+        assert_eq!(body["data"]["endpointId"], "ep_gone");
+        assert_eq!(body["data"]["reason"], "410 Gone");
+        assert_ne!(notices[0].id, notices[1].id);
     }
 
     #[test]

@@ -330,13 +330,40 @@ impl Sender {
         tracing::debug!(delivery_id = %delivery.id, endpoint_id = %endpoint.id, attempt = attempt.number,
             status = ?attempt.status_code, ?outcome, "webhook attempt");
         if let EndpointHealth::Disabled { reason } = health {
-            // The `endpoint.disabled` notice: not an order event, so not on the event log;
-            // the reason is on the endpoint (`disabledReason`).
+            // The reason stays on the endpoint (`disabledReason`); the `endpoint.disabled`
+            // notice goes to the owner's other endpoints and the admin endpoints.
             Metrics::inc(&self.metrics.webhook_endpoints_disabled);
             tracing::warn!(notice = "endpoint.disabled", endpoint_id = %endpoint.id,
                 partner_id = endpoint.partner_id.as_deref().unwrap_or(""), %reason,
                 "webhook endpoint disabled");
             self.limiters.forget(&endpoint.id);
+            self.announce_disabled(endpoint, &reason).await;
+        }
+    }
+
+    async fn announce_disabled(&self, endpoint: &Endpoint, reason: &str) {
+        let notices = match self.engine.endpoints().await {
+            Ok(all) => {
+                crate::webhooks::dispatcher::disabled_notice(endpoint, reason, &all, now_millis())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, endpoint_id = %endpoint.id, "endpoint.disabled notice not sent: engine unavailable");
+                return;
+            }
+        };
+        if notices.is_empty() {
+            return;
+        }
+        // No log entry stands behind a notice: acknowledging the zero id is a no-op.
+        match self
+            .engine
+            .create_deliveries(crate::model::EventId::ZERO, &notices)
+            .await
+        {
+            Ok(()) => self.wake.notify_one(),
+            Err(e) => {
+                tracing::warn!(error = %e, endpoint_id = %endpoint.id, "endpoint.disabled notice not sent: engine unavailable");
+            }
         }
     }
 
