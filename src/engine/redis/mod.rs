@@ -41,6 +41,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The consumer group all workers share.
 const GROUP: &str = "workers";
 
+/// The consumer groups Herald reads: the command queue's workers and the webhook dispatchers.
+#[derive(Debug, Clone, Copy)]
+enum Group {
+    Commands,
+    Dispatch,
+}
+
 /// `queue_stats` counts at most this many expired in-flight commands (the rest still count as
 /// in flight): the figure stays cheap however large the backlog.
 const STATS_EXPIRED_SCAN: usize = 10_000;
@@ -334,11 +341,11 @@ impl RedisEngine {
             .await
             .with_context(|| format!("Redis at {shown}"))?;
         engine
-            .create_group()
+            .create_group(Group::Commands)
             .await
             .with_context(|| format!("creating the command consumer group on {shown}"))?;
         engine
-            .create_dispatch_group()
+            .create_group(Group::Dispatch)
             .await
             .with_context(|| format!("creating the webhook dispatch group on {shown}"))?;
         Ok(engine)
@@ -367,32 +374,87 @@ impl RedisEngine {
         Ok(())
     }
 
+    /// The stream, group name and starting id of one of Herald's consumer groups.
+    fn group_spec(&self, group: Group) -> (&str, &'static str, &'static str) {
+        match group {
+            // The command queue starts at the beginning: every command is work.
+            Group::Commands => (&self.keys.commands, GROUP, "0"),
+            // Webhook dispatch starts at the log's end when created: history before the first
+            // start (or before a recreation) is not delivered.
+            Group::Dispatch => (
+                &self.keys.events,
+                crate::engine::webhook::DISPATCH_GROUP,
+                "$",
+            ),
+        }
+    }
+
     /// `XGROUP CREATE .. MKSTREAM`; an existing group is fine.
-    async fn create_group(&self) -> EngineResult<()> {
+    async fn create_group(&self, group: Group) -> EngineResult<()> {
+        let (stream, name, start) = self.group_spec(group);
         let result: RedisResult<Value> = self
             .query(
                 "XGROUP CREATE",
                 ::redis::cmd("XGROUP")
                     .arg("CREATE")
-                    .arg(&self.keys.commands)
-                    .arg(GROUP)
-                    .arg("0")
+                    .arg(stream)
+                    .arg(name)
+                    .arg(start)
                     .arg("MKSTREAM"),
             )
             .await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if is_busygroup(&e) => Ok(()),
-            Err(e) => Err(map_err("creating the consumer group", e)),
+            Err(e) => Err(map_err(&format!("creating the consumer group `{name}`"), e)),
         }
     }
 
-    /// Recreates the consumer group after Redis reported it missing (Redis restarted without
+    /// Recreates a consumer group after Redis reported it missing (Redis restarted without
     /// persistence, or an operator deleted it).
-    async fn recover_group(&self, e: &::redis::RedisError) -> EngineResult<()> {
-        tracing::warn!(error = %e, stream = %self.keys.commands,
-            "command consumer group is missing; creating it again");
-        self.create_group().await
+    async fn recover_group(&self, group: Group, e: &::redis::RedisError) -> EngineResult<()> {
+        let (stream, name, start) = self.group_spec(group);
+        tracing::warn!(error = %e, %stream, group = name, start,
+            "consumer group is missing; creating it again");
+        self.create_group(group).await
+    }
+
+    /// `XREADGROUP .. STREAMS <stream> >` on a dedicated connection, blocking up to `block`:
+    /// entries never handed out to any consumer of the group.
+    async fn read_group(
+        &self,
+        group: Group,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+        what: &str,
+    ) -> EngineResult<Vec<StreamEntry>> {
+        let (stream, name, _) = self.group_spec(group);
+        let mut cmd = ::redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(name)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count);
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
+        // BLOCK 0 would wait forever.
+        if block_ms > 0 {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS").arg(stream).arg(">");
+        let reply: Value = match self
+            .blocking
+            .query(what, &cmd, block, self.op_timeout)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) if is_nogroup(&e) => {
+                self.recover_group(group, &e).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(map_err(what, e)),
+        };
+        reply::read_entries(&reply)
     }
 
     /// One non-blocking command on the shared connection, bounded by the operation timeout.
@@ -471,7 +533,7 @@ impl RedisEngine {
         let reply = match self.eval("claiming expired commands", &invocation).await {
             Ok(reply) => reply,
             Err(e) if is_nogroup(&e) => {
-                self.recover_group(&e).await?;
+                self.recover_group(Group::Commands, &e).await?;
                 self.run_script("claiming expired commands", &invocation)
                     .await?
             }
@@ -510,34 +572,16 @@ impl RedisEngine {
         Ok((out, pending))
     }
 
-    /// `XREADGROUP .. STREAMS commands >` on a dedicated connection, blocking up to `block`.
+    /// New commands for this worker.
     async fn read_new(&self, count: usize, block: Duration) -> EngineResult<Vec<StreamEntry>> {
-        let mut cmd = ::redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.settings.consumer_name)
-            .arg("COUNT")
-            .arg(count);
-        let block_ms = block.as_millis();
-        if block_ms > 0 {
-            cmd.arg("BLOCK")
-                .arg(u64::try_from(block_ms).unwrap_or(u64::MAX));
-        }
-        cmd.arg("STREAMS").arg(&self.keys.commands).arg(">");
-        let what = "reading new commands";
-        let reply: Value = match self
-            .blocking
-            .query(what, &cmd, block, self.op_timeout)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) if is_nogroup(&e) => {
-                self.recover_group(&e).await?;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(map_err(what, e)),
-        };
-        reply::read_entries(&reply)
+        self.read_group(
+            Group::Commands,
+            &self.settings.consumer_name,
+            count,
+            block,
+            "reading new commands",
+        )
+        .await
     }
 
     /// Turns stream entries into received commands. An entry that does not decode cannot be

@@ -143,34 +143,6 @@ fn score_ms(value: &Value) -> Option<u64> {
 }
 
 impl RedisEngine {
-    /// `XGROUP CREATE events webhooks $ MKSTREAM`: the dispatch group starts at the log's
-    /// current end (the history before the first start is not delivered); an existing group
-    /// is fine.
-    pub(super) async fn create_dispatch_group(&self) -> EngineResult<()> {
-        let result: RedisResult<Value> = self
-            .query(
-                "XGROUP CREATE",
-                ::redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(&self.keys.events)
-                    .arg(DISPATCH_GROUP)
-                    .arg("$")
-                    .arg("MKSTREAM"),
-            )
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_busygroup(&e) => Ok(()),
-            Err(e) => Err(map_err("creating the webhook dispatch group", e)),
-        }
-    }
-
-    async fn recover_dispatch_group(&self, e: &::redis::RedisError) -> EngineResult<()> {
-        tracing::warn!(error = %e, stream = %self.keys.events,
-            "webhook dispatch group is missing; creating it again at the end of the log");
-        self.create_dispatch_group().await
-    }
-
     /// `XAUTOCLAIM`: entries handed out at least `reclaim_after` ago and never acknowledged.
     async fn reclaim_events(
         &self,
@@ -200,7 +172,7 @@ impl RedisEngine {
         {
             Ok(reply) => reply,
             Err(e) if is_nogroup(&e) => {
-                self.recover_dispatch_group(&e).await?;
+                self.recover_group(Group::Dispatch, &e).await?;
                 return Ok(Vec::new());
             }
             Err(e) => return Err(map_err(what, e)),
@@ -237,39 +209,22 @@ impl RedisEngine {
         Ok(out)
     }
 
-    /// `XREADGROUP .. STREAMS events >` on a blocking connection: entries never handed out.
+    /// Events never handed out to any node's dispatcher.
     async fn read_new_events(
         &self,
         consumer: &str,
         max: usize,
         block: Duration,
     ) -> EngineResult<Vec<LogEntry>> {
-        let mut cmd = ::redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(DISPATCH_GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(max);
-        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
-        // BLOCK 0 would wait forever.
-        if block_ms > 0 {
-            cmd.arg("BLOCK").arg(block_ms);
-        }
-        cmd.arg("STREAMS").arg(&self.keys.events).arg(">");
-        let what = "reading events for webhooks";
-        let reply: Value = match self
-            .blocking
-            .query(what, &cmd, block, self.op_timeout)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) if is_nogroup(&e) => {
-                self.recover_dispatch_group(&e).await?;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(map_err(what, e)),
-        };
-        Ok(reply::read_entries(&reply)?
+        Ok(self
+            .read_group(
+                Group::Dispatch,
+                consumer,
+                max,
+                block,
+                "reading events for webhooks",
+            )
+            .await?
             .into_iter()
             .map(log_entry)
             .collect())
