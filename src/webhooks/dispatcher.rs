@@ -125,21 +125,40 @@ pub fn deliveries_for(event: &LoggedEvent, endpoints: &[Endpoint], now_ms: u64) 
     }
     let body = body(event);
     matching
-        .map(|endpoint| Delivery {
-            id: delivery_id(&event.event_id, &endpoint.id),
-            endpoint_id: endpoint.id.clone(),
-            partner_id: endpoint.partner_id.clone(),
-            event_id: event.event_id.clone(),
-            event_type: event.event.event_type.clone(),
-            body: body.clone(),
-            state: DeliveryState::Pending,
-            attempts: 0,
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
-            next_attempt_at_ms: Some(now_ms),
-            last_status_code: None,
+        .map(|endpoint| {
+            new_delivery(
+                endpoint,
+                &event.event_id,
+                &event.event.event_type,
+                &body,
+                now_ms,
+            )
         })
         .collect()
+}
+
+/// A delivery of `body` to `endpoint`, due now; its id derives from (event id, endpoint id).
+fn new_delivery(
+    endpoint: &Endpoint,
+    event_id: &str,
+    event_type: &str,
+    body: &str,
+    now_ms: u64,
+) -> Delivery {
+    Delivery {
+        id: delivery_id(event_id, &endpoint.id),
+        endpoint_id: endpoint.id.clone(),
+        partner_id: endpoint.partner_id.clone(),
+        event_id: event_id.to_string(),
+        event_type: event_type.to_string(),
+        body: body.to_string(),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        next_attempt_at_ms: Some(now_ms),
+        last_status_code: None,
+    }
 }
 
 /// Whether `endpoint` receives `event`: enabled, allowed to see the order (a partner's
@@ -210,20 +229,7 @@ pub fn disabled_notice(
                     .is_none_or(|own| disabled.partner_id.as_deref() == Some(own))
                 && type_matches(&e.event_types, TYPE)
         })
-        .map(|endpoint| Delivery {
-            id: delivery_id(&notice_id, &endpoint.id),
-            endpoint_id: endpoint.id.clone(),
-            partner_id: endpoint.partner_id.clone(),
-            event_id: notice_id.clone(),
-            event_type: TYPE.to_string(),
-            body: body.clone(),
-            state: DeliveryState::Pending,
-            attempts: 0,
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
-            next_attempt_at_ms: Some(now_ms),
-            last_status_code: None,
-        })
+        .map(|endpoint| new_delivery(endpoint, &notice_id, TYPE, &body, now_ms))
         .collect()
 }
 
