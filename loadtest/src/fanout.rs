@@ -19,8 +19,8 @@
 //!   reading once subscribed. They count in no figure except "stalled": after the run they read
 //!   again to find out whether the server closed them (and with which close code).
 
-use crate::publish::{self, Sink};
-use crate::rate::{self, Pacer, Schedule, Step};
+use crate::publish::{self, Sink, Window};
+use crate::rate::{self, Schedule};
 use crate::stats::{self, LatencySummary, SharedHistogram, Table};
 use crate::sys;
 use crate::ws::{self, Endpoint, Protocol, SeqCheck, SeqTracker, ServerMsg, Topic, Ws};
@@ -154,7 +154,7 @@ pub enum Rate {
     Max,
 }
 
-fn parse_rate(s: &str) -> Result<Rate, String> {
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
     if s.eq_ignore_ascii_case("max") {
         return Ok(Rate::Max);
     }
@@ -165,7 +165,7 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
 }
 
 impl Rate {
-    fn describe(self) -> String {
+    pub fn describe(self) -> String {
         match self {
             Rate::PerSecond(r) => format!("{r} events/s"),
             Rate::Max => "max rate".into(),
@@ -181,19 +181,6 @@ pub fn is_stalled(i: u64, n: u64, count: u64) -> bool {
 
 fn stalled_count(n: u64, percent: f64) -> u64 {
     ((n as f64) * percent / 100.0).round().clamp(0.0, n as f64) as u64
-}
-
-/// The measured window, in wall-clock Unix nanoseconds (events carry wall-clock publish times).
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    warm_end: u64,
-    end: u64,
-}
-
-impl Window {
-    fn contains(&self, t: u64) -> bool {
-        t >= self.warm_end && t < self.end
-    }
 }
 
 /// Histogram shards: subscriber `i` records into shard `i % HIST_SHARDS`, so the worker
@@ -600,6 +587,7 @@ impl Publisher {
                 publish::order_index(seq, self.orders),
                 seq,
                 t,
+                "",
             ));
             let o = self.owed.for_seq(seq);
             owed += o;
@@ -644,27 +632,9 @@ async fn publish_open_loop(
     end: Instant,
 ) -> anyhow::Result<()> {
     let schedule = Schedule::new(t0, rate, end.duration_since(t0));
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
     let warm_end = t0 + Duration::from_nanos(p.window.warm_end - wall0);
-    let pacer = std::thread::Builder::new()
-        .name("pacer".into())
-        .spawn(move || {
-            sys::tighten_timer_slack();
-            let mut pacer = Pacer::new(schedule, CATCH_UP);
-            loop {
-                match pacer.poll(Instant::now()) {
-                    Step::WaitUntil(t) => rate::sleep_until_precise(t),
-                    Step::Send { k, due } => {
-                        if tx.send((k, due)).is_err() {
-                            break;
-                        }
-                    }
-                    Step::Done => break,
-                }
-            }
-            pacer
-        })
-        .context("starting the pacer thread")?;
+    let (mut rx, pacer) =
+        rate::spawn_pacer(schedule, CATCH_UP).context("starting the pacer thread")?;
     let lag = SharedHistogram::default();
     let mut due = Vec::with_capacity(OPEN_LOOP_BATCH);
     let mut events = Vec::with_capacity(OPEN_LOOP_BATCH);
@@ -1212,18 +1182,6 @@ mod tests {
             vec![1, 0, 1, 1, 1, 0, 1, 1]
         );
         assert!((owed.per_event() - 0.75).abs() < 1e-9);
-    }
-
-    #[test]
-    fn window_is_half_open() {
-        let w = Window {
-            warm_end: 10,
-            end: 20,
-        };
-        assert!(!w.contains(9));
-        assert!(w.contains(10));
-        assert!(w.contains(19));
-        assert!(!w.contains(20));
     }
 
     #[test]

@@ -7,8 +7,11 @@ mod intake;
 mod publish;
 mod rate;
 mod reference;
+mod signing;
+mod sink;
 mod stats;
 mod sys;
+mod webhooks;
 mod ws;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +50,15 @@ enum Scenario {
 
     /// Server memory per idle subscribed connection (VmRSS of --pid before and after)
     Idle(idle::IdleArgs),
+
+    /// Webhook deliveries to a built-in sink that verifies every signature: deliveries/s and
+    /// publish -> receive latency, or retry lateness
+    ///
+    /// The sink (HTTP/1.1 keep-alive on loopback) is registered at Herald with the admin key;
+    /// events go into Herald's Redis stream. `--mode throughput` (--rate R or max) or
+    /// `--mode lateness` (every first attempt answered 500; how late each retry arrives).
+    /// `--target reference`: the load tool posts signed bodies to the sink itself, the ceiling.
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Fanout(args) => fanout::run(args).await,
             Scenario::Reference(args) => reference::run(args).await,
             Scenario::Idle(args) => idle::run(args).await,
+            Scenario::Webhooks(args) => webhooks::run(args).await,
         }
     })
 }

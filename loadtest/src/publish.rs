@@ -22,14 +22,39 @@ pub fn order_index(seq: u64, orders: u64) -> u64 {
     seq % orders.max(1)
 }
 
+/// `occurredAt` for an event published at `t` (Unix nanoseconds): RFC 3339, microseconds.
+pub fn occurred_at(t: u64) -> String {
+    humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(t)).to_string()
+}
+
 /// The event entry of DESIGN 1.3, carrying the load generator's marks in `data`: `t` is the
-/// publish time (Unix nanoseconds; the intended one in open loop), `seq` the event's number.
-pub fn event_json(order: u64, seq: u64, t: u64) -> String {
-    let occurred_at = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(t));
+/// publish time (Unix nanoseconds; the intended one in open loop), `seq` the event's number,
+/// and `pad` (left out when empty) filler that brings the event to a chosen size.
+pub fn event_json(order: u64, seq: u64, t: u64, pad: &str) -> String {
+    let occurred_at = occurred_at(t);
+    let pad = if pad.is_empty() {
+        String::new()
+    } else {
+        format!(r#","pad":"{pad}""#)
+    };
     format!(
-        r#"{{"type":"order.confirmed","orderId":"lt-{order}","customerId":"lt-c","status":"confirmed","previousStatus":"accepted","version":{version},"occurredAt":"{occurred_at}","data":{{"t":{t},"seq":{seq}}}}}"#,
+        r#"{{"type":"order.confirmed","orderId":"lt-{order}","customerId":"lt-c","status":"confirmed","previousStatus":"accepted","version":{version},"occurredAt":"{occurred_at}","data":{{"t":{t},"seq":{seq}{pad}}}}}"#,
         version = seq + 1,
     )
+}
+
+/// A measured window in wall-clock Unix nanoseconds (events carry wall-clock publish times):
+/// `[warm_end, end)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub warm_end: u64,
+    pub end: u64,
+}
+
+impl Window {
+    pub fn contains(&self, t: u64) -> bool {
+        t >= self.warm_end && t < self.end
+    }
 }
 
 /// Where events go.
@@ -112,7 +137,7 @@ mod tests {
     #[test]
     fn event_is_a_design_event_with_marks_in_data() {
         let t = 1_700_000_000_123_456_789;
-        let v: Value = serde_json::from_str(&event_json(7, 41, t)).expect("json");
+        let v: Value = serde_json::from_str(&event_json(7, 41, t, "")).expect("json");
         assert_eq!(v["type"], "order.confirmed");
         assert_eq!(v["orderId"], "lt-7");
         assert_eq!(v["customerId"], "lt-c");
@@ -122,6 +147,30 @@ mod tests {
         assert_eq!(v["occurredAt"], "2023-11-14T22:13:20.123456Z");
         assert_eq!(v["data"]["t"].as_u64(), Some(t));
         assert_eq!(v["data"]["seq"], 41);
+        assert!(v["data"].get("pad").is_none());
+    }
+
+    #[test]
+    fn padding_goes_into_data_and_grows_the_event_by_its_length() {
+        let t = 1_700_000_000_123_456_789;
+        let plain = event_json(1, 2, t, "");
+        let padded = event_json(1, 2, t, &"x".repeat(500));
+        let v: Value = serde_json::from_str(&padded).expect("json");
+        assert_eq!(v["data"]["pad"].as_str().map(str::len), Some(500));
+        assert_eq!(v["data"]["t"].as_u64(), Some(t));
+        assert_eq!(padded.len(), plain.len() + 500 + r#","pad":"""#.len());
+    }
+
+    #[test]
+    fn window_is_half_open() {
+        let w = Window {
+            warm_end: 10,
+            end: 20,
+        };
+        assert!(!w.contains(9));
+        assert!(w.contains(10));
+        assert!(w.contains(19));
+        assert!(!w.contains(20));
     }
 
     #[test]

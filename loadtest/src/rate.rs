@@ -126,6 +126,39 @@ impl Pacer {
     }
 }
 
+/// Sends as they fall due: `(k, due)`.
+pub type DueSends = tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)>;
+
+/// Runs `Pacer::new(schedule, catch_up)` on its own thread (precise sleeps, tight timer
+/// slack) and hands out each send `(k, due)` on the channel as it falls due. The thread ends
+/// with the schedule (or when the receiver is dropped) and returns the pacer, for
+/// [`Pacer::missed_since`].
+pub fn spawn_pacer(
+    schedule: Schedule,
+    catch_up: Duration,
+) -> anyhow::Result<(DueSends, std::thread::JoinHandle<Pacer>)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new()
+        .name("pacer".into())
+        .spawn(move || {
+            crate::sys::tighten_timer_slack();
+            let mut pacer = Pacer::new(schedule, catch_up);
+            loop {
+                match pacer.poll(Instant::now()) {
+                    Step::WaitUntil(t) => sleep_until_precise(t),
+                    Step::Send { k, due } => {
+                        if tx.send((k, due)).is_err() {
+                            break;
+                        }
+                    }
+                    Step::Done => break,
+                }
+            }
+            pacer
+        })?;
+    Ok((rx, thread))
+}
+
 /// Sleeps on the OS timer (with minimal slack) until shortly before `t`, and yields for the
 /// rest: a plain sleep wakes some tens of microseconds late, which would count as latency.
 pub fn sleep_until_precise(t: Instant) {

@@ -519,7 +519,7 @@ mod tests {
 
     #[test]
     fn frames_are_the_dialects_event_messages_with_data_as_a_string() {
-        let event = crate::publish::event_json(3, 9, 123);
+        let event = crate::publish::event_json(3, 9, 123, "");
         let (order, frames) = frames_of(&event).expect("an event");
         assert_eq!(order, "lt-3");
         let v: Value = serde_json::from_str(frames.transport_ws.as_str()).expect("json");
@@ -628,7 +628,7 @@ mod tests {
         let (gone, gone_rx, _) = subscriber(8);
         drop(gone_rx);
         let mut subs = vec![fast, slow, gone];
-        let (_, frames) = frames_of(&crate::publish::event_json(0, 0, 1)).expect("event");
+        let (_, frames) = frames_of(&crate::publish::event_json(0, 0, 1, "")).expect("event");
         assert_eq!(hub.deliver(&mut subs, &frames), 1); // `gone`
         assert_eq!(hub.deliver(&mut subs, &frames), 1); // `slow`: its queue holds one frame
         assert_eq!(subs.len(), 1);
@@ -649,7 +649,7 @@ mod tests {
         let (b, mut b_rx, _) = subscriber(8);
         hub.register(a, Some("lt-1".into()));
         hub.register(b, Some("lt-2".into()));
-        hub.publish(&crate::publish::event_json(1, 1, 5)).await;
+        hub.publish(&crate::publish::event_json(1, 1, 5, "")).await;
         assert!(a_rx.try_recv().is_ok());
         assert!(b_rx.try_recv().is_err());
         hub.publish("not an event").await;

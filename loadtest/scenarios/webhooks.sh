@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Reproduces the webhook figures of BENCHMARKS.md: signed deliveries per second from Herald (Redis
+# engine) to the load tool's keep-alive sink, which verifies every signature, and retry lateness
+# with RETRIES retries scheduled. In the same run the load tool posts the same signed ~1 KB bodies
+# to the same sink itself over keep-alive connections at the maximum rate (the ceiling of the
+# sink and loopback HTTP on this machine), so Herald's figure reads as a ratio of it. It starts
+# its own redis-server (AOF, fsync every second) and herald on free loopback ports and stops them
+# at the end.
+#
+#   (a) reference: the load tool -> sink, REF_CONNECTIONS connections, max rate
+#   (b) throughput: Herald -> sink at each of RATES (`max` = closed loop), for each endpoint
+#       maxInFlight in MAX_IN_FLIGHTS (0 = Herald's default `[webhooks] max_in_flight`)
+#   (c) faults: FAULT_RATE events/s, FAULT_FAIL % of first attempts answered 500 and FAULT_STALL %
+#       held 2 s by the sink
+#   (d) lateness: RETRIES events at LATENESS_RATE/s, every first attempt answered 500, for each
+#       endpoint maxInFlight in LATENESS_IN_FLIGHTS (0 = Herald's default); Herald runs
+#       with retry_schedule ["0s", RETRY_STEP] and jitter 0, so each retry is due RETRY_STEP after
+#       its failed attempt; lateness = arrival at the sink - due
+#
+#   loadtest/scenarios/webhooks.sh                          # full run (about 3 minutes)
+#   DURATION=5s RETRIES=2000 loadtest/scenarios/webhooks.sh
+#   NO_BUILD=1 HERALD=target/debug/herald ...               # use existing binaries
+#
+# Results: one JSON file per run and summary.md under target/bench/webhooks/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+RATES=${RATES:-"max 1000"}
+MAX_IN_FLIGHTS=${MAX_IN_FLIGHTS:-"256 0"}
+BODY_BYTES=${BODY_BYTES:-1024}
+REF_CONNECTIONS=${REF_CONNECTIONS:-64}
+RETRIES=${RETRIES:-10000}
+# The retry step is longer than publishing RETRIES events takes (RETRIES / LATENESS_RATE), so
+# every retry is on the schedule at once before the first one falls due.
+RETRY_STEP=${RETRY_STEP:-10s}
+LATENESS_RATE=${LATENESS_RATE:-1500}
+LATENESS_IN_FLIGHTS=${LATENESS_IN_FLIGHTS:-"256 0"}
+LATENESS_IN_FLIGHTS_FIRST=${LATENESS_IN_FLIGHTS%% *}
+FAULT_RATE=${FAULT_RATE:-1000}
+FAULT_FAIL=${FAULT_FAIL:-10}
+FAULT_STALL=${FAULT_STALL:-5}
+FAULT_DRAIN=${FAULT_DRAIN:-20s}
+# Herald's roles (`--roles`); empty: all of them, as `herald serve` runs by default.
+ROLES=${ROLES:-}
+OUT=${OUT:-target/bench/webhooks}
+KEY=bench-admin-key-000000000001
+STREAM=${STREAM:-'herald:{p0}:events'}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+rm -f "$OUT"/*.json
+
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --release --workspace --quiet
+fi
+HERALD=${HERALD:-target/release/herald}
+LOADTEST=${LOADTEST:-target/release/herald-loadtest}
+
+ulimit -n "$(ulimit -Hn)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# Waits until a server has printed `listening on <scheme>://ADDR` into its stdout file; sets ADDR.
+wait_listening() { # file pid
+  for _ in $(seq 1 400); do
+    ADDR=$(sed -n 's#.*listening on [a-z]*://\([^ ]*\).*#\1#p' "$1" | head -1)
+    [ -n "$ADDR" ] && return 0
+    kill -0 "$2" 2>/dev/null || { echo "server exited; see ${1%.out}.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  echo "no 'listening on' line in $1" >&2; exit 1
+}
+
+start_redis() {
+  RPORT=$(free_port)
+  RDIR=$(mktemp -d)
+  # Durable production setting: AOF with fsync every second.
+  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
+    --dir "$RDIR" --logfile "$OUT/redis.log" &
+  local pid=$!
+  pids+=($pid)
+  until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do
+    kill -0 "$pid" 2>/dev/null || { echo "redis-server exited; see $OUT/redis.log" >&2; exit 1; }
+    sleep 0.05
+  done
+}
+
+start_herald() {
+  HERALD_ADMIN_KEY=$KEY HERALD_LISTEN=127.0.0.1:0 RUST_LOG=warn \
+    HERALD_WEBHOOKS__ALLOW_NETWORKS='["127.0.0.0/8"]' \
+    HERALD_WEBHOOKS__RETRY_SCHEDULE="[\"0s\",\"$RETRY_STEP\"]" \
+    HERALD_WEBHOOKS__JITTER=0 \
+    "$HERALD" serve --redis-url "redis://127.0.0.1:$RPORT" ${ROLES:+--roles "$ROLES"} \
+    >"$OUT/herald.out" 2>"$OUT/herald.log" &
+  HPID=$!
+  pids+=($HPID)
+  wait_listening "$OUT/herald.out" "$HPID"
+  HADDR=$ADDR
+  until curl -sf "http://$HADDR/readyz" >/dev/null; do sleep 0.05; done
+}
+
+webhooks() { # name args...
+  local name=$1; shift
+  "$LOADTEST" webhooks --url "http://$HADDR" --admin-key "$KEY" \
+    --redis-url "redis://127.0.0.1:$RPORT" --stream "$STREAM" --body-bytes "$BODY_BYTES" \
+    --retry-step "$RETRY_STEP" --label "$name" --json "$OUT/$name.json" "$@" \
+    || echo "run $name failed" >&2
+  sleep 1
+}
+
+{
+  echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "redis: $(redis-server --version | cut -d' ' -f3) (appendonly yes, appendfsync everysec)"
+  echo "herald: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+  echo "herald webhooks config: retry_schedule [0s, $RETRY_STEP], jitter 0, allow_networks [127.0.0.0/8], roles ${ROLES:-all}"
+} | tee "$OUT/machine.txt"
+
+start_redis
+start_herald
+
+# (a) the ceiling: the load tool's own client -> the same sink, same bodies, same verification.
+webhooks reference --target reference --connections "$REF_CONNECTIONS" \
+  --duration "$DURATION" --warmup "$WARMUP"
+
+# (b) Herald throughput.
+for f in $MAX_IN_FLIGHTS; do
+  for r in $RATES; do
+    webhooks "herald-r$r-inflight$f" --target herald --mode throughput --rate "$r" \
+      --max-in-flight "$f" --duration "$DURATION" --warmup "$WARMUP"
+  done
+done
+
+# (c) a faulty partner: FAULT_FAIL % of first attempts answered 500, FAULT_STALL % held for 2 s.
+webhooks "herald-r$FAULT_RATE-faults" --target herald --mode throughput --rate "$FAULT_RATE" \
+  --fail-percent "$FAULT_FAIL" --stall-percent "$FAULT_STALL" --stall-for 2s \
+  --max-in-flight "$LATENESS_IN_FLIGHTS_FIRST" --duration "$DURATION" --warmup "$WARMUP" \
+  --drain "$FAULT_DRAIN"
+
+# (d) retry lateness, for each endpoint maxInFlight in LATENESS_IN_FLIGHTS.
+for f in $LATENESS_IN_FLIGHTS; do
+  webhooks "herald-lateness-inflight$f" --target herald --mode lateness --retries "$RETRIES" \
+    --rate "$LATENESS_RATE" --max-in-flight "$f"
+done
+
+curl -s -H "x-api-key: $KEY" "http://$HADDR/metrics" | grep -E '^herald_webhook' >"$OUT/herald-metrics.txt" || true
+
+python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
+import glob, json, os, sys
+out = sys.argv[1]
+runs = {os.path.basename(f)[:-5]: json.load(open(f)) for f in glob.glob(os.path.join(out, "*.json"))}
+
+def num(v, digits=0):
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+def lat(r, key, field="latency_ms"):
+    return ((r or {}).get(field) or {}).get(key)
+
+print("## Webhooks: Herald (Redis engine) against the sink's ceiling, same run\n")
+print(open(os.path.join(out, "machine.txt")).read().replace("\n", "  \n"))
+ref = runs.get("reference")
+refd = ref and ref["deliveries_per_s"]
+print("| run | deliveries/s (verified) | of the reference | publish->receive p50 / p99 / p99.9 ms "
+      "| body bytes | invalid signatures | missing | sink connections |")
+print("|---|---|---|---|---|---|---|---|")
+names = ["reference"] + sorted(n for n in runs if n.startswith("herald-r"))
+for n in names:
+    r = runs.get(n)
+    if not r:
+        continue
+    d = r["deliveries_per_s"]
+    ratio = f"{d / refd:.0%}" if d and refd else "-"
+    l = " / ".join(num(lat(r, k), 2) for k in ("p50", "p99", "p999"))
+    print(f"| {n} | {num(d)} | {ratio} | {l} | {num(r['body_bytes_mean'])} | {r['invalid_signatures']} "
+          f"| {r['missing']} | {r['sink_connections']} |")
+
+lateness = sorted(n for n in runs if (runs[n].get("retries") or {}).get("failed_first"))
+if lateness:
+    print("\n### Retry lateness\n")
+    print("| run | retries scheduled (peak pending) | received | missing | lateness p50 / p99 / p99.9 / max ms "
+          "| early | invalid signatures |")
+    print("|---|---|---|---|---|---|---|")
+for n in lateness:
+    l = runs[n]
+    rt = l["retries"]
+    lt = " / ".join(num(lat(l, k, "lateness_ms"), 2) for k in ("p50", "p99", "p999", "max"))
+    print(f"| {n} | {rt['failed_first']:,} ({rt['peak_pending']:,}) | {rt['received']:,} | {rt['missing']} | {lt} "
+          f"| {rt['early']} | {l['invalid_signatures']} |")
+
+print("\n### Targets\n")
+best = max((runs[n]["deliveries_per_s"] or 0 for n in names if n.startswith("herald-r")), default=None)
+if best is not None:
+    print(f"- deliveries/s: best Herald run {best:,.0f}/s (target >= 10,000/s): {'met' if best >= 10000 else 'NOT met'}"
+          + (f"; the sink's ceiling on this machine {refd:,.0f}/s" if refd else ""))
+for n in (n for n in lateness if n.startswith("herald-lateness")):
+    l = runs[n]
+    p99 = lat(l, "p99", "lateness_ms")
+    ok = p99 is not None and p99 <= 50 and l["retries"]["missing"] == 0
+    print(f"- {n}: retry lateness p99 {num(p99, 2)} ms with {l['retries']['failed_first']:,} retries "
+          f"(target <= 50 ms): {'met' if ok else 'NOT met'}")
+bad = sum(r["invalid_signatures"] for r in runs.values())
+print(f"- invalid signatures over all runs: {bad} (must be 0)")
+PY
+echo "results in $OUT/"
