@@ -82,6 +82,7 @@ impl Dispatcher {
 
     async fn dispatch(&self, entries: Vec<LogEntry>) -> Result<(), crate::engine::EngineError> {
         let endpoints = self.engine.endpoints().await?;
+        let mut work = Vec::with_capacity(entries.len());
         for entry in entries {
             let id = match entry.id() {
                 Ok(id) => id,
@@ -102,17 +103,43 @@ impl Dispatcher {
                     Vec::new()
                 }
             };
-            self.engine.create_deliveries(id, &deliveries).await?;
-            Metrics::inc(&self.metrics.webhook_events_dispatched);
-            if !deliveries.is_empty() {
-                Metrics::add(
-                    &self.metrics.webhook_deliveries_created,
-                    deliveries.len() as u64,
-                );
-                self.wake.notify_one();
+            work.push((id, deliveries));
+        }
+        // Each event is its own engine step (atomic, idempotent per delivery id), so the steps
+        // of one batch are independent: issued together, they share round trips to the engine
+        // (Redis pipelines them on the multiplexed connection). One that fails leaves its event
+        // unacknowledged, to be claimed again.
+        let created = futures_util::future::join_all(
+            work.iter()
+                .map(|(id, deliveries)| self.engine.create_deliveries(*id, deliveries)),
+        )
+        .await;
+        let mut first_error = None;
+        let mut any = false;
+        for ((_, deliveries), result) in work.iter().zip(created) {
+            match result {
+                Ok(()) => {
+                    Metrics::inc(&self.metrics.webhook_events_dispatched);
+                    if !deliveries.is_empty() {
+                        any = true;
+                        Metrics::add(
+                            &self.metrics.webhook_deliveries_created,
+                            deliveries.len() as u64,
+                        );
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        if any {
+            self.wake.notify_one();
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
