@@ -22,6 +22,7 @@ use crate::webhooks::retry::{self, AttemptResult};
 use crate::webhooks::signature::{self, SigningKey};
 use crate::webhooks::ssrf::{self, AllowList};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -40,6 +41,14 @@ pub const RESPONSE_KEEP_BYTES: usize = 20 * 1024;
 
 pub fn user_agent() -> String {
     format!("Herald-Webhooks/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A claimed delivery's endpoint, as read once for its batch.
+enum Lookup {
+    Known(Arc<Endpoint>),
+    Deleted,
+    /// The batch read failed: read it for this attempt.
+    Unknown,
 }
 
 pub struct Sender {
@@ -95,6 +104,16 @@ impl Sender {
                 Ok(batch) => {
                     backoff = Duration::from_millis(50);
                     let full = batch.len() == free;
+                    // One read of the endpoints per claimed batch, not one per attempt.
+                    let endpoints = if batch.is_empty() {
+                        None
+                    } else {
+                        self.engine.endpoints().await.ok().map(|all| {
+                            all.into_iter()
+                                .map(|e| (e.id.clone(), Arc::new(e)))
+                                .collect::<HashMap<_, _>>()
+                        })
+                    };
                     for delivery in batch {
                         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                             // Cannot happen (we claimed no more than the free slots); the
@@ -106,7 +125,14 @@ impl Sender {
                                 .webhook_lateness
                                 .observe(Duration::from_millis(now - due));
                         }
-                        attempts.spawn(self.clone().attempt(delivery, slot));
+                        let endpoint = match &endpoints {
+                            Some(known) => match known.get(&delivery.endpoint_id) {
+                                Some(e) => Lookup::Known(e.clone()),
+                                None => Lookup::Deleted,
+                            },
+                            None => Lookup::Unknown,
+                        };
+                        attempts.spawn(self.clone().attempt(delivery, endpoint, slot));
                     }
                     if full {
                         continue;
@@ -142,8 +168,22 @@ impl Sender {
     }
 
     /// One attempt of one claimed delivery, start to finish.
-    async fn attempt(self: Arc<Self>, delivery: Delivery, _slot: OwnedSemaphorePermit) {
-        let endpoint = match self.engine.endpoint(&delivery.endpoint_id).await {
+    async fn attempt(
+        self: Arc<Self>,
+        delivery: Delivery,
+        endpoint: Lookup,
+        _slot: OwnedSemaphorePermit,
+    ) {
+        let endpoint = match endpoint {
+            Lookup::Known(endpoint) => Ok(Some(endpoint)),
+            Lookup::Deleted => Ok(None),
+            Lookup::Unknown => self
+                .engine
+                .endpoint(&delivery.endpoint_id)
+                .await
+                .map(|e| e.map(Arc::new)),
+        };
+        let endpoint = match endpoint {
             Ok(Some(endpoint)) => endpoint,
             Ok(None) => {
                 self.record_without_request(&delivery, "the endpoint was deleted")
