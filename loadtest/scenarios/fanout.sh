@@ -45,38 +45,7 @@ fi
 HERALD=${HERALD:-target/release/herald}
 LOADTEST=${LOADTEST:-target/release/herald-loadtest}
 
-# Every connection is a descriptor, in the servers as in the load generator.
-ulimit -n "$(ulimit -Hn)"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-# Waits until a server has printed `listening on <scheme>://ADDR` into its stdout file; sets ADDR.
-wait_listening() { # file pid
-  for _ in $(seq 1 400); do
-    ADDR=$(sed -n 's#.*listening on [a-z]*://\([^ ]*\).*#\1#p' "$1" | head -1)
-    [ -n "$ADDR" ] && return 0
-    kill -0 "$2" 2>/dev/null || { echo "server exited; see ${1%.out}.log" >&2; exit 1; }
-    sleep 0.05
-  done
-  echo "no 'listening on' line in $1" >&2; exit 1
-}
-
-start_redis() {
-  RPORT=$(free_port)
-  RDIR=$(mktemp -d)
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$RDIR" --logfile "$OUT/redis.log" &
-  local pid=$!
-  pids+=($pid)
-  until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do
-    kill -0 "$pid" 2>/dev/null || { echo "redis-server exited; see $OUT/redis.log" >&2; exit 1; }
-    sleep 0.05
-  done
-}
+source loadtest/scenarios/lib.sh
 
 start_herald() {
   HERALD_ADMIN_KEY=$KEY HERALD_LISTEN=127.0.0.1:0 HERALD_PUSH__MAX_CONNECTIONS=50000 RUST_LOG=warn \
@@ -96,7 +65,6 @@ start_reference() {
   RFADDR=$ADDR
 }
 
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 fanout() { # target name args...
   local target=$1 name=$2; shift 2
@@ -120,7 +88,7 @@ fanout() { # target name args...
 
 has() { [[ " $TARGETS " == *" $1 "* ]]; }
 
-start_redis
+start_redis none
 has herald && start_herald
 has reference && start_reference
 

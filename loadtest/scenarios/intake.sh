@@ -23,21 +23,7 @@ cargo build --release --workspace --quiet
 HERALD=target/release/herald
 LOADTEST=target/release/herald-loadtest
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-start_redis() {
-  RPORT=$(free_port)
-  RDIR=$(mktemp -d)
-  # Durable production setting: AOF with fsync every second.
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
-    --dir "$RDIR" --logfile "$PWD/$OUT/redis.log" &
-  pids+=($!)
-  until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.05; done
-}
+source loadtest/scenarios/lib.sh
 
 start_herald() { # engine
   HPORT=$(free_port)
@@ -57,7 +43,7 @@ start_herald() { # engine
 } | tee "$OUT/machine.txt"
 
 for engine in $ENGINES; do
-  [ "$engine" = redis ] && start_redis
+  [ "$engine" = redis ] && start_redis aof
   for c in $CLIENTS; do
     start_herald "$engine"
     "$LOADTEST" intake --url "http://127.0.0.1:$HPORT" --api-key "$KEY" --clients "$c" \

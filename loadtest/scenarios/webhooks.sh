@@ -57,38 +57,7 @@ fi
 HERALD=${HERALD:-target/release/herald}
 LOADTEST=${LOADTEST:-target/release/herald-loadtest}
 
-ulimit -n "$(ulimit -Hn)"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-# Waits until a server has printed `listening on <scheme>://ADDR` into its stdout file; sets ADDR.
-wait_listening() { # file pid
-  for _ in $(seq 1 400); do
-    ADDR=$(sed -n 's#.*listening on [a-z]*://\([^ ]*\).*#\1#p' "$1" | head -1)
-    [ -n "$ADDR" ] && return 0
-    kill -0 "$2" 2>/dev/null || { echo "server exited; see ${1%.out}.log" >&2; exit 1; }
-    sleep 0.05
-  done
-  echo "no 'listening on' line in $1" >&2; exit 1
-}
-
-start_redis() {
-  RPORT=$(free_port)
-  RDIR=$(mktemp -d)
-  # Durable production setting: AOF with fsync every second.
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
-    --dir "$RDIR" --logfile "$OUT/redis.log" &
-  local pid=$!
-  pids+=($pid)
-  until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do
-    kill -0 "$pid" 2>/dev/null || { echo "redis-server exited; see $OUT/redis.log" >&2; exit 1; }
-    sleep 0.05
-  done
-}
+source loadtest/scenarios/lib.sh
 
 start_herald() {
   HERALD_ADMIN_KEY=$KEY HERALD_LISTEN=127.0.0.1:0 RUST_LOG=warn \
@@ -121,7 +90,7 @@ webhooks() { # name args...
   echo "herald webhooks config: retry_schedule [0s, $RETRY_STEP], jitter 0, allow_networks [127.0.0.0/8], roles ${ROLES:-all}"
 } | tee "$OUT/machine.txt"
 
-start_redis
+start_redis aof
 start_herald
 
 # (a) the ceiling: the load tool's own client -> the same sink, same bodies, same verification.
