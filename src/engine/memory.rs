@@ -406,10 +406,8 @@ impl OrderStore for MemoryEngine {
             state.messages.remove(&seq);
             Ok(ApplyOutcome::Applied { event_id })
         })??;
-        match &outcome {
-            ApplyOutcome::Applied { event_id: Some(_) } => self.events_appended.notify_waiters(),
-            ApplyOutcome::Applied { event_id: None } | ApplyOutcome::AlreadyDone => {}
-            _ => {}
+        if let ApplyOutcome::Applied { event_id: Some(_) } = &outcome {
+            self.events_appended.notify_waiters();
         }
         Ok(outcome)
     }
