@@ -174,6 +174,41 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// A run's context, its counters at zero. `warm_end`/`end` close the warm-up and the
+    /// measured window.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        client: reqwest::Client,
+        orders_url: String,
+        api_key: String,
+        id_prefix: String,
+        customers: u64,
+        items: u32,
+        warm_end: Instant,
+        end: Instant,
+        pending: Option<Arc<Pending>>,
+    ) -> Ctx {
+        Ctx {
+            client,
+            orders_url,
+            api_key,
+            id_prefix,
+            customers,
+            items,
+            warm_end,
+            end,
+            warmup: Phase::default(),
+            measured: Phase::default(),
+            accepted_in_window: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            next_n: AtomicU64::new(0),
+            load_done: AtomicBool::new(false),
+            pending,
+        }
+    }
+
     fn order_body(&self, n: u64) -> String {
         let items = (0..u64::from(self.items))
             .map(|i| {
@@ -523,25 +558,17 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
 
     let t0 = Instant::now();
     let pending = feed.as_ref().map(|_| Arc::new(Pending::new(t0)));
-    let ctx = Arc::new(Ctx {
+    let ctx = Arc::new(Ctx::new(
         client,
-        orders_url: format!("{base_url}/v1/orders"),
-        api_key: args.api_key.clone(),
-        id_prefix: id_prefix.clone(),
-        customers: args.customers,
-        items: args.items,
-        warm_end: t0 + args.warmup,
-        end: t0 + args.warmup + args.duration,
-        warmup: Phase::default(),
-        measured: Phase::default(),
-        accepted_in_window: AtomicU64::new(0),
-        completed: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        in_flight: AtomicU64::new(0),
-        next_n: AtomicU64::new(0),
-        load_done: AtomicBool::new(false),
-        pending: pending.clone(),
-    });
+        format!("{base_url}/v1/orders"),
+        args.api_key.clone(),
+        id_prefix.clone(),
+        args.customers,
+        args.items,
+        t0 + args.warmup,
+        t0 + args.warmup + args.duration,
+        pending.clone(),
+    ));
 
     let tail = match (&feed, &pending) {
         (Some((feed, cursor)), Some(p)) => {
@@ -951,25 +978,17 @@ mod tests {
     #[test]
     fn order_body_is_valid_json_with_the_run_id() {
         let now = Instant::now();
-        let ctx = Ctx {
-            client: reqwest::Client::new(),
-            orders_url: String::new(),
-            api_key: "k".into(),
-            id_prefix: "lt-r-".into(),
-            customers: 10,
-            items: 2,
-            warm_end: now,
-            end: now,
-            warmup: Phase::default(),
-            measured: Phase::default(),
-            accepted_in_window: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            next_n: AtomicU64::new(0),
-            load_done: AtomicBool::new(false),
-            pending: None,
-        };
+        let ctx = Ctx::new(
+            reqwest::Client::new(),
+            String::new(),
+            "k".into(),
+            "lt-r-".into(),
+            10,
+            2,
+            now,
+            now,
+            None,
+        );
         let v: serde_json::Value = serde_json::from_str(&ctx.order_body(13)).expect("json");
         assert_eq!(v["orderId"], "lt-r-13");
         assert_eq!(v["customerId"], "c-3");
