@@ -288,19 +288,23 @@ pub fn generate_admin_key() -> String {
     )
 }
 
+/// The credential in an `Authorization` value: the token after `Bearer ` (any case), or the
+/// whole value when it names no scheme.
+pub fn credential_from_authorization(value: &str) -> String {
+    let value = value.trim();
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim().to_string(),
+        _ => value.to_string(),
+    }
+}
+
 /// The credential a request carries: `Authorization: Bearer <token>` or `x-api-key: <key>`.
 pub fn credential_from_headers(headers: &axum::http::HeaderMap) -> Option<String> {
     if let Some(value) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        let value = value.trim();
-        if let Some((scheme, token)) = value.split_once(' ')
-            && scheme.eq_ignore_ascii_case("bearer")
-        {
-            return Some(token.trim().to_string());
-        }
-        return Some(value.to_string());
+        return Some(credential_from_authorization(value));
     }
     headers
         .get("x-api-key")

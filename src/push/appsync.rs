@@ -31,7 +31,7 @@ struct ClientMessage {
     payload: Option<Value>,
 }
 
-pub async fn on_message(session: &mut Session, text: &str) -> Flow {
+pub fn on_message(session: &mut Session, text: &str) -> Flow {
     let message: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Close codes Herald uses besides the protocols' own (README, "Subscriptions").
 pub mod close {
@@ -28,16 +29,30 @@ pub mod close {
 /// A message on its way to the socket.
 #[derive(Debug)]
 pub enum Out {
-    /// An event: the subscription's envelope prefix, the shared payload, then `}`.
-    Event { prefix: Bytes, payload: Bytes },
+    /// An event: the subscription's envelope prefix, the shared payload, then `}`. Both are
+    /// text checked once (the payload once per rendering, not once per subscriber).
+    Event {
+        prefix: Utf8Bytes,
+        payload: Utf8Bytes,
+    },
     /// A protocol message, already serialised.
     Text(String),
     /// A WebSocket-level ping (keepalive for clients that never speak on their own).
     Ping,
 }
 
+/// A rendered payload as text, checked once: serde_json and Herald's templates only write
+/// UTF-8, so the lossy branch is a safety net, never taken in practice.
+pub fn payload_text(bytes: Bytes) -> Utf8Bytes {
+    match Utf8Bytes::try_from(bytes.clone()) {
+        Ok(text) => text,
+        Err(_) => Utf8Bytes::from(String::from_utf8_lossy(&bytes).into_owned()),
+    }
+}
+
 impl Out {
-    fn cost(&self) -> usize {
+    /// Bytes this message holds against the connection's queue limit.
+    pub fn cost(&self) -> usize {
         match self {
             Out::Event { prefix, payload } => prefix.len() + payload.len() + 1,
             Out::Text(text) => text.len(),
@@ -50,14 +65,11 @@ impl Out {
     pub fn into_text(self) -> String {
         match self {
             Out::Event { prefix, payload } => {
-                let mut frame = Vec::with_capacity(prefix.len() + payload.len() + 1);
-                frame.extend_from_slice(&prefix);
-                frame.extend_from_slice(&payload);
-                frame.push(b'}');
-                // Both parts come from serde_json / our own templates: always UTF-8. Should
-                // that ever break, the lossy form is still valid JSON text for the client.
-                String::from_utf8(frame)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+                let mut frame = String::with_capacity(prefix.len() + payload.len() + 1);
+                frame.push_str(&prefix);
+                frame.push_str(&payload);
+                frame.push('}');
+                frame
             }
             Out::Text(text) => text,
             Out::Ping => String::new(),
@@ -168,11 +180,6 @@ impl ConnHandle {
     }
 }
 
-/// The cost the writer hands back to [`ConnHandle::written`].
-pub fn cost(out: &Out) -> usize {
-    out.cost()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,8 +187,8 @@ mod tests {
     #[test]
     fn event_frames_splice_the_shared_payload() {
         let out = Out::Event {
-            prefix: Bytes::from_static(br#"{"id":"7","type":"next","payload":"#),
-            payload: Bytes::from_static(br#"{"data":{"x":1}}"#),
+            prefix: Utf8Bytes::from_static(r#"{"id":"7","type":"next","payload":"#),
+            payload: payload_text(Bytes::from_static(br#"{"data":{"x":1}}"#)),
         };
         let text = out.into_text();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -212,7 +219,7 @@ mod tests {
         let conn = ConnHandle::new(100);
         assert!(conn.push(Out::Text("x".repeat(60))));
         for out in conn.take_batch() {
-            conn.written(cost(&out));
+            conn.written(out.cost());
         }
         assert!(conn.push(Out::Text("y".repeat(60))));
         assert!(!conn.is_closed());

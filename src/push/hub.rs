@@ -15,15 +15,15 @@
 //! while the retained events in `(after, position]` are replayed from the engine, then the
 //! held ones follow, so there is neither a gap nor a duplicate at the switch.
 
-use super::conn::{ConnHandle, Out};
+use super::conn::{ConnHandle, Out, payload_text};
 use crate::graphql::{EventFilter, IndexKey, Projection};
 use crate::model::{EventId, LoggedEvent};
 use crate::tail::EventSink;
-use bytes::Bytes;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Live events held per catching-up subscription before it is refused as too far behind.
 pub const CATCH_UP_HOLD: usize = 10_000;
@@ -33,7 +33,7 @@ pub type SubId = u64;
 struct Sub {
     conn: Arc<ConnHandle>,
     /// The protocol envelope up to the payload, e.g. `{"id":"1","type":"next","payload":`.
-    prefix: Bytes,
+    prefix: Utf8Bytes,
     filter: EventFilter,
     key: IndexKey,
     projection: Arc<Projection>,
@@ -71,7 +71,7 @@ pub struct Hub {
 /// What a new subscription needs from the hub.
 pub struct Registration {
     pub conn: Arc<ConnHandle>,
-    pub prefix: Bytes,
+    pub prefix: Utf8Bytes,
     pub filter: EventFilter,
     pub projection: Arc<Projection>,
     /// Hold live events (a replay follows) instead of delivering them at once.
@@ -179,10 +179,6 @@ impl Hub {
         }
     }
 
-    pub fn subscription_count(&self) -> usize {
-        self.lock().subs.len()
-    }
-
     /// Delivers one event to every matching subscription. Called by the tail, in log order.
     pub fn dispatch(&self, event: &LoggedEvent) {
         let id = event.event_id.parse::<EventId>().ok();
@@ -206,7 +202,7 @@ impl Hub {
             Some(IndexKey::All),
         ];
         // One rendering per distinct (interned) projection for this event.
-        let mut rendered: Vec<(*const Projection, Bytes)> = Vec::new();
+        let mut rendered: Vec<(*const Projection, Utf8Bytes)> = Vec::new();
         let mut deliveries = 0u64;
         let Index { subs, by_key, .. } = &mut *index;
         for key in keys.iter().flatten() {
@@ -225,7 +221,7 @@ impl Hub {
                 let payload = match rendered.iter().find(|(p, _)| *p == ptr) {
                     Some((_, bytes)) => bytes.clone(),
                     None => {
-                        let bytes = sub.projection.render_event(event);
+                        let bytes = payload_text(sub.projection.render_event(event));
                         self.stats.renders.fetch_add(1, Ordering::Relaxed);
                         rendered.push((ptr, bytes.clone()));
                         bytes
@@ -380,7 +376,7 @@ mod tests {
             .register(
                 Registration {
                     conn: conn.clone(),
-                    prefix: Bytes::from_static(b"{\"id\":\"1\",\"type\":\"next\",\"payload\":"),
+                    prefix: Utf8Bytes::from_static("{\"id\":\"1\",\"type\":\"next\",\"payload\":"),
                     filter,
                     projection,
                     catching_up,
@@ -406,7 +402,7 @@ mod tests {
         let (filter, projection) = spec("subscription { onOrderUpdated { version } }");
         let reg = Registration {
             conn: Arc::new(conn),
-            prefix: Bytes::new(),
+            prefix: Utf8Bytes::from_static(""),
             filter,
             projection,
             catching_up: false,
@@ -533,7 +529,7 @@ mod tests {
         hub.remove(id);
         hub.dispatch(&event("1-0", "o-1", 1));
         assert!(received(&mut rx).is_empty());
-        assert_eq!(hub.subscription_count(), 0);
+        assert!(hub.lock().subs.is_empty());
         assert!(hub.lock().projections.is_empty());
         assert!(hub.lock().by_key.is_empty());
     }

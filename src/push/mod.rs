@@ -152,11 +152,7 @@ pub fn credential_from_payload(payload: &Map<String, Value>) -> Option<String> {
             .filter(|v| !v.is_empty())
     };
     if let Some(value) = get("authorization") {
-        let token = match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => value,
-        };
-        return Some(token.to_string());
+        return Some(crate::auth::credential_from_authorization(value));
     }
     get("x-api-key").map(str::to_string)
 }

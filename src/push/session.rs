@@ -5,7 +5,7 @@
 //! Protocol files (`transport_ws.rs`, `appsync.rs`) only translate messages; everything a
 //! subscription means (authorization, the hub, `after` replays, limits) lives here.
 
-use super::conn::{ConnHandle, Out, close};
+use super::conn::{ConnHandle, Out, close, payload_text};
 use super::hub::Registration;
 use super::{PushState, appsync, transport_ws};
 use crate::auth::{AuthError, Principal};
@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -45,13 +45,13 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    fn event_prefix(self, id: &str) -> Bytes {
+    fn event_prefix(self, id: &str) -> Utf8Bytes {
         let id = json_string(id);
         let kind = match self {
             Dialect::TransportWs => "next",
             Dialect::AppSync | Dialect::Apollo => "data",
         };
-        Bytes::from(format!(r#"{{"id":{id},"type":"{kind}","payload":"#))
+        Utf8Bytes::from(format!(r#"{{"id":{id},"type":"{kind}","payload":"#))
     }
 
     /// The acknowledgement sent once the subscription is live (AppSync `start_ack`).
@@ -101,7 +101,7 @@ pub struct SubSlot {
 
 struct SubHandle {
     slot: Arc<SubSlot>,
-    task: Option<tokio::task::AbortHandle>,
+    task: tokio::task::AbortHandle,
 }
 
 /// Why a subscribe was refused before it started.
@@ -114,7 +114,6 @@ pub enum Refusal {
 pub struct Session {
     pub state: Arc<PushState>,
     pub conn: Arc<ConnHandle>,
-    pub protocol: Protocol,
     /// Who the connection authenticated as (headers, query parameter or connection_init).
     pub principal: Option<Principal>,
     pub acked: bool,
@@ -211,7 +210,7 @@ impl Session {
             id.to_string(),
             SubHandle {
                 slot,
-                task: Some(task.abort_handle()),
+                task: task.abort_handle(),
             },
         );
         Ok(())
@@ -230,9 +229,7 @@ impl Session {
     }
 
     fn end(&self, handle: SubHandle) {
-        if let Some(task) = handle.task {
-            task.abort();
-        }
+        handle.task.abort();
         handle.slot.stopped.store(true, Ordering::SeqCst);
         if handle.slot.registered.load(Ordering::SeqCst) {
             self.state
@@ -397,7 +394,7 @@ async fn replay(
     conn: &ConnHandle,
     filter: &EventFilter,
     projection: &crate::graphql::Projection,
-    prefix: &Bytes,
+    prefix: &Utf8Bytes,
     after: EventId,
     position: EventId,
 ) -> Result<(), GraphqlError> {
@@ -450,7 +447,7 @@ async fn replay(
                 }
                 conn.push(Out::Event {
                     prefix: prefix.clone(),
-                    payload: projection.render_event(&event),
+                    payload: payload_text(projection.render_event(&event)),
                 });
             }
         }
@@ -472,7 +469,6 @@ pub async fn run(
     let mut session = Session {
         state: state.clone(),
         conn: conn.clone(),
-        protocol,
         principal,
         acked: false,
         inits: 0,
@@ -516,8 +512,8 @@ pub async fn run(
                         break;
                     }
                     Some(Ok(Message::Text(text))) => match protocol {
-                        Protocol::TransportWs => transport_ws::on_message(&mut session, &text).await,
-                        Protocol::GraphqlWs => appsync::on_message(&mut session, &text).await,
+                        Protocol::TransportWs => transport_ws::on_message(&mut session, &text),
+                        Protocol::GraphqlWs => appsync::on_message(&mut session, &text),
                     },
                     Some(Ok(Message::Binary(_))) => Flow::Close(
                         4400,
@@ -579,7 +575,7 @@ async fn write_batch(
         return Ok(());
     }
     for out in batch {
-        let cost = super::conn::cost(&out);
+        let cost = out.cost();
         let message = match out {
             Out::Ping => Message::Ping(Bytes::new()),
             out => Message::text(out.into_text()),

@@ -32,7 +32,7 @@ enum ClientMessage {
     },
 }
 
-pub async fn on_message(session: &mut Session, text: &str) -> Flow {
+pub fn on_message(session: &mut Session, text: &str) -> Flow {
     let message: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => return Flow::Close(4400, truncate(format!("invalid message: {e}"))),
