@@ -21,7 +21,7 @@ use crate::webhooks::limits::Limiters;
 use crate::webhooks::retry::{self, AttemptResult};
 use crate::webhooks::signature::{self, SigningKey};
 use crate::webhooks::ssrf::{self, AllowList};
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -39,13 +39,46 @@ const CLAIM_BATCH: usize = 64;
 /// The part of a response body kept in the attempt log.
 pub const RESPONSE_KEEP_BYTES: usize = 20 * 1024;
 
-pub fn user_agent() -> String {
-    format!("Herald-Webhooks/{}", env!("CARGO_PKG_VERSION"))
+/// An endpoint with what every attempt to it needs, worked out once per claimed batch: the
+/// destination checked against the SSRF rules and the live secrets parsed into keys.
+struct Prepared {
+    endpoint: Endpoint,
+    target: Result<reqwest::Url, String>,
+    keys: Vec<SigningKey>,
+}
+
+impl Prepared {
+    fn new(endpoint: Endpoint, allow: &AllowList) -> Prepared {
+        // IP-literal URLs never reach the resolver: check them here too (and any URL that
+        // was stored before the allow list changed).
+        let target = reqwest::Url::parse(&endpoint.url)
+            .map_err(|e| e.to_string())
+            .and_then(|url| ssrf::check_url(&url, allow).map(|()| url));
+        let now = now_millis();
+        let keys = endpoint
+            .secrets
+            .iter()
+            .filter(|s| s.expires_at_ms.is_none_or(|at| at > now))
+            .filter_map(|s| SigningKey::parse(&s.secret).ok())
+            .collect();
+        Prepared {
+            endpoint,
+            target,
+            keys,
+        }
+    }
+}
+
+impl std::ops::Deref for Prepared {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
 }
 
 /// A claimed delivery's endpoint, as read once for its batch.
 enum Lookup {
-    Known(Arc<Endpoint>),
+    Known(Arc<Prepared>),
     Deleted,
     /// The batch read failed: read it for this attempt.
     Unknown,
@@ -110,7 +143,7 @@ impl Sender {
                     } else {
                         self.engine.endpoints().await.ok().map(|all| {
                             all.into_iter()
-                                .map(|e| (e.id.clone(), Arc::new(e)))
+                                .map(|e| (e.id.clone(), Arc::new(Prepared::new(e, &self.allow))))
                                 .collect::<HashMap<_, _>>()
                         })
                     };
@@ -181,7 +214,7 @@ impl Sender {
                 .engine
                 .endpoint(&delivery.endpoint_id)
                 .await
-                .map(|e| e.map(Arc::new)),
+                .map(|e| e.map(|e| Arc::new(Prepared::new(e, &self.allow)))),
         };
         let endpoint = match endpoint {
             Ok(Some(endpoint)) => endpoint,
@@ -244,17 +277,12 @@ impl Sender {
     /// Signs and sends; returns the result for the schedule and what the attempt log keeps.
     async fn send(
         &self,
-        endpoint: &Endpoint,
+        endpoint: &Prepared,
         delivery: &Delivery,
     ) -> (AttemptResult, Option<u16>, Option<String>, String) {
         Metrics::inc(&self.metrics.webhook_attempts);
-        // IP-literal URLs never reach the resolver: check them here too (and any URL that
-        // was stored before the allow list changed).
-        let checked = reqwest::Url::parse(&endpoint.url)
-            .map_err(|e| e.to_string())
-            .and_then(|url| ssrf::check_url(&url, &self.allow).map(|()| url));
-        let url = match checked {
-            Ok(url) => url,
+        let url = match &endpoint.target {
+            Ok(url) => url.clone(),
             Err(e) => {
                 return (
                     AttemptResult::Error,
@@ -264,14 +292,7 @@ impl Sender {
                 );
             }
         };
-        let now = now_millis();
-        let keys: Vec<SigningKey> = endpoint
-            .secrets
-            .iter()
-            .filter(|s| s.expires_at_ms.is_none_or(|at| at > now))
-            .filter_map(|s| SigningKey::parse(&s.secret).ok())
-            .collect();
-        if keys.is_empty() {
+        if endpoint.keys.is_empty() {
             return (
                 AttemptResult::Error,
                 None,
@@ -279,8 +300,14 @@ impl Sender {
                 String::new(),
             );
         }
+        let now = now_millis();
         let timestamp = (now / 1000) as i64;
-        let signature = signature::sign(&keys, &delivery.id, timestamp, delivery.body.as_bytes());
+        let signature = signature::sign(
+            &endpoint.keys,
+            &delivery.id,
+            timestamp,
+            delivery.body.as_bytes(),
+        );
         let sent = self
             .client
             .post(url)
@@ -288,7 +315,6 @@ impl Sender {
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, user_agent())
             .body(delivery.body.clone())
             .send()
             .await;

@@ -442,11 +442,15 @@ impl RedisEngine {
             cmd.arg("BLOCK").arg(block_ms);
         }
         cmd.arg("STREAMS").arg(stream).arg(">");
-        let reply: Value = match self
-            .blocking
-            .query(what, &cmd, block, self.op_timeout)
-            .await
-        {
+        // Only a blocking read needs a dedicated connection.
+        let result: RedisResult<Value> = if block_ms > 0 {
+            self.blocking
+                .query(what, &cmd, block, self.op_timeout)
+                .await
+        } else {
+            self.query(what, &cmd).await
+        };
+        let reply = match result {
             Ok(reply) => reply,
             Err(e) if is_nogroup(&e) => {
                 self.recover_group(group, &e).await?;
