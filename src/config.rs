@@ -285,8 +285,6 @@ pub struct PushConfig {
     /// How often the server keeps idle connections alive (`ka` / ping).
     #[serde(deserialize_with = "duration")]
     pub keepalive_interval: Duration,
-    /// Events held for the hub between the log reader and the fan-out.
-    pub tail_buffer: usize,
 }
 
 impl Default for PushConfig {
@@ -299,7 +297,6 @@ impl Default for PushConfig {
             subscribe_rate: 20,
             connection_init_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(60),
-            tail_buffer: 4096,
         }
     }
 }

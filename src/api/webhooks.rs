@@ -93,15 +93,6 @@ fn owns(principal: &Principal, endpoint: &Endpoint) -> bool {
     }
 }
 
-fn refuse_customers(principal: &Principal) -> ApiResult<()> {
-    match principal {
-        Principal::Customer { .. } => Err(Problem::forbidden(
-            "Webhooks belong to partners and admins; a customer token cannot reach them.",
-        )),
-        _ => Ok(()),
-    }
-}
-
 fn no_such_endpoint() -> Problem {
     Problem::not_found("No such webhook endpoint.")
 }
@@ -112,7 +103,7 @@ async fn visible_endpoint(
     principal: &Principal,
     id: &str,
 ) -> ApiResult<Endpoint> {
-    refuse_customers(principal)?;
+    super::refuse_customers(principal, "reach webhooks")?;
     match state.engine.endpoint(id).await? {
         Some(e) if owns(principal, &e) => Ok(e),
         _ => Err(no_such_endpoint()),
@@ -245,7 +236,7 @@ pub async fn create_endpoint(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    refuse_customers(&principal)?;
+    super::refuse_customers(&principal, "reach webhooks")?;
     let body = json_object(&headers, body)?;
     let mut f = Fields::default();
     f.unknown(
@@ -341,7 +332,7 @@ pub async fn list_endpoints(
     State(state): State<AppState>,
     principal: Principal,
 ) -> ApiResult<Json<Value>> {
-    refuse_customers(&principal)?;
+    super::refuse_customers(&principal, "reach webhooks")?;
     let mut endpoints: Vec<Endpoint> = state
         .engine
         .endpoints()
