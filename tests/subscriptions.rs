@@ -577,17 +577,18 @@ async fn next(ws: &mut Ws) -> Value {
     }
 }
 
-/// Reads until the server closes; the close code.
+/// Reads until the server closes: the close frame's code, or `None` when the connection
+/// ended without one (EOF or reset). Panics when the server keeps it open for 15 s.
 async fn close_code(ws: &mut Ws) -> Option<u16> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
             Ok(Some(Ok(_))) => continue,
-            _ => return None,
+            Ok(Some(Err(_)) | None) => return None,
+            Err(_) => panic!("the server did not close the connection within 15 s"),
         }
     }
-    None
 }
 
 async fn init(ws: &mut Ws, key: &str) {

@@ -312,13 +312,15 @@ async fn retries_keep_the_webhook_id_and_follow_the_schedule(kind: Kind) {
         got.iter().all(|r| r.id() == id),
         "same webhook-id on every attempt"
     );
-    // The schedule: 200 ms then 400 ms (+-10 %), give or take the loop's precision.
+    // The schedule: 200 ms then 400 ms (+-10 %). A retry is never early; how late it may be
+    // depends on the machine's load, so no upper bound here (lateness is measured in
+    // BENCHMARKS.md, not asserted).
     let gaps: Vec<u128> = got
         .windows(2)
         .map(|w| (w[1].at - w[0].at).as_millis())
         .collect();
-    assert!((170..=400).contains(&gaps[0]), "{gaps:?}");
-    assert!((350..=600).contains(&gaps[1]), "{gaps:?}");
+    assert!(gaps[0] >= 170, "{gaps:?}");
+    assert!(gaps[1] >= 350, "{gaps:?}");
     // Each attempt is signed with its own timestamp, and each verifies.
     let secret = ep["secret"].as_str().unwrap().to_string();
     let answers = verify(&got.iter().map(|r| (secret.clone(), r)).collect::<Vec<_>>());
@@ -458,11 +460,16 @@ async fn blackholed_endpoint_does_not_slow_a_healthy_one(kind: Kind) {
         "healthy deliveries took {:?}",
         started.elapsed()
     );
+    // The blackhole is reached, and holds exactly maxInFlight attempts, never more.
+    eventually(
+        Duration::from_secs(5),
+        "maxInFlight attempts held",
+        || async { (*connections.lock().unwrap() == 2).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let held = *connections.lock().unwrap();
-    assert!(
-        held <= 2,
-        "the blackhole holds at most maxInFlight attempts: {held}"
-    );
+    assert_eq!(held, 2, "the blackhole holds exactly maxInFlight attempts");
     assert!(s.metric("herald_webhook_deferred_total").await > 0);
 }
 
