@@ -23,6 +23,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     aof: bool,
+    appendfsync: &'static str,
     child: Option<Child>,
 }
 
@@ -30,10 +31,16 @@ impl RedisServer {
     /// A fresh redis-server; `aof` turns on the append-only file (`appendfsync always`, so a
     /// stop loses nothing).
     pub fn start(aof: bool) -> RedisServer {
+        Self::start_fsync(aof, "always")
+    }
+
+    /// A fresh redis-server with the given `appendfsync` policy (`always`, `everysec`, `no`).
+    pub fn start_fsync(aof: bool, appendfsync: &'static str) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             aof,
+            appendfsync,
             child: None,
         };
         server.spawn();
@@ -54,7 +61,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", if self.aof { "yes" } else { "no" }])
-            .args(["--appendfsync", "always"])
+            .args(["--appendfsync", self.appendfsync])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -79,6 +86,14 @@ impl RedisServer {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL: the process dies at once, as in a crash (the kernel keeps what it was given).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
