@@ -19,8 +19,12 @@ pub enum AttemptResult {
     },
     /// No answer within `request_timeout` (or `connect_timeout`).
     Timeout,
-    /// Could not connect, refused by the SSRF guard, connection reset, ...
+    /// Could not connect, connection reset, ...
     Error,
+    /// The destination is refused by the SSRF guard (every address it resolves to is blocked,
+    /// or the URL names a blocked address). Not retried on the schedule: the delivery fails at
+    /// once and is kept for a manual retry (after `allow_networks` or the URL changes).
+    Refused,
 }
 
 /// The outcome of attempt number `attempt` (1 for the first) that ended with `result` at
@@ -34,6 +38,7 @@ pub fn outcome(
 ) -> AttemptOutcome {
     let (harder, retry_after) = match result {
         AttemptResult::Success => return AttemptOutcome::Succeeded,
+        AttemptResult::Refused => return AttemptOutcome::Failed,
         AttemptResult::Status { code: 410, .. } => {
             return AttemptOutcome::Gone("the endpoint answered 410 Gone".into());
         }
@@ -101,6 +106,14 @@ mod tests {
             outcome(&config(), 1, &error(410), 0, 0.5),
             AttemptOutcome::Gone(_)
         ));
+    }
+
+    #[test]
+    fn a_refused_destination_fails_at_once() {
+        assert_eq!(
+            outcome(&config(), 1, &AttemptResult::Refused, 0, 0.5),
+            AttemptOutcome::Failed
+        );
     }
 
     #[test]

@@ -285,7 +285,7 @@ impl Sender {
             Ok(url) => url.clone(),
             Err(e) => {
                 return (
-                    AttemptResult::Error,
+                    AttemptResult::Refused,
                     None,
                     Some(format!("destination refused: {e}")),
                     String::new(),
@@ -323,6 +323,8 @@ impl Sender {
             Err(e) => {
                 let result = if e.is_timeout() {
                     AttemptResult::Timeout
+                } else if ssrf::is_blocked_error(&e) {
+                    AttemptResult::Refused
                 } else {
                     AttemptResult::Error
                 };
