@@ -27,6 +27,7 @@ on_both_engines!(
     partners_see_only_their_own_endpoints_and_deliveries,
     rotated_secret_signs_beside_the_old_one,
     endpoint_urls_are_validated,
+    a_blocked_destination_fails_at_once,
 );
 
 /// Short schedule and timeouts, loopback allowed (blocked by default).
@@ -431,6 +432,46 @@ async fn redirects_are_not_followed(kind: Kind) {
     assert_eq!(d["lastStatusCode"], 302);
 }
 
+/// `localhost` passes the URL check (a name, not an address) but resolves only to loopback,
+/// which is blocked without `allow_networks`: the delivery fails on its first attempt and is
+/// not retried on the schedule.
+async fn a_blocked_destination_fails_at_once(kind: Kind) {
+    let sink = Sink::start().await;
+    let no_allow = WEBHOOKS_TOML.replace("allow_networks = [\"127.0.0.0/8\"]\n", "");
+    assert!(!no_allow.contains("allow_networks"));
+    let s = Stack::start_with(kind, &no_allow);
+    let url = sink.url("/blocked").replace("127.0.0.1", "localhost");
+    let ep = create_endpoint(
+        &s,
+        ADMIN_KEY,
+        json!({"url": url, "eventTypes": ["order.accepted"]}),
+    )
+    .await;
+    let ep_id = ep["id"].as_str().unwrap().to_string();
+    order(&s, ADMIN_KEY, "blocked-1").await;
+    let d = eventually(Duration::from_secs(10), "delivery failed", || async {
+        let list: Value = s
+            .get(&format!("/v1/webhooks/{ep_id}/deliveries"), ADMIN_KEY)
+            .await
+            .json()
+            .await
+            .ok()?;
+        let id = list["deliveries"][0]["id"].as_str()?.to_string();
+        let d = delivery(&s, &ep_id, &id).await;
+        (d["state"] == "failed").then_some(d)
+    })
+    .await;
+    let attempts = d["attemptLog"].as_array().expect("attemptLog");
+    assert_eq!(attempts.len(), 1, "not retried: {d}");
+    let error = attempts[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("blocked"), "{d}");
+    // Three attempts' worth of the schedule later, still one attempt and nothing received.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let d = delivery(&s, &ep_id, d["id"].as_str().unwrap()).await;
+    assert_eq!(d["attemptLog"].as_array().map(Vec::len), Some(1), "{d}");
+    assert!(sink.received("/blocked").is_empty());
+}
+
 async fn blackholed_endpoint_does_not_slow_a_healthy_one(kind: Kind) {
     let sink = Sink::start().await;
     let (hole, connections) = blackhole().await;
@@ -779,4 +820,24 @@ async fn two_nodes_deliver_each_event_once() {
         per_id.values().all(|n| *n == 1),
         "each delivered once: {per_id:?}"
     );
+    // The deliveries are the stream's events, each one: not merely as many.
+    let entries: Vec<(String, Vec<(String, String)>)> = ::redis::cmd("XRANGE")
+        .arg("herald:{p0}:events")
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.conn())
+        .expect("XRANGE");
+    let in_stream: std::collections::BTreeSet<String> =
+        entries.into_iter().map(|(id, _)| id).collect();
+    let delivered: std::collections::BTreeSet<String> = got
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(&r.body).expect("JSON body");
+            body["data"]["eventId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(delivered, in_stream, "every stream event delivered");
 }

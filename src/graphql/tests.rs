@@ -717,13 +717,20 @@ fn random_and_truncated_documents_never_panic() {
         state ^= state << 17;
         state
     };
-    let mut cases = 0;
+    // The seeds themselves are valid: the mutations start from documents the real path accepts.
+    for seed in seeds {
+        assert!(
+            schema
+                .prepare(&request(seed, variables.clone()), &limits)
+                .is_ok(),
+            "seed refused: {seed}"
+        );
+    }
     for seed in seeds {
         let chars: Vec<char> = seed.chars().collect();
         for cut in 0..chars.len() {
             let text: String = chars[..cut].iter().collect();
             let _ = schema.prepare(&request(&text, variables.clone()), &limits);
-            cases += 1;
         }
         for _ in 0..200 {
             let mut mutated = chars.clone();
@@ -733,7 +740,6 @@ fn random_and_truncated_documents_never_panic() {
             }
             let text: String = mutated.iter().collect();
             let _ = schema.prepare(&request(&text, variables.clone()), &limits);
-            cases += 1;
         }
     }
     for _ in 0..300 {
@@ -742,7 +748,6 @@ fn random_and_truncated_documents_never_panic() {
             .map(|_| alphabet[(next() as usize) % alphabet.len()])
             .collect();
         let _ = schema.prepare(&request(&text, json!({"x": [1, {"y": null}]})), &limits);
-        cases += 1;
     }
     let deep = format!("{}{}", "{a:".repeat(5000), "}".repeat(5000));
     let _ = schema.prepare(
@@ -752,5 +757,4 @@ fn random_and_truncated_documents_never_panic() {
             ..limits
         },
     );
-    assert!(cases > 500);
 }

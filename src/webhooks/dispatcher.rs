@@ -354,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn deliveries_share_one_body_and_ids_are_stable_per_event_and_endpoint() {
+    fn deliveries_carry_the_event_payload_and_ids_are_stable_per_event_and_endpoint() {
         let e = event(Some("acme"), OrderStatus::Confirmed);
         let eps = [
             endpoint("ep_a", Some("acme"), &["order.*"]),
@@ -363,7 +363,14 @@ mod tests {
         ];
         let ds = deliveries_for(&e, &eps, 42);
         assert_eq!(ds.len(), 2);
-        assert_eq!(ds[0].body, ds[1].body);
+        for d in &ds {
+            let body: serde_json::Value = serde_json::from_str(&d.body).expect("JSON body");
+            assert_eq!(body["type"], "order.confirmed");
+            assert_eq!(body["data"]["eventId"], "1700000000000-3");
+            assert_eq!(body["data"]["partnerId"], "acme");
+            assert_eq!(body["data"]["status"], "confirmed");
+            assert!(body["timestamp"].is_string(), "{body}");
+        }
         assert_eq!(ds[0].next_attempt_at_ms, Some(42));
         assert_eq!(ds[0].id, delivery_id("1700000000000-3", "ep_a"));
         assert_ne!(ds[0].id, ds[1].id);
