@@ -81,9 +81,40 @@ pub enum AuthError {
     Invalid(String),
 }
 
+/// Which credential a request came with, for per-credential limits; never the credential
+/// itself, so it may be kept and logged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CredentialId {
+    /// The n-th configured API key (admin keys first, then partner keys, in config order).
+    Key(usize),
+    /// A customer token's subject (`sub`, the customerId).
+    Subject(String),
+}
+
+/// A key's own rate limit (`[[auth.partner_keys]] rate_limit_*`); unset parts take `[http]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyRateLimit {
+    pub per_second: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+/// An authenticated caller: who it is, which credential it used, that key's own limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: Principal,
+    pub credential: CredentialId,
+    pub rate_limit: KeyRateLimit,
+}
+
+struct ConfiguredKey {
+    hash: [u8; 32],
+    principal: Principal,
+    rate_limit: KeyRateLimit,
+}
+
 /// The configured API keys and customer-token verifiers, built once at start-up.
 pub struct KeyRing {
-    keys: Vec<([u8; 32], Principal)>,
+    keys: Vec<ConfiguredKey>,
     jwt: Option<JwtVerifier>,
 }
 
@@ -91,17 +122,20 @@ impl KeyRing {
     /// Builds the ring from `[auth]`. A JWT key that cannot be used (an unparsable PEM, a
     /// short secret) is a start-up error, never a ring that refuses every token.
     pub fn from_config(auth: &AuthConfig) -> anyhow::Result<KeyRing> {
-        let admin = auth
-            .admin_keys
-            .iter()
-            .map(|k| (digest(k), Principal::Admin));
-        let partners = auth.partner_keys.iter().map(|p| {
-            (
-                digest(&p.key),
-                Principal::Partner {
-                    partner_id: p.partner_id.clone(),
-                },
-            )
+        let admin = auth.admin_keys.iter().map(|k| ConfiguredKey {
+            hash: digest(k),
+            principal: Principal::Admin,
+            rate_limit: KeyRateLimit::default(),
+        });
+        let partners = auth.partner_keys.iter().map(|p| ConfiguredKey {
+            hash: digest(&p.key),
+            principal: Principal::Partner {
+                partner_id: p.partner_id.clone(),
+            },
+            rate_limit: KeyRateLimit {
+                per_second: p.rate_limit_per_second,
+                burst: p.rate_limit_burst,
+            },
         });
         Ok(KeyRing {
             keys: admin.chain(partners).collect(),
@@ -117,26 +151,48 @@ impl KeyRing {
     /// The principal a presented credential belongs to: a configured API key (looked up in
     /// time independent of which key, if any, matches), else a valid customer JWT.
     pub fn authenticate(&self, credential: &str) -> Result<Principal, AuthError> {
-        if let Some(principal) = self.lookup_key(credential) {
-            return Ok(principal);
+        self.identify(credential).map(|caller| caller.principal)
+    }
+
+    /// [`KeyRing::authenticate`], also naming the credential (for per-credential limits).
+    pub fn identify(&self, credential: &str) -> Result<Caller, AuthError> {
+        if let Some(index) = self.lookup_key(credential) {
+            let key = &self.keys[index];
+            return Ok(Caller {
+                principal: key.principal.clone(),
+                credential: CredentialId::Key(index),
+                rate_limit: key.rate_limit,
+            });
         }
         match &self.jwt {
-            Some(verifier) if looks_like_jwt(credential) => verifier.verify(credential),
+            Some(verifier) if looks_like_jwt(credential) => {
+                let principal = verifier.verify(credential)?;
+                let subject = match &principal {
+                    Principal::Customer { customer_id, .. } => customer_id.clone(),
+                    _ => String::new(),
+                };
+                Ok(Caller {
+                    principal,
+                    credential: CredentialId::Subject(subject),
+                    rate_limit: KeyRateLimit::default(),
+                })
+            }
             _ => Err(AuthError::Unknown),
         }
     }
 
-    /// The constant-time key lookup: every key's hash is compared, whatever matched before.
-    fn lookup_key(&self, presented: &str) -> Option<Principal> {
+    /// The constant-time key lookup: every key's hash is compared, whatever matched before;
+    /// the index of the first match.
+    fn lookup_key(&self, presented: &str) -> Option<usize> {
         let presented = digest(presented);
-        let mut found: Option<&Principal> = None;
-        for (hash, principal) in &self.keys {
-            let equal: bool = hash.ct_eq(&presented).into();
+        let mut found: Option<usize> = None;
+        for (index, key) in self.keys.iter().enumerate() {
+            let equal: bool = key.hash.ct_eq(&presented).into();
             if equal && found.is_none() {
-                found = Some(principal);
+                found = Some(index);
             }
         }
-        found.cloned()
+        found
     }
 }
 
@@ -334,6 +390,8 @@ mod tests {
             partner_keys: vec![PartnerKey {
                 key: "partner-key-acme-0001".into(),
                 partner_id: "acme".into(),
+                rate_limit_per_second: Some(7),
+                rate_limit_burst: None,
             }],
             jwt,
         }
@@ -417,14 +475,32 @@ mod tests {
         let ring = KeyRing::from_config(&config).unwrap();
         assert_eq!(ring.authenticate(jwt_shaped_key), Ok(Principal::Admin));
         // The lookup compares every key (first and last alike), whatever the JWT config.
-        assert_eq!(
-            ring.lookup_key("admin-key-0000000001"),
-            Some(Principal::Admin)
-        );
-        assert_eq!(ring.lookup_key(jwt_shaped_key), Some(Principal::Admin));
+        assert_eq!(ring.lookup_key("admin-key-0000000001"), Some(0));
+        assert_eq!(ring.lookup_key("partner-key-acme-0001"), Some(2));
+        assert_eq!(ring.lookup_key(jwt_shaped_key), Some(1));
         assert_eq!(ring.lookup_key(&hs256(&claims())), None);
         // A non-key without the JWT shape never reaches the verifier.
         assert_eq!(ring.authenticate("not-a-key"), Err(AuthError::Unknown));
+    }
+
+    #[test]
+    fn callers_are_named_by_key_position_or_token_subject_never_by_the_secret() {
+        let ring = jwt_ring(true, false);
+        let partner = ring.identify("partner-key-acme-0001").unwrap();
+        assert_eq!(partner.credential, CredentialId::Key(1));
+        assert_eq!(
+            partner.rate_limit,
+            KeyRateLimit {
+                per_second: Some(7),
+                burst: None
+            }
+        );
+        let admin = ring.identify("admin-key-0000000001").unwrap();
+        assert_eq!(admin.credential, CredentialId::Key(0));
+        assert_eq!(admin.rate_limit, KeyRateLimit::default());
+        let customer = ring.identify(&hs256(&claims())).unwrap();
+        assert_eq!(customer.credential, CredentialId::Subject("cust-1".into()));
+        assert_eq!(ring.identify("nope"), Err(AuthError::Unknown));
     }
 
     #[test]

@@ -154,6 +154,12 @@ impl std::fmt::Debug for JwtConfig {
 pub struct PartnerKey {
     pub key: String,
     pub partner_id: String,
+    /// This key's own `[http] rate_limit_per_second` (0 = no limit); unset: the `[http]` one.
+    #[serde(default)]
+    pub rate_limit_per_second: Option<u32>,
+    /// This key's own `[http] rate_limit_burst`; unset: the `[http]` one.
+    #[serde(default)]
+    pub rate_limit_burst: Option<u32>,
 }
 
 impl std::fmt::Debug for PartnerKey {
@@ -162,6 +168,8 @@ impl std::fmt::Debug for PartnerKey {
         f.debug_struct("PartnerKey")
             .field("key", &"<redacted>")
             .field("partner_id", &self.partner_id)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("rate_limit_burst", &self.rate_limit_burst)
             .finish()
     }
 }
@@ -250,6 +258,14 @@ pub struct HttpConfig {
     /// How long shutdown waits for in-flight requests and batches.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    // Per-credential rate limiting (README, "HTTP API"): a token bucket per API key or
+    // customer-token subject, on each node.
+    /// Requests per second each credential may sustain; 0 = no limit.
+    pub rate_limit_per_second: u32,
+    /// Requests a credential may send at once (the bucket's size); at least 1.
+    pub rate_limit_burst: u32,
+    /// Whether admin keys are limited too (they are the operator's own: off by default).
+    pub rate_limit_admin: bool,
 }
 
 impl Default for HttpConfig {
@@ -259,6 +275,9 @@ impl Default for HttpConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             public_metrics: false,
             shutdown_grace: Duration::from_secs(10),
+            rate_limit_per_second: 1000,
+            rate_limit_burst: 2000,
+            rate_limit_admin: false,
         }
     }
 }
@@ -464,6 +483,15 @@ impl Config {
                 bail!("auth: every API key must be at least 16 characters long");
             }
         }
+        if self.http.rate_limit_burst == 0
+            || self
+                .auth
+                .partner_keys
+                .iter()
+                .any(|p| p.rate_limit_burst == Some(0))
+        {
+            bail!("http.rate_limit_burst and partner keys' rate_limit_burst must be at least 1");
+        }
         let hooks = &self.webhooks;
         if hooks.retry_schedule.is_empty() {
             bail!("webhooks.retry_schedule must hold at least one interval (the first attempt)");
@@ -642,6 +670,30 @@ mod tests {
                 "{key}={value}"
             );
         }
+    }
+
+    #[test]
+    fn rate_limits_default_on_for_partners_and_customers_and_a_zero_burst_is_refused() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.http.rate_limit_per_second, 1000);
+        assert_eq!(c.http.rate_limit_burst, 2000);
+        assert!(!c.http.rate_limit_admin);
+        let err = Config::load(
+            None,
+            env(&[("HERALD_HTTP__RATE_LIMIT_BURST", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("rate_limit_burst"), "{err:#}");
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[[auth.partner_keys]]\nkey = \"partner-key-0000000001\"\npartner_id = \"p\"\nrate_limit_per_second = 5"
+        )
+        .unwrap();
+        let c = Config::load(Some(f.path()), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.auth.partner_keys[0].rate_limit_per_second, Some(5));
+        assert_eq!(c.auth.partner_keys[0].rate_limit_burst, None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! - [`config`]: the layered configuration.
 //! - [`engine`]: every byte of state (queue, status store, event log, idempotency) behind one
 //!   seam, with the memory and Redis engines.
-//! - [`api`]: the HTTP API; [`auth`]: who is calling.
+//! - [`api`]: the HTTP API; [`auth`]: who is calling; [`ratelimit`]: token buckets.
 //! - [`worker`]: the order workflow over the command queue.
 //! - [`tail`]: follows the event log for this node's consumers.
 //! - [`graphql`]: the schema, documents, filters and projections.
@@ -20,6 +20,7 @@ pub mod graphql;
 pub mod metrics;
 pub mod model;
 pub mod push;
+pub mod ratelimit;
 pub mod server;
 pub mod tail;
 pub mod webhooks;

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Log directives added to RUST_LOG: crates whose most verbose level prints message payloads.
+const NO_PAYLOAD_LOGS: &str = "tungstenite=debug";
+
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Real-time order status push server")]
 struct Cli {
@@ -38,11 +41,13 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // tungstenite's trace level prints every WebSocket message, `connection_init` credentials
+    // included: it is capped at debug whatever RUST_LOG says, so no level logs a secret.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(NO_PAYLOAD_LOGS.parse().expect("a valid directive"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -16,6 +16,8 @@ macro_rules! counters {
             pub extra: std::sync::OnceLock<ExtraSeries>,
             /// How late webhook attempts start after their due time.
             pub webhook_lateness: Histogram,
+            /// API requests answered 429 by the per-credential rate limit, by role.
+            pub api_rate_limited: RoleCounter,
         }
 
         impl Metrics {
@@ -56,6 +58,43 @@ counters! {
     webhook_endpoints_disabled => "herald_webhook_endpoints_disabled_total", "Endpoints disabled (410 Gone, or failing for webhooks.disable_after).";
     webhook_deferred => "herald_webhook_deferred_total", "Deliveries put back a little later without an attempt because their endpoint was at its in-flight or rate limit.";
     webhook_sender_errors => "herald_webhook_sender_errors_total", "Sender engine calls that failed (the delivery is taken again when its lease ends).";
+}
+
+/// A counter labelled with the caller's role (`admin`, `partner`, `customer`).
+#[derive(Default)]
+pub struct RoleCounter {
+    admin: AtomicU64,
+    partner: AtomicU64,
+    customer: AtomicU64,
+}
+
+impl RoleCounter {
+    /// Counts one for `role`; an unknown role counts nowhere.
+    pub fn inc(&self, role: &str) {
+        let counter = match role {
+            "admin" => &self.admin,
+            "partner" => &self.partner,
+            "customer" => &self.customer,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (role, value) in [
+            ("admin", &self.admin),
+            ("partner", &self.partner),
+            ("customer", &self.customer),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{role=\"{role}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 /// A Prometheus histogram over fixed buckets (seconds), lock-free.
@@ -128,6 +167,11 @@ impl Metrics {
             "herald_webhook_attempt_lateness_seconds",
             "How long after its due time a webhook attempt started.",
         );
+        self.api_rate_limited.write(
+            &mut out,
+            "herald_api_rate_limited_total",
+            "API requests answered 429 by the per-credential rate limit (http.rate_limit_*).",
+        );
         let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} gauge");
@@ -188,6 +232,10 @@ mod tests {
         ));
         assert!(text.contains("herald_queue_visible_messages 3\n"));
         assert!(text.contains("herald_engine_up 1\n"));
+        m.api_rate_limited.inc("partner");
+        let text = m.render(None, true);
+        assert!(text.contains("herald_api_rate_limited_total{role=\"partner\"} 1\n"));
+        assert!(text.contains("herald_api_rate_limited_total{role=\"admin\"} 0\n"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! dispatcher and the webhook sender stop (attempts in flight finish), all within
 //! `http.shutdown_grace`.
 
+use crate::api::ratelimit::ApiRateLimiter;
 use crate::api::{self, AppState, Shared};
 use crate::auth::{KeyRing, generate_admin_key};
 use crate::config::Config;
@@ -89,6 +90,16 @@ impl fmt::Display for Roles {
     }
 }
 
+/// Every (method, path) a node with these roles serves: the API's routes and the push
+/// role's. The security suite holds a test case for each.
+pub fn route_table(roles: Roles) -> Vec<(axum::http::Method, &'static str)> {
+    let mut table = api::routes(roles.api).table().to_vec();
+    if roles.push {
+        table.extend_from_slice(push::routes().table());
+    }
+    table
+}
+
 pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
     if config.auth.admin_keys.is_empty() {
         let key = generate_admin_key();
@@ -122,6 +133,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
     let state = AppState(Arc::new(Shared {
         engine: engine.clone(),
         keys: KeyRing::from_config(&config.auth).context("loading [auth] keys")?,
+        rate_limiter: ApiRateLimiter::new(&config.http, std::time::Instant::now()),
         config: config.clone(),
         metrics: metrics.clone(),
         webhook_allow: webhook_allow.clone(),
@@ -295,5 +307,19 @@ mod tests {
         assert!("api,bogus".parse::<Roles>().is_err());
         assert!("".parse::<Roles>().is_err());
         assert_eq!(r.to_string(), "api,push");
+    }
+
+    #[test]
+    fn the_route_table_lists_each_role_s_routes_once() {
+        use axum::http::Method;
+        let all = route_table(Roles::ALL);
+        assert!(all.contains(&(Method::PATCH, "/v1/webhooks/{webhook_id}")));
+        assert!(all.contains(&(Method::POST, "/graphql")));
+        let mut unique = all.clone();
+        unique.sort_by_key(|(m, p)| (m.to_string(), *p));
+        unique.dedup();
+        assert_eq!(unique.len(), all.len());
+        let worker = route_table("worker".parse().unwrap());
+        assert_eq!(worker.len(), 3, "health, readiness, metrics: {worker:?}");
     }
 }

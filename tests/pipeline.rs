@@ -342,31 +342,9 @@ async fn credentials_are_required_and_partners_reach_only_their_orders(kind: Kin
     );
 }
 
-const JWT_SECRET: &str = "pipeline-test-hs256-secret-000000000001";
-
-fn hs256_jwt_toml() -> String {
-    format!(
-        "[auth.jwt]\nhs256_secret = \"{JWT_SECRET}\"\nissuer = \"https://id.example\"\naudience = \"herald\"\n"
-    )
-}
-
-fn customer_claims(customer: &str, expires_in: i64) -> Value {
-    let now = jsonwebtoken::get_current_timestamp() as i64;
-    json!({"sub": customer, "exp": now + expires_in, "iss": "https://id.example", "aud": "herald"})
-}
-
-fn hs256_token(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn customer_token_reads_its_own_orders_and_nothing_else() {
-    let s = Stack::start_with(Kind::Memory, &hs256_jwt_toml());
+    let s = Stack::start_with(Kind::Memory, &jwt_toml());
     for (order, customer) in [("mine-1", "cust-a"), ("theirs-1", "cust-b")] {
         let r = s
             .post("/v1/orders", ADMIN_KEY, &order_body(order, customer))
@@ -417,7 +395,7 @@ async fn customer_token_reads_its_own_orders_and_nothing_else() {
 
 #[tokio::test]
 async fn customer_token_may_not_create_transition_publish_or_administer() {
-    let s = Stack::start_with(Kind::Memory, &hs256_jwt_toml());
+    let s = Stack::start_with(Kind::Memory, &jwt_toml());
     s.post("/v1/orders", ADMIN_KEY, &order_body("mine-2", "cust-a"))
         .await;
     let token = hs256_token(&customer_claims("cust-a", 600));
@@ -442,7 +420,7 @@ async fn customer_token_may_not_create_transition_publish_or_administer() {
 
 #[tokio::test]
 async fn expired_or_forged_customer_token_is_a_401_with_a_safe_detail() {
-    let s = Stack::start_with(Kind::Memory, &hs256_jwt_toml());
+    let s = Stack::start_with(Kind::Memory, &jwt_toml());
     s.post("/v1/orders", ADMIN_KEY, &order_body("mine-3", "cust-a"))
         .await;
     let expired = hs256_token(&customer_claims("cust-a", -3600));
@@ -469,16 +447,7 @@ async fn expired_or_forged_customer_token_is_a_401_with_a_safe_detail() {
 
 #[tokio::test]
 async fn rs256_customer_token_is_verified_with_the_configured_public_key() {
-    let public = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/jwt_rs256_public.pem"),
-    )
-    .unwrap();
-    let private = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/jwt_rs256_private.pem"),
-    )
-    .unwrap();
+    let public = fixture("jwt_rs256_public.pem");
     let s = Stack::start_with(
         Kind::Memory,
         &format!(
@@ -492,12 +461,7 @@ async fn rs256_customer_token_is_verified_with_the_configured_public_key() {
         "exp": jsonwebtoken::get_current_timestamp() + 600,
         "aud": "herald",
     });
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
-    )
-    .unwrap();
+    let token = rs256_token(&claims);
     assert_eq!(
         s.get("/v1/orders/rs-1/status", &token).await.status(),
         StatusCode::OK

@@ -7,6 +7,7 @@ pub mod events;
 pub mod health;
 pub mod orders;
 pub mod problem;
+pub mod ratelimit;
 pub mod webhooks;
 
 use crate::auth::{AuthError, KeyRing, Principal, credential_from_headers};
@@ -16,16 +17,18 @@ use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, on};
 use bytes::Bytes;
 use problem::{ApiResult, Problem};
+use ratelimit::{ApiRateLimiter, RateLimited};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What every handler can reach. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -35,6 +38,8 @@ pub struct Shared {
     pub engine: Arc<dyn Engine>,
     pub config: Config,
     pub keys: KeyRing,
+    /// Per-credential token buckets (`[http] rate_limit_*`), checked by [`Shared::admit`].
+    pub rate_limiter: ApiRateLimiter,
     pub metrics: Arc<Metrics>,
     /// The SSRF guard's exemptions (`webhooks.allow_networks`): endpoint URLs are checked
     /// against it when they are created or changed.
@@ -50,60 +55,120 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Builds the router. `api` adds the order, event and admin resources (the `api` role);
-/// health, readiness and metrics are always served.
-pub fn router(state: AppState, api: bool) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics));
-    if api {
-        router = router
-            .route("/v1/orders", post(orders::create_order))
-            .route("/v1/orders/{order_id}", get(orders::get_order))
-            .route("/v1/orders/{order_id}/status", get(orders::get_status))
-            .route(
-                "/v1/orders/{order_id}/transitions",
-                post(orders::create_transition),
-            )
-            .route(
-                "/v1/events",
-                get(events::list_events).post(events::publish_event),
-            )
-            .route(
-                "/v1/webhooks",
-                post(webhooks::create_endpoint).get(webhooks::list_endpoints),
-            )
-            .route(
-                "/v1/webhooks/{webhook_id}",
-                get(webhooks::get_endpoint)
-                    .patch(webhooks::patch_endpoint)
-                    .delete(webhooks::delete_endpoint),
-            )
-            .route(
-                "/v1/webhooks/{webhook_id}/rotate-secret",
-                post(webhooks::rotate_secret),
-            )
-            .route(
-                "/v1/webhooks/{webhook_id}/deliveries",
-                get(webhooks::list_deliveries),
-            )
-            .route(
-                "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
-                get(webhooks::get_delivery),
-            )
-            .route(
-                "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
-                post(webhooks::retry_delivery),
-            )
-            .route("/v1/webhooks/{webhook_id}/recover", post(webhooks::recover))
-            .route("/v1/admin/queues", get(admin::queues))
-            .route("/v1/admin/dlq", get(admin::dead_letters))
-            .route("/v1/admin/dlq/redrive", post(admin::redrive))
-            .route("/v1/admin/events/malformed", get(admin::malformed_events));
+/// A router that lists what it serves: each route is added with its method, so
+/// [`Routes::table`] is exactly the served table (the security suite checks every route
+/// against every role from it, so a new route cannot go untested).
+pub struct Routes<S> {
+    router: Router<S>,
+    table: Vec<(Method, &'static str)>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Routes {
+            router: Router::new(),
+            table: Vec::new(),
+        }
     }
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    fn on<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        let filter = match method {
+            Method::POST => MethodFilter::POST,
+            Method::PATCH => MethodFilter::PATCH,
+            Method::DELETE => MethodFilter::DELETE,
+            _ => MethodFilter::GET,
+        };
+        // Routes on one path merge into one method router.
+        self.router = self.router.route(path, on(filter, handler));
+        self.table.push((method, path));
+        self
+    }
+
+    pub fn get<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
+        self.on(Method::GET, path, handler)
+    }
+
+    pub fn post<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
+        self.on(Method::POST, path, handler)
+    }
+
+    pub fn patch<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
+        self.on(Method::PATCH, path, handler)
+    }
+
+    pub fn delete<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
+        self.on(Method::DELETE, path, handler)
+    }
+
+    /// Every (method, path) served, in the order they were added.
+    pub fn table(&self) -> &[(Method, &'static str)] {
+        &self.table
+    }
+
+    pub fn into_router(self) -> Router<S> {
+        self.router
+    }
+}
+
+/// The routes: `api` adds the order, event, webhook and admin resources (the `api` role);
+/// health, readiness and metrics are always served.
+pub fn routes(api: bool) -> Routes<AppState> {
+    let routes = Routes::default()
+        .get("/healthz", health::healthz)
+        .get("/readyz", health::readyz)
+        .get("/metrics", health::metrics);
+    if !api {
+        return routes;
+    }
+    routes
+        .post("/v1/orders", orders::create_order)
+        .get("/v1/orders/{order_id}", orders::get_order)
+        .get("/v1/orders/{order_id}/status", orders::get_status)
+        .post(
+            "/v1/orders/{order_id}/transitions",
+            orders::create_transition,
+        )
+        .get("/v1/events", events::list_events)
+        .post("/v1/events", events::publish_event)
+        .post("/v1/webhooks", webhooks::create_endpoint)
+        .get("/v1/webhooks", webhooks::list_endpoints)
+        .get("/v1/webhooks/{webhook_id}", webhooks::get_endpoint)
+        .patch("/v1/webhooks/{webhook_id}", webhooks::patch_endpoint)
+        .delete("/v1/webhooks/{webhook_id}", webhooks::delete_endpoint)
+        .post(
+            "/v1/webhooks/{webhook_id}/rotate-secret",
+            webhooks::rotate_secret,
+        )
+        .get(
+            "/v1/webhooks/{webhook_id}/deliveries",
+            webhooks::list_deliveries,
+        )
+        .get(
+            "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
+            webhooks::get_delivery,
+        )
+        .post(
+            "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+            webhooks::retry_delivery,
+        )
+        .post("/v1/webhooks/{webhook_id}/recover", webhooks::recover)
+        .get("/v1/admin/queues", admin::queues)
+        .get("/v1/admin/dlq", admin::dead_letters)
+        .post("/v1/admin/dlq/redrive", admin::redrive)
+        .get("/v1/admin/events/malformed", admin::malformed_events)
+}
+
+/// Builds the router of [`routes`] with the shared fallbacks and body limit.
+pub fn router(state: AppState, api: bool) -> Router {
     let max_body = state.config.http.max_body_bytes;
-    router
+    routes(api)
+        .into_router()
         .fallback(|| async { Problem::not_found("No such resource.") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -116,19 +181,51 @@ pub fn router(state: AppState, api: bool) -> Router {
         .with_state(state)
 }
 
+/// Why a request's caller was not admitted.
+#[derive(Debug)]
+pub enum Refusal {
+    /// No credential (`None`) or a refused one.
+    Unauthenticated(Option<AuthError>),
+    /// Over its credential's rate limit.
+    RateLimited(RateLimited),
+}
+
+impl From<Refusal> for Problem {
+    fn from(refusal: Refusal) -> Problem {
+        match refusal {
+            Refusal::Unauthenticated(None | Some(AuthError::Unknown)) => Problem::unauthorized(),
+            // The message names the reason only (never the token): safe to send.
+            Refusal::Unauthenticated(Some(e)) => Problem::unauthorized().detail(e.to_string()),
+            Refusal::RateLimited(limited) => limited.into(),
+        }
+    }
+}
+
+impl Shared {
+    /// Admits a request's caller: authenticates its credential, then takes one token from that
+    /// credential's bucket. Every HTTP route that needs a caller comes through here (the
+    /// [`Principal`] extractor, `POST /graphql`), so limits hold for all of them alike.
+    pub fn admit(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
+        let credential = credential_from_headers(headers).ok_or(Refusal::Unauthenticated(None))?;
+        let caller = self
+            .keys
+            .identify(&credential)
+            .map_err(|e| Refusal::Unauthenticated(Some(e)))?;
+        if let Err(limited) = self.rate_limiter.check(&caller, Instant::now()) {
+            let role = ratelimit::role(&caller.principal);
+            self.metrics.api_rate_limited.inc(role);
+            tracing::debug!(role, credential = ?caller.credential, "rate limited");
+            return Err(Refusal::RateLimited(limited));
+        }
+        Ok(caller.principal)
+    }
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let credential =
-            credential_from_headers(&parts.headers).ok_or_else(Problem::unauthorized)?;
-        state.keys.authenticate(&credential).map_err(|e| match e {
-            AuthError::Unknown => Problem::unauthorized(),
-            // The message names the reason only (never the token): safe to send.
-            AuthError::Expired | AuthError::Invalid(_) => {
-                Problem::unauthorized().detail(e.to_string())
-            }
-        })
+        state.admit(&parts.headers).map_err(Problem::from)
     }
 }
 

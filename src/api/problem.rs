@@ -3,7 +3,7 @@
 //! Pointers into the request body.
 
 use crate::engine::EngineError;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -18,34 +18,44 @@ pub struct FieldError {
 pub struct Problem {
     #[serde(rename = "type")]
     pub problem_type: String,
-    pub title: String,
+    /// Always a fixed text per problem type (so `&'static`: keeps the error small).
+    pub title: &'static str,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Response headers beside the content type (`Retry-After`, `WWW-Authenticate`, the
+    /// `RateLimit-*` headers of a 429).
     #[serde(skip)]
-    pub retry_after: Option<u64>,
-    #[serde(skip)]
-    pub www_authenticate: bool,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, slug: &str, title: &str) -> Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &'static str) -> Problem {
         Problem {
             problem_type: format!("/problems/{slug}"),
-            title: title.to_string(),
+            title,
             status: status.as_u16(),
             detail: None,
             errors: Vec::new(),
-            retry_after: None,
-            www_authenticate: false,
+            headers: Vec::new(),
         }
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Problem {
         self.detail = Some(detail.into());
         self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Problem {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// `Retry-After` in whole seconds.
+    pub fn retry_after(self, seconds: u64) -> Problem {
+        self.header(header::RETRY_AFTER, HeaderValue::from(seconds))
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Problem {
@@ -67,14 +77,16 @@ impl Problem {
     }
 
     pub fn unauthorized() -> Problem {
-        let mut p = Problem::new(
+        Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "Missing or invalid credentials",
         )
-        .detail("Send `Authorization: Bearer <key>` or `x-api-key: <key>`.");
-        p.www_authenticate = true;
-        p
+        .detail("Send `Authorization: Bearer <key>` or `x-api-key: <key>`.")
+        .header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"herald\""),
+        )
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Problem {
@@ -85,19 +97,18 @@ impl Problem {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail(detail)
     }
 
-    pub fn conflict(slug: &str, title: &str, detail: impl Into<String>) -> Problem {
+    pub fn conflict(slug: &str, title: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::CONFLICT, slug, title).detail(detail)
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Problem {
-        let mut p = Problem::new(
+        Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "Service unavailable",
         )
-        .detail(detail);
-        p.retry_after = Some(1);
-        p
+        .detail(detail)
+        .retry_after(1)
     }
 }
 
@@ -128,19 +139,13 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(seconds) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if self.www_authenticate {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"herald\""),
-            );
-        }
         response
     }
 }

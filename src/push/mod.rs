@@ -16,13 +16,12 @@ pub mod session;
 pub mod transport_ws;
 pub mod ws;
 
-use crate::api::AppState;
+use crate::api::{AppState, Routes};
 use crate::graphql::{DocumentLimits, GraphqlSchema};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
-use axum::routing::get;
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -111,15 +110,19 @@ impl PushState {
 
 /// The push role's routes: the WebSocket endpoint and its alias, `POST /graphql`, and the
 /// console page.
+pub fn routes() -> Routes<Arc<PushState>> {
+    Routes::default()
+        .get("/graphql", ws::upgrade)
+        .post("/graphql", query::graphql_query)
+        .get("/graphql/realtime", ws::upgrade)
+        .post("/graphql/realtime", query::graphql_query)
+        .get("/", console)
+}
+
 pub fn router(state: Arc<PushState>) -> Router {
     let max_body = state.app.config.push.max_message_bytes;
-    Router::new()
-        .route("/graphql", get(ws::upgrade).post(query::graphql_query))
-        .route(
-            "/graphql/realtime",
-            get(ws::upgrade).post(query::graphql_query),
-        )
-        .route("/", get(console))
+    routes()
+        .into_router()
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

@@ -1,14 +1,16 @@
 //! `POST /graphql`: the `order(orderId)` query, with the same document rules, projection and
 //! authorization as subscriptions. GraphQL over HTTP with `application/json`: a request that
 //! was read answers 200 with `data` and/or `errors`; an unreadable body answers 400 and a
-//! missing or refused credential 401, both with GraphQL errors.
+//! missing or refused credential 401 and a credential over its rate limit 429 (as the rest of
+//! the API, with `Retry-After` and `RateLimit-*`), all with GraphQL errors.
 
 use super::PushState;
-use crate::auth::credential_from_headers;
+use crate::api::Refusal;
+use crate::api::problem::Problem;
 use crate::graphql::{GraphqlError, GraphqlRequest, Operation};
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
@@ -17,20 +19,9 @@ pub async fn graphql_query(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(credential) = credential_from_headers(&headers) else {
-        return errors(
-            StatusCode::UNAUTHORIZED,
-            GraphqlError::with_code("Missing credentials.", "UNAUTHENTICATED"),
-        );
-    };
-    let principal = match state.app.keys.authenticate(&credential) {
+    let principal = match state.app.admit(&headers) {
         Ok(p) => p,
-        Err(e) => {
-            return errors(
-                StatusCode::UNAUTHORIZED,
-                GraphqlError::with_code(format!("Unauthorized: {e}."), "UNAUTHENTICATED"),
-            );
-        }
+        Err(refusal) => return refused(refusal),
     };
     let request: GraphqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -79,6 +70,34 @@ pub async fn graphql_query(
         }
         s => raw(StatusCode::OK, query.projection.render_order(s.as_ref())),
     }
+}
+
+/// A caller not admitted: the status and headers of the API's answer (401, or 429 with
+/// `Retry-After` and `RateLimit-*`), with GraphQL errors as the body.
+fn refused(refusal: Refusal) -> Response {
+    let error = match &refusal {
+        Refusal::Unauthenticated(None) => {
+            GraphqlError::with_code("Missing credentials.", "UNAUTHENTICATED")
+        }
+        Refusal::Unauthenticated(Some(e)) => {
+            GraphqlError::with_code(format!("Unauthorized: {e}."), "UNAUTHENTICATED")
+        }
+        Refusal::RateLimited(limited) => GraphqlError::with_code(
+            format!(
+                "Too many requests for this credential; retry after {} s.",
+                limited.retry_after_secs
+            ),
+            "RATE_LIMITED",
+        ),
+    };
+    let mut response = Problem::from(refusal).into_response();
+    *response.body_mut() =
+        axum::body::Body::from(serde_json::json!({ "errors": [error] }).to_string());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn errors(status: StatusCode, error: GraphqlError) -> Response {

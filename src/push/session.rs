@@ -12,6 +12,7 @@ use crate::auth::{AuthError, Principal};
 use crate::engine::LogEntry;
 use crate::graphql::{EventFilter, GraphqlError, GraphqlRequest, Operation, SubscriptionSpec};
 use crate::model::EventId;
+use crate::ratelimit::TokenBucket;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -119,8 +120,8 @@ pub struct Session {
     pub acked: bool,
     pub inits: u32,
     subs: HashMap<String, SubHandle>,
-    tokens: f64,
-    refilled: Instant,
+    /// `push.subscribe_rate` per second, a burst of the same size.
+    subscribes: TokenBucket,
 }
 
 impl Session {
@@ -133,17 +134,7 @@ impl Session {
     }
 
     fn take_token(&mut self) -> bool {
-        let rate = f64::from(self.state.app.config.push.subscribe_rate.max(1));
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.subscribes.try_take(Instant::now()).is_ok()
     }
 
     /// Starts a subscription. Checks that need no I/O happen here (id, rate, count, the
@@ -473,8 +464,7 @@ pub async fn run(
         acked: false,
         inits: 0,
         subs: HashMap::new(),
-        tokens: f64::from(config.subscribe_rate.max(1)),
-        refilled: Instant::now(),
+        subscribes: TokenBucket::new(config.subscribe_rate, config.subscribe_rate, Instant::now()),
     };
     let init_deadline = tokio::time::sleep(config.connection_init_timeout);
     tokio::pin!(init_deadline);

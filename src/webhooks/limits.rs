@@ -3,6 +3,7 @@
 //! wait, and the sender puts it back on the schedule without counting an attempt, so a slow
 //! or dead endpoint holds at most its own `max_in_flight` tasks and never anyone else's.
 
+use crate::ratelimit::TokenBucket;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,9 +17,8 @@ pub struct EndpointLimiter {
     max_in_flight: u32,
     rate_per_second: u32,
     in_flight: Arc<Semaphore>,
-    /// Tokens available and when they were last counted. `std::sync::Mutex`: held for a few
-    /// arithmetic operations, never across an `.await`.
-    bucket: Mutex<(f64, Instant)>,
+    /// `std::sync::Mutex`: held for a few arithmetic operations, never across an `.await`.
+    bucket: Mutex<TokenBucket>,
 }
 
 impl EndpointLimiter {
@@ -27,7 +27,11 @@ impl EndpointLimiter {
             max_in_flight,
             rate_per_second,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1) as usize)),
-            bucket: Mutex::new((f64::from(rate_per_second), Instant::now())),
+            bucket: Mutex::new(TokenBucket::new(
+                rate_per_second,
+                rate_per_second,
+                Instant::now(),
+            )),
         }
     }
 
@@ -39,18 +43,10 @@ impl EndpointLimiter {
             .try_acquire_owned()
             .map_err(|_| BUSY_RETRY)?;
         if self.rate_per_second > 0 {
-            let rate = f64::from(self.rate_per_second);
             let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let (tokens, last) = *bucket;
-            let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
-            if tokens < 1.0 {
-                *bucket = (tokens, now);
-                return Err(
-                    Duration::from_secs_f64((1.0 - tokens) / rate).max(Duration::from_millis(5))
-                );
-            }
-            *bucket = (tokens - 1.0, now);
+            bucket
+                .try_take(Instant::now())
+                .map_err(|refused| refused.retry_after.max(Duration::from_millis(5)))?;
         }
         Ok(permit)
     }

@@ -3,6 +3,8 @@
 //! `Herald` starts the real binary and reads the address it prints. Both die with the test.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -345,10 +347,19 @@ impl Stack {
     }
 
     pub fn start_with(kind: Kind, extra_toml: &str) -> Stack {
+        Self::start_with_env(kind, extra_toml, &[])
+    }
+
+    /// With more environment for Herald (e.g. `RUST_LOG`).
+    pub fn start_with_env(kind: Kind, extra_toml: &str, env: &[(&str, &str)]) -> Stack {
         let redis = (kind == Kind::Redis).then(|| RedisServer::start(true));
         let herald = Herald::start(HeraldOptions {
             redis_url: redis.as_ref().map(|r| r.url()),
             extra_toml: extra_toml.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..HeraldOptions::default()
         });
         Stack {
@@ -442,3 +453,58 @@ macro_rules! on_both_engines {
 }
 #[allow(unused_imports)]
 pub(crate) use on_both_engines;
+
+// ---- customer tokens (JWT) ----
+
+pub const JWT_SECRET: &str = "test-hs256-secret-0000000000000000000001";
+pub const JWT_ISSUER: &str = "https://id.example";
+pub const JWT_AUDIENCE: &str = "herald";
+
+/// A file under `tests/fixtures`.
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .expect("fixture")
+}
+
+/// `[auth.jwt]` accepting the tokens minted below: HS256 with [`JWT_SECRET`] and RS256 with
+/// the fixture key pair, issuer and audience required, no leeway (an expiry is exact).
+pub fn jwt_toml() -> String {
+    format!(
+        "[auth.jwt]\nhs256_secret = \"{JWT_SECRET}\"\nrs256_public_key_pem = \"\"\"\n{}\"\"\"\nissuer = \"{JWT_ISSUER}\"\naudience = \"{JWT_AUDIENCE}\"\nleeway = \"0s\"\n",
+        fixture("jwt_rs256_public.pem")
+    )
+}
+
+/// Claims of a customer token valid for `expires_in` seconds (negative: expired).
+pub fn customer_claims(customer: &str, expires_in: i64) -> Value {
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    serde_json::json!({"sub": customer, "exp": now + expires_in, "iss": JWT_ISSUER, "aud": JWT_AUDIENCE})
+}
+
+pub fn hs256_token(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("HS256 token")
+}
+
+pub fn rs256_token(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(fixture("jwt_rs256_private.pem").as_bytes())
+            .expect("fixture private key"),
+    )
+    .expect("RS256 token")
+}
+
+/// A valid HS256 customer token for `customer`, expiring in `ttl_secs`.
+pub fn customer_token(customer: &str, ttl_secs: u64) -> String {
+    hs256_token(&customer_claims(customer, ttl_secs as i64))
+}
