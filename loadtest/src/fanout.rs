@@ -257,7 +257,7 @@ struct SubOutcome {
 }
 
 /// Why a connection ended, in a few stable words (`close 4008`, `eof`, `reset`, ...).
-fn end_reason(r: Option<Result<Message, tungstenite::Error>>) -> Option<String> {
+pub fn end_reason(r: Option<Result<Message, tungstenite::Error>>) -> Option<String> {
     match r {
         None => Some("eof".into()),
         Some(Ok(Message::Close(Some(f)))) => Some(format!("close {}", u16::from(f.code))),
