@@ -19,8 +19,8 @@
 //!   reading once subscribed. They count in no figure except "stalled": after the run they read
 //!   again to find out whether the server closed them (and with which close code).
 
-use crate::publish::{self, Sink, Window};
-use crate::rate::{self, Schedule};
+use crate::publish::{self, Clock, OpenLoop, Sink, Target, Window};
+use crate::rate::Schedule;
 use crate::stats::{self, LatencySummary, SharedHistogram, Table};
 use crate::sys;
 use crate::ws::{self, Endpoint, Protocol, SeqCheck, SeqTracker, ServerMsg, Topic, Ws};
@@ -30,7 +30,6 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -132,13 +131,6 @@ pub struct FanoutArgs {
     /// Free text stored with the results.
     #[arg(long)]
     pub label: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    Herald,
-    Reference,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -265,7 +257,7 @@ struct SubOutcome {
 }
 
 /// Why a connection ended, in a few stable words (`close 4008`, `eof`, `reset`, ...).
-fn end_reason(r: Option<Result<Message, tungstenite::Error>>) -> Option<String> {
+pub fn end_reason(r: Option<Result<Message, tungstenite::Error>>) -> Option<String> {
     match r {
         None => Some("eof".into()),
         Some(Ok(Message::Close(Some(f)))) => Some(format!("close {}", u16::from(f.code))),
@@ -491,11 +483,10 @@ async fn open_subscribers(
             }
         }
         if last_print.elapsed() >= Duration::from_millis(500) || seen == n {
-            eprint!(
-                "\r[fanout] connecting {connected}/{n}, failed {}   ",
+            stats::progress_line(format_args!(
+                "[fanout] connecting {connected}/{n}, failed {}",
                 seen - connected
-            );
-            let _ = std::io::stderr().flush();
+            ));
             last_print = Instant::now();
         }
         if seen == n {
@@ -616,46 +607,22 @@ impl Publisher {
     }
 }
 
-/// How long after the window an open-loop publisher that fell behind keeps sending overdue
-/// events (each with its due time) before the rest count as unsent.
-const CATCH_UP: Duration = Duration::from_secs(1);
-/// Most events in one open-loop batch (a publisher that fell behind catches up in these).
-const OPEN_LOOP_BATCH: usize = 256;
-
-/// Open loop: a pacer thread hands out `(seq, due)` on schedule (precise sleeps, as intake);
-/// the publisher sends whatever is due in one batch.
+/// Open loop: events on schedule ([`OpenLoop`]), whatever is due in one batch.
 async fn publish_open_loop(
     p: &mut Publisher,
-    t0: Instant,
-    wall0: u64,
+    clock: Clock,
     rate: f64,
     end: Instant,
 ) -> anyhow::Result<()> {
-    let schedule = Schedule::new(t0, rate, end.duration_since(t0));
-    let warm_end = t0 + Duration::from_nanos(p.window.warm_end - wall0);
-    let (mut rx, pacer) =
-        rate::spawn_pacer(schedule, CATCH_UP).context("starting the pacer thread")?;
-    let lag = SharedHistogram::default();
-    let mut due = Vec::with_capacity(OPEN_LOOP_BATCH);
-    let mut events = Vec::with_capacity(OPEN_LOOP_BATCH);
-    while rx.recv_many(&mut due, OPEN_LOOP_BATCH).await > 0 {
-        let now = Instant::now();
-        events.clear();
-        for &(seq, at) in &due {
-            let t = wall0 + u64::try_from(at.duration_since(t0).as_nanos()).unwrap_or(u64::MAX);
-            if at >= warm_end {
-                lag.record(rate::latency_from(at, now));
-            }
-            events.push((seq, t));
-        }
-        due.clear();
+    let schedule = Schedule::new(clock.t0, rate, end.duration_since(clock.t0));
+    let mut open_loop = OpenLoop::start(schedule, clock, p.window.warm_end)?;
+    let mut events = Vec::with_capacity(OpenLoop::BATCH);
+    while open_loop.next_batch(&mut events).await {
         p.send(&events).await;
     }
-    let pacer = tokio::task::spawn_blocking(move || pacer.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
-    p.out.unsent = pacer.missed_since(warm_end);
-    p.out.lag = lag.summary();
+    let end = open_loop.finish().await?;
+    p.out.unsent = end.unsent;
+    p.out.lag = end.lag;
     Ok(())
 }
 
@@ -712,8 +679,7 @@ struct Go {
     owed: Owed,
     orders: u64,
     window: Window,
-    t0: Instant,
-    wall0: u64,
+    clock: Clock,
     end: Instant,
     rate: Rate,
     batch: u32,
@@ -774,9 +740,7 @@ fn spawn_publisher(
                     batch: Vec::new(),
                 };
                 match go.rate {
-                    Rate::PerSecond(r) => {
-                        publish_open_loop(&mut p, go.t0, go.wall0, r, go.end).await?
-                    }
+                    Rate::PerSecond(r) => publish_open_loop(&mut p, go.clock, r, go.end).await?,
                     Rate::Max => publish_closed_loop(&mut p, go.end, go.batch, go.max_lag).await?,
                 }
                 Ok(p.out)
@@ -855,8 +819,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
 
     let reading_count = subs.reading.iter().filter(|&&r| r).count() as u64;
-    let t0 = Instant::now();
-    let wall0 = publish::unix_nanos();
+    let clock = Clock::now();
+    let (t0, wall0) = (clock.t0, clock.wall0);
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let window = Window {
         warm_end: wall0 + nanos(args.warmup),
@@ -874,8 +838,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         },
         orders: u64::from(args.connections),
         window,
-        t0,
-        wall0,
+        clock,
         end,
         rate: args.rate,
         batch: args.batch,
@@ -937,28 +900,21 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     };
     print!("{}", report.table().render());
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report.json())?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("results written to {}", path.display());
+        stats::write_json(path, &report.json())?;
     }
     Ok(())
 }
 
 /// The `\r`-updated progress line on stderr, once a second.
 async fn progress(ctx: Arc<Ctx>, t0: Instant, warmup: Duration, end: Instant) {
-    let mut tick =
-        tokio::time::interval_at((t0 + Duration::from_secs(1)).into(), Duration::from_secs(1));
-    let mut last = 0;
-    let mut last_t = t0;
+    let mut ticker = stats::Ticker::new(t0);
+    let mut delivered = stats::LiveRate::default();
     loop {
-        tick.tick().await;
-        let now = Instant::now();
-        let delivered = ctx.delivered.load(Ordering::Relaxed);
-        let per_s = (delivered - last) as f64 / now.duration_since(last_t).as_secs_f64().max(1e-9);
-        (last, last_t) = (delivered, now);
-        let phase = if now < t0 + warmup {
+        let tick = ticker.tick().await;
+        let per_s = delivered.per_s(ctx.delivered.load(Ordering::Relaxed), &tick);
+        let phase = if tick.now < t0 + warmup {
             "warmup"
-        } else if now < end {
+        } else if tick.now < end {
             "measure"
         } else {
             "drain"
@@ -966,13 +922,12 @@ async fn progress(ctx: Arc<Ctx>, t0: Instant, warmup: Duration, end: Instant) {
         let p99 = ctx.latency[0]
             .quantile_ms(0.99)
             .map_or_else(|| "-".to_string(), stats::ms);
-        eprint!(
-            "\r[fanout] {:>6.1}s {phase:<7} {per_s:>10.0} deliveries/s  outstanding {:>8}  p99 {p99}  lost {}   ",
-            now.duration_since(t0).as_secs_f64(),
+        stats::progress_line(format_args!(
+            "[fanout] {:>6.1}s {phase:<7} {per_s:>10.0} deliveries/s  outstanding {:>8}  p99 {p99}  lost {}",
+            tick.elapsed_s,
             ctx.outstanding(),
             ctx.disconnected.load(Ordering::Relaxed),
-        );
-        let _ = std::io::stderr().flush();
+        ));
     }
 }
 

@@ -10,7 +10,6 @@ use anyhow::{Context, bail};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -193,8 +192,9 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             }
         }
         if (connected + failed) % 500 == 0 || connected + failed == u64::from(n) {
-            eprint!("\r[idle] connected {connected}/{n}, failed {failed}   ");
-            let _ = std::io::stderr().flush();
+            crate::stats::progress_line(format_args!(
+                "[idle] connected {connected}/{n}, failed {failed}"
+            ));
         }
     }
     eprintln!();
@@ -280,9 +280,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             "machine": sys::machine(),
             "tool": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },
         });
-        let text = serde_json::to_string_pretty(&v)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("results written to {}", path.display());
+        crate::stats::write_json(path, &v)?;
     }
 
     if !args.hold.is_zero() {

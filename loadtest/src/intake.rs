@@ -13,7 +13,7 @@
 //! The run is `--warmup` then `--duration`; only requests due (open loop) or started (closed
 //! loop) in the measured window count in the results.
 
-use crate::rate::{self, Pacer, Schedule, Step};
+use crate::rate::{self, Schedule};
 use crate::stats::{self, Counters, LatencySummary, Outcome, SharedHistogram, Table};
 use crate::sys;
 use anyhow::{Context, bail};
@@ -21,12 +21,10 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 #[derive(Args, Debug)]
@@ -149,12 +147,7 @@ struct Phase {
 
 /// Everything the request tasks share.
 struct Ctx {
-    client: reqwest::Client,
-    orders_url: String,
-    api_key: String,
-    id_prefix: String,
-    customers: u64,
-    items: u32,
+    orders: OrderClient,
     warm_end: Instant,
     end: Instant,
     warmup: Phase,
@@ -173,43 +166,47 @@ struct Ctx {
     pending: Option<Arc<Pending>>,
 }
 
-impl Ctx {
-    /// A run's context, its counters at zero. `warm_end`/`end` close the warm-up and the
-    /// measured window.
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        client: reqwest::Client,
-        orders_url: String,
-        api_key: String,
-        id_prefix: String,
-        customers: u64,
-        items: u32,
-        warm_end: Instant,
-        end: Instant,
-        pending: Option<Arc<Pending>>,
-    ) -> Ctx {
-        Ctx {
-            client,
-            orders_url,
-            api_key,
-            id_prefix,
-            customers,
-            items,
-            warm_end,
-            end,
-            warmup: Phase::default(),
-            measured: Phase::default(),
-            accepted_in_window: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            next_n: AtomicU64::new(0),
-            load_done: AtomicBool::new(false),
-            pending,
-        }
+/// The number `n` of an order id `{id_prefix}{n}`; `None` for anyone else's id.
+pub fn order_number(id_prefix: &str, order_id: &str) -> Option<u64> {
+    order_id.strip_prefix(id_prefix)?.parse().ok()
+}
+
+/// Sends this run's orders: `POST /v1/orders` with client-made ids `{id_prefix}{n}`, spread
+/// over customers `{customer_prefix}{n mod customers}`, in a valid currency (so the worker
+/// confirms them). Shared by `intake` and `e2e`.
+pub struct OrderClient {
+    pub client: reqwest::Client,
+    /// `{base}/v1/orders`.
+    pub orders_url: String,
+    pub api_key: String,
+    pub id_prefix: String,
+    pub customer_prefix: String,
+    pub customers: u64,
+    pub items: u32,
+}
+
+impl OrderClient {
+    /// The HTTP client for order requests: HTTP/1.1 keep-alive, up to `concurrency` idle
+    /// connections kept, `timeout` per request.
+    pub fn http_client(concurrency: usize, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .http1_only()
+            .tcp_nodelay(true)
+            .no_proxy()
+            .pool_max_idle_per_host(concurrency)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()
+            .context("building the HTTP client")
     }
 
-    fn order_body(&self, n: u64) -> String {
+    /// The customer order `n` belongs to (its index among `customers`).
+    pub fn customer_of(&self, n: u64) -> u64 {
+        n % self.customers.max(1)
+    }
+
+    pub fn body(&self, n: u64) -> String {
         let items = (0..u64::from(self.items))
             .map(|i| {
                 format!(
@@ -221,19 +218,21 @@ impl Ctx {
             .collect::<Vec<_>>()
             .join(",");
         format!(
-            r#"{{"orderId":"{}{n}","customerId":"c-{}","items":[{items}],"currency":"USD"}}"#,
+            r#"{{"orderId":"{}{n}","customerId":"{}{}","items":[{items}],"currency":"USD"}}"#,
             self.id_prefix,
-            n % self.customers
+            self.customer_prefix,
+            self.customer_of(n)
         )
     }
 
-    async fn post_order(&self, n: u64) -> Outcome {
+    /// Sends order `n`; `Ok` is a 202.
+    pub async fn post(&self, n: u64) -> Outcome {
         let sent = self
             .client
             .post(&self.orders_url)
             .header("x-api-key", &self.api_key)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(self.order_body(n))
+            .body(self.body(n))
             .send()
             .await;
         let resp = match sent {
@@ -248,6 +247,32 @@ impl Ctx {
             Ok(_) => Outcome::Status(status),
         }
     }
+}
+
+impl Ctx {
+    /// A run's context, its counters at zero. `warm_end`/`end` close the warm-up and the
+    /// measured window.
+    fn new(
+        orders: OrderClient,
+        warm_end: Instant,
+        end: Instant,
+        pending: Option<Arc<Pending>>,
+    ) -> Ctx {
+        Ctx {
+            orders,
+            warm_end,
+            end,
+            warmup: Phase::default(),
+            measured: Phase::default(),
+            accepted_in_window: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            next_n: AtomicU64::new(0),
+            load_done: AtomicBool::new(false),
+            pending,
+        }
+    }
 
     /// Sends order `n`, which was due (open loop) or started (closed loop) at `intended`, and
     /// records the outcome. Latency runs from `intended`.
@@ -258,7 +283,7 @@ impl Ctx {
             p.sent(n, sent, measured);
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let outcome = self.post_order(n).await;
+        let outcome = self.orders.post(n).await;
         let done = Instant::now();
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(p) = &self.pending {
@@ -453,7 +478,7 @@ impl Feed {
 
     /// The order number `n` of one of this run's ids (`lt-<run>-<n>`).
     fn order_number(&self, order_id: &str) -> Option<u64> {
-        order_id.strip_prefix(&self.id_prefix)?.parse().ok()
+        order_number(&self.id_prefix, order_id)
     }
 
     /// Follows the feed from `cursor` until aborted.
@@ -503,16 +528,7 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
     let run_id = run_id(started_at);
     let id_prefix = format!("lt-{run_id}-");
 
-    let client = reqwest::Client::builder()
-        .http1_only()
-        .tcp_nodelay(true)
-        .no_proxy()
-        .pool_max_idle_per_host(mode.concurrency())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .timeout(args.timeout)
-        .connect_timeout(args.timeout.min(Duration::from_secs(5)))
-        .build()
-        .context("building the HTTP client")?;
+    let client = OrderClient::http_client(mode.concurrency(), args.timeout)?;
 
     // The feed cursor is fixed before the first order goes out, so no confirmation is missed.
     let feed = if args.confirm_latency {
@@ -558,13 +574,17 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
 
     let t0 = Instant::now();
     let pending = feed.as_ref().map(|_| Arc::new(Pending::new(t0)));
-    let ctx = Arc::new(Ctx::new(
+    let orders = OrderClient {
         client,
-        format!("{base_url}/v1/orders"),
-        args.api_key.clone(),
-        id_prefix.clone(),
-        args.customers,
-        args.items,
+        orders_url: format!("{base_url}/v1/orders"),
+        api_key: args.api_key.clone(),
+        id_prefix: id_prefix.clone(),
+        customer_prefix: "c-".into(),
+        customers: args.customers,
+        items: args.items,
+    };
+    let ctx = Arc::new(Ctx::new(
+        orders,
         t0 + args.warmup,
         t0 + args.warmup + args.duration,
         pending.clone(),
@@ -616,15 +636,13 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
     };
     print!("{}", report.table().render());
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report.json())?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("results written to {}", path.display());
+        stats::write_json(path, &report.json())?;
     }
     Ok(())
 }
 
 /// A short id unique to this run: the start time in seconds and the pid, in hex.
-fn run_id(started_at: SystemTime) -> String {
+pub fn run_id(started_at: SystemTime) -> String {
     let secs = started_at
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -654,9 +672,8 @@ async fn closed_loop(ctx: &Arc<Ctx>, clients: u32) {
 /// (each measured from its due time) before the rest count as unsent.
 const CATCH_UP: Duration = Duration::from_secs(1);
 
-/// Runs the schedule on a dedicated thread (precise sleeps, not the runtime's 1 ms timer);
-/// each send is a task holding one in-flight permit. Returns the sends missed in the measured
-/// window.
+/// Open loop: each send is a task holding one in-flight permit ([`rate::open_loop_tasks`]).
+/// Returns the sends missed in the measured window.
 async fn open_loop(
     ctx: &Arc<Ctx>,
     t0: Instant,
@@ -664,71 +681,23 @@ async fn open_loop(
     max_in_flight: u32,
 ) -> anyhow::Result<u64> {
     let schedule = Schedule::new(t0, rate, ctx.end.duration_since(t0));
-    let permits = Arc::new(Semaphore::new(max_in_flight as usize));
-    let handle = tokio::runtime::Handle::current();
-    let thread_ctx = ctx.clone();
-    let thread_permits = permits.clone();
-    let pacer = std::thread::Builder::new()
-        .name("pacer".into())
-        .spawn(move || {
-            sys::tighten_timer_slack();
-            let mut pacer = Pacer::new(schedule, CATCH_UP);
-            'send: loop {
-                let permit = match thread_permits.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        // Built inside `block_on`: the timer needs the runtime context.
-                        let wait = async {
-                            tokio::time::timeout_at(
-                                pacer.cutoff().into(),
-                                thread_permits.clone().acquire_owned(),
-                            )
-                            .await
-                        };
-                        match handle.block_on(wait) {
-                            Ok(Ok(p)) => p,
-                            _ => break 'send,
-                        }
-                    }
-                };
-                loop {
-                    match pacer.poll(Instant::now()) {
-                        Step::WaitUntil(t) => rate::sleep_until_precise(t),
-                        Step::Send { k, due } => {
-                            let ctx = thread_ctx.clone();
-                            handle.spawn(async move {
-                                ctx.one_order(k, due).await;
-                                drop(permit);
-                            });
-                            continue 'send;
-                        }
-                        Step::Done => break 'send,
-                    }
-                }
-            }
-            pacer
-        })
-        .context("starting the pacer thread")?;
-    let pacer = tokio::task::spawn_blocking(move || pacer.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
-    // Every permit back = every request answered.
-    let _all = permits.acquire_many(max_in_flight).await?;
+    let task_ctx = ctx.clone();
+    let pacer = rate::open_loop_tasks(schedule, CATCH_UP, max_in_flight, move |k, due| {
+        let ctx = task_ctx.clone();
+        async move { ctx.one_order(k, due).await }
+    })
+    .await?;
     Ok(pacer.missed_since(ctx.warm_end))
 }
 
 /// The `\r`-updated progress line on stderr, once a second.
 async fn progress(ctx: Arc<Ctx>, t0: Instant) {
-    let mut tick =
-        tokio::time::interval_at((t0 + Duration::from_secs(1)).into(), Duration::from_secs(1));
-    let mut last_done = 0;
-    let mut last_t = t0;
+    let mut ticker = stats::Ticker::new(t0);
+    let mut completed = stats::LiveRate::default();
     loop {
-        tick.tick().await;
-        let now = Instant::now();
-        let done = ctx.completed.load(Ordering::Relaxed);
-        let rps = (done - last_done) as f64 / now.duration_since(last_t).as_secs_f64().max(1e-9);
-        (last_done, last_t) = (done, now);
+        let tick = ticker.tick().await;
+        let rps = completed.per_s(ctx.completed.load(Ordering::Relaxed), &tick);
+        let now = tick.now;
         let (phase, p99) = if now < ctx.warm_end {
             ("warmup", ctx.warmup.latency.quantile_ms(0.99))
         } else if now < ctx.end {
@@ -742,13 +711,12 @@ async fn progress(ctx: Arc<Ctx>, t0: Instant) {
         let confirmed = ctx.pending.as_ref().map_or_else(String::new, |p| {
             format!("  confirmed {}", p.confirmed_total.load(Ordering::Relaxed))
         });
-        eprint!(
-            "\r[intake] {:>6.1}s {phase:<7} {rps:>9.0} req/s  p99 {p99}  errors {}  in-flight {}{confirmed}   ",
-            now.duration_since(t0).as_secs_f64(),
+        stats::progress_line(format_args!(
+            "[intake] {:>6.1}s {phase:<7} {rps:>9.0} req/s  p99 {p99}  errors {}  in-flight {}{confirmed}",
+            tick.elapsed_s,
             ctx.failed.load(Ordering::Relaxed),
             ctx.in_flight.load(Ordering::Relaxed),
-        );
-        let _ = std::io::stderr().flush();
+        ));
     }
 }
 
@@ -977,19 +945,16 @@ mod tests {
 
     #[test]
     fn order_body_is_valid_json_with_the_run_id() {
-        let now = Instant::now();
-        let ctx = Ctx::new(
-            reqwest::Client::new(),
-            String::new(),
-            "k".into(),
-            "lt-r-".into(),
-            10,
-            2,
-            now,
-            now,
-            None,
-        );
-        let v: serde_json::Value = serde_json::from_str(&ctx.order_body(13)).expect("json");
+        let orders = OrderClient {
+            client: reqwest::Client::new(),
+            orders_url: String::new(),
+            api_key: "k".into(),
+            id_prefix: "lt-r-".into(),
+            customer_prefix: "c-".into(),
+            customers: 10,
+            items: 2,
+        };
+        let v: serde_json::Value = serde_json::from_str(&orders.body(13)).expect("json");
         assert_eq!(v["orderId"], "lt-r-13");
         assert_eq!(v["customerId"], "c-3");
         assert_eq!(v["currency"], "USD");

@@ -1,6 +1,7 @@
 //! `herald-loadtest`: load generator for Herald. One subcommand per scenario; each prints a
 //! table of throughput and latency percentiles (HDR histograms) and can write JSON.
 
+mod e2e;
 mod fanout;
 mod idle;
 mod intake;
@@ -59,6 +60,18 @@ enum Scenario {
     /// `--mode lateness` (every first attempt answered 500; how late each retry arrives).
     /// `--target reference`: the load tool posts signed bodies to the sink itself, the ceiling.
     Webhooks(webhooks::WebhooksArgs),
+
+    /// End to end: orders in over HTTP at a rate, notifications out over WebSocket and
+    /// webhooks; send -> notified latency on both paths, and what went missing
+    ///
+    /// Orders (`POST /v1/orders`, open loop at --rate, latency from each order's scheduled send
+    /// time) are spread over --subscribers customers, each watched by one WebSocket subscriber
+    /// (graphql-transport-ws or --protocol appsync); --endpoints webhook endpoints, registered
+    /// with the admin key, point at built-in sinks that verify every signature. Per path:
+    /// scheduled send -> `order.confirmed` and 202 -> `order.accepted` latency; expected,
+    /// received, missing (not in within --drain of the last send) and duplicate notifications.
+    /// Herald must allow loopback webhooks: `[webhooks] allow_networks = ["127.0.0.0/8"]`.
+    E2e(e2e::E2eArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Reference(args) => reference::run(args).await,
             Scenario::Idle(args) => idle::run(args).await,
             Scenario::Webhooks(args) => webhooks::run(args).await,
+            Scenario::E2e(args) => e2e::run(args).await,
         }
     })
 }

@@ -30,6 +30,17 @@ impl Schedule {
         }
     }
 
+    /// Exactly `n` sends at `rate` per second: the window ends just after send `n - 1` is due.
+    pub fn for_count(start: Instant, rate: f64, n: u64) -> Self {
+        let window = match n {
+            0 => Duration::ZERO,
+            n => {
+                Self::new(start, rate, Duration::ZERO).due(n - 1) - start + Duration::from_nanos(1)
+            }
+        };
+        Self::new(start, rate, window)
+    }
+
     /// When the k-th send (from 0) is due.
     pub fn due(&self, k: u64) -> Instant {
         // Whole nanoseconds, rounded: k / rate in float seconds would drift by a nanosecond
@@ -159,6 +170,77 @@ pub fn spawn_pacer(
     Ok((rx, thread))
 }
 
+/// Open loop with a cap on requests in flight: runs `schedule` on its own thread (precise
+/// sleeps, not the runtime's 1 ms timer) and, as each send falls due, spawns `send(k, due)` on
+/// the current runtime holding one of `max_in_flight` permits. A send held back by the cap is
+/// late and keeps its due time, so the wait counts in its latency. Returns once every send
+/// made has completed, with the pacer (for [`Pacer::missed_since`]).
+pub async fn open_loop_tasks<F, Fut>(
+    schedule: Schedule,
+    catch_up: Duration,
+    max_in_flight: u32,
+    send: F,
+) -> anyhow::Result<Pacer>
+where
+    F: Fn(u64, Instant) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use anyhow::Context;
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    let permits = Arc::new(Semaphore::new(max_in_flight as usize));
+    let handle = tokio::runtime::Handle::current();
+    let thread_permits = permits.clone();
+    let pacer = std::thread::Builder::new()
+        .name("pacer".into())
+        .spawn(move || {
+            crate::sys::tighten_timer_slack();
+            let mut pacer = Pacer::new(schedule, catch_up);
+            'send: loop {
+                let permit = match thread_permits.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // Built inside `block_on`: the timer needs the runtime context.
+                        let wait = async {
+                            tokio::time::timeout_at(
+                                pacer.cutoff().into(),
+                                thread_permits.clone().acquire_owned(),
+                            )
+                            .await
+                        };
+                        match handle.block_on(wait) {
+                            Ok(Ok(p)) => p,
+                            _ => break 'send,
+                        }
+                    }
+                };
+                loop {
+                    match pacer.poll(Instant::now()) {
+                        Step::WaitUntil(t) => sleep_until_precise(t),
+                        Step::Send { k, due } => {
+                            let work = send(k, due);
+                            handle.spawn(async move {
+                                work.await;
+                                drop(permit);
+                            });
+                            continue 'send;
+                        }
+                        Step::Done => break 'send,
+                    }
+                }
+            }
+            pacer
+        })
+        .context("starting the pacer thread")?;
+    let pacer = tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    // Every permit back = every send completed.
+    let _all = permits.acquire_many(max_in_flight).await?;
+    Ok(pacer)
+}
+
 /// Sleeps on the OS timer (with minimal slack) until shortly before `t`, and yields for the
 /// rest: a plain sleep wakes some tens of microseconds late, which would count as latency.
 pub fn sleep_until_precise(t: Instant) {
@@ -201,6 +283,20 @@ mod tests {
         assert_eq!(s.count_before(t0 + ms(10)), 10);
         assert_eq!(s.count_before(t0 + Duration::from_micros(10_001)), 11);
         assert_eq!(s.count_before(t0 + ms(5000)), 1000);
+    }
+
+    #[test]
+    fn a_schedule_for_a_count_holds_exactly_that_many_sends() {
+        let t0 = Instant::now();
+        for (rate, n) in [
+            (1000.0, 1),
+            (1000.0, 10_000),
+            (1500.0, 7),
+            (0.4, 3),
+            (3.0, 0),
+        ] {
+            assert_eq!(Schedule::for_count(t0, rate, n).total(), n, "{rate}/s, {n}");
+        }
     }
 
     #[test]
@@ -301,6 +397,45 @@ mod tests {
         assert_eq!(p.poll(t0 + ms(15)), Step::Done);
         assert_eq!(p.cutoff(), t0 + ms(15));
         assert_eq!(p.missed_since(t0), 9);
+    }
+
+    /// 30 sends at 1000/s, at most 2 in flight, each taking 5 ms: every send is made once, in
+    /// schedule order, and the cap holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_loop_tasks_make_every_send_within_the_in_flight_cap() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let t0 = Instant::now();
+        let made = Arc::new(Mutex::new(Vec::new()));
+        let (now, peak) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (m, n, p) = (made.clone(), now.clone(), peak.clone());
+        let pacer = open_loop_tasks(
+            Schedule::new(t0, 1000.0, ms(30)),
+            Duration::from_secs(5),
+            2,
+            move |k, due| {
+                let (m, n, p) = (m.clone(), n.clone(), p.clone());
+                async move {
+                    assert_eq!(due, t0 + ms(k));
+                    p.fetch_max(n.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    m.lock().expect("lock").push(k);
+                    tokio::time::sleep(ms(5)).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                }
+            },
+        )
+        .await
+        .expect("ran");
+        let mut made = made.lock().expect("lock").clone();
+        made.sort_unstable();
+        assert_eq!(made, (0..30).collect::<Vec<_>>());
+        assert!(peak.load(Ordering::SeqCst) <= 2);
+        assert_eq!(
+            now.load(Ordering::SeqCst),
+            0,
+            "all completed before it returned"
+        );
+        assert_eq!(pacer.missed_since(t0), 0);
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //! - the rest are answered 200 at once.
 //!
 //! Later attempts of an id are always answered 200.
+//!
+//! A scenario that needs more than the marks (`e2e` matches deliveries to its orders) sets an
+//! [`Observer`]: it sees every verified request.
 
 use crate::publish::{self, Window};
 use crate::signing::{self, Invalid, Key};
@@ -156,8 +159,12 @@ impl SinkCounts {
     }
 }
 
+/// Called with the body of every verified request and the instant its head arrived.
+pub type Observer = Box<dyn Fn(&[u8], std::time::Instant) + Send + Sync>;
+
 pub struct WebhookSink {
     key: OnceLock<Key>,
+    observer: OnceLock<Observer>,
     behaviour: Behaviour,
     window: OnceLock<Window>,
     ids: Vec<Mutex<HashMap<String, IdState>>>,
@@ -199,6 +206,7 @@ impl WebhookSink {
         };
         Arc::new(WebhookSink {
             key: OnceLock::new(),
+            observer: OnceLock::new(),
             behaviour,
             window: OnceLock::new(),
             ids: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -214,6 +222,11 @@ impl WebhookSink {
         let key = Key::parse(secret).map_err(anyhow::Error::msg)?;
         let _ = self.key.set(key);
         Ok(())
+    }
+
+    /// Sets the observer of verified requests. Set once, before any event is published.
+    pub fn set_observer(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
     }
 
     pub fn set_window(&self, w: Window) {
@@ -274,6 +287,7 @@ impl WebhookSink {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let arrived_ns = publish::unix_nanos();
+        let arrived = std::time::Instant::now();
         add(&self.counts.requests, 1);
         let header = |name: &str| {
             req.headers()
@@ -307,6 +321,9 @@ impl WebhookSink {
         }
         add(&self.counts.verified, 1);
         add(&self.counts.body_bytes, body.len() as u64);
+        if let Some(observe) = self.observer.get() {
+            observe(&body, arrived);
+        }
         let window = self.window.get().copied();
         let in_window = window.is_some_and(|w| w.contains(arrived_ns));
         if in_window {

@@ -1,13 +1,17 @@
 //! Measurement helpers shared by every scenario: HDR histograms in microseconds, a
 //! percentile summary in milliseconds, outcome counters (status codes and transport errors)
-//! and a plain two-column table for the end-of-run report.
+//! a plain two-column table for the end-of-run report, the once-a-second progress line and
+//! the JSON results file.
 
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Highest latency a histogram tracks exactly: one hour, in microseconds. Larger values are
 /// clamped to it (and still counted).
@@ -267,6 +271,76 @@ pub fn ms(v: f64) -> String {
     format!("{v:.3} ms")
 }
 
+/// Writes a run's results as pretty JSON to `path` and says so on stderr.
+pub fn write_json(path: &Path, results: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(results)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("results written to {}", path.display());
+    Ok(())
+}
+
+/// The clock of a progress line: ticks once a second from one second after `t0`.
+pub struct Ticker {
+    interval: tokio::time::Interval,
+    t0: Instant,
+    last: Instant,
+}
+
+/// One tick: when it came, and how long since the previous one.
+#[derive(Clone, Copy, Debug)]
+pub struct Tick {
+    pub now: Instant,
+    /// Seconds since the run started.
+    pub elapsed_s: f64,
+    /// Seconds since the previous tick.
+    pub dt_s: f64,
+}
+
+impl Ticker {
+    pub fn new(t0: Instant) -> Self {
+        Self {
+            interval: tokio::time::interval_at(
+                (t0 + Duration::from_secs(1)).into(),
+                Duration::from_secs(1),
+            ),
+            t0,
+            last: t0,
+        }
+    }
+
+    pub async fn tick(&mut self) -> Tick {
+        self.interval.tick().await;
+        let now = Instant::now();
+        let dt_s = now.duration_since(self.last).as_secs_f64().max(1e-9);
+        self.last = now;
+        Tick {
+            now,
+            elapsed_s: now.duration_since(self.t0).as_secs_f64(),
+            dt_s,
+        }
+    }
+}
+
+/// A live rate on a progress line: the growth of a counter between ticks, per second.
+#[derive(Default)]
+pub struct LiveRate {
+    last: u64,
+}
+
+impl LiveRate {
+    pub fn per_s(&mut self, count: u64, tick: &Tick) -> f64 {
+        let d = count.saturating_sub(self.last);
+        self.last = count;
+        d as f64 / tick.dt_s
+    }
+}
+
+/// Rewrites the progress line on stderr (`\r`, no newline).
+pub fn progress_line(line: std::fmt::Arguments) {
+    eprint!("\r{line}   ");
+    let _ = std::io::stderr().flush();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +412,20 @@ mod tests {
         assert_eq!(e["http_429"], 1);
         assert_eq!(e["timeout"], 1);
         assert_eq!(c.error_total(), 4);
+    }
+
+    #[test]
+    fn live_rate_is_the_growth_per_second_between_ticks() {
+        let tick = |dt_s| Tick {
+            now: Instant::now(),
+            elapsed_s: 0.0,
+            dt_s,
+        };
+        let mut r = LiveRate::default();
+        assert_eq!(r.per_s(500, &tick(1.0)), 500.0);
+        assert_eq!(r.per_s(1500, &tick(2.0)), 500.0);
+        // A counter that went back (never here, but) reads as no growth, not a wrap.
+        assert_eq!(r.per_s(1000, &tick(1.0)), 0.0);
     }
 
     #[test]

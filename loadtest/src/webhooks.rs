@@ -21,11 +21,11 @@
 //!   arrived (see [`crate::sink::retry_lateness_ns`] for exactly what is measured).
 
 use crate::fanout::{Rate, parse_rate};
-use crate::publish::{self, Window};
+use crate::publish::{self, Clock, OpenLoop, Target, Window};
 use crate::rate;
 use crate::signing::{self, Key};
 use crate::sink::{Behaviour, SinkCounts, WebhookSink};
-use crate::stats::{self, LatencySummary, SharedHistogram, Table};
+use crate::stats::{self, LatencySummary, Table};
 use crate::sys;
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -35,7 +35,6 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -145,41 +144,37 @@ pub struct WebhooksArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Target {
-    Herald,
-    Reference,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Mode {
     Throughput,
     Lateness,
 }
 
-/// Body of a `POST /v1/webhooks` answer, as far as the scenario needs it.
+/// Body of a `POST /v1/webhooks` answer, as far as the scenarios need it.
 #[derive(Deserialize)]
-struct Created {
-    id: String,
-    secret: String,
+pub struct Created {
+    pub id: String,
+    pub secret: String,
 }
 
 /// The secret the reference client signs with (no Herald to issue one): `whsec_` + base64 of
 /// 32 fixed bytes. It guards nothing; it only makes the sink do the same work.
 const REFERENCE_SECRET: &str = "whsec_aGVyYWxkLWxvYWR0ZXN0LXJlZmVyZW5jZS1rZXktMzI=";
 
-/// Registers the sink at Herald; returns the endpoint id and its secret.
-async fn register(
+/// Registers `sink_url` as an endpoint at the Herald node `base_url` (admin `key`; every event
+/// type; `max_in_flight` 0: Herald's default); returns the endpoint id and its secret.
+pub async fn register(
     client: &reqwest::Client,
-    args: &WebhooksArgs,
+    base_url: &str,
     key: &str,
     sink_url: &str,
+    max_in_flight: u32,
+    description: &str,
 ) -> anyhow::Result<Created> {
-    let mut body = json!({ "url": sink_url, "description": "herald-loadtest webhooks sink" });
-    if args.max_in_flight > 0 {
-        body["maxInFlight"] = json!(args.max_in_flight);
+    let mut body = json!({ "url": sink_url, "description": description });
+    if max_in_flight > 0 {
+        body["maxInFlight"] = json!(max_in_flight);
     }
-    let url = format!("{}/v1/webhooks", args.url.trim_end_matches('/'));
+    let url = format!("{}/v1/webhooks", base_url.trim_end_matches('/'));
     let response = client
         .post(&url)
         .header("x-api-key", key)
@@ -198,8 +193,9 @@ async fn register(
     serde_json::from_str(&text).with_context(|| format!("POST {url}: unexpected answer"))
 }
 
-async fn unregister(client: &reqwest::Client, args: &WebhooksArgs, key: &str, id: &str) {
-    let url = format!("{}/v1/webhooks/{id}", args.url.trim_end_matches('/'));
+/// Deletes endpoint `id` (at the end of a run); failures are printed, not fatal.
+pub async fn unregister(client: &reqwest::Client, base_url: &str, key: &str, id: &str) {
+    let url = format!("{}/v1/webhooks/{id}", base_url.trim_end_matches('/'));
     match client.delete(&url).header("x-api-key", key).send().await {
         Ok(r) if r.status().is_success() => {}
         Ok(r) => eprintln!("DELETE {url}: {}", r.status()),
@@ -259,19 +255,13 @@ struct Plan {
     maxlen: u64,
     rate: Rate,
     until: Until,
-    t0: Instant,
-    wall0: u64,
+    clock: Clock,
     window: Window,
     batch: u32,
     max_lag: u32,
     pad: String,
     sink: Arc<WebhookSink>,
 }
-
-/// Most events in one open-loop batch (a publisher that fell behind catches up in these).
-const OPEN_LOOP_BATCH: usize = 256;
-/// How long after the schedule an open-loop publisher that fell behind keeps publishing.
-const CATCH_UP: Duration = Duration::from_secs(1);
 
 impl Plan {
     /// XADDs events `(seq, t)` in one pipelined round trip and does the accounting.
@@ -314,37 +304,20 @@ impl Plan {
         rate_per_s: f64,
         out: &mut Sent,
     ) -> anyhow::Result<()> {
-        let span = match self.until {
-            Until::Time(end) => end.duration_since(self.t0),
-            // Just past the due time of event n - 1, so the schedule holds exactly n events.
-            Until::Count(n) => Duration::from_nanos(
-                ((n.saturating_sub(1)) as f64 * 1e9 / rate_per_s).round() as u64 + 1,
-            ),
-        };
-        let schedule = rate::Schedule::new(self.t0, rate_per_s, span);
-        let (mut rx, pacer) = rate::spawn_pacer(schedule, CATCH_UP)?;
-        let warm_end = self.t0 + Duration::from_nanos(self.window.warm_end - self.wall0);
-        let lag = SharedHistogram::default();
-        let mut due = Vec::with_capacity(OPEN_LOOP_BATCH);
-        let mut events = Vec::with_capacity(OPEN_LOOP_BATCH);
-        while rx.recv_many(&mut due, OPEN_LOOP_BATCH).await > 0 {
-            let now = Instant::now();
-            events.clear();
-            for &(seq, at) in &due {
-                let since = u64::try_from(at.duration_since(self.t0).as_nanos()).unwrap_or(0);
-                if at >= warm_end {
-                    lag.record(rate::latency_from(at, now));
-                }
-                events.push((seq, self.wall0 + since));
+        let schedule = match self.until {
+            Until::Time(end) => {
+                rate::Schedule::new(self.clock.t0, rate_per_s, end.duration_since(self.clock.t0))
             }
-            due.clear();
+            Until::Count(n) => rate::Schedule::for_count(self.clock.t0, rate_per_s, n),
+        };
+        let mut open_loop = OpenLoop::start(schedule, self.clock, self.window.warm_end)?;
+        let mut events = Vec::with_capacity(OpenLoop::BATCH);
+        while open_loop.next_batch(&mut events).await {
             self.send(sink, &events, out).await;
         }
-        let pacer = tokio::task::spawn_blocking(move || pacer.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
-        out.unsent = pacer.missed_since(warm_end);
-        out.lag_ms = lag.summary();
+        let end = open_loop.finish().await?;
+        out.unsent = end.unsent;
+        out.lag_ms = end.lag;
         Ok(())
     }
 
@@ -485,26 +458,21 @@ async fn post_until(
 
 /// The `\r`-updated progress line on stderr, once a second.
 async fn progress(sink: Arc<WebhookSink>, t0: Instant, stop: Arc<AtomicBool>) {
-    let mut tick =
-        tokio::time::interval_at((t0 + Duration::from_secs(1)).into(), Duration::from_secs(1));
-    let (mut last, mut last_t) = (0, t0);
+    let mut ticker = stats::Ticker::new(t0);
+    let mut verified = stats::LiveRate::default();
     while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let now = Instant::now();
+        let tick = ticker.tick().await;
         let c = &sink.counts;
-        let n = SinkCounts::get(&c.verified);
-        let per_s = (n - last) as f64 / now.duration_since(last_t).as_secs_f64().max(1e-9);
-        (last, last_t) = (n, now);
-        eprint!(
-            "\r[webhooks] {:>6.1}s {per_s:>9.0} verified/s  distinct {:>8}  retries pending {:>6}  invalid {}  p99 {}   ",
-            now.duration_since(t0).as_secs_f64(),
+        let per_s = verified.per_s(SinkCounts::get(&c.verified), &tick);
+        stats::progress_line(format_args!(
+            "[webhooks] {:>6.1}s {per_s:>9.0} verified/s  distinct {:>8}  retries pending {:>6}  invalid {}  p99 {}",
+            tick.elapsed_s,
             SinkCounts::get(&c.distinct),
             SinkCounts::get(&c.pending_retries),
             SinkCounts::get(&c.invalid_signature) + SinkCounts::get(&c.invalid_timestamp),
             sink.latency_p99_hint()
                 .map_or_else(|| "-".into(), stats::ms),
-        );
-        let _ = std::io::stderr().flush();
+        ));
     }
 }
 
@@ -543,7 +511,15 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
             let Some(key) = &args.admin_key else {
                 bail!("--admin-key (or HERALD_ADMIN_KEY) is needed to register the sink");
             };
-            let created = register(&client, &args, key, &sink_url).await?;
+            let created = register(
+                &client,
+                &args.url,
+                key,
+                &sink_url,
+                args.max_in_flight,
+                "herald-loadtest webhooks sink",
+            )
+            .await?;
             sink.set_secret(&created.secret)?;
             eprintln!(
                 "webhooks: sink {sink_url} registered as {} at {}",
@@ -554,8 +530,8 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         Target::Reference => sink.set_secret(REFERENCE_SECRET)?,
     }
 
-    let t0 = Instant::now();
-    let wall0 = publish::unix_nanos();
+    let clock = Clock::now();
+    let (t0, wall0) = (clock.t0, clock.wall0);
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let (window, until) = if lateness {
         // Every event counts; publishing ends after --retries events.
@@ -603,8 +579,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
                 maxlen: args.maxlen,
                 rate: args.rate,
                 until,
-                t0,
-                wall0,
+                clock,
                 window,
                 batch: args.batch,
                 max_lag: args.max_lag,
@@ -648,7 +623,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     progress.abort();
     eprintln!();
     if let (Some(id), Some(key)) = (&endpoint_id, &args.admin_key) {
-        unregister(&client, &args, key, id).await;
+        unregister(&client, &args.url, key, id).await;
     }
 
     let report = Report {
@@ -661,9 +636,7 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     };
     print!("{}", report.table().render());
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report.json())?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("results written to {}", path.display());
+        stats::write_json(path, &report.json())?;
     }
     Ok(())
 }

@@ -56,11 +56,15 @@ pub enum Topic {
     AllOrders,
     /// One order: `onOrderUpdated(orderId: $o)`.
     Order(String),
+    /// One customer's orders: `onOrderUpdated(customerId: $c)`, selecting `orderId` and `type`.
+    Customer(String),
 }
 
 const BROADCAST_QUERY: &str = "subscription { onOrderUpdated { orderId version data } }";
 const TARGETED_QUERY: &str =
     "subscription($o: ID!) { onOrderUpdated(orderId: $o) { orderId version data } }";
+const CUSTOMER_QUERY: &str =
+    "subscription($c: ID!) { onOrderUpdated(customerId: $c) { orderId type } }";
 
 impl Topic {
     /// `{query, variables?}` of the subscription.
@@ -68,6 +72,7 @@ impl Topic {
         match self {
             Topic::AllOrders => json!({ "query": BROADCAST_QUERY }),
             Topic::Order(id) => json!({ "query": TARGETED_QUERY, "variables": { "o": id } }),
+            Topic::Customer(id) => json!({ "query": CUSTOMER_QUERY, "variables": { "c": id } }),
         }
     }
 }
@@ -382,6 +387,20 @@ fn error_text(payload: &Value) -> String {
     shorten(&s)
 }
 
+/// The order and event type of an event frame (`next` or `data`) whose selection includes
+/// `orderId` and `type` (as [`Topic::Customer`]'s does); `None` for anything else.
+pub fn order_update(text: &str) -> Option<(String, String)> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    if !matches!(v["type"].as_str(), Some("next" | "data")) {
+        return None;
+    }
+    let u = &v["payload"]["data"]["onOrderUpdated"];
+    Some((
+        u["orderId"].as_str()?.to_owned(),
+        u["type"].as_str()?.to_owned(),
+    ))
+}
+
 /// `payload.data.onOrderUpdated.data`, a JSON string (or, leniently, an object) holding `t`
 /// and `seq`.
 fn marks_of_payload(payload: &Value) -> Option<Marks> {
@@ -514,6 +533,32 @@ mod tests {
         assert_eq!(
             parse_server_msg(object),
             ServerMsg::Event(Some(Marks { t: 1, seq: 2 }))
+        );
+    }
+
+    #[test]
+    fn order_updates_give_order_and_type_in_both_dialects() {
+        let next = r#"{"id":"1","type":"next","payload":{"data":{"onOrderUpdated":{"orderId":"lt-r-7","type":"order.confirmed"}}}}"#;
+        let data = r#"{"id":"1","type":"data","payload":{"data":{"onOrderUpdated":{"orderId":"lt-r-8","type":"order.accepted"}}}}"#;
+        assert_eq!(
+            order_update(next),
+            Some(("lt-r-7".into(), "order.confirmed".into()))
+        );
+        assert_eq!(
+            order_update(data),
+            Some(("lt-r-8".into(), "order.accepted".into()))
+        );
+        assert_eq!(order_update(r#"{"type":"ka"}"#), None);
+        assert_eq!(
+            order_update(
+                r#"{"type":"next","payload":{"data":{"onOrderUpdated":{"orderId":"x"}}}}"#
+            ),
+            None
+        );
+        assert_eq!(order_update("not json"), None);
+        assert_eq!(
+            Topic::Customer("c1".into()).request()["variables"]["c"],
+            "c1"
         );
     }
 
