@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -17,10 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
@@ -146,10 +144,6 @@ impl Drop for ClientProc {
     }
 }
 
-fn ws_url(herald: &Herald) -> String {
-    herald.url("/graphql").replacen("http://", "ws://", 1)
-}
-
 /// The event object inside one `{"data":{"onOrderUpdated":{..}}}` line.
 fn event(line: &Value) -> &Value {
     &line["data"]["onOrderUpdated"]
@@ -174,31 +168,6 @@ impl Stack {
         assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
         self.wait_for_status(order_id, status, version).await;
     }
-
-    async fn order(&self, key: &str, order_id: &str, customer: &str) {
-        let r = self
-            .post("/v1/orders", key, &order_body(order_id, customer))
-            .await;
-        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
-        self.wait_for_status(order_id, "confirmed", 2).await;
-    }
-
-    async fn publish(&self, event: Value) -> String {
-        let r = self.post("/v1/events", ADMIN_KEY, &event).await;
-        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
-        r.json::<Value>().await.unwrap()["eventId"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-}
-
-fn external_event(order_id: &str, customer: &str, partner: Option<&str>, version: u64) -> Value {
-    json!({
-        "type": "order.preparing", "orderId": order_id, "customerId": customer,
-        "partnerId": partner, "status": "preparing", "previousStatus": "confirmed",
-        "version": version, "occurredAt": "2026-11-27T10:00:00Z", "data": {"note": "x", "n": version}
-    })
 }
 
 on_both_engines!(
@@ -542,67 +511,6 @@ async fn console_page_shows_an_orders_events_live_in_chromium() {
 }
 
 // ---- protocol corners and limits, with a raw client (engine-independent) ----
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn connect(herald: &Herald, subprotocol: &str) -> Ws {
-    let mut request = ws_url(herald).into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", subprotocol.parse().unwrap());
-    let (ws, response) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("websocket upgrade");
-    assert_eq!(response.headers()["sec-websocket-protocol"], subprotocol);
-    ws
-}
-
-async fn send(ws: &mut Ws, value: Value) {
-    ws.send(Message::text(value.to_string())).await.unwrap();
-}
-
-/// The next JSON message (pings answered by tungstenite are skipped).
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message in time")
-            .expect("open stream")
-            .expect("valid frame");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Close(frame) => panic!("closed: {frame:?}"),
-            _ => continue,
-        }
-    }
-}
-
-/// Reads until the server closes: the close frame's code, or `None` when the connection
-/// ended without one (EOF or reset). Panics when the server keeps it open for 15 s.
-async fn close_code(ws: &mut Ws) -> Option<u16> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(_)) | None) => return None,
-            Err(_) => panic!("the server did not close the connection within 15 s"),
-        }
-    }
-}
-
-async fn init(ws: &mut Ws, key: &str) {
-    send(
-        ws,
-        json!({"type": "connection_init", "payload": {"x-api-key": key}}),
-    )
-    .await;
-    assert_eq!(next(ws).await["type"], "connection_ack");
-}
-
-fn sub(id: &str, query: &str) -> Value {
-    json!({"id": id, "type": "subscribe", "payload": {"query": query}})
-}
 
 const ALL: &str = "subscription { onOrderUpdated { orderId version } }";
 

@@ -3,14 +3,19 @@
 //! `Herald` starts the real binary and reads the address it prints. Both die with the test.
 #![allow(dead_code)]
 
+use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -404,6 +409,25 @@ impl Stack {
         body["events"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Creates an order and waits until the worker has confirmed it.
+    pub async fn order(&self, key: &str, order_id: &str, customer: &str) {
+        let r = self
+            .post("/v1/orders", key, &order_body(order_id, customer))
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+        self.wait_for_status(order_id, "confirmed", 2).await;
+    }
+
+    /// Appends an event with `POST /v1/events`; returns its eventId.
+    pub async fn publish(&self, event: Value) -> String {
+        let r = self.post("/v1/events", ADMIN_KEY, &event).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+        r.json::<Value>().await.unwrap()["eventId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self.get("/metrics", ADMIN_KEY).await.text().await.unwrap();
         text.lines()
@@ -411,6 +435,90 @@ impl Stack {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// An event in the documented form, as another program would write it.
+pub fn external_event(
+    order_id: &str,
+    customer: &str,
+    partner: Option<&str>,
+    version: u64,
+) -> Value {
+    json!({
+        "type": "order.preparing", "orderId": order_id, "customerId": customer,
+        "partnerId": partner, "status": "preparing", "previousStatus": "confirmed",
+        "version": version, "occurredAt": "2026-11-27T10:00:00Z", "data": {"note": "x", "n": version}
+    })
+}
+
+// ---- a raw WebSocket client (tokio-tungstenite) for protocol corners and close codes ----
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub fn ws_url(herald: &Herald) -> String {
+    herald.url("/graphql").replacen("http://", "ws://", 1)
+}
+
+/// Upgrades with `subprotocol` and checks the server chose it.
+pub async fn connect(herald: &Herald, subprotocol: &str) -> Ws {
+    let mut request = ws_url(herald).into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", subprotocol.parse().unwrap());
+    let (ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket upgrade");
+    assert_eq!(response.headers()["sec-websocket-protocol"], subprotocol);
+    ws
+}
+
+pub async fn send(ws: &mut Ws, value: Value) {
+    ws.send(Message::text(value.to_string())).await.unwrap();
+}
+
+/// The next JSON message (pings answered by tungstenite are skipped).
+pub async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open stream")
+            .expect("valid frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads until the server closes: the close frame's code, or `None` when the connection
+/// ended without one (EOF or reset). Panics when the server keeps it open for 15 s.
+pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_)) | None) => return None,
+            Err(_) => panic!("the server did not close the connection within 15 s"),
+        }
+    }
+}
+
+/// graphql-transport-ws `connection_init` with an API key; waits for the ack.
+pub async fn init(ws: &mut Ws, key: &str) {
+    send(
+        ws,
+        json!({"type": "connection_init", "payload": {"x-api-key": key}}),
+    )
+    .await;
+    assert_eq!(next(ws).await["type"], "connection_ack");
+}
+
+/// A graphql-transport-ws `subscribe` message.
+pub fn sub(id: &str, query: &str) -> Value {
+    json!({"id": id, "type": "subscribe", "payload": {"query": query}})
 }
 
 /// Runs each named `async fn(Kind)` as one test per engine: `memory::name`, `redis::name`.
