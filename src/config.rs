@@ -21,6 +21,7 @@ pub struct Config {
     pub workflow: WorkflowConfig,
     pub http: HttpConfig,
     pub push: PushConfig,
+    pub graphql: GraphqlConfig,
     pub webhooks: WebhooksConfig,
 }
 
@@ -35,6 +36,7 @@ impl Default for Config {
             workflow: WorkflowConfig::default(),
             http: HttpConfig::default(),
             push: PushConfig::default(),
+            graphql: GraphqlConfig::default(),
             webhooks: WebhooksConfig::default(),
         }
     }
@@ -297,6 +299,32 @@ impl Default for PushConfig {
             subscribe_rate: 20,
             connection_init_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Bounds on one GraphQL document (subscriptions and `POST /graphql`); a document over any
+/// of them is refused with a `LIMIT_EXCEEDED` GraphQL error before it is planned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlConfig {
+    /// Size of the query text in bytes.
+    pub max_document_bytes: usize,
+    /// Nesting of fields; root fields are at depth 1.
+    pub max_depth: usize,
+    /// Fields after fragment expansion (aliased and `@skip`ped ones included).
+    pub max_fields: usize,
+    /// Aliased fields after fragment expansion.
+    pub max_aliases: usize,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        GraphqlConfig {
+            max_document_bytes: 16 * 1024,
+            max_depth: 8,
+            max_fields: 100,
+            max_aliases: 30,
         }
     }
 }

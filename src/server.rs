@@ -178,7 +178,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             app: state.clone(),
             hub: hub.clone(),
             schema: Arc::new(schema),
-            limits: DocumentLimits::default(),
+            limits: DocumentLimits::from(&config.graphql),
             connections: Default::default(),
             metrics: Default::default(),
             shutdown: push_shutdown.clone(),
