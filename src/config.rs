@@ -21,6 +21,7 @@ pub struct Config {
     pub workflow: WorkflowConfig,
     pub http: HttpConfig,
     pub push: PushConfig,
+    pub graphql: GraphqlConfig,
     pub webhooks: WebhooksConfig,
 }
 
@@ -35,6 +36,7 @@ impl Default for Config {
             workflow: WorkflowConfig::default(),
             http: HttpConfig::default(),
             push: PushConfig::default(),
+            graphql: GraphqlConfig::default(),
             webhooks: WebhooksConfig::default(),
         }
     }
@@ -266,6 +268,15 @@ pub struct HttpConfig {
     pub rate_limit_burst: u32,
     /// Whether admin keys are limited too (they are the operator's own: off by default).
     pub rate_limit_admin: bool,
+    /// Time allowed to receive a request's headers (from the first byte, or from the end of
+    /// the previous response on a keep-alive connection); then the connection is closed.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Time allowed to receive a request's whole body once its headers are in; then 408.
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -278,6 +289,9 @@ impl Default for HttpConfig {
             rate_limit_per_second: 1000,
             rate_limit_burst: 2000,
             rate_limit_admin: false,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -316,6 +330,32 @@ impl Default for PushConfig {
             subscribe_rate: 20,
             connection_init_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Bounds on one GraphQL document (subscriptions and `POST /graphql`); a document over any
+/// of them is refused with a `LIMIT_EXCEEDED` GraphQL error before it is planned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlConfig {
+    /// Size of the query text in bytes.
+    pub max_document_bytes: usize,
+    /// Nesting of fields; root fields are at depth 1.
+    pub max_depth: usize,
+    /// Fields after fragment expansion (aliased and `@skip`ped ones included).
+    pub max_fields: usize,
+    /// Aliased fields after fragment expansion.
+    pub max_aliases: usize,
+}
+
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        GraphqlConfig {
+            max_document_bytes: 16 * 1024,
+            max_depth: 8,
+            max_fields: 100,
+            max_aliases: 30,
         }
     }
 }
@@ -379,6 +419,9 @@ impl Default for WebhooksConfig {
         }
     }
 }
+
+/// The smallest `http.max_header_bytes`: room for a request line and ordinary headers.
+pub const MIN_HEADER_BYTES: usize = 1024;
 
 /// Durations are written the human way: `"30s"`, `"5m"`, `"250ms"`.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -492,6 +535,43 @@ impl Config {
         {
             bail!("http.rate_limit_burst and partner keys' rate_limit_burst must be at least 1");
         }
+        let http = &self.http;
+        if http.max_body_bytes == 0 {
+            bail!("http.max_body_bytes must be at least 1");
+        }
+        if http.max_header_bytes < MIN_HEADER_BYTES {
+            bail!("http.max_header_bytes must be at least {MIN_HEADER_BYTES}");
+        }
+        for (key, value) in [
+            ("http.header_read_timeout", http.header_read_timeout),
+            ("http.body_read_timeout", http.body_read_timeout),
+            (
+                "push.connection_init_timeout",
+                self.push.connection_init_timeout,
+            ),
+            ("push.keepalive_interval", self.push.keepalive_interval),
+        ] {
+            if value.is_zero() {
+                bail!("{key} must be longer than 0s");
+            }
+        }
+        let push = &self.push;
+        let gql = &self.graphql;
+        for (key, value) in [
+            ("push.max_connections", push.max_connections),
+            ("push.max_message_bytes", push.max_message_bytes),
+            ("push.outbound_queue_bytes", push.outbound_queue_bytes),
+            ("push.subscribe_rate", push.subscribe_rate as usize),
+            ("graphql.max_document_bytes", gql.max_document_bytes),
+            ("graphql.max_depth", gql.max_depth),
+            ("graphql.max_fields", gql.max_fields),
+        ] {
+            if value == 0 {
+                bail!("{key} must be at least 1");
+            }
+        }
+        crate::webhooks::ssrf::AllowList::parse(&self.webhooks.allow_networks)
+            .map_err(|e| anyhow::anyhow!(e))?;
         let hooks = &self.webhooks;
         if hooks.retry_schedule.is_empty() {
             bail!("webhooks.retry_schedule must hold at least one interval (the first attempt)");
@@ -694,6 +774,51 @@ mod tests {
         let c = Config::load(Some(f.path()), env(&[]), &Overrides::default()).unwrap();
         assert_eq!(c.auth.partner_keys[0].rate_limit_per_second, Some(5));
         assert_eq!(c.auth.partner_keys[0].rate_limit_burst, None);
+    }
+
+    #[test]
+    fn http_and_graphql_limits_parse_and_bad_ones_are_refused() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HERALD_HTTP__HEADER_READ_TIMEOUT", "2s"),
+                ("HERALD_HTTP__MAX_HEADER_BYTES", "8192"),
+                ("HERALD_GRAPHQL__MAX_ALIASES", "0"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.http.max_header_bytes, 8192);
+        assert_eq!(c.graphql.max_aliases, 0);
+        for (key, value, named) in [
+            (
+                "HERALD_HTTP__MAX_HEADER_BYTES",
+                "100",
+                "http.max_header_bytes",
+            ),
+            (
+                "HERALD_HTTP__BODY_READ_TIMEOUT",
+                "0s",
+                "http.body_read_timeout",
+            ),
+            ("HERALD_GRAPHQL__MAX_FIELDS", "0", "graphql.max_fields"),
+            ("HERALD_GRAPHQL__MAX_DEPTH", "-1", "graphql.max_depth"),
+            (
+                "HERALD_PUSH__OUTBOUND_QUEUE_BYTES",
+                "0",
+                "push.outbound_queue_bytes",
+            ),
+            (
+                "HERALD_WEBHOOKS__ALLOW_NETWORKS",
+                r#"["10.0.0.0/40"]"#,
+                "webhooks.allow_networks",
+            ),
+        ] {
+            let err =
+                Config::load(None, env(&[(key, value)]), &Overrides::default()).expect_err(key);
+            assert!(format!("{err:#}").contains(named), "{key}: {err:#}");
+        }
     }
 
     #[test]

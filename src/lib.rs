@@ -10,13 +10,14 @@
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
 //! - [`webhooks`]: partner webhooks: dispatcher, sender, signatures and the SSRF guard.
-//! - [`server`]: `herald serve`, roles and shutdown.
+//! - [`server`]: `herald serve`, roles and shutdown; [`http`]: the HTTP connections' limits.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod graphql;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod push;

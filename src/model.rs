@@ -205,8 +205,32 @@ pub struct LoggedEvent {
 #[serde(rename_all = "camelCase")]
 pub struct MalformedEntry {
     pub entry_id: String,
+    /// The entry's text, cut to [`MalformedEntry::MAX_RAW_BYTES`] (the entry itself stays in
+    /// the log until it is trimmed).
     pub raw: String,
     pub error: String,
+}
+
+impl MalformedEntry {
+    /// The most of an entry's text kept aside, so a huge entry costs little twice.
+    pub const MAX_RAW_BYTES: usize = 8 * 1024;
+
+    pub fn new(entry_id: String, raw: &str, error: String) -> MalformedEntry {
+        let raw = if raw.len() > Self::MAX_RAW_BYTES {
+            let mut end = Self::MAX_RAW_BYTES;
+            while !raw.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}… ({} bytes in all)", &raw[..end], raw.len())
+        } else {
+            raw.to_string()
+        };
+        MalformedEntry {
+            entry_id,
+            raw,
+            error,
+        }
+    }
 }
 
 /// Stream entry ids (`<ms>-<seq>`) as a comparable pair. Both engines use this form so cursors

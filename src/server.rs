@@ -126,6 +126,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let grace = config.http.shutdown_grace;
 
+    // Checked by Config::validate already; parsed here for use.
     let webhook_allow = Arc::new(
         AllowList::parse(&config.webhooks.allow_networks).map_err(|e| anyhow::anyhow!(e))?,
     );
@@ -190,7 +191,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             app: state.clone(),
             hub: hub.clone(),
             schema: Arc::new(schema),
-            limits: DocumentLimits::default(),
+            limits: DocumentLimits::from(&config.graphql),
             connections: Default::default(),
             metrics: Default::default(),
             shutdown: push_shutdown.clone(),
@@ -234,16 +235,16 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
     tracing::info!(%addr, engine = engine.kind(), %roles, "herald started");
 
     let server_shutdown = shutdown.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(server_shutdown.cancelled_owned())
-            .await
-    });
+    let http = config.http.clone();
+    let mut server =
+        tokio::spawn(
+            async move { crate::http::serve(listener, router, &http, server_shutdown).await },
+        );
 
     tokio::select! {
         _ = shutdown_signal() => {}
         result = &mut server => {
-            result.context("HTTP server task")?.context("HTTP server")?;
+            result.context("HTTP server task")?;
             bail!("HTTP server stopped unexpectedly");
         }
     }

@@ -169,23 +169,6 @@ impl Stack {
         assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
         self.wait_for_status(order_id, status, version).await;
     }
-
-    async fn order(&self, key: &str, order_id: &str, customer: &str) {
-        let r = self
-            .post("/v1/orders", key, &order_body(order_id, customer))
-            .await;
-        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
-        self.wait_for_status(order_id, "confirmed", 2).await;
-    }
-
-    async fn publish(&self, event: Value) -> String {
-        let r = self.post("/v1/events", ADMIN_KEY, &event).await;
-        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
-        r.json::<Value>().await.unwrap()["eventId"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
 }
 
 on_both_engines!(

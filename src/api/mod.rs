@@ -178,6 +178,9 @@ pub fn router(state: AppState, api: bool) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(
+            problem::rejections_as_problems,
+        ))
         .with_state(state)
 }
 
@@ -250,6 +253,13 @@ pub fn json_object(
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             Problem::new(status, "payload-too-large", "Request body too large")
                 .detail("The body exceeds http.max_body_bytes.")
+        } else if crate::http::BodyTimeout::caused(&rejection) {
+            Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request body too slow",
+            )
+            .detail("The body did not arrive within http.body_read_timeout; nothing was changed.")
         } else {
             Problem::bad_request(format!("Could not read the request body: {rejection}"))
         }

@@ -151,3 +151,27 @@ impl IntoResponse for Problem {
 }
 
 pub type ApiResult<T> = Result<T, Problem>;
+
+/// Turns the plain-text 4xx answers of axum's own extractors (a path segment that is not
+/// UTF-8, a query string of the wrong type) into problem+json, so every error of the API has
+/// one form. Their text names the parameter and the fault, never a credential.
+pub async fn rejections_as_problems(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !response.status().is_client_error() || !plain {
+        return response;
+    }
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let title = status.canonical_reason().unwrap_or("Bad request");
+    let slug = title.to_ascii_lowercase().replace(' ', "-");
+    Problem::new(status, &slug, title)
+        .detail(text)
+        .into_response()
+}

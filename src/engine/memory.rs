@@ -253,11 +253,7 @@ fn parse_entry(id: EventId, raw: &str) -> LogEntry {
             event_id: id.to_string(),
             event,
         }),
-        Err(error) => LogEntry::Malformed(MalformedEntry {
-            entry_id: id.to_string(),
-            raw: raw.to_string(),
-            error,
-        }),
+        Err(error) => LogEntry::Malformed(MalformedEntry::new(id.to_string(), raw, error)),
     }
 }
 

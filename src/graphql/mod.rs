@@ -16,6 +16,7 @@ mod tests;
 pub use filter::{EventFilter, FilterExpr, FilterField, IndexKey, MAX_FILTER_DEPTH, StringOp};
 pub use projection::Projection;
 
+use crate::config::GraphqlConfig;
 use apollo_compiler::Schema;
 use apollo_compiler::validation::Valid;
 use std::sync::Arc;
@@ -70,7 +71,8 @@ pub struct GraphqlRequest {
     pub operation_name: Option<String>,
 }
 
-/// Bounds on one document, so that preparing it stays cheap whatever a client sends.
+/// Bounds on one document, so that preparing it stays cheap whatever a client sends. Set by
+/// `[graphql]` in the configuration; the defaults are [`GraphqlConfig`]'s.
 #[derive(Debug, Clone, Copy)]
 pub struct DocumentLimits {
     /// Size of the query text.
@@ -79,15 +81,24 @@ pub struct DocumentLimits {
     pub max_depth: usize,
     /// Fields after fragment expansion, aliases and `@skip`ped fields included.
     pub max_fields: usize,
+    /// Aliased fields after fragment expansion.
+    pub max_aliases: usize,
+}
+
+impl From<&GraphqlConfig> for DocumentLimits {
+    fn from(c: &GraphqlConfig) -> Self {
+        DocumentLimits {
+            max_bytes: c.max_document_bytes,
+            max_depth: c.max_depth,
+            max_fields: c.max_fields,
+            max_aliases: c.max_aliases,
+        }
+    }
 }
 
 impl Default for DocumentLimits {
     fn default() -> Self {
-        DocumentLimits {
-            max_bytes: 16 * 1024,
-            max_depth: 8,
-            max_fields: 100,
-        }
+        DocumentLimits::from(&GraphqlConfig::default())
     }
 }
 

@@ -57,8 +57,8 @@ pub(crate) fn prepare(
                 codes::VALIDATION_FAILED,
             )]
         })?;
-    let mut fields = 0;
-    measure(&doc, &operation.selection_set, 1, limits, &mut fields).map_err(|e| vec![e])?;
+    let mut counts = Counts::default();
+    measure(&doc, &operation.selection_set, 1, limits, &mut counts).map_err(|e| vec![e])?;
 
     let supplied = match &req.variables {
         Some(map) => match JsonValue::from(Value::Object(map.clone())) {
@@ -92,21 +92,42 @@ pub(crate) fn prepare(
     .map_err(|e| vec![e])
 }
 
-/// Counts fields (after fragment expansion, skipped ones included: the limit is on the document)
-/// and nesting depth. Stops at the first excess, so a fragment that expands exponentially costs
-/// at most `max_fields` visits per nesting level.
+/// Fields and aliased fields seen so far by [`measure`].
+#[derive(Default)]
+struct Counts {
+    fields: usize,
+    aliases: usize,
+}
+
+/// Counts fields and aliases (after fragment expansion, skipped ones included: the limit is on
+/// the document) and nesting depth. Stops at the first excess, so a fragment that expands
+/// exponentially costs at most `max_fields` visits per nesting level.
 fn measure(
     doc: &ExecutableDocument,
     set: &SelectionSet,
     depth: usize,
     limits: &DocumentLimits,
-    fields: &mut usize,
+    counts: &mut Counts,
 ) -> Result<(), GraphqlError> {
     for selection in &set.selections {
         match selection {
             Selection::Field(field) => {
-                *fields += 1;
-                if *fields > limits.max_fields {
+                counts.fields += 1;
+                if field.alias.is_some() {
+                    counts.aliases += 1;
+                    if counts.aliases > limits.max_aliases {
+                        return Err(located(
+                            format!(
+                                "document has more than {} aliased fields (after fragment expansion)",
+                                limits.max_aliases
+                            ),
+                            codes::LIMIT_EXCEEDED,
+                            field.location(),
+                            doc,
+                        ));
+                    }
+                }
+                if counts.fields > limits.max_fields {
                     return Err(located(
                         format!(
                             "document selects more than {} fields (after fragment expansion)",
@@ -125,15 +146,15 @@ fn measure(
                         doc,
                     ));
                 }
-                measure(doc, &field.selection_set, depth + 1, limits, fields)?;
+                measure(doc, &field.selection_set, depth + 1, limits, counts)?;
             }
             Selection::FragmentSpread(spread) => {
                 if let Some(fragment) = doc.fragments.get(&spread.fragment_name) {
-                    measure(doc, &fragment.selection_set, depth, limits, fields)?;
+                    measure(doc, &fragment.selection_set, depth, limits, counts)?;
                 }
             }
             Selection::InlineFragment(inline) => {
-                measure(doc, &inline.selection_set, depth, limits, fields)?;
+                measure(doc, &inline.selection_set, depth, limits, counts)?;
             }
         }
     }

@@ -481,6 +481,28 @@ fn fields_are_counted_after_fragment_expansion_with_aliases() {
 }
 
 #[test]
+fn aliases_are_counted_after_fragment_expansion() {
+    let limits = DocumentLimits {
+        max_aliases: 3,
+        ..DocumentLimits::default()
+    };
+    // 2 aliases in the fragment, spread twice, 4 in all.
+    let doc = "subscription { onOrderUpdated { ...F ...F } }
+               fragment F on OrderEvent { a: orderId b: version }";
+    let errors = match schema().prepare(&request(doc, json!({})), &limits) {
+        Err(errors) => errors,
+        Ok(op) => panic!("accepted: {op:?}"),
+    };
+    assert_eq!(errors[0].code(), Some(codes::LIMIT_EXCEEDED));
+    assert!(errors[0].message.contains("aliased"), "{errors:?}");
+    let ok = DocumentLimits {
+        max_aliases: 4,
+        ..limits
+    };
+    assert!(schema().prepare(&request(doc, json!({})), &ok).is_ok());
+}
+
+#[test]
 fn exponential_fragments_stop_at_the_field_limit() {
     let mut doc = String::from("subscription { onOrderUpdated { ...F0 } }\n");
     doc.push_str("fragment F0 on OrderEvent { ...F1 ...F1 }\n");

@@ -24,6 +24,10 @@ pub mod close {
     pub const SERVICE_RESTART: u16 = 1012;
     /// A message larger than `push.max_message_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A text message that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame that breaks RFC 6455 (unmasked, bad opcode, fragmented control frame ...).
+    pub const PROTOCOL_ERROR: u16 = 1002;
 }
 
 /// A message on its way to the socket.

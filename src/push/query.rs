@@ -1,8 +1,9 @@
 //! `POST /graphql`: the `order(orderId)` query, with the same document rules, projection and
 //! authorization as subscriptions. GraphQL over HTTP with `application/json`: a request that
-//! was read answers 200 with `data` and/or `errors`; an unreadable body answers 400 and a
-//! missing or refused credential 401 and a credential over its rate limit 429 (as the rest of
-//! the API, with `Retry-After` and `RateLimit-*`), all with GraphQL errors.
+//! was read answers 200 with `data` and/or `errors`; an unreadable body answers 400, an
+//! oversized one 413, a slow one 408, one that is not `application/json` 415, a missing or
+//! refused credential 401 and a credential over its rate limit 429 (as the rest of the API,
+//! with `Retry-After` and `RateLimit-*`), all with GraphQL errors.
 
 use super::PushState;
 use crate::api::Refusal;
@@ -10,6 +11,7 @@ use crate::api::problem::Problem;
 use crate::graphql::{GraphqlError, GraphqlRequest, Operation};
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -17,12 +19,49 @@ use std::sync::Arc;
 pub async fn graphql_query(
     State(state): State<Arc<PushState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let principal = match state.app.admit(&headers) {
         Ok(p) => p,
         Err(refusal) => return refused(refusal),
     };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let (status, message) = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The body exceeds push.max_message_bytes.".to_string(),
+                )
+            } else if crate::http::BodyTimeout::caused(&rejection) {
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The body did not arrive within http.body_read_timeout.".to_string(),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("Could not read the request body: {rejection}"),
+                )
+            };
+            return errors(status, GraphqlError::with_code(message, "BAD_REQUEST"));
+        }
+    };
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return errors(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GraphqlError::with_code(
+                "Send the request as `Content-Type: application/json`.",
+                "BAD_REQUEST",
+            ),
+        );
+    }
     let request: GraphqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

@@ -495,9 +495,15 @@ pub async fn run(
                 let flow = match message {
                     None => break,
                     Some(Err(e)) => {
-                        if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
-                            state.metrics.messages_too_big.fetch_add(1, Ordering::Relaxed);
-                            conn.close(close::MESSAGE_TOO_BIG, "message too big (push.max_message_bytes)");
+                        use tokio_tungstenite::tungstenite::Error;
+                        match e {
+                            Error::Capacity(_) => {
+                                state.metrics.messages_too_big.fetch_add(1, Ordering::Relaxed);
+                                conn.close(close::MESSAGE_TOO_BIG, "message too big (push.max_message_bytes)");
+                            }
+                            Error::Utf8(_) => conn.close(close::INVALID_PAYLOAD, "text message is not UTF-8"),
+                            Error::Protocol(_) => conn.close(close::PROTOCOL_ERROR, "WebSocket protocol error"),
+                            _ => {}
                         }
                         break;
                     }

@@ -430,6 +430,25 @@ impl Stack {
         body["events"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Creates an order and waits until the worker has confirmed it.
+    pub async fn order(&self, key: &str, order_id: &str, customer: &str) {
+        let r = self
+            .post("/v1/orders", key, &order_body(order_id, customer))
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+        self.wait_for_status(order_id, "confirmed", 2).await;
+    }
+
+    /// Appends an event with `POST /v1/events`; returns its eventId.
+    pub async fn publish(&self, event: Value) -> String {
+        let r = self.post("/v1/events", ADMIN_KEY, &event).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+        r.json::<Value>().await.unwrap()["eventId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self.get("/metrics", ADMIN_KEY).await.text().await.unwrap();
         text.lines()

@@ -16,6 +16,7 @@ pub fn ws_url(herald: &Herald) -> String {
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Upgrades with `subprotocol` and checks the server chose it.
 pub async fn connect(herald: &Herald, subprotocol: &str) -> Ws {
     let mut request = ws_url(herald).into_client_request().unwrap();
     request
@@ -62,6 +63,7 @@ pub async fn close_code(ws: &mut Ws) -> Option<u16> {
     }
 }
 
+/// graphql-transport-ws `connection_init` with an API key; waits for the ack.
 pub async fn init(ws: &mut Ws, key: &str) {
     send(
         ws,
@@ -71,6 +73,7 @@ pub async fn init(ws: &mut Ws, key: &str) {
     assert_eq!(next(ws).await["type"], "connection_ack");
 }
 
+/// A graphql-transport-ws `subscribe` message.
 pub fn sub(id: &str, query: &str) -> Value {
     json!({"id": id, "type": "subscribe", "payload": {"query": query}})
 }

@@ -252,11 +252,7 @@ fn parse_event_id(raw: &str) -> EngineResult<EventId> {
 /// Turns one event-log entry into an event or a malformed entry; never fails.
 fn log_entry(entry: StreamEntry) -> LogEntry {
     let malformed = |raw: String, error: String| {
-        LogEntry::Malformed(MalformedEntry {
-            entry_id: entry.id.clone(),
-            raw,
-            error,
-        })
+        LogEntry::Malformed(MalformedEntry::new(entry.id.clone(), &raw, error))
     };
     match entry.field("event") {
         None => malformed(
