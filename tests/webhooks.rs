@@ -698,9 +698,11 @@ async fn endpoint_urls_are_validated(kind: Kind) {
 async fn sigkill_during_a_burst_then_restart_delivers_every_event() {
     let sink = Sink::start().await;
     let redis = RedisServer::start(true);
+    // What the killed node held (commands, dispatch entries) is taken over after the
+    // visibility timeout: short, so the test's deadline does not race the default 30 s.
     let options = || HeraldOptions {
         redis_url: Some(redis.url()),
-        extra_toml: WEBHOOKS_TOML.to_string(),
+        extra_toml: format!("{WEBHOOKS_TOML}\n[queue]\nvisibility_timeout = \"2s\"\n"),
         ..HeraldOptions::default()
     };
     let mut herald = Herald::start(options());
