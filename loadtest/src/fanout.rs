@@ -19,6 +19,8 @@
 //!   reading once subscribed. They count in no figure except "stalled": after the run they read
 //!   again to find out whether the server closed them (and with which close code).
 
+mod shards;
+
 use crate::publish::{self, Sink, Window};
 use crate::rate::{self, Schedule};
 use crate::stats::{self, LatencySummary, SharedHistogram, Table};
@@ -27,7 +29,8 @@ use crate::ws::{self, Endpoint, Protocol, SeqCheck, SeqTracker, ServerMsg, Topic
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use serde::Serialize;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -125,9 +128,24 @@ pub struct FanoutArgs {
     #[arg(long, default_value_t = 4096)]
     pub read_buffer: usize,
 
+    /// Open the subscriber connections from this many processes (this binary, started again),
+    /// each with its own descriptor limit; this process only publishes and adds up their
+    /// results.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub processes: u32,
+
+    /// Internal: this process is subscriber process K of --processes, started by the one that
+    /// publishes; it talks to it over stdin/stdout.
+    #[arg(long, hide = true)]
+    pub shard: Option<u32>,
+
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+
+    /// Write the latency plot (percentile curve, SVG) to this file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
 
     /// Free text stored with the results.
     #[arg(long)]
@@ -203,6 +221,20 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn new() -> Arc<Ctx> {
+        Arc::new(Ctx {
+            window: OnceLock::new(),
+            latency: (0..HIST_SHARDS)
+                .map(|_| SharedHistogram::default())
+                .collect(),
+            delivered: AtomicU64::new(0),
+            owed: AtomicU64::new(0),
+            disconnected: AtomicU64::new(0),
+            publisher_waiting: AtomicBool::new(false),
+            progress: Notify::new(),
+        })
+    }
+
     fn report_delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);
         if self.publisher_waiting.load(Ordering::Relaxed) {
@@ -218,7 +250,7 @@ impl Ctx {
 }
 
 /// One subscriber's counts, summed over all of them at the end.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Counts {
     /// Deliveries (of any of this run's events) that arrived inside the measured window.
     arrived_in_window: u64,
@@ -412,13 +444,35 @@ struct Subscribers {
     connect_time: Duration,
 }
 
+/// Which of the run's connection indices a process opens: every `of`-th from `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shard {
+    index: u32,
+    of: u32,
+}
+
+impl Shard {
+    const ALL: Shard = Shard { index: 0, of: 1 };
+
+    fn indices(self, n: u64) -> impl Iterator<Item = u64> {
+        (u64::from(self.index)..n).step_by(self.of.max(1) as usize)
+    }
+
+    fn len(self, n: u64) -> u64 {
+        n.saturating_sub(u64::from(self.index))
+            .div_ceil(u64::from(self.of.max(1)))
+    }
+}
+
 async fn open_subscribers(
     args: &FanoutArgs,
     endpoint: &Arc<Endpoint>,
     ctx: &Arc<Ctx>,
     stop: &watch::Receiver<bool>,
+    shard: Shard,
 ) -> anyhow::Result<Subscribers> {
     let n = u64::from(args.connections);
+    let mine = shard.len(n);
     let stalled_n = stalled_count(n, args.stalled_percent);
     let stall_limit = args
         .drain
@@ -427,7 +481,7 @@ async fn open_subscribers(
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<(u64, Ready)>();
     let mut tasks = JoinSet::new();
     let started = Instant::now();
-    for i in 0..n {
+    for i in shard.indices(n) {
         let (endpoint, ctx, gate, ready_tx, stop) = (
             endpoint.clone(),
             ctx.clone(),
@@ -490,7 +544,9 @@ async fn open_subscribers(
                 *connect_errors.entry(shorten_error(&e)).or_insert(0) += 1;
             }
         }
-        if last_print.elapsed() >= Duration::from_millis(500) || seen == n {
+        // Subscriber processes stay quiet: their parent reports for all of them.
+        if shard == Shard::ALL && (last_print.elapsed() >= Duration::from_millis(500) || seen == n)
+        {
             eprint!(
                 "\r[fanout] connecting {connected}/{n}, failed {}   ",
                 seen - connected
@@ -498,17 +554,22 @@ async fn open_subscribers(
             let _ = std::io::stderr().flush();
             last_print = Instant::now();
         }
-        if seen == n {
+        if seen == mine {
             break;
         }
     }
-    eprintln!();
+    if shard == Shard::ALL {
+        eprintln!();
+    }
     let _ = ctx; // subscribers hold their own handles
     Ok(Subscribers {
         tasks,
         reading,
         connected,
-        stalled: (0..n).filter(|&i| is_stalled(i, n, stalled_n)).count() as u64,
+        stalled: shard
+            .indices(n)
+            .filter(|&i| is_stalled(i, n, stalled_n))
+            .count() as u64,
         connect_errors,
         connect_time: started.elapsed(),
     })
@@ -786,12 +847,147 @@ fn spawn_publisher(
     Ok((ready_rx, go_tx, thread))
 }
 
+/// One process of a run and its open-file limits (every connection is a descriptor).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ProcessInfo {
+    /// `publisher`, `subscribers`, or `publisher+subscribers` (a one-process run).
+    role: String,
+    pid: u32,
+    /// Subscriber connections this process opened.
+    connections: u64,
+    nofile: sys::Nofile,
+}
+
+impl ProcessInfo {
+    fn this(role: &str, connections: u64) -> Self {
+        Self {
+            role: role.into(),
+            pid: std::process::id(),
+            connections,
+            nofile: sys::nofile(),
+        }
+    }
+}
+
+/// How the subscribers came up, over all processes.
+struct Opened {
+    /// Per index: connected, subscribed and reading (not stalled).
+    reading: Vec<bool>,
+    connected: u64,
+    stalled: u64,
+    connect_errors: BTreeMap<String, u64>,
+    connect_time: Duration,
+    processes: Vec<ProcessInfo>,
+}
+
+/// What the subscribers found, over all processes, once stopped.
+struct Finished {
+    counts: Counts,
+    lost: BTreeMap<String, u64>,
+    stalled_end: BTreeMap<String, u64>,
+    first_server_error: Option<String>,
+    latency: Histogram<u64>,
+}
+
+/// Stops this process's subscribers and adds up what they found.
+async fn finish_local(
+    mut tasks: JoinSet<SubOutcome>,
+    stop: watch::Sender<bool>,
+    ctx: &Ctx,
+) -> anyhow::Result<Finished> {
+    let _ = stop.send(true);
+    let mut f = Finished {
+        counts: Counts::default(),
+        lost: BTreeMap::new(),
+        stalled_end: BTreeMap::new(),
+        first_server_error: None,
+        latency: stats::latency_histogram(),
+    };
+    while let Some(r) = tasks.join_next().await {
+        let o = r.context("a subscriber task failed")?;
+        f.counts.add(&o.counts);
+        if f.first_server_error.is_none() {
+            f.first_server_error = o.first_error;
+        }
+        match o.end {
+            End::Stopped => {}
+            End::Lost(reason) if reason == "not connected" => {}
+            End::Lost(reason) => *f.lost.entry(reason).or_insert(0) += 1,
+            End::Stalled(reason) => *f.stalled_end.entry(reason).or_insert(0) += 1,
+        }
+    }
+    f.latency = stats::merge_shards(&ctx.latency);
+    Ok(f)
+}
+
+/// The subscribers of a run: tasks of this process, or subscriber processes.
+enum Clients {
+    Local {
+        tasks: JoinSet<SubOutcome>,
+        stop: watch::Sender<bool>,
+    },
+    Processes(shards::Children),
+}
+
+impl Clients {
+    async fn open(
+        args: &FanoutArgs,
+        endpoint: &Arc<Endpoint>,
+        ctx: &Arc<Ctx>,
+    ) -> anyhow::Result<(Clients, Opened)> {
+        if args.processes > 1 {
+            return shards::Children::spawn(args, ctx).await;
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let subs = open_subscribers(args, endpoint, ctx, &stop_rx, Shard::ALL).await?;
+        let opened = Opened {
+            reading: subs.reading,
+            connected: subs.connected,
+            stalled: subs.stalled,
+            connect_errors: subs.connect_errors,
+            connect_time: subs.connect_time,
+            processes: vec![ProcessInfo::this(
+                "publisher+subscribers",
+                u64::from(args.connections),
+            )],
+        };
+        let tasks = subs.tasks;
+        Ok((Clients::Local { tasks, stop }, opened))
+    }
+
+    /// Hands the measured window to subscriber processes (this process's subscribers read it
+    /// from the shared context) and returns once all of them have it.
+    async fn start(&mut self, window: Window) -> anyhow::Result<()> {
+        match self {
+            Clients::Local { .. } => Ok(()),
+            Clients::Processes(c) => c.start(window).await,
+        }
+    }
+
+    async fn finish(self, ctx: &Ctx) -> anyhow::Result<Finished> {
+        match self {
+            Clients::Local { tasks, stop } => finish_local(tasks, stop, ctx).await,
+            Clients::Processes(c) => c.finish().await,
+        }
+    }
+}
+
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() {
         bail!("--duration must be positive");
     }
     if !(0.0..100.0).contains(&args.stalled_percent) {
         bail!("--stalled-percent must be in [0, 100)");
+    }
+    if let Some(k) = args.shard {
+        return shards::child(
+            args.clone(),
+            Shard {
+                index: k,
+                of: args.processes,
+            },
+        )
+        .await;
     }
     let started_at = SystemTime::now();
     let mut endpoint = Endpoint::resolve(&args.url, args.api_key.clone(), args.protocol).await?;
@@ -820,11 +1016,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         .context("the publisher thread ended")??;
 
     eprintln!(
-        "fanout: {:?} {} subscribers ({}) on {}, {} for {} after {} warm-up, events via {}",
+        "fanout: {:?} {} subscribers ({}) on {}{}, {} for {} after {} warm-up, events via {}",
         args.mode,
         args.connections,
         args.protocol.subprotocol(),
         endpoint.url,
+        if args.processes > 1 {
+            format!(" from {} processes", args.processes)
+        } else {
+            String::new()
+        },
         args.rate.describe(),
         humantime::format_duration(args.duration),
         humantime::format_duration(args.warmup),
@@ -834,27 +1035,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         },
     );
 
-    let ctx = Arc::new(Ctx {
-        window: OnceLock::new(),
-        latency: (0..HIST_SHARDS)
-            .map(|_| SharedHistogram::default())
-            .collect(),
-        delivered: AtomicU64::new(0),
-        owed: AtomicU64::new(0),
-        disconnected: AtomicU64::new(0),
-        publisher_waiting: AtomicBool::new(false),
-        progress: Notify::new(),
-    });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut subs = open_subscribers(&args, &endpoint, &ctx, &stop_rx).await?;
-    if subs.connected == 0 {
+    let ctx = Ctx::new();
+    let (mut clients, mut opened) = Clients::open(&args, &endpoint, &ctx).await?;
+    if opened.connected == 0 {
         bail!("no subscriber could connect");
     }
     if !args.protocol.acks_subscriptions() {
         tokio::time::sleep(args.settle).await;
     }
 
-    let reading_count = subs.reading.iter().filter(|&&r| r).count() as u64;
+    let reading_count = opened.reading.iter().filter(|&&r| r).count() as u64;
     let t0 = Instant::now();
     let wall0 = publish::unix_nanos();
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -863,13 +1053,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         end: wall0 + nanos(args.warmup + args.duration),
     };
     let _ = ctx.window.set(window);
+    clients.start(window).await?;
     let end = t0 + args.warmup + args.duration;
     let progress = tokio::spawn(progress(ctx.clone(), t0, args.warmup, end));
     let go = Go {
         ctx: ctx.clone(),
         owed: Owed {
             mode: args.mode,
-            reading: std::mem::take(&mut subs.reading),
+            reading: std::mem::take(&mut opened.reading),
             reading_count,
         },
         orders: u64::from(args.connections),
@@ -893,53 +1084,37 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
     progress.abort();
     eprintln!();
-    let _ = stop_tx.send(true);
 
-    let mut counts = Counts::default();
-    let mut lost = BTreeMap::new();
-    let mut stalled_end = BTreeMap::new();
-    let mut first_server_error = None;
-    while let Some(r) = subs.tasks.join_next().await {
-        let o = r.context("a subscriber task failed")?;
-        counts.add(&o.counts);
-        if first_server_error.is_none() {
-            first_server_error = o.first_error;
-        }
-        match o.end {
-            End::Stopped => {}
-            End::Lost(reason) if reason == "not connected" => {}
-            End::Lost(reason) => *lost.entry(reason).or_insert(0) += 1,
-            End::Stalled(reason) => *stalled_end.entry(reason).or_insert(0) += 1,
-        }
-    }
-    let latency = {
-        let mut h = stats::latency_histogram();
-        for shard in &ctx.latency {
-            shard.merge_into(&mut h);
-        }
-        LatencySummary::from_histogram(&h)
-    };
+    let finished = clients.finish(&ctx).await?;
     let report = Report {
         args: &args,
         endpoint: &endpoint,
         started_at,
-        connected: subs.connected,
-        connect_errors: subs.connect_errors,
-        connect_time: subs.connect_time,
-        stalled: subs.stalled,
+        connected: opened.connected,
+        connect_errors: opened.connect_errors,
+        connect_time: opened.connect_time,
+        stalled: opened.stalled,
         reading: reading_count,
         published,
-        counts,
-        latency,
-        lost,
-        stalled_end,
-        first_server_error,
+        counts: finished.counts,
+        latency: LatencySummary::from_histogram(&finished.latency),
+        lost: finished.lost,
+        stalled_end: finished.stalled_end,
+        first_server_error: finished.first_server_error,
+        processes: opened.processes,
     };
     print!("{}", report.table().render());
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report.json())?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         eprintln!("results written to {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        stats::write_svg(
+            path,
+            &report.title(),
+            &[("publish->receive", &finished.latency)],
+        )?;
     }
     Ok(())
 }
@@ -991,6 +1166,7 @@ struct Report<'a> {
     lost: BTreeMap<String, u64>,
     stalled_end: BTreeMap<String, u64>,
     first_server_error: Option<String>,
+    processes: Vec<ProcessInfo>,
 }
 
 impl Report<'_> {
@@ -1015,10 +1191,10 @@ impl Report<'_> {
         }
     }
 
-    fn table(&self) -> Table {
+    /// The run's heading: label, mode, connections, rate and server.
+    fn title(&self) -> String {
         let a = self.args;
-        let mut t = Table::default();
-        t.section(format!(
+        format!(
             "fanout{}: {:?}, {} connections, {} against {:?} {}",
             a.label
                 .as_deref()
@@ -1028,7 +1204,13 @@ impl Report<'_> {
             a.rate.describe(),
             a.target,
             self.endpoint.url,
-        ));
+        )
+    }
+
+    fn table(&self) -> Table {
+        let a = self.args;
+        let mut t = Table::default();
+        t.section(self.title());
         t.row(
             "connected",
             format!(
@@ -1092,6 +1274,17 @@ impl Report<'_> {
         for (reason, n) in &self.stalled_end {
             t.row(format!("stalled, after run: {reason}"), n.to_string());
         }
+        for p in &self.processes {
+            t.row(
+                format!("process {} ({})", p.pid, p.role),
+                format!(
+                    "{} connections, nofile soft {} / hard {}",
+                    p.connections,
+                    fmt_limit(p.nofile.soft),
+                    fmt_limit(p.nofile.hard)
+                ),
+            );
+        }
         t
     }
 
@@ -1128,6 +1321,7 @@ impl Report<'_> {
             "lost": self.lost,
             "stalled_after_run": self.stalled_end,
             "first_server_error": self.first_server_error,
+            "processes": self.processes,
             "started_at": humantime::format_rfc3339_seconds(self.started_at).to_string(),
             "machine": sys::machine(),
             "tool": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },
@@ -1135,9 +1329,27 @@ impl Report<'_> {
     }
 }
 
+fn fmt_limit(v: Option<u64>) -> String {
+    v.map_or_else(|| "unlimited".into(), |v| v.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_split_the_indices_between_them_exactly() {
+        let n = 10;
+        let mut all: Vec<u64> = (0..3)
+            .flat_map(|k| Shard { index: k, of: 3 }.indices(n))
+            .collect();
+        assert_eq!(Shard { index: 0, of: 3 }.len(n), 4);
+        assert_eq!(Shard { index: 2, of: 3 }.len(n), 3);
+        assert_eq!(Shard { index: 5, of: 6 }.len(3), 0);
+        all.sort_unstable();
+        assert_eq!(all, (0..n).collect::<Vec<_>>());
+        assert_eq!(Shard::ALL.indices(n).count(), 10);
+    }
 
     #[test]
     fn stalled_subscribers_are_exactly_the_share_asked_for_and_spread_out() {

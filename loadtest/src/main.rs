@@ -4,6 +4,7 @@
 mod fanout;
 mod idle;
 mod intake;
+mod plot;
 mod publish;
 mod rate;
 mod reference;

@@ -1,0 +1,433 @@
+//! `fanout --processes P`: the subscriber connections are opened by P child processes (this
+//! binary again, with the hidden `--shard K`), each holding every P-th connection from its own
+//! descriptor limit; the parent only publishes and adds up their results exactly (counters
+//! summed, histograms merged from their HdrHistogram V2 encoding).
+//!
+//! The protocol is one JSON object per line. A child writes `ready` (how its connections came
+//! up) on stdout, waits for `go` (the measured window) on stdin and answers `started`, then
+//! sends `progress` (its cumulative deliveries, so the parent's closed-loop publisher and drain
+//! see them) every few milliseconds until `stop` (or the end of stdin), and last `result`.
+
+use super::{
+    Clients, Counts, Ctx, FanoutArgs, Finished, Opened, ProcessInfo, Shard, finish_local,
+    open_subscribers,
+};
+use crate::publish::Window;
+use crate::stats;
+use crate::ws::Endpoint;
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, watch};
+
+/// How often a child reports its deliveries.
+const PROGRESS_EVERY: Duration = Duration::from_millis(2);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ChildMsg {
+    Ready {
+        connected: u64,
+        stalled: u64,
+        /// The indices that are connected, subscribed and reading.
+        reading: Vec<u64>,
+        connect_errors: BTreeMap<String, u64>,
+        connect_time_s: f64,
+        process: ProcessInfo,
+    },
+    Started,
+    Progress {
+        delivered: u64,
+        lost: u64,
+    },
+    Result {
+        counts: Counts,
+        lost: BTreeMap<String, u64>,
+        stalled_end: BTreeMap<String, u64>,
+        first_server_error: Option<String>,
+        /// The publish -> receive histogram, HdrHistogram V2 + base64.
+        latency: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ParentMsg {
+    Go { warm_end: u64, end: u64 },
+    Stop,
+}
+
+fn send_line(msg: &ChildMsg) -> anyhow::Result<()> {
+    let text = serde_json::to_string(msg)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Adds one child's result into the run's.
+fn merge_result(into: &mut Finished, msg: ChildMsg) -> anyhow::Result<()> {
+    let ChildMsg::Result {
+        counts,
+        lost,
+        stalled_end,
+        first_server_error,
+        latency,
+    } = msg
+    else {
+        bail!("expected a result, got {msg:?}");
+    };
+    into.counts.add(&counts);
+    for (k, v) in lost {
+        *into.lost.entry(k).or_insert(0) += v;
+    }
+    for (k, v) in stalled_end {
+        *into.stalled_end.entry(k).or_insert(0) += v;
+    }
+    if into.first_server_error.is_none() {
+        into.first_server_error = first_server_error;
+    }
+    stats::add_histogram(&mut into.latency, &stats::decode_histogram(&latency)?)
+}
+
+/// Adds one child's `ready` into the run's.
+fn merge_ready(into: &mut Opened, msg: ChildMsg) -> anyhow::Result<()> {
+    let ChildMsg::Ready {
+        connected,
+        stalled,
+        reading,
+        connect_errors,
+        connect_time_s,
+        process,
+    } = msg
+    else {
+        bail!("expected ready, got {msg:?}");
+    };
+    into.connected += connected;
+    into.stalled += stalled;
+    for i in reading {
+        if let Some(r) = into.reading.get_mut(i as usize) {
+            *r = true;
+        }
+    }
+    for (k, v) in connect_errors {
+        *into.connect_errors.entry(k).or_insert(0) += v;
+    }
+    into.connect_time = into
+        .connect_time
+        .max(Duration::from_secs_f64(connect_time_s.max(0.0)));
+    into.processes.push(process);
+    Ok(())
+}
+
+/// A subscriber process: runs its share of the connections under the parent's direction.
+pub(super) async fn child(args: FanoutArgs, shard: Shard) -> anyhow::Result<()> {
+    let mut endpoint = Endpoint::resolve(&args.url, args.api_key.clone(), args.protocol).await?;
+    endpoint.source_ips = args.source_ips;
+    endpoint.read_buffer = args.read_buffer;
+    let endpoint = Arc::new(endpoint);
+    let ctx = Ctx::new();
+    let (stop, stop_rx) = watch::channel(false);
+    let subs = open_subscribers(&args, &endpoint, &ctx, &stop_rx, shard).await?;
+    let n = u64::from(args.connections);
+    send_line(&ChildMsg::Ready {
+        connected: subs.connected,
+        stalled: subs.stalled,
+        reading: shard
+            .indices(n)
+            .filter(|&i| subs.reading[i as usize])
+            .collect(),
+        connect_errors: subs.connect_errors,
+        connect_time_s: subs.connect_time.as_secs_f64(),
+        process: ProcessInfo::this("subscribers", shard.len(n)),
+    })?;
+
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut forwarder = None;
+    while let Some(line) = stdin.next_line().await? {
+        match serde_json::from_str::<ParentMsg>(&line)
+            .with_context(|| format!("from the parent: {line}"))?
+        {
+            ParentMsg::Go { warm_end, end } => {
+                let _ = ctx.window.set(Window { warm_end, end });
+                send_line(&ChildMsg::Started)?;
+                forwarder = Some(tokio::spawn(forward_progress(ctx.clone())));
+            }
+            ParentMsg::Stop => break,
+        }
+    }
+    if let Some(f) = forwarder {
+        f.abort();
+    }
+    send_line(&progress_of(&ctx))?;
+    let f = finish_local(subs.tasks, stop, &ctx).await?;
+    send_line(&ChildMsg::Result {
+        counts: f.counts,
+        lost: f.lost,
+        stalled_end: f.stalled_end,
+        first_server_error: f.first_server_error,
+        latency: stats::encode_histogram(&f.latency)?,
+    })
+}
+
+fn progress_of(ctx: &Ctx) -> ChildMsg {
+    ChildMsg::Progress {
+        delivered: ctx.delivered.load(Ordering::Relaxed),
+        lost: ctx.disconnected.load(Ordering::Relaxed),
+    }
+}
+
+async fn forward_progress(ctx: Arc<Ctx>) {
+    let mut last = (0, 0);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = (
+            ctx.delivered.load(Ordering::Relaxed),
+            ctx.disconnected.load(Ordering::Relaxed),
+        );
+        if now != last {
+            last = now;
+            if send_line(&progress_of(&ctx)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The subscriber processes, seen from the parent.
+pub(super) struct Children {
+    children: Vec<(Child, ChildStdin)>,
+    /// Everything but `progress` from every child (its index with it); `None`: its stdout ended.
+    messages: mpsc::UnboundedReceiver<(usize, Option<ChildMsg>)>,
+}
+
+impl Children {
+    /// Starts `--processes` children and waits until each has opened its connections.
+    pub(super) async fn spawn(
+        args: &FanoutArgs,
+        ctx: &Arc<Ctx>,
+    ) -> anyhow::Result<(Clients, Opened)> {
+        let exe = std::env::current_exe().context("finding this program to start it again")?;
+        let own_args: Vec<_> = std::env::args_os().skip(1).collect();
+        let (tx, messages) = mpsc::unbounded_channel();
+        let mut children = Vec::new();
+        for k in 0..args.processes {
+            let mut child = Command::new(&exe)
+                .args(&own_args)
+                .arg("--shard")
+                .arg(k.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting subscriber process {k}"))?;
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                bail!("subscriber process {k}: no pipes");
+            };
+            tokio::spawn(read_child(k as usize, stdout, ctx.clone(), tx.clone()));
+            children.push((child, stdin));
+        }
+        drop(tx);
+        let mut c = Children { children, messages };
+        let mut opened = Opened {
+            reading: vec![false; args.connections as usize],
+            connected: 0,
+            stalled: 0,
+            connect_errors: BTreeMap::new(),
+            connect_time: Duration::ZERO,
+            processes: vec![ProcessInfo::this("publisher", 0)],
+        };
+        for msg in c.one_from_each("ready").await? {
+            merge_ready(&mut opened, msg)?;
+        }
+        eprintln!(
+            "[fanout] {} of {} connected from {} processes",
+            opened.connected, args.connections, args.processes
+        );
+        Ok((Clients::Processes(c), opened))
+    }
+
+    /// The next non-progress message of every child (in child order).
+    async fn one_from_each(&mut self, what: &str) -> anyhow::Result<Vec<ChildMsg>> {
+        let mut got: Vec<Option<ChildMsg>> = self.children.iter().map(|_| None).collect();
+        while got.iter().any(Option::is_none) {
+            match self.messages.recv().await {
+                Some((k, Some(msg))) => got[k] = Some(msg),
+                // A child that has said what was asked may end its output.
+                Some((k, None)) if got[k].is_some() => {}
+                Some((k, None)) => {
+                    bail!(
+                        "subscriber process {k} ended before sending {what} (see its output above)"
+                    )
+                }
+                None => bail!("every subscriber process ended before sending {what}"),
+            }
+        }
+        Ok(got.into_iter().flatten().collect())
+    }
+
+    async fn tell_all(&mut self, msg: &ParentMsg) -> anyhow::Result<()> {
+        let line = serde_json::to_string(msg)? + "\n";
+        for (k, (_, stdin)) in self.children.iter_mut().enumerate() {
+            stdin
+                .write_all(line.as_bytes())
+                .await
+                .with_context(|| format!("writing to subscriber process {k}"))?;
+            stdin.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn start(&mut self, window: Window) -> anyhow::Result<()> {
+        self.tell_all(&ParentMsg::Go {
+            warm_end: window.warm_end,
+            end: window.end,
+        })
+        .await?;
+        for msg in self.one_from_each("started").await? {
+            if !matches!(msg, ChildMsg::Started) {
+                bail!("expected started, got {msg:?}");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn finish(mut self) -> anyhow::Result<Finished> {
+        self.tell_all(&ParentMsg::Stop).await?;
+        let mut f = Finished {
+            counts: Counts::default(),
+            lost: BTreeMap::new(),
+            stalled_end: BTreeMap::new(),
+            first_server_error: None,
+            latency: stats::latency_histogram(),
+        };
+        for msg in self.one_from_each("its result").await? {
+            merge_result(&mut f, msg)?;
+        }
+        for (k, (mut child, stdin)) in self.children.into_iter().enumerate() {
+            drop(stdin);
+            let status = child.wait().await?;
+            if !status.success() {
+                bail!("subscriber process {k} ended with {status}");
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// Reads one child's stdout: progress goes straight into the parent's counters (the publisher
+/// and the drain wait on them), everything else to the parent's channel.
+async fn read_child(
+    k: usize,
+    stdout: tokio::process::ChildStdout,
+    ctx: Arc<Ctx>,
+    tx: mpsc::UnboundedSender<(usize, Option<ChildMsg>)>,
+) {
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut delivered, mut lost) = (0u64, 0u64);
+    while let Ok(Some(line)) = lines.next_line().await {
+        match serde_json::from_str::<ChildMsg>(&line) {
+            Ok(ChildMsg::Progress {
+                delivered: d,
+                lost: l,
+            }) => {
+                ctx.report_delivered(d.saturating_sub(delivered));
+                ctx.disconnected
+                    .fetch_add(l.saturating_sub(lost), Ordering::Relaxed);
+                (delivered, lost) = (d.max(delivered), l.max(lost));
+            }
+            Ok(msg) => {
+                let _ = tx.send((k, Some(msg)));
+            }
+            Err(e) => eprintln!("\nsubscriber process {k}: unreadable line ({e}): {line}"),
+        }
+    }
+    let _ = tx.send((k, None));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result_of(values_us: &[u64], measured: u64, lost: &[(&str, u64)]) -> ChildMsg {
+        let mut h = stats::latency_histogram();
+        for &v in values_us {
+            h.record(v).expect("in range");
+        }
+        ChildMsg::Result {
+            counts: Counts {
+                measured,
+                arrived_in_window: measured,
+                ..Counts::default()
+            },
+            lost: lost.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            stalled_end: BTreeMap::new(),
+            first_server_error: None,
+            latency: stats::encode_histogram(&h).expect("encode"),
+        }
+    }
+
+    #[test]
+    fn child_results_add_up_exactly_after_a_trip_through_json() {
+        let mut f = Finished {
+            counts: Counts::default(),
+            lost: BTreeMap::new(),
+            stalled_end: BTreeMap::new(),
+            first_server_error: None,
+            latency: stats::latency_histogram(),
+        };
+        let a = result_of(&[100, 200, 300], 3, &[("eof", 1)]);
+        let b = result_of(&[5_000, 70_000], 2, &[("eof", 2), ("close 4008", 1)]);
+        for msg in [a, b] {
+            let line = serde_json::to_string(&msg).expect("json");
+            merge_result(&mut f, serde_json::from_str(&line).expect("parse")).expect("merge");
+        }
+        assert_eq!(f.counts.measured, 5);
+        assert_eq!(f.lost["eof"], 3);
+        assert_eq!(f.lost["close 4008"], 1);
+        let mut all = stats::latency_histogram();
+        for v in [100, 200, 300, 5_000, 70_000] {
+            all.record(v).expect("in range");
+        }
+        assert_eq!(f.latency, all);
+    }
+
+    #[test]
+    fn ready_messages_mark_the_reading_indices_and_sum_up() {
+        let mut o = Opened {
+            reading: vec![false; 6],
+            connected: 0,
+            stalled: 0,
+            connect_errors: BTreeMap::new(),
+            connect_time: Duration::ZERO,
+            processes: Vec::new(),
+        };
+        for (k, reading, secs) in [(0u32, vec![0, 4], 1.5), (1, vec![1, 3, 5], 0.5)] {
+            let msg = ChildMsg::Ready {
+                connected: reading.len() as u64,
+                stalled: 0,
+                reading,
+                connect_errors: [("refused".to_string(), 1)].into(),
+                connect_time_s: secs,
+                process: ProcessInfo::this("subscribers", 3 + u64::from(k)),
+            };
+            let line = serde_json::to_string(&msg).expect("json");
+            merge_ready(&mut o, serde_json::from_str(&line).expect("parse")).expect("merge");
+        }
+        assert_eq!(o.reading, vec![true, true, false, true, true, true]);
+        assert_eq!(o.connected, 5);
+        assert_eq!(o.connect_errors["refused"], 2);
+        assert_eq!(o.connect_time, Duration::from_millis(1500));
+        assert_eq!(o.processes.len(), 2);
+    }
+}
