@@ -8,6 +8,7 @@ mod plot;
 mod publish;
 mod rate;
 mod reference;
+mod report;
 mod signing;
 mod sink;
 mod stats;
@@ -60,6 +61,13 @@ enum Scenario {
     /// `--mode lateness` (every first attempt answered 500; how late each retry arrives).
     /// `--target reference`: the load tool posts signed bodies to the sink itself, the ceiling.
     Webhooks(webhooks::WebhooksArgs),
+
+    /// BENCHMARKS.md from the JSON results the scenario scripts wrote
+    ///
+    /// Tables, same-run ratios and the targets of the issues marked met or NOT met are
+    /// computed from the numbers; the prose comes from loadtest/notes/; plots are copied into
+    /// --plots and linked.
+    Report(report::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Reference(args) => reference::run(args).await,
             Scenario::Idle(args) => idle::run(args).await,
             Scenario::Webhooks(args) => webhooks::run(args).await,
+            Scenario::Report(args) => report::run(args).await,
         }
     })
 }
