@@ -218,6 +218,9 @@ struct Ctx {
     /// do deliveries wake it.
     publisher_waiting: AtomicBool,
     progress: Notify,
+    /// With subscriber processes: the highest p99 hint (microseconds) they reported, for the
+    /// progress line (this process records no latency then).
+    remote_p99_us: AtomicU64,
 }
 
 impl Ctx {
@@ -232,6 +235,7 @@ impl Ctx {
             disconnected: AtomicU64::new(0),
             publisher_waiting: AtomicBool::new(false),
             progress: Notify::new(),
+            remote_p99_us: AtomicU64::new(0),
         })
     }
 
@@ -1138,8 +1142,10 @@ async fn progress(ctx: Arc<Ctx>, t0: Instant, warmup: Duration, end: Instant) {
         } else {
             "drain"
         };
+        let remote = ctx.remote_p99_us.load(Ordering::Relaxed);
         let p99 = ctx.latency[0]
             .quantile_ms(0.99)
+            .or((remote > 0).then(|| remote as f64 / 1000.0))
             .map_or_else(|| "-".to_string(), stats::ms);
         eprint!(
             "\r[fanout] {:>6.1}s {phase:<7} {per_s:>10.0} deliveries/s  outstanding {:>8}  p99 {p99}  lost {}   ",

@@ -46,6 +46,8 @@ enum ChildMsg {
     Progress {
         delivered: u64,
         lost: u64,
+        /// p99 of one histogram shard so far (ms), for the parent's progress line only.
+        p99_ms: Option<f64>,
     },
     Result {
         counts: Counts,
@@ -181,6 +183,7 @@ fn progress_of(ctx: &Ctx) -> ChildMsg {
     ChildMsg::Progress {
         delivered: ctx.delivered.load(Ordering::Relaxed),
         lost: ctx.disconnected.load(Ordering::Relaxed),
+        p99_ms: ctx.latency[0].quantile_ms(0.99),
     }
 }
 
@@ -340,7 +343,12 @@ async fn read_child(
             Ok(ChildMsg::Progress {
                 delivered: d,
                 lost: l,
+                p99_ms,
             }) => {
+                if let Some(p) = p99_ms {
+                    ctx.remote_p99_us
+                        .fetch_max((p * 1000.0) as u64, Ordering::Relaxed);
+                }
                 ctx.report_delivered(d.saturating_sub(delivered));
                 ctx.disconnected
                     .fetch_add(l.saturating_sub(lost), Ordering::Relaxed);
