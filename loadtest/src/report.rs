@@ -135,6 +135,23 @@ fn relative_link(from_dir: &Path, to: &Path) -> String {
     rel.to_string_lossy().replace('\\', "/")
 }
 
+/// Removes the section's plots an earlier report copied into `plots` (`<section>-*.svg`), so
+/// that a run no longer in the results leaves no plot behind.
+fn remove_old_plots(plots: &Path, section: Section) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(plots) else {
+        return Ok(()); // not there yet
+    };
+    let prefix = format!("{}-", section.dir());
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".svg")) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Loads one section's folder: every `*.json` with a `scenario` (sorted by name), the
 /// manifest, the notes, and copies each run's plot into `plots` (named `<section>-<run>.svg`).
 fn load_section(args: &ReportArgs, section: Section) -> anyhow::Result<SectionInput> {
@@ -156,6 +173,9 @@ fn load_section(args: &ReportArgs, section: Section) -> anyhow::Result<SectionIn
         .unwrap_or(Path::new("."));
     // --plots naming the results folder itself: link the plots where they are.
     let in_place = std::fs::canonicalize(&args.plots).ok() == std::fs::canonicalize(&dir).ok();
+    if !in_place {
+        remove_old_plots(&args.plots, section)?;
+    }
     let mut runs = Vec::new();
     let mut manifest = None;
     for path in paths {
@@ -1583,7 +1603,13 @@ mod tests {
             plots: dir.join("docs/benchmarks"),
             only: Vec::new(),
         };
+        // A plot of an earlier report whose run is gone is removed; other sections' stay.
+        std::fs::create_dir_all(dir.join("docs/benchmarks")).expect("mkdir");
+        std::fs::write(dir.join("docs/benchmarks/fanout-old.svg"), "<svg/>").expect("write");
+        std::fs::write(dir.join("docs/benchmarks/intake-x.svg"), "<svg/>").expect("write");
         let input = load_section(&args, Section::Fanout).expect("load");
+        assert!(!dir.join("docs/benchmarks/fanout-old.svg").exists());
+        assert!(dir.join("docs/benchmarks/intake-x.svg").exists());
         assert_eq!(input.runs.len(), 1);
         assert_eq!(
             input.runs[0].plot.as_deref(),
