@@ -21,6 +21,7 @@
 
 mod shards;
 
+use crate::procs::{ProcessInfo, Shard};
 use crate::publish::{self, Sink, Window};
 use crate::rate::{self, Schedule};
 use crate::stats::{self, LatencySummary, SharedHistogram, Table};
@@ -448,26 +449,6 @@ struct Subscribers {
     connect_time: Duration,
 }
 
-/// Which of the run's connection indices a process opens: every `of`-th from `index`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Shard {
-    index: u32,
-    of: u32,
-}
-
-impl Shard {
-    const ALL: Shard = Shard { index: 0, of: 1 };
-
-    fn indices(self, n: u64) -> impl Iterator<Item = u64> {
-        (u64::from(self.index)..n).step_by(self.of.max(1) as usize)
-    }
-
-    fn len(self, n: u64) -> u64 {
-        n.saturating_sub(u64::from(self.index))
-            .div_ceil(u64::from(self.of.max(1)))
-    }
-}
-
 async fn open_subscribers(
     args: &FanoutArgs,
     endpoint: &Arc<Endpoint>,
@@ -849,28 +830,6 @@ fn spawn_publisher(
         })
         .context("starting the publisher thread")?;
     Ok((ready_rx, go_tx, thread))
-}
-
-/// One process of a run and its open-file limits (every connection is a descriptor).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct ProcessInfo {
-    /// `publisher`, `subscribers`, or `publisher+subscribers` (a one-process run).
-    role: String,
-    pid: u32,
-    /// Subscriber connections this process opened.
-    connections: u64,
-    nofile: sys::Nofile,
-}
-
-impl ProcessInfo {
-    fn this(role: &str, connections: u64) -> Self {
-        Self {
-            role: role.into(),
-            pid: std::process::id(),
-            connections,
-            nofile: sys::nofile(),
-        }
-    }
 }
 
 /// How the subscribers came up, over all processes.
@@ -1281,15 +1240,7 @@ impl Report<'_> {
             t.row(format!("stalled, after run: {reason}"), n.to_string());
         }
         for p in &self.processes {
-            t.row(
-                format!("process {} ({})", p.pid, p.role),
-                format!(
-                    "{} connections, nofile soft {} / hard {}",
-                    p.connections,
-                    fmt_limit(p.nofile.soft),
-                    fmt_limit(p.nofile.hard)
-                ),
-            );
+            p.add_row(&mut t);
         }
         t
     }
@@ -1335,27 +1286,9 @@ impl Report<'_> {
     }
 }
 
-fn fmt_limit(v: Option<u64>) -> String {
-    v.map_or_else(|| "unlimited".into(), |v| v.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shards_split_the_indices_between_them_exactly() {
-        let n = 10;
-        let mut all: Vec<u64> = (0..3)
-            .flat_map(|k| Shard { index: k, of: 3 }.indices(n))
-            .collect();
-        assert_eq!(Shard { index: 0, of: 3 }.len(n), 4);
-        assert_eq!(Shard { index: 2, of: 3 }.len(n), 3);
-        assert_eq!(Shard { index: 5, of: 6 }.len(3), 0);
-        all.sort_unstable();
-        assert_eq!(all, (0..n).collect::<Vec<_>>());
-        assert_eq!(Shard::ALL.indices(n).count(), 10);
-    }
 
     #[test]
     fn stalled_subscribers_are_exactly_the_share_asked_for_and_spread_out() {

@@ -5,6 +5,7 @@ mod fanout;
 mod idle;
 mod intake;
 mod plot;
+mod procs;
 mod publish;
 mod rate;
 mod reference;

@@ -1,31 +1,25 @@
-//! `fanout --processes P`: the subscriber connections are opened by P child processes (this
-//! binary again, with the hidden `--shard K`), each holding every P-th connection from its own
-//! descriptor limit; the parent only publishes and adds up their results exactly (counters
-//! summed, histograms merged from their HdrHistogram V2 encoding).
+//! `fanout --processes P`: the subscriber connections are opened by P child processes
+//! ([`crate::procs`]), each holding every P-th connection under its own descriptor limit; the
+//! parent only publishes and adds up their results exactly (counters summed, histograms merged
+//! from their HdrHistogram V2 encoding).
 //!
 //! The protocol is one JSON object per line. A child writes `ready` (how its connections came
 //! up) on stdout, waits for `go` (the measured window) on stdin and answers `started`, then
 //! sends `progress` (its cumulative deliveries, so the parent's closed-loop publisher and drain
 //! see them) every few milliseconds until `stop` (or the end of stdin), and last `result`.
 
-use super::{
-    Clients, Counts, Ctx, FanoutArgs, Finished, Opened, ProcessInfo, Shard, finish_local,
-    open_subscribers,
-};
+use super::{Clients, Counts, Ctx, FanoutArgs, Finished, Opened, finish_local, open_subscribers};
+use crate::procs::{self, ProcessInfo, Shard, Workers, send_line};
 use crate::publish::Window;
 use crate::stats;
 use crate::ws::Endpoint;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// How often a child reports its deliveries.
 const PROGRESS_EVERY: Duration = Duration::from_millis(2);
@@ -64,14 +58,6 @@ enum ChildMsg {
 enum ParentMsg {
     Go { warm_end: u64, end: u64 },
     Stop,
-}
-
-fn send_line(msg: &ChildMsg) -> anyhow::Result<()> {
-    let text = serde_json::to_string(msg)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}")?;
-    out.flush()?;
-    Ok(())
 }
 
 /// Adds one child's result into the run's.
@@ -151,7 +137,7 @@ pub(super) async fn child(args: FanoutArgs, shard: Shard) -> anyhow::Result<()> 
         process: ProcessInfo::this("subscribers", shard.len(n)),
     })?;
 
-    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin = procs::parent_lines();
     let mut forwarder = None;
     while let Some(line) = stdin.next_line().await? {
         match serde_json::from_str::<ParentMsg>(&line)
@@ -207,41 +193,44 @@ async fn forward_progress(ctx: Arc<Ctx>) {
 }
 
 /// The subscriber processes, seen from the parent.
-pub(super) struct Children {
-    children: Vec<(Child, ChildStdin)>,
-    /// Everything but `progress` from every child (its index with it); `None`: its stdout ended.
-    messages: mpsc::UnboundedReceiver<(usize, Option<ChildMsg>)>,
-}
+pub(super) struct Children(Workers<ChildMsg>);
 
 impl Children {
-    /// Starts `--processes` children and waits until each has opened its connections.
+    /// Starts `--processes` children and waits until each has opened its connections. Their
+    /// progress goes straight into the parent's counters (the publisher and the drain wait on
+    /// them).
     pub(super) async fn spawn(
         args: &FanoutArgs,
         ctx: &Arc<Ctx>,
     ) -> anyhow::Result<(Clients, Opened)> {
-        let exe = std::env::current_exe().context("finding this program to start it again")?;
-        let own_args: Vec<_> = std::env::args_os().skip(1).collect();
-        let (tx, messages) = mpsc::unbounded_channel();
-        let mut children = Vec::new();
-        for k in 0..args.processes {
-            let mut child = Command::new(&exe)
-                .args(&own_args)
-                .arg("--shard")
-                .arg(k.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting subscriber process {k}"))?;
-            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-                bail!("subscriber process {k}: no pipes");
+        let seen: Vec<(AtomicU64, AtomicU64)> = (0..args.processes)
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+            .collect();
+        let live = ctx.clone();
+        let workers = Workers::spawn(args.processes, "subscriber process", move |k, msg| {
+            let ChildMsg::Progress {
+                delivered,
+                lost,
+                p99_ms,
+            } = msg
+            else {
+                return Some(msg);
             };
-            tokio::spawn(read_child(k as usize, stdout, ctx.clone(), tx.clone()));
-            children.push((child, stdin));
-        }
-        drop(tx);
-        let mut c = Children { children, messages };
+            let (d, l) = &seen[k];
+            live.report_delivered(
+                delivered.saturating_sub(d.fetch_max(delivered, Ordering::Relaxed)),
+            );
+            live.disconnected.fetch_add(
+                lost.saturating_sub(l.fetch_max(lost, Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            if let Some(p) = p99_ms {
+                live.remote_p99_us
+                    .fetch_max((p * 1000.0) as u64, Ordering::Relaxed);
+            }
+            None
+        })?;
+        let mut c = Children(workers);
         let mut opened = Opened {
             reading: vec![false; args.connections as usize],
             connected: 0,
@@ -250,7 +239,7 @@ impl Children {
             connect_time: Duration::ZERO,
             processes: vec![ProcessInfo::this("publisher", 0)],
         };
-        for msg in c.one_from_each("ready").await? {
+        for msg in c.0.one_from_each("ready").await? {
             merge_ready(&mut opened, msg)?;
         }
         eprintln!(
@@ -260,44 +249,14 @@ impl Children {
         Ok((Clients::Processes(c), opened))
     }
 
-    /// The next non-progress message of every child (in child order).
-    async fn one_from_each(&mut self, what: &str) -> anyhow::Result<Vec<ChildMsg>> {
-        let mut got: Vec<Option<ChildMsg>> = self.children.iter().map(|_| None).collect();
-        while got.iter().any(Option::is_none) {
-            match self.messages.recv().await {
-                Some((k, Some(msg))) => got[k] = Some(msg),
-                // A child that has said what was asked may end its output.
-                Some((k, None)) if got[k].is_some() => {}
-                Some((k, None)) => {
-                    bail!(
-                        "subscriber process {k} ended before sending {what} (see its output above)"
-                    )
-                }
-                None => bail!("every subscriber process ended before sending {what}"),
-            }
-        }
-        Ok(got.into_iter().flatten().collect())
-    }
-
-    async fn tell_all(&mut self, msg: &ParentMsg) -> anyhow::Result<()> {
-        let line = serde_json::to_string(msg)? + "\n";
-        for (k, (_, stdin)) in self.children.iter_mut().enumerate() {
-            stdin
-                .write_all(line.as_bytes())
-                .await
-                .with_context(|| format!("writing to subscriber process {k}"))?;
-            stdin.flush().await?;
-        }
-        Ok(())
-    }
-
     pub(super) async fn start(&mut self, window: Window) -> anyhow::Result<()> {
-        self.tell_all(&ParentMsg::Go {
-            warm_end: window.warm_end,
-            end: window.end,
-        })
-        .await?;
-        for msg in self.one_from_each("started").await? {
+        self.0
+            .tell_all(&ParentMsg::Go {
+                warm_end: window.warm_end,
+                end: window.end,
+            })
+            .await?;
+        for msg in self.0.one_from_each("started").await? {
             if !matches!(msg, ChildMsg::Started) {
                 bail!("expected started, got {msg:?}");
             }
@@ -306,7 +265,7 @@ impl Children {
     }
 
     pub(super) async fn finish(mut self) -> anyhow::Result<Finished> {
-        self.tell_all(&ParentMsg::Stop).await?;
+        self.0.tell_all(&ParentMsg::Stop).await?;
         let mut f = Finished {
             counts: Counts::default(),
             lost: BTreeMap::new(),
@@ -314,53 +273,12 @@ impl Children {
             first_server_error: None,
             latency: stats::latency_histogram(),
         };
-        for msg in self.one_from_each("its result").await? {
+        for msg in self.0.one_from_each("its result").await? {
             merge_result(&mut f, msg)?;
         }
-        for (k, (mut child, stdin)) in self.children.into_iter().enumerate() {
-            drop(stdin);
-            let status = child.wait().await?;
-            if !status.success() {
-                bail!("subscriber process {k} ended with {status}");
-            }
-        }
+        self.0.wait().await?;
         Ok(f)
     }
-}
-
-/// Reads one child's stdout: progress goes straight into the parent's counters (the publisher
-/// and the drain wait on them), everything else to the parent's channel.
-async fn read_child(
-    k: usize,
-    stdout: tokio::process::ChildStdout,
-    ctx: Arc<Ctx>,
-    tx: mpsc::UnboundedSender<(usize, Option<ChildMsg>)>,
-) {
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut delivered, mut lost) = (0u64, 0u64);
-    while let Ok(Some(line)) = lines.next_line().await {
-        match serde_json::from_str::<ChildMsg>(&line) {
-            Ok(ChildMsg::Progress {
-                delivered: d,
-                lost: l,
-                p99_ms,
-            }) => {
-                if let Some(p) = p99_ms {
-                    ctx.remote_p99_us
-                        .fetch_max((p * 1000.0) as u64, Ordering::Relaxed);
-                }
-                ctx.report_delivered(d.saturating_sub(delivered));
-                ctx.disconnected
-                    .fetch_add(l.saturating_sub(lost), Ordering::Relaxed);
-                (delivered, lost) = (d.max(delivered), l.max(lost));
-            }
-            Ok(msg) => {
-                let _ = tx.send((k, Some(msg)));
-            }
-            Err(e) => eprintln!("\nsubscriber process {k}: unreadable line ({e}): {line}"),
-        }
-    }
-    let _ = tx.send((k, None));
 }
 
 #[cfg(test)]
