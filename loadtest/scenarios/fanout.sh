@@ -13,7 +13,7 @@
 #   loadtest/scenarios/fanout.sh                                   # full run (about 10 minutes)
 #   CONNS=1000 RATES="100 max" DURATION=5s IDLE_CONNS=2000 loadtest/scenarios/fanout.sh
 #   TARGETS=reference loadtest/scenarios/fanout.sh                 # reference only (no herald)
-#   PROCESSES=2 loadtest/scenarios/fanout.sh                       # subscribers from 2 processes
+#   PROCESSES=2 loadtest/scenarios/fanout.sh                       # clients from 2 processes
 #   NO_BUILD=1 HERALD=target/debug/herald ...                      # use existing binaries
 #
 # Results: one JSON file and one SVG latency plot per run, manifest.json and summary.md (the
@@ -105,13 +105,15 @@ done
 if has herald; then
   stop "$HPID"; start_herald
   "$LOADTEST" idle --url "ws://$HADDR/graphql" --api-key "$KEY" --protocol "$PROTOCOL" \
-    --connections "$IDLE_CONNS" --pid "$HPID" --label herald --json "$OUT/herald-idle.json" \
+    --connections "$IDLE_CONNS" --pid "$HPID" --processes "$PROCESSES" --label herald \
+    --json "$OUT/herald-idle.json" \
     || echo "idle herald failed" >&2
 fi
 if has reference; then
   stop "$RFPID"; start_reference
   "$LOADTEST" idle --url "ws://$RFADDR/graphql" --protocol "$PROTOCOL" \
-    --connections "$IDLE_CONNS" --pid "$RFPID" --label reference --json "$OUT/reference-idle.json" \
+    --connections "$IDLE_CONNS" --pid "$RFPID" --processes "$PROCESSES" --label reference \
+    --json "$OUT/reference-idle.json" \
     || echo "idle reference failed" >&2
 fi
 
