@@ -1198,7 +1198,8 @@ fn e2e(out: &mut String, input: &SectionInput) {
     for r in &runs {
         for (path, name) in [("websocket", "WebSocket"), ("webhook", "webhook")] {
             let p = &r.v[path];
-            if p.is_null() {
+            // No path measured, or no webhook endpoint registered.
+            if p.is_null() || (path == "webhook" && f(&r.v, "endpoints") == Some(0.0)) {
                 continue;
             }
             rows.push(vec![
@@ -1235,7 +1236,13 @@ fn e2e(out: &mut String, input: &SectionInput) {
             &rows,
         );
     }
-    let sum = |path: &str| -> f64 { runs.iter().filter_map(|r| f(&r.v, path)).sum() };
+    // Webhook figures only count where an endpoint was registered.
+    let sum = |path: &str| -> f64 {
+        runs.iter()
+            .filter(|r| !path.starts_with("webhook") || f(&r.v, "endpoints") != Some(0.0))
+            .filter_map(|r| f(&r.v, path))
+            .sum()
+    };
     let missing = sum("websocket.missing") + sum("webhook.missing");
     let bad = sum("webhook.bad_signatures");
     let ts = [
@@ -1549,11 +1556,19 @@ mod tests {
                         "bad_signatures": 0, "confirmed": null, "accepted": lat(5.0, 20.0)},
             "machine": machine(),
         });
+        let mut no_endpoints = fixture.clone();
+        no_endpoints["label"] = json!("no endpoints");
+        no_endpoints["endpoints"] = json!(0);
         let doc = render(
             None,
-            &[input(Section::E2e, vec![run("redis-r500", fixture)])],
+            &[input(
+                Section::E2e,
+                vec![run("redis-r500", fixture), run("zz", no_endpoints)],
+            )],
             "target/bench",
         );
+        assert!(doc.contains("| no endpoints | WebSocket |"));
+        assert!(!doc.contains("| no endpoints | webhook |"));
         assert!(doc.contains("## End to end"));
         assert!(doc.contains(
             "| redis 500/s | 500/s for 10 s | graphql-transport-ws | 100 / 2 | 5,000 / 4,998 | 2 | 0.40 / 2.00 / 4.00 |"
