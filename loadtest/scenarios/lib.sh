@@ -1,5 +1,6 @@
-# Shared by the scenario scripts (sourced, not run): free ports, starting and stopping the
-# servers a scenario measures, and cleaning up on exit. Callers set OUT (results folder).
+# Shared by the scenario scripts (sourced, not run): building the binaries, free ports,
+# starting and stopping the servers a scenario measures, cleaning up on exit, and the results
+# folder's manifest and summary. Callers set OUT (results folder, target/bench/<section>).
 
 # Every connection is a descriptor, in the servers as in the load generator.
 ulimit -n "$(ulimit -Hn)"
@@ -39,4 +40,45 @@ start_redis() { # aof|none
     kill -0 "$pid" 2>/dev/null || { echo "redis-server exited; see $log" >&2; exit 1; }
     sleep 0.05
   done
+}
+
+# Builds the release binaries unless NO_BUILD is set; HERALD and LOADTEST may point elsewhere.
+build_binaries() {
+  if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --release --workspace --quiet
+  fi
+  HERALD=${HERALD:-target/release/herald}
+  LOADTEST=${LOADTEST:-target/release/herald-loadtest}
+}
+
+# Empties OUT of an earlier run's results and plots (a run that fails leaves no stale figure).
+clean_out() {
+  mkdir -p "$OUT"
+  OUT=$(cd "$OUT" && pwd)
+  rm -f "$OUT"/*.json "$OUT"/*.svg "$OUT"/summary.md
+}
+
+# Writes OUT/manifest.json: the command that reproduces this run (the script with every
+# parameter below set as used), the Redis version and the Herald commit, and free text about
+# the setup. `herald-loadtest report` shows them above the section's tables.
+write_manifest() { # script "VAR VAR ..." setup-text
+  local script=$1 vars=$2 setup=${3:-} cmd="" v
+  for v in $vars; do cmd+="$v=$(printf '%q' "${!v}") "; done
+  cmd+="loadtest/scenarios/$script"
+  local herald
+  herald="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+  python3 - "$OUT/manifest.json" "$cmd" "$(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/')" "$herald" "$setup" <<'PY'
+import json, sys
+path, command, redis, herald, setup = sys.argv[1:]
+json.dump({"command": command, "redis": redis, "herald": herald, "setup": setup or None},
+          open(path, "w"), indent=2)
+PY
+}
+
+# Renders OUT/summary.md (this section only, plots linked in place) with `herald-loadtest
+# report`, and prints it.
+summarise() { # section
+  "$LOADTEST" report --results "$(dirname "$OUT")" --only "$1" --out "$OUT/summary.md" --plots "$OUT"
+  cat "$OUT/summary.md"
+  echo "results in $OUT/"
 }

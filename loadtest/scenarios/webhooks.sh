@@ -21,7 +21,9 @@
 #   DURATION=5s RETRIES=2000 loadtest/scenarios/webhooks.sh
 #   NO_BUILD=1 HERALD=target/debug/herald ...               # use existing binaries
 #
-# Results: one JSON file per run and summary.md under target/bench/webhooks/.
+# Results: one JSON file and one SVG latency plot per run, manifest.json, Herald's webhook
+# metrics after the runs and summary.md (the section as `herald-loadtest report` renders it)
+# under target/bench/webhooks/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -47,17 +49,12 @@ ROLES=${ROLES:-}
 OUT=${OUT:-target/bench/webhooks}
 KEY=bench-admin-key-000000000001
 STREAM=${STREAM:-'herald:{p0}:events'}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-rm -f "$OUT"/*.json
-
-if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --release --workspace --quiet
-fi
-HERALD=${HERALD:-target/release/herald}
-LOADTEST=${LOADTEST:-target/release/herald-loadtest}
 
 source loadtest/scenarios/lib.sh
+clean_out
+build_binaries
+write_manifest webhooks.sh "DURATION WARMUP RATES MAX_IN_FLIGHTS BODY_BYTES REF_CONNECTIONS RETRIES RETRY_STEP LATENESS_RATE LATENESS_IN_FLIGHTS FAULT_RATE FAULT_FAIL FAULT_STALL FAULT_DRAIN ROLES" \
+  "Redis: AOF on, appendfsync everysec. Herald: retry_schedule [0s, $RETRY_STEP], jitter 0, allow_networks [127.0.0.0/8], roles ${ROLES:-all}."
 
 start_herald() {
   HERALD_ADMIN_KEY=$KEY HERALD_LISTEN=127.0.0.1:0 RUST_LOG=warn \
@@ -77,18 +74,10 @@ webhooks() { # name args...
   local name=$1; shift
   "$LOADTEST" webhooks --url "http://$HADDR" --admin-key "$KEY" \
     --redis-url "redis://127.0.0.1:$RPORT" --stream "$STREAM" --body-bytes "$BODY_BYTES" \
-    --retry-step "$RETRY_STEP" --label "$name" --json "$OUT/$name.json" "$@" \
+    --retry-step "$RETRY_STEP" --label "$name" --json "$OUT/$name.json" --svg "$OUT/$name.svg" "$@" \
     || echo "run $name failed" >&2
   sleep 1
 }
-
-{
-  echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
-  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-  echo "redis: $(redis-server --version | cut -d' ' -f3) (appendonly yes, appendfsync everysec)"
-  echo "herald: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
-  echo "herald webhooks config: retry_schedule [0s, $RETRY_STEP], jitter 0, allow_networks [127.0.0.0/8], roles ${ROLES:-all}"
-} | tee "$OUT/machine.txt"
 
 start_redis aof
 start_herald
@@ -119,60 +108,4 @@ done
 
 curl -s -H "x-api-key: $KEY" "http://$HADDR/metrics" | grep -E '^herald_webhook' >"$OUT/herald-metrics.txt" || true
 
-python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
-import glob, json, os, sys
-out = sys.argv[1]
-runs = {os.path.basename(f)[:-5]: json.load(open(f)) for f in glob.glob(os.path.join(out, "*.json"))}
-
-def num(v, digits=0):
-    return "-" if v is None else f"{v:,.{digits}f}"
-
-def lat(r, key, field="latency_ms"):
-    return ((r or {}).get(field) or {}).get(key)
-
-print("## Webhooks: Herald (Redis engine) against the sink's ceiling, same run\n")
-print(open(os.path.join(out, "machine.txt")).read().replace("\n", "  \n"))
-ref = runs.get("reference")
-refd = ref and ref["deliveries_per_s"]
-print("| run | deliveries/s (verified) | of the reference | publish->receive p50 / p99 / p99.9 ms "
-      "| body bytes | invalid signatures | missing | sink connections |")
-print("|---|---|---|---|---|---|---|---|")
-names = ["reference"] + sorted(n for n in runs if n.startswith("herald-r"))
-for n in names:
-    r = runs.get(n)
-    if not r:
-        continue
-    d = r["deliveries_per_s"]
-    ratio = f"{d / refd:.0%}" if d and refd else "-"
-    l = " / ".join(num(lat(r, k), 2) for k in ("p50", "p99", "p999"))
-    print(f"| {n} | {num(d)} | {ratio} | {l} | {num(r['body_bytes_mean'])} | {r['invalid_signatures']} "
-          f"| {r['missing']} | {r['sink_connections']} |")
-
-lateness = sorted(n for n in runs if (runs[n].get("retries") or {}).get("failed_first"))
-if lateness:
-    print("\n### Retry lateness\n")
-    print("| run | retries scheduled (peak pending) | received | missing | lateness p50 / p99 / p99.9 / max ms "
-          "| early | invalid signatures |")
-    print("|---|---|---|---|---|---|---|")
-for n in lateness:
-    l = runs[n]
-    rt = l["retries"]
-    lt = " / ".join(num(lat(l, k, "lateness_ms"), 2) for k in ("p50", "p99", "p999", "max"))
-    print(f"| {n} | {rt['failed_first']:,} ({rt['peak_pending']:,}) | {rt['received']:,} | {rt['missing']} | {lt} "
-          f"| {rt['early']} | {l['invalid_signatures']} |")
-
-print("\n### Targets\n")
-best = max((runs[n]["deliveries_per_s"] or 0 for n in names if n.startswith("herald-r")), default=None)
-if best is not None:
-    print(f"- deliveries/s: best Herald run {best:,.0f}/s (target >= 10,000/s): {'met' if best >= 10000 else 'NOT met'}"
-          + (f"; the sink's ceiling on this machine {refd:,.0f}/s" if refd else ""))
-for n in (n for n in lateness if n.startswith("herald-lateness")):
-    l = runs[n]
-    p99 = lat(l, "p99", "lateness_ms")
-    ok = p99 is not None and p99 <= 50 and l["retries"]["missing"] == 0
-    print(f"- {n}: retry lateness p99 {num(p99, 2)} ms with {l['retries']['failed_first']:,} retries "
-          f"(target <= 50 ms): {'met' if ok else 'NOT met'}")
-bad = sum(r["invalid_signatures"] for r in runs.values())
-print(f"- invalid signatures over all runs: {bad} (must be 0)")
-PY
-echo "results in $OUT/"
+summarise webhooks

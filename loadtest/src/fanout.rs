@@ -19,6 +19,9 @@
 //!   reading once subscribed. They count in no figure except "stalled": after the run they read
 //!   again to find out whether the server closed them (and with which close code).
 
+mod shards;
+
+use crate::procs::{ProcessInfo, Shard};
 use crate::publish::{self, Clock, OpenLoop, Sink, Target, Window};
 use crate::rate::Schedule;
 use crate::stats::{self, LatencySummary, SharedHistogram, Table};
@@ -27,7 +30,8 @@ use crate::ws::{self, Endpoint, Protocol, SeqCheck, SeqTracker, ServerMsg, Topic
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use serde::Serialize;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -124,9 +128,24 @@ pub struct FanoutArgs {
     #[arg(long, default_value_t = 4096)]
     pub read_buffer: usize,
 
+    /// Open the subscriber connections from this many processes (this binary, started again),
+    /// each with its own descriptor limit; this process only publishes and adds up their
+    /// results.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub processes: u32,
+
+    /// Internal: this process is subscriber process K of --processes, started by the one that
+    /// publishes; it talks to it over stdin/stdout.
+    #[arg(long, hide = true)]
+    pub shard: Option<u32>,
+
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+
+    /// Write the latency plot (percentile curve, SVG) to this file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
 
     /// Free text stored with the results.
     #[arg(long)]
@@ -192,9 +211,27 @@ struct Ctx {
     /// do deliveries wake it.
     publisher_waiting: AtomicBool,
     progress: Notify,
+    /// With subscriber processes: the highest p99 hint (microseconds) they reported, for the
+    /// progress line (this process records no latency then).
+    remote_p99_us: AtomicU64,
 }
 
 impl Ctx {
+    fn new() -> Arc<Ctx> {
+        Arc::new(Ctx {
+            window: OnceLock::new(),
+            latency: (0..HIST_SHARDS)
+                .map(|_| SharedHistogram::default())
+                .collect(),
+            delivered: AtomicU64::new(0),
+            owed: AtomicU64::new(0),
+            disconnected: AtomicU64::new(0),
+            publisher_waiting: AtomicBool::new(false),
+            progress: Notify::new(),
+            remote_p99_us: AtomicU64::new(0),
+        })
+    }
+
     fn report_delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);
         if self.publisher_waiting.load(Ordering::Relaxed) {
@@ -210,7 +247,7 @@ impl Ctx {
 }
 
 /// One subscriber's counts, summed over all of them at the end.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Counts {
     /// Deliveries (of any of this run's events) that arrived inside the measured window.
     arrived_in_window: u64,
@@ -409,8 +446,10 @@ async fn open_subscribers(
     endpoint: &Arc<Endpoint>,
     ctx: &Arc<Ctx>,
     stop: &watch::Receiver<bool>,
+    shard: Shard,
 ) -> anyhow::Result<Subscribers> {
     let n = u64::from(args.connections);
+    let mine = shard.len(n);
     let stalled_n = stalled_count(n, args.stalled_percent);
     let stall_limit = args
         .drain
@@ -419,7 +458,7 @@ async fn open_subscribers(
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<(u64, Ready)>();
     let mut tasks = JoinSet::new();
     let started = Instant::now();
-    for i in 0..n {
+    for i in shard.indices(n) {
         let (endpoint, ctx, gate, ready_tx, stop) = (
             endpoint.clone(),
             ctx.clone(),
@@ -482,24 +521,31 @@ async fn open_subscribers(
                 *connect_errors.entry(shorten_error(&e)).or_insert(0) += 1;
             }
         }
-        if last_print.elapsed() >= Duration::from_millis(500) || seen == n {
+        // Subscriber processes stay quiet: their parent reports for all of them.
+        if shard == Shard::ALL && (last_print.elapsed() >= Duration::from_millis(500) || seen == n)
+        {
             stats::progress_line(format_args!(
                 "[fanout] connecting {connected}/{n}, failed {}",
                 seen - connected
             ));
             last_print = Instant::now();
         }
-        if seen == n {
+        if seen == mine {
             break;
         }
     }
-    eprintln!();
+    if shard == Shard::ALL {
+        eprintln!();
+    }
     let _ = ctx; // subscribers hold their own handles
     Ok(Subscribers {
         tasks,
         reading,
         connected,
-        stalled: (0..n).filter(|&i| is_stalled(i, n, stalled_n)).count() as u64,
+        stalled: shard
+            .indices(n)
+            .filter(|&i| is_stalled(i, n, stalled_n))
+            .count() as u64,
         connect_errors,
         connect_time: started.elapsed(),
     })
@@ -750,12 +796,125 @@ fn spawn_publisher(
     Ok((ready_rx, go_tx, thread))
 }
 
+/// How the subscribers came up, over all processes.
+struct Opened {
+    /// Per index: connected, subscribed and reading (not stalled).
+    reading: Vec<bool>,
+    connected: u64,
+    stalled: u64,
+    connect_errors: BTreeMap<String, u64>,
+    connect_time: Duration,
+    processes: Vec<ProcessInfo>,
+}
+
+/// What the subscribers found, over all processes, once stopped.
+struct Finished {
+    counts: Counts,
+    lost: BTreeMap<String, u64>,
+    stalled_end: BTreeMap<String, u64>,
+    first_server_error: Option<String>,
+    latency: Histogram<u64>,
+}
+
+/// Stops this process's subscribers and adds up what they found.
+async fn finish_local(
+    mut tasks: JoinSet<SubOutcome>,
+    stop: watch::Sender<bool>,
+    ctx: &Ctx,
+) -> anyhow::Result<Finished> {
+    let _ = stop.send(true);
+    let mut f = Finished {
+        counts: Counts::default(),
+        lost: BTreeMap::new(),
+        stalled_end: BTreeMap::new(),
+        first_server_error: None,
+        latency: stats::latency_histogram(),
+    };
+    while let Some(r) = tasks.join_next().await {
+        let o = r.context("a subscriber task failed")?;
+        f.counts.add(&o.counts);
+        if f.first_server_error.is_none() {
+            f.first_server_error = o.first_error;
+        }
+        match o.end {
+            End::Stopped => {}
+            End::Lost(reason) if reason == "not connected" => {}
+            End::Lost(reason) => *f.lost.entry(reason).or_insert(0) += 1,
+            End::Stalled(reason) => *f.stalled_end.entry(reason).or_insert(0) += 1,
+        }
+    }
+    f.latency = stats::merge_shards(&ctx.latency);
+    Ok(f)
+}
+
+/// The subscribers of a run: tasks of this process, or subscriber processes.
+enum Clients {
+    Local {
+        tasks: JoinSet<SubOutcome>,
+        stop: watch::Sender<bool>,
+    },
+    Processes(shards::Children),
+}
+
+impl Clients {
+    async fn open(
+        args: &FanoutArgs,
+        endpoint: &Arc<Endpoint>,
+        ctx: &Arc<Ctx>,
+    ) -> anyhow::Result<(Clients, Opened)> {
+        if args.processes > 1 {
+            return shards::Children::spawn(args, ctx).await;
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let subs = open_subscribers(args, endpoint, ctx, &stop_rx, Shard::ALL).await?;
+        let opened = Opened {
+            reading: subs.reading,
+            connected: subs.connected,
+            stalled: subs.stalled,
+            connect_errors: subs.connect_errors,
+            connect_time: subs.connect_time,
+            processes: vec![ProcessInfo::this(
+                "publisher+subscribers",
+                u64::from(args.connections),
+            )],
+        };
+        let tasks = subs.tasks;
+        Ok((Clients::Local { tasks, stop }, opened))
+    }
+
+    /// Hands the measured window to subscriber processes (this process's subscribers read it
+    /// from the shared context) and returns once all of them have it.
+    async fn start(&mut self, window: Window) -> anyhow::Result<()> {
+        match self {
+            Clients::Local { .. } => Ok(()),
+            Clients::Processes(c) => c.start(window).await,
+        }
+    }
+
+    async fn finish(self, ctx: &Ctx) -> anyhow::Result<Finished> {
+        match self {
+            Clients::Local { tasks, stop } => finish_local(tasks, stop, ctx).await,
+            Clients::Processes(c) => c.finish().await,
+        }
+    }
+}
+
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() {
         bail!("--duration must be positive");
     }
     if !(0.0..100.0).contains(&args.stalled_percent) {
         bail!("--stalled-percent must be in [0, 100)");
+    }
+    if let Some(k) = args.shard {
+        return shards::child(
+            args.clone(),
+            Shard {
+                index: k,
+                of: args.processes,
+            },
+        )
+        .await;
     }
     let started_at = SystemTime::now();
     let mut endpoint = Endpoint::resolve(&args.url, args.api_key.clone(), args.protocol).await?;
@@ -784,11 +943,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         .context("the publisher thread ended")??;
 
     eprintln!(
-        "fanout: {:?} {} subscribers ({}) on {}, {} for {} after {} warm-up, events via {}",
+        "fanout: {:?} {} subscribers ({}) on {}{}, {} for {} after {} warm-up, events via {}",
         args.mode,
         args.connections,
         args.protocol.subprotocol(),
         endpoint.url,
+        if args.processes > 1 {
+            format!(" from {} processes", args.processes)
+        } else {
+            String::new()
+        },
         args.rate.describe(),
         humantime::format_duration(args.duration),
         humantime::format_duration(args.warmup),
@@ -798,27 +962,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         },
     );
 
-    let ctx = Arc::new(Ctx {
-        window: OnceLock::new(),
-        latency: (0..HIST_SHARDS)
-            .map(|_| SharedHistogram::default())
-            .collect(),
-        delivered: AtomicU64::new(0),
-        owed: AtomicU64::new(0),
-        disconnected: AtomicU64::new(0),
-        publisher_waiting: AtomicBool::new(false),
-        progress: Notify::new(),
-    });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut subs = open_subscribers(&args, &endpoint, &ctx, &stop_rx).await?;
-    if subs.connected == 0 {
+    let ctx = Ctx::new();
+    let (mut clients, mut opened) = Clients::open(&args, &endpoint, &ctx).await?;
+    if opened.connected == 0 {
         bail!("no subscriber could connect");
     }
     if !args.protocol.acks_subscriptions() {
         tokio::time::sleep(args.settle).await;
     }
 
-    let reading_count = subs.reading.iter().filter(|&&r| r).count() as u64;
+    let reading_count = opened.reading.iter().filter(|&&r| r).count() as u64;
     let clock = Clock::now();
     let (t0, wall0) = (clock.t0, clock.wall0);
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -827,13 +980,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         end: wall0 + nanos(args.warmup + args.duration),
     };
     let _ = ctx.window.set(window);
+    clients.start(window).await?;
     let end = t0 + args.warmup + args.duration;
     let progress = tokio::spawn(progress(ctx.clone(), t0, args.warmup, end));
     let go = Go {
         ctx: ctx.clone(),
         owed: Owed {
             mode: args.mode,
-            reading: std::mem::take(&mut subs.reading),
+            reading: std::mem::take(&mut opened.reading),
             reading_count,
         },
         orders: u64::from(args.connections),
@@ -856,51 +1010,35 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
     progress.abort();
     eprintln!();
-    let _ = stop_tx.send(true);
 
-    let mut counts = Counts::default();
-    let mut lost = BTreeMap::new();
-    let mut stalled_end = BTreeMap::new();
-    let mut first_server_error = None;
-    while let Some(r) = subs.tasks.join_next().await {
-        let o = r.context("a subscriber task failed")?;
-        counts.add(&o.counts);
-        if first_server_error.is_none() {
-            first_server_error = o.first_error;
-        }
-        match o.end {
-            End::Stopped => {}
-            End::Lost(reason) if reason == "not connected" => {}
-            End::Lost(reason) => *lost.entry(reason).or_insert(0) += 1,
-            End::Stalled(reason) => *stalled_end.entry(reason).or_insert(0) += 1,
-        }
-    }
-    let latency = {
-        let mut h = stats::latency_histogram();
-        for shard in &ctx.latency {
-            shard.merge_into(&mut h);
-        }
-        LatencySummary::from_histogram(&h)
-    };
+    let finished = clients.finish(&ctx).await?;
     let report = Report {
         args: &args,
         endpoint: &endpoint,
         started_at,
-        connected: subs.connected,
-        connect_errors: subs.connect_errors,
-        connect_time: subs.connect_time,
-        stalled: subs.stalled,
+        connected: opened.connected,
+        connect_errors: opened.connect_errors,
+        connect_time: opened.connect_time,
+        stalled: opened.stalled,
         reading: reading_count,
         published,
-        counts,
-        latency,
-        lost,
-        stalled_end,
-        first_server_error,
+        counts: finished.counts,
+        latency: LatencySummary::from_histogram(&finished.latency),
+        lost: finished.lost,
+        stalled_end: finished.stalled_end,
+        first_server_error: finished.first_server_error,
+        processes: opened.processes,
     };
     print!("{}", report.table().render());
     if let Some(path) = &args.json {
         stats::write_json(path, &report.json())?;
+    }
+    if let Some(path) = &args.svg {
+        stats::write_svg(
+            path,
+            &report.title(),
+            &[("publish->receive", &finished.latency)],
+        )?;
     }
     Ok(())
 }
@@ -919,8 +1057,10 @@ async fn progress(ctx: Arc<Ctx>, t0: Instant, warmup: Duration, end: Instant) {
         } else {
             "drain"
         };
+        let remote = ctx.remote_p99_us.load(Ordering::Relaxed);
         let p99 = ctx.latency[0]
             .quantile_ms(0.99)
+            .or((remote > 0).then(|| remote as f64 / 1000.0))
             .map_or_else(|| "-".to_string(), stats::ms);
         stats::progress_line(format_args!(
             "[fanout] {:>6.1}s {phase:<7} {per_s:>10.0} deliveries/s  outstanding {:>8}  p99 {p99}  lost {}",
@@ -946,6 +1086,7 @@ struct Report<'a> {
     lost: BTreeMap<String, u64>,
     stalled_end: BTreeMap<String, u64>,
     first_server_error: Option<String>,
+    processes: Vec<ProcessInfo>,
 }
 
 impl Report<'_> {
@@ -970,10 +1111,10 @@ impl Report<'_> {
         }
     }
 
-    fn table(&self) -> Table {
+    /// The run's heading: label, mode, connections, rate and server.
+    fn title(&self) -> String {
         let a = self.args;
-        let mut t = Table::default();
-        t.section(format!(
+        format!(
             "fanout{}: {:?}, {} connections, {} against {:?} {}",
             a.label
                 .as_deref()
@@ -983,7 +1124,13 @@ impl Report<'_> {
             a.rate.describe(),
             a.target,
             self.endpoint.url,
-        ));
+        )
+    }
+
+    fn table(&self) -> Table {
+        let a = self.args;
+        let mut t = Table::default();
+        t.section(self.title());
         t.row(
             "connected",
             format!(
@@ -1047,6 +1194,9 @@ impl Report<'_> {
         for (reason, n) in &self.stalled_end {
             t.row(format!("stalled, after run: {reason}"), n.to_string());
         }
+        for p in &self.processes {
+            p.add_row(&mut t);
+        }
         t
     }
 
@@ -1083,6 +1233,7 @@ impl Report<'_> {
             "lost": self.lost,
             "stalled_after_run": self.stalled_end,
             "first_server_error": self.first_server_error,
+            "processes": self.processes,
             "started_at": humantime::format_rfc3339_seconds(self.started_at).to_string(),
             "machine": sys::machine(),
             "tool": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },

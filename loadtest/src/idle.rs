@@ -2,13 +2,17 @@
 //! memory (VmRSS of `--pid`), opens N connections that each hold one targeted subscription and
 //! then stay silent (answering pings only), waits for the server's RSS to settle, and reports
 //! the growth per connection. The same run against the reference server gives the comparison.
+//! `--processes P` opens the connections from P processes ([`crate::procs`]), each under its
+//! own descriptor limit; this one only measures.
 
+use crate::procs::{self, ProcessInfo, Shard, Workers, send_line};
 use crate::stats::Table;
 use crate::sys;
 use crate::ws::{self, Endpoint, Protocol, ServerMsg, Topic, Ws};
 use anyhow::{Context, bail};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,6 +66,15 @@ pub struct IdleArgs {
     /// Read buffer per client socket (bytes).
     #[arg(long, default_value_t = 1024)]
     read_buffer: usize,
+
+    /// Open the connections from this many processes (this binary, started again), each with
+    /// its own descriptor limit; this process only measures.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    processes: u32,
+
+    /// Internal: this process is connection process K of --processes.
+    #[arg(long, hide = true)]
+    shard: Option<u32>,
 
     /// Write the results as JSON to this file.
     #[arg(long)]
@@ -127,30 +140,31 @@ async fn hold(mut ws: Ws, mut stop: watch::Receiver<bool>, lost: Arc<AtomicU64>)
     }
 }
 
-pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
-    let started_at = SystemTime::now();
-    let mut endpoint = Endpoint::resolve(&args.url, args.api_key.clone(), args.protocol).await?;
-    endpoint.source_ips = args.source_ips;
-    endpoint.read_buffer = args.read_buffer;
-    let endpoint = Arc::new(endpoint);
-    let n = args.connections;
+/// One process's share of the connections, open and idle.
+struct Held {
+    tasks: JoinSet<()>,
+    stop: watch::Sender<bool>,
+    lost: Arc<AtomicU64>,
+    connected: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
 
-    let own_before = vm_rss_kib(std::process::id()).unwrap_or(0);
-    let before = vm_rss_kib(args.pid).context("--pid: reading the server's memory")?;
-    eprintln!(
-        "idle: {n} connections ({}) to {}, server pid {} at {before} KiB RSS",
-        args.protocol.subprotocol(),
-        endpoint.url,
-        args.pid
-    );
+impl Held {
+    async fn release(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
 
+async fn open_share(args: &IdleArgs, endpoint: &Arc<Endpoint>, shard: Shard) -> Held {
+    let n = u64::from(args.connections);
     let gate = Arc::new(Semaphore::new(args.connect_concurrency as usize));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     let lost = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
-    let t0 = Instant::now();
-    for i in 0..n {
+    for i in shard.indices(n) {
         let (endpoint, gate, ready_tx, stop, lost) = (
             endpoint.clone(),
             gate.clone(),
@@ -191,13 +205,202 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
                 first_error.get_or_insert(e);
             }
         }
-        if (connected + failed) % 500 == 0 || connected + failed == u64::from(n) {
+        if shard == Shard::ALL && ((connected + failed) % 500 == 0 || connected + failed == n) {
             crate::stats::progress_line(format_args!(
                 "[idle] connected {connected}/{n}, failed {failed}"
             ));
         }
     }
-    eprintln!();
+    if shard == Shard::ALL {
+        eprintln!();
+    }
+    Held {
+        tasks,
+        stop,
+        lost,
+        connected,
+        failed,
+        first_error,
+    }
+}
+
+/// What a connection process says: once connected, and when asked how it stands.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ChildMsg {
+    Ready {
+        connected: u64,
+        failed: u64,
+        first_error: Option<String>,
+        /// Its own RSS before connecting.
+        rss_before_kib: u64,
+        process: ProcessInfo,
+    },
+    Status {
+        closed_by_server: u64,
+        rss_kib: u64,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ParentMsg {
+    Status,
+    Stop,
+}
+
+fn own_rss_kib() -> u64 {
+    vm_rss_kib(std::process::id()).unwrap_or(0)
+}
+
+/// A connection process: opens its share, then answers `status` until `stop` (or the end of
+/// its stdin).
+async fn child(args: IdleArgs, shard: Shard) -> anyhow::Result<()> {
+    let mut endpoint = Endpoint::resolve(&args.url, args.api_key.clone(), args.protocol).await?;
+    endpoint.source_ips = args.source_ips;
+    endpoint.read_buffer = args.read_buffer;
+    let endpoint = Arc::new(endpoint);
+    let rss_before_kib = own_rss_kib();
+    let held = open_share(&args, &endpoint, shard).await;
+    send_line(&ChildMsg::Ready {
+        connected: held.connected,
+        failed: held.failed,
+        first_error: held.first_error.clone(),
+        rss_before_kib,
+        process: ProcessInfo::this("connections", shard.len(u64::from(args.connections))),
+    })?;
+    let mut lines = procs::parent_lines();
+    while let Some(line) = lines.next_line().await? {
+        match serde_json::from_str::<ParentMsg>(&line)
+            .with_context(|| format!("from the parent: {line}"))?
+        {
+            ParentMsg::Status => send_line(&ChildMsg::Status {
+                closed_by_server: held.lost.load(Ordering::Relaxed),
+                rss_kib: own_rss_kib(),
+            })?,
+            ParentMsg::Stop => break,
+        }
+    }
+    held.release().await;
+    Ok(())
+}
+
+/// The connections of a run: in this process or in connection processes.
+enum Conns {
+    Local(Held),
+    Processes(Workers<ChildMsg>),
+}
+
+impl Conns {
+    /// Connections closed by the server so far, and the RSS of the processes holding them.
+    async fn status(&mut self) -> anyhow::Result<(u64, u64)> {
+        match self {
+            Conns::Local(h) => Ok((h.lost.load(Ordering::Relaxed), own_rss_kib())),
+            Conns::Processes(w) => {
+                w.tell_all(&ParentMsg::Status).await?;
+                let mut total = (0, 0);
+                for msg in w.one_from_each("its status").await? {
+                    let ChildMsg::Status {
+                        closed_by_server,
+                        rss_kib,
+                    } = msg
+                    else {
+                        bail!("expected a status, got {msg:?}");
+                    };
+                    total = (total.0 + closed_by_server, total.1 + rss_kib);
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    async fn release(self) -> anyhow::Result<()> {
+        match self {
+            Conns::Local(h) => {
+                h.release().await;
+                Ok(())
+            }
+            Conns::Processes(mut w) => {
+                w.tell_all(&ParentMsg::Stop).await?;
+                w.wait().await
+            }
+        }
+    }
+}
+
+pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
+    if let Some(k) = args.shard {
+        let shard = Shard {
+            index: k,
+            of: args.processes,
+        };
+        return child(args, shard).await;
+    }
+    let started_at = SystemTime::now();
+    let mut endpoint = Endpoint::resolve(&args.url, args.api_key.clone(), args.protocol).await?;
+    endpoint.source_ips = args.source_ips;
+    endpoint.read_buffer = args.read_buffer;
+    let endpoint = Arc::new(endpoint);
+    let n = args.connections;
+
+    let before = vm_rss_kib(args.pid).context("--pid: reading the server's memory")?;
+    eprintln!(
+        "idle: {n} connections ({}) to {}{}, server pid {} at {before} KiB RSS",
+        args.protocol.subprotocol(),
+        endpoint.url,
+        if args.processes > 1 {
+            format!(" from {} processes", args.processes)
+        } else {
+            String::new()
+        },
+        args.pid
+    );
+
+    let t0 = Instant::now();
+    let (mut conns, connected, failed, first_error, own_before, processes) = if args.processes > 1 {
+        let mut w = Workers::spawn(args.processes, "connection process", |_, m| Some(m))?;
+        let (mut connected, mut failed, mut first_error, mut own_before) = (0, 0, None, 0);
+        let mut processes = vec![ProcessInfo::this("measures", 0)];
+        for msg in w.one_from_each("ready").await? {
+            let ChildMsg::Ready {
+                connected: c,
+                failed: f,
+                first_error: e,
+                rss_before_kib,
+                process,
+            } = msg
+            else {
+                bail!("expected ready, got {msg:?}");
+            };
+            connected += c;
+            failed += f;
+            first_error = first_error.or(e);
+            own_before += rss_before_kib;
+            processes.push(process);
+        }
+        eprintln!("[idle] connected {connected}/{n}, failed {failed}");
+        (
+            Conns::Processes(w),
+            connected,
+            failed,
+            first_error,
+            own_before,
+            processes,
+        )
+    } else {
+        let own_before = own_rss_kib();
+        let held = open_share(&args, &endpoint, Shard::ALL).await;
+        let (connected, failed, first_error) =
+            (held.connected, held.failed, held.first_error.clone());
+        (
+            Conns::Local(held),
+            connected,
+            failed,
+            first_error,
+            own_before,
+            vec![ProcessInfo::this("measures+connections", u64::from(n))],
+        )
+    };
     let connect_time = t0.elapsed();
     if let Some(e) = &first_error {
         eprintln!("idle: first connect error: {e}");
@@ -217,7 +420,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     }
     let after = samples.last().copied().unwrap_or(before);
     let is_settled = settled(&samples, 4);
-    let own_after = vm_rss_kib(std::process::id()).unwrap_or(0);
+    let (lost_now, own_after) = conns.status().await?;
     let per_conn = after.saturating_sub(before) as f64 / connected as f64;
     let client_per_conn = own_after.saturating_sub(own_before) as f64 / connected as f64;
 
@@ -251,9 +454,11 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         "load client per connection",
         format!("{client_per_conn:.2} KiB"),
     );
-    let lost_now = lost.load(Ordering::Relaxed);
     if lost_now > 0 {
         t.row("closed by the server", lost_now.to_string());
+    }
+    for p in &processes {
+        p.add_row(&mut t);
     }
     print!("{}", t.render());
 
@@ -276,6 +481,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             "server_kib_per_connection": per_conn,
             "client_kib_per_connection": client_per_conn,
             "closed_by_server": lost_now,
+            "processes": processes,
             "started_at": humantime::format_rfc3339_seconds(started_at).to_string(),
             "machine": sys::machine(),
             "tool": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },
@@ -290,9 +496,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
         );
         tokio::time::sleep(args.hold).await;
     }
-    let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    conns.release().await
 }
 
 #[cfg(test)]
@@ -307,6 +511,33 @@ mod tests {
         assert_eq!(parse_vm_rss("VmRSS:\t 12 MB\n"), None);
         // Our own process has one.
         assert!(vm_rss_kib(std::process::id()).expect("own RSS") > 0);
+    }
+
+    #[test]
+    fn connection_process_lines_parse_back() {
+        let ready = ChildMsg::Ready {
+            connected: 9,
+            failed: 1,
+            first_error: Some("refused".into()),
+            rss_before_kib: 4096,
+            process: ProcessInfo::this("connections", 10),
+        };
+        let line = serde_json::to_string(&ready).expect("json");
+        assert!(
+            line.starts_with(r#"{"ready":{"connected":9,"failed":1,"#),
+            "{line}"
+        );
+        match serde_json::from_str::<ChildMsg>(&line).expect("parse") {
+            ChildMsg::Ready {
+                connected, process, ..
+            } => assert_eq!((connected, process.connections), (9, 10)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            serde_json::from_str::<ParentMsg>(r#""status""#),
+            Ok(ParentMsg::Status)
+        ));
+        assert!(serde_json::from_str::<ParentMsg>(r#""go""#).is_err());
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub struct IntakeArgs {
     #[arg(long)]
     json: Option<PathBuf>,
 
+    /// Write the latency plot (percentile curves, SVG) to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+
     /// Free text stored with the results (e.g. "memory engine, 1 node").
     #[arg(long)]
     label: Option<String>,
@@ -638,6 +642,15 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         stats::write_json(path, &report.json())?;
     }
+    if let Some(path) = &args.svg {
+        let accept = ctx.measured.latency.snapshot();
+        let confirm = pending.as_ref().map(|p| p.latency.snapshot());
+        let mut curves = vec![("accept", &accept)];
+        if let Some(c) = &confirm {
+            curves.push(("accept->confirmed", c));
+        }
+        stats::write_svg(path, &report.title(), &curves)?;
+    }
     Ok(())
 }
 
@@ -751,10 +764,9 @@ impl Report<'_> {
         e
     }
 
-    fn table(&self) -> Table {
-        let accept = self.measured.latency.summary();
-        let mut t = Table::default();
-        t.section(format!(
+    /// The run's heading: label, mode and server.
+    fn title(&self) -> String {
+        format!(
             "intake{}: {} against {}",
             self.args
                 .label
@@ -762,7 +774,13 @@ impl Report<'_> {
                 .map_or_else(String::new, |l| format!(" [{l}]")),
             self.mode.describe(),
             self.base_url
-        ));
+        )
+    }
+
+    fn table(&self) -> Table {
+        let accept = self.measured.latency.summary();
+        let mut t = Table::default();
+        t.section(self.title());
         t.row(
             "measured window",
             format!("{:.2} s", self.args.duration.as_secs_f64()),

@@ -5,9 +5,12 @@ mod e2e;
 mod fanout;
 mod idle;
 mod intake;
+mod plot;
+mod procs;
 mod publish;
 mod rate;
 mod reference;
+mod report;
 mod signing;
 mod sink;
 mod stats;
@@ -72,6 +75,13 @@ enum Scenario {
     /// received, missing (not in within --drain of the last send) and duplicate notifications.
     /// Herald must allow loopback webhooks: `[webhooks] allow_networks = ["127.0.0.0/8"]`.
     E2e(e2e::E2eArgs),
+
+    /// BENCHMARKS.md from the JSON results the scenario scripts wrote
+    ///
+    /// Tables, same-run ratios and the targets of the issues marked met or NOT met are
+    /// computed from the numbers; the prose comes from loadtest/notes/; plots are copied into
+    /// --plots and linked.
+    Report(report::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Reference(args) => reference::run(args).await,
             Scenario::Idle(args) => idle::run(args).await,
             Scenario::Webhooks(args) => webhooks::run(args).await,
+            Scenario::Report(args) => report::run(args).await,
             Scenario::E2e(args) => e2e::run(args).await,
         }
     })

@@ -235,16 +235,22 @@ impl WebhookSink {
 
     /// Publish -> receive latency of first attempts of events published in the window.
     pub fn latency(&self) -> Option<crate::stats::LatencySummary> {
-        let mut h = crate::stats::latency_histogram();
-        for shard in &self.latency {
-            shard.merge_into(&mut h);
-        }
-        crate::stats::LatencySummary::from_histogram(&h)
+        crate::stats::LatencySummary::from_histogram(&self.latency_histogram())
+    }
+
+    /// The samples behind [`Self::latency`].
+    pub fn latency_histogram(&self) -> hdrhistogram::Histogram<u64> {
+        crate::stats::merge_shards(&self.latency)
     }
 
     /// Retry lateness (negative values recorded as 0; see `early_retries`).
     pub fn lateness(&self) -> Option<crate::stats::LatencySummary> {
         self.lateness.summary()
+    }
+
+    /// The samples behind [`Self::lateness`].
+    pub fn lateness_histogram(&self) -> hdrhistogram::Histogram<u64> {
+        self.lateness.snapshot()
     }
 
     /// The p99 publish -> receive latency so far (one shard: good enough for progress).

@@ -60,6 +60,11 @@ impl SharedHistogram {
         let _ = into.add(&*self.lock());
     }
 
+    /// A copy of the samples so far.
+    pub fn snapshot(&self) -> Histogram<u64> {
+        self.lock().clone()
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.lock().len()
@@ -71,6 +76,45 @@ impl SharedHistogram {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// One histogram holding the samples of every shard.
+pub fn merge_shards(shards: &[SharedHistogram]) -> Histogram<u64> {
+    let mut h = latency_histogram();
+    for shard in shards {
+        shard.merge_into(&mut h);
+    }
+    h
+}
+
+/// A histogram as text (HdrHistogram V2 encoding, base64), to pass it between processes
+/// exactly: [`decode_histogram`] gives back the same counts.
+pub fn encode_histogram(h: &Histogram<u64>) -> anyhow::Result<String> {
+    use base64::Engine;
+    use hdrhistogram::serialization::Serializer;
+    let mut bytes = Vec::new();
+    hdrhistogram::serialization::V2Serializer::new()
+        .serialize(h, &mut bytes)
+        .map_err(|e| anyhow::anyhow!("encoding a histogram: {e:?}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+pub fn decode_histogram(text: &str) -> anyhow::Result<Histogram<u64>> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| anyhow::anyhow!("decoding a histogram: {e}"))?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("decoding a histogram: {e:?}"))
+}
+
+/// Adds `from` into `into` exactly (histograms of [`latency_histogram`]'s bounds).
+pub fn add_histogram(into: &mut Histogram<u64>, from: &Histogram<u64>) -> anyhow::Result<()> {
+    into.add(from)
+        .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))
+}
+
+pub use crate::plot::write_svg;
 
 fn us_to_ms(us: u64) -> f64 {
     us as f64 / 1000.0
@@ -412,6 +456,45 @@ mod tests {
         assert_eq!(e["http_429"], 1);
         assert_eq!(e["timeout"], 1);
         assert_eq!(c.error_total(), 4);
+    }
+
+    #[test]
+    fn merging_decoded_histograms_equals_recording_everything_in_one() {
+        let a = hist_of((1..=5000).map(|v| v * 7));
+        let b = hist_of((1..=3000).map(|v| v * 1301).chain([MAX_TRACKABLE_US]));
+        let all = hist_of(
+            (1..=5000)
+                .map(|v| v * 7)
+                .chain((1..=3000).map(|v| v * 1301))
+                .chain([MAX_TRACKABLE_US]),
+        );
+        let mut merged = latency_histogram();
+        for h in [&a, &b] {
+            let text = encode_histogram(h).expect("encode");
+            let back = decode_histogram(&text).expect("decode");
+            assert_eq!(back, *h, "a round trip keeps every count");
+            add_histogram(&mut merged, &back).expect("same bounds");
+        }
+        assert_eq!(merged, all);
+        assert_eq!(merged.len(), 8001);
+        assert_eq!(
+            LatencySummary::from_histogram(&merged),
+            LatencySummary::from_histogram(&all)
+        );
+        assert!(decode_histogram("not base64!").is_err());
+        assert!(decode_histogram("AAAA").is_err());
+    }
+
+    #[test]
+    fn shards_merge_into_one_histogram() {
+        let shards: Vec<SharedHistogram> = (0..3).map(|_| SharedHistogram::default()).collect();
+        for (i, s) in shards.iter().enumerate() {
+            s.record(Duration::from_micros(100 * (i as u64 + 1)));
+        }
+        let h = merge_shards(&shards);
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.max(), 300);
+        assert_eq!(shards[1].snapshot().len(), 1);
     }
 
     #[test]

@@ -137,6 +137,10 @@ pub struct WebhooksArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
 
+    /// Write the latency plot (percentile curves, SVG) to this file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+
     /// Free text stored with the results.
     #[arg(long)]
     pub label: Option<String>,
@@ -638,6 +642,14 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         stats::write_json(path, &report.json())?;
     }
+    if let Some(path) = &args.svg {
+        let (latency, lateness) = (sink.latency_histogram(), sink.lateness_histogram());
+        let mut curves = vec![("publish->receive", &latency)];
+        if !lateness.is_empty() {
+            curves.push(("retry lateness", &lateness));
+        }
+        stats::write_svg(path, &report.title(), &curves)?;
+    }
     Ok(())
 }
 
@@ -702,11 +714,10 @@ impl Report<'_> {
         (ns != i64::MAX).then(|| ns as f64 / 1e6)
     }
 
-    fn table(&self) -> Table {
+    /// The run's heading: label, target, mode and rate.
+    fn title(&self) -> String {
         let a = self.args;
-        let c = &self.sink.counts;
-        let mut t = Table::default();
-        t.section(format!(
+        format!(
             "webhooks{}: {:?} {:?}, {}",
             a.label
                 .as_deref()
@@ -717,7 +728,13 @@ impl Report<'_> {
                 Target::Herald => a.rate.describe(),
                 Target::Reference => format!("{} connections, max rate", a.connections),
             }
-        ));
+        )
+    }
+
+    fn table(&self) -> Table {
+        let c = &self.sink.counts;
+        let mut t = Table::default();
+        t.section(self.title());
         if let Some(r) = self.deliveries_per_s() {
             t.row("measured window", format!("{:.2} s", self.seconds()))
                 .row("deliveries (verified, 2xx)", format!("{r:.1}/s"))
