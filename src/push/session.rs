@@ -124,6 +124,26 @@ pub struct Session {
 }
 
 impl Session {
+    /// A fresh session on `conn`: not acknowledged, no subscription, a full subscribe budget.
+    /// `principal` is who the handshake authenticated, if anyone.
+    pub fn new(
+        state: Arc<PushState>,
+        conn: Arc<ConnHandle>,
+        principal: Option<Principal>,
+    ) -> Session {
+        let tokens = f64::from(state.app.config.push.subscribe_rate.max(1));
+        Session {
+            state,
+            conn,
+            principal,
+            acked: false,
+            inits: 0,
+            subs: HashMap::new(),
+            tokens,
+            refilled: Instant::now(),
+        }
+    }
+
     pub fn send(&self, text: String) {
         self.conn.push(Out::Text(text));
     }
@@ -238,7 +258,8 @@ impl Session {
         }
     }
 
-    fn end_all(&mut self) {
+    /// Stops every subscription of the connection (it is closing).
+    pub fn end_all(&mut self) {
         for (_, handle) in std::mem::take(&mut self.subs) {
             self.end(handle);
         }
@@ -466,16 +487,7 @@ pub async fn run(
 ) {
     let config = state.app.config.push.clone();
     let conn = Arc::new(ConnHandle::new(config.outbound_queue_bytes));
-    let mut session = Session {
-        state: state.clone(),
-        conn: conn.clone(),
-        principal,
-        acked: false,
-        inits: 0,
-        subs: HashMap::new(),
-        tokens: f64::from(config.subscribe_rate.max(1)),
-        refilled: Instant::now(),
-    };
+    let mut session = Session::new(state.clone(), conn.clone(), principal);
     let init_deadline = tokio::time::sleep(config.connection_init_timeout);
     tokio::pin!(init_deadline);
     let keepalive = config.keepalive_interval.max(Duration::from_millis(100));
