@@ -11,11 +11,14 @@
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
 //! - [`webhooks`]: partner webhooks: dispatcher, sender, signatures and the SSRF guard.
 //! - [`server`]: `herald serve`, roles and shutdown; [`http`]: the HTTP connections' limits.
+//! - `fuzzing` (hidden): the entry points of the cargo-fuzz targets in `fuzz/`.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graphql;
 pub mod http;
 pub mod metrics;

@@ -315,6 +315,18 @@ mod tests {
         assert_eq!(ev.data.unwrap()["a"][1], serde_json::json!(2.50));
     }
 
+    /// Found by `fuzz/run` (event_parser): serde_json's fast float parser misrounds some
+    /// numbers by one unit in the last place, so a number in `data` changed on its way through
+    /// Herald and again on every re-parse.
+    #[test]
+    fn event_parse_keeps_numbers_in_data_exact() {
+        let raw = r#"{"type":"order.cancelled","orderId":"o9","customerId":"c9","status":"cancelled","version":3,"occurredAt":"2026-11-26T10:00:00Z","data":{"big":1.7953862697246314e308}}"#;
+        let ev = OrderEvent::parse(raw).unwrap();
+        let big = ev.data.as_ref().unwrap()["big"].as_f64().unwrap();
+        assert_eq!(big.to_bits(), 1.795_386_269_724_631_4e308_f64.to_bits());
+        assert_eq!(OrderEvent::parse(&ev.to_json()).unwrap(), ev);
+    }
+
     #[test]
     fn timestamps_are_utc_with_three_fraction_digits() {
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_120_000_000).unwrap();

@@ -125,6 +125,25 @@ pub struct Session {
 }
 
 impl Session {
+    /// A fresh session on `conn`: not acknowledged, no subscription, a full subscribe budget.
+    /// `principal` is who the handshake authenticated, if anyone.
+    pub fn new(
+        state: Arc<PushState>,
+        conn: Arc<ConnHandle>,
+        principal: Option<Principal>,
+    ) -> Session {
+        let rate = state.app.config.push.subscribe_rate;
+        Session {
+            state,
+            conn,
+            principal,
+            acked: false,
+            inits: 0,
+            subs: HashMap::new(),
+            subscribes: TokenBucket::new(rate, rate, Instant::now()),
+        }
+    }
+
     pub fn send(&self, text: String) {
         self.conn.push(Out::Text(text));
     }
@@ -229,7 +248,8 @@ impl Session {
         }
     }
 
-    fn end_all(&mut self) {
+    /// Stops every subscription of the connection (it is closing).
+    pub fn end_all(&mut self) {
         for (_, handle) in std::mem::take(&mut self.subs) {
             self.end(handle);
         }
@@ -457,15 +477,7 @@ pub async fn run(
 ) {
     let config = state.app.config.push.clone();
     let conn = Arc::new(ConnHandle::new(config.outbound_queue_bytes));
-    let mut session = Session {
-        state: state.clone(),
-        conn: conn.clone(),
-        principal,
-        acked: false,
-        inits: 0,
-        subs: HashMap::new(),
-        subscribes: TokenBucket::new(config.subscribe_rate, config.subscribe_rate, Instant::now()),
-    };
+    let mut session = Session::new(state.clone(), conn.clone(), principal);
     let init_deadline = tokio::time::sleep(config.connection_init_timeout);
     tokio::pin!(init_deadline);
     let keepalive = config.keepalive_interval.max(Duration::from_millis(100));

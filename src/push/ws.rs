@@ -69,9 +69,7 @@ pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> R
 
     // Credentials at the handshake are optional (browsers send them in connection_init), but
     // wrong ones are refused here.
-    let credential = credential_from_headers(headers)
-        .or_else(|| appsync_header_param(req.uri().query()))
-        .or_else(|| appsync_header_subprotocol(&offered));
+    let credential = handshake_credential(headers, req.uri().query(), &offered);
     let principal = match credential {
         Some(c) => match state.app.keys.authenticate(&c) {
             Ok(p) => Some(p),
@@ -150,6 +148,18 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The credential a handshake carries: `Authorization`/`x-api-key` headers, else AppSync's
+/// `header` query parameter, else its `header-<base64url>` subprotocol.
+pub fn handshake_credential(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    offered: &[String],
+) -> Option<String> {
+    credential_from_headers(headers)
+        .or_else(|| appsync_header_param(query))
+        .or_else(|| appsync_header_subprotocol(offered))
 }
 
 /// AppSync's `header` query parameter: base64 (standard or URL-safe, padded or not) of a

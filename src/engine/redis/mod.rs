@@ -249,6 +249,11 @@ fn parse_event_id(raw: &str) -> EngineResult<EventId> {
         .map_err(|e: String| corrupt(format!("stream id from Redis: {e}")))
 }
 
+/// [`log_entry`] for an entry given as its id and raw fields (the fuzz targets' way in).
+pub(crate) fn log_entry_from_fields(id: String, fields: Vec<(Vec<u8>, Vec<u8>)>) -> LogEntry {
+    log_entry(StreamEntry { id, fields })
+}
+
 /// Turns one event-log entry into an event or a malformed entry; never fails.
 fn log_entry(entry: StreamEntry) -> LogEntry {
     let malformed = |raw: String, error: String| {
