@@ -42,6 +42,8 @@ pub fn config() -> Config {
     config.auth.partner_keys = vec![PartnerKey {
         key: PARTNER_KEY.to_string(),
         partner_id: "p1".to_string(),
+        rate_limit_per_second: None,
+        rate_limit_burst: None,
     }];
     config.auth.jwt.hs256_secret = JWT_SECRET.to_string();
     config.auth.jwt.rs256_public_key_pem = JWT_RS256_PUBLIC_PEM.to_string();
@@ -101,9 +103,14 @@ impl WsHarness {
                 .await
                 .expect("the memory engine reads")
         });
+        let limits = DocumentLimits::from(&config.graphql);
         let app = AppState(Arc::new(Shared {
             engine,
             keys: keyring(),
+            rate_limiter: crate::api::ratelimit::ApiRateLimiter::new(
+                &config.http,
+                std::time::Instant::now(),
+            ),
             config,
             metrics: Default::default(),
             webhook_allow: Arc::new(AllowList::default()),
@@ -115,7 +122,7 @@ impl WsHarness {
             app,
             hub,
             schema: Arc::new(GraphqlSchema::load().expect("config/schema.graphql is valid")),
-            limits: DocumentLimits::default(),
+            limits,
             connections: Default::default(),
             metrics: Default::default(),
             shutdown: Default::default(),
