@@ -3,6 +3,8 @@
 //! `Herald` starts the real binary and reads the address it prints. Both die with the test.
 #![allow(dead_code)]
 
+pub mod sink;
+
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -83,6 +85,33 @@ impl RedisServer {
         }
     }
 
+    /// SIGKILL: no shutdown at all (with `appendfsync always`, every acknowledged write is
+    /// already in the AOF).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the server holds its connections and answers nothing until `resume`.
+    pub fn pause(&self) {
+        self.send_signal("STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.send_signal("CONT");
+    }
+
+    fn send_signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &child.id().to_string()])
+                .status();
+        }
+    }
+
     /// Starts it again on the same port and directory (so with AOF, with the same data).
     pub fn restart(&mut self) {
         self.stop();
@@ -103,10 +132,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
     }
 }
 
