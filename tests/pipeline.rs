@@ -772,6 +772,30 @@ async fn redis_restart_with_aof_pauses_intake_then_resumes_without_loss() {
 }
 
 #[tokio::test]
+async fn an_idempotency_claim_cut_off_by_a_redis_pause_does_not_hold_the_key() {
+    let s = Stack::start_with(Kind::Redis, "[engine]\noperation_timeout = \"300ms\"\n");
+    let redis = s.redis.as_ref().unwrap();
+    let send = || {
+        s.http
+            .post(s.herald.url("/v1/orders"))
+            .header("x-api-key", ADMIN_KEY)
+            .header("idempotency-key", "paused-key")
+            .json(&order_body("paused-1", "c"))
+            .send()
+    };
+    // The claim reaches the paused server but its reply never comes: 503.
+    redis.pause();
+    let r = send().await.unwrap();
+    redis.resume();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Redis now runs that claim; it must not hold the key against the client's retry (a 409
+    // "in progress" for the claim's whole TTL, with nothing in progress).
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+    s.wait_for_status("paused-1", "confirmed", 2).await;
+}
+
+#[tokio::test]
 async fn redis_losing_its_data_is_survived_by_recreating_the_consumer_group() {
     let mut s = Stack::start_with(Kind::Redis, "[engine]\noperation_timeout = \"500ms\"\n");
     s.post("/v1/orders", ADMIN_KEY, &order_body("before", "c"))
