@@ -171,6 +171,18 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_herald"))
 }
 
+/// The binary, without the test's own `HERALD_*` variables (e.g. `HERALD_SUITE_PROFILE`):
+/// Herald reads every `HERALD_<KEY>` as configuration and refuses unknown keys.
+fn herald_command() -> Command {
+    let mut cmd = Command::new(bin());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HERALD_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 impl Herald {
     pub fn start(options: HeraldOptions) -> Herald {
         use std::io::Write;
@@ -189,7 +201,7 @@ partner_keys = [
             options.extra_toml
         )
         .expect("write config");
-        let mut cmd = Command::new(bin());
+        let mut cmd = herald_command();
         cmd.arg("serve")
             .arg("--config")
             .arg(config.path())
@@ -253,7 +265,7 @@ partner_keys = [
 
     /// `herald serve` with no config file at all (memory engine, generated admin key).
     pub fn start_bare(env: &[(&str, &str)]) -> Herald {
-        let mut cmd = Command::new(bin());
+        let mut cmd = herald_command();
         cmd.args(["serve", "--listen", "127.0.0.1:0"]);
         for (k, v) in env {
             cmd.env(k, v);
