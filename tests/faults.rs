@@ -315,19 +315,21 @@ impl Load {
                         Err(_) => continue,
                     };
                 }
-                Ok(r)
-                    if r.status().is_server_error()
-                        || r.status() == StatusCode::CONFLICT
-                        || r.status() == StatusCode::TOO_MANY_REQUESTS =>
-                {
-                    let status = r.status().as_u16();
-                    let problem: Value = r.json().await.unwrap_or_default();
-                    last = format!("{status} {}", problem["type"].as_str().unwrap_or_default());
-                }
                 Ok(r) => {
                     let status = r.status();
                     let text = r.text().await.unwrap_or_default();
-                    return Posted::Unexpected(format!("POST {path}: {status} {text}"));
+                    let problem: Value = serde_json::from_str(&text).unwrap_or_default();
+                    let kind = problem["type"].as_str().unwrap_or_default();
+                    // Retried: a node or Redis away (5xx), rate limiting, and a key still held
+                    // by a request that died with its node. Any other answer is a finding (a
+                    // replay must come back as the first 202, never as a refusal).
+                    let retry = status.is_server_error()
+                        || status == StatusCode::TOO_MANY_REQUESTS
+                        || kind == "/problems/idempotency-in-flight";
+                    if !retry {
+                        return Posted::Unexpected(format!("POST {path}: {status} {text}"));
+                    }
+                    last = format!("{} {kind}", status.as_u16());
                 }
                 Err(e) if e.is_timeout() => last = "timeout".into(),
                 Err(_) => last = "connection".into(),
