@@ -98,7 +98,7 @@ async fn crash_run(appendfsync: &'static str) -> serde_json::Value {
     let before_crash = ledger.count.load(Ordering::Relaxed);
 
     // Crash Redis while orders are in flight, bring it back from its AOF, keep sending.
-    redis.kill9();
+    redis.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.start_again();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -11,6 +11,7 @@ use std::time::Duration;
 on_both_engines!(
     order_is_confirmed_then_moves_on_with_versions_1_2_3,
     idempotency_key_replays_and_refuses_another_body,
+    a_transition_replays_its_202_after_it_has_run,
     illegal_transition_is_refused_with_409_and_nothing_queued,
     bad_input_is_refused_with_field_errors_and_nothing_queued,
     credentials_are_required_and_partners_reach_only_their_orders,
@@ -126,6 +127,47 @@ async fn idempotency_key_replays_and_refuses_another_body(kind: Kind) {
     // One order, one processOrder command: exactly two events once confirmed.
     s.wait_for_status("idem-1", "confirmed", 2).await;
     assert_eq!(s.events().await.len(), 2);
+}
+
+/// A client whose 202 was lost (its node died) retries with the same key after the worker has
+/// already run the transition: the retry replays the 202, it is not refused as a transition
+/// the table no longer allows ("nothing was queued" would be false).
+async fn a_transition_replays_its_202_after_it_has_run(kind: Kind) {
+    let s = Stack::start(kind);
+    s.post("/v1/orders", ADMIN_KEY, &order_body("tr-1", "c"))
+        .await;
+    s.wait_for_status("tr-1", "confirmed", 2).await;
+    let send = || {
+        s.http
+            .post(s.herald.url("/v1/orders/tr-1/transitions"))
+            .header("x-api-key", ADMIN_KEY)
+            .header("idempotency-key", "cancel-tr-1")
+            .json(&json!({"status": "cancelled"}))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    s.wait_for_status("tr-1", "cancelled", 3).await;
+    let replay = send().await.unwrap();
+    assert_eq!(
+        replay.status(),
+        StatusCode::ACCEPTED,
+        "{:?}",
+        replay.text().await
+    );
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap(), first);
+    // Without the key, the same request is refused: the table no longer allows it.
+    let r = s
+        .post(
+            "/v1/orders/tr-1/transitions",
+            ADMIN_KEY,
+            &json!({"status": "cancelled"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(s.events().await.len(), 3, "one cancel, once");
 }
 
 #[tokio::test]
@@ -733,6 +775,30 @@ async fn redis_restart_with_aof_pauses_intake_then_resumes_without_loss() {
         80,
         "accepted + confirmed for each order, once"
     );
+}
+
+#[tokio::test]
+async fn an_idempotency_claim_cut_off_by_a_redis_pause_does_not_hold_the_key() {
+    let s = Stack::start_with(Kind::Redis, "[engine]\noperation_timeout = \"300ms\"\n");
+    let redis = s.redis.as_ref().unwrap();
+    let send = || {
+        s.http
+            .post(s.herald.url("/v1/orders"))
+            .header("x-api-key", ADMIN_KEY)
+            .header("idempotency-key", "paused-key")
+            .json(&order_body("paused-1", "c"))
+            .send()
+    };
+    // The claim reaches the paused server but its reply never comes: 503.
+    redis.pause();
+    let r = send().await.unwrap();
+    redis.resume();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Redis now runs that claim; it must not hold the key against the client's retry (a 409
+    // "in progress" for the claim's whole TTL, with nothing in progress).
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
+    s.wait_for_status("paused-1", "confirmed", 2).await;
 }
 
 #[tokio::test]

@@ -4,14 +4,11 @@
 
 mod common;
 
-use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode as AxumStatus};
-use axum::response::{IntoResponse, Response};
+use common::sink::{Answer, Received, Sink};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -40,124 +37,6 @@ request_timeout = "1s"
 connect_timeout = "500ms"
 lease = "2s"
 "#;
-
-// ---------------------------------------------------------------------------------------------
-// The sink: records every request; answers per path.
-
-#[derive(Clone, Debug)]
-struct Received {
-    path: String,
-    headers: BTreeMap<String, String>,
-    body: String,
-    at: Instant,
-}
-
-impl Received {
-    fn id(&self) -> &str {
-        self.headers
-            .get("webhook-id")
-            .map(String::as_str)
-            .unwrap_or("")
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Answer {
-    Status(u16),
-    Redirect,
-}
-
-#[derive(Clone, Default)]
-struct SinkState {
-    received: Arc<Mutex<Vec<Received>>>,
-    answers: Arc<Mutex<HashMap<String, Answer>>>,
-}
-
-struct Sink {
-    addr: SocketAddr,
-    state: SinkState,
-}
-
-impl Sink {
-    async fn start() -> Sink {
-        let state = SinkState::default();
-        let app = Router::new().fallback(record).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Sink { addr, state }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn answer(&self, path: &str, answer: Answer) {
-        self.state
-            .answers
-            .lock()
-            .unwrap()
-            .insert(path.to_string(), answer);
-    }
-
-    fn received(&self, path: &str) -> Vec<Received> {
-        self.state
-            .received
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.path == path)
-            .cloned()
-            .collect()
-    }
-
-    async fn wait_for(&self, path: &str, n: usize) -> Vec<Received> {
-        eventually(
-            Duration::from_secs(20),
-            &format!("{n} requests on {path}"),
-            || async {
-                let got = self.received(path);
-                (got.len() >= n).then_some(got)
-            },
-        )
-        .await
-    }
-}
-
-async fn record(State(state): State<SinkState>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 20)
-        .await
-        .unwrap_or_default();
-    let path = parts.uri.path().to_string();
-    state.received.lock().unwrap().push(Received {
-        path: path.clone(),
-        headers: headers(&parts.headers),
-        body: String::from_utf8_lossy(&body).into_owned(),
-        at: Instant::now(),
-    });
-    let answer = state.answers.lock().unwrap().get(&path).copied();
-    match answer {
-        None => (AxumStatus::OK, "thanks").into_response(),
-        Some(Answer::Status(code)) => (
-            AxumStatus::from_u16(code).unwrap(),
-            format!("answer {code}"),
-        )
-            .into_response(),
-        Some(Answer::Redirect) => (
-            AxumStatus::FOUND,
-            [("location", "/redirect-target")],
-            "moved",
-        )
-            .into_response(),
-    }
-}
-
-fn headers(h: &HeaderMap) -> BTreeMap<String, String> {
-    h.iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect()
-}
 
 /// Accepts TCP connections and never answers; counts them.
 async fn blackhole() -> (SocketAddr, Arc<Mutex<usize>>) {

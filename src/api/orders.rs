@@ -464,8 +464,23 @@ async fn create_transition_inner(
     let (Some(target), true) = (target, c.errors.is_empty()) else {
         return Err(Problem::validation(c.errors));
     };
-    let current = authorized_status(state, principal, order_id).await?;
+    // The key first: a repeat of a transition that was queued replays its 202 even once the
+    // worker has run it and the table no longer allows it (the first answer may have been
+    // lost with its node). Every refusal below gives the key back.
+    let path = format!("POST /v1/orders/{order_id}/transitions");
+    let idempotency = match Idempotency::begin(state, principal, headers, &path, &body).await {
+        Ok(i) => i,
+        Err(response) => return Ok(response),
+    };
+    let current = match authorized_status(state, principal, order_id).await {
+        Ok(current) => current,
+        Err(problem) => {
+            idempotency.abandon(state).await;
+            return Err(problem);
+        }
+    };
     if !state.config.workflow.allows(current.status, target) {
+        idempotency.abandon(state).await;
         let allowed: Vec<&str> = state
             .config
             .workflow
@@ -484,11 +499,6 @@ async fn create_transition_inner(
             ),
         ));
     }
-    let path = format!("POST /v1/orders/{order_id}/transitions");
-    let idempotency = match Idempotency::begin(state, principal, headers, &path, &body).await {
-        Ok(i) => i,
-        Err(response) => return Ok(response),
-    };
     let message_id = uuid::Uuid::now_v7().to_string();
     let response_body = json!({
         "orderId": order_id,

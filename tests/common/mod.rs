@@ -3,6 +3,7 @@
 //! `Herald` starts the real binary and reads the address it prints. Both die with the test.
 #![allow(dead_code)]
 
+pub mod sink;
 pub mod ws;
 
 use reqwest::StatusCode;
@@ -92,11 +93,30 @@ impl RedisServer {
         }
     }
 
-    /// SIGKILL: the process dies at once, as in a crash (the kernel keeps what it was given).
-    pub fn kill9(&mut self) {
+    /// SIGKILL: the process dies at once, as in a crash; the kernel keeps what Redis wrote to
+    /// it (so with AOF, under either fsync policy, every acknowledged write survives).
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the server holds its connections and answers nothing until `resume`.
+    pub fn pause(&self) {
+        self.send_signal("STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.send_signal("CONT");
+    }
+
+    fn send_signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &child.id().to_string()])
+                .status();
         }
     }
 
@@ -120,10 +140,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
     }
 }
 
@@ -162,6 +179,18 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_herald"))
 }
 
+/// The binary, without the test's own `HERALD_*` variables (e.g. `HERALD_SUITE_PROFILE`):
+/// Herald reads every `HERALD_<KEY>` as configuration and refuses unknown keys.
+fn herald_command() -> Command {
+    let mut cmd = Command::new(bin());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HERALD_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 impl Herald {
     pub fn start(options: HeraldOptions) -> Herald {
         use std::io::Write;
@@ -180,7 +209,7 @@ partner_keys = [
             options.extra_toml
         )
         .expect("write config");
-        let mut cmd = Command::new(bin());
+        let mut cmd = herald_command();
         cmd.arg("serve")
             .arg("--config")
             .arg(config.path())
@@ -244,7 +273,7 @@ partner_keys = [
 
     /// `herald serve` with no config file at all (memory engine, generated admin key).
     pub fn start_bare(env: &[(&str, &str)]) -> Herald {
-        let mut cmd = Command::new(bin());
+        let mut cmd = herald_command();
         cmd.args(["serve", "--listen", "127.0.0.1:0"]);
         for (k, v) in env {
             cmd.env(k, v);

@@ -215,7 +215,13 @@ fn history_body(event: &OrderEvent, reason: Option<&str>) -> EngineResult<String
 #[serde(tag = "state", rename_all = "camelCase")]
 enum IdemRecord {
     #[serde(rename = "inflight")]
-    InFlight { fingerprint: String },
+    InFlight {
+        fingerprint: String,
+        /// Unique per claim, so a claim whose reply was lost can be released as that claim
+        /// only ([`RELEASE_LOST_CLAIM`]).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        token: String,
+    },
     #[serde(rename = "done", rename_all = "camelCase")]
     Done {
         key: String,
@@ -1172,6 +1178,33 @@ impl EventLog for RedisEngine {
     }
 }
 
+/// Deletes an idempotency claim only if the record is still exactly that claim (its token).
+const RELEASE_LOST_CLAIM: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+     return redis.call('DEL', KEYS[1]) end return 0";
+
+impl RedisEngine {
+    /// A claim whose reply never came (a timeout: Redis paused or busy) may still be applied
+    /// when Redis gets to it, leaving an in-flight record that no request owns: every retry
+    /// with the key would be refused (409) until the record expires. So the release is sent
+    /// at once, right behind the SET on the same connection (Redis runs one connection's
+    /// commands in order), without waiting for its reply; it deletes only this claim, never a
+    /// retry's. A plain EVAL, not EVALSHA: a restarted Redis has no scripts loaded, and the
+    /// NOSCRIPT fallback would need a reply that may never come.
+    fn release_lost_claim(&self, redis_key: &str, claim: &str) {
+        let mut conn = self.conn.clone();
+        let limit = self.op_timeout;
+        let release = ::redis::cmd("EVAL")
+            .arg(RELEASE_LOST_CLAIM)
+            .arg(1)
+            .arg(redis_key)
+            .arg(claim)
+            .to_owned();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(limit, release.query_async::<Value>(&mut conn)).await;
+        });
+    }
+}
+
 #[async_trait]
 impl IdempotencyStore for RedisEngine {
     async fn begin_idempotent(
@@ -1183,11 +1216,12 @@ impl IdempotencyStore for RedisEngine {
         let redis_key = self.keys.idem(key);
         let claim = serde_json::to_string(&IdemRecord::InFlight {
             fingerprint: fingerprint.to_string(),
+            token: uuid::Uuid::new_v4().simple().to_string(),
         })
         .map_err(corrupt)?;
         // Two rounds: the record found by a failed SET NX may expire before the GET.
         for _ in 0..2 {
-            let set: Value = self
+            let set: Value = match self
                 .run(
                     "claiming an idempotency key",
                     ::redis::cmd("SET")
@@ -1197,7 +1231,14 @@ impl IdempotencyStore for RedisEngine {
                         .arg("PX")
                         .arg(millis(in_flight_ttl)),
                 )
-                .await?;
+                .await
+            {
+                Ok(set) => set,
+                Err(e) => {
+                    self.release_lost_claim(&redis_key, &claim);
+                    return Err(e);
+                }
+            };
             if !matches!(set, Value::Nil) {
                 return Ok(IdempotencyBegin::Started);
             }
@@ -1216,7 +1257,9 @@ impl IdempotencyStore for RedisEngine {
                 ))
             })?;
             return Ok(match record {
-                IdemRecord::InFlight { fingerprint } => IdempotencyBegin::InFlight { fingerprint },
+                IdemRecord::InFlight { fingerprint, .. } => {
+                    IdempotencyBegin::InFlight { fingerprint }
+                }
                 IdemRecord::Done {
                     key,
                     fingerprint,
@@ -1345,6 +1388,7 @@ mod tests {
         assert_eq!((ttl_ms, body), (5000, response.body));
         let inflight = serde_json::to_string(&IdemRecord::InFlight {
             fingerprint: "fp".into(),
+            token: String::new(),
         })
         .unwrap();
         assert_eq!(inflight, r#"{"state":"inflight","fingerprint":"fp"}"#);

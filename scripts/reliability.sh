@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs the reliability suites (integration test targets that print one `SUITE-FIGURES {json}`
+# line per test) with a profile, prints those lines and collects them, one JSON object per
+# line, into target/reliability/figures.jsonl (replaced on each run).
+#
+#   scripts/reliability.sh [short|long]      # short (default): the bounded profile CI runs
+#   SUITES="faults" scripts/reliability.sh   # only some of the suites
+#
+# Each suite's tests run one at a time (--test-threads=1), so their figures do not share the
+# machine. Exit status: non-zero if any suite failed; every suite runs regardless.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+profile="${1:-short}"
+case "$profile" in
+  short|long) ;;
+  *) echo "usage: $0 [short|long]" >&2; exit 2 ;;
+esac
+
+# One entry per test target in tests/ (tests/<name>.rs).
+suites=(${SUITES:-faults})
+
+out_dir="target/reliability"
+mkdir -p "$out_dir"
+figures="$out_dir/figures.jsonl"
+: >"$figures"
+
+failed=()
+for suite in "${suites[@]}"; do
+  if [ ! -f "tests/$suite.rs" ]; then
+    echo "reliability: no test target tests/$suite.rs" >&2
+    failed+=("$suite")
+    continue
+  fi
+  echo "== $suite ($profile)"
+  log="$out_dir/$suite.log"
+  HERALD_SUITE_PROFILE="$profile" cargo test --test "$suite" -- --nocapture --test-threads=1 \
+    >"$log" 2>&1
+  status=$?
+  # The figures line may share its line with libtest's "test name ... " prefix.
+  grep -o 'SUITE-FIGURES {.*}' "$log" | sed 's/^SUITE-FIGURES //' | tee -a "$figures" \
+    | sed 's/^/SUITE-FIGURES /'
+  grep -E '^test result:' "$log"
+  if [ "$status" -ne 0 ]; then
+    echo "reliability: $suite FAILED (exit $status); full output in $log" >&2
+    failed+=("$suite")
+  fi
+done
+
+echo "figures: $figures ($(wc -l <"$figures") lines)"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "reliability: failed: ${failed[*]}" >&2
+  exit 1
+fi
