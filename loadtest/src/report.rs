@@ -1218,7 +1218,8 @@ fn e2e(out: &mut String, input: &SectionInput) {
     if !rows.is_empty() {
         let _ = writeln!(
             out,
-            "Notifications, from the order's acceptance to the event's arrival:\n"
+            "Notifications, to the event's arrival: `order.accepted` from the order's 202, \
+             `order.confirmed` from its scheduled send:\n"
         );
         table(
             out,
