@@ -20,8 +20,12 @@ RESULTS=${RESULTS:-target/bench}
 REPORT_OUT=${REPORT_OUT:-BENCHMARKS.md}
 
 case "$PROFILE" in
-  full) ;;
+  full)
+    # Intake once per Redis fsync policy: the figures, and what zero loss costs.
+    export FSYNC=${FSYNC:-"everysec always"}
+    ;;
   quick)
+    # Intake on everysec only (FSYNC's default).
     # A few seconds per run, hundreds of connections instead of thousands.
     export DURATION=${DURATION:-3s} WARMUP=${WARMUP:-1s}
     export CLIENTS=${CLIENTS:-"1 16"} BENCH_REQUESTS=${BENCH_REQUESTS:-20000}

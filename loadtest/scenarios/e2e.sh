@@ -25,7 +25,8 @@
 #   RATE=200 SUBSCRIBERS=200 DURATION=5s loadtest/scenarios/e2e.sh
 #   NO_BUILD=1 HERALD=target/release/herald LOADTEST=target/release/herald-loadtest ...
 #
-# Results: one JSON file per rate and summary.md under target/bench/e2e/.
+# Results: one JSON file and one SVG latency plot per rate, manifest.json and summary.md (the
+# section as `herald-loadtest report` renders it) under target/bench/e2e/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -39,17 +40,12 @@ PROTOCOL=${PROTOCOL:-graphql-transport-ws}
 ROLES=${ROLES:-}
 OUT=${OUT:-target/bench/e2e}
 KEY=bench-admin-key-000000000001
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-rm -f "$OUT"/*.json
-
-if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --release --workspace --quiet
-fi
-HERALD=${HERALD:-target/release/herald}
-LOADTEST=${LOADTEST:-target/release/herald-loadtest}
 
 source loadtest/scenarios/lib.sh
+clean_out
+build_binaries
+write_manifest e2e.sh "RATE SUBSCRIBERS ENDPOINTS DURATION DRAIN PROTOCOL ROLES" \
+  "Redis: AOF on, appendfsync everysec. One herald serve (roles: ${ROLES:-all}) for every rate."
 
 start_herald() {
   # The sinks are on loopback, which Herald's SSRF guard refuses unless allowed.
@@ -64,56 +60,15 @@ start_herald() {
   until curl -sf "http://$HADDR/readyz" >/dev/null; do sleep 0.05; done
 }
 
-{
-  echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
-  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-  echo "redis: $(redis-server --version | cut -d' ' -f3) (appendonly yes, appendfsync everysec)"
-  echo "herald: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
-  echo "e2e: $SUBSCRIBERS subscribers ($PROTOCOL), $ENDPOINTS webhook endpoint(s), $DURATION per rate, drain $DRAIN, roles ${ROLES:-all}"
-} | tee "$OUT/machine.txt"
-
 start_redis aof
 start_herald
 
 for r in $RATE; do
   "$LOADTEST" e2e --url "http://$HADDR" --admin-key "$KEY" --rate "$r" \
     --duration "$DURATION" --drain "$DRAIN" --subscribers "$SUBSCRIBERS" \
-    --endpoints "$ENDPOINTS" --protocol "$PROTOCOL" --label "e2e-r$r" \
-    --json "$OUT/e2e-r$r.json" || echo "run e2e-r$r failed" >&2
+    --endpoints "$ENDPOINTS" --protocol "$PROTOCOL" --label "redis r=$r" \
+    --json "$OUT/redis-r$r.json" --svg "$OUT/redis-r$r.svg" || echo "run redis-r$r failed" >&2
   sleep 1
 done
 
-python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
-import glob, json, os, sys
-out = sys.argv[1]
-runs = sorted((json.load(open(f)) for f in glob.glob(os.path.join(out, "e2e-*.json"))),
-              key=lambda r: r["rate"])
-
-def num(v, digits=2):
-    return "-" if v is None else f"{v:,.{digits}f}"
-
-def lat(s):
-    return " / ".join(num((s or {}).get(k)) for k in ("p50", "p99", "p999"))
-
-print("## End to end: orders in over HTTP, notifications out (Herald, Redis engine)\n")
-print(open(os.path.join(out, "machine.txt")).read().replace("\n", "  \n"))
-print("| orders/s | sent / accepted | order errors | send->202 p50 / p99 / p99.9 ms | path "
-      "| send->confirmed p50 / p99 / p99.9 ms | 202->accepted p50 / p99 / p99.9 ms "
-      "| expected | received | missing | duplicates |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for r in runs:
-    o = r["orders"]
-    errors = sum(o["errors"].values())
-    for name in ("websocket", "webhook"):
-        p = r[name]
-        if name == "webhook" and r["endpoints"] == 0:
-            continue
-        print(f"| {num(r['rate'], 0)} | {o['sent']:,} / {o['accepted']:,} | {errors} | {lat(r['accept'])} "
-              f"| {name} | {lat(p['confirmed'])} | {lat(p['accepted'])} | {p['expected']:,} "
-              f"| {p['received']:,} | {p['missing']} | {p['duplicates']} |")
-bad = sum(r["webhook"]["bad_signatures"] for r in runs)
-missing = sum(r["websocket"]["missing"] + r["webhook"]["missing"] for r in runs)
-print(f"\n- notifications missing over all runs: {missing} (must be 0)")
-print(f"- bad signatures over all runs: {bad} (must be 0)")
-PY
-echo "results in $OUT/"
+summarise e2e

@@ -5,8 +5,13 @@
 # without pipelining). Everything runs on loopback; it starts its own redis-server and herald
 # and stops them at the end.
 #
+# FSYNC lists the Redis `appendfsync` policies to measure (everysec, always): the Redis runs
+# and the ceiling are repeated on a fresh redis-server per policy, each result JSON records
+# its policy (`redis_appendfsync`), and with both the report shows what `always` costs.
+#
 #   loadtest/scenarios/intake.sh            # full run (about 3 minutes)
 #   DURATION=5s CLIENTS="16" loadtest/scenarios/intake.sh
+#   FSYNC="everysec always" loadtest/scenarios/intake.sh   # the cost of zero loss
 #   NO_BUILD=1 HERALD=target/debug/herald ...               # use existing binaries
 #
 # Results: one JSON file and one SVG latency plot per run, manifest.json and summary.md (the
@@ -18,17 +23,24 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CLIENTS=${CLIENTS:-"1 16 64"}
 ENGINES=${ENGINES:-"memory redis"}
+FSYNC=${FSYNC:-everysec}
 CONFIRM_RATE=${CONFIRM_RATE:-2000}
 # Requests per redis-benchmark run (the pipelined run makes five times as many).
 BENCH_REQUESTS=${BENCH_REQUESTS:-200000}
 OUT=${OUT:-target/bench/intake}
 KEY=bench-admin-key-000000000001
+for policy in $FSYNC; do
+  case "$policy" in
+    everysec | always) ;;
+    *) echo "FSYNC: '$policy' is not an appendfsync policy measured here (everysec, always)" >&2; exit 2 ;;
+  esac
+done
 
 source loadtest/scenarios/lib.sh
 clean_out
 build_binaries
-write_manifest intake.sh "DURATION WARMUP CLIENTS ENGINES CONFIRM_RATE BENCH_REQUESTS" \
-  "Redis: AOF on, appendfsync everysec. A fresh herald serve per run."
+write_manifest intake.sh "DURATION WARMUP CLIENTS ENGINES FSYNC CONFIRM_RATE BENCH_REQUESTS" \
+  "Redis: AOF on, appendfsync ${FSYNC// / and then }, a fresh redis-server per policy. A fresh herald serve per run."
 
 start_herald() { # engine
   HPORT=$(free_port)
@@ -40,46 +52,62 @@ start_herald() { # engine
   until curl -sf "http://127.0.0.1:$HPORT/readyz" >/dev/null; do sleep 0.05; done
 }
 
-for engine in $ENGINES; do
-  [ "$engine" = redis ] && start_redis aof
+# One engine's runs: closed loop at each CLIENTS, then accept -> confirmed at CONFIRM_RATE.
+# NAME prefixes the files and labels; POLICY (Redis only) is recorded in each JSON.
+intake_runs() { # engine name policy
+  local engine=$1 name=$2 policy=${3:-} c
   for c in $CLIENTS; do
     start_herald "$engine"
     "$LOADTEST" intake --url "http://127.0.0.1:$HPORT" --api-key "$KEY" --clients "$c" \
-      --duration "$DURATION" --warmup "$WARMUP" --label "$engine clients=$c" \
-      --json "$OUT/$engine-c$c.json" --svg "$OUT/$engine-c$c.svg"
+      --duration "$DURATION" --warmup "$WARMUP" --label "$engine clients=$c${policy:+ appendfsync=$policy}" \
+      --json "$OUT/$name-c$c.json" --svg "$OUT/$name-c$c.svg"
     stop "$HPID"
+    [ -n "$policy" ] && json_set "$OUT/$name-c$c.json" redis_appendfsync "$policy"
     [ "$engine" = redis ] && redis-cli -p "$RPORT" flushall >/dev/null
   done
   start_herald "$engine"
   "$LOADTEST" intake --url "http://127.0.0.1:$HPORT" --api-key "$KEY" --admin-key "$KEY" \
     --rate "$CONFIRM_RATE" --max-in-flight 256 --duration "$DURATION" --warmup "$WARMUP" \
-    --confirm-latency --label "$engine rate=$CONFIRM_RATE confirm" \
-    --json "$OUT/$engine-confirm.json" --svg "$OUT/$engine-confirm.svg"
+    --confirm-latency --label "$engine rate=$CONFIRM_RATE confirm${policy:+ appendfsync=$policy}" \
+    --json "$OUT/$name-confirm.json" --svg "$OUT/$name-confirm.svg"
   stop "$HPID"
-done
+  [ -n "$policy" ] && json_set "$OUT/$name-confirm.json" redis_appendfsync "$policy"
+  return 0
+}
 
 # The ceiling: Redis alone, one XADD of an event-sized entry per request; one JSON per run
-# (scenario "redis-benchmark") for the report.
-xadd() { # clients pipeline requests
+# (scenario "redis-benchmark", with the policy) for the report.
+EVENT='{"type":"order.accepted","orderId":"0190c0de-0000-7000-8000-000000000000","customerId":"c-1","status":"accepted","version":1,"occurredAt":"2026-11-26T10:00:00.000Z"}'
+xadd() { # policy clients pipeline requests
   local line
-  line=$(redis-benchmark -p "$RPORT" -c "$1" -P "$2" -n "$3" -q XADD bench '*' event "$EVENT" \
+  line=$(redis-benchmark -p "$RPORT" -c "$2" -P "$3" -n "$4" -q XADD bench '*' event "$EVENT" \
     | tr '\r' '\n' | grep 'requests per second' | tail -1)
-  echo "redis-benchmark XADD clients=$1 pipeline=$2: $line" | tee -a "$OUT/redis-benchmark.txt"
-  python3 - "$OUT/xadd-c$1-p$2.json" "$1" "$2" "$line" <<'PY'
+  echo "redis-benchmark XADD appendfsync=$1 clients=$2 pipeline=$3: $line" | tee -a "$OUT/redis-benchmark.txt"
+  python3 - "$OUT/xadd-$1-c$2-p$3.json" "$1" "$2" "$3" "$line" <<'PY'
 import json, re, sys
-path, clients, pipeline, line = sys.argv[1:]
+path, policy, clients, pipeline, line = sys.argv[1:]
 rps = re.search(r"([\d.]+) requests per second", line)
 p50 = re.search(r"p50=([\d.]+) msec", line)
 json.dump({"scenario": "redis-benchmark", "command": "XADD", "clients": int(clients),
-           "pipeline": int(pipeline), "requests_per_s": float(rps.group(1)) if rps else None,
+           "pipeline": int(pipeline), "redis_appendfsync": policy,
+           "requests_per_s": float(rps.group(1)) if rps else None,
            "p50_ms": float(p50.group(1)) if p50 else None}, open(path, "w"), indent=2)
 PY
 }
-if [[ " $ENGINES " == *" redis "* ]]; then
-  EVENT='{"type":"order.accepted","orderId":"0190c0de-0000-7000-8000-000000000000","customerId":"c-1","status":"accepted","version":1,"occurredAt":"2026-11-26T10:00:00.000Z"}'
-  rm -f "$OUT/redis-benchmark.txt"
-  for c in 1 16 64; do xadd "$c" 1 "$BENCH_REQUESTS"; done
-  xadd 16 16 $((BENCH_REQUESTS * 5))
-fi
+
+rm -f "$OUT/redis-benchmark.txt"
+for engine in $ENGINES; do
+  if [ "$engine" != redis ]; then
+    intake_runs "$engine" "$engine"
+    continue
+  fi
+  for policy in $FSYNC; do
+    start_redis "$policy"
+    intake_runs redis "redis-$policy" "$policy"
+    for c in 1 16 64; do xadd "$policy" "$c" 1 "$BENCH_REQUESTS"; done
+    xadd "$policy" 16 16 $((BENCH_REQUESTS * 5))
+    stop "$RPID"
+  done
+done
 
 summarise intake

@@ -24,22 +24,43 @@ wait_listening() { # file pid
   echo "no 'listening on' line in $1" >&2; exit 1
 }
 
-# Starts a dedicated redis-server on a free port; sets RPORT. `aof`: the durable production
-# setting (AOF, fsync every second); `none`: no persistence.
-start_redis() { # aof|none
+# Starts a dedicated redis-server on a free port; sets RPORT and RPID. The persistence:
+#   aof (or everysec)  the durable production setting: AOF, fsync every second (the default)
+#   always             AOF, fsync before every reply
+#   none               no persistence
+start_redis() { # aof|everysec|always|none
   RPORT=$(free_port)
-  local dir persistence=(--appendonly no) log
+  local dir persistence log
+  case "${1:-aof}" in
+    aof | everysec) persistence=(--appendonly yes --appendfsync everysec) ;;
+    always) persistence=(--appendonly yes --appendfsync always) ;;
+    none) persistence=(--appendonly no) ;;
+    *) echo "start_redis: unknown persistence '$1' (aof, everysec, always or none)" >&2; exit 2 ;;
+  esac
   dir=$(mktemp -d)
-  [ "${1:-aof}" = aof ] && persistence=(--appendonly yes --appendfsync everysec)
   log="$(cd "$OUT" && pwd)/redis.log"
   redis-server --port "$RPORT" --bind 127.0.0.1 --save '' "${persistence[@]}" \
     --dir "$dir" --logfile "$log" &
-  local pid=$!
-  pids+=($pid)
+  RPID=$!
+  pids+=($RPID)
   until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do
-    kill -0 "$pid" 2>/dev/null || { echo "redis-server exited; see $log" >&2; exit 1; }
+    kill -0 "$RPID" 2>/dev/null || { echo "redis-server exited; see $log" >&2; exit 1; }
     sleep 0.05
   done
+}
+
+# Adds KEY: VALUE (a string) to the result JSON FILE, for the facts only the script knows
+# (e.g. how the Redis under Herald was configured).
+json_set() { # file key value
+  python3 - "$@" <<'PY'
+import json, sys
+path, key, value = sys.argv[1:]
+with open(path) as f:
+    v = json.load(f)
+v[key] = value
+with open(path, "w") as f:
+    json.dump(v, f, indent=2)
+PY
 }
 
 # Builds the release binaries unless NO_BUILD is set; HERALD and LOADTEST may point elsewhere.

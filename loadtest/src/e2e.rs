@@ -28,6 +28,7 @@ use crate::ws::{self, Endpoint, Protocol, ServerMsg, Topic, Ws};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -113,6 +114,11 @@ pub struct E2eArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+
+    /// Write the latency plot (percentile curves, SVG) to this file: send->confirmed and
+    /// 202->accepted for each path.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
 
     /// Free text stored with the results.
     #[arg(long)]
@@ -347,6 +353,20 @@ impl Ledger {
                 self.webhook.confirmed_first.load(Ordering::Relaxed),
             ),
         ]
+    }
+
+    /// The plot's curves: send->confirmed and 202->accepted for the WebSocket path, and for the
+    /// webhook path when endpoints were registered.
+    pub fn plot_curves(&self) -> Vec<(&'static str, Histogram<u64>)> {
+        let mut curves = vec![
+            ("ws send->confirmed", self.ws.confirmed.snapshot()),
+            ("ws 202->accepted", self.ws.accepted.snapshot()),
+        ];
+        if self.endpoints > 0 {
+            curves.push(("webhook send->confirmed", self.webhook.confirmed.snapshot()));
+            curves.push(("webhook 202->accepted", self.webhook.accepted.snapshot()));
+        }
+        curves
     }
 
     /// The figures of both paths, counted over the whole table.
@@ -892,6 +912,11 @@ async fn run_registered(
     if let Some(path) = &args.json {
         stats::write_json(path, &report.json())?;
     }
+    if let Some(path) = &args.svg {
+        let curves = ledger.plot_curves();
+        let curves: Vec<(&str, &Histogram<u64>)> = curves.iter().map(|(n, h)| (*n, h)).collect();
+        stats::write_svg(path, &report.title(), &curves)?;
+    }
     Ok(())
 }
 
@@ -978,9 +1003,8 @@ impl Report {
             .map_or_else(String::new, |v| v.get_name().to_string())
     }
 
-    fn table(&self) -> Table {
-        let mut t = Table::default();
-        t.section(format!(
+    fn title(&self) -> String {
+        format!(
             "e2e{}: {} orders/s for {:.2} s against {}, {} subscribers ({}), {} webhook endpoint(s)",
             self.label
                 .as_deref()
@@ -991,7 +1015,12 @@ impl Report {
             self.subscribers,
             self.protocol_name(),
             self.endpoints,
-        ));
+        )
+    }
+
+    fn table(&self) -> Table {
+        let mut t = Table::default();
+        t.section(self.title());
         t.row(
             "subscribers connected",
             format!(
@@ -1224,6 +1253,30 @@ mod tests {
             (12, 11, 1, 0)
         );
         assert_eq!(webhook.unexpected, 1);
+    }
+
+    #[test]
+    fn the_plot_has_both_latencies_of_each_path_and_no_webhook_curves_without_endpoints() {
+        let (l, t0) = ledger();
+        l.accepted(0, t0 + ms(3));
+        l.notified(Path::WebSocket, Kind::Confirmed, 0, t0 + ms(20));
+        l.notified(Path::WebSocket, Kind::Accepted, 0, t0 + ms(8));
+        l.notified(Path::Webhook(1), Kind::Confirmed, 0, t0 + ms(30));
+        let curves = l.plot_curves();
+        let named: Vec<(&str, u64)> = curves.iter().map(|(n, h)| (*n, h.len())).collect();
+        assert_eq!(
+            named,
+            [
+                ("ws send->confirmed", 1),
+                ("ws 202->accepted", 1),
+                ("webhook send->confirmed", 1),
+                ("webhook 202->accepted", 0),
+            ]
+        );
+        let t0 = Instant::now();
+        let none = Ledger::new(t0, Schedule::new(t0, 1000.0, ms(10)), vec![true], 0);
+        let names: Vec<&str> = none.plot_curves().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["ws send->confirmed", "ws 202->accepted"]);
     }
 
     #[test]
