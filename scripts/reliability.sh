@@ -18,7 +18,7 @@ case "$profile" in
 esac
 
 # One entry per test target in tests/ (tests/<name>.rs).
-suites=(${SUITES:-faults})
+suites=(${SUITES:-faults durability bad_input security})
 
 out_dir="target/reliability"
 mkdir -p "$out_dir"
