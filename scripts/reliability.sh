@@ -34,7 +34,7 @@ for suite in "${suites[@]}"; do
   fi
   echo "== $suite ($profile)"
   log="$out_dir/$suite.log"
-  HERALD_SUITE_PROFILE="$profile" cargo test --test "$suite" -- --nocapture --test-threads=1 \
+  RELIABILITY_PROFILE="$profile" cargo test --test "$suite" -- --nocapture --test-threads=1 \
     >"$log" 2>&1
   status=$?
   # The figures line may share its line with libtest's "test name ... " prefix.

@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 
 /// Seconds of closed-loop intake before the crash, and clients.
 fn profile() -> (Duration, usize) {
-    match std::env::var("HERALD_SUITE_PROFILE").as_deref() {
+    match std::env::var("RELIABILITY_PROFILE").as_deref() {
         Ok("long") => (Duration::from_secs(20), 16),
         _ => (Duration::from_secs(2), 8),
     }
@@ -171,7 +171,7 @@ async fn accepted_orders_survive_a_redis_crash_under_each_fsync_policy() {
         serde_json::json!({
             "suite": "durability",
             "test": "accepted_orders_survive_a_redis_crash_under_each_fsync_policy",
-            "profile": std::env::var("HERALD_SUITE_PROFILE").unwrap_or_else(|_| "short".into()),
+            "profile": std::env::var("RELIABILITY_PROFILE").unwrap_or_else(|_| "short".into()),
             "runs": [always, everysec],
         })
     );

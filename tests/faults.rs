@@ -20,7 +20,7 @@
 //! reached every endpoint whose types match it; every subscriber saw the whole stream exactly
 //! once, in order, across its resumes; each node's VmRSS stayed under a bound.
 //!
-//! `HERALD_SUITE_PROFILE=short` (default: each test about 40 s) or `long` (5 minutes of
+//! `RELIABILITY_PROFILE=short` (default: each test about 40 s) or `long` (5 minutes of
 //! faults, more load). Each test prints one `SUITE-FIGURES {json}` line on stdout.
 
 mod common;
@@ -84,7 +84,7 @@ struct Profile {
 
 impl Profile {
     fn from_env() -> Profile {
-        match std::env::var("HERALD_SUITE_PROFILE").as_deref() {
+        match std::env::var("RELIABILITY_PROFILE").as_deref() {
             Ok("long") => Profile {
                 name: "long",
                 faults_for: Duration::from_secs(300),
@@ -99,7 +99,7 @@ impl Profile {
                 subscribers: 3,
                 drain: Duration::from_secs(90),
             },
-            Ok(other) => panic!("HERALD_SUITE_PROFILE must be short or long, not {other}"),
+            Ok(other) => panic!("RELIABILITY_PROFILE must be short or long, not {other}"),
         }
     }
 }

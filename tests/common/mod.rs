@@ -179,8 +179,8 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_herald"))
 }
 
-/// The binary, without the test's own `HERALD_*` variables (e.g. `HERALD_SUITE_PROFILE`):
-/// Herald reads every `HERALD_<KEY>` as configuration and refuses unknown keys.
+/// The binary, without `HERALD_*` variables from the environment the tests run in (a
+/// developer's own config): Herald reads every `HERALD_<KEY>` as configuration.
 fn herald_command() -> Command {
     let mut cmd = Command::new(bin());
     for (name, _) in std::env::vars_os() {
