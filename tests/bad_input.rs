@@ -287,29 +287,11 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// Trickles `head` one byte every 100 ms; returns once the server has closed the connection.
+/// Trickles `head` over and over, one byte every 100 ms, on a new connection; returns once
+/// the server has closed it.
 async fn trickle_until_closed(h: String, head: Vec<u8>) -> Vec<u8> {
-    let mut stream = TcpStream::connect(h).await.expect("connect");
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for byte in head.iter().cycle() {
-        assert!(
-            Instant::now() < deadline,
-            "the server kept a slow connection open"
-        );
-        if stream.write_all(&[*byte]).await.is_err() {
-            break;
-        }
-        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
-    // Whatever the server sent before closing.
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
-    answer
+    let stream = TcpStream::connect(h).await.expect("connect");
+    trickle(stream, head.iter().copied().cycle()).await
 }
 
 #[tokio::test]
@@ -402,16 +384,22 @@ async fn slow_loris_connections_are_closed_and_do_not_block_others() {
 
 /// Trickles `bytes` (then padding) on an open stream until the server closes it; returns what
 /// the server sent.
-async fn trickle_stream(mut stream: TcpStream, bytes: Vec<u8>) -> Vec<u8> {
+async fn trickle_stream(stream: TcpStream, bytes: Vec<u8>) -> Vec<u8> {
+    trickle(stream, bytes.into_iter().chain(std::iter::repeat(b' '))).await
+}
+
+/// Writes `bytes` one every 100 ms until the server closes the connection (at most 15 s);
+/// returns what the server sent.
+async fn trickle(mut stream: TcpStream, bytes: impl Iterator<Item = u8>) -> Vec<u8> {
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
     let deadline = Instant::now() + Duration::from_secs(15);
-    for byte in bytes.iter().chain(std::iter::repeat(&b' ')) {
+    for byte in bytes {
         assert!(
             Instant::now() < deadline,
-            "the server kept a slow body open"
+            "the server kept a slow connection open"
         );
-        if stream.write_all(&[*byte]).await.is_err() {
+        if stream.write_all(&[byte]).await.is_err() {
             break;
         }
         match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
@@ -420,6 +408,7 @@ async fn trickle_stream(mut stream: TcpStream, bytes: Vec<u8>) -> Vec<u8> {
             Err(_) => {}
         }
     }
+    // Whatever the server sent before closing.
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
     answer
 }
