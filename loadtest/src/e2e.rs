@@ -32,7 +32,6 @@ use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -111,18 +110,8 @@ pub struct E2eArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub sink_ip: String,
 
-    /// Write the results as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-
-    /// Write the latency plot (percentile curves, SVG) to this file: send->confirmed and
-    /// 202->accepted for each path.
-    #[arg(long)]
-    pub svg: Option<PathBuf>,
-
-    /// Free text stored with the results.
-    #[arg(long)]
-    pub label: Option<String>,
+    #[command(flatten)]
+    pub out: stats::Output,
 }
 
 /// How long after the window an open-loop sender that fell behind keeps making overdue sends.
@@ -881,7 +870,7 @@ async fn run_registered(
         errors.insert("unsent".into(), unsent);
     }
     let report = Report {
-        label: args.label.clone(),
+        label: args.out.label.clone(),
         url: base_url.to_string(),
         ws_url: endpoint.url.clone(),
         rate: args.rate,
@@ -909,10 +898,10 @@ async fn run_registered(
         started_at,
     };
     print!("{}", report.table().render());
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.out.json {
         stats::write_json(path, &report.json())?;
     }
-    if let Some(path) = &args.svg {
+    if let Some(path) = &args.out.svg {
         let curves = ledger.plot_curves();
         let curves: Vec<(&str, &Histogram<u64>)> = curves.iter().map(|(n, h)| (*n, h)).collect();
         stats::write_svg(path, &report.title(), &curves)?;
@@ -1006,9 +995,7 @@ impl Report {
     fn title(&self) -> String {
         format!(
             "e2e{}: {} orders/s for {:.2} s against {}, {} subscribers ({}), {} webhook endpoint(s)",
-            self.label
-                .as_deref()
-                .map_or_else(String::new, |l| format!(" [{l}]")),
+            stats::label_tag(self.label.as_deref()),
             self.rate,
             self.duration.as_secs_f64(),
             self.url,

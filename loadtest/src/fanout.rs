@@ -34,7 +34,6 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -139,17 +138,8 @@ pub struct FanoutArgs {
     #[arg(long, hide = true)]
     pub shard: Option<u32>,
 
-    /// Write the results as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-
-    /// Write the latency plot (percentile curve, SVG) to this file.
-    #[arg(long)]
-    pub svg: Option<PathBuf>,
-
-    /// Free text stored with the results.
-    #[arg(long)]
-    pub label: Option<String>,
+    #[command(flatten)]
+    pub out: stats::Output,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -1030,10 +1020,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         processes: opened.processes,
     };
     print!("{}", report.table().render());
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.out.json {
         stats::write_json(path, &report.json())?;
     }
-    if let Some(path) = &args.svg {
+    if let Some(path) = &args.out.svg {
         stats::write_svg(
             path,
             &report.title(),
@@ -1116,9 +1106,7 @@ impl Report<'_> {
         let a = self.args;
         format!(
             "fanout{}: {:?}, {} connections, {} against {:?} {}",
-            a.label
-                .as_deref()
-                .map_or_else(String::new, |l| format!(" [{l}]")),
+            a.out.tag(),
             a.mode,
             a.connections,
             a.rate.describe(),
@@ -1204,7 +1192,7 @@ impl Report<'_> {
         let a = self.args;
         json!({
             "scenario": "fanout",
-            "label": a.label,
+            "label": a.out.label,
             "target": a.target,
             "url": self.endpoint.url,
             "protocol": a.protocol,

@@ -21,7 +21,6 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -85,17 +84,8 @@ pub struct IntakeArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     items: u32,
 
-    /// Write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-
-    /// Write the latency plot (percentile curves, SVG) to this file.
-    #[arg(long)]
-    svg: Option<PathBuf>,
-
-    /// Free text stored with the results (e.g. "memory engine, 1 node").
-    #[arg(long)]
-    label: Option<String>,
+    #[command(flatten)]
+    pub out: stats::Output,
 }
 
 const DEFAULT_CLIENTS: u32 = 16;
@@ -639,10 +629,10 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
         feed_errors: feed.as_ref().map(|(f, _)| f.errors.load(Ordering::Relaxed)),
     };
     print!("{}", report.table().render());
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.out.json {
         stats::write_json(path, &report.json())?;
     }
-    if let Some(path) = &args.svg {
+    if let Some(path) = &args.out.svg {
         let accept = ctx.measured.latency.snapshot();
         let confirm = pending.as_ref().map(|p| p.latency.snapshot());
         let mut curves = vec![("accept", &accept)];
@@ -768,10 +758,7 @@ impl Report<'_> {
     fn title(&self) -> String {
         format!(
             "intake{}: {} against {}",
-            self.args
-                .label
-                .as_deref()
-                .map_or_else(String::new, |l| format!(" [{l}]")),
+            self.args.out.tag(),
             self.mode.describe(),
             self.base_url
         )
@@ -853,7 +840,7 @@ impl Report<'_> {
         let open = matches!(self.mode, Mode::Open { .. });
         json!({
             "scenario": "intake",
-            "label": self.args.label,
+            "label": self.args.out.label,
             "url": self.base_url,
             "mode": if open { "open" } else { "closed" },
             "clients": clients,

@@ -116,6 +116,34 @@ pub fn add_histogram(into: &mut Histogram<u64>, from: &Histogram<u64>) -> anyhow
 
 pub use crate::plot::write_svg;
 
+/// Where a run's results go: the flags every measuring scenario takes.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Output {
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+
+    /// Write the latency plot (HDR percentile curves, SVG) to this file.
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
+
+    /// Free text stored with the results.
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+impl Output {
+    /// ` [label]` for a run's heading, or nothing.
+    pub fn tag(&self) -> String {
+        label_tag(self.label.as_deref())
+    }
+}
+
+/// ` [label]` for a run's heading, or nothing.
+pub fn label_tag(label: Option<&str>) -> String {
+    label.map_or_else(String::new, |l| format!(" [{l}]"))
+}
+
 fn us_to_ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }

@@ -36,7 +36,6 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -133,17 +132,8 @@ pub struct WebhooksArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub sink_listen: String,
 
-    /// Write the results as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-
-    /// Write the latency plot (percentile curves, SVG) to this file.
-    #[arg(long)]
-    pub svg: Option<PathBuf>,
-
-    /// Free text stored with the results.
-    #[arg(long)]
-    pub label: Option<String>,
+    #[command(flatten)]
+    pub out: stats::Output,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -639,10 +629,10 @@ pub async fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         sink: &sink,
     };
     print!("{}", report.table().render());
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.out.json {
         stats::write_json(path, &report.json())?;
     }
-    if let Some(path) = &args.svg {
+    if let Some(path) = &args.out.svg {
         let (latency, lateness) = (sink.latency_histogram(), sink.lateness_histogram());
         let mut curves = vec![("publish->receive", &latency)];
         if !lateness.is_empty() {
@@ -719,9 +709,7 @@ impl Report<'_> {
         let a = self.args;
         format!(
             "webhooks{}: {:?} {:?}, {}",
-            a.label
-                .as_deref()
-                .map_or_else(String::new, |l| format!(" [{l}]")),
+            a.out.tag(),
             a.target,
             a.mode,
             match a.target {
@@ -815,7 +803,7 @@ impl Report<'_> {
         let c = &self.sink.counts;
         json!({
             "scenario": "webhooks",
-            "label": a.label,
+            "label": a.out.label,
             "target": a.target,
             "mode": a.mode,
             "url": match a.target { Target::Herald => Some(&a.url), Target::Reference => None },
