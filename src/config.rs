@@ -277,6 +277,8 @@ pub struct HttpConfig {
     /// Time allowed to receive a request's whole body once its headers are in; then 408.
     #[serde(deserialize_with = "duration")]
     pub body_read_timeout: Duration,
+    /// Deepest nesting of arrays and objects a JSON body may have (1 to 128); deeper gets 400.
+    pub max_json_depth: usize,
 }
 
 impl Default for HttpConfig {
@@ -291,6 +293,7 @@ impl Default for HttpConfig {
             rate_limit_admin: false,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
+            max_json_depth: 32,
             body_read_timeout: Duration::from_secs(30),
         }
     }
@@ -541,6 +544,10 @@ impl Config {
         }
         if http.max_header_bytes < MIN_HEADER_BYTES {
             bail!("http.max_header_bytes must be at least {MIN_HEADER_BYTES}");
+        }
+        // The JSON parser itself refuses anything deeper than 128.
+        if !(1..=128).contains(&http.max_json_depth) {
+            bail!("http.max_json_depth must be between 1 and 128");
         }
         for (key, value) in [
             ("http.header_read_timeout", http.header_read_timeout),
@@ -803,6 +810,8 @@ mod tests {
                 "http.body_read_timeout",
             ),
             ("HERALD_GRAPHQL__MAX_FIELDS", "0", "graphql.max_fields"),
+            ("HERALD_HTTP__MAX_JSON_DEPTH", "0", "http.max_json_depth"),
+            ("HERALD_HTTP__MAX_JSON_DEPTH", "129", "http.max_json_depth"),
             ("HERALD_GRAPHQL__MAX_DEPTH", "-1", "graphql.max_depth"),
             (
                 "HERALD_PUSH__OUTBOUND_QUEUE_BYTES",

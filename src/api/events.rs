@@ -69,7 +69,7 @@ pub async fn publish_event(
     if !principal.is_admin() {
         return Err(Problem::forbidden("Only admin keys may publish events."));
     }
-    let body = json_object(&headers, body)?;
+    let body = json_object(&headers, body, state.config.http.max_json_depth)?;
     let raw = serde_json::to_string(&body).unwrap_or_default();
     let event = OrderEvent::parse(&raw)
         .map_err(|e| Problem::bad_request(format!("Not an event in the documented form: {e}")))?;

@@ -243,10 +243,12 @@ pub fn refuse_customers(principal: &Principal, what: &str) -> ApiResult<()> {
 }
 
 /// Reads a JSON object body: the content type must be JSON, the size within the limit, the
-/// text valid JSON. Every failure is a problem+json answer, never axum's plain-text one.
+/// nesting within `max_depth`, the text valid JSON. Every failure is a problem+json answer,
+/// never axum's plain-text one.
 pub fn json_object(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    max_depth: usize,
 ) -> ApiResult<serde_json::Map<String, Value>> {
     let body = body.map_err(|rejection| {
         let status = rejection.status();
@@ -279,6 +281,11 @@ pub fn json_object(
         )
         .detail("Send the body as `Content-Type: application/json`."));
     }
+    if nests_deeper_than(&body, max_depth) {
+        return Err(Problem::bad_request(format!(
+            "The body nests arrays and objects deeper than http.max_json_depth ({max_depth})."
+        )));
+    }
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Problem::bad_request("The body must be a JSON object.")),
@@ -286,6 +293,35 @@ pub fn json_object(
             "The body is not valid JSON: {e}"
         ))),
     }
+}
+
+/// Whether the JSON text nests arrays and objects deeper than `max` (brackets inside strings
+/// do not count). One pass over the bytes, before the parser builds anything.
+fn nests_deeper_than(text: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// An `Idempotency-Key` request in progress: created by [`Idempotency::begin`], it either
@@ -407,4 +443,20 @@ pub fn accepted_response(status: StatusCode, body: &Value) -> Response {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nests_deeper_than;
+
+    #[test]
+    fn json_depth_counts_arrays_and_objects_but_not_brackets_in_strings() {
+        assert!(!nests_deeper_than(br#"{"a":[1,{"b":2}]}"#, 3));
+        assert!(nests_deeper_than(br#"{"a":[1,{"b":2}]}"#, 2));
+        assert!(!nests_deeper_than(br#"{"a":"[[[[{{{{"}"#, 1));
+        assert!(!nests_deeper_than(br#"{"a":"\"[[[["}"#, 1));
+        assert!(nests_deeper_than(br#"{"a":"\\",  "b":[[]]}"#, 2));
+        assert!(nests_deeper_than("[".repeat(10_000).as_bytes(), 128));
+        assert!(!nests_deeper_than(b"", 1));
+    }
 }

@@ -269,7 +269,7 @@ async fn create_order_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     refuse_customers(principal, "create orders")?;
-    let body = json_object(headers, body)?;
+    let body = json_object(headers, body, state.config.http.max_json_depth)?;
     let mut order = validate_order(&body)?;
     if let Principal::Partner { partner_id } = principal {
         match &order.partner_id {
@@ -426,7 +426,7 @@ async fn create_transition_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     refuse_customers(principal, "request transitions")?;
-    let body = json_object(headers, body)?;
+    let body = json_object(headers, body, state.config.http.max_json_depth)?;
     let mut c = Checker::default();
     c.unknown_fields(&body, &["status", "reason"], "");
     let target = match body.get("status") {

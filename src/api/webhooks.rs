@@ -237,7 +237,7 @@ pub async fn create_endpoint(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     super::refuse_customers(&principal, "reach webhooks")?;
-    let body = json_object(&headers, body)?;
+    let body = json_object(&headers, body, state.config.http.max_json_depth)?;
     let mut f = Fields::default();
     f.unknown(
         &body,
@@ -364,7 +364,7 @@ pub async fn patch_endpoint(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let mut endpoint = visible_endpoint(&state, &principal, &id).await?;
-    let body = json_object(&headers, body)?;
+    let body = json_object(&headers, body, state.config.http.max_json_depth)?;
     let mut f = Fields::default();
     f.unknown(
         &body,
@@ -576,7 +576,7 @@ pub async fn recover(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     visible_endpoint(&state, &principal, &id).await?;
-    let body = json_object(&headers, body)?;
+    let body = json_object(&headers, body, state.config.http.max_json_depth)?;
     let mut f = Fields::default();
     f.unknown(&body, &["since"]);
     let since = match body.get("since") {
