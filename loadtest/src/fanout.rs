@@ -806,6 +806,18 @@ struct Finished {
     latency: Histogram<u64>,
 }
 
+impl Default for Finished {
+    fn default() -> Finished {
+        Finished {
+            counts: Counts::default(),
+            lost: BTreeMap::new(),
+            stalled_end: BTreeMap::new(),
+            first_server_error: None,
+            latency: stats::latency_histogram(),
+        }
+    }
+}
+
 /// Stops this process's subscribers and adds up what they found.
 async fn finish_local(
     mut tasks: JoinSet<SubOutcome>,
@@ -813,13 +825,7 @@ async fn finish_local(
     ctx: &Ctx,
 ) -> anyhow::Result<Finished> {
     let _ = stop.send(true);
-    let mut f = Finished {
-        counts: Counts::default(),
-        lost: BTreeMap::new(),
-        stalled_end: BTreeMap::new(),
-        first_server_error: None,
-        latency: stats::latency_histogram(),
-    };
+    let mut f = Finished::default();
     while let Some(r) = tasks.join_next().await {
         let o = r.context("a subscriber task failed")?;
         f.counts.add(&o.counts);

@@ -266,13 +266,7 @@ impl Children {
 
     pub(super) async fn finish(mut self) -> anyhow::Result<Finished> {
         self.0.tell_all(&ParentMsg::Stop).await?;
-        let mut f = Finished {
-            counts: Counts::default(),
-            lost: BTreeMap::new(),
-            stalled_end: BTreeMap::new(),
-            first_server_error: None,
-            latency: stats::latency_histogram(),
-        };
+        let mut f = Finished::default();
         for msg in self.0.one_from_each("its result").await? {
             merge_result(&mut f, msg)?;
         }
@@ -305,13 +299,7 @@ mod tests {
 
     #[test]
     fn child_results_add_up_exactly_after_a_trip_through_json() {
-        let mut f = Finished {
-            counts: Counts::default(),
-            lost: BTreeMap::new(),
-            stalled_end: BTreeMap::new(),
-            first_server_error: None,
-            latency: stats::latency_histogram(),
-        };
+        let mut f = Finished::default();
         let a = result_of(&[100, 200, 300], 3, &[("eof", 1)]);
         let b = result_of(&[5_000, 70_000], 2, &[("eof", 2), ("close 4008", 1)]);
         for msg in [a, b] {
