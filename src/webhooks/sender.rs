@@ -22,7 +22,7 @@ use crate::webhooks::retry::{self, AttemptResult};
 use crate::webhooks::signature::{self, SigningKey};
 use crate::webhooks::ssrf::{self, AllowList};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -137,12 +137,16 @@ impl Sender {
                 Ok(batch) => {
                     backoff = Duration::from_millis(50);
                     let full = batch.len() == free;
-                    // One read of the endpoints per claimed batch, not one per attempt.
+                    // One read of the endpoints per claimed batch, not one per attempt; only
+                    // the batch's own endpoints are prepared (URL check, signing keys).
                     let endpoints = if batch.is_empty() {
                         None
                     } else {
+                        let wanted: HashSet<&str> =
+                            batch.iter().map(|d| d.endpoint_id.as_str()).collect();
                         self.engine.endpoints().await.ok().map(|all| {
                             all.into_iter()
+                                .filter(|e| wanted.contains(e.id.as_str()))
                                 .map(|e| (e.id.clone(), Arc::new(Prepared::new(e, &self.allow))))
                                 .collect::<HashMap<_, _>>()
                         })
