@@ -12,7 +12,7 @@ use std::path::PathBuf;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Log directives added to RUST_LOG: crates whose most verbose level prints message payloads.
-const NO_PAYLOAD_LOGS: &str = "tungstenite=debug";
+const NO_PAYLOAD_LOGS: &str = "tungstenite=info";
 
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Real-time order status push server")]
@@ -42,7 +42,8 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     // tungstenite's trace level prints every WebSocket message, `connection_init` credentials
-    // included: it is capped at debug whatever RUST_LOG says, so no level logs a secret.
+    // included: it is held at info whatever RUST_LOG says (its debug level adds per-connection
+    // noise and nothing an operator needs), so no level logs a secret.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
         .add_directive(NO_PAYLOAD_LOGS.parse().expect("a valid directive"));
