@@ -78,12 +78,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         H: Handler<T, S>,
         T: 'static,
     {
-        let filter = match method {
-            Method::POST => MethodFilter::POST,
-            Method::PATCH => MethodFilter::PATCH,
-            Method::DELETE => MethodFilter::DELETE,
-            _ => MethodFilter::GET,
-        };
+        let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
         // Routes on one path merge into one method router.
         self.router = self.router.route(path, on(filter, handler));
         self.table.push((method, path));
@@ -207,7 +202,9 @@ impl From<Refusal> for Problem {
 impl Shared {
     /// Admits a request's caller: authenticates its credential, then takes one token from that
     /// credential's bucket. Every HTTP route that needs a caller comes through here (the
-    /// [`Principal`] extractor, `POST /graphql`), so limits hold for all of them alike.
+    /// [`Principal`] extractor, `POST /graphql`), so limits hold for all of them alike. The
+    /// WebSocket upgrade does not: connections are bounded by `[push]` (connections per node,
+    /// subscribe rate per connection) instead.
     pub fn admit(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
         let credential = credential_from_headers(headers).ok_or(Refusal::Unauthenticated(None))?;
         let caller = self
