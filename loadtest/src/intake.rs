@@ -671,10 +671,6 @@ async fn closed_loop(ctx: &Arc<Ctx>, clients: u32) {
     while tasks.join_next().await.is_some() {}
 }
 
-/// How long after the window an open-loop sender that fell behind keeps making overdue sends
-/// (each measured from its due time) before the rest count as unsent.
-const CATCH_UP: Duration = Duration::from_secs(1);
-
 /// Open loop: each send is a task holding one in-flight permit ([`rate::open_loop_tasks`]).
 /// Returns the sends missed in the measured window.
 async fn open_loop(
@@ -685,10 +681,15 @@ async fn open_loop(
 ) -> anyhow::Result<u64> {
     let schedule = Schedule::new(t0, rate, ctx.end.duration_since(t0));
     let task_ctx = ctx.clone();
-    let pacer = rate::open_loop_tasks(schedule, CATCH_UP, max_in_flight, move |k, due| {
-        let ctx = task_ctx.clone();
-        async move { ctx.one_order(k, due).await }
-    })
+    let pacer = rate::open_loop_tasks(
+        schedule,
+        crate::publish::CATCH_UP,
+        max_in_flight,
+        move |k, due| {
+            let ctx = task_ctx.clone();
+            async move { ctx.one_order(k, due).await }
+        },
+    )
     .await?;
     Ok(pacer.missed_since(ctx.warm_end))
 }
