@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How often a child reports its deliveries.
@@ -154,7 +154,7 @@ pub(super) async fn child(args: FanoutArgs, shard: Shard) -> anyhow::Result<()> 
     if let Some(f) = forwarder {
         f.abort();
     }
-    send_line(&progress_of(&ctx))?;
+    send_line(&progress_of(&ctx, p99_hint(&ctx)))?;
     let f = finish_local(subs.tasks, stop, &ctx).await?;
     send_line(&ChildMsg::Result {
         counts: f.counts,
@@ -165,16 +165,28 @@ pub(super) async fn child(args: FanoutArgs, shard: Shard) -> anyhow::Result<()> 
     })
 }
 
-fn progress_of(ctx: &Ctx) -> ChildMsg {
+/// What the parent's progress line shows of this child. The p99 is an indication only (the
+/// largest of the latency shards' p99s): the exact figures come merged at the end.
+fn progress_of(ctx: &Ctx, p99_ms: Option<f64>) -> ChildMsg {
     ChildMsg::Progress {
         delivered: ctx.delivered.load(Ordering::Relaxed),
         lost: ctx.disconnected.load(Ordering::Relaxed),
-        p99_ms: ctx.latency[0].quantile_ms(0.99),
+        p99_ms,
     }
 }
 
+fn p99_hint(ctx: &Ctx) -> Option<f64> {
+    ctx.latency
+        .iter()
+        .filter_map(|h| h.quantile_ms(0.99))
+        .reduce(f64::max)
+}
+
+/// Counts go to the parent every PROGRESS_EVERY (the publisher and the drain wait on them);
+/// the p99, which locks the histograms the subscribers record into, once a second.
 async fn forward_progress(ctx: Arc<Ctx>) {
     let mut last = (0, 0);
+    let mut p99 = (None, Instant::now());
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -185,7 +197,10 @@ async fn forward_progress(ctx: Arc<Ctx>) {
         );
         if now != last {
             last = now;
-            if send_line(&progress_of(&ctx)).is_err() {
+            if p99.1.elapsed() >= Duration::from_secs(1) {
+                p99 = (p99_hint(&ctx), Instant::now());
+            }
+            if send_line(&progress_of(&ctx, p99.0)).is_err() {
                 return;
             }
         }
