@@ -1068,6 +1068,7 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
+    /// The JSON answer, or `Null` for a 404 (a lost order must be counted, not crash the run).
     async fn get(&self, path: &str) -> Value {
         for _ in 0..50 {
             if let Ok(r) = self
@@ -1076,10 +1077,15 @@ impl Api {
                 .header("x-api-key", ADMIN_KEY)
                 .send()
                 .await
-                && r.status().is_success()
-                && let Ok(v) = r.json().await
             {
-                return v;
+                if r.status() == StatusCode::NOT_FOUND {
+                    return Value::Null;
+                }
+                if r.status().is_success()
+                    && let Ok(v) = r.json().await
+                {
+                    return v;
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
