@@ -14,7 +14,7 @@ use common::*;
 use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -287,7 +287,7 @@ async fn http_framing_faults_get_clear_errors() {
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
-        .unwrap_or(0)
+        .expect("the server's descriptors in /proc")
 }
 
 /// Trickles `head` over and over, one byte every 100 ms, on a new connection; returns once
@@ -1182,9 +1182,8 @@ fn serve_with(
     env: &[(&str, &str)],
 ) -> (bool, String, String) {
     let file = tempfile::NamedTempFile::new().expect("temp file");
-    let mut cmd = Command::new(bin());
+    let mut cmd = herald_command();
     cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .env_remove("HERALD_ADMIN_KEY")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(text) = config {

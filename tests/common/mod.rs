@@ -181,7 +181,7 @@ pub fn bin() -> PathBuf {
 
 /// The binary, without `HERALD_*` variables from the environment the tests run in (a
 /// developer's own config): Herald reads every `HERALD_<KEY>` as configuration.
-fn herald_command() -> Command {
+pub fn herald_command() -> Command {
     let mut cmd = Command::new(bin());
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("HERALD_") {
@@ -483,7 +483,7 @@ impl Stack {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+            .unwrap_or_else(|| panic!("{name} is not in /metrics"))
     }
 }
 
