@@ -3,7 +3,11 @@
 //! `Default` impls in `sections` are the single source of those defaults.
 //!
 //! One room per concern: `sections` (what each `[section]` holds), `layers` (where values
-//! come from), `validate` (what is refused).
+//! come from), `validate` (what is refused). This module is a leaf: it must never import
+//! `auth` or `webhooks`, which import it. Validation needs their checks (the SSRF guard's
+//! CIDR parser, the JWT key rules), so it takes them as a [`Checks`] value through
+//! [`Config::load_with`]; [`Config::load`], the call everyone makes, is defined in
+//! `crate::config_checks`, the one place that knows both sides and fills in the real checks.
 
 mod layers;
 mod sections;
@@ -16,7 +20,7 @@ pub use sections::{
     AuthConfig, EngineConfig, EngineKind, GraphqlConfig, HttpConfig, JwtConfig, PartnerKey,
     PushConfig, QueueConfig, WebhooksConfig, WorkerConfig, WorkflowConfig,
 };
-pub use validate::MIN_HEADER_BYTES;
+pub use validate::{Checks, MIN_HEADER_BYTES};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -55,15 +59,16 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Builds the configuration from the four layers and validates it. `env` is the process
-    /// environment (a parameter so tests can pass their own).
-    pub fn load(
+    /// Builds the configuration from the four layers and validates it with `checks`. `env`
+    /// is the process environment (a parameter so tests can pass their own).
+    pub fn load_with(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
+        checks: &Checks,
     ) -> anyhow::Result<Config> {
         let config = layers::layered(file, env, overrides)?;
-        config.validate()?;
+        config.validate(checks)?;
         Ok(config)
     }
 }

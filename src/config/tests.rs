@@ -1,4 +1,6 @@
-//! The configuration's unit tests: each loads a configuration through all four layers.
+//! The configuration's unit tests. They go through `Config::load`, the real wiring, so the
+//! refusals that come from the auth and SSRF checks are covered with their real messages; the
+//! last one gives `load_with` checks of its own, to show validation asks nothing else.
 
 use super::*;
 use std::io::Write;
@@ -232,4 +234,37 @@ fn unparsable_rs256_public_keys_are_refused() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt_rs256_public.pem");
     let pem = std::fs::read_to_string(path).unwrap();
     assert!(jwt_env("RS256_PUBLIC_KEY_PEM", &pem).is_ok());
+}
+
+#[test]
+fn validation_refuses_through_the_checks_it_is_given() {
+    let refuse_all = Checks {
+        allow_networks: |_| Err("webhooks.allow_networks: refused by the caller".into()),
+        hs256_min_bytes: 64,
+        rs256_key: |_| anyhow::bail!("auth.jwt.rs256_public_key_pem: refused by the caller"),
+    };
+    let load = |pairs: &[(&str, &str)]| {
+        Config::load_with(None, env(pairs), &Overrides::default(), &refuse_all)
+    };
+    let err = load(&[]).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "webhooks.allow_networks: refused by the caller"
+    );
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        f,
+        "[auth.jwt]\nhs256_secret = \"exactly-32-bytes-long-secret-xyz\""
+    )
+    .unwrap();
+    let permissive = Checks {
+        allow_networks: |_| Ok(()),
+        ..refuse_all
+    };
+    let err = Config::load_with(Some(f.path()), env(&[]), &Overrides::default(), &permissive)
+        .unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "auth.jwt.hs256_secret must be at least 64 bytes"
+    );
 }

@@ -1,6 +1,8 @@
 //! Validation: the combinations of values Herald refuses to start with, each refused with a
-//! message naming the key. It owns the bounds (at least 1, longer than 0s, ...); the SSRF
-//! guard's CIDRs and the JWT keys are parsed by the modules that own them.
+//! message naming the key. It owns the bounds (at least 1, longer than 0s, ...) and never
+//! parses what another module owns: the SSRF guard's CIDRs and the auth module's JWT keys are
+//! checked through [`Checks`], which the caller fills in, so `config` stays a leaf that
+//! `auth` and `webhooks` import without being imported back.
 
 use super::Config;
 use crate::model::OrderStatus;
@@ -10,8 +12,21 @@ use std::time::Duration;
 /// The smallest `http.max_header_bytes`: room for a request line and ordinary headers.
 pub const MIN_HEADER_BYTES: usize = 1024;
 
+/// The checks validation borrows from the modules that own the values' meaning. Plain
+/// function pointers and a number rather than a trait: there is one real set (built where
+/// `auth` and the SSRF guard are known, `crate::config_checks`) and nothing to hold state.
+#[derive(Debug, Clone, Copy)]
+pub struct Checks {
+    /// Parses `webhooks.allow_networks`; the error is the whole message shown.
+    pub allow_networks: fn(&[String]) -> Result<(), String>,
+    /// The shortest `auth.jwt.hs256_secret` accepted, in bytes (when one is set).
+    pub hs256_min_bytes: usize,
+    /// Parses a non-empty `auth.jwt.rs256_public_key_pem`.
+    pub rs256_key: fn(&str) -> anyhow::Result<()>,
+}
+
 impl Config {
-    pub(super) fn validate(&self) -> anyhow::Result<()> {
+    pub(super) fn validate(&self, checks: &Checks) -> anyhow::Result<()> {
         let wf = &self.workflow;
         if !wf.allows(OrderStatus::Accepted, OrderStatus::Confirmed)
             || !wf.allows(OrderStatus::Accepted, OrderStatus::Rejected)
@@ -90,8 +105,7 @@ impl Config {
                 bail!("{key} must be at least 1");
             }
         }
-        crate::webhooks::ssrf::AllowList::parse(&self.webhooks.allow_networks)
-            .map_err(|e| anyhow::anyhow!(e))?;
+        (checks.allow_networks)(&self.webhooks.allow_networks).map_err(|e| anyhow::anyhow!(e))?;
         let hooks = &self.webhooks;
         if hooks.retry_schedule.is_empty() {
             bail!("webhooks.retry_schedule must hold at least one interval (the first attempt)");
@@ -108,16 +122,14 @@ impl Config {
             );
         }
         let jwt = &self.auth.jwt;
-        if !jwt.hs256_secret.is_empty()
-            && jwt.hs256_secret.len() < crate::auth::MIN_HS256_SECRET_BYTES
-        {
+        if !jwt.hs256_secret.is_empty() && jwt.hs256_secret.len() < checks.hs256_min_bytes {
             bail!(
                 "auth.jwt.hs256_secret must be at least {} bytes",
-                crate::auth::MIN_HS256_SECRET_BYTES
+                checks.hs256_min_bytes
             );
         }
         if !jwt.rs256_public_key_pem.is_empty() {
-            crate::auth::rs256_public_key(&jwt.rs256_public_key_pem)?;
+            (checks.rs256_key)(&jwt.rs256_public_key_pem)?;
         }
         Ok(())
     }
