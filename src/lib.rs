@@ -16,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+mod config_checks;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,0 +1,270 @@
+//! The configuration's unit tests. They go through `Config::load`, the real wiring, so the
+//! refusals that come from the auth and SSRF checks are covered with their real messages; the
+//! last one gives `load_with` checks of its own, to show validation asks nothing else.
+
+use super::*;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_need_no_file() {
+    let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.engine.kind, EngineKind::Memory);
+    assert_eq!(c.engine.events_stream_key(), "herald:{p0}:events");
+    assert_eq!(c.queue.visibility_timeout, Duration::from_secs(30));
+    assert!(c.auth.admin_keys.is_empty());
+}
+
+#[test]
+fn layers_apply_in_order_file_env_flags() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        f,
+        "listen = \"127.0.0.1:9000\"\n[queue]\nvisibility_timeout = \"5s\"\nmax_receives = 3\n[engine]\nkey_prefix = \"file:\""
+    )
+    .unwrap();
+    let c = Config::load(
+        Some(f.path()),
+        env(&[
+            ("HERALD_QUEUE__MAX_RECEIVES", "7"),
+            ("HERALD_ENGINE__KEY_PREFIX", "env:"),
+            ("HERALD_ADMIN_KEY", "admin-key-from-env-0001"),
+            ("PATH", "/bin"),
+        ]),
+        &Overrides {
+            listen: Some("127.0.0.1:9100".parse().unwrap()),
+            redis_url: Some("redis://127.0.0.1:7000".into()),
+        },
+    )
+    .unwrap();
+    assert_eq!(c.listen.port(), 9100);
+    assert_eq!(c.queue.visibility_timeout, Duration::from_secs(5));
+    assert_eq!(c.queue.max_receives, 7);
+    assert_eq!(c.engine.key_prefix, "env:");
+    assert_eq!(c.engine.kind, EngineKind::Redis);
+    assert_eq!(c.engine.redis_url, "redis://127.0.0.1:7000");
+    assert_eq!(c.auth.admin_keys, vec!["admin-key-from-env-0001"]);
+}
+
+#[test]
+fn env_lists_parse_as_toml() {
+    let c = Config::load(
+        None,
+        env(&[("HERALD_WORKFLOW__CURRENCIES", r#"["USD","NOK"]"#)]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.workflow.currencies, vec!["USD", "NOK"]);
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused() {
+    let err = Config::load(
+        None,
+        env(&[("HERALD_QUEUE__VISIBILITY", "5s")]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("visibility"), "{err:#}");
+    let err = Config::load(
+        None,
+        env(&[("HERALD_QUEUE__VISIBILITY_TIMEOUT", "soon")]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("soon"), "{err:#}");
+}
+
+#[test]
+fn documented_config_file_states_exactly_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/herald.toml");
+    let documented = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+    assert_eq!(
+        format!("{documented:?}"),
+        format!("{:?}", Config::default()),
+        "config/herald.toml and the built-in defaults disagree"
+    );
+}
+
+#[test]
+fn webhook_schedule_parses_human_durations_and_bad_values_are_refused() {
+    let c = Config::load(
+        None,
+        env(&[("HERALD_WEBHOOKS__RETRY_SCHEDULE", r#"["0s","200ms","1m"]"#)]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.webhooks.retry_schedule,
+        vec![
+            Duration::ZERO,
+            Duration::from_millis(200),
+            Duration::from_secs(60)
+        ]
+    );
+    assert_eq!(c.webhooks.disable_after, Duration::from_secs(5 * 24 * 3600));
+    for (key, value) in [
+        ("HERALD_WEBHOOKS__RETRY_SCHEDULE", "[]"),
+        ("HERALD_WEBHOOKS__JITTER", "1.5"),
+        ("HERALD_WEBHOOKS__MAX_IN_FLIGHT", "0"),
+        ("HERALD_WEBHOOKS__LEASE", "1s"),
+    ] {
+        assert!(
+            Config::load(None, env(&[(key, value)]), &Overrides::default()).is_err(),
+            "{key}={value}"
+        );
+    }
+}
+
+#[test]
+fn rate_limits_default_on_for_partners_and_customers_and_a_zero_burst_is_refused() {
+    let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+    assert_eq!(c.http.rate_limit_per_second, 1000);
+    assert_eq!(c.http.rate_limit_burst, 2000);
+    assert!(!c.http.rate_limit_admin);
+    let err = Config::load(
+        None,
+        env(&[("HERALD_HTTP__RATE_LIMIT_BURST", "0")]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("rate_limit_burst"), "{err:#}");
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        f,
+        "[[auth.partner_keys]]\nkey = \"partner-key-0000000001\"\npartner_id = \"p\"\nrate_limit_per_second = 5"
+    )
+    .unwrap();
+    let c = Config::load(Some(f.path()), env(&[]), &Overrides::default()).unwrap();
+    assert_eq!(c.auth.partner_keys[0].rate_limit_per_second, Some(5));
+    assert_eq!(c.auth.partner_keys[0].rate_limit_burst, None);
+}
+
+#[test]
+fn http_and_graphql_limits_parse_and_bad_ones_are_refused() {
+    let c = Config::load(
+        None,
+        env(&[
+            ("HERALD_HTTP__HEADER_READ_TIMEOUT", "2s"),
+            ("HERALD_HTTP__MAX_HEADER_BYTES", "8192"),
+            ("HERALD_GRAPHQL__MAX_ALIASES", "0"),
+        ]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.http.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(c.http.max_header_bytes, 8192);
+    assert_eq!(c.graphql.max_aliases, 0);
+    for (key, value, named) in [
+        (
+            "HERALD_HTTP__MAX_HEADER_BYTES",
+            "100",
+            "http.max_header_bytes",
+        ),
+        (
+            "HERALD_HTTP__BODY_READ_TIMEOUT",
+            "0s",
+            "http.body_read_timeout",
+        ),
+        ("HERALD_GRAPHQL__MAX_FIELDS", "0", "graphql.max_fields"),
+        ("HERALD_HTTP__MAX_JSON_DEPTH", "0", "http.max_json_depth"),
+        ("HERALD_HTTP__MAX_JSON_DEPTH", "129", "http.max_json_depth"),
+        ("HERALD_GRAPHQL__MAX_DEPTH", "-1", "graphql.max_depth"),
+        (
+            "HERALD_PUSH__OUTBOUND_QUEUE_BYTES",
+            "0",
+            "push.outbound_queue_bytes",
+        ),
+        (
+            "HERALD_WEBHOOKS__ALLOW_NETWORKS",
+            r#"["10.0.0.0/40"]"#,
+            "webhooks.allow_networks",
+        ),
+    ] {
+        let err = Config::load(None, env(&[(key, value)]), &Overrides::default()).expect_err(key);
+        assert!(format!("{err:#}").contains(named), "{key}: {err:#}");
+    }
+}
+
+#[test]
+fn short_api_keys_are_refused() {
+    let err = Config::load(
+        None,
+        env(&[("HERALD_ADMIN_KEY", "short")]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("16 characters"));
+}
+
+fn jwt_env(key: &str, value: &str) -> anyhow::Result<Config> {
+    Config::load(
+        None,
+        env(&[(&format!("HERALD_AUTH__JWT__{key}"), value)]),
+        &Overrides::default(),
+    )
+}
+
+#[test]
+fn short_hs256_secrets_are_refused() {
+    let err = jwt_env("HS256_SECRET", "only-31-bytes-long-secret-xxxxx").unwrap_err();
+    assert!(format!("{err:#}").contains("at least 32 bytes"), "{err:#}");
+    assert!(!format!("{err:#}").contains("only-31"), "{err:#}");
+    assert!(jwt_env("HS256_SECRET", "exactly-32-bytes-long-secret-xyz").is_ok());
+}
+
+#[test]
+fn unparsable_rs256_public_keys_are_refused() {
+    let err = jwt_env("RS256_PUBLIC_KEY_PEM", "not a pem").unwrap_err();
+    assert!(
+        format!("{err:#}").contains("rs256_public_key_pem"),
+        "{err:#}"
+    );
+    let garbage = "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n";
+    assert!(jwt_env("RS256_PUBLIC_KEY_PEM", garbage).is_err());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt_rs256_public.pem");
+    let pem = std::fs::read_to_string(path).unwrap();
+    assert!(jwt_env("RS256_PUBLIC_KEY_PEM", &pem).is_ok());
+}
+
+#[test]
+fn validation_refuses_through_the_checks_it_is_given() {
+    let refuse_all = Checks {
+        allow_networks: |_| Err("webhooks.allow_networks: refused by the caller".into()),
+        hs256_min_bytes: 64,
+        rs256_key: |_| anyhow::bail!("auth.jwt.rs256_public_key_pem: refused by the caller"),
+    };
+    let load = |pairs: &[(&str, &str)]| {
+        Config::load_with(None, env(pairs), &Overrides::default(), &refuse_all)
+    };
+    let err = load(&[]).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "webhooks.allow_networks: refused by the caller"
+    );
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        f,
+        "[auth.jwt]\nhs256_secret = \"exactly-32-bytes-long-secret-xyz\""
+    )
+    .unwrap();
+    let permissive = Checks {
+        allow_networks: |_| Ok(()),
+        ..refuse_all
+    };
+    let err = Config::load_with(Some(f.path()), env(&[]), &Overrides::default(), &permissive)
+        .unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "auth.jwt.hs256_secret must be at least 64 bytes"
+    );
+}

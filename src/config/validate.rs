@@ -1,0 +1,136 @@
+//! Validation: the combinations of values Herald refuses to start with, each refused with a
+//! message naming the key. It owns the bounds (at least 1, longer than 0s, ...) and never
+//! parses what another module owns: the SSRF guard's CIDRs and the auth module's JWT keys are
+//! checked through [`Checks`], which the caller fills in, so `config` stays a leaf that
+//! `auth` and `webhooks` import without being imported back.
+
+use super::Config;
+use crate::model::OrderStatus;
+use anyhow::bail;
+use std::time::Duration;
+
+/// The smallest `http.max_header_bytes`: room for a request line and ordinary headers.
+pub const MIN_HEADER_BYTES: usize = 1024;
+
+/// The checks validation borrows from the modules that own the values' meaning. Plain
+/// function pointers and a number rather than a trait: there is one real set (built where
+/// `auth` and the SSRF guard are known, `crate::config_checks`) and nothing to hold state.
+#[derive(Debug, Clone, Copy)]
+pub struct Checks {
+    /// Parses `webhooks.allow_networks`; the error is the whole message shown.
+    pub allow_networks: fn(&[String]) -> Result<(), String>,
+    /// The shortest `auth.jwt.hs256_secret` accepted, in bytes (when one is set).
+    pub hs256_min_bytes: usize,
+    /// Parses a non-empty `auth.jwt.rs256_public_key_pem`.
+    pub rs256_key: fn(&str) -> anyhow::Result<()>,
+}
+
+impl Config {
+    pub(super) fn validate(&self, checks: &Checks) -> anyhow::Result<()> {
+        let wf = &self.workflow;
+        if !wf.allows(OrderStatus::Accepted, OrderStatus::Confirmed)
+            || !wf.allows(OrderStatus::Accepted, OrderStatus::Rejected)
+        {
+            bail!(
+                "workflow.transitions: `accepted` must allow `confirmed` and `rejected` (the worker's outcomes)"
+            );
+        }
+        if self.queue.max_receives == 0 {
+            bail!("queue.max_receives must be at least 1");
+        }
+        if self.worker.batch_size == 0 || self.worker.batches_in_flight == 0 {
+            bail!("worker.batch_size and worker.batches_in_flight must be at least 1");
+        }
+        if self.queue.visibility_timeout < Duration::from_millis(100) {
+            bail!("queue.visibility_timeout must be at least 100ms");
+        }
+        if self.engine.history_limit == 0 {
+            bail!("engine.history_limit must be at least 1");
+        }
+        for key in self
+            .auth
+            .admin_keys
+            .iter()
+            .chain(self.auth.partner_keys.iter().map(|p| &p.key))
+        {
+            if key.len() < 16 {
+                bail!("auth: every API key must be at least 16 characters long");
+            }
+        }
+        if self.http.rate_limit_burst == 0
+            || self
+                .auth
+                .partner_keys
+                .iter()
+                .any(|p| p.rate_limit_burst == Some(0))
+        {
+            bail!("http.rate_limit_burst and partner keys' rate_limit_burst must be at least 1");
+        }
+        let http = &self.http;
+        if http.max_body_bytes == 0 {
+            bail!("http.max_body_bytes must be at least 1");
+        }
+        if http.max_header_bytes < MIN_HEADER_BYTES {
+            bail!("http.max_header_bytes must be at least {MIN_HEADER_BYTES}");
+        }
+        // The JSON parser itself refuses anything deeper than 128.
+        if !(1..=128).contains(&http.max_json_depth) {
+            bail!("http.max_json_depth must be between 1 and 128");
+        }
+        for (key, value) in [
+            ("http.header_read_timeout", http.header_read_timeout),
+            ("http.body_read_timeout", http.body_read_timeout),
+            (
+                "push.connection_init_timeout",
+                self.push.connection_init_timeout,
+            ),
+            ("push.keepalive_interval", self.push.keepalive_interval),
+        ] {
+            if value.is_zero() {
+                bail!("{key} must be longer than 0s");
+            }
+        }
+        let push = &self.push;
+        let gql = &self.graphql;
+        for (key, value) in [
+            ("push.max_connections", push.max_connections),
+            ("push.max_message_bytes", push.max_message_bytes),
+            ("push.outbound_queue_bytes", push.outbound_queue_bytes),
+            ("push.subscribe_rate", push.subscribe_rate as usize),
+            ("graphql.max_document_bytes", gql.max_document_bytes),
+            ("graphql.max_depth", gql.max_depth),
+            ("graphql.max_fields", gql.max_fields),
+        ] {
+            if value == 0 {
+                bail!("{key} must be at least 1");
+            }
+        }
+        (checks.allow_networks)(&self.webhooks.allow_networks).map_err(|e| anyhow::anyhow!(e))?;
+        let hooks = &self.webhooks;
+        if hooks.retry_schedule.is_empty() {
+            bail!("webhooks.retry_schedule must hold at least one interval (the first attempt)");
+        }
+        if !(0.0..1.0).contains(&hooks.jitter) {
+            bail!("webhooks.jitter must be at least 0 and below 1");
+        }
+        if hooks.max_in_flight == 0 {
+            bail!("webhooks.max_in_flight must be at least 1");
+        }
+        if hooks.lease < hooks.request_timeout + hooks.connect_timeout {
+            bail!(
+                "webhooks.lease must be at least request_timeout + connect_timeout (an attempt must end before another node may take its delivery)"
+            );
+        }
+        let jwt = &self.auth.jwt;
+        if !jwt.hs256_secret.is_empty() && jwt.hs256_secret.len() < checks.hs256_min_bytes {
+            bail!(
+                "auth.jwt.hs256_secret must be at least {} bytes",
+                checks.hs256_min_bytes
+            );
+        }
+        if !jwt.rs256_public_key_pem.is_empty() {
+            (checks.rs256_key)(&jwt.rs256_public_key_pem)?;
+        }
+        Ok(())
+    }
+}
