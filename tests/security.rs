@@ -791,8 +791,8 @@ async fn forged_and_broken_tokens_are_refused_on_http_and_websocket() {
 
 #[test]
 fn api_key_lookup_compares_every_key_in_constant_time() {
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/auth.rs"))
-        .expect("src/auth.rs");
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/auth/keys.rs"))
+        .expect("src/auth/keys.rs");
     let start = source.find("fn lookup_key(").expect("KeyRing::lookup_key");
     let body_start = start + source[start..].find('{').expect("body");
     // The body ends at the first line that closes the function at its indentation.

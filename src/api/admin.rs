@@ -22,6 +22,14 @@ pub struct LimitQuery {
     limit: Option<usize>,
 }
 
+impl LimitQuery {
+    /// `?limit=`, or `default` without one, never above `max`: one request cannot ask for the
+    /// whole store.
+    fn capped(&self, default: usize, max: usize) -> usize {
+        self.limit.unwrap_or(default).min(max)
+    }
+}
+
 /// `GET /v1/admin/queues`
 pub async fn queues(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Value>> {
     require_admin(&principal)?;
@@ -44,10 +52,7 @@ pub async fn dead_letters(
     Query(q): Query<LimitQuery>,
 ) -> ApiResult<Json<Value>> {
     require_admin(&principal)?;
-    let letters = state
-        .engine
-        .dead_letters(q.limit.unwrap_or(100).min(1000))
-        .await?;
+    let letters = state.engine.dead_letters(q.capped(100, 1000)).await?;
     Ok(Json(json!({ "deadLetters": letters })))
 }
 
@@ -58,10 +63,7 @@ pub async fn redrive(
     Query(q): Query<LimitQuery>,
 ) -> ApiResult<Json<Value>> {
     require_admin(&principal)?;
-    let moved = state
-        .engine
-        .redrive(q.limit.unwrap_or(1000).min(100_000))
-        .await?;
+    let moved = state.engine.redrive(q.capped(1000, 100_000)).await?;
     tracing::info!(moved, "dead letters redriven");
     Ok(Json(json!({ "redriven": moved })))
 }
@@ -73,9 +75,6 @@ pub async fn malformed_events(
     Query(q): Query<LimitQuery>,
 ) -> ApiResult<Json<Value>> {
     require_admin(&principal)?;
-    let entries = state
-        .engine
-        .malformed_entries(q.limit.unwrap_or(100).min(1000))
-        .await?;
+    let entries = state.engine.malformed_entries(q.capped(100, 1000)).await?;
     Ok(Json(json!({ "entries": entries })))
 }
