@@ -28,15 +28,20 @@ mod webhooks;
 
 use super::*;
 use crate::config::EngineConfig;
-use crate::model::{HistoryEntry, OrderEvent};
+use crate::model::{
+    EventId, HistoryEntry, MalformedEntry, Order, OrderEvent, OrderRecord, OrderStatus,
+    StatusRecord,
+};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Cmd, FromRedisValue, RedisResult, Script, ScriptInvocation, Value};
 use anyhow::Context as _;
+use async_trait::async_trait;
 use conn::{BlockingPool, is_busygroup, is_nogroup, map_err, redact, within};
 use reply::{StreamEntry, corrupt, int, items, text};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The consumer group all workers share.
 const GROUP: &str = "workers";
@@ -255,35 +260,9 @@ fn parse_event_id(raw: &str) -> EngineResult<EventId> {
         .map_err(|e: String| corrupt(format!("stream id from Redis: {e}")))
 }
 
-/// [`log_entry`] for an entry given as its id and raw fields (the fuzz targets' way in).
-pub(crate) fn log_entry_from_fields(id: String, fields: Vec<(Vec<u8>, Vec<u8>)>) -> LogEntry {
-    log_entry(StreamEntry { id, fields })
-}
-
-/// Turns one event-log entry into an event or a malformed entry; never fails.
+/// The seam's decoder for an entry read from a stream.
 fn log_entry(entry: StreamEntry) -> LogEntry {
-    let malformed = |raw: String, error: String| {
-        LogEntry::Malformed(MalformedEntry::new(entry.id.clone(), &raw, error))
-    };
-    match entry.field("event") {
-        None => malformed(
-            entry.fields_json(),
-            "entry has no `event` field".to_string(),
-        ),
-        Some(bytes) => match std::str::from_utf8(bytes) {
-            Err(_) => malformed(
-                String::from_utf8_lossy(bytes).into_owned(),
-                "`event` field is not UTF-8".to_string(),
-            ),
-            Ok(raw) => match OrderEvent::parse(raw) {
-                Ok(event) => LogEntry::Event(LoggedEvent {
-                    event_id: entry.id.clone(),
-                    event,
-                }),
-                Err(error) => malformed(raw.to_string(), error),
-            },
-        },
-    }
+    decode_entry(entry.id, &entry.fields)
 }
 
 fn parse_command(entry: &StreamEntry) -> Result<NewCommand, String> {
@@ -1392,29 +1371,6 @@ mod tests {
         })
         .unwrap();
         assert_eq!(inflight, r#"{"state":"inflight","fingerprint":"fp"}"#);
-    }
-
-    #[test]
-    fn log_entries_never_fail() {
-        let entry = |fields: Vec<(&[u8], &[u8])>| StreamEntry {
-            id: "1-0".into(),
-            fields: fields
-                .into_iter()
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .collect(),
-        };
-        let LogEntry::Malformed(m) = log_entry(entry(vec![(b"other", b"x")])) else {
-            panic!("no event field must be malformed");
-        };
-        assert_eq!(m.raw, r#"{"other":"x"}"#);
-        let LogEntry::Malformed(m) = log_entry(entry(vec![(b"event", &[0xc3, 0x28])])) else {
-            panic!("binary must be malformed");
-        };
-        assert!(m.error.contains("UTF-8"));
-        let LogEntry::Malformed(m) = log_entry(entry(vec![(b"event", b"{oops")])) else {
-            panic!("bad JSON must be malformed");
-        };
-        assert_eq!(m.raw, "{oops");
     }
 }
 
