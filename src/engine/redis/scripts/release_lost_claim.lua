@@ -1,0 +1,5 @@
+-- Deletes an idempotency claim only if the record is still exactly that claim (its token).
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
