@@ -49,8 +49,7 @@ pub(super) fn done_record(response: &IdempotentResponse) -> EngineResult<String>
 }
 
 /// Deletes an idempotency claim only if the record is still exactly that claim (its token).
-const RELEASE_LOST_CLAIM: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-     return redis.call('DEL', KEYS[1]) end return 0";
+const RELEASE_LOST_CLAIM: &str = include_str!("scripts/release_lost_claim.lua");
 
 impl RedisEngine {
     /// A claim whose reply never came (a timeout: Redis paused or busy) may still be applied

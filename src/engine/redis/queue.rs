@@ -31,7 +31,7 @@ impl RedisEngine {
     /// Turns stream entries into received commands. An entry that does not decode cannot be
     /// handed to a worker; it is moved aside (kept in a hash, acknowledged, deleted) and logged,
     /// so it neither blocks the queue nor disappears silently.
-    pub(super) async fn to_received(
+    async fn to_received(
         &self,
         entries: Vec<(StreamEntry, u32)>,
     ) -> EngineResult<Vec<ReceivedCommand>> {
