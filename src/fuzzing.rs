@@ -2,12 +2,12 @@
 //! each target drives exactly the code a hostile peer reaches. Nothing here parses anything
 //! itself. Not part of Herald's API.
 
-use crate::api::{AppState, Shared};
 use crate::auth::{KeyRing, Principal};
 use crate::config::{Config, PartnerKey};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{EngineSettings, EventLog, LogEntry};
 use crate::graphql::{DocumentLimits, GraphqlSchema};
+use crate::node::{Node, Shared};
 use crate::push::conn::ConnHandle;
 use crate::push::hub::Hub;
 use crate::push::session::{Flow, Protocol, Session};
@@ -104,7 +104,7 @@ impl WsHarness {
                 .expect("the memory engine reads")
         });
         let limits = DocumentLimits::from(&config.graphql);
-        let app = AppState(Arc::new(Shared {
+        let node = Node(Arc::new(Shared {
             engine,
             keys: keyring(),
             rate_limiter: crate::api::ratelimit::ApiRateLimiter::new(
@@ -119,7 +119,7 @@ impl WsHarness {
         let hub = Arc::new(Hub::new());
         hub.start(position);
         let state = Arc::new(PushState {
-            app,
+            node,
             hub,
             schema: Arc::new(GraphqlSchema::load().expect("config/schema.graphql is valid")),
             limits,
@@ -142,7 +142,7 @@ impl WsHarness {
     ) -> WsOutcome {
         let _guard = self.runtime.enter();
         let credential = ws::handshake_credential(&Default::default(), query, offered);
-        let handshake = credential.map(|c| self.state.app.keys.authenticate(&c));
+        let handshake = credential.map(|c| self.state.node.keys.authenticate(&c));
         let principal = match &handshake {
             // `ws::upgrade` answers 401: no connection, no session.
             Some(Err(_)) => {
@@ -156,7 +156,7 @@ impl WsHarness {
             None => None,
         };
         let conn = Arc::new(ConnHandle::new(
-            self.state.app.config.push.outbound_queue_bytes,
+            self.state.node.config.push.outbound_queue_bytes,
         ));
         let mut session = Session::new(self.state.clone(), conn.clone(), principal);
         let mut close = None;

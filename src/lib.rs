@@ -4,6 +4,8 @@
 //! - [`config`]: the layered configuration.
 //! - [`engine`]: every byte of state (queue, status store, event log, idempotency) behind one
 //!   seam, with the memory and Redis engines.
+//! - [`node`]: the state every request can reach (engine, config, keys, limiter, metrics) and
+//!   the admission of a caller, shared by `api` and `push`.
 //! - [`api`]: the HTTP API; [`auth`]: who is calling; [`ratelimit`]: token buckets.
 //! - [`worker`]: the order workflow over the command queue.
 //! - [`tail`]: follows the event log for this node's consumers.
@@ -23,6 +25,7 @@ pub mod graphql;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod node;
 pub mod push;
 pub mod ratelimit;
 pub mod server;

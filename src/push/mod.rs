@@ -16,8 +16,9 @@ pub mod session;
 pub mod transport_ws;
 pub mod ws;
 
-use crate::api::{AppState, Routes};
+use crate::api::Routes;
 use crate::graphql::{DocumentLimits, GraphqlSchema};
+use crate::node::Node;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
@@ -42,7 +43,7 @@ pub struct PushMetrics {
 }
 
 pub struct PushState {
-    pub app: AppState,
+    pub node: Node,
     pub hub: Arc<hub::Hub>,
     pub schema: Arc<GraphqlSchema>,
     pub limits: DocumentLimits,
@@ -120,7 +121,7 @@ pub fn routes() -> Routes<Arc<PushState>> {
 }
 
 pub fn router(state: Arc<PushState>) -> Router {
-    let max_body = state.app.config.push.max_message_bytes;
+    let max_body = state.node.config.push.max_message_bytes;
     routes()
         .into_router()
         .layer(DefaultBodyLimit::max(max_body))

@@ -132,7 +132,7 @@ impl Session {
         conn: Arc<ConnHandle>,
         principal: Option<Principal>,
     ) -> Session {
-        let rate = state.app.config.push.subscribe_rate;
+        let rate = state.node.config.push.subscribe_rate;
         Session {
             state,
             conn,
@@ -149,7 +149,7 @@ impl Session {
     }
 
     pub fn authenticate(&self, credential: &str) -> Result<Principal, AuthError> {
-        self.state.app.keys.authenticate(credential)
+        self.state.node.keys.authenticate(credential)
     }
 
     fn take_token(&mut self) -> bool {
@@ -178,12 +178,12 @@ impl Session {
             return Err(Refusal::Errors(vec![GraphqlError::with_code(
                 format!(
                     "Too many subscribe messages: at most {} per second per connection (push.subscribe_rate).",
-                    self.state.app.config.push.subscribe_rate
+                    self.state.node.config.push.subscribe_rate
                 ),
                 "RATE_LIMITED",
             )]));
         }
-        let max = self.state.app.config.push.max_subscriptions_per_connection;
+        let max = self.state.node.config.push.max_subscriptions_per_connection;
         if self.subs.len() >= max {
             metrics.subscription_limit.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Errors(vec![GraphqlError::with_code(
@@ -289,13 +289,18 @@ async fn authorize(
         }
     }
     if let Some(order_id) = &filter.order_id {
-        let status = state.app.engine.order_status(order_id).await.map_err(|e| {
-            tracing::warn!(error = %e, "subscription authorization: engine unavailable");
-            GraphqlError::with_code(
-                "The status store is unavailable; retry.",
-                "SERVICE_UNAVAILABLE",
-            )
-        })?;
+        let status = state
+            .node
+            .engine
+            .order_status(order_id)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "subscription authorization: engine unavailable");
+                GraphqlError::with_code(
+                    "The status store is unavailable; retry.",
+                    "SERVICE_UNAVAILABLE",
+                )
+            })?;
         let allowed = status
             .is_some_and(|s| principal.may_access_order(s.partner_id.as_deref(), &s.customer_id));
         if !allowed {
@@ -419,7 +424,7 @@ async fn replay(
             "SERVICE_UNAVAILABLE",
         )
     };
-    let engine = &state.app.engine;
+    let engine = &state.node.engine;
     let first = engine.first_event_id().await.map_err(unavailable)?;
     let expired = match first {
         Some(first) => after < first && after != EventId::ZERO,
@@ -475,7 +480,7 @@ pub async fn run(
     protocol: Protocol,
     principal: Option<Principal>,
 ) {
-    let config = state.app.config.push.clone();
+    let config = state.node.config.push.clone();
     let conn = Arc::new(ConnHandle::new(config.outbound_queue_bytes));
     let mut session = Session::new(state.clone(), conn.clone(), principal);
     let init_deadline = tokio::time::sleep(config.connection_init_timeout);

@@ -71,14 +71,14 @@ pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> R
     // wrong ones are refused here.
     let credential = handshake_credential(headers, req.uri().query(), &offered);
     let principal = match credential {
-        Some(c) => match state.app.keys.authenticate(&c) {
+        Some(c) => match state.node.keys.authenticate(&c) {
             Ok(p) => Some(p),
             Err(_) => return Problem::unauthorized().into_response(),
         },
         None => None,
     };
 
-    let max = state.app.config.push.max_connections;
+    let max = state.node.config.push.max_connections;
     if state.connections.fetch_add(1, Ordering::AcqRel) >= max {
         state.connections.fetch_sub(1, Ordering::AcqRel);
         state
@@ -100,7 +100,7 @@ pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> R
         .fetch_add(1, Ordering::Relaxed);
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let max_message = state.app.config.push.max_message_bytes;
+    let max_message = state.node.config.push.max_message_bytes;
     let task_state = state.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
