@@ -107,7 +107,7 @@ impl WsHarness {
         let node = Node(Arc::new(Shared {
             engine,
             keys: keyring(),
-            rate_limiter: crate::api::ratelimit::ApiRateLimiter::new(
+            rate_limiter: crate::http::ratelimit::ApiRateLimiter::new(
                 &config.http,
                 std::time::Instant::now(),
             ),

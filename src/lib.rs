@@ -12,7 +12,8 @@
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
 //! - [`webhooks`]: partner webhooks: dispatcher, sender, signatures and the SSRF guard.
-//! - [`server`]: `herald serve`, roles and shutdown; [`http`]: the HTTP connections' limits.
+//! - [`server`]: `herald serve`, roles and shutdown; [`http`]: the HTTP plumbing api and push
+//!   share (connection limits, problem+json, rate limits, the route table).
 //! - `fuzzing` (hidden): the entry points of the cargo-fuzz targets in `fuzz/`.
 
 pub mod api;

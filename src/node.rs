@@ -6,11 +6,11 @@
 //! It owns no role's state (the push hub lives in `push::PushState`, the workers in their
 //! tasks) and knows no route: `api/` and `push/` import it, it never imports them.
 
-use crate::api::problem::Problem;
-use crate::api::ratelimit::{self, ApiRateLimiter, RateLimited};
 use crate::auth::{AuthError, KeyRing, Principal, credential_from_headers};
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::http::problem::Problem;
+use crate::http::ratelimit::{self, ApiRateLimiter, RateLimited};
 use crate::metrics::Metrics;
 use axum::http::HeaderMap;
 use std::sync::Arc;

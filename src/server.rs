@@ -6,11 +6,11 @@
 //! `http.shutdown_grace`.
 
 use crate::api;
-use crate::api::ratelimit::ApiRateLimiter;
 use crate::auth::{KeyRing, generate_admin_key};
 use crate::config::Config;
 use crate::engine;
 use crate::graphql::{DocumentLimits, GraphqlSchema};
+use crate::http::ratelimit::ApiRateLimiter;
 use crate::metrics::Metrics;
 use crate::node::{Node, Shared};
 use crate::push::{self, PushState};

@@ -6,84 +6,28 @@ pub mod admin;
 pub mod events;
 pub mod health;
 pub mod orders;
-pub mod problem;
-pub mod ratelimit;
 pub mod webhooks;
 
 /// The node's state ([`crate::node::Node`]) under the name the handlers use for it.
 pub use crate::node::Node as AppState;
+
+// The handlers name the problem type by `super::problem`.
+use crate::http::problem;
+use crate::http::routes::Routes;
 
 use crate::auth::Principal;
 use crate::engine::{IdempotencyBegin, IdempotentResponse};
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
-use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, on};
 use bytes::Bytes;
 use problem::{ApiResult, Problem};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
-
-/// A router that lists what it serves: each route is added with its method, so
-/// [`Routes::table`] is exactly the served table (the security suite checks every route
-/// against every role from it, so a new route cannot go untested).
-pub struct Routes<S> {
-    router: Router<S>,
-    table: Vec<(Method, &'static str)>,
-}
-
-impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
-    fn default() -> Self {
-        Routes {
-            router: Router::new(),
-            table: Vec::new(),
-        }
-    }
-}
-
-impl<S: Clone + Send + Sync + 'static> Routes<S> {
-    fn on<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
-    where
-        H: Handler<T, S>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
-        // Routes on one path merge into one method router.
-        self.router = self.router.route(path, on(filter, handler));
-        self.table.push((method, path));
-        self
-    }
-
-    pub fn get<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
-        self.on(Method::GET, path, handler)
-    }
-
-    pub fn post<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
-        self.on(Method::POST, path, handler)
-    }
-
-    pub fn patch<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
-        self.on(Method::PATCH, path, handler)
-    }
-
-    pub fn delete<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
-        self.on(Method::DELETE, path, handler)
-    }
-
-    /// Every (method, path) served, in the order they were added.
-    pub fn table(&self) -> &[(Method, &'static str)] {
-        &self.table
-    }
-
-    pub fn into_router(self) -> Router<S> {
-        self.router
-    }
-}
 
 /// The routes: `api` adds the order, event, webhook and admin resources (the `api` role);
 /// health, readiness and metrics are always served.

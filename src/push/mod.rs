@@ -16,8 +16,8 @@ pub mod session;
 pub mod transport_ws;
 pub mod ws;
 
-use crate::api::Routes;
 use crate::graphql::{DocumentLimits, GraphqlSchema};
+use crate::http::routes::Routes;
 use crate::node::Node;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -6,8 +6,8 @@
 //! with `Retry-After` and `RateLimit-*`), all with GraphQL errors.
 
 use super::PushState;
-use crate::api::problem::Problem;
 use crate::graphql::{GraphqlError, GraphqlRequest, Operation};
+use crate::http::problem::Problem;
 use crate::node::Refusal;
 use axum::body::Bytes;
 use axum::extract::State;

@@ -5,8 +5,8 @@
 
 use super::session::{self, Protocol};
 use super::{PushState, credential_from_payload};
-use crate::api::problem::Problem;
 use crate::auth::credential_from_headers;
+use crate::http::problem::Problem;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
