@@ -4,7 +4,8 @@
 //!
 //! - [`hub`]: the index of live subscriptions and the fan-out (shared payload bytes).
 //! - [`conn`]: one connection's outbound queue, bounded in bytes.
-//! - [`session`]: the subscription core and the connection loop.
+//! - [`session`]: the subscription core: authorize, start, replay, stop.
+//! - [`socket`]: one connection's loop: reads, batched writes, keepalives, the socket's limits.
 //! - [`transport_ws`]: `graphql-transport-ws`; [`appsync`]: `graphql-ws` (AppSync, Apollo).
 //! - [`ws`]: the handshake; [`query`]: `POST /graphql`.
 
@@ -13,6 +14,7 @@ pub mod conn;
 pub mod hub;
 pub mod query;
 pub mod session;
+pub mod socket;
 pub mod transport_ws;
 pub mod ws;
 

@@ -1,32 +1,23 @@
-//! The subscription core shared by both WebSocket protocols: one task per connection that
-//! reads client messages, writes the outbound queue (batched: feed, then one flush), keeps the
-//! connection alive, enforces the limits and starts and stops subscriptions.
+//! The subscription core shared by both WebSocket protocols: a connection's subscriptions,
+//! their limits (subscribe rate, count per connection, the document rules), authorization,
+//! registration with the hub, `after` replays, and stopping them.
 //!
 //! Protocol files (`transport_ws.rs`, `appsync.rs`) only translate messages; everything a
 //! subscription means (authorization, the hub, `after` replays, limits) lives here.
 
-use super::conn::{ConnHandle, Out, close, payload_text};
+use super::conn::{ConnHandle, Out, payload_text};
 use super::hub::Registration;
-use super::{PushState, appsync, transport_ws};
+use super::{PushState, appsync};
 use crate::auth::{AuthError, Principal};
 use crate::engine::LogEntry;
 use crate::graphql::{EventFilter, GraphqlError, GraphqlRequest, Operation, SubscriptionSpec};
 use crate::model::EventId;
 use crate::ratelimit::TokenBucket;
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The WebSocket subprotocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,147 +462,4 @@ async fn replay(
             return Ok(());
         }
     }
-}
-
-/// Runs one upgraded connection until it closes.
-pub async fn run(
-    state: Arc<PushState>,
-    mut ws: Socket,
-    protocol: Protocol,
-    principal: Option<Principal>,
-) {
-    let config = state.node.config.push.clone();
-    let conn = Arc::new(ConnHandle::new(config.outbound_queue_bytes));
-    let mut session = Session::new(state.clone(), conn.clone(), principal);
-    let init_deadline = tokio::time::sleep(config.connection_init_timeout);
-    tokio::pin!(init_deadline);
-    let keepalive = config.keepalive_interval.max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    let shutdown = state.shutdown.clone();
-
-    'conn: loop {
-        let expiry = token_expiry(session.principal.as_ref());
-        tokio::select! {
-            biased;
-            _ = conn.kill.notified() => break,
-            _ = shutdown.cancelled() => {
-                conn.close(close::SERVICE_RESTART, "server shutting down; reconnect");
-                break;
-            }
-            _ = conn.ready.notified() => {
-                let write = write_batch(&mut ws, &conn);
-                tokio::select! {
-                    result = write => if result.is_err() { break 'conn },
-                    _ = conn.kill.notified() => break 'conn,
-                }
-            }
-            message = ws.next() => {
-                last_heard = Instant::now();
-                let flow = match message {
-                    None => break,
-                    Some(Err(e)) => {
-                        use tokio_tungstenite::tungstenite::Error;
-                        match e {
-                            Error::Capacity(_) => {
-                                state.metrics.messages_too_big.fetch_add(1, Ordering::Relaxed);
-                                conn.close(close::MESSAGE_TOO_BIG, "message too big (push.max_message_bytes)");
-                            }
-                            Error::Utf8(_) => conn.close(close::INVALID_PAYLOAD, "text message is not UTF-8"),
-                            Error::Protocol(_) => conn.close(close::PROTOCOL_ERROR, "WebSocket protocol error"),
-                            _ => {}
-                        }
-                        break;
-                    }
-                    Some(Ok(Message::Text(text))) => match protocol {
-                        Protocol::TransportWs => transport_ws::on_message(&mut session, &text),
-                        Protocol::GraphqlWs => appsync::on_message(&mut session, &text),
-                    },
-                    Some(Ok(Message::Binary(_))) => Flow::Close(
-                        4400,
-                        "binary messages are not part of this protocol".into(),
-                    ),
-                    Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(_)) => Flow::Continue, // ping/pong: tungstenite answers pings
-                };
-                if let Flow::Close(code, reason) = flow {
-                    conn.close(code, &reason);
-                    break;
-                }
-            }
-            _ = &mut init_deadline, if !session.acked => {
-                conn.close(4408, "connection initialisation timeout");
-                break;
-            }
-            _ = ticker.tick() => {
-                if last_heard.elapsed() > keepalive * 3 {
-                    conn.close(close::KEEPALIVE_TIMEOUT, "keepalive timeout: nothing heard from the client");
-                    break;
-                }
-                match protocol {
-                    Protocol::TransportWs => session.send(r#"{"type":"ping"}"#.into()),
-                    Protocol::GraphqlWs => {
-                        if session.acked {
-                            session.send(r#"{"type":"ka"}"#.into());
-                        }
-                        // AppSync clients never send anything on their own: a WebSocket ping
-                        // (answered by every client library) shows the peer is alive.
-                        conn.push(Out::Ping);
-                    }
-                }
-            }
-            _ = sleep_until_unix(expiry), if expiry.is_some() => {
-                conn.close(close::TOKEN_EXPIRED, "token expired; reconnect with a fresh token");
-                break;
-            }
-        }
-    }
-    session.end_all();
-    state.connections.fetch_sub(1, Ordering::AcqRel);
-    if let Some((code, reason)) = conn.close_frame() {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
-    }
-}
-
-/// Writes everything queued (feed each message), then flushes once.
-async fn write_batch(
-    ws: &mut Socket,
-    conn: &ConnHandle,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let batch = conn.take_batch();
-    if batch.is_empty() {
-        return Ok(());
-    }
-    for out in batch {
-        let cost = out.cost();
-        let message = match out {
-            Out::Ping => Message::Ping(Bytes::new()),
-            out => Message::text(out.into_text()),
-        };
-        ws.feed(message).await?;
-        conn.written(cost);
-    }
-    ws.flush().await?;
-    conn.wrote_batch();
-    Ok(())
-}
-
-fn token_expiry(principal: Option<&Principal>) -> Option<u64> {
-    principal.and_then(Principal::expires_at)
-}
-
-async fn sleep_until_unix(at: Option<u64>) {
-    let Some(at) = at else {
-        return std::future::pending().await;
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_secs(at.saturating_sub(now))).await;
 }

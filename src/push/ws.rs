@@ -3,7 +3,8 @@
 //! may come from headers, AppSync's `header` query parameter or its `header-<base64url>`
 //! subprotocol, and the connection limit is enforced before the upgrade (503).
 
-use super::session::{self, Protocol};
+use super::session::Protocol;
+use super::socket;
 use super::{PushState, credential_from_payload};
 use crate::auth::credential_from_headers;
 use crate::http::problem::Problem;
@@ -117,7 +118,7 @@ pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> R
                     Some(config),
                 )
                 .await;
-                session::run(task_state, ws, protocol, principal).await;
+                socket::run(task_state, ws, protocol, principal).await;
             }
             Err(e) => {
                 task_state.connections.fetch_sub(1, Ordering::AcqRel);
