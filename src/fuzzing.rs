@@ -8,10 +8,12 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::{EngineSettings, EventLog, LogEntry};
 use crate::graphql::{DocumentLimits, GraphqlSchema};
 use crate::node::{Node, Shared};
+use crate::push::PushState;
 use crate::push::conn::ConnHandle;
 use crate::push::hub::Hub;
-use crate::push::session::{Flow, Protocol, Session};
-use crate::push::{PushState, appsync, transport_ws, ws};
+use crate::push::protocol::Flow;
+use crate::push::session::Session;
+use crate::push::ws::{self, Subprotocol};
 use crate::tail::EventSink;
 use crate::webhooks::ssrf::AllowList;
 use std::sync::Arc;
@@ -73,7 +75,7 @@ pub struct WsOutcome {
 }
 
 /// A push node of one: the memory engine, the hub (following the log) and the schema, with
-/// sessions driven message by message on a single-threaded runtime, as `session::run` drives
+/// sessions driven message by message on a single-threaded runtime, as `socket::run` drives
 /// them from a socket.
 pub struct WsHarness {
     runtime: tokio::runtime::Runtime,
@@ -135,7 +137,7 @@ impl WsHarness {
     /// started run, then ends them.
     pub fn connect(
         &self,
-        protocol: Protocol,
+        subprotocol: Subprotocol,
         query: Option<&str>,
         offered: &[String],
         messages: &[&str],
@@ -159,12 +161,10 @@ impl WsHarness {
             self.state.node.config.push.outbound_queue_bytes,
         ));
         let mut session = Session::new(self.state.clone(), conn.clone(), principal);
+        let protocol = subprotocol.protocol();
         let mut close = None;
         for text in messages {
-            let flow = match protocol {
-                Protocol::TransportWs => transport_ws::on_message(&mut session, text),
-                Protocol::GraphqlWs => appsync::on_message(&mut session, text),
-            };
+            let flow = protocol.on_message(&mut session, text);
             if let Flow::Close(code, reason) = flow {
                 close = Some((code, reason));
                 break;
@@ -209,7 +209,7 @@ mod tests {
         let init =
             format!(r#"{{"type":"connection_init","payload":{{"x-api-key":"{ADMIN_KEY}"}}}}"#);
         let subscribe = r#"{"id":"1","type":"subscribe","payload":{"query":"subscription { onOrderUpdated(after: \"0-0\") { eventId status } }"}}"#;
-        let outcome = harness.connect(Protocol::TransportWs, None, &[], &[&init, subscribe]);
+        let outcome = harness.connect(Subprotocol::TransportWs, None, &[], &[&init, subscribe]);
         assert!(outcome.close.is_none());
         let kinds: Vec<String> = outcome
             .sent
@@ -232,10 +232,15 @@ mod tests {
             )
         };
         let init = [r#"{"type":"connection_init"}"#];
-        let ok = harness.connect(Protocol::GraphqlWs, Some(&header(PARTNER_KEY)), &[], &init);
+        let ok = harness.connect(
+            Subprotocol::GraphqlWs,
+            Some(&header(PARTNER_KEY)),
+            &[],
+            &init,
+        );
         assert!(matches!(ok.handshake, Some(Ok(Principal::Partner { .. }))));
         assert!(ok.sent[0].contains("connection_ack"));
-        let refused = harness.connect(Protocol::GraphqlWs, Some(&header("wrong")), &[], &init);
+        let refused = harness.connect(Subprotocol::GraphqlWs, Some(&header("wrong")), &[], &init);
         assert!(matches!(refused.handshake, Some(Err(_))));
         assert!(refused.sent.is_empty());
     }

@@ -6,12 +6,19 @@
 //! - [`conn`]: one connection's outbound queue, bounded in bytes.
 //! - [`session`]: the subscription core: authorize, start, replay, stop.
 //! - [`socket`]: one connection's loop: reads, batched writes, keepalives, the socket's limits.
+//! - [`protocol`]: the seam the core and the socket loop call; [`close`]: every close code.
 //! - [`transport_ws`]: `graphql-transport-ws`; [`appsync`]: `graphql-ws` (AppSync, Apollo).
-//! - [`ws`]: the handshake; [`query`]: `POST /graphql`.
+//! - [`ws`]: the handshake, which picks the protocol; [`query`]: `POST /graphql`.
+//!
+//! Imports go one way: `ws` -> `socket` -> `protocol` -> `session` -> `hub`/`conn`; the
+//! protocol files import the seam and the session, never each other; nothing here imports
+//! `api/`.
 
 pub mod appsync;
+pub mod close;
 pub mod conn;
 pub mod hub;
+pub mod protocol;
 pub mod query;
 pub mod session;
 pub mod socket;

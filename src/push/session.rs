@@ -3,11 +3,13 @@
 //! registration with the hub, `after` replays, and stopping them.
 //!
 //! Protocol files (`transport_ws.rs`, `appsync.rs`) only translate messages; everything a
-//! subscription means (authorization, the hub, `after` replays, limits) lives here.
+//! subscription means (authorization, the hub, `after` replays, limits) lives here. It never
+//! imports a protocol file: it spells messages through the [`Dialect`] each subscription
+//! was started with.
 
+use super::PushState;
 use super::conn::{ConnHandle, Out, payload_text};
 use super::hub::Registration;
-use super::{PushState, appsync};
 use crate::auth::{AuthError, Principal};
 use crate::engine::LogEntry;
 use crate::graphql::{EventFilter, GraphqlError, GraphqlRequest, Operation, SubscriptionSpec};
@@ -19,67 +21,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// The WebSocket subprotocol a connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// `graphql-transport-ws`: the GraphQL over WebSocket protocol.
-    TransportWs,
-    /// `graphql-ws`: the AppSync real-time dialect and legacy Apollo messages.
-    GraphqlWs,
-}
+/// How one subscription's messages are spelled: the core calls it when a subscription goes
+/// live, for each event and when the subscription fails. Dialects hold nothing, so a
+/// subscription keeps a `&'static` one (its start task outlives the message that started it).
+pub trait Dialect: Send + Sync {
+    /// An event message up to its payload (`{"id":…,"type":"next","payload":`): the hub
+    /// splices the shared payload and the closing `}` after it.
+    fn next_prefix(&self, id: &str) -> Utf8Bytes;
 
-/// How one subscription's messages are spelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    TransportWs,
-    AppSync,
-    Apollo,
-}
+    /// The acknowledgement queued once the subscription is live, if the dialect has one.
+    fn ack(&self, id: &str) -> Option<String>;
 
-impl Dialect {
-    fn event_prefix(self, id: &str) -> Utf8Bytes {
-        let id = json_string(id);
-        let kind = match self {
-            Dialect::TransportWs => "next",
-            Dialect::AppSync | Dialect::Apollo => "data",
-        };
-        Utf8Bytes::from(format!(r#"{{"id":{id},"type":"{kind}","payload":"#))
-    }
-
-    /// The acknowledgement sent once the subscription is live (AppSync `start_ack`).
-    fn ack(self, id: &str) -> Option<String> {
-        match self {
-            Dialect::AppSync => Some(format!(
-                r#"{{"id":{},"type":"start_ack"}}"#,
-                json_string(id)
-            )),
-            Dialect::TransportWs | Dialect::Apollo => None,
-        }
-    }
-
-    pub fn error(self, id: &str, errors: &[GraphqlError]) -> String {
-        let id = json_string(id);
-        match self {
-            Dialect::TransportWs | Dialect::Apollo => {
-                let payload = serde_json::to_string(errors).unwrap_or_else(|_| "[]".into());
-                format!(r#"{{"id":{id},"type":"error","payload":{payload}}}"#)
-            }
-            Dialect::AppSync => {
-                let payload = serde_json::json!({ "errors": appsync::errors(errors) });
-                format!(r#"{{"id":{id},"type":"error","payload":{payload}}}"#)
-            }
-        }
-    }
-}
-
-pub fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
-}
-
-/// What the connection loop does after a client message.
-pub enum Flow {
-    Continue,
-    Close(u16, String),
+    /// The message that ends a subscription with errors.
+    fn error(&self, id: &str, errors: &[GraphqlError]) -> String;
 }
 
 /// A subscription started on this connection: its hub id once registered, whether it ended.
@@ -98,7 +52,7 @@ struct SubHandle {
 
 /// Why a subscribe was refused before it started.
 pub enum Refusal {
-    /// The id is in use (graphql-transport-ws closes with 4409).
+    /// The id is in use (`graphql-transport-ws` closes the connection for it).
     DuplicateId,
     Errors(Vec<GraphqlError>),
 }
@@ -155,7 +109,7 @@ impl Session {
         id: &str,
         request: &GraphqlRequest,
         principal: Principal,
-        dialect: Dialect,
+        dialect: &'static dyn Dialect,
     ) -> Result<(), Refusal> {
         self.subs
             .retain(|_, handle| !handle.slot.ended.load(Ordering::Acquire));
@@ -313,7 +267,7 @@ async fn start(
     id: String,
     spec: SubscriptionSpec,
     principal: Principal,
-    dialect: Dialect,
+    dialect: &'static dyn Dialect,
 ) {
     let fail = |errors: Vec<GraphqlError>| {
         slot.ended.store(true, Ordering::Release);
@@ -340,7 +294,7 @@ async fn start(
             )]);
         }
     };
-    let prefix = dialect.event_prefix(&id);
+    let prefix = dialect.next_prefix(&id);
     let registration = Registration {
         conn: conn.clone(),
         prefix: prefix.clone(),

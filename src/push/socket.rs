@@ -6,9 +6,11 @@
 //! It starts no subscription and spells no message itself: that is the core's and the
 //! protocols' work.
 
-use super::conn::{ConnHandle, Out, close};
-use super::session::{Flow, Protocol, Session};
-use super::{PushState, appsync, transport_ws};
+use super::PushState;
+use super::close;
+use super::conn::{ConnHandle, Out};
+use super::protocol::{Flow, Protocol};
+use super::session::Session;
 use crate::auth::Principal;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -28,7 +30,7 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 pub async fn run(
     state: Arc<PushState>,
     mut ws: Socket,
-    protocol: Protocol,
+    protocol: Box<dyn Protocol>,
     principal: Option<Principal>,
 ) {
     let config = state.node.config.push.clone();
@@ -75,12 +77,9 @@ pub async fn run(
                         }
                         break;
                     }
-                    Some(Ok(Message::Text(text))) => match protocol {
-                        Protocol::TransportWs => transport_ws::on_message(&mut session, &text),
-                        Protocol::GraphqlWs => appsync::on_message(&mut session, &text),
-                    },
+                    Some(Ok(Message::Text(text))) => protocol.on_message(&mut session, &text),
                     Some(Ok(Message::Binary(_))) => Flow::Close(
-                        4400,
+                        close::BAD_REQUEST,
                         "binary messages are not part of this protocol".into(),
                     ),
                     Some(Ok(Message::Close(_))) => break,
@@ -92,7 +91,7 @@ pub async fn run(
                 }
             }
             _ = &mut init_deadline, if !session.acked => {
-                conn.close(4408, "connection initialisation timeout");
+                conn.close(close::INIT_TIMEOUT, "connection initialisation timeout");
                 break;
             }
             _ = ticker.tick() => {
@@ -100,17 +99,7 @@ pub async fn run(
                     conn.close(close::KEEPALIVE_TIMEOUT, "keepalive timeout: nothing heard from the client");
                     break;
                 }
-                match protocol {
-                    Protocol::TransportWs => session.send(r#"{"type":"ping"}"#.into()),
-                    Protocol::GraphqlWs => {
-                        if session.acked {
-                            session.send(r#"{"type":"ka"}"#.into());
-                        }
-                        // AppSync clients never send anything on their own: a WebSocket ping
-                        // (answered by every client library) shows the peer is alive.
-                        conn.push(Out::Ping);
-                    }
-                }
+                protocol.keepalive(&session);
             }
             _ = sleep_until_unix(expiry), if expiry.is_some() => {
                 conn.close(close::TOKEN_EXPIRED, "token expired; reconnect with a fresh token");
