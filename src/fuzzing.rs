@@ -1,6 +1,7 @@
 //! The way in for the cargo-fuzz targets in `fuzz/`: thin wrappers over the real parsers, so
 //! each target drives exactly the code a hostile peer reaches. Nothing here parses anything
-//! itself. Not part of Herald's API.
+//! itself. Not part of Herald's API, and compiled only with the `fuzzing` feature (which
+//! `fuzz/Cargo.toml` turns on) or for the unit tests.
 
 use crate::auth::{KeyRing, Principal};
 use crate::config::{Config, PartnerKey};

@@ -14,12 +14,16 @@
 //! - [`webhooks`]: partner webhooks: dispatcher, sender, signatures and the SSRF guard.
 //! - [`server`]: `herald serve`, roles and shutdown; [`http`]: the HTTP plumbing api and push
 //!   share (connection limits, problem+json, rate limits, the route table).
-//! - `fuzzing` (hidden): the entry points of the cargo-fuzz targets in `fuzz/`.
+//! - `fuzzing` (hidden, cargo feature `fuzzing`): the entry points of the cargo-fuzz targets in
+//!   `fuzz/`.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
+// Compiled for the fuzz targets (`--features fuzzing`) and for the unit tests, which check
+// the harness itself; never into the server.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod graphql;

@@ -256,6 +256,7 @@ fn parse_event_id(raw: &str) -> EngineResult<EventId> {
 }
 
 /// [`log_entry`] for an entry given as its id and raw fields (the fuzz targets' way in).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn log_entry_from_fields(id: String, fields: Vec<(Vec<u8>, Vec<u8>)>) -> LogEntry {
     log_entry(StreamEntry { id, fields })
 }
