@@ -4,20 +4,30 @@
 //!
 //! - [`hub`]: the index of live subscriptions and the fan-out (shared payload bytes).
 //! - [`conn`]: one connection's outbound queue, bounded in bytes.
-//! - [`session`]: the subscription core and the connection loop.
+//! - [`session`]: the subscription core: authorize, start, replay, stop.
+//! - [`socket`]: one connection's loop: reads, batched writes, keepalives, the socket's limits.
+//! - [`protocol`]: the seam the core and the socket loop call; [`close`]: every close code.
 //! - [`transport_ws`]: `graphql-transport-ws`; [`appsync`]: `graphql-ws` (AppSync, Apollo).
-//! - [`ws`]: the handshake; [`query`]: `POST /graphql`.
+//! - [`ws`]: the handshake, which picks the protocol; [`query`]: `POST /graphql`.
+//!
+//! Imports go one way: `ws` -> `socket` -> `protocol` -> `session` -> `hub`/`conn`; the
+//! protocol files import the seam and the session, never each other; nothing here imports
+//! `api/`.
 
 pub mod appsync;
+pub mod close;
 pub mod conn;
 pub mod hub;
+pub mod protocol;
 pub mod query;
 pub mod session;
+pub mod socket;
 pub mod transport_ws;
 pub mod ws;
 
-use crate::api::{AppState, Routes};
 use crate::graphql::{DocumentLimits, GraphqlSchema};
+use crate::http::routes::Routes;
+use crate::node::Node;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
@@ -42,7 +52,7 @@ pub struct PushMetrics {
 }
 
 pub struct PushState {
-    pub app: AppState,
+    pub node: Node,
     pub hub: Arc<hub::Hub>,
     pub schema: Arc<GraphqlSchema>,
     pub limits: DocumentLimits,
@@ -120,7 +130,7 @@ pub fn routes() -> Routes<Arc<PushState>> {
 }
 
 pub fn router(state: Arc<PushState>) -> Router {
-    let max_body = state.app.config.push.max_message_bytes;
+    let max_body = state.node.config.push.max_message_bytes;
     routes()
         .into_router()
         .layer(DefaultBodyLimit::max(max_body))
