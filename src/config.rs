@@ -239,13 +239,7 @@ impl Default for WorkflowConfig {
     }
 }
 
-impl WorkflowConfig {
-    pub fn allows(&self, from: OrderStatus, to: OrderStatus) -> bool {
-        self.transitions
-            .get(&from)
-            .is_some_and(|targets| targets.contains(&to))
-    }
-}
+// `WorkflowConfig::allows` (the table's check) lives in `crate::workflow` with the other rules.
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

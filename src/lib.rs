@@ -5,7 +5,8 @@
 //! - [`engine`]: every byte of state (queue, status store, event log, idempotency) behind one
 //!   seam, with the memory and Redis engines.
 //! - [`api`]: the HTTP API; [`auth`]: who is calling; [`ratelimit`]: token buckets.
-//! - [`worker`]: the order workflow over the command queue.
+//! - [`workflow`]: the order workflow's rules (transitions, business validation, events);
+//!   [`worker`] runs them over the command queue.
 //! - [`tail`]: follows the event log for this node's consumers.
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
@@ -29,3 +30,4 @@ pub mod server;
 pub mod tail;
 pub mod webhooks;
 pub mod worker;
+pub mod workflow;

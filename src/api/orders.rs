@@ -7,6 +7,7 @@ use crate::auth::Principal;
 use crate::engine::{AcceptOutcome, Command, EnqueueOutcome, NewCommand};
 use crate::metrics::Metrics;
 use crate::model::{LineItem, Order, OrderEvent, OrderStatus, StatusRecord, now_rfc3339};
+use crate::workflow;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -479,15 +480,10 @@ async fn create_transition_inner(
             return Err(problem);
         }
     };
-    if !state.config.workflow.allows(current.status, target) {
+    if let Err(allowed) = workflow::check_transition(&state.config.workflow, current.status, target)
+    {
         idempotency.abandon(state).await;
-        let allowed: Vec<&str> = state
-            .config
-            .workflow
-            .transitions
-            .get(&current.status)
-            .map(|t| t.iter().map(|s| s.as_str()).collect())
-            .unwrap_or_default();
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
         return Err(Problem::conflict(
             "illegal-transition",
             "Transition not allowed",
