@@ -109,23 +109,24 @@ pub fn initial_status(order: &Order) -> StatusRecord {
     }
 }
 
-/// The change from `status` to `to`: the event that records it, version + 1.
+/// The event intake writes with a new order: its entry into [`initial_status`].
+pub fn accepted_event(order: &Order) -> OrderEvent {
+    OrderEvent::entered(initial_status(order), None, None)
+}
+
+/// The change from `status` to `to`: the event that records it, version + 1, now.
 pub fn status_change(
     status: &StatusRecord,
     to: OrderStatus,
     reason: Option<String>,
 ) -> StatusChange {
-    let event = OrderEvent {
-        event_type: to.event_type(),
-        order_id: status.order_id.clone(),
-        customer_id: status.customer_id.clone(),
-        partner_id: status.partner_id.clone(),
+    let next = StatusRecord {
         status: to,
-        previous_status: Some(status.status),
         version: status.version + 1,
-        occurred_at: now_rfc3339(),
-        data: reason.as_ref().map(|r| serde_json::json!({ "reason": r })),
+        updated_at: now_rfc3339(),
+        ..status.clone()
     };
+    let event = OrderEvent::entered(next, Some(status.status), reason.as_deref());
     StatusChange {
         expected_version: status.version,
         event,

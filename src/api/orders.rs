@@ -6,7 +6,7 @@ use super::{AppState, Idempotency, accepted_response, json_object, refuse_custom
 use crate::auth::Principal;
 use crate::engine::{AcceptOutcome, Command, EnqueueOutcome, NewCommand};
 use crate::metrics::Metrics;
-use crate::model::{LineItem, Order, OrderEvent, OrderStatus, StatusRecord, now_rfc3339};
+use crate::model::{LineItem, Order, OrderStatus, StatusRecord, now_rfc3339};
 use crate::workflow;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
@@ -295,17 +295,7 @@ async fn create_order_inner(
         "status": "accepted",
         "statusUrl": status_url(&order.order_id),
     });
-    let event = OrderEvent {
-        event_type: OrderStatus::Accepted.event_type(),
-        order_id: order.order_id.clone(),
-        customer_id: order.customer_id.clone(),
-        partner_id: order.partner_id.clone(),
-        status: OrderStatus::Accepted,
-        previous_status: None,
-        version: 1,
-        occurred_at: order.created_at.clone(),
-        data: None,
-    };
+    let event = workflow::accepted_event(&order);
     let command = NewCommand {
         message_id,
         order_id: order.order_id.clone(),
