@@ -6,7 +6,8 @@
 //! (no partnerId); customer tokens get 403. A secret is returned once, by create and by
 //! rotate-secret, and never in any other response or log line.
 
-use super::problem::{ApiResult, FieldError, Problem};
+use super::fields::FieldErrors;
+use super::problem::{ApiResult, Problem};
 use super::{AppState, json_object};
 use crate::auth::Principal;
 use crate::engine::webhook::{Attempt, Delivery, DeliveryState, Endpoint, EndpointSecret};
@@ -19,7 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::time::Duration;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -110,122 +111,85 @@ async fn visible_endpoint(
     }
 }
 
-/// Field checks shared by create and patch, collecting every error at once.
-#[derive(Default)]
-struct Fields {
-    errors: Vec<FieldError>,
+/// The fields create and patch both take, and the one only `extra` takes (create:
+/// `partnerId`, patch: `enabled`).
+fn settings_and(extra: &'static str) -> [&'static str; 6] {
+    [
+        "url",
+        "eventTypes",
+        "description",
+        "rateLimitPerSecond",
+        "maxInFlight",
+        extra,
+    ]
 }
 
-impl Fields {
-    fn error(&mut self, field: &str, detail: impl Into<String>) {
-        self.errors.push(FieldError {
-            pointer: format!("#/{field}"),
-            detail: detail.into(),
+// The checks of the fields create and patch share. Each reads one value and says what is
+// wrong with it; `eventTypes` records an error per bad entry itself.
+
+fn url(state: &AppState, value: &Value) -> Result<String, String> {
+    let Value::String(url) = value else {
+        return Err("must be a string".into());
+    };
+    if url.len() > MAX_URL_LEN {
+        return Err(format!("must be at most {MAX_URL_LEN} characters"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not an absolute URL: {e}"))?;
+    ssrf::check_url(&parsed, &state.webhook_allow)?;
+    Ok(url.clone())
+}
+
+fn event_types(f: &mut FieldErrors, value: &Value) -> Option<Vec<String>> {
+    let Value::Array(items) = value else {
+        f.error("/eventTypes", "must be an array of event types");
+        return None;
+    };
+    if items.len() > MAX_EVENT_TYPES {
+        f.error(
+            "/eventTypes",
+            format!("must hold at most {MAX_EVENT_TYPES} types"),
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let known = item.as_str().filter(|t| {
+            *t == "*"
+                || *t == "order.*"
+                || *t == "endpoint.*"
+                || *t == "endpoint.disabled"
+                || t.strip_prefix("order.")
+                    .is_some_and(|s| s.parse::<OrderStatus>().is_ok() && *s == s.to_lowercase())
         });
-    }
-
-    fn unknown(&mut self, body: &Map<String, Value>, known: &[&str]) {
-        for key in body.keys() {
-            if !known.contains(&key.as_str()) {
-                self.error(key, "is not a known field");
-            }
+        match known {
+            Some(t) => out.push(t.to_string()),
+            None => f.error(
+                &format!("/eventTypes/{i}"),
+                "must be `order.<status>` (e.g. `order.shipped`), `order.*`, `endpoint.disabled`, `endpoint.*` or `*`",
+            ),
         }
     }
+    Some(out)
+}
 
-    fn url(&mut self, state: &AppState, value: &Value) -> Option<String> {
-        let Value::String(url) = value else {
-            self.error("url", "must be a string");
-            return None;
-        };
-        if url.len() > MAX_URL_LEN {
-            self.error("url", format!("must be at most {MAX_URL_LEN} characters"));
-            return None;
-        }
-        let parsed = match reqwest::Url::parse(url) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                self.error("url", format!("is not an absolute URL: {e}"));
-                return None;
-            }
-        };
-        match ssrf::check_url(&parsed, &state.webhook_allow) {
-            Ok(()) => Some(url.clone()),
-            Err(e) => {
-                self.error("url", e);
-                None
-            }
-        }
+fn description(value: &Value) -> Result<Option<String>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) if s.chars().count() <= MAX_DESCRIPTION_LEN => Ok(Some(s.clone())),
+        _ => Err(format!(
+            "must be a string of at most {MAX_DESCRIPTION_LEN} characters"
+        )),
     }
+}
 
-    fn event_types(&mut self, value: &Value) -> Option<Vec<String>> {
-        let Value::Array(items) = value else {
-            self.error("eventTypes", "must be an array of event types");
-            return None;
-        };
-        if items.len() > MAX_EVENT_TYPES {
-            self.error(
-                "eventTypes",
-                format!("must hold at most {MAX_EVENT_TYPES} types"),
-            );
-            return None;
+/// An optional limit: `null` clears it (the `[webhooks]` default applies).
+fn limit(value: &Value, min: u64, max: u64) -> Result<Option<u32>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(n) if n.as_u64().is_some_and(|v| (min..=max).contains(&v)) => {
+            Ok(n.as_u64().map(|v| v as u32))
         }
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let known = item.as_str().filter(|t| {
-                *t == "*"
-                    || *t == "order.*"
-                    || *t == "endpoint.*"
-                    || *t == "endpoint.disabled"
-                    || t.strip_prefix("order.")
-                        .is_some_and(|s| s.parse::<OrderStatus>().is_ok() && *s == s.to_lowercase())
-            });
-            match known {
-                Some(t) => out.push(t.to_string()),
-                None => self.error(
-                    &format!("eventTypes/{i}"),
-                    "must be `order.<status>` (e.g. `order.shipped`), `order.*`, `endpoint.disabled`, `endpoint.*` or `*`",
-                ),
-            }
-        }
-        Some(out)
-    }
-
-    fn description(&mut self, value: &Value) -> Option<Option<String>> {
-        match value {
-            Value::Null => Some(None),
-            Value::String(s) if s.chars().count() <= MAX_DESCRIPTION_LEN => Some(Some(s.clone())),
-            _ => {
-                self.error(
-                    "description",
-                    format!("must be a string of at most {MAX_DESCRIPTION_LEN} characters"),
-                );
-                None
-            }
-        }
-    }
-
-    /// An optional limit: `null` clears it (the `[webhooks]` default applies).
-    fn limit(&mut self, field: &str, value: &Value, min: u64, max: u64) -> Option<Option<u32>> {
-        match value {
-            Value::Null => Some(None),
-            Value::Number(n) if n.as_u64().is_some_and(|v| (min..=max).contains(&v)) => {
-                n.as_u64().map(|v| Some(v as u32))
-            }
-            _ => {
-                self.error(field, format!("must be an integer from {min} to {max}"));
-                None
-            }
-        }
-    }
-
-    fn done(self) -> ApiResult<()> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            let mut p = Problem::validation(self.errors);
-            p.detail = Some("See `errors`; nothing was changed.".into());
-            Err(p)
-        }
+        _ => Err(format!("must be an integer from {min} to {max}")),
     }
 }
 
@@ -238,40 +202,24 @@ pub async fn create_endpoint(
 ) -> ApiResult<Response> {
     super::refuse_customers(&principal, "reach webhooks")?;
     let body = json_object(&headers, body, state.config.http.max_json_depth)?;
-    let mut f = Fields::default();
-    f.unknown(
-        &body,
-        &[
-            "url",
-            "eventTypes",
-            "partnerId",
-            "description",
-            "rateLimitPerSecond",
-            "maxInFlight",
-        ],
-    );
-    let url = match body.get("url") {
-        Some(v) => f.url(&state, v),
-        None => {
-            f.error("url", "is required");
-            None
-        }
-    };
+    let mut f = FieldErrors::default();
+    f.unknown_fields(&body, &settings_and("partnerId"), "");
+    let url = f.required(&body, "", "url", |v| url(&state, v));
     let event_types = body
         .get("eventTypes")
-        .map(|v| f.event_types(v))
+        .map(|v| event_types(&mut f, v))
         .unwrap_or(Some(Vec::new()));
     let description = body
         .get("description")
-        .map(|v| f.description(v))
+        .map(|v| f.check("/description", description(v)))
         .unwrap_or(Some(None));
     let rate = body
         .get("rateLimitPerSecond")
-        .map(|v| f.limit("rateLimitPerSecond", v, 0, MAX_RATE_LIMIT))
+        .map(|v| f.check("/rateLimitPerSecond", limit(v, 0, MAX_RATE_LIMIT)))
         .unwrap_or(Some(None));
     let in_flight = body
         .get("maxInFlight")
-        .map(|v| f.limit("maxInFlight", v, 1, MAX_IN_FLIGHT))
+        .map(|v| f.check("/maxInFlight", limit(v, 1, MAX_IN_FLIGHT)))
         .unwrap_or(Some(None));
     let partner_id = match (body.get("partnerId"), &principal) {
         (None | Some(Value::Null), Principal::Partner { partner_id }) => Some(partner_id.clone()),
@@ -286,11 +234,11 @@ pub async fn create_endpoint(
         }
         (Some(Value::String(p)), _) if !p.is_empty() && p.len() <= 128 => Some(p.clone()),
         (Some(_), _) => {
-            f.error("partnerId", "must be a string of 1 to 128 characters");
+            f.error("/partnerId", "must be a string of 1 to 128 characters");
             None
         }
     };
-    f.done()?;
+    f.nothing_changed()?;
     let (Some(url), Some(event_types), Some(description), Some(rate), Some(in_flight)) =
         (url, event_types, description, rate, in_flight)
     else {
@@ -365,40 +313,30 @@ pub async fn patch_endpoint(
 ) -> ApiResult<Json<Value>> {
     let mut endpoint = visible_endpoint(&state, &principal, &id).await?;
     let body = json_object(&headers, body, state.config.http.max_json_depth)?;
-    let mut f = Fields::default();
-    f.unknown(
-        &body,
-        &[
-            "url",
-            "eventTypes",
-            "enabled",
-            "description",
-            "rateLimitPerSecond",
-            "maxInFlight",
-        ],
-    );
+    let mut f = FieldErrors::default();
+    f.unknown_fields(&body, &settings_and("enabled"), "");
     if let Some(v) = body.get("url")
-        && let Some(url) = f.url(&state, v)
+        && let Some(url) = f.check("/url", url(&state, v))
     {
         endpoint.url = url;
     }
     if let Some(v) = body.get("eventTypes")
-        && let Some(types) = f.event_types(v)
+        && let Some(types) = event_types(&mut f, v)
     {
         endpoint.event_types = types;
     }
     if let Some(v) = body.get("description")
-        && let Some(d) = f.description(v)
+        && let Some(d) = f.check("/description", description(v))
     {
         endpoint.description = d;
     }
     if let Some(v) = body.get("rateLimitPerSecond")
-        && let Some(r) = f.limit("rateLimitPerSecond", v, 0, MAX_RATE_LIMIT)
+        && let Some(r) = f.check("/rateLimitPerSecond", limit(v, 0, MAX_RATE_LIMIT))
     {
         endpoint.rate_limit_per_second = r;
     }
     if let Some(v) = body.get("maxInFlight")
-        && let Some(m) = f.limit("maxInFlight", v, 1, MAX_IN_FLIGHT)
+        && let Some(m) = f.check("/maxInFlight", limit(v, 1, MAX_IN_FLIGHT))
     {
         endpoint.max_in_flight = m;
     }
@@ -415,9 +353,9 @@ pub async fn patch_endpoint(
             }
             endpoint.enabled = false;
         }
-        Some(_) => f.error("enabled", "must be true or false"),
+        Some(_) => f.error("/enabled", "must be true or false"),
     }
-    f.done()?;
+    f.nothing_changed()?;
     endpoint.updated_at_ms = now_millis();
     state.engine.put_endpoint(&endpoint).await?;
     Ok(Json(endpoint_view(&endpoint)))
@@ -577,29 +515,15 @@ pub async fn recover(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     visible_endpoint(&state, &principal, &id).await?;
     let body = json_object(&headers, body, state.config.http.max_json_depth)?;
-    let mut f = Fields::default();
-    f.unknown(&body, &["since"]);
-    let since = match body.get("since") {
-        Some(Value::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
-            Ok(t) => Some((t.unix_timestamp_nanos() / 1_000_000).max(0) as u64),
-            Err(_) => {
-                f.error(
-                    "since",
-                    "must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z",
-                );
-                None
-            }
-        },
-        Some(_) => {
-            f.error("since", "must be an RFC 3339 time string");
-            None
-        }
-        None => {
-            f.error("since", "is required");
-            None
-        }
-    };
-    f.done()?;
+    let mut f = FieldErrors::default();
+    f.unknown_fields(&body, &["since"], "");
+    let since = f.required(&body, "", "since", |v| match v {
+        Value::String(s) => OffsetDateTime::parse(s, &Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+            .map_err(|_| "must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z".into()),
+        _ => Err("must be an RFC 3339 time string".into()),
+    });
+    f.nothing_changed()?;
     let since = since.unwrap_or_default();
     let recovered = state
         .engine
