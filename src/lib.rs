@@ -7,7 +7,8 @@
 //! - [`node`]: the state every request can reach (engine, config, keys, limiter, metrics) and
 //!   the admission of a caller, shared by `api` and `push`.
 //! - [`api`]: the HTTP API; [`auth`]: who is calling; [`ratelimit`]: token buckets.
-//! - [`worker`]: the order workflow over the command queue.
+//! - [`workflow`]: the order workflow's rules (transitions, business validation, events);
+//!   [`worker`] runs them over the command queue.
 //! - [`tail`]: follows the event log for this node's consumers.
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
@@ -38,3 +39,4 @@ pub mod server;
 pub mod tail;
 pub mod webhooks;
 pub mod worker;
+pub mod workflow;

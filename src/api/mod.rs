@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod events;
+mod fields;
 pub mod health;
 pub mod orders;
 pub mod webhooks;
