@@ -6,6 +6,7 @@
 //!   seam, with the memory and Redis engines.
 //! - [`api`]: the HTTP API; [`auth`]: who is calling; [`ratelimit`]: token buckets.
 //! - [`worker`]: the order workflow over the command queue.
+//! - `backoff`: the retry delay every reconnect loop waits by.
 //! - [`tail`]: follows the event log for this node's consumers.
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
@@ -15,6 +16,7 @@
 
 pub mod api;
 pub mod auth;
+mod backoff;
 pub mod config;
 pub mod engine;
 #[doc(hidden)]

@@ -7,6 +7,7 @@
 //!
 //! It never sends anything: the sender picks the deliveries up from the schedule.
 
+use crate::backoff::Backoff;
 use crate::engine::webhook::{Delivery, DeliveryState, Endpoint};
 use crate::engine::{Engine, LogEntry};
 use crate::metrics::Metrics;
@@ -53,7 +54,7 @@ impl Dispatcher {
     /// first (each event is one engine step, so stopping between two loses nothing).
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(consumer = %self.consumer, "webhook dispatcher started");
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         while !shutdown.is_cancelled() {
             let claimed = tokio::select! {
                 r = self.engine.claim_events(&self.consumer, CLAIM_BATCH, CLAIM_WAIT, self.reclaim_after) => r,
@@ -65,15 +66,13 @@ impl Dispatcher {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => backoff.reset(),
                 Err(e) => {
                     Metrics::inc(&self.metrics.webhook_dispatch_errors);
                     tracing::warn!(error = %e, "webhook dispatcher: engine call failed; unacknowledged events are claimed again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => break,
+                    if !backoff.sleep(&shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
