@@ -19,6 +19,7 @@ use crate::engine::webhook::{Attempt, AttemptOutcome, Delivery, Endpoint, Endpoi
 use crate::metrics::Metrics;
 use crate::model::now_millis;
 use crate::webhooks::limits::Limiters;
+use crate::webhooks::operational;
 use crate::webhooks::retry::{self, AttemptResult};
 use crate::webhooks::signature::{self, SigningKey};
 use crate::webhooks::ssrf::{self, AllowList};
@@ -412,26 +413,14 @@ impl Sender {
         }
     }
 
+    /// Enqueues the `endpoint.disabled` notice; a failure loses only the notice (the endpoint
+    /// is disabled already and says why).
     async fn announce_disabled(&self, endpoint: &Endpoint, reason: &str) {
-        let notices = match self.engine.endpoints().await {
-            Ok(all) => {
-                crate::webhooks::dispatcher::disabled_notice(endpoint, reason, &all, now_millis())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, endpoint_id = %endpoint.id, "endpoint.disabled notice not sent: engine unavailable");
-                return;
-            }
-        };
-        if notices.is_empty() {
-            return;
-        }
-        // No log entry stands behind a notice: acknowledging the zero id is a no-op.
-        match self
-            .engine
-            .create_deliveries(crate::model::EventId::ZERO, &notices)
+        match operational::enqueue_endpoint_disabled(&*self.engine, endpoint, reason, now_millis())
             .await
         {
-            Ok(()) => self.wake.notify_one(),
+            Ok(true) => self.wake.notify_one(),
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, endpoint_id = %endpoint.id, "endpoint.disabled notice not sent: engine unavailable");
             }
