@@ -9,6 +9,7 @@
 //! - [`api`]: the HTTP API; [`auth`]: who is calling; [`ratelimit`]: token buckets.
 //! - [`workflow`]: the order workflow's rules (transitions, business validation, events);
 //!   [`worker`] runs them over the command queue.
+//! - `backoff`: the retry delay every reconnect loop waits by.
 //! - [`tail`]: follows the event log for this node's consumers.
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
@@ -20,6 +21,7 @@
 
 pub mod api;
 pub mod auth;
+mod backoff;
 pub mod config;
 mod config_checks;
 pub mod engine;

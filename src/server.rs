@@ -198,10 +198,10 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             shutdown: push_shutdown.clone(),
         });
         let weak = Arc::downgrade(&push);
-        let _ = metrics.extra.set(Box::new(move || {
-            weak.upgrade()
-                .map(|p| p.metric_series())
-                .unwrap_or_default()
+        let _ = metrics.extra.set(Box::new(move |scrape| {
+            if let Some(push) = weak.upgrade() {
+                push.metric_series(scrape);
+            }
         }));
         let sinks: Vec<Arc<dyn EventSink>> = vec![hub];
         let tail = Arc::new(EventTail::new(engine.clone(), metrics.clone(), sinks));

@@ -10,6 +10,7 @@
 //! Several batches are in flight at once (`worker.batches_in_flight`), and the commands of one
 //! batch run concurrently: different orders proceed in parallel.
 
+use crate::backoff::Backoff;
 use crate::config::{WorkerConfig, WorkflowConfig};
 use crate::engine::{ApplyOutcome, Command, Engine, EngineError, ReceivedCommand};
 use crate::metrics::Metrics;
@@ -61,7 +62,7 @@ impl Worker {
     }
 
     async fn poll(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             let received = tokio::select! {
                 r = self.engine.receive_batch(self.config.batch_size, self.config.receive_wait) => r,
@@ -69,7 +70,7 @@ impl Worker {
             };
             match received {
                 Ok(batch) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     if !batch.is_empty() {
                         self.process_batch(batch, &shutdown).await;
                     }
@@ -77,11 +78,9 @@ impl Worker {
                 Err(e) => {
                     Metrics::inc(&self.metrics.worker_errors);
                     tracing::warn!(error = %e, "receiving commands failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {},
-                        _ = shutdown.cancelled() => return,
+                    if !backoff.sleep(&shutdown).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }

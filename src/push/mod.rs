@@ -33,7 +33,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use serde_json::{Map, Value};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -62,11 +61,10 @@ pub struct PushState {
 }
 
 impl PushState {
-    /// Prometheus series of the push side, appended to `/metrics`.
-    pub fn metric_series(&self) -> String {
-        let mut out = String::new();
+    /// The series of the push side, read into a `/metrics` scrape.
+    pub fn metric_series(&self, scrape: &crate::metrics::Scrape) {
         self.hub
-            .metric_series(&mut out, self.connections.load(Ordering::Relaxed) as u64);
+            .metric_series(scrape, self.connections.load(Ordering::Relaxed) as u64);
         let m = &self.metrics;
         for (name, help, value) in [
             (
@@ -110,11 +108,8 @@ impl PushState {
                 &m.messages_too_big,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+            scrape.counter(name, help, value.load(Ordering::Relaxed));
         }
-        out
     }
 }
 
