@@ -19,7 +19,7 @@
 //! - `fuzzing` (hidden, cargo feature `fuzzing`): the entry points of the cargo-fuzz targets in
 //!   `fuzz/`.
 
-pub mod api;
+mod api;
 pub mod auth;
 mod backoff;
 pub mod config;
@@ -31,14 +31,14 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod graphql;
-pub mod http;
-pub mod metrics;
+mod http;
+mod metrics;
 pub mod model;
-pub mod node;
-pub mod push;
-pub mod ratelimit;
+mod node;
+mod push;
+mod ratelimit;
 pub mod server;
-pub mod tail;
+mod tail;
 pub mod webhooks;
-pub mod worker;
+mod worker;
 pub mod workflow;

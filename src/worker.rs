@@ -21,9 +21,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// At its old path too: the conformance suite builds its changes with it.
-pub use crate::workflow::status_change;
-
 pub struct Worker {
     engine: Arc<dyn Engine>,
     workflow: WorkflowConfig,

@@ -5,7 +5,7 @@
 #![no_main]
 
 use herald::fuzzing::WsHarness;
-use herald::push::ws::Subprotocol;
+use herald::fuzzing::Subprotocol;
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 

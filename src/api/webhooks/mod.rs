@@ -12,10 +12,9 @@
 mod deliveries;
 mod endpoints;
 
-pub use deliveries::{PageQuery, get_delivery, list_deliveries, recover, retry_delivery};
+pub use deliveries::{get_delivery, list_deliveries, recover, retry_delivery};
 pub use endpoints::{
-    ROTATION_OVERLAP, create_endpoint, delete_endpoint, get_endpoint, list_endpoints,
-    patch_endpoint, rotate_secret,
+    create_endpoint, delete_endpoint, get_endpoint, list_endpoints, patch_endpoint, rotate_secret,
 };
 
 use super::AppState;
