@@ -130,6 +130,7 @@ conformance!(
     endpoints_are_stored_listed_replaced_and_deleted,
     deleting_an_endpoint_takes_its_deliveries_off_the_schedule,
     claimed_events_are_not_handed_out_again_once_deliveries_are_created,
+    enqueued_deliveries_are_scheduled_and_acknowledge_no_event,
     unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_after,
     waiting_dispatcher_wakes_when_an_event_is_appended,
     creating_a_delivery_twice_keeps_the_first,
@@ -915,6 +916,37 @@ async fn claimed_events_are_not_handed_out_again_once_deliveries_are_created(h: 
         ids(&e.claim_due(100, 10, LONG_LEASE).await.unwrap()),
         ["msg_1"]
     );
+}
+
+async fn enqueued_deliveries_are_scheduled_and_acknowledge_no_event(h: Harness) {
+    let e = &h.engine;
+    let other = h.second_consumer().await;
+    let pending = append_event(e, "o1").await;
+    let reclaim = Duration::from_millis(200);
+    let got = e
+        .claim_events("n1", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&got), [pending]);
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    e.enqueue_deliveries(&[delivery("notice_1", "ep_1", 100, 100)])
+        .await
+        .unwrap();
+    // Enqueued again (the notice retried): the first is kept.
+    e.enqueue_deliveries(&[delivery("notice_1", "ep_1", 100, 900)])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&e.claim_due(100, 10, LONG_LEASE).await.unwrap()),
+        ["notice_1"]
+    );
+    // The claimed event was not acknowledged by it: another node takes it over in time.
+    tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
+    let taken = other
+        .claim_events("n2", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&taken), [pending]);
 }
 
 async fn unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_after(h: Harness) {

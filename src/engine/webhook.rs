@@ -188,6 +188,11 @@ pub trait WebhookStore: Send + Sync {
     /// is left exactly as it is (a redelivered event changes nothing).
     async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()>;
 
+    /// Stores and schedules deliveries that no log entry stands behind (operational notices
+    /// such as `endpoint.disabled`), with the same rules as [`Self::create_deliveries`] but
+    /// nothing to acknowledge.
+    async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()>;
+
     /// Takes up to `max` deliveries due at `now_ms`: each is re-scheduled at `now_ms + lease`
     /// before it is returned, so a node that dies mid-attempt leaves it to be taken again,
     /// and two nodes never take the same delivery at once. The returned records keep the

@@ -7,7 +7,6 @@
 
 use crate::engine::EngineResult;
 use crate::engine::webhook::{Delivery, Endpoint, WebhookStore};
-use crate::model::EventId;
 use crate::webhooks::dispatcher::{new_delivery, type_matches};
 
 /// The type of the notice sent when an endpoint is disabled.
@@ -70,16 +69,8 @@ pub async fn enqueue_endpoint_disabled<S: WebhookStore + ?Sized>(
     if notices.is_empty() {
         return Ok(false);
     }
-    enqueue(store, &notices).await?;
+    store.enqueue_deliveries(&notices).await?;
     Ok(true)
-}
-
-/// Stores operational deliveries and schedules them. The store only knows deliveries that
-/// belong to a log entry (`create_deliveries` acknowledges the entry in the same step); no
-/// entry stands behind a notice, so it is given the zero id, which no entry has, and
-/// acknowledging it changes nothing.
-async fn enqueue<S: WebhookStore + ?Sized>(store: &S, notices: &[Delivery]) -> EngineResult<()> {
-    store.create_deliveries(EventId::ZERO, notices).await
 }
 
 #[cfg(test)]

@@ -43,6 +43,38 @@ struct StoredDelivery {
 }
 
 impl WebhookState {
+    /// Stores each delivery whose id is new and schedules it (a `Pending` one without a time
+    /// is due at its creation); a known id is left exactly as it is.
+    fn store_deliveries(&mut self, deliveries: &[Delivery]) {
+        for delivery in deliveries {
+            if self.deliveries.contains_key(&delivery.id) {
+                continue;
+            }
+            let mut delivery = delivery.clone();
+            if delivery.state == DeliveryState::Pending {
+                let at_ms = delivery
+                    .next_attempt_at_ms
+                    .unwrap_or(delivery.created_at_ms);
+                delivery.next_attempt_at_ms = Some(at_ms);
+                self.schedule_at(&delivery.id, at_ms);
+            } else {
+                delivery.next_attempt_at_ms = None;
+            }
+            self.index_failed(&delivery);
+            self.by_endpoint
+                .entry(delivery.endpoint_id.clone())
+                .or_default()
+                .insert((delivery.created_at_ms, delivery.id.clone()));
+            self.deliveries.insert(
+                delivery.id.clone(),
+                StoredDelivery {
+                    delivery,
+                    attempts: VecDeque::new(),
+                },
+            );
+        }
+    }
+
     fn schedule_at(&mut self, delivery_id: &str, at_ms: u64) {
         self.unschedule(delivery_id);
         self.schedule.insert((at_ms, delivery_id.to_string()));
@@ -198,36 +230,13 @@ impl WebhookStore for MemoryEngine {
 
     async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()> {
         self.with_state(|state| {
-            let w = &mut state.webhooks;
-            for delivery in deliveries {
-                if w.deliveries.contains_key(&delivery.id) {
-                    continue;
-                }
-                let mut delivery = delivery.clone();
-                if delivery.state == DeliveryState::Pending {
-                    let at_ms = delivery
-                        .next_attempt_at_ms
-                        .unwrap_or(delivery.created_at_ms);
-                    delivery.next_attempt_at_ms = Some(at_ms);
-                    w.schedule_at(&delivery.id, at_ms);
-                } else {
-                    delivery.next_attempt_at_ms = None;
-                }
-                w.index_failed(&delivery);
-                w.by_endpoint
-                    .entry(delivery.endpoint_id.clone())
-                    .or_default()
-                    .insert((delivery.created_at_ms, delivery.id.clone()));
-                w.deliveries.insert(
-                    delivery.id.clone(),
-                    StoredDelivery {
-                        delivery,
-                        attempts: VecDeque::new(),
-                    },
-                );
-            }
-            w.unacked.remove(&event);
+            state.webhooks.store_deliveries(deliveries);
+            state.webhooks.unacked.remove(&event);
         })
+    }
+
+    async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()> {
+        self.with_state(|state| state.webhooks.store_deliveries(deliveries))
     }
 
     async fn claim_due(

@@ -151,6 +151,46 @@ fn score_ms(value: &Value) -> Option<u64> {
 }
 
 impl RedisEngine {
+    /// `webhook_create.lua`: stores and schedules `deliveries` and, when they belong to a log
+    /// entry, acknowledges it in the dispatch group, in one step.
+    async fn store_deliveries(
+        &self,
+        event: Option<EventId>,
+        deliveries: &[Delivery],
+    ) -> EngineResult<()> {
+        let mut invocation = self.scripts.webhook_create.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_schedule)
+            .key(&self.keys.events)
+            .arg(DISPATCH_GROUP)
+            .arg(event.map(|e| e.to_string()).unwrap_or_default())
+            .arg(&self.keys.webhooks)
+            .arg(deliveries.len());
+        for delivery in deliveries {
+            let due = (delivery.state == DeliveryState::Pending).then(|| {
+                delivery
+                    .next_attempt_at_ms
+                    .unwrap_or(delivery.created_at_ms)
+            });
+            let hash = delivery_hash(delivery, due);
+            invocation
+                .arg(&delivery.id)
+                .arg(&delivery.endpoint_id)
+                .arg(delivery.created_at_ms)
+                .arg(due.map(|d| d.to_string()).unwrap_or_default())
+                .arg(if delivery.state == DeliveryState::Failed {
+                    "1"
+                } else {
+                    "0"
+                })
+                .arg(hash.len())
+                .arg(hash);
+        }
+        self.run_script("creating deliveries", &invocation)
+            .await
+            .map(|_| ())
+    }
+
     async fn reschedule(
         &self,
         what: &str,
@@ -273,37 +313,11 @@ impl WebhookStore for RedisEngine {
     }
 
     async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()> {
-        let mut invocation = self.scripts.webhook_create.prepare_invoke();
-        invocation
-            .key(&self.keys.webhook_schedule)
-            .key(&self.keys.events)
-            .arg(DISPATCH_GROUP)
-            .arg(event.to_string())
-            .arg(&self.keys.webhooks)
-            .arg(deliveries.len());
-        for delivery in deliveries {
-            let due = (delivery.state == DeliveryState::Pending).then(|| {
-                delivery
-                    .next_attempt_at_ms
-                    .unwrap_or(delivery.created_at_ms)
-            });
-            let hash = delivery_hash(delivery, due);
-            invocation
-                .arg(&delivery.id)
-                .arg(&delivery.endpoint_id)
-                .arg(delivery.created_at_ms)
-                .arg(due.map(|d| d.to_string()).unwrap_or_default())
-                .arg(if delivery.state == DeliveryState::Failed {
-                    "1"
-                } else {
-                    "0"
-                })
-                .arg(hash.len())
-                .arg(hash);
-        }
-        self.run_script("creating deliveries", &invocation)
-            .await
-            .map(|_| ())
+        self.store_deliveries(Some(event), deliveries).await
+    }
+
+    async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()> {
+        self.store_deliveries(None, deliveries).await
     }
 
     async fn claim_due(

@@ -4,7 +4,8 @@
 -- A delivery whose id exists already is left exactly as it is.
 --
 -- KEYS: 1 schedule zset, 2 events stream
--- ARGV: 1 dispatch group, 2 event id, 3 webhook key prefix (`P{p0}:webhooks:`; the delivery,
+-- ARGV: 1 dispatch group, 2 event id ('' for deliveries no log entry stands behind, such as
+--       operational notices: nothing to acknowledge), 3 webhook key prefix (`P{p0}:webhooks:`; the delivery,
 --       by_endpoint and failed keys are built from it and carry the same hash tag),
 --       4 number of deliveries, then per delivery: id, endpointId, createdAtMs, due ms (''
 --       when not scheduled), '1' if failed, number of hash arguments n, n hash arguments
@@ -32,6 +33,8 @@ for _ = 1, tonumber(ARGV[4]) do
     created = created + 1
   end
 end
--- pcall: a vanished group (Redis restarted empty) must not fail the script half-way.
-redis.pcall('XACK', events, ARGV[1], ARGV[2])
+if ARGV[2] ~= '' then
+  -- pcall: a vanished group (Redis restarted empty) must not fail the script half-way.
+  redis.pcall('XACK', events, ARGV[1], ARGV[2])
+end
 return created
