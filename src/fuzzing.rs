@@ -58,7 +58,7 @@ pub fn keyring() -> KeyRing {
 /// One event-log entry as the Redis engine reads it (`XREAD`), turned into an event or a
 /// malformed entry.
 pub fn stream_entry(id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> LogEntry {
-    crate::engine::redis::log_entry_from_fields(id.to_string(), fields)
+    crate::engine::log::decode_entry(id.to_string(), &fields)
 }
 
 /// What one connection did with a sequence of client messages.

@@ -8,10 +8,15 @@
 
 use super::webhook::*;
 use super::*;
-use crate::model::{EventId, HistoryEntry, OrderEvent, now_millis, now_rfc3339};
+use crate::model::{
+    EventId, HistoryEntry, MalformedEntry, Order, OrderEvent, OrderRecord, StatusRecord,
+    now_millis, now_rfc3339,
+};
+use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -245,16 +250,6 @@ impl WebhookState {
 /// Whole milliseconds of a duration (saturating).
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn parse_entry(id: EventId, raw: &str) -> LogEntry {
-    match OrderEvent::parse(raw) {
-        Ok(event) => LogEntry::Event(LoggedEvent {
-            event_id: id.to_string(),
-            event,
-        }),
-        Err(error) => LogEntry::Malformed(MalformedEntry::new(id.to_string(), raw, error)),
-    }
 }
 
 #[async_trait]
@@ -556,7 +551,7 @@ impl EventLog for MemoryEngine {
                     .events
                     .range(start..)
                     .take(max)
-                    .map(|(id, raw)| parse_entry(*id, raw))
+                    .map(|(id, raw)| decode_event(id.to_string(), raw))
                     .collect::<Vec<_>>()
             })?;
             if !entries.is_empty() || Instant::now() >= deadline {
@@ -726,7 +721,7 @@ impl WebhookStore for MemoryEngine {
                     match position(id) {
                         Some((id, raw)) => {
                             *handed_out = now;
-                            batch.push(parse_entry(*id, raw));
+                            batch.push(decode_event(id.to_string(), raw));
                         }
                         // Trimmed from the log meanwhile: nothing left to hand out.
                         None => trimmed.push(*id),
@@ -740,7 +735,7 @@ impl WebhookStore for MemoryEngine {
                 for (id, raw) in events.range(start..).take(max - batch.len()) {
                     webhooks.dispatched_up_to = *id;
                     webhooks.unacked.insert(*id, now);
-                    batch.push(parse_entry(*id, raw));
+                    batch.push(decode_event(id.to_string(), raw));
                 }
                 (batch, next_reclaim)
             })?;

@@ -5,8 +5,10 @@
 //! Each test starts its own `redis-server` on an ephemeral loopback port (no persistence) and
 //! kills it when done; the shared Redis on 6379 is never touched.
 
+use super::reply::{items, text};
 use super::*;
-use crate::model::{LineItem, now_rfc3339};
+use crate::engine::*;
+use crate::model::{LineItem, Order, OrderEvent, OrderStatus, now_rfc3339};
 use std::net::TcpListener;
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;

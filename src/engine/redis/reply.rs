@@ -74,17 +74,7 @@ impl StreamEntry {
     /// All fields as a JSON object (lossy UTF-8): how an entry that lacks the expected field is
     /// shown to operators.
     pub fn fields_json(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .fields
-            .iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(k).into_owned(),
-                    serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
-                )
-            })
-            .collect();
-        serde_json::Value::Object(map).to_string()
+        crate::engine::log::fields_json(&self.fields)
     }
 }
 

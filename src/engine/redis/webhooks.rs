@@ -17,8 +17,16 @@
 //! decides delivery policy (what is due when, what disables an endpoint is the caller's and the
 //! scripts' contract): it only moves data between Rust types and Redis.
 
-use super::*;
+use super::conn::{map_err, within};
+use super::reply::{self, corrupt, int, items, text};
+use super::{RedisEngine, millis};
 use crate::engine::webhook::*;
+use crate::engine::{EngineResult, LogEntry};
+use crate::model::EventId;
+use ::redis::Value;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::time::Duration;
 
 /// Delivery states as stored in the delivery hash.
 fn state_name(state: DeliveryState) -> &'static str {
@@ -143,93 +151,6 @@ fn score_ms(value: &Value) -> Option<u64> {
 }
 
 impl RedisEngine {
-    /// `XAUTOCLAIM`: entries handed out at least `reclaim_after` ago and never acknowledged.
-    async fn reclaim_events(
-        &self,
-        consumer: &str,
-        max: usize,
-        reclaim_after: Duration,
-    ) -> EngineResult<Vec<LogEntry>> {
-        let cursor = self
-            .dispatch_cursor
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_else(|_| "0-0".into());
-        let what = "reclaiming webhook events";
-        let reply: Value = match self
-            .query(
-                what,
-                ::redis::cmd("XAUTOCLAIM")
-                    .arg(&self.keys.events)
-                    .arg(DISPATCH_GROUP)
-                    .arg(consumer)
-                    .arg(millis(reclaim_after))
-                    .arg(&cursor)
-                    .arg("COUNT")
-                    .arg(max),
-            )
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) if is_nogroup(&e) => {
-                self.recover_group(Group::Dispatch, &e).await?;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(map_err(what, e)),
-        };
-        let bad = || corrupt("XAUTOCLAIM returned an unexpected reply");
-        let parts = items(&reply).ok_or_else(bad)?;
-        let (Some(next), Some(claimed)) = (parts.first(), parts.get(1)) else {
-            return Err(bad());
-        };
-        if let (Some(next), Ok(mut cursor)) = (text(next), self.dispatch_cursor.lock()) {
-            *cursor = next;
-        }
-        let mut out = Vec::new();
-        let mut deleted = Vec::new();
-        for item in items(claimed).ok_or_else(bad)? {
-            match items(item) {
-                // Redis 6.2 hands out an entry trimmed from the log with nil fields (7.x drops
-                // it from the pending list itself): nothing to deliver, acknowledge it.
-                Some([id, Value::Nil]) => deleted.extend(text(id)),
-                _ => out.extend(reply::stream_entry(item)?.map(log_entry)),
-            }
-        }
-        if !deleted.is_empty() {
-            let _: Value = self
-                .run(
-                    "acknowledging trimmed webhook events",
-                    ::redis::cmd("XACK")
-                        .arg(&self.keys.events)
-                        .arg(DISPATCH_GROUP)
-                        .arg(&deleted),
-                )
-                .await?;
-        }
-        Ok(out)
-    }
-
-    /// Events never handed out to any node's dispatcher.
-    async fn read_new_events(
-        &self,
-        consumer: &str,
-        max: usize,
-        block: Duration,
-    ) -> EngineResult<Vec<LogEntry>> {
-        Ok(self
-            .read_group(
-                Group::Dispatch,
-                consumer,
-                max,
-                block,
-                "reading events for webhooks",
-            )
-            .await?
-            .into_iter()
-            .map(log_entry)
-            .collect())
-    }
-
     async fn reschedule(
         &self,
         what: &str,
@@ -584,6 +505,7 @@ impl WebhookStore for RedisEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EngineError;
 
     fn delivery() -> Delivery {
         Delivery {

@@ -1,0 +1,53 @@
+//! The idempotency room of the seam: the [`IdempotencyStore`] trait and its records.
+//!
+//! It owns the claim on an `Idempotency-Key` and the response remembered for it. It never
+//! writes a completed response on its own: that is written by the same atomic call as the
+//! effect it describes ([`OrderStore`](super::OrderStore)), so a replay can never describe an
+//! effect that did not happen.
+
+use super::EngineResult;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+
+/// A response remembered for an `Idempotency-Key`, written in the same atomic step as the
+/// effect it describes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdempotentResponse {
+    /// Scoped key: principal and client key.
+    pub key: String,
+    pub fingerprint: String,
+    pub status: u16,
+    pub body: Value,
+    #[serde(skip)]
+    pub ttl: Duration,
+}
+
+/// What `begin` found for an idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdempotencyBegin {
+    /// No earlier request: this caller owns the key until it completes or abandons it.
+    Started,
+    /// The first request with this key is still being processed.
+    InFlight { fingerprint: String },
+    /// The first request completed: replay its response (if the fingerprint matches).
+    Completed(IdempotentResponse),
+}
+
+/// Idempotency records for `Idempotency-Key`.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Claims `key` for a request with `fingerprint`, or reports what an earlier request left.
+    /// A claim that is never completed expires after `in_flight_ttl`.
+    async fn begin_idempotent(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        in_flight_ttl: Duration,
+    ) -> EngineResult<IdempotencyBegin>;
+
+    /// Drops an in-flight claim whose request failed, so the client may retry.
+    async fn abandon_idempotent(&self, key: &str) -> EngineResult<()>;
+}

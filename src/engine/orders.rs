@@ -1,0 +1,83 @@
+//! The orders room of the seam: the [`OrderStore`] trait and the outcomes of its calls.
+//!
+//! It owns an order's status, its history and the events and commands written in the same
+//! step, so an engine can make each call atomic. It never decides the workflow (which
+//! transition is allowed, what an event says): the caller hands it the decided change.
+
+use super::{EngineResult, IdempotentResponse, NewCommand, ReceivedCommand};
+use crate::model::{EventId, Order, OrderEvent, OrderRecord, StatusRecord};
+use async_trait::async_trait;
+
+/// The status change a worker wants to make for a command. `expected_version` is the version
+/// the worker read: the engine refuses the change if the order moved on meanwhile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    pub expected_version: u64,
+    pub event: OrderEvent,
+    /// Reason recorded in the order's history (also carried in `event.data` when set).
+    pub reason: Option<String>,
+}
+
+/// What happened to a command the worker tried to complete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApplyOutcome {
+    /// The change (if any) was written with its event and the command acknowledged, atomically.
+    Applied { event_id: Option<EventId> },
+    /// An earlier command for the same order is still pending: per-order FIFO says wait.
+    Blocked,
+    /// The order's version is no longer `expected_version`: read it again and decide again.
+    Stale { current_version: u64 },
+    /// The command was applied (or dead-lettered) before, by this or another receiver: it was
+    /// acknowledged and nothing changed.
+    AlreadyDone,
+}
+
+/// Result of atomically accepting a new order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcceptOutcome {
+    Accepted {
+        event_id: EventId,
+    },
+    /// An order with this id exists already; nothing was written.
+    AlreadyExists,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnqueueOutcome {
+    Enqueued,
+    UnknownOrder,
+}
+
+/// Orders, their status and history, written together with their events.
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    /// Atomically: the status record (`accepted`, version 1), its history entry, the
+    /// `order.accepted` event, the `processOrder` command and the idempotent response.
+    async fn accept_order(
+        &self,
+        order: &Order,
+        accepted_event: &OrderEvent,
+        command: &NewCommand,
+        idempotent: Option<&IdempotentResponse>,
+    ) -> EngineResult<AcceptOutcome>;
+
+    /// Queues a command for an existing order (and records the idempotent response with it).
+    async fn enqueue_command(
+        &self,
+        command: &NewCommand,
+        idempotent: Option<&IdempotentResponse>,
+    ) -> EngineResult<EnqueueOutcome>;
+
+    async fn order_status(&self, order_id: &str) -> EngineResult<Option<StatusRecord>>;
+
+    async fn order(&self, order_id: &str) -> EngineResult<Option<OrderRecord>>;
+
+    /// Completes a received command: applies `change` (status, history, event) if given, and
+    /// acknowledges the command, all or nothing. Enforces per-order FIFO and optimistic
+    /// concurrency on the version; see [`ApplyOutcome`].
+    async fn apply(
+        &self,
+        command: &ReceivedCommand,
+        change: Option<&StatusChange>,
+    ) -> EngineResult<ApplyOutcome>;
+}

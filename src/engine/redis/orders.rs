@@ -1,0 +1,313 @@
+//! Orders on Redis: the order hash, its capped history list, and the accept, enqueue and
+//! apply scripts that write them together with the event and the queue.
+//!
+//! It owns the mapping between orders and their keys. It never decides a transition: the
+//! worker hands it the decided [`StatusChange`], and the scripts only check the version and
+//! the per-order FIFO gate.
+
+use super::conn::{map_err, within};
+use super::groups::GROUP;
+use super::idempotency::done_record;
+use super::reply::{corrupt, int, items, text};
+use super::{RedisEngine, millis, parse_event_id};
+use crate::engine::{
+    AcceptOutcome, ApplyOutcome, EngineResult, EnqueueOutcome, IdempotentResponse, NewCommand,
+    OrderStore, ReceivedCommand, StatusChange,
+};
+use crate::model::{HistoryEntry, Order, OrderEvent, OrderRecord, OrderStatus, StatusRecord};
+use ::redis::ScriptInvocation;
+use async_trait::async_trait;
+use std::collections::HashMap;
+
+/// A history entry without its event id: the scripts splice the id in once the event's XADD
+/// assigned it (`{"eventId":"..",` + this JSON minus its opening brace).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryBody<'a> {
+    status: OrderStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_status: Option<OrderStatus>,
+    version: u64,
+    occurred_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+fn history_body(event: &OrderEvent, reason: Option<&str>) -> EngineResult<String> {
+    let json = serde_json::to_string(&HistoryBody {
+        status: event.status,
+        previous_status: event.previous_status,
+        version: event.version,
+        occurred_at: &event.occurred_at,
+        reason,
+    })
+    .map_err(corrupt)?;
+    // The splice in the scripts relies on a non-empty object: `{"status":..}` always is.
+    debug_assert!(json.starts_with("{\"status\""));
+    Ok(json)
+}
+
+impl RedisEngine {
+    /// What both intake scripts end with: the command (`messageId`, `orderId`, its JSON) and
+    /// the idempotent response stored in the same step (its key last among the keys, then the
+    /// record and its TTL; `PX` needs a TTL even when there is no record).
+    fn command_and_response(
+        &self,
+        invocation: &mut ScriptInvocation<'_>,
+        command: &NewCommand,
+        idempotent: Option<&IdempotentResponse>,
+    ) -> EngineResult<()> {
+        let message = serde_json::to_string(command).map_err(corrupt)?;
+        let (idem_json, idem_ttl) = match idempotent {
+            Some(r) => {
+                invocation.key(self.keys.idem(&r.key));
+                (done_record(r)?, millis(r.ttl))
+            }
+            None => (String::new(), 1),
+        };
+        invocation
+            .arg(&command.message_id)
+            .arg(&command.order_id)
+            .arg(message)
+            .arg(idem_json)
+            .arg(idem_ttl);
+        Ok(())
+    }
+
+    fn status_record(order_id: &str, hash: &HashMap<String, String>) -> EngineResult<StatusRecord> {
+        let field = |name: &str| {
+            hash.get(name)
+                .ok_or_else(|| corrupt(format!("order {order_id}: hash has no `{name}` field")))
+        };
+        Ok(StatusRecord {
+            order_id: order_id.to_string(),
+            customer_id: field("customerId")?.clone(),
+            partner_id: hash.get("partnerId").cloned(),
+            status: field("status")?
+                .parse()
+                .map_err(|e: String| corrupt(format!("order {order_id}: {e}")))?,
+            version: field("version")?
+                .parse()
+                .map_err(|_| corrupt(format!("order {order_id}: version is not a number")))?,
+            updated_at: field("updatedAt")?.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl OrderStore for RedisEngine {
+    async fn accept_order(
+        &self,
+        order: &Order,
+        accepted_event: &OrderEvent,
+        command: &NewCommand,
+        idempotent: Option<&IdempotentResponse>,
+    ) -> EngineResult<AcceptOutcome> {
+        let order_json = serde_json::to_string(order).map_err(corrupt)?;
+        let history = history_body(accepted_event, None)?;
+        let mut invocation = self.scripts.accept.prepare_invoke();
+        invocation
+            .key(self.keys.order(&order.order_id))
+            .key(self.keys.history(&order.order_id))
+            .key(&self.keys.events)
+            .key(&self.keys.commands)
+            .key(self.keys.cmdq(&command.order_id));
+        invocation
+            .arg(order_json)
+            .arg(&order.customer_id)
+            .arg(if order.partner_id.is_some() { "1" } else { "0" })
+            .arg(order.partner_id.as_deref().unwrap_or(""))
+            .arg(accepted_event.status.as_str())
+            .arg(accepted_event.version)
+            .arg(&accepted_event.occurred_at)
+            .arg(accepted_event.to_json())
+            .arg(self.settings.event_retention.max(1))
+            .arg(history)
+            .arg(self.settings.history_limit.max(1));
+        self.command_and_response(&mut invocation, command, idempotent)?;
+        let reply = self
+            .run_intake_script("accepting an order", &invocation)
+            .await?;
+        match text(&reply).as_deref() {
+            Some("exists") => Ok(AcceptOutcome::AlreadyExists),
+            Some(id) => Ok(AcceptOutcome::Accepted {
+                event_id: parse_event_id(id)?,
+            }),
+            None => Err(corrupt("accept script returned an unexpected reply")),
+        }
+    }
+
+    async fn enqueue_command(
+        &self,
+        command: &NewCommand,
+        idempotent: Option<&IdempotentResponse>,
+    ) -> EngineResult<EnqueueOutcome> {
+        let mut invocation = self.scripts.enqueue.prepare_invoke();
+        invocation
+            .key(self.keys.order(&command.order_id))
+            .key(&self.keys.commands)
+            .key(self.keys.cmdq(&command.order_id));
+        self.command_and_response(&mut invocation, command, idempotent)?;
+        let reply = self
+            .run_intake_script("queueing a command", &invocation)
+            .await?;
+        match text(&reply).as_deref() {
+            Some("ok") => Ok(EnqueueOutcome::Enqueued),
+            Some("unknown") => Ok(EnqueueOutcome::UnknownOrder),
+            _ => Err(corrupt("enqueue script returned an unexpected reply")),
+        }
+    }
+
+    async fn order_status(&self, order_id: &str) -> EngineResult<Option<StatusRecord>> {
+        let hash: HashMap<String, String> = self
+            .run(
+                "reading an order status",
+                ::redis::cmd("HGETALL").arg(self.keys.order(order_id)),
+            )
+            .await?;
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        Self::status_record(order_id, &hash).map(Some)
+    }
+
+    async fn order(&self, order_id: &str) -> EngineResult<Option<OrderRecord>> {
+        // One MULTI/EXEC: the status and the history come from the same moment.
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("HGETALL")
+            .arg(self.keys.order(order_id))
+            .cmd("LRANGE")
+            .arg(self.keys.history(order_id))
+            .arg(0)
+            .arg(-1);
+        let what = "reading an order";
+        let mut conn = self.conn.clone();
+        let (hash, history): (HashMap<String, String>, Vec<String>) =
+            within(what, self.op_timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|e| map_err(what, e))?;
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        let status = Self::status_record(order_id, &hash)?;
+        let order_json = hash
+            .get("order")
+            .ok_or_else(|| corrupt(format!("order {order_id}: hash has no `order` field")))?;
+        let order: Order = serde_json::from_str(order_json)
+            .map_err(|e| corrupt(format!("order {order_id}: `order` does not decode: {e}")))?;
+        let history = history
+            .iter()
+            .map(|h| serde_json::from_str::<HistoryEntry>(h))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                corrupt(format!(
+                    "order {order_id}: history entry does not decode: {e}"
+                ))
+            })?;
+        Ok(Some(OrderRecord {
+            order,
+            status,
+            history,
+        }))
+    }
+
+    async fn apply(
+        &self,
+        command: &ReceivedCommand,
+        change: Option<&StatusChange>,
+    ) -> EngineResult<ApplyOutcome> {
+        let message = &command.message;
+        let order_id = &message.order_id;
+        let mut invocation = self.scripts.apply.prepare_invoke();
+        invocation
+            .key(self.keys.order(order_id))
+            .key(self.keys.history(order_id))
+            .key(&self.keys.events)
+            .key(&self.keys.commands)
+            .key(self.keys.cmdq(order_id))
+            .arg(GROUP)
+            .arg(&command.receipt)
+            .arg(&message.message_id);
+        match change {
+            Some(change) => {
+                let event = &change.event;
+                invocation
+                    .arg("1")
+                    .arg(change.expected_version)
+                    .arg(event.status.as_str())
+                    .arg(event.version)
+                    .arg(&event.occurred_at)
+                    .arg(event.to_json())
+                    .arg(self.settings.event_retention.max(1))
+                    .arg(history_body(event, change.reason.as_deref())?)
+                    .arg(self.settings.history_limit.max(1));
+            }
+            None => {
+                invocation.arg("0");
+            }
+        }
+        let reply = self.run_script("applying a command", &invocation).await?;
+        let bad = || corrupt("apply script returned an unexpected reply");
+        let parts = items(&reply).ok_or_else(bad)?;
+        let outcome = parts.first().and_then(text).ok_or_else(bad)?;
+        match (outcome.as_str(), parts.get(1)) {
+            ("done", _) => Ok(ApplyOutcome::AlreadyDone),
+            ("blocked", _) => Ok(ApplyOutcome::Blocked),
+            ("stale", Some(version)) => Ok(ApplyOutcome::Stale {
+                current_version: int(version)
+                    .and_then(|v| u64::try_from(v).ok())
+                    .ok_or_else(|| corrupt(format!("order {order_id}: version is not a number")))?,
+            }),
+            ("missing", _) => Err(corrupt(format!(
+                "command {} for missing order {order_id}",
+                message.message_id
+            ))),
+            ("applied", Some(id)) => {
+                let id = text(id).ok_or_else(bad)?;
+                let event_id = if id.is_empty() {
+                    None
+                } else {
+                    Some(parse_event_id(&id)?)
+                };
+                Ok(ApplyOutcome::Applied { event_id })
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_body_splices_into_a_history_entry() {
+        let event = OrderEvent {
+            event_type: "order.confirmed".into(),
+            order_id: "o1".into(),
+            customer_id: "c1".into(),
+            partner_id: None,
+            status: OrderStatus::Confirmed,
+            previous_status: Some(OrderStatus::Accepted),
+            version: 2,
+            occurred_at: "2026-01-01T00:00:00.000Z".into(),
+            data: None,
+        };
+        let body = history_body(&event, Some("because")).unwrap();
+        // What the scripts do with the event id Redis assigned.
+        let spliced = format!("{{\"eventId\":\"5-1\",{}", &body[1..]);
+        let entry: HistoryEntry = serde_json::from_str(&spliced).unwrap();
+        assert_eq!(
+            entry,
+            HistoryEntry {
+                event_id: "5-1".into(),
+                status: OrderStatus::Confirmed,
+                previous_status: Some(OrderStatus::Accepted),
+                version: 2,
+                occurred_at: "2026-01-01T00:00:00.000Z".into(),
+                reason: Some("because".into()),
+            }
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! The command queue on Redis: `P{p0}:commands` read through the `workers` group, the
+//! dead-letter stream, visibility by idle time (`scripts/touch.lua`), stats and redrive.
+//!
+//! It owns turning stream entries into received commands (and setting aside those that do not
+//! decode). It never changes an order: completing a command is `orders.rs`' apply script.
+
+use super::conn::{map_err, within};
+use super::groups::GROUP;
+use super::reply::{self, StreamEntry, corrupt, int, items};
+use super::{RedisEngine, millis};
+use crate::engine::{
+    CommandQueue, DeadLetter, EngineResult, NewCommand, QueueStats, ReceivedCommand,
+};
+use ::redis::Value;
+use async_trait::async_trait;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// `queue_stats` counts at most this many expired in-flight commands (the rest still count as
+/// in flight): the figure stays cheap however large the backlog.
+const STATS_EXPIRED_SCAN: usize = 10_000;
+
+fn parse_command(entry: &StreamEntry) -> Result<NewCommand, String> {
+    let raw = entry
+        .text("message")
+        .ok_or("no UTF-8 `message` field".to_string())?;
+    serde_json::from_str(raw).map_err(|e| format!("`message` does not decode: {e}"))
+}
+
+impl RedisEngine {
+    /// Turns stream entries into received commands. An entry that does not decode cannot be
+    /// handed to a worker; it is moved aside (kept in a hash, acknowledged, deleted) and logged,
+    /// so it neither blocks the queue nor disappears silently.
+    async fn to_received(
+        &self,
+        entries: Vec<(StreamEntry, u32)>,
+    ) -> EngineResult<Vec<ReceivedCommand>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for (entry, receive_count) in entries {
+            match parse_command(&entry) {
+                Ok(message) => out.push(ReceivedCommand {
+                    receipt: entry.id,
+                    message,
+                    receive_count,
+                }),
+                Err(error) => {
+                    tracing::error!(entry_id = %entry.id, %error, "command entry does not decode; set aside");
+                    let kept = serde_json::json!({"fields": entry.fields_json(), "error": error})
+                        .to_string();
+                    let mut pipe = ::redis::pipe();
+                    pipe.atomic()
+                        .cmd("HSET")
+                        .arg(&self.keys.malformed_commands)
+                        .arg(&entry.id)
+                        .arg(kept)
+                        .cmd("XACK")
+                        .arg(&self.keys.commands)
+                        .arg(GROUP)
+                        .arg(&entry.id)
+                        .cmd("XDEL")
+                        .arg(&self.keys.commands)
+                        .arg(&entry.id);
+                    let mut conn = self.conn.clone();
+                    within(
+                        "setting a command aside",
+                        self.op_timeout,
+                        pipe.query_async::<Value>(&mut conn),
+                    )
+                    .await
+                    .map_err(|e| map_err("setting a command aside", e))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resets a delivery's idle time (see `scripts/touch.lua`).
+    async fn touch(
+        &self,
+        command: &ReceivedCommand,
+        idle: Duration,
+        what: &str,
+    ) -> EngineResult<()> {
+        let mut invocation = self.scripts.touch.prepare_invoke();
+        invocation
+            .key(&self.keys.commands)
+            .arg(GROUP)
+            .arg(&self.settings.consumer_name)
+            .arg(&command.receipt)
+            .arg(command.receive_count)
+            .arg(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX));
+        self.run_script(what, &invocation).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl CommandQueue for RedisEngine {
+    async fn receive_batch(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> EngineResult<Vec<ReceivedCommand>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        // While commands are in flight, one of them may expire during a long block, which only
+        // a claim notices: block in slices then. With nothing pending, block the whole wait.
+        let slice = (self.settings.visibility_timeout / 4).max(Duration::from_millis(50));
+        loop {
+            let now_ms = self.started.elapsed().as_millis() as u64;
+            let (expired, pending) = if now_ms >= self.next_claim_ms.load(Ordering::Relaxed) {
+                self.next_claim_ms
+                    .store(now_ms + slice.as_millis() as u64, Ordering::Relaxed);
+                self.claim_expired(max).await?
+            } else {
+                // Not looked: assume work may be in flight, so block in slices.
+                (Vec::new(), 1)
+            };
+            let mut batch = self.to_received(expired).await?;
+            if batch.len() >= max {
+                return Ok(batch);
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Already holding work: take what is new without waiting for more.
+            let block = if !batch.is_empty() {
+                Duration::ZERO
+            } else if pending > 0 {
+                remaining.min(slice)
+            } else {
+                remaining
+            };
+            let fresh = self.read_new(max - batch.len(), block).await?;
+            batch.extend(
+                self.to_received(fresh.into_iter().map(|e| (e, 1)).collect())
+                    .await?,
+            );
+            if !batch.is_empty() || tokio::time::Instant::now() >= deadline || block.is_zero() {
+                return Ok(batch);
+            }
+        }
+    }
+
+    async fn extend_visibility(&self, command: &ReceivedCommand) -> EngineResult<()> {
+        self.touch(command, Duration::ZERO, "extending visibility")
+            .await
+    }
+
+    async fn release(&self, command: &ReceivedCommand) -> EngineResult<()> {
+        // Idle as long as the visibility timeout: the next claim takes it, and the next
+        // receive claims.
+        self.touch(
+            command,
+            self.settings.visibility_timeout,
+            "releasing a command",
+        )
+        .await?;
+        self.next_claim_ms.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn queue_stats(&self) -> EngineResult<QueueStats> {
+        let mut invocation = self.scripts.stats.prepare_invoke();
+        invocation
+            .key(&self.keys.commands)
+            .key(&self.keys.dlq)
+            .arg(GROUP)
+            .arg(millis(self.settings.visibility_timeout))
+            .arg(STATS_EXPIRED_SCAN);
+        let reply = self.run_script("reading queue stats", &invocation).await?;
+        let bad = || corrupt("stats script returned an unexpected reply");
+        let figures = items(&reply)
+            .ok_or_else(bad)?
+            .iter()
+            .map(|v| int(v).map(|n| n.max(0) as u64))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(bad)?;
+        let [length, pending, expired, dead] = figures[..] else {
+            return Err(bad());
+        };
+        let in_flight = pending.saturating_sub(expired);
+        Ok(QueueStats {
+            visible: length.saturating_sub(in_flight),
+            in_flight,
+            dead_letters: dead,
+        })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> EngineResult<Vec<DeadLetter>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let reply: Value = self
+            .run(
+                "reading dead letters",
+                ::redis::cmd("XRANGE")
+                    .arg(&self.keys.dlq)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for entry in reply::range_entries(&reply)? {
+            match entry
+                .text("deadLetter")
+                .map(serde_json::from_str::<DeadLetter>)
+            {
+                Some(Ok(dead)) => out.push(dead),
+                // One unreadable entry must not hide the others.
+                Some(Err(e)) => {
+                    tracing::warn!(entry_id = %entry.id, error = %e, "dead letter does not decode")
+                }
+                None => {
+                    tracing::warn!(entry_id = %entry.id, "dead letter has no `deadLetter` field")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn redrive(&self, limit: usize) -> EngineResult<usize> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut invocation = self.scripts.redrive.prepare_invoke();
+        invocation
+            .key(&self.keys.dlq)
+            .key(&self.keys.commands)
+            .arg(limit)
+            .arg(&self.keys.cmdq_prefix);
+        let reply = self
+            .run_script("redriving dead letters", &invocation)
+            .await?;
+        int(&reply)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| corrupt("redrive script returned an unexpected reply"))
+    }
+}
