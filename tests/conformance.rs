@@ -1,8 +1,10 @@
 //! The engine conformance suite: every behaviour the engine seam promises, run against the
-//! memory engine and against the Redis engine (each test on its own `redis-server`).
+//! memory engine, the Redis engine on a single Redis (each test on its own `redis-server`) and
+//! the Redis engine on a real 3-master Redis Cluster.
 //!
 //! Each test is written once as `async fn name(h: Harness)`; the `conformance!` macro makes a
-//! `memory::name` and a `redis::name` test of it.
+//! `memory::name`, a `redis::name` and a `cluster::name` test of it. The cluster tests share
+//! one cluster per test binary (starting one takes seconds), each under its own `key_prefix`.
 
 mod common;
 
@@ -51,10 +53,24 @@ impl Harness {
     }
 
     async fn redis_with(server: common::RedisServer) -> Harness {
+        let mut h = Harness::redis_at(server.url(), "conf:".into()).await;
+        h.redis = Some(server);
+        h
+    }
+
+    /// On the binary's shared Redis Cluster, with keys of its own under `conf-<test>:`.
+    async fn cluster(test: &str) -> Harness {
+        let url = tokio::task::spawn_blocking(|| common::cluster::RedisCluster::shared().url())
+            .await
+            .expect("the shared cluster");
+        Harness::redis_at(url, format!("conf-{test}:")).await
+    }
+
+    async fn redis_at(redis_url: String, key_prefix: String) -> Harness {
         let engine_config = EngineConfig {
             kind: herald::config::EngineKind::Redis,
-            redis_url: server.url(),
-            key_prefix: "conf:".into(),
+            redis_url,
+            key_prefix,
             ..EngineConfig::default()
         };
         let settings = settings("c1");
@@ -63,7 +79,7 @@ impl Harness {
             .expect("redis engine");
         Harness {
             engine: Arc::new(engine),
-            redis: Some(server),
+            redis: None,
             settings,
             engine_config,
         }
@@ -72,9 +88,9 @@ impl Harness {
     /// A second engine handle on the same state, as another process would have (memory: the
     /// same engine, since it cannot be shared across processes).
     async fn second_consumer(&self) -> Arc<dyn Engine> {
-        match &self.redis {
-            None => self.engine.clone(),
-            Some(_) => Arc::new(
+        match self.engine_config.kind {
+            herald::config::EngineKind::Memory => self.engine.clone(),
+            herald::config::EngineKind::Redis => Arc::new(
                 RedisEngine::connect(&self.engine_config, settings("c2"))
                     .await
                     .expect("second redis engine"),
@@ -98,6 +114,14 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     super::$name(super::Harness::redis().await).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Harness::cluster(stringify!($name)).await).await;
                 }
             )*
         }
