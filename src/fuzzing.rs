@@ -1,17 +1,21 @@
 //! The way in for the cargo-fuzz targets in `fuzz/`: thin wrappers over the real parsers, so
 //! each target drives exactly the code a hostile peer reaches. Nothing here parses anything
-//! itself. Not part of Herald's API.
+//! itself. Not part of Herald's API, and compiled only with the `fuzzing` feature (which
+//! `fuzz/Cargo.toml` turns on) or for the unit tests.
 
-use crate::api::{AppState, Shared};
 use crate::auth::{KeyRing, Principal};
 use crate::config::{Config, PartnerKey};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{EngineSettings, EventLog, LogEntry};
 use crate::graphql::{DocumentLimits, GraphqlSchema};
+use crate::node::{Node, Shared};
+use crate::push::PushState;
 use crate::push::conn::ConnHandle;
 use crate::push::hub::Hub;
-use crate::push::session::{Flow, Protocol, Session};
-use crate::push::{PushState, appsync, transport_ws, ws};
+use crate::push::protocol::Flow;
+use crate::push::session::Session;
+use crate::push::ws;
+pub use crate::push::ws::Subprotocol;
 use crate::tail::EventSink;
 use crate::webhooks::ssrf::AllowList;
 use std::sync::Arc;
@@ -73,7 +77,7 @@ pub struct WsOutcome {
 }
 
 /// A push node of one: the memory engine, the hub (following the log) and the schema, with
-/// sessions driven message by message on a single-threaded runtime, as `session::run` drives
+/// sessions driven message by message on a single-threaded runtime, as `socket::run` drives
 /// them from a socket.
 pub struct WsHarness {
     runtime: tokio::runtime::Runtime,
@@ -104,10 +108,10 @@ impl WsHarness {
                 .expect("the memory engine reads")
         });
         let limits = DocumentLimits::from(&config.graphql);
-        let app = AppState(Arc::new(Shared {
+        let node = Node(Arc::new(Shared {
             engine,
             keys: keyring(),
-            rate_limiter: crate::api::ratelimit::ApiRateLimiter::new(
+            rate_limiter: crate::http::ratelimit::ApiRateLimiter::new(
                 &config.http,
                 std::time::Instant::now(),
             ),
@@ -119,7 +123,7 @@ impl WsHarness {
         let hub = Arc::new(Hub::new());
         hub.start(position);
         let state = Arc::new(PushState {
-            app,
+            node,
             hub,
             schema: Arc::new(GraphqlSchema::load().expect("config/schema.graphql is valid")),
             limits,
@@ -135,14 +139,14 @@ impl WsHarness {
     /// started run, then ends them.
     pub fn connect(
         &self,
-        protocol: Protocol,
+        subprotocol: Subprotocol,
         query: Option<&str>,
         offered: &[String],
         messages: &[&str],
     ) -> WsOutcome {
         let _guard = self.runtime.enter();
         let credential = ws::handshake_credential(&Default::default(), query, offered);
-        let handshake = credential.map(|c| self.state.app.keys.authenticate(&c));
+        let handshake = credential.map(|c| self.state.node.keys.authenticate(&c));
         let principal = match &handshake {
             // `ws::upgrade` answers 401: no connection, no session.
             Some(Err(_)) => {
@@ -156,15 +160,13 @@ impl WsHarness {
             None => None,
         };
         let conn = Arc::new(ConnHandle::new(
-            self.state.app.config.push.outbound_queue_bytes,
+            self.state.node.config.push.outbound_queue_bytes,
         ));
         let mut session = Session::new(self.state.clone(), conn.clone(), principal);
+        let protocol = subprotocol.protocol();
         let mut close = None;
         for text in messages {
-            let flow = match protocol {
-                Protocol::TransportWs => transport_ws::on_message(&mut session, text),
-                Protocol::GraphqlWs => appsync::on_message(&mut session, text),
-            };
+            let flow = protocol.on_message(&mut session, text);
             if let Flow::Close(code, reason) = flow {
                 close = Some((code, reason));
                 break;
@@ -209,7 +211,7 @@ mod tests {
         let init =
             format!(r#"{{"type":"connection_init","payload":{{"x-api-key":"{ADMIN_KEY}"}}}}"#);
         let subscribe = r#"{"id":"1","type":"subscribe","payload":{"query":"subscription { onOrderUpdated(after: \"0-0\") { eventId status } }"}}"#;
-        let outcome = harness.connect(Protocol::TransportWs, None, &[], &[&init, subscribe]);
+        let outcome = harness.connect(Subprotocol::TransportWs, None, &[], &[&init, subscribe]);
         assert!(outcome.close.is_none());
         let kinds: Vec<String> = outcome
             .sent
@@ -232,10 +234,15 @@ mod tests {
             )
         };
         let init = [r#"{"type":"connection_init"}"#];
-        let ok = harness.connect(Protocol::GraphqlWs, Some(&header(PARTNER_KEY)), &[], &init);
+        let ok = harness.connect(
+            Subprotocol::GraphqlWs,
+            Some(&header(PARTNER_KEY)),
+            &[],
+            &init,
+        );
         assert!(matches!(ok.handshake, Some(Ok(Principal::Partner { .. }))));
         assert!(ok.sent[0].contains("connection_ack"));
-        let refused = harness.connect(Protocol::GraphqlWs, Some(&header("wrong")), &[], &init);
+        let refused = harness.connect(Subprotocol::GraphqlWs, Some(&header("wrong")), &[], &init);
         assert!(matches!(refused.handshake, Some(Err(_))));
         assert!(refused.sent.is_empty());
     }

@@ -4,29 +4,41 @@
 //! - [`config`]: the layered configuration.
 //! - [`engine`]: every byte of state (queue, status store, event log, idempotency) behind one
 //!   seam, with the memory and Redis engines.
+//! - [`node`]: the state every request can reach (engine, config, keys, limiter, metrics) and
+//!   the admission of a caller, shared by `api` and `push`.
 //! - [`api`]: the HTTP API; [`auth`]: who is calling; [`ratelimit`]: token buckets.
-//! - [`worker`]: the order workflow over the command queue.
+//! - [`workflow`]: the order workflow's rules (transitions, business validation, events);
+//!   [`worker`] runs them over the command queue.
+//! - `backoff`: the retry delay every reconnect loop waits by.
 //! - [`tail`]: follows the event log for this node's consumers.
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
 //! - [`webhooks`]: partner webhooks: dispatcher, sender, signatures and the SSRF guard.
-//! - [`server`]: `herald serve`, roles and shutdown; [`http`]: the HTTP connections' limits.
-//! - `fuzzing` (hidden): the entry points of the cargo-fuzz targets in `fuzz/`.
+//! - [`server`]: `herald serve`, roles and shutdown; [`http`]: the HTTP plumbing api and push
+//!   share (connection limits, problem+json, rate limits, the route table).
+//! - `fuzzing` (hidden, cargo feature `fuzzing`): the entry points of the cargo-fuzz targets in
+//!   `fuzz/`.
 
-pub mod api;
+mod api;
 pub mod auth;
+mod backoff;
 pub mod config;
 mod config_checks;
 pub mod engine;
+// Compiled for the fuzz targets (`--features fuzzing`) and for the unit tests, which check
+// the harness itself; never into the server.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod graphql;
-pub mod http;
-pub mod metrics;
+mod http;
+mod metrics;
 pub mod model;
-pub mod push;
-pub mod ratelimit;
+mod node;
+mod push;
+mod ratelimit;
 pub mod server;
-pub mod tail;
+mod tail;
 pub mod webhooks;
-pub mod worker;
+mod worker;
+pub mod workflow;

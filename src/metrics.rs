@@ -1,39 +1,56 @@
-//! Process metrics in the Prometheus text format. Counters are plain atomics bumped on the hot
-//! path (no locks, no allocation); gauges that live in the engine (queue depth) are read at
-//! scrape time.
+//! Process metrics in the Prometheus text format, kept by the `metrics` crate's Prometheus
+//! exporter. Each [`Metrics`] has its own recorder (none is installed globally: tests and the
+//! fuzzing harness build several servers in one process). Counters are registered once and
+//! kept as handles, so the hot path bumps an atomic without a lookup, a lock or an allocation.
+//! Values that live elsewhere (the engine's queue depth, the push side's own counters) are
+//! read at scrape time into a recorder made for that scrape, so a value the engine could not
+//! give is absent rather than stale.
+//!
+//! This module never writes the exposition format by hand: the exporter does.
 
 use crate::engine::QueueStats;
-use std::fmt::Write;
+use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The exporter ignores metadata; registration needs some.
+const METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
 macro_rules! counters {
     ($( $field:ident => $name:literal, $help:literal; )*) => {
         /// Every counter Herald exports. Names follow Prometheus conventions (`_total`).
-        #[derive(Default)]
         pub struct Metrics {
-            $( pub $field: AtomicU64, )*
-            /// Series owned by other parts (the push hub), appended at scrape time.
-            pub extra: std::sync::OnceLock<ExtraSeries>,
+            $( pub $field: Counter, )*
+            /// Series owned by other parts (the push hub), read at scrape time.
+            pub extra: OnceLock<ExtraSeries>,
             /// How late webhook attempts start after their due time.
             pub webhook_lateness: Histogram,
             /// API requests answered 429 by the per-credential rate limit, by role.
             pub api_rate_limited: RoleCounter,
+            recorder: PrometheusRecorder,
         }
 
-        impl Metrics {
-            fn write_counters(&self, out: &mut String) {
-                $(
-                    let _ = writeln!(out, "# HELP {} {}", $name, $help);
-                    let _ = writeln!(out, "# TYPE {} counter", $name);
-                    let _ = writeln!(out, "{} {}", $name, self.$field.load(Ordering::Relaxed));
-                )*
+        impl Default for Metrics {
+            fn default() -> Self {
+                let recorder = PrometheusBuilder::new()
+                    .set_buckets_for_metric(Matcher::Full(LATENESS.0.into()), &HISTOGRAM_BOUNDS)
+                    .unwrap_or_else(|_| unreachable!("HISTOGRAM_BOUNDS is not empty"))
+                    .build_recorder();
+                Metrics {
+                    $( $field: counter(&recorder, $name, $help, Vec::new()), )*
+                    extra: OnceLock::new(),
+                    webhook_lateness: Histogram::new(&recorder, LATENESS),
+                    api_rate_limited: RoleCounter::new(&recorder, RATE_LIMITED),
+                    recorder,
+                }
             }
         }
     };
 }
 
-/// Writes more series into the exposition.
-pub type ExtraSeries = Box<dyn Fn() -> String + Send + Sync>;
+/// Adds the series of another part to a scrape.
+pub type ExtraSeries = Box<dyn Fn(&Scrape) + Send + Sync>;
 
 counters! {
     orders_accepted => "herald_orders_accepted_total", "Orders accepted at intake (202).";
@@ -60,15 +77,56 @@ counters! {
     webhook_sender_errors => "herald_webhook_sender_errors_total", "Sender engine calls that failed (the delivery is taken again when its lease ends).";
 }
 
+/// A series' name and HELP text.
+type Family = (&'static str, &'static str);
+
+const LATENESS: Family = (
+    "herald_webhook_attempt_lateness_seconds",
+    "How long after its due time a webhook attempt started.",
+);
+const RATE_LIMITED: Family = (
+    "herald_api_rate_limited_total",
+    "API requests answered 429 by the per-credential rate limit (http.rate_limit_*).",
+);
+
+fn counter(
+    recorder: &PrometheusRecorder,
+    name: &'static str,
+    help: &'static str,
+    labels: Vec<Label>,
+) -> Counter {
+    recorder.describe_counter(
+        KeyName::from_const_str(name),
+        None,
+        SharedString::const_str(help),
+    );
+    recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+}
+
 /// A counter labelled with the caller's role (`admin`, `partner`, `customer`).
-#[derive(Default)]
 pub struct RoleCounter {
-    admin: AtomicU64,
-    partner: AtomicU64,
-    customer: AtomicU64,
+    admin: Counter,
+    partner: Counter,
+    customer: Counter,
 }
 
 impl RoleCounter {
+    fn new(recorder: &PrometheusRecorder, (name, help): Family) -> RoleCounter {
+        let role = |role: &'static str| {
+            counter(
+                recorder,
+                name,
+                help,
+                vec![Label::from_static_parts("role", role)],
+            )
+        };
+        RoleCounter {
+            admin: role("admin"),
+            partner: role("partner"),
+            customer: role("customer"),
+        }
+    }
+
     /// Counts one for `role`; an unknown role counts nowhere.
     pub fn inc(&self, role: &str) {
         let counter = match role {
@@ -77,137 +135,156 @@ impl RoleCounter {
             "customer" => &self.customer,
             _ => return,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn write(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for (role, value) in [
-            ("admin", &self.admin),
-            ("partner", &self.partner),
-            ("customer", &self.customer),
-        ] {
-            let _ = writeln!(
-                out,
-                "{name}{{role=\"{role}\"}} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
+        counter.increment(1);
     }
 }
 
-/// A Prometheus histogram over fixed buckets (seconds), lock-free.
+/// A Prometheus histogram over fixed buckets (seconds).
 pub struct Histogram {
-    counts: [AtomicU64; HISTOGRAM_BOUNDS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    recorded: metrics::Histogram,
+    /// The exporter buffers samples until it folds them into the buckets; a node nobody
+    /// scrapes folds them every [`FOLD_EVERY`] samples, so the buffer stays small.
+    unfolded: AtomicU64,
+    recorder: metrics_exporter_prometheus::PrometheusHandle,
 }
+
+const FOLD_EVERY: u64 = 1024;
 
 const HISTOGRAM_BOUNDS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-impl Default for Histogram {
-    fn default() -> Self {
+impl Histogram {
+    fn new(recorder: &PrometheusRecorder, (name, help): Family) -> Histogram {
+        recorder.describe_histogram(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(help),
+        );
         Histogram {
-            counts: Default::default(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
+            recorded: recorder.register_histogram(&Key::from_static_name(name), &METADATA),
+            unfolded: AtomicU64::new(0),
+            recorder: recorder.handle(),
+        }
+    }
+
+    pub fn observe(&self, value: std::time::Duration) {
+        self.recorded.record(value.as_secs_f64());
+        if self.unfolded.fetch_add(1, Ordering::Relaxed) + 1 >= FOLD_EVERY {
+            self.unfolded.store(0, Ordering::Relaxed);
+            self.recorder.run_upkeep();
         }
     }
 }
 
-impl Histogram {
-    pub fn observe(&self, value: std::time::Duration) {
-        let seconds = value.as_secs_f64();
-        for (bound, count) in HISTOGRAM_BOUNDS.iter().zip(&self.counts) {
-            if seconds <= *bound {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
+/// The values read at scrape time, in a recorder of their own made for one scrape.
+pub struct Scrape {
+    recorder: PrometheusRecorder,
+}
+
+impl Scrape {
+    fn new() -> Scrape {
+        Scrape {
+            recorder: PrometheusBuilder::new().build_recorder(),
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
     }
 
-    fn write(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bound, count) in HISTOGRAM_BOUNDS.iter().zip(&self.counts) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                count.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
+    pub fn gauge(&self, name: &'static str, help: &'static str, value: u64) {
+        self.recorder.describe_gauge(
+            KeyName::from_const_str(name),
+            None,
+            SharedString::const_str(help),
+        );
+        self.recorder
+            .register_gauge(&Key::from_static_name(name), &METADATA)
+            .set(value as f64);
+    }
+
+    /// A counter kept elsewhere (an atomic of the push side), exported with its value now.
+    pub fn counter(&self, name: &'static str, help: &'static str, value: u64) {
+        counter(&self.recorder, name, help, Vec::new()).absolute(value);
     }
 }
 
 impl Metrics {
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub fn inc(counter: &Counter) {
+        counter.increment(1);
     }
 
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub fn add(counter: &Counter, n: u64) {
+        counter.increment(n);
     }
 
     /// The full exposition. `queue` is `None` when the engine could not be reached.
     pub fn render(&self, queue: Option<&QueueStats>, engine_up: bool) -> String {
-        let mut out = String::with_capacity(4096);
-        self.write_counters(&mut out);
-        self.webhook_lateness.write(
-            &mut out,
-            "herald_webhook_attempt_lateness_seconds",
-            "How long after its due time a webhook attempt started.",
-        );
-        self.api_rate_limited.write(
-            &mut out,
-            "herald_api_rate_limited_total",
-            "API requests answered 429 by the per-credential rate limit (http.rate_limit_*).",
-        );
-        let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {value}");
-        };
-        gauge(
-            &mut out,
+        let scrape = Scrape::new();
+        scrape.gauge(
             "herald_engine_up",
             "1 when the engine answered the scrape's queue query.",
             u64::from(engine_up),
         );
         if let Some(q) = queue {
-            gauge(
-                &mut out,
+            scrape.gauge(
                 "herald_queue_visible_messages",
                 "Commands waiting to be received.",
                 q.visible,
             );
-            gauge(
-                &mut out,
+            scrape.gauge(
                 "herald_queue_in_flight_messages",
                 "Commands received and not yet acknowledged.",
                 q.in_flight,
             );
-            gauge(
-                &mut out,
+            scrape.gauge(
                 "herald_queue_dead_letters",
                 "Commands in the dead-letter queue.",
                 q.dead_letters,
             );
         }
         if let Some(extra) = self.extra.get() {
-            out.push_str(&extra());
+            extra(&scrape);
         }
-        out
+        in_stable_order(&[
+            self.recorder.handle().render(),
+            scrape.recorder.handle().render(),
+        ])
     }
+}
+
+/// The exporter writes families (and a family's series) in hash order, each family followed
+/// by a blank line. Families are put in name order and the series of a counter or gauge in
+/// label order, so two scrapes read alike; a histogram's lines keep the exporter's order.
+fn in_stable_order(expositions: &[String]) -> String {
+    let mut families: Vec<Vec<&str>> = expositions
+        .iter()
+        .flat_map(|text| text.split("\n\n"))
+        .filter(|family| !family.trim().is_empty())
+        .map(|family| {
+            let mut lines: Vec<&str> = family.lines().collect();
+            let is_histogram = lines
+                .iter()
+                .any(|l| l.starts_with("# TYPE ") && l.ends_with(" histogram"));
+            if !is_histogram {
+                let comments = lines.iter().take_while(|l| l.starts_with('#')).count();
+                lines[comments..].sort_unstable();
+            }
+            lines
+        })
+        .collect();
+    families.sort_by_key(|lines| family_name(lines));
+    let mut out = String::with_capacity(4096);
+    for line in families.iter().flatten() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The name in a family's first comment line (`# HELP <name> ...`).
+fn family_name<'a>(lines: &[&'a str]) -> &'a str {
+    lines
+        .first()
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -249,5 +326,66 @@ mod tests {
         assert!(text.contains("herald_webhook_attempt_lateness_seconds_bucket{le=\"0.025\"} 1\n"));
         assert!(text.contains("herald_webhook_attempt_lateness_seconds_bucket{le=\"5\"} 2\n"));
         assert!(text.contains("herald_webhook_attempt_lateness_seconds_count 2\n"));
+    }
+
+    #[test]
+    fn histogram_folds_its_samples_without_losing_any() {
+        let m = Metrics::default();
+        for _ in 0..FOLD_EVERY * 2 + 5 {
+            m.webhook_lateness
+                .observe(std::time::Duration::from_millis(1));
+        }
+        let text = m.render(None, true);
+        let count = FOLD_EVERY * 2 + 5;
+        assert!(text.contains(&format!(
+            "herald_webhook_attempt_lateness_seconds_bucket{{le=\"0.005\"}} {count}\n"
+        )));
+        assert!(text.contains(&format!(
+            "herald_webhook_attempt_lateness_seconds_count {count}\n"
+        )));
+    }
+
+    #[test]
+    fn queue_gauges_are_absent_when_the_engine_did_not_answer() {
+        let m = Metrics::default();
+        let stats = QueueStats {
+            visible: 3,
+            in_flight: 1,
+            dead_letters: 0,
+        };
+        assert!(
+            m.render(Some(&stats), true)
+                .contains("herald_queue_visible_messages 3\n")
+        );
+        let text = m.render(None, false);
+        assert!(text.contains("herald_engine_up 0\n"));
+        assert!(!text.contains("herald_queue_visible_messages"), "{text}");
+    }
+
+    #[test]
+    fn series_of_other_parts_join_the_scrape_in_name_order() {
+        let m = Metrics::default();
+        let _ = m.extra.set(Box::new(|scrape| {
+            scrape.gauge("herald_push_connections", "Open.", 2);
+            scrape.counter("herald_push_deliveries_total", "Queued.", 7);
+        }));
+        Metrics::inc(&m.webhook_attempts);
+        let text = m.render(None, true);
+        assert!(text.contains(
+            "# HELP herald_push_connections Open.\n# TYPE herald_push_connections gauge\nherald_push_connections 2\n"
+        ));
+        assert!(text.contains(
+            "# TYPE herald_push_deliveries_total counter\nherald_push_deliveries_total 7\n"
+        ));
+        assert!(!text.contains("\n\n"), "no blank lines");
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        assert_eq!(text, m.render(None, true), "two scrapes read alike");
     }
 }

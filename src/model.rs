@@ -152,6 +152,26 @@ pub struct OrderEvent {
 }
 
 impl OrderEvent {
+    /// The one way Herald builds an event: the order entering `record`'s status (at its
+    /// version and time) from `previous_status`; a reason travels as `data.reason`.
+    pub fn entered(
+        record: StatusRecord,
+        previous_status: Option<OrderStatus>,
+        reason: Option<&str>,
+    ) -> OrderEvent {
+        OrderEvent {
+            event_type: record.status.event_type(),
+            order_id: record.order_id,
+            customer_id: record.customer_id,
+            partner_id: record.partner_id,
+            status: record.status,
+            previous_status,
+            version: record.version,
+            occurred_at: record.updated_at,
+            data: reason.map(|r| serde_json::json!({ "reason": r })),
+        }
+    }
+
     /// Parses and checks an event body written by Herald or by any other program. Checks what
     /// serde cannot: the type matches the status and the timestamp is RFC 3339.
     pub fn parse(raw: &str) -> Result<OrderEvent, String> {
@@ -325,6 +345,31 @@ mod tests {
         let big = ev.data.as_ref().unwrap()["big"].as_f64().unwrap();
         assert_eq!(big.to_bits(), 1.795_386_269_724_631_4e308_f64.to_bits());
         assert_eq!(OrderEvent::parse(&ev.to_json()).unwrap(), ev);
+    }
+
+    #[test]
+    fn built_events_have_the_wire_form_of_design_1_3() {
+        let record = |partner_id: Option<&str>, status, version| StatusRecord {
+            order_id: "o1".into(),
+            customer_id: "c1".into(),
+            partner_id: partner_id.map(String::from),
+            status,
+            version,
+            updated_at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        assert_eq!(
+            OrderEvent::entered(record(None, OrderStatus::Accepted, 1), None, None).to_json(),
+            r#"{"type":"order.accepted","orderId":"o1","customerId":"c1","status":"accepted","version":1,"occurredAt":"2026-01-01T00:00:00.000Z"}"#
+        );
+        let rejected = OrderEvent::entered(
+            record(Some("p1"), OrderStatus::Rejected, 2),
+            Some(OrderStatus::Accepted),
+            Some("no"),
+        );
+        assert_eq!(
+            rejected.to_json(),
+            r#"{"type":"order.rejected","orderId":"o1","customerId":"c1","partnerId":"p1","status":"rejected","previousStatus":"accepted","version":2,"occurredAt":"2026-01-01T00:00:00.000Z","data":{"reason":"no"}}"#
+        );
     }
 
     #[test]

@@ -79,10 +79,6 @@ impl TokenBucket {
         self.tokens + elapsed * self.rate >= self.burst
     }
 
-    pub fn rate(&self) -> u32 {
-        self.rate as u32
-    }
-
     pub fn burst(&self) -> u32 {
         self.burst as u32
     }

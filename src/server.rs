@@ -5,13 +5,14 @@
 //! dispatcher and the webhook sender stop (attempts in flight finish), all within
 //! `http.shutdown_grace`.
 
-use crate::api::ratelimit::ApiRateLimiter;
-use crate::api::{self, AppState, Shared};
+use crate::api;
 use crate::auth::{KeyRing, generate_admin_key};
 use crate::config::Config;
 use crate::engine;
 use crate::graphql::{DocumentLimits, GraphqlSchema};
+use crate::http::ratelimit::ApiRateLimiter;
 use crate::metrics::Metrics;
+use crate::node::{Node, Shared};
 use crate::push::{self, PushState};
 use crate::tail::{EventSink, EventTail};
 use crate::webhooks::dispatcher::Dispatcher;
@@ -131,7 +132,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         AllowList::parse(&config.webhooks.allow_networks).map_err(|e| anyhow::anyhow!(e))?,
     );
     let webhook_wake = Arc::new(Notify::new());
-    let state = AppState(Arc::new(Shared {
+    let state = Node(Arc::new(Shared {
         engine: engine.clone(),
         keys: KeyRing::from_config(&config.auth).context("loading [auth] keys")?,
         rate_limiter: ApiRateLimiter::new(&config.http, std::time::Instant::now()),
@@ -188,7 +189,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             GraphqlSchema::load().map_err(|e| anyhow::anyhow!("config/schema.graphql: {e}"))?;
         let hub = Arc::new(push::hub::Hub::new());
         let push = Arc::new(PushState {
-            app: state.clone(),
+            node: state.clone(),
             hub: hub.clone(),
             schema: Arc::new(schema),
             limits: DocumentLimits::from(&config.graphql),
@@ -197,10 +198,10 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             shutdown: push_shutdown.clone(),
         });
         let weak = Arc::downgrade(&push);
-        let _ = metrics.extra.set(Box::new(move || {
-            weak.upgrade()
-                .map(|p| p.metric_series())
-                .unwrap_or_default()
+        let _ = metrics.extra.set(Box::new(move |scrape| {
+            if let Some(push) = weak.upgrade() {
+                push.metric_series(scrape);
+            }
         }));
         let sinks: Vec<Arc<dyn EventSink>> = vec![hub];
         let tail = Arc::new(EventTail::new(engine.clone(), metrics.clone(), sinks));

@@ -6,6 +6,7 @@
 //! sees it), and the tail moves past it: nothing stops the reader. A failed read backs off and
 //! resumes from the same cursor, so an engine outage loses nothing.
 
+use crate::backoff::Backoff;
 use crate::engine::{Engine, LogEntry};
 use crate::metrics::Metrics;
 use crate::model::{EventId, LoggedEvent};
@@ -47,15 +48,16 @@ impl EventTail {
 
     /// Follows the log from its current end until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        // Finding the end of the log retries once a second, without growing.
+        let mut first_read = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
         let mut cursor = loop {
             match self.engine.last_event_id().await {
                 Ok(id) => break id,
                 Err(e) => {
                     Metrics::inc(&self.metrics.tail_errors);
                     tracing::warn!(error = %e, "event tail: cannot find the end of the log; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => return,
+                    if !first_read.sleep(&shutdown).await {
+                        return;
                     }
                 }
             }
@@ -64,7 +66,7 @@ impl EventTail {
             sink.start(cursor);
         }
         tracing::info!(%cursor, "event tail started");
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let read = tokio::select! {
                 r = self.engine.read_events(cursor, READ_BATCH, READ_WAIT) => r,
@@ -72,7 +74,7 @@ impl EventTail {
             };
             match read {
                 Ok(entries) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     for entry in entries {
                         cursor = self.handle(entry, cursor).await;
                     }
@@ -80,11 +82,9 @@ impl EventTail {
                 Err(e) => {
                     Metrics::inc(&self.metrics.tail_errors);
                     tracing::warn!(error = %e, %cursor, "event tail: read failed; retrying from the same cursor");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => break,
+                    if !backoff.sleep(&shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! The worker: receives commands from the engine's queue and runs the order workflow.
 //!
-//! It owns no state: it reads an order, decides the next status from the transition table in
-//! config, and hands the decision to [`OrderStore::apply`], which writes status, history and
-//! event and acknowledges the command in one atomic step. A redelivered command therefore never
+//! It owns no state and no rules: it reads an order, asks [`crate::workflow::decide`] for the
+//! next status, and hands the decision to [`OrderStore::apply`], which writes status, history
+//! and event and acknowledges the command in one atomic step. A redelivered command therefore never
 //! makes a second event: the engine reports it `AlreadyDone`. Per-order FIFO is the engine's
 //! gate; the worker only waits (keeping the command invisible) while an earlier command of the
 //! same order is pending.
@@ -10,10 +10,11 @@
 //! Several batches are in flight at once (`worker.batches_in_flight`), and the commands of one
 //! batch run concurrently: different orders proceed in parallel.
 
+use crate::backoff::Backoff;
 use crate::config::{WorkerConfig, WorkflowConfig};
-use crate::engine::{ApplyOutcome, Command, Engine, EngineError, ReceivedCommand, StatusChange};
+use crate::engine::{ApplyOutcome, Command, Engine, EngineError, ReceivedCommand};
 use crate::metrics::Metrics;
-use crate::model::{Order, OrderEvent, OrderStatus, StatusRecord, now_rfc3339};
+use crate::workflow::{self, Decision};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -26,31 +27,6 @@ pub struct Worker {
     config: WorkerConfig,
     visibility_timeout: Duration,
     metrics: Arc<Metrics>,
-}
-
-/// Why a new order is rejected; `None` means it passes business validation.
-pub fn business_rejection(order: &Order, workflow: &WorkflowConfig) -> Option<String> {
-    if !workflow.currencies.iter().any(|c| c == &order.currency) {
-        return Some(format!("currency {} is not accepted", order.currency));
-    }
-    if let Some((i, item)) = order
-        .items
-        .iter()
-        .enumerate()
-        .find(|(_, item)| item.quantity <= 0)
-    {
-        return Some(format!(
-            "item {i} ({}) has non-positive quantity {}",
-            item.sku, item.quantity
-        ));
-    }
-    None
-}
-
-enum Decision {
-    Change(OrderStatus, Option<String>),
-    /// Acknowledge without a change (the workflow no longer allows the command).
-    Refuse(String),
 }
 
 impl Worker {
@@ -83,7 +59,7 @@ impl Worker {
     }
 
     async fn poll(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             let received = tokio::select! {
                 r = self.engine.receive_batch(self.config.batch_size, self.config.receive_wait) => r,
@@ -91,7 +67,7 @@ impl Worker {
             };
             match received {
                 Ok(batch) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     if !batch.is_empty() {
                         self.process_batch(batch, &shutdown).await;
                     }
@@ -99,11 +75,9 @@ impl Worker {
                 Err(e) => {
                     Metrics::inc(&self.metrics.worker_errors);
                     tracing::warn!(error = %e, "receiving commands failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {},
-                        _ = shutdown.cancelled() => return,
+                    if !backoff.sleep(&shutdown).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
@@ -188,21 +162,14 @@ impl Worker {
         let order_id = &command.message.order_id;
         let status = match &command.message.command {
             // If anything ran before it, the engine answers `Stale` and the next round reads.
-            Command::ProcessOrder { order } if !read_status => StatusRecord {
-                order_id: order.order_id.clone(),
-                customer_id: order.customer_id.clone(),
-                partner_id: order.partner_id.clone(),
-                status: OrderStatus::Accepted,
-                version: 1,
-                updated_at: order.created_at.clone(),
-            },
+            Command::ProcessOrder { order } if !read_status => workflow::initial_status(order),
             _ => match self.engine.order_status(order_id).await? {
                 Some(s) => s,
                 None => return Err(missing(order_id)),
             },
         };
-        let change = match self.decide(&command.message.command, &status) {
-            Decision::Change(to, reason) => Some(status_change(&status, to, reason)),
+        let change = match workflow::decide(&self.workflow, &command.message.command, &status) {
+            Decision::Change(change) => Some(change),
             Decision::Refuse(why) => {
                 tracing::info!(message_id = %command.message.message_id, order_id = %order_id, reason = %why,
                     "command acknowledged without change");
@@ -215,106 +182,10 @@ impl Worker {
         }
         Ok(outcome)
     }
-
-    fn decide(&self, command: &Command, status: &StatusRecord) -> Decision {
-        match command {
-            Command::ProcessOrder { order } => {
-                if status.status != OrderStatus::Accepted {
-                    return Decision::Refuse(format!(
-                        "order is already {}, not accepted",
-                        status.status
-                    ));
-                }
-                match business_rejection(order, &self.workflow) {
-                    Some(reason) => Decision::Change(OrderStatus::Rejected, Some(reason)),
-                    None => Decision::Change(OrderStatus::Confirmed, None),
-                }
-            }
-            Command::Transition { status: to, reason } => {
-                if self.workflow.allows(status.status, *to) {
-                    Decision::Change(*to, reason.clone())
-                } else {
-                    Decision::Refuse(format!(
-                        "transition {} -> {to} is not allowed",
-                        status.status
-                    ))
-                }
-            }
-        }
-    }
 }
 
 fn missing(order_id: &str) -> EngineError {
     EngineError::Corrupt(format!(
         "command for order {order_id}, which does not exist"
     ))
-}
-
-/// The change from `status` to `to`: the event that records it, version + 1.
-pub fn status_change(
-    status: &StatusRecord,
-    to: OrderStatus,
-    reason: Option<String>,
-) -> StatusChange {
-    let event = OrderEvent {
-        event_type: to.event_type(),
-        order_id: status.order_id.clone(),
-        customer_id: status.customer_id.clone(),
-        partner_id: status.partner_id.clone(),
-        status: to,
-        previous_status: Some(status.status),
-        version: status.version + 1,
-        occurred_at: now_rfc3339(),
-        data: reason.as_ref().map(|r| serde_json::json!({ "reason": r })),
-    };
-    StatusChange {
-        expected_version: status.version,
-        event,
-        reason,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::LineItem;
-
-    fn order(currency: &str, quantity: i64) -> Order {
-        Order {
-            order_id: "o1".into(),
-            customer_id: "c1".into(),
-            partner_id: None,
-            items: vec![LineItem {
-                sku: "s".into(),
-                quantity,
-                unit_price: serde_json::Number::from(3),
-            }],
-            currency: currency.into(),
-            metadata: None,
-            created_at: now_rfc3339(),
-        }
-    }
-
-    #[test]
-    fn valid_orders_pass_business_validation() {
-        assert_eq!(
-            business_rejection(&order("USD", 2), &WorkflowConfig::default()),
-            None
-        );
-    }
-
-    #[test]
-    fn unknown_currency_and_non_positive_quantity_reject() {
-        let wf = WorkflowConfig::default();
-        assert!(
-            business_rejection(&order("XXX", 1), &wf)
-                .unwrap()
-                .contains("currency")
-        );
-        assert!(
-            business_rejection(&order("USD", 0), &wf)
-                .unwrap()
-                .contains("quantity")
-        );
-    }
 }

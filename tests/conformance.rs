@@ -257,7 +257,7 @@ async fn receive_one(engine: &Arc<dyn Engine>) -> ReceivedCommand {
 
 async fn change_to(engine: &Arc<dyn Engine>, order_id: &str, to: OrderStatus) -> StatusChange {
     let status = engine.order_status(order_id).await.unwrap().unwrap();
-    herald::worker::status_change(&status, to, None)
+    herald::workflow::status_change(&status, to, None)
 }
 
 async fn events(engine: &Arc<dyn Engine>) -> Vec<LoggedEvent> {
@@ -493,13 +493,13 @@ async fn change_on_a_stale_version_is_refused_and_writes_nothing(h: Harness) {
     let status = e.order_status("o1").await.unwrap().unwrap();
     let mut stale = status.clone();
     stale.version = 7;
-    let change = herald::worker::status_change(&stale, OrderStatus::Confirmed, None);
+    let change = herald::workflow::status_change(&stale, OrderStatus::Confirmed, None);
     assert_eq!(
         e.apply(&got, Some(&change)).await.unwrap(),
         ApplyOutcome::Stale { current_version: 1 }
     );
     assert_eq!(events(e).await.len(), 1);
-    let change = herald::worker::status_change(&status, OrderStatus::Confirmed, None);
+    let change = herald::workflow::status_change(&status, OrderStatus::Confirmed, None);
     assert!(matches!(
         e.apply(&got, Some(&change)).await.unwrap(),
         ApplyOutcome::Applied { .. }

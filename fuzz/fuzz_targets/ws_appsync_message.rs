@@ -7,7 +7,7 @@
 #![no_main]
 
 use herald::fuzzing::WsHarness;
-use herald::push::session::Protocol;
+use herald::fuzzing::Subprotocol;
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|p| p.trim().to_string())
         .collect();
     let messages: Vec<&str> = lines.take(16).collect();
-    let outcome = HARNESS.connect(Protocol::GraphqlWs, query, &offered, &messages);
+    let outcome = HARNESS.connect(Subprotocol::GraphqlWs, query, &offered, &messages);
     if matches!(outcome.handshake, Some(Err(_))) {
         assert!(outcome.sent.is_empty() && outcome.close.is_none());
         return;

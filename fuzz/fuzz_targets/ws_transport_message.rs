@@ -5,7 +5,7 @@
 #![no_main]
 
 use herald::fuzzing::WsHarness;
-use herald::push::session::Protocol;
+use herald::fuzzing::Subprotocol;
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         return; // binary frames never reach the parser (the session closes with 4400)
     };
     let messages: Vec<&str> = text.lines().take(16).collect();
-    let outcome = HARNESS.connect(Protocol::TransportWs, None, &[], &messages);
+    let outcome = HARNESS.connect(Subprotocol::TransportWs, None, &[], &messages);
     let mut acked = false;
     for sent in &outcome.sent {
         let value: serde_json::Value =

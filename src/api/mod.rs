@@ -1,115 +1,34 @@
-//! The HTTP API (DESIGN 1.2): routing, shared state and the request plumbing every handler
-//! uses (authentication, JSON bodies, idempotency). Handlers live per resource: `orders.rs`,
+//! The HTTP API (DESIGN 1.2): routing and the request plumbing every handler uses
+//! (the caller extractor, JSON bodies, idempotency); the state they share is [`crate::node`]. Handlers live per resource: `orders.rs`,
 //! `events.rs`, `webhooks.rs`, `admin.rs`, `health.rs`. Handlers talk to the engine only.
 
 pub mod admin;
 pub mod events;
+mod fields;
 pub mod health;
 pub mod orders;
-pub mod problem;
-pub mod ratelimit;
 pub mod webhooks;
 
-use crate::auth::{AuthError, KeyRing, Principal, credential_from_headers};
-use crate::config::Config;
-use crate::engine::{Engine, IdempotencyBegin, IdempotentResponse};
-use crate::metrics::Metrics;
+/// The node's state ([`crate::node::Node`]) under the name the handlers use for it.
+pub use crate::node::Node as AppState;
+
+// The handlers name the problem type by `super::problem`.
+use crate::http::problem;
+use crate::http::routes::Routes;
+
+use crate::auth::Principal;
+use crate::engine::{IdempotencyBegin, IdempotentResponse};
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
-use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, on};
 use bytes::Bytes;
 use problem::{ApiResult, Problem};
-use ratelimit::{ApiRateLimiter, RateLimited};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// What every handler can reach. Cheap to clone (one `Arc`).
-#[derive(Clone)]
-pub struct AppState(pub Arc<Shared>);
-
-pub struct Shared {
-    pub engine: Arc<dyn Engine>,
-    pub config: Config,
-    pub keys: KeyRing,
-    /// Per-credential token buckets (`[http] rate_limit_*`), checked by [`Shared::admit`].
-    pub rate_limiter: ApiRateLimiter,
-    pub metrics: Arc<Metrics>,
-    /// The SSRF guard's exemptions (`webhooks.allow_networks`): endpoint URLs are checked
-    /// against it when they are created or changed.
-    pub webhook_allow: Arc<crate::webhooks::ssrf::AllowList>,
-    /// Wakes this node's webhook sender when a request schedules a delivery for now.
-    pub webhook_wake: Arc<tokio::sync::Notify>,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// A router that lists what it serves: each route is added with its method, so
-/// [`Routes::table`] is exactly the served table (the security suite checks every route
-/// against every role from it, so a new route cannot go untested).
-pub struct Routes<S> {
-    router: Router<S>,
-    table: Vec<(Method, &'static str)>,
-}
-
-impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
-    fn default() -> Self {
-        Routes {
-            router: Router::new(),
-            table: Vec::new(),
-        }
-    }
-}
-
-impl<S: Clone + Send + Sync + 'static> Routes<S> {
-    fn on<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
-    where
-        H: Handler<T, S>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
-        // Routes on one path merge into one method router.
-        self.router = self.router.route(path, on(filter, handler));
-        self.table.push((method, path));
-        self
-    }
-
-    pub fn get<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
-        self.on(Method::GET, path, handler)
-    }
-
-    pub fn post<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
-        self.on(Method::POST, path, handler)
-    }
-
-    pub fn patch<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
-        self.on(Method::PATCH, path, handler)
-    }
-
-    pub fn delete<H: Handler<T, S>, T: 'static>(self, path: &'static str, handler: H) -> Self {
-        self.on(Method::DELETE, path, handler)
-    }
-
-    /// Every (method, path) served, in the order they were added.
-    pub fn table(&self) -> &[(Method, &'static str)] {
-        &self.table
-    }
-
-    pub fn into_router(self) -> Router<S> {
-        self.router
-    }
-}
+use std::time::Duration;
 
 /// The routes: `api` adds the order, event, webhook and admin resources (the `api` role);
 /// health, readiness and metrics are always served.
@@ -177,48 +96,6 @@ pub fn router(state: AppState, api: bool) -> Router {
             problem::rejections_as_problems,
         ))
         .with_state(state)
-}
-
-/// Why a request's caller was not admitted.
-#[derive(Debug)]
-pub enum Refusal {
-    /// No credential (`None`) or a refused one.
-    Unauthenticated(Option<AuthError>),
-    /// Over its credential's rate limit.
-    RateLimited(RateLimited),
-}
-
-impl From<Refusal> for Problem {
-    fn from(refusal: Refusal) -> Problem {
-        match refusal {
-            Refusal::Unauthenticated(None | Some(AuthError::Unknown)) => Problem::unauthorized(),
-            // The message names the reason only (never the token): safe to send.
-            Refusal::Unauthenticated(Some(e)) => Problem::unauthorized().detail(e.to_string()),
-            Refusal::RateLimited(limited) => limited.into(),
-        }
-    }
-}
-
-impl Shared {
-    /// Admits a request's caller: authenticates its credential, then takes one token from that
-    /// credential's bucket. Every HTTP route that needs a caller comes through here (the
-    /// [`Principal`] extractor, `POST /graphql`), so limits hold for all of them alike. The
-    /// WebSocket upgrade does not: connections are bounded by `[push]` (connections per node,
-    /// subscribe rate per connection) instead.
-    pub fn admit(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
-        let credential = credential_from_headers(headers).ok_or(Refusal::Unauthenticated(None))?;
-        let caller = self
-            .keys
-            .identify(&credential)
-            .map_err(|e| Refusal::Unauthenticated(Some(e)))?;
-        if let Err(limited) = self.rate_limiter.check(&caller, Instant::now()) {
-            let role = ratelimit::role(&caller.principal);
-            self.metrics.api_rate_limited.inc(role);
-            tracing::debug!(role, credential = ?caller.credential, "rate limited");
-            return Err(Refusal::RateLimited(limited));
-        }
-        Ok(caller.principal)
-    }
 }
 
 impl FromRequestParts<AppState> for Principal {

@@ -1,12 +1,14 @@
 //! `/v1/orders`: intake (202 + id, status record written before the answer), transitions,
 //! the polling `/status` and the whole order with its history.
 
-use super::problem::{ApiResult, FieldError, Problem};
+use super::fields::{FieldErrors, string};
+use super::problem::{ApiResult, Problem};
 use super::{AppState, Idempotency, accepted_response, json_object, refuse_customers};
 use crate::auth::Principal;
 use crate::engine::{AcceptOutcome, Command, EnqueueOutcome, NewCommand};
 use crate::metrics::Metrics;
-use crate::model::{LineItem, Order, OrderEvent, OrderStatus, StatusRecord, now_rfc3339};
+use crate::model::{LineItem, Order, OrderStatus, StatusRecord, now_rfc3339};
+use crate::workflow;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -20,158 +22,94 @@ const MAX_ITEMS: usize = 100;
 const MAX_REASON_LEN: usize = 500;
 const MAX_METADATA_BYTES: usize = 8 * 1024;
 
-/// Collects every field error of a body, so a client learns all of them at once.
-#[derive(Default)]
-struct Checker {
-    errors: Vec<FieldError>,
+/// A required or optional identifier: 1..=128 visible ASCII characters; order ids (which
+/// appear in URLs) are further limited to `A-Z a-z 0-9 . _ ~ : -`. `null` counts as absent.
+fn id(
+    c: &mut FieldErrors,
+    body: &Map<String, Value>,
+    field: &str,
+    required: bool,
+    url_safe: bool,
+) -> Option<String> {
+    let pointer = format!("/{field}");
+    let Some(value) = body.get(field).filter(|v| !v.is_null()) else {
+        if required {
+            c.error(&pointer, "is required");
+        }
+        return None;
+    };
+    let allowed = |ch: char| {
+        if url_safe {
+            ch.is_ascii_alphanumeric() || "._~:-".contains(ch)
+        } else {
+            ch.is_ascii_graphic()
+        }
+    };
+    let checked = string(value).and_then(|s| {
+        if s.is_empty() || s.len() > MAX_ID_LEN {
+            Err(format!("must be 1 to {MAX_ID_LEN} characters"))
+        } else if !s.chars().all(allowed) {
+            let set = if url_safe {
+                "letters, digits and . _ ~ : -"
+            } else {
+                "visible ASCII characters"
+            };
+            Err(format!("may contain only {set}"))
+        } else {
+            Ok(s.to_string())
+        }
+    });
+    c.check(&pointer, checked)
 }
 
-impl Checker {
-    fn error(&mut self, pointer: &str, detail: impl Into<String>) {
-        self.errors.push(FieldError {
-            pointer: format!("#{pointer}"),
-            detail: detail.into(),
+/// `items`: each line's errors are reported, and only well-formed lines are kept.
+fn items(c: &mut FieldErrors, body: &Map<String, Value>) -> Vec<LineItem> {
+    let Some(items) = c.required(body, "", "items", |v| {
+        v.as_array().ok_or_else(|| "must be an array".into())
+    }) else {
+        return Vec::new();
+    };
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        c.error("/items", format!("must hold 1 to {MAX_ITEMS} items"));
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate().take(MAX_ITEMS) {
+        let base = format!("/items/{i}");
+        let Value::Object(item) = item else {
+            c.error(&base, "must be an object");
+            continue;
+        };
+        c.unknown_fields(item, &["sku", "quantity", "unitPrice"], &base);
+        let sku = c.required(item, &base, "sku", |v| match string(v)? {
+            s if !s.is_empty() && s.len() <= MAX_ID_LEN => Ok(s.to_string()),
+            _ => Err(format!("must be 1 to {MAX_ID_LEN} characters")),
         });
-    }
-
-    /// A required or optional identifier: 1..=128 visible ASCII characters; order ids (which
-    /// appear in URLs) are further limited to `A-Z a-z 0-9 . _ ~ : -`.
-    fn id(
-        &mut self,
-        body: &Map<String, Value>,
-        field: &str,
-        required: bool,
-        url_safe: bool,
-    ) -> Option<String> {
-        let pointer = format!("/{field}");
-        match body.get(field) {
-            None | Some(Value::Null) => {
-                if required {
-                    self.error(&pointer, "is required");
-                }
-                None
+        // Non-positive quantities are well-formed: the worker's business validation
+        // rejects such orders (`accepted -> rejected`).
+        let quantity = c.required(item, &base, "quantity", |v| {
+            v.as_i64().ok_or_else(|| "must be an integer".into())
+        });
+        let unit_price = c.required(item, &base, "unitPrice", |v| match v {
+            Value::Number(n) if n.as_f64().is_some_and(|f| f.is_finite() && f >= 0.0) => {
+                Ok(n.clone())
             }
-            Some(Value::String(s)) => {
-                let allowed = |c: char| {
-                    if url_safe {
-                        c.is_ascii_alphanumeric() || "._~:-".contains(c)
-                    } else {
-                        c.is_ascii_graphic()
-                    }
-                };
-                if s.is_empty() || s.len() > MAX_ID_LEN {
-                    self.error(&pointer, format!("must be 1 to {MAX_ID_LEN} characters"));
-                    None
-                } else if !s.chars().all(allowed) {
-                    let set = if url_safe {
-                        "letters, digits and . _ ~ : -"
-                    } else {
-                        "visible ASCII characters"
-                    };
-                    self.error(&pointer, format!("may contain only {set}"));
-                    None
-                } else {
-                    Some(s.clone())
-                }
-            }
-            Some(_) => {
-                self.error(&pointer, "must be a string");
-                None
-            }
+            Value::Number(_) => Err("must not be negative".into()),
+            _ => Err("must be a number".into()),
+        });
+        if let (Some(sku), Some(quantity), Some(unit_price)) = (sku, quantity, unit_price) {
+            out.push(LineItem {
+                sku,
+                quantity,
+                unit_price,
+            });
         }
     }
-
-    fn unknown_fields(&mut self, body: &Map<String, Value>, known: &[&str], prefix: &str) {
-        for key in body.keys() {
-            if !known.contains(&key.as_str()) {
-                self.error(&format!("{prefix}/{key}"), "is not a known field");
-            }
-        }
-    }
-
-    fn items(&mut self, body: &Map<String, Value>) -> Vec<LineItem> {
-        let Some(value) = body.get("items") else {
-            self.error("/items", "is required");
-            return Vec::new();
-        };
-        let Value::Array(items) = value else {
-            self.error("/items", "must be an array");
-            return Vec::new();
-        };
-        if items.is_empty() || items.len() > MAX_ITEMS {
-            self.error("/items", format!("must hold 1 to {MAX_ITEMS} items"));
-        }
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate().take(MAX_ITEMS) {
-            let base = format!("/items/{i}");
-            let Value::Object(item) = item else {
-                self.error(&base, "must be an object");
-                continue;
-            };
-            self.unknown_fields(item, &["sku", "quantity", "unitPrice"], &base);
-            let sku = match item.get("sku") {
-                Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => Some(s.clone()),
-                Some(Value::String(_)) => {
-                    self.error(
-                        &format!("{base}/sku"),
-                        format!("must be 1 to {MAX_ID_LEN} characters"),
-                    );
-                    None
-                }
-                Some(_) => {
-                    self.error(&format!("{base}/sku"), "must be a string");
-                    None
-                }
-                None => {
-                    self.error(&format!("{base}/sku"), "is required");
-                    None
-                }
-            };
-            // Non-positive quantities are well-formed: the worker's business validation
-            // rejects such orders (`accepted -> rejected`).
-            let quantity = match item.get("quantity") {
-                Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
-                Some(Value::Number(_)) | Some(_) => {
-                    self.error(&format!("{base}/quantity"), "must be an integer");
-                    None
-                }
-                None => {
-                    self.error(&format!("{base}/quantity"), "is required");
-                    None
-                }
-            };
-            let unit_price = match item.get("unitPrice") {
-                Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f.is_finite() && f >= 0.0) => {
-                    Some(n.clone())
-                }
-                Some(Value::Number(_)) => {
-                    self.error(&format!("{base}/unitPrice"), "must not be negative");
-                    None
-                }
-                Some(_) => {
-                    self.error(&format!("{base}/unitPrice"), "must be a number");
-                    None
-                }
-                None => {
-                    self.error(&format!("{base}/unitPrice"), "is required");
-                    None
-                }
-            };
-            if let (Some(sku), Some(quantity), Some(unit_price)) = (sku, quantity, unit_price) {
-                out.push(LineItem {
-                    sku,
-                    quantity,
-                    unit_price,
-                });
-            }
-        }
-        out
-    }
+    out
 }
 
 /// Validates an intake body into an order (without its id and timestamp yet).
 fn validate_order(body: &Map<String, Value>) -> Result<Order, Problem> {
-    let mut c = Checker::default();
+    let mut c = FieldErrors::default();
     c.unknown_fields(
         body,
         &[
@@ -184,26 +122,16 @@ fn validate_order(body: &Map<String, Value>) -> Result<Order, Problem> {
         ],
         "",
     );
-    let order_id = c.id(body, "orderId", false, true);
-    let customer_id = c.id(body, "customerId", true, false);
-    let partner_id = c.id(body, "partnerId", false, false);
-    let items = c.items(body);
-    let currency = match body.get("currency") {
-        Some(Value::String(s)) if s.len() == 3 && s.chars().all(|ch| ch.is_ascii_uppercase()) => {
-            Some(s.clone())
+    let order_id = id(&mut c, body, "orderId", false, true);
+    let customer_id = id(&mut c, body, "customerId", true, false);
+    let partner_id = id(&mut c, body, "partnerId", false, false);
+    let items = items(&mut c, body);
+    let currency = c.required(body, "", "currency", |v| match v {
+        Value::String(s) if s.len() == 3 && s.chars().all(|ch| ch.is_ascii_uppercase()) => {
+            Ok(s.clone())
         }
-        Some(_) => {
-            c.error(
-                "/currency",
-                "must be a three-letter ISO 4217 code in upper case, e.g. USD",
-            );
-            None
-        }
-        None => {
-            c.error("/currency", "is required");
-            None
-        }
-    };
+        _ => Err("must be a three-letter ISO 4217 code in upper case, e.g. USD".into()),
+    });
     let metadata = match body.get("metadata") {
         None | Some(Value::Null) => None,
         Some(m @ Value::Object(_)) => {
@@ -220,9 +148,7 @@ fn validate_order(body: &Map<String, Value>) -> Result<Order, Problem> {
             None
         }
     };
-    if !c.errors.is_empty() {
-        return Err(Problem::validation(c.errors));
-    }
+    c.nothing_queued()?;
     match (customer_id, currency) {
         (Some(customer_id), Some(currency)) => Ok(Order {
             order_id: order_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
@@ -294,17 +220,7 @@ async fn create_order_inner(
         "status": "accepted",
         "statusUrl": status_url(&order.order_id),
     });
-    let event = OrderEvent {
-        event_type: OrderStatus::Accepted.event_type(),
-        order_id: order.order_id.clone(),
-        customer_id: order.customer_id.clone(),
-        partner_id: order.partner_id.clone(),
-        status: OrderStatus::Accepted,
-        previous_status: None,
-        version: 1,
-        occurred_at: order.created_at.clone(),
-        data: None,
-    };
+    let event = workflow::accepted_event(&order);
     let command = NewCommand {
         message_id,
         order_id: order.order_id.clone(),
@@ -427,42 +343,24 @@ async fn create_transition_inner(
 ) -> ApiResult<Response> {
     refuse_customers(principal, "request transitions")?;
     let body = json_object(headers, body, state.config.http.max_json_depth)?;
-    let mut c = Checker::default();
+    let mut c = FieldErrors::default();
     c.unknown_fields(&body, &["status", "reason"], "");
-    let target = match body.get("status") {
-        Some(Value::String(s)) => match s.parse::<OrderStatus>() {
-            Ok(st) => Some(st),
-            Err(e) => {
-                c.error("/status", e);
-                None
-            }
-        },
-        Some(_) => {
-            c.error("/status", "must be a string");
-            None
-        }
-        None => {
-            c.error("/status", "is required");
-            None
-        }
-    };
+    let target = c.required(&body, "", "status", |v| string(v)?.parse::<OrderStatus>());
     let reason = match body.get("reason") {
         None | Some(Value::Null) => None,
-        Some(Value::String(r)) if r.len() <= MAX_REASON_LEN => Some(r.clone()),
-        Some(Value::String(_)) => {
-            c.error(
-                "/reason",
-                format!("must be at most {MAX_REASON_LEN} characters"),
-            );
-            None
-        }
-        Some(_) => {
-            c.error("/reason", "must be a string");
-            None
-        }
+        Some(v) => c.check(
+            "/reason",
+            string(v).and_then(|r| {
+                if r.len() <= MAX_REASON_LEN {
+                    Ok(r.to_string())
+                } else {
+                    Err(format!("must be at most {MAX_REASON_LEN} characters"))
+                }
+            }),
+        ),
     };
-    let (Some(target), true) = (target, c.errors.is_empty()) else {
-        return Err(Problem::validation(c.errors));
+    let (Some(target), true) = (target, c.is_empty()) else {
+        return Err(c.into_problem());
     };
     // The key first: a repeat of a transition that was queued replays its 202 even once the
     // worker has run it and the table no longer allows it (the first answer may have been
@@ -479,15 +377,10 @@ async fn create_transition_inner(
             return Err(problem);
         }
     };
-    if !state.config.workflow.allows(current.status, target) {
+    if let Err(allowed) = workflow::check_transition(&state.config.workflow, current.status, target)
+    {
         idempotency.abandon(state).await;
-        let allowed: Vec<&str> = state
-            .config
-            .workflow
-            .transitions
-            .get(&current.status)
-            .map(|t| t.iter().map(|s| s.as_str()).collect())
-            .unwrap_or_default();
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
         return Err(Problem::conflict(
             "illegal-transition",
             "Transition not allowed",

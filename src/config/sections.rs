@@ -211,11 +211,16 @@ impl Default for WorkflowConfig {
     }
 }
 
+/// Lookups in the table only; what a move means (the API's refusal, the worker's decision)
+/// is `crate::workflow`'s. They stay here so config validation needs nothing above `config`.
 impl WorkflowConfig {
     pub fn allows(&self, from: OrderStatus, to: OrderStatus) -> bool {
-        self.transitions
-            .get(&from)
-            .is_some_and(|targets| targets.contains(&to))
+        self.targets(from).contains(&to)
+    }
+
+    /// The statuses an order in `from` may move to, in the table's order.
+    pub fn targets(&self, from: OrderStatus) -> &[OrderStatus] {
+        self.transitions.get(&from).map_or(&[], Vec::as_slice)
     }
 }
 

@@ -13,13 +13,83 @@
 //! whose payload is the request object -> `data`/`error`, `stop` -> `complete`,
 //! `connection_terminate`. A `start` is read as AppSync when its `payload.data` is a string.
 
-use super::session::{Dialect, Flow, Refusal, Session, json_string};
+use super::close;
+use super::conn::Out;
+use super::protocol::{Dialect, Flow, Protocol, error_message, json_string};
+use super::session::{Refusal, Session};
 use crate::graphql::{GraphqlError, GraphqlRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// AppSync tells clients to reconnect when no `ka` came for this long.
 const CONNECTION_TIMEOUT_MS: u64 = 300_000;
+
+/// `graphql-ws` connections; each `start` picks its subscription's dialect ([`AppSync`] or
+/// [`Apollo`]) by the shape of its payload.
+pub struct GraphqlWs;
+
+impl Protocol for GraphqlWs {
+    fn on_message(&self, session: &mut Session, text: &str) -> Flow {
+        on_message(session, text)
+    }
+
+    /// `ka` once acknowledged, and a WebSocket ping.
+    fn keepalive(&self, session: &Session) {
+        if session.acked {
+            session.send(KEEPALIVE.into());
+        }
+        // AppSync clients never send anything on their own: a WebSocket ping (answered by
+        // every client library) shows the peer is alive.
+        session.conn.push(Out::Ping);
+    }
+}
+
+const KEEPALIVE: &str = r#"{"type":"ka"}"#;
+
+/// The AppSync real-time dialect: `start_ack` once live, errors in AppSync's shape.
+pub struct AppSync;
+
+/// Apollo's `subscriptions-transport-ws`: no acknowledgement, GraphQL errors as they are.
+pub struct Apollo;
+
+fn data_prefix(id: &str) -> Utf8Bytes {
+    let id = json_string(id);
+    Utf8Bytes::from(format!(r#"{{"id":{id},"type":"data","payload":"#))
+}
+
+impl Dialect for AppSync {
+    fn next_prefix(&self, id: &str) -> Utf8Bytes {
+        data_prefix(id)
+    }
+
+    fn ack(&self, id: &str) -> Option<String> {
+        Some(format!(
+            r#"{{"id":{},"type":"start_ack"}}"#,
+            json_string(id)
+        ))
+    }
+
+    fn error(&self, id: &str, errors: &[GraphqlError]) -> String {
+        let id = json_string(id);
+        let payload = json!({ "errors": self::errors(errors) });
+        format!(r#"{{"id":{id},"type":"error","payload":{payload}}}"#)
+    }
+}
+
+impl Dialect for Apollo {
+    fn next_prefix(&self, id: &str) -> Utf8Bytes {
+        data_prefix(id)
+    }
+
+    fn ack(&self, _id: &str) -> Option<String> {
+        None
+    }
+
+    fn error(&self, id: &str, errors: &[GraphqlError]) -> String {
+        error_message(id, errors)
+    }
+}
 
 #[derive(Deserialize)]
 struct ClientMessage {
@@ -31,7 +101,7 @@ struct ClientMessage {
     payload: Option<Value>,
 }
 
-pub fn on_message(session: &mut Session, text: &str) -> Flow {
+fn on_message(session: &mut Session, text: &str) -> Flow {
     let message: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
@@ -64,7 +134,7 @@ pub fn on_message(session: &mut Session, text: &str) -> Flow {
                 session.send(format!(
                     r#"{{"type":"connection_ack","payload":{{"connectionTimeoutMs":{CONNECTION_TIMEOUT_MS}}}}}"#
                 ));
-                session.send(r#"{"type":"ka"}"#.into());
+                session.send(KEEPALIVE.into());
             }
             Flow::Continue
         }
@@ -79,7 +149,7 @@ pub fn on_message(session: &mut Session, text: &str) -> Flow {
             }
             Flow::Continue
         }
-        "connection_terminate" => Flow::Close(1000, "terminated by the client".into()),
+        "connection_terminate" => Flow::Close(close::NORMAL, "terminated by the client".into()),
         "ka" | "pong" => Flow::Continue,
         other => {
             session.send(connection_level_error(
@@ -108,13 +178,13 @@ fn start(session: &mut Session, id: Option<String>, payload: Option<Value>) -> F
                 .and_then(Value::as_object)
                 .and_then(super::credential_from_payload);
             (
-                Dialect::AppSync,
+                &AppSync as &'static dyn Dialect,
                 serde_json::from_str::<GraphqlRequest>(data),
                 credential,
             )
         }
         _ => (
-            Dialect::Apollo,
+            &Apollo as &'static dyn Dialect,
             serde_json::from_value::<GraphqlRequest>(payload),
             None,
         ),
@@ -174,7 +244,7 @@ fn refuse_connection(session: &Session, message: &str) -> Flow {
     session.send(format!(
         r#"{{"type":"connection_error","payload":{payload}}}"#
     ));
-    Flow::Close(4401, "unauthorized".into())
+    Flow::Close(close::UNAUTHORIZED, "unauthorized".into())
 }
 
 fn connection_level_error(error_type: &str, message: &str) -> String {

@@ -5,30 +5,13 @@
 //! would take the queued bytes over `push.outbound_queue_bytes` closes the connection with
 //! 4008 instead (a slow consumer is cut off, with a reason, before it costs memory).
 
+use super::close;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-/// Close codes Herald uses besides the protocols' own (README, "Subscriptions").
-pub mod close {
-    /// The client did not keep up: its outbound queue reached `push.outbound_queue_bytes`.
-    pub const SLOW_CONSUMER: u16 = 4008;
-    /// The connection's token expired.
-    pub const TOKEN_EXPIRED: u16 = 4403;
-    /// Nothing heard from the client for three keepalive intervals.
-    pub const KEEPALIVE_TIMEOUT: u16 = 4504;
-    /// The server is shutting down: reconnect (to this or another node).
-    pub const SERVICE_RESTART: u16 = 1012;
-    /// A message larger than `push.max_message_bytes`.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// A text message that is not UTF-8.
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    /// A frame that breaks RFC 6455 (unmasked, bad opcode, fragmented control frame ...).
-    pub const PROTOCOL_ERROR: u16 = 1002;
-}
 
 /// A message on its way to the socket.
 #[derive(Debug)]

@@ -20,7 +20,6 @@ use crate::graphql::{EventFilter, IndexKey, Projection};
 use crate::model::{EventId, LoggedEvent};
 use crate::tail::EventSink;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -253,8 +252,8 @@ impl Hub {
             .fetch_add(deliveries, Ordering::Relaxed);
     }
 
-    /// Prometheus series for the hub (appended to `/metrics`).
-    pub fn metric_series(&self, out: &mut String, connections: u64) {
+    /// The hub's series, read into a `/metrics` scrape.
+    pub fn metric_series(&self, scrape: &crate::metrics::Scrape, connections: u64) {
         let (subs, keys, projections) = {
             let index = self.lock();
             (
@@ -263,56 +262,50 @@ impl Hub {
                 index.projections.len(),
             )
         };
-        let mut gauge = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {value}");
-        };
-        gauge(
+        scrape.gauge(
             "herald_push_connections",
             "WebSocket connections open on this node.",
             connections,
         );
-        gauge(
+        scrape.gauge(
             "herald_push_subscriptions",
             "Live subscriptions on this node.",
             subs as u64,
         );
-        gauge(
+        scrape.gauge(
             "herald_push_index_keys",
             "Distinct index keys (orderId, customerId, partnerId, all) with subscribers.",
             keys as u64,
         );
-        gauge(
+        scrape.gauge(
             "herald_push_selection_sets",
             "Distinct selection sets in use (one rendering per event each).",
             projections as u64,
         );
-        let mut counter = |name: &str, help: &str, value: &AtomicU64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
-        };
-        counter(
-            "herald_push_events_dispatched_total",
-            "Events the hub dispatched.",
-            &self.stats.events_dispatched,
-        );
-        counter(
-            "herald_push_deliveries_total",
-            "Event messages queued to subscribers.",
-            &self.stats.deliveries,
-        );
-        counter(
-            "herald_push_renders_total",
-            "Event payloads serialised (once per event per distinct selection set).",
-            &self.stats.renders,
-        );
-        counter(
-            "herald_push_slow_consumers_total",
-            "Connections closed with 4008 because their outbound queue was full.",
-            &self.stats.slow_consumers,
-        );
+        for (name, help, value) in [
+            (
+                "herald_push_events_dispatched_total",
+                "Events the hub dispatched.",
+                &self.stats.events_dispatched,
+            ),
+            (
+                "herald_push_deliveries_total",
+                "Event messages queued to subscribers.",
+                &self.stats.deliveries,
+            ),
+            (
+                "herald_push_renders_total",
+                "Event payloads serialised (once per event per distinct selection set).",
+                &self.stats.renders,
+            ),
+            (
+                "herald_push_slow_consumers_total",
+                "Connections closed with 4008 because their outbound queue was full.",
+                &self.stats.slow_consumers,
+            ),
+        ] {
+            scrape.counter(name, help, value.load(Ordering::Relaxed));
+        }
     }
 }
 

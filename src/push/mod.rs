@@ -4,26 +4,35 @@
 //!
 //! - [`hub`]: the index of live subscriptions and the fan-out (shared payload bytes).
 //! - [`conn`]: one connection's outbound queue, bounded in bytes.
-//! - [`session`]: the subscription core and the connection loop.
+//! - [`session`]: the subscription core: authorize, start, replay, stop.
+//! - [`socket`]: one connection's loop: reads, batched writes, keepalives, the socket's limits.
+//! - [`protocol`]: the seam the core and the socket loop call; [`close`]: every close code.
 //! - [`transport_ws`]: `graphql-transport-ws`; [`appsync`]: `graphql-ws` (AppSync, Apollo).
-//! - [`ws`]: the handshake; [`query`]: `POST /graphql`.
+//! - [`ws`]: the handshake, which picks the protocol; [`query`]: `POST /graphql`.
+//!
+//! Imports go one way: `ws` -> `socket` -> `protocol` -> `session` -> `hub`/`conn`; the
+//! protocol files import the seam and the session, never each other; nothing here imports
+//! `api/`.
 
 pub mod appsync;
+pub mod close;
 pub mod conn;
 pub mod hub;
+pub mod protocol;
 pub mod query;
 pub mod session;
+pub mod socket;
 pub mod transport_ws;
 pub mod ws;
 
-use crate::api::{AppState, Routes};
 use crate::graphql::{DocumentLimits, GraphqlSchema};
+use crate::http::routes::Routes;
+use crate::node::Node;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use serde_json::{Map, Value};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -42,7 +51,7 @@ pub struct PushMetrics {
 }
 
 pub struct PushState {
-    pub app: AppState,
+    pub node: Node,
     pub hub: Arc<hub::Hub>,
     pub schema: Arc<GraphqlSchema>,
     pub limits: DocumentLimits,
@@ -52,11 +61,10 @@ pub struct PushState {
 }
 
 impl PushState {
-    /// Prometheus series of the push side, appended to `/metrics`.
-    pub fn metric_series(&self) -> String {
-        let mut out = String::new();
+    /// The series of the push side, read into a `/metrics` scrape.
+    pub fn metric_series(&self, scrape: &crate::metrics::Scrape) {
         self.hub
-            .metric_series(&mut out, self.connections.load(Ordering::Relaxed) as u64);
+            .metric_series(scrape, self.connections.load(Ordering::Relaxed) as u64);
         let m = &self.metrics;
         for (name, help, value) in [
             (
@@ -100,11 +108,8 @@ impl PushState {
                 &m.messages_too_big,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+            scrape.counter(name, help, value.load(Ordering::Relaxed));
         }
-        out
     }
 }
 
@@ -120,7 +125,7 @@ pub fn routes() -> Routes<Arc<PushState>> {
 }
 
 pub fn router(state: Arc<PushState>) -> Router {
-    let max_body = state.app.config.push.max_message_bytes;
+    let max_body = state.node.config.push.max_message_bytes;
     routes()
         .into_router()
         .layer(DefaultBodyLimit::max(max_body))

@@ -6,9 +6,9 @@
 //! with `Retry-After` and `RateLimit-*`), all with GraphQL errors.
 
 use super::PushState;
-use crate::api::Refusal;
-use crate::api::problem::Problem;
 use crate::graphql::{GraphqlError, GraphqlRequest, Operation};
+use crate::http::problem::Problem;
+use crate::node::Refusal;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -21,7 +21,7 @@ pub async fn graphql_query(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let principal = match state.app.admit(&headers) {
+    let principal = match state.node.admit(&headers) {
         Ok(p) => p,
         Err(refusal) => return refused(refusal),
     };
@@ -89,7 +89,7 @@ pub async fn graphql_query(
         }
         Err(errs) => return json(StatusCode::OK, &serde_json::json!({ "errors": errs })),
     };
-    let status = match state.app.engine.order_status(&query.order_id).await {
+    let status = match state.node.engine.order_status(&query.order_id).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "graphql query: engine unavailable");

@@ -1,94 +1,39 @@
-//! The subscription core shared by both WebSocket protocols: one task per connection that
-//! reads client messages, writes the outbound queue (batched: feed, then one flush), keeps the
-//! connection alive, enforces the limits and starts and stops subscriptions.
+//! The subscription core shared by both WebSocket protocols: a connection's subscriptions,
+//! their limits (subscribe rate, count per connection, the document rules), authorization,
+//! registration with the hub, `after` replays, and stopping them.
 //!
 //! Protocol files (`transport_ws.rs`, `appsync.rs`) only translate messages; everything a
-//! subscription means (authorization, the hub, `after` replays, limits) lives here.
+//! subscription means (authorization, the hub, `after` replays, limits) lives here. It never
+//! imports a protocol file: it spells messages through the [`Dialect`] each subscription
+//! was started with.
 
-use super::conn::{ConnHandle, Out, close, payload_text};
+use super::PushState;
+use super::conn::{ConnHandle, Out, payload_text};
 use super::hub::Registration;
-use super::{PushState, appsync, transport_ws};
 use crate::auth::{AuthError, Principal};
 use crate::engine::LogEntry;
 use crate::graphql::{EventFilter, GraphqlError, GraphqlRequest, Operation, SubscriptionSpec};
 use crate::model::EventId;
 use crate::ratelimit::TokenBucket;
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// How one subscription's messages are spelled: the core calls it when a subscription goes
+/// live, for each event and when the subscription fails. Dialects hold nothing, so a
+/// subscription keeps a `&'static` one (its start task outlives the message that started it).
+pub trait Dialect: Send + Sync {
+    /// An event message up to its payload (`{"id":…,"type":"next","payload":`): the hub
+    /// splices the shared payload and the closing `}` after it.
+    fn next_prefix(&self, id: &str) -> Utf8Bytes;
 
-/// The WebSocket subprotocol a connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// `graphql-transport-ws`: the GraphQL over WebSocket protocol.
-    TransportWs,
-    /// `graphql-ws`: the AppSync real-time dialect and legacy Apollo messages.
-    GraphqlWs,
-}
+    /// The acknowledgement queued once the subscription is live, if the dialect has one.
+    fn ack(&self, id: &str) -> Option<String>;
 
-/// How one subscription's messages are spelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    TransportWs,
-    AppSync,
-    Apollo,
-}
-
-impl Dialect {
-    fn event_prefix(self, id: &str) -> Utf8Bytes {
-        let id = json_string(id);
-        let kind = match self {
-            Dialect::TransportWs => "next",
-            Dialect::AppSync | Dialect::Apollo => "data",
-        };
-        Utf8Bytes::from(format!(r#"{{"id":{id},"type":"{kind}","payload":"#))
-    }
-
-    /// The acknowledgement sent once the subscription is live (AppSync `start_ack`).
-    fn ack(self, id: &str) -> Option<String> {
-        match self {
-            Dialect::AppSync => Some(format!(
-                r#"{{"id":{},"type":"start_ack"}}"#,
-                json_string(id)
-            )),
-            Dialect::TransportWs | Dialect::Apollo => None,
-        }
-    }
-
-    pub fn error(self, id: &str, errors: &[GraphqlError]) -> String {
-        let id = json_string(id);
-        match self {
-            Dialect::TransportWs | Dialect::Apollo => {
-                let payload = serde_json::to_string(errors).unwrap_or_else(|_| "[]".into());
-                format!(r#"{{"id":{id},"type":"error","payload":{payload}}}"#)
-            }
-            Dialect::AppSync => {
-                let payload = serde_json::json!({ "errors": appsync::errors(errors) });
-                format!(r#"{{"id":{id},"type":"error","payload":{payload}}}"#)
-            }
-        }
-    }
-}
-
-pub fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
-}
-
-/// What the connection loop does after a client message.
-pub enum Flow {
-    Continue,
-    Close(u16, String),
+    /// The message that ends a subscription with errors.
+    fn error(&self, id: &str, errors: &[GraphqlError]) -> String;
 }
 
 /// A subscription started on this connection: its hub id once registered, whether it ended.
@@ -107,7 +52,7 @@ struct SubHandle {
 
 /// Why a subscribe was refused before it started.
 pub enum Refusal {
-    /// The id is in use (graphql-transport-ws closes with 4409).
+    /// The id is in use (`graphql-transport-ws` closes the connection for it).
     DuplicateId,
     Errors(Vec<GraphqlError>),
 }
@@ -132,7 +77,7 @@ impl Session {
         conn: Arc<ConnHandle>,
         principal: Option<Principal>,
     ) -> Session {
-        let rate = state.app.config.push.subscribe_rate;
+        let rate = state.node.config.push.subscribe_rate;
         Session {
             state,
             conn,
@@ -149,7 +94,7 @@ impl Session {
     }
 
     pub fn authenticate(&self, credential: &str) -> Result<Principal, AuthError> {
-        self.state.app.keys.authenticate(credential)
+        self.state.node.keys.authenticate(credential)
     }
 
     fn take_token(&mut self) -> bool {
@@ -164,7 +109,7 @@ impl Session {
         id: &str,
         request: &GraphqlRequest,
         principal: Principal,
-        dialect: Dialect,
+        dialect: &'static dyn Dialect,
     ) -> Result<(), Refusal> {
         self.subs
             .retain(|_, handle| !handle.slot.ended.load(Ordering::Acquire));
@@ -178,12 +123,12 @@ impl Session {
             return Err(Refusal::Errors(vec![GraphqlError::with_code(
                 format!(
                     "Too many subscribe messages: at most {} per second per connection (push.subscribe_rate).",
-                    self.state.app.config.push.subscribe_rate
+                    self.state.node.config.push.subscribe_rate
                 ),
                 "RATE_LIMITED",
             )]));
         }
-        let max = self.state.app.config.push.max_subscriptions_per_connection;
+        let max = self.state.node.config.push.max_subscriptions_per_connection;
         if self.subs.len() >= max {
             metrics.subscription_limit.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Errors(vec![GraphqlError::with_code(
@@ -289,13 +234,18 @@ async fn authorize(
         }
     }
     if let Some(order_id) = &filter.order_id {
-        let status = state.app.engine.order_status(order_id).await.map_err(|e| {
-            tracing::warn!(error = %e, "subscription authorization: engine unavailable");
-            GraphqlError::with_code(
-                "The status store is unavailable; retry.",
-                "SERVICE_UNAVAILABLE",
-            )
-        })?;
+        let status = state
+            .node
+            .engine
+            .order_status(order_id)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "subscription authorization: engine unavailable");
+                GraphqlError::with_code(
+                    "The status store is unavailable; retry.",
+                    "SERVICE_UNAVAILABLE",
+                )
+            })?;
         let allowed = status
             .is_some_and(|s| principal.may_access_order(s.partner_id.as_deref(), &s.customer_id));
         if !allowed {
@@ -317,7 +267,7 @@ async fn start(
     id: String,
     spec: SubscriptionSpec,
     principal: Principal,
-    dialect: Dialect,
+    dialect: &'static dyn Dialect,
 ) {
     let fail = |errors: Vec<GraphqlError>| {
         slot.ended.store(true, Ordering::Release);
@@ -344,7 +294,7 @@ async fn start(
             )]);
         }
     };
-    let prefix = dialect.event_prefix(&id);
+    let prefix = dialect.next_prefix(&id);
     let registration = Registration {
         conn: conn.clone(),
         prefix: prefix.clone(),
@@ -419,7 +369,7 @@ async fn replay(
             "SERVICE_UNAVAILABLE",
         )
     };
-    let engine = &state.app.engine;
+    let engine = &state.node.engine;
     let first = engine.first_event_id().await.map_err(unavailable)?;
     let expired = match first {
         Some(first) => after < first && after != EventId::ZERO,
@@ -466,147 +416,4 @@ async fn replay(
             return Ok(());
         }
     }
-}
-
-/// Runs one upgraded connection until it closes.
-pub async fn run(
-    state: Arc<PushState>,
-    mut ws: Socket,
-    protocol: Protocol,
-    principal: Option<Principal>,
-) {
-    let config = state.app.config.push.clone();
-    let conn = Arc::new(ConnHandle::new(config.outbound_queue_bytes));
-    let mut session = Session::new(state.clone(), conn.clone(), principal);
-    let init_deadline = tokio::time::sleep(config.connection_init_timeout);
-    tokio::pin!(init_deadline);
-    let keepalive = config.keepalive_interval.max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    let shutdown = state.shutdown.clone();
-
-    'conn: loop {
-        let expiry = token_expiry(session.principal.as_ref());
-        tokio::select! {
-            biased;
-            _ = conn.kill.notified() => break,
-            _ = shutdown.cancelled() => {
-                conn.close(close::SERVICE_RESTART, "server shutting down; reconnect");
-                break;
-            }
-            _ = conn.ready.notified() => {
-                let write = write_batch(&mut ws, &conn);
-                tokio::select! {
-                    result = write => if result.is_err() { break 'conn },
-                    _ = conn.kill.notified() => break 'conn,
-                }
-            }
-            message = ws.next() => {
-                last_heard = Instant::now();
-                let flow = match message {
-                    None => break,
-                    Some(Err(e)) => {
-                        use tokio_tungstenite::tungstenite::Error;
-                        match e {
-                            Error::Capacity(_) => {
-                                state.metrics.messages_too_big.fetch_add(1, Ordering::Relaxed);
-                                conn.close(close::MESSAGE_TOO_BIG, "message too big (push.max_message_bytes)");
-                            }
-                            Error::Utf8(_) => conn.close(close::INVALID_PAYLOAD, "text message is not UTF-8"),
-                            Error::Protocol(_) => conn.close(close::PROTOCOL_ERROR, "WebSocket protocol error"),
-                            _ => {}
-                        }
-                        break;
-                    }
-                    Some(Ok(Message::Text(text))) => match protocol {
-                        Protocol::TransportWs => transport_ws::on_message(&mut session, &text),
-                        Protocol::GraphqlWs => appsync::on_message(&mut session, &text),
-                    },
-                    Some(Ok(Message::Binary(_))) => Flow::Close(
-                        4400,
-                        "binary messages are not part of this protocol".into(),
-                    ),
-                    Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(_)) => Flow::Continue, // ping/pong: tungstenite answers pings
-                };
-                if let Flow::Close(code, reason) = flow {
-                    conn.close(code, &reason);
-                    break;
-                }
-            }
-            _ = &mut init_deadline, if !session.acked => {
-                conn.close(4408, "connection initialisation timeout");
-                break;
-            }
-            _ = ticker.tick() => {
-                if last_heard.elapsed() > keepalive * 3 {
-                    conn.close(close::KEEPALIVE_TIMEOUT, "keepalive timeout: nothing heard from the client");
-                    break;
-                }
-                match protocol {
-                    Protocol::TransportWs => session.send(r#"{"type":"ping"}"#.into()),
-                    Protocol::GraphqlWs => {
-                        if session.acked {
-                            session.send(r#"{"type":"ka"}"#.into());
-                        }
-                        // AppSync clients never send anything on their own: a WebSocket ping
-                        // (answered by every client library) shows the peer is alive.
-                        conn.push(Out::Ping);
-                    }
-                }
-            }
-            _ = sleep_until_unix(expiry), if expiry.is_some() => {
-                conn.close(close::TOKEN_EXPIRED, "token expired; reconnect with a fresh token");
-                break;
-            }
-        }
-    }
-    session.end_all();
-    state.connections.fetch_sub(1, Ordering::AcqRel);
-    if let Some((code, reason)) = conn.close_frame() {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
-    }
-}
-
-/// Writes everything queued (feed each message), then flushes once.
-async fn write_batch(
-    ws: &mut Socket,
-    conn: &ConnHandle,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let batch = conn.take_batch();
-    if batch.is_empty() {
-        return Ok(());
-    }
-    for out in batch {
-        let cost = out.cost();
-        let message = match out {
-            Out::Ping => Message::Ping(Bytes::new()),
-            out => Message::text(out.into_text()),
-        };
-        ws.feed(message).await?;
-        conn.written(cost);
-    }
-    ws.flush().await?;
-    conn.wrote_batch();
-    Ok(())
-}
-
-fn token_expiry(principal: Option<&Principal>) -> Option<u64> {
-    principal.and_then(Principal::expires_at)
-}
-
-async fn sleep_until_unix(at: Option<u64>) {
-    let Some(at) = at else {
-        return std::future::pending().await;
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_secs(at.saturating_sub(now))).await;
 }

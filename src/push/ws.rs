@@ -3,10 +3,13 @@
 //! may come from headers, AppSync's `header` query parameter or its `header-<base64url>`
 //! subprotocol, and the connection limit is enforced before the upgrade (503).
 
-use super::session::{self, Protocol};
+use super::appsync::GraphqlWs;
+use super::protocol::Protocol;
+use super::socket;
+use super::transport_ws::TransportWs;
 use super::{PushState, credential_from_payload};
-use crate::api::problem::Problem;
 use crate::auth::credential_from_headers;
+use crate::http::problem::Problem;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +25,40 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 /// read buffer is 128 KiB).
 const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 8 * 1024;
+
+/// The WebSocket subprotocols served, by the name a client offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subprotocol {
+    /// `graphql-transport-ws`: the GraphQL over WebSocket protocol.
+    TransportWs,
+    /// `graphql-ws`: the AppSync real-time dialect and legacy Apollo messages.
+    GraphqlWs,
+}
+
+impl Subprotocol {
+    /// The first served subprotocol among those offered, `graphql-transport-ws` preferred.
+    pub fn negotiate(offered: &[String]) -> Option<Subprotocol> {
+        [Subprotocol::TransportWs, Subprotocol::GraphqlWs]
+            .into_iter()
+            .find(|p| offered.iter().any(|o| o == p.name()))
+    }
+
+    /// Its `Sec-WebSocket-Protocol` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subprotocol::TransportWs => "graphql-transport-ws",
+            Subprotocol::GraphqlWs => "graphql-ws",
+        }
+    }
+
+    /// The protocol a connection speaking it is driven with.
+    pub fn protocol(self) -> Box<dyn Protocol> {
+        match self {
+            Subprotocol::TransportWs => Box::new(TransportWs),
+            Subprotocol::GraphqlWs => Box::new(GraphqlWs),
+        }
+    }
+}
 
 pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> Response {
     let headers = req.headers();
@@ -52,33 +89,25 @@ pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> R
         .flat_map(|v| v.split(','))
         .map(|p| p.trim().to_string())
         .collect();
-    let protocol = if offered.iter().any(|p| p == "graphql-transport-ws") {
-        Protocol::TransportWs
-    } else if offered.iter().any(|p| p == "graphql-ws") {
-        Protocol::GraphqlWs
-    } else {
+    let Some(subprotocol) = Subprotocol::negotiate(&offered) else {
         return Problem::bad_request(
             "Sec-WebSocket-Protocol must offer graphql-transport-ws or graphql-ws.",
         )
         .into_response();
-    };
-    let chosen = match protocol {
-        Protocol::TransportWs => "graphql-transport-ws",
-        Protocol::GraphqlWs => "graphql-ws",
     };
 
     // Credentials at the handshake are optional (browsers send them in connection_init), but
     // wrong ones are refused here.
     let credential = handshake_credential(headers, req.uri().query(), &offered);
     let principal = match credential {
-        Some(c) => match state.app.keys.authenticate(&c) {
+        Some(c) => match state.node.keys.authenticate(&c) {
             Ok(p) => Some(p),
             Err(_) => return Problem::unauthorized().into_response(),
         },
         None => None,
     };
 
-    let max = state.app.config.push.max_connections;
+    let max = state.node.config.push.max_connections;
     if state.connections.fetch_add(1, Ordering::AcqRel) >= max {
         state.connections.fetch_sub(1, Ordering::AcqRel);
         state
@@ -100,7 +129,7 @@ pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> R
         .fetch_add(1, Ordering::Relaxed);
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let max_message = state.app.config.push.max_message_bytes;
+    let max_message = state.node.config.push.max_message_bytes;
     let task_state = state.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -117,7 +146,7 @@ pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> R
                     Some(config),
                 )
                 .await;
-                session::run(task_state, ws, protocol, principal).await;
+                socket::run(task_state, ws, subprotocol.protocol(), principal).await;
             }
             Err(e) => {
                 task_state.connections.fetch_sub(1, Ordering::AcqRel);
@@ -136,7 +165,7 @@ pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> R
     }
     h.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(chosen),
+        HeaderValue::from_static(subprotocol.name()),
     );
     response
 }

@@ -5,8 +5,11 @@
 //! between the claim and that step leaves the event to be reclaimed by another; a delivery's id
 //! derives from (event, endpoint), so a reclaimed event never makes a second delivery.
 //!
-//! It never sends anything: the sender picks the deliveries up from the schedule.
+//! It never sends anything: the sender picks the deliveries up from the schedule. Notices
+//! about endpoints (`endpoint.disabled`) are not events and do not come through here: see
+//! [`super::operational`].
 
+use crate::backoff::Backoff;
 use crate::engine::webhook::{Delivery, DeliveryState, Endpoint};
 use crate::engine::{Engine, LogEntry};
 use crate::metrics::Metrics;
@@ -53,7 +56,7 @@ impl Dispatcher {
     /// first (each event is one engine step, so stopping between two loses nothing).
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(consumer = %self.consumer, "webhook dispatcher started");
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         while !shutdown.is_cancelled() {
             let claimed = tokio::select! {
                 r = self.engine.claim_events(&self.consumer, CLAIM_BATCH, CLAIM_WAIT, self.reclaim_after) => r,
@@ -65,15 +68,13 @@ impl Dispatcher {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => backoff.reset(),
                 Err(e) => {
                     Metrics::inc(&self.metrics.webhook_dispatch_errors);
                     tracing::warn!(error = %e, "webhook dispatcher: engine call failed; unacknowledged events are claimed again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => break,
+                    if !backoff.sleep(&shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
@@ -165,7 +166,8 @@ pub fn deliveries_for(event: &LoggedEvent, endpoints: &[Endpoint], now_ms: u64) 
 }
 
 /// A delivery of `body` to `endpoint`, due now; its id derives from (event id, endpoint id).
-fn new_delivery(
+/// Operational notices use it too, with their notice id in the place of the event id.
+pub(crate) fn new_delivery(
     endpoint: &Endpoint,
     event_id: &str,
     event_type: &str,
@@ -219,47 +221,6 @@ pub fn body(event: &LoggedEvent) -> String {
     .to_string()
 }
 
-/// The `endpoint.disabled` notice, an operational webhook in the manner of Svix's: when an
-/// endpoint is disabled (410 Gone, or failing for `disable_after`), the owner's other enabled
-/// endpoints that want `endpoint.disabled` (no `eventTypes`, `*`, `endpoint.*` or the exact
-/// type) and the admin endpoints receive `{"type":"endpoint.disabled","timestamp","data":
-/// {endpointId, partnerId, url, reason, disabledAt}}`, signed and retried like any delivery.
-/// It is not an order event, so it is not on the event log.
-pub fn disabled_notice(
-    disabled: &Endpoint,
-    reason: &str,
-    endpoints: &[Endpoint],
-    now_ms: u64,
-) -> Vec<Delivery> {
-    const TYPE: &str = "endpoint.disabled";
-    let at = crate::model::now_rfc3339();
-    let notice_id = format!("{TYPE}:{}:{now_ms}", disabled.id);
-    let body = serde_json::json!({
-        "type": TYPE,
-        "timestamp": at,
-        "data": {
-            "endpointId": disabled.id,
-            "partnerId": disabled.partner_id,
-            "url": disabled.url,
-            "reason": reason,
-            "disabledAt": at,
-        },
-    })
-    .to_string();
-    endpoints
-        .iter()
-        .filter(|e| {
-            e.enabled
-                && e.id != disabled.id
-                && e.partner_id
-                    .as_deref()
-                    .is_none_or(|own| disabled.partner_id.as_deref() == Some(own))
-                && type_matches(&e.event_types, TYPE)
-        })
-        .map(|endpoint| new_delivery(endpoint, &notice_id, TYPE, &body, now_ms))
-        .collect()
-}
-
 /// `msg_` + 32 hex digits of SHA-256(event id, endpoint id): the same for a redelivered event.
 pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
     let digest = Sha256::digest(format!("{event_id}\n{endpoint_id}"));
@@ -268,7 +229,7 @@ pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{OrderEvent, OrderStatus};
 
@@ -289,7 +250,7 @@ mod tests {
         }
     }
 
-    fn endpoint(id: &str, partner: Option<&str>, types: &[&str]) -> Endpoint {
+    pub(crate) fn endpoint(id: &str, partner: Option<&str>, types: &[&str]) -> Endpoint {
         Endpoint {
             id: id.into(),
             partner_id: partner.map(String::from),
@@ -305,26 +266,6 @@ mod tests {
             updated_at_ms: 0,
             failing_since_ms: None,
         }
-    }
-
-    #[test]
-    fn disabled_notice_goes_to_the_owners_other_endpoints_and_admin_endpoints_only() {
-        let gone = endpoint("ep_gone", Some("acme"), &[]);
-        let endpoints = vec![
-            gone.clone(),
-            endpoint("ep_acme_ops", Some("acme"), &["endpoint.*"]),
-            endpoint("ep_acme_orders", Some("acme"), &["order.*"]),
-            endpoint("ep_globex", Some("globex"), &[]),
-            endpoint("ep_admin", None, &[]),
-        ];
-        let notices = disabled_notice(&gone, "410 Gone", &endpoints, 42);
-        let to: Vec<&str> = notices.iter().map(|d| d.endpoint_id.as_str()).collect();
-        assert_eq!(to, ["ep_acme_ops", "ep_admin"]);
-        let body: serde_json::Value = serde_json::from_str(&notices[0].body).unwrap();
-        assert_eq!(body["type"], "endpoint.disabled");
-        assert_eq!(body["data"]["endpointId"], "ep_gone");
-        assert_eq!(body["data"]["reason"], "410 Gone");
-        assert_ne!(notices[0].id, notices[1].id);
     }
 
     #[test]

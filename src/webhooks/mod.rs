@@ -2,6 +2,8 @@
 //! ([`crate::engine::webhook::WebhookStore`]); nothing here keeps what a restart would lose.
 //!
 //! - [`dispatcher`]: turns each event of the log into deliveries, exactly once.
+//! - [`operational`]: notices about endpoints (`endpoint.disabled`), enqueued as deliveries
+//!   without an event.
 //! - [`sender`]: attempts due deliveries on the schedule, with per-endpoint [`limits`] and the
 //!   [`retry`] rules.
 //! - [`signature`]: Standard Webhooks secrets, signing and verification (`webhook-signature`).
@@ -12,6 +14,7 @@
 
 pub mod dispatcher;
 pub mod limits;
+pub mod operational;
 pub mod retry;
 pub mod sender;
 pub mod signature;

@@ -12,12 +12,14 @@
 //! client (checked again at connect time; redirects are not followed) and recorded with its
 //! outcome in one engine step (`finish_attempt`). This module never logs a secret or a body.
 
+use crate::backoff::Backoff;
 use crate::config::WebhooksConfig;
 use crate::engine::Engine;
 use crate::engine::webhook::{Attempt, AttemptOutcome, Delivery, Endpoint, EndpointHealth};
 use crate::metrics::Metrics;
 use crate::model::now_millis;
 use crate::webhooks::limits::Limiters;
+use crate::webhooks::operational;
 use crate::webhooks::retry::{self, AttemptResult};
 use crate::webhooks::signature::{self, SigningKey};
 use crate::webhooks::ssrf::{self, AllowList};
@@ -121,7 +123,7 @@ impl Sender {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!("webhook sender started");
         let mut attempts = JoinSet::new();
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         while !shutdown.is_cancelled() {
             while attempts.try_join_next().is_some() {}
             let free = self.slots.available_permits().min(CLAIM_BATCH);
@@ -135,7 +137,7 @@ impl Sender {
             let now = now_millis();
             match self.engine.claim_due(now, free, self.config.lease).await {
                 Ok(batch) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     let full = batch.len() == free;
                     // One read of the endpoints per claimed batch, not one per attempt; only
                     // the batch's own endpoints are prepared (URL check, signing keys).
@@ -178,11 +180,9 @@ impl Sender {
                 Err(e) => {
                     Metrics::inc(&self.metrics.webhook_sender_errors);
                     tracing::warn!(error = %e, "webhook sender: claiming due deliveries failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => break,
+                    if !backoff.sleep(&shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             }
@@ -413,26 +413,14 @@ impl Sender {
         }
     }
 
+    /// Enqueues the `endpoint.disabled` notice; a failure loses only the notice (the endpoint
+    /// is disabled already and says why).
     async fn announce_disabled(&self, endpoint: &Endpoint, reason: &str) {
-        let notices = match self.engine.endpoints().await {
-            Ok(all) => {
-                crate::webhooks::dispatcher::disabled_notice(endpoint, reason, &all, now_millis())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, endpoint_id = %endpoint.id, "endpoint.disabled notice not sent: engine unavailable");
-                return;
-            }
-        };
-        if notices.is_empty() {
-            return;
-        }
-        // No log entry stands behind a notice: acknowledging the zero id is a no-op.
-        match self
-            .engine
-            .create_deliveries(crate::model::EventId::ZERO, &notices)
+        match operational::enqueue_endpoint_disabled(&*self.engine, endpoint, reason, now_millis())
             .await
         {
-            Ok(()) => self.wake.notify_one(),
+            Ok(true) => self.wake.notify_one(),
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, endpoint_id = %endpoint.id, "endpoint.disabled notice not sent: engine unavailable");
             }

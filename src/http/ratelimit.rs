@@ -1,6 +1,6 @@
 //! Per-credential rate limiting of the HTTP API (`[http] rate_limit_*`): one token bucket per
 //! API key or customer-token subject, on this node, checked where the caller is admitted
-//! ([`super::Shared::admit`]), after authentication: a request without valid credentials never
+//! ([`crate::node::Shared::admit`]), after authentication: a request without valid credentials never
 //! creates a bucket. Buckets are keyed by [`CredentialId`] (a key's position in the
 //! configuration or a token's subject), never by the credential itself.
 //!

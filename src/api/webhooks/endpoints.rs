@@ -1,0 +1,347 @@
+//! `/v1/webhooks` and `/v1/webhooks/{id}`: creating, reading, changing and deleting partner
+//! endpoints, and rotating their secrets. A secret leaves Herald only in the answers of create
+//! and rotate-secret.
+
+use super::{ms_to_rfc3339, no_such_endpoint, owns, visible_endpoint};
+use crate::api::fields::FieldErrors;
+use crate::api::problem::{ApiResult, Problem};
+use crate::api::{AppState, json_object, refuse_customers};
+use crate::auth::Principal;
+use crate::engine::webhook::{Endpoint, EndpointSecret};
+use crate::model::{OrderStatus, now_millis};
+use crate::webhooks::{signature, ssrf};
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// After a rotation the previous secret keeps signing this long.
+pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+const MAX_URL_LEN: usize = 2048;
+const MAX_DESCRIPTION_LEN: usize = 500;
+const MAX_EVENT_TYPES: usize = 20;
+const MAX_RATE_LIMIT: u64 = 10_000;
+const MAX_IN_FLIGHT: u64 = 1000;
+
+/// The endpoint as every response shows it: no secret.
+fn endpoint_view(e: &Endpoint) -> Value {
+    json!({
+        "id": e.id,
+        "partnerId": e.partner_id,
+        "url": e.url,
+        "description": e.description,
+        "eventTypes": e.event_types,
+        "enabled": e.enabled,
+        "disabledReason": e.disabled_reason,
+        "rateLimitPerSecond": e.rate_limit_per_second,
+        "maxInFlight": e.max_in_flight,
+        "createdAt": ms_to_rfc3339(e.created_at_ms),
+        "updatedAt": ms_to_rfc3339(e.updated_at_ms),
+        "failingSince": e.failing_since_ms.map(ms_to_rfc3339),
+    })
+}
+
+/// The fields create and patch both take, and the one only `extra` takes (create:
+/// `partnerId`, patch: `enabled`).
+fn settings_and(extra: &'static str) -> [&'static str; 6] {
+    [
+        "url",
+        "eventTypes",
+        "description",
+        "rateLimitPerSecond",
+        "maxInFlight",
+        extra,
+    ]
+}
+
+// The checks of the fields create and patch share. Each reads one value and says what is
+// wrong with it; `eventTypes` records an error per bad entry itself.
+
+fn url(state: &AppState, value: &Value) -> Result<String, String> {
+    let Value::String(url) = value else {
+        return Err("must be a string".into());
+    };
+    if url.len() > MAX_URL_LEN {
+        return Err(format!("must be at most {MAX_URL_LEN} characters"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not an absolute URL: {e}"))?;
+    ssrf::check_url(&parsed, &state.webhook_allow)?;
+    Ok(url.clone())
+}
+
+fn event_types(f: &mut FieldErrors, value: &Value) -> Option<Vec<String>> {
+    let Value::Array(items) = value else {
+        f.error("/eventTypes", "must be an array of event types");
+        return None;
+    };
+    if items.len() > MAX_EVENT_TYPES {
+        f.error(
+            "/eventTypes",
+            format!("must hold at most {MAX_EVENT_TYPES} types"),
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let known = item.as_str().filter(|t| {
+            *t == "*"
+                || *t == "order.*"
+                || *t == "endpoint.*"
+                || *t == "endpoint.disabled"
+                || t.strip_prefix("order.")
+                    .is_some_and(|s| s.parse::<OrderStatus>().is_ok() && *s == s.to_lowercase())
+        });
+        match known {
+            Some(t) => out.push(t.to_string()),
+            None => f.error(
+                &format!("/eventTypes/{i}"),
+                "must be `order.<status>` (e.g. `order.shipped`), `order.*`, `endpoint.disabled`, `endpoint.*` or `*`",
+            ),
+        }
+    }
+    Some(out)
+}
+
+fn description(value: &Value) -> Result<Option<String>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) if s.chars().count() <= MAX_DESCRIPTION_LEN => Ok(Some(s.clone())),
+        _ => Err(format!(
+            "must be a string of at most {MAX_DESCRIPTION_LEN} characters"
+        )),
+    }
+}
+
+/// An optional limit: `null` clears it (the `[webhooks]` default applies).
+fn limit(value: &Value, min: u64, max: u64) -> Result<Option<u32>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(n) if n.as_u64().is_some_and(|v| (min..=max).contains(&v)) => {
+            Ok(n.as_u64().map(|v| v as u32))
+        }
+        _ => Err(format!("must be an integer from {min} to {max}")),
+    }
+}
+
+/// `POST /v1/webhooks`: 201 with the endpoint and its `secret` (shown this once).
+pub async fn create_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    refuse_customers(&principal, "reach webhooks")?;
+    let body = json_object(&headers, body, state.config.http.max_json_depth)?;
+    let mut f = FieldErrors::default();
+    f.unknown_fields(&body, &settings_and("partnerId"), "");
+    let url = f.required(&body, "", "url", |v| url(&state, v));
+    let event_types = body
+        .get("eventTypes")
+        .map(|v| event_types(&mut f, v))
+        .unwrap_or(Some(Vec::new()));
+    let description = body
+        .get("description")
+        .map(|v| f.check("/description", description(v)))
+        .unwrap_or(Some(None));
+    let rate = body
+        .get("rateLimitPerSecond")
+        .map(|v| f.check("/rateLimitPerSecond", limit(v, 0, MAX_RATE_LIMIT)))
+        .unwrap_or(Some(None));
+    let in_flight = body
+        .get("maxInFlight")
+        .map(|v| f.check("/maxInFlight", limit(v, 1, MAX_IN_FLIGHT)))
+        .unwrap_or(Some(None));
+    let partner_id = match (body.get("partnerId"), &principal) {
+        (None | Some(Value::Null), Principal::Partner { partner_id }) => Some(partner_id.clone()),
+        (None | Some(Value::Null), _) => None,
+        (Some(Value::String(p)), Principal::Partner { partner_id }) if p == partner_id => {
+            Some(p.clone())
+        }
+        (Some(Value::String(_)), Principal::Partner { .. }) => {
+            return Err(Problem::forbidden(
+                "A partner key creates endpoints for its own partnerId only.",
+            ));
+        }
+        (Some(Value::String(p)), _) if !p.is_empty() && p.len() <= 128 => Some(p.clone()),
+        (Some(_), _) => {
+            f.error("/partnerId", "must be a string of 1 to 128 characters");
+            None
+        }
+    };
+    f.nothing_changed()?;
+    let (Some(url), Some(event_types), Some(description), Some(rate), Some(in_flight)) =
+        (url, event_types, description, rate, in_flight)
+    else {
+        return Err(Problem::bad_request("The request body is not valid."));
+    };
+    let now = now_millis();
+    let secret = signature::generate_secret();
+    let endpoint = Endpoint {
+        id: format!("ep_{}", uuid::Uuid::now_v7().simple()),
+        partner_id,
+        url,
+        description,
+        event_types,
+        enabled: true,
+        disabled_reason: None,
+        rate_limit_per_second: rate,
+        max_in_flight: in_flight,
+        secrets: vec![EndpointSecret {
+            secret: secret.clone(),
+            expires_at_ms: None,
+        }],
+        created_at_ms: now,
+        updated_at_ms: now,
+        failing_since_ms: None,
+    };
+    state.engine.put_endpoint(&endpoint).await?;
+    tracing::info!(endpoint_id = %endpoint.id, partner_id = endpoint.partner_id.as_deref().unwrap_or(""), "webhook endpoint created");
+    let mut view = endpoint_view(&endpoint);
+    view["secret"] = Value::String(secret);
+    let mut response = (StatusCode::CREATED, Json(view)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/webhooks/{}", endpoint.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `GET /v1/webhooks`: the caller's endpoints (admin: all), oldest first.
+pub async fn list_endpoints(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Value>> {
+    refuse_customers(&principal, "reach webhooks")?;
+    let mut endpoints: Vec<Endpoint> = state
+        .engine
+        .endpoints()
+        .await?
+        .into_iter()
+        .filter(|e| owns(&principal, e))
+        .collect();
+    endpoints.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+    let views: Vec<Value> = endpoints.iter().map(endpoint_view).collect();
+    Ok(Json(json!({ "endpoints": views })))
+}
+
+/// `GET /v1/webhooks/{id}`.
+pub async fn get_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let endpoint = visible_endpoint(&state, &principal, &id).await?;
+    Ok(Json(endpoint_view(&endpoint)))
+}
+
+/// `PATCH /v1/webhooks/{id}`: url, eventTypes, enabled, description, limits.
+pub async fn patch_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let mut endpoint = visible_endpoint(&state, &principal, &id).await?;
+    let body = json_object(&headers, body, state.config.http.max_json_depth)?;
+    let mut f = FieldErrors::default();
+    f.unknown_fields(&body, &settings_and("enabled"), "");
+    if let Some(v) = body.get("url")
+        && let Some(url) = f.check("/url", url(&state, v))
+    {
+        endpoint.url = url;
+    }
+    if let Some(v) = body.get("eventTypes")
+        && let Some(types) = event_types(&mut f, v)
+    {
+        endpoint.event_types = types;
+    }
+    if let Some(v) = body.get("description")
+        && let Some(d) = f.check("/description", description(v))
+    {
+        endpoint.description = d;
+    }
+    if let Some(v) = body.get("rateLimitPerSecond")
+        && let Some(r) = f.check("/rateLimitPerSecond", limit(v, 0, MAX_RATE_LIMIT))
+    {
+        endpoint.rate_limit_per_second = r;
+    }
+    if let Some(v) = body.get("maxInFlight")
+        && let Some(m) = f.check("/maxInFlight", limit(v, 1, MAX_IN_FLIGHT))
+    {
+        endpoint.max_in_flight = m;
+    }
+    match body.get("enabled") {
+        None => {}
+        Some(Value::Bool(true)) => {
+            endpoint.enabled = true;
+            endpoint.disabled_reason = None;
+            endpoint.failing_since_ms = None;
+        }
+        Some(Value::Bool(false)) => {
+            if endpoint.enabled {
+                endpoint.disabled_reason = Some("disabled through the API".into());
+            }
+            endpoint.enabled = false;
+        }
+        Some(_) => f.error("/enabled", "must be true or false"),
+    }
+    f.nothing_changed()?;
+    endpoint.updated_at_ms = now_millis();
+    state.engine.put_endpoint(&endpoint).await?;
+    Ok(Json(endpoint_view(&endpoint)))
+}
+
+/// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries leave the schedule.
+pub async fn delete_endpoint(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    visible_endpoint(&state, &principal, &id).await?;
+    if state.engine.delete_endpoint(&id).await? {
+        tracing::info!(endpoint_id = %id, "webhook endpoint deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_such_endpoint())
+    }
+}
+
+/// `POST /v1/webhooks/{id}/rotate-secret`: a new secret, returned once; the previous one keeps
+/// signing beside it for [`ROTATION_OVERLAP`] (space-separated signatures).
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let mut endpoint = visible_endpoint(&state, &principal, &id).await?;
+    let now = now_millis();
+    let previous_expires = now + ROTATION_OVERLAP.as_millis() as u64;
+    // Only the current secret lives on; older ones (already overlapping) stop now.
+    let previous = endpoint
+        .secrets
+        .iter()
+        .find(|s| s.expires_at_ms.is_none())
+        .or_else(|| endpoint.secrets.first())
+        .map(|s| EndpointSecret {
+            secret: s.secret.clone(),
+            expires_at_ms: Some(previous_expires),
+        });
+    let secret = signature::generate_secret();
+    endpoint.secrets = std::iter::once(EndpointSecret {
+        secret: secret.clone(),
+        expires_at_ms: None,
+    })
+    .chain(previous)
+    .collect();
+    endpoint.updated_at_ms = now;
+    state.engine.put_endpoint(&endpoint).await?;
+    tracing::info!(endpoint_id = %id, "webhook secret rotated");
+    Ok(Json(json!({
+        "secret": secret,
+        "previousSecretExpiresAt": ms_to_rfc3339(previous_expires),
+    })))
+}

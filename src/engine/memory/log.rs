@@ -1,0 +1,91 @@
+//! The event log in the memory engine: entries with Redis-shaped ids (`<ms>-<seq>`), trimmed
+//! to the retention, and the malformed entries set aside.
+//!
+//! It never interprets an entry itself: reading goes through the seam's decoder
+//! (`engine/log.rs`), the same one the Redis engine uses.
+
+use super::{MemoryEngine, State};
+use crate::engine::{EngineError, EngineResult, EventLog, LogEntry, decode_event};
+use crate::model::{EventId, MalformedEntry, now_millis};
+use async_trait::async_trait;
+use std::time::Duration;
+use tokio::time::Instant;
+
+impl State {
+    pub(super) fn append_event(&mut self, raw: String, retention: u64) -> EventId {
+        let now = now_millis();
+        let id = if now > self.last_event_id.ms {
+            EventId { ms: now, seq: 0 }
+        } else {
+            EventId {
+                ms: self.last_event_id.ms,
+                seq: self.last_event_id.seq + 1,
+            }
+        };
+        self.last_event_id = id;
+        self.events.push_back((id, raw));
+        while self.events.len() as u64 > retention.max(1) {
+            self.events.pop_front();
+        }
+        id
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryEngine {
+    async fn read_events(
+        &self,
+        after: EventId,
+        max: usize,
+        wait: Duration,
+    ) -> EngineResult<Vec<LogEntry>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.events_appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let entries = self.with_state(|state| {
+                let start = state.events.partition_point(|(id, _)| *id <= after);
+                state
+                    .events
+                    .range(start..)
+                    .take(max)
+                    .map(|(id, raw)| decode_event(id.to_string(), raw))
+                    .collect::<Vec<_>>()
+            })?;
+            if !entries.is_empty() || Instant::now() >= deadline {
+                return Ok(entries);
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    async fn append_raw_event(&self, raw: &str) -> EngineResult<EventId> {
+        let retention = self.settings.event_retention;
+        let id = self.with_state(|state| state.append_event(raw.to_string(), retention))?;
+        self.events_appended.notify_waiters();
+        Ok(id)
+    }
+
+    async fn last_event_id(&self) -> EngineResult<EventId> {
+        self.with_state(|state| state.events.back().map_or(EventId::ZERO, |(id, _)| *id))
+    }
+
+    async fn first_event_id(&self) -> EngineResult<Option<EventId>> {
+        self.with_state(|state| state.events.front().map(|(id, _)| *id))
+    }
+
+    async fn set_aside(&self, entry: &MalformedEntry) -> EngineResult<()> {
+        let id: EventId = entry
+            .entry_id
+            .parse()
+            .map_err(|e: String| EngineError::Corrupt(e))?;
+        self.with_state(|state| {
+            state.malformed.entry(id).or_insert_with(|| entry.clone());
+        })
+    }
+
+    async fn malformed_entries(&self, limit: usize) -> EngineResult<Vec<MalformedEntry>> {
+        self.with_state(|state| state.malformed.values().take(limit).cloned().collect())
+    }
+}

@@ -1,0 +1,409 @@
+//! The webhook store in the memory engine (DESIGN 1.5): endpoints, deliveries with their
+//! attempt logs, the retry schedule and the dispatch group, kept with the same orderings the
+//! Redis engine's sorted sets give.
+//!
+//! Times come from the caller, so both engines agree under test. It never decides delivery
+//! policy (what is due when, what disables an endpoint): it only keeps the store's rules.
+
+use super::{MemoryEngine, State};
+use crate::engine::webhook::*;
+use crate::engine::{EngineResult, LogEntry, decode_event};
+use crate::model::{EventId, now_millis};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Endpoints, deliveries, the retry schedule and the dispatch group (DESIGN 1.5), kept with
+/// the same orderings the Redis engine's sorted sets give.
+#[derive(Default)]
+pub(super) struct WebhookState {
+    /// By id: listing order is id order, as on Redis.
+    endpoints: BTreeMap<String, Endpoint>,
+    deliveries: HashMap<String, StoredDelivery>,
+    /// Per endpoint, every delivery as `(created_at_ms, id)`: newest-first listing.
+    by_endpoint: HashMap<String, BTreeSet<(u64, String)>>,
+    /// Per endpoint, the failed deliveries as `(created_at_ms, id)`: recovery by time.
+    failed: HashMap<String, BTreeSet<(u64, String)>>,
+    /// The retry schedule, `(due ms, delivery id)`; `due` finds a delivery's entry.
+    schedule: BTreeSet<(u64, String)>,
+    due: HashMap<String, u64>,
+    /// The dispatch group: the newest log entry handed out...
+    dispatched_up_to: EventId,
+    /// ...and the entries handed out and not acknowledged, with when they were handed out
+    /// (which consumer holds one does not matter: any consumer may take it over).
+    unacked: BTreeMap<EventId, Instant>,
+}
+
+struct StoredDelivery {
+    delivery: Delivery,
+    /// Oldest first, at most [`ATTEMPTS_KEPT`].
+    attempts: VecDeque<Attempt>,
+}
+
+impl WebhookState {
+    fn schedule_at(&mut self, delivery_id: &str, at_ms: u64) {
+        self.unschedule(delivery_id);
+        self.schedule.insert((at_ms, delivery_id.to_string()));
+        self.due.insert(delivery_id.to_string(), at_ms);
+    }
+
+    fn unschedule(&mut self, delivery_id: &str) {
+        if let Some(at_ms) = self.due.remove(delivery_id) {
+            self.schedule.remove(&(at_ms, delivery_id.to_string()));
+        }
+    }
+
+    /// Keeps the failed index in step with a delivery's state.
+    fn index_failed(&mut self, delivery: &Delivery) {
+        let entry = (delivery.created_at_ms, delivery.id.clone());
+        if delivery.state == DeliveryState::Failed {
+            self.failed
+                .entry(delivery.endpoint_id.clone())
+                .or_default()
+                .insert(entry);
+        } else if let Some(failed) = self.failed.get_mut(&delivery.endpoint_id) {
+            failed.remove(&entry);
+            if failed.is_empty() {
+                self.failed.remove(&delivery.endpoint_id);
+            }
+        }
+    }
+
+    /// Makes a delivery pending and due at `at_ms` (manual retry, recovery).
+    fn reschedule(&mut self, delivery_id: &str, at_ms: u64, now_ms: u64) -> bool {
+        let Some(stored) = self.deliveries.get_mut(delivery_id) else {
+            return false;
+        };
+        let delivery = &mut stored.delivery;
+        delivery.state = DeliveryState::Pending;
+        delivery.next_attempt_at_ms = Some(at_ms);
+        delivery.updated_at_ms = now_ms;
+        let delivery = delivery.clone();
+        self.index_failed(&delivery);
+        self.schedule_at(delivery_id, at_ms);
+        true
+    }
+}
+
+/// Whole milliseconds of a duration (saturating).
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait]
+impl WebhookStore for MemoryEngine {
+    async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()> {
+        self.with_state(|state| {
+            state
+                .webhooks
+                .endpoints
+                .insert(endpoint.id.clone(), endpoint.clone());
+        })
+    }
+
+    async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>> {
+        self.with_state(|state| state.webhooks.endpoints.get(id).cloned())
+    }
+
+    async fn endpoints(&self) -> EngineResult<Vec<Endpoint>> {
+        self.with_state(|state| state.webhooks.endpoints.values().cloned().collect())
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> EngineResult<bool> {
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            if w.endpoints.remove(id).is_none() {
+                return false;
+            }
+            let ids: Vec<String> = w
+                .by_endpoint
+                .get(id)
+                .map(|all| all.iter().map(|(_, d)| d.clone()).collect())
+                .unwrap_or_default();
+            for delivery_id in ids {
+                w.unschedule(&delivery_id);
+            }
+            true
+        })
+    }
+
+    async fn claim_events(
+        &self,
+        _consumer: &str,
+        max: usize,
+        wait: Duration,
+        reclaim_after: Duration,
+    ) -> EngineResult<Vec<LogEntry>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            // Register interest before looking, so an append in between is not missed.
+            let notified = self.events_appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let (batch, next_reclaim) = self.with_state(|state| {
+                let State {
+                    events, webhooks, ..
+                } = state;
+                let position = |id: &EventId| {
+                    let i = events.partition_point(|(e, _)| e < id);
+                    events.get(i).filter(|(e, _)| e == id)
+                };
+                let mut batch = Vec::new();
+                let mut next_reclaim: Option<Instant> = None;
+                let mut trimmed = Vec::new();
+                // Handed out long ago and never acknowledged: a consumer died with them.
+                for (id, handed_out) in webhooks.unacked.iter_mut() {
+                    let expires = *handed_out + reclaim_after;
+                    if expires > now {
+                        next_reclaim = Some(next_reclaim.map_or(expires, |n| n.min(expires)));
+                        continue;
+                    }
+                    if batch.len() >= max {
+                        continue;
+                    }
+                    match position(id) {
+                        Some((id, raw)) => {
+                            *handed_out = now;
+                            batch.push(decode_event(id.to_string(), raw));
+                        }
+                        // Trimmed from the log meanwhile: nothing left to hand out.
+                        None => trimmed.push(*id),
+                    }
+                }
+                for id in trimmed {
+                    webhooks.unacked.remove(&id);
+                }
+                // Then entries never handed out.
+                let start = events.partition_point(|(id, _)| *id <= webhooks.dispatched_up_to);
+                for (id, raw) in events.range(start..).take(max - batch.len()) {
+                    webhooks.dispatched_up_to = *id;
+                    webhooks.unacked.insert(*id, now);
+                    batch.push(decode_event(id.to_string(), raw));
+                }
+                (batch, next_reclaim)
+            })?;
+            if !batch.is_empty() || now >= deadline {
+                return Ok(batch);
+            }
+            let wake = next_reclaim.map_or(deadline, |n| n.min(deadline));
+            let _ = tokio::time::timeout_at(wake, notified).await;
+        }
+    }
+
+    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()> {
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            for delivery in deliveries {
+                if w.deliveries.contains_key(&delivery.id) {
+                    continue;
+                }
+                let mut delivery = delivery.clone();
+                if delivery.state == DeliveryState::Pending {
+                    let at_ms = delivery
+                        .next_attempt_at_ms
+                        .unwrap_or(delivery.created_at_ms);
+                    delivery.next_attempt_at_ms = Some(at_ms);
+                    w.schedule_at(&delivery.id, at_ms);
+                } else {
+                    delivery.next_attempt_at_ms = None;
+                }
+                w.index_failed(&delivery);
+                w.by_endpoint
+                    .entry(delivery.endpoint_id.clone())
+                    .or_default()
+                    .insert((delivery.created_at_ms, delivery.id.clone()));
+                w.deliveries.insert(
+                    delivery.id.clone(),
+                    StoredDelivery {
+                        delivery,
+                        attempts: VecDeque::new(),
+                    },
+                );
+            }
+            w.unacked.remove(&event);
+        })
+    }
+
+    async fn claim_due(
+        &self,
+        now_ms: u64,
+        max: usize,
+        lease: Duration,
+    ) -> EngineResult<Vec<Delivery>> {
+        let leased_until = now_ms.saturating_add(duration_ms(lease));
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let due: Vec<String> = w
+                .schedule
+                .iter()
+                .take_while(|(at_ms, _)| *at_ms <= now_ms)
+                .take(max)
+                .map(|(_, id)| id.clone())
+                .collect();
+            let mut out = Vec::with_capacity(due.len());
+            for id in due {
+                let delivery = w
+                    .deliveries
+                    .get(&id)
+                    .map(|s| &s.delivery)
+                    .filter(|d| w.endpoints.contains_key(&d.endpoint_id))
+                    .cloned();
+                match delivery {
+                    Some(delivery) => {
+                        w.schedule_at(&id, leased_until);
+                        out.push(delivery);
+                    }
+                    None => w.unschedule(&id),
+                }
+            }
+            out
+        })
+    }
+
+    async fn next_due_ms(&self) -> EngineResult<Option<u64>> {
+        self.with_state(|state| state.webhooks.schedule.first().map(|(at_ms, _)| *at_ms))
+    }
+
+    async fn finish_attempt(
+        &self,
+        delivery_id: &str,
+        attempt: &Attempt,
+        outcome: &AttemptOutcome,
+        disable_after: Duration,
+    ) -> EngineResult<EndpointHealth> {
+        let now_ms = attempt.at_ms;
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let Some(stored) = w.deliveries.get_mut(delivery_id) else {
+                return EndpointHealth::Unchanged;
+            };
+            stored.attempts.push_back(attempt.clone());
+            while stored.attempts.len() > ATTEMPTS_KEPT {
+                stored.attempts.pop_front();
+            }
+            let delivery = &mut stored.delivery;
+            delivery.attempts = delivery.attempts.saturating_add(1);
+            delivery.updated_at_ms = now_ms;
+            delivery.last_status_code = attempt.status_code;
+            let (state, next) = match outcome {
+                AttemptOutcome::Succeeded => (DeliveryState::Succeeded, None),
+                AttemptOutcome::RetryAt(at_ms) => (DeliveryState::Pending, Some(*at_ms)),
+                AttemptOutcome::Failed | AttemptOutcome::Gone(_) => (DeliveryState::Failed, None),
+            };
+            delivery.state = state;
+            delivery.next_attempt_at_ms = next;
+            let delivery = delivery.clone();
+            match next {
+                Some(at_ms) => w.schedule_at(delivery_id, at_ms),
+                None => w.unschedule(delivery_id),
+            }
+            w.index_failed(&delivery);
+
+            let Some(endpoint) = w.endpoints.get_mut(&delivery.endpoint_id) else {
+                return EndpointHealth::Unchanged;
+            };
+            if matches!(outcome, AttemptOutcome::Succeeded) {
+                endpoint.failing_since_ms = None;
+                return EndpointHealth::Unchanged;
+            }
+            let since = *endpoint.failing_since_ms.get_or_insert(now_ms);
+            let reason = match outcome {
+                AttemptOutcome::Gone(reason) => Some(reason.clone()),
+                _ if now_ms.saturating_sub(since) > duration_ms(disable_after) => {
+                    Some(failing_too_long_reason(disable_after))
+                }
+                _ => None,
+            };
+            match reason {
+                Some(reason) if endpoint.enabled => {
+                    endpoint.enabled = false;
+                    endpoint.disabled_reason = Some(reason.clone());
+                    endpoint.updated_at_ms = now_ms;
+                    EndpointHealth::Disabled { reason }
+                }
+                _ => EndpointHealth::Unchanged,
+            }
+        })
+    }
+
+    async fn delivery(&self, id: &str) -> EngineResult<Option<Delivery>> {
+        self.with_state(|state| {
+            state
+                .webhooks
+                .deliveries
+                .get(id)
+                .map(|s| s.delivery.clone())
+        })
+    }
+
+    async fn attempts(&self, delivery_id: &str) -> EngineResult<Vec<Attempt>> {
+        self.with_state(|state| {
+            state
+                .webhooks
+                .deliveries
+                .get(delivery_id)
+                .map(|s| s.attempts.iter().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    async fn deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+        before_ms: Option<u64>,
+    ) -> EngineResult<Vec<Delivery>> {
+        self.with_state(|state| {
+            let w = &state.webhooks;
+            let Some(all) = w.by_endpoint.get(endpoint_id) else {
+                return Vec::new();
+            };
+            // `(before, "")` sorts before every entry created at `before`.
+            let upper = match before_ms {
+                Some(before) => Bound::Excluded((before, String::new())),
+                None => Bound::Unbounded,
+            };
+            all.range((Bound::Unbounded, upper))
+                .rev()
+                .filter_map(|(_, id)| w.deliveries.get(id).map(|s| s.delivery.clone()))
+                .take(limit)
+                .collect()
+        })
+    }
+
+    async fn retry_delivery(&self, delivery_id: &str, at_ms: u64) -> EngineResult<bool> {
+        let now_ms = now_millis();
+        self.with_state(|state| state.webhooks.reschedule(delivery_id, at_ms, now_ms))
+    }
+
+    async fn recover_failed(
+        &self,
+        endpoint_id: &str,
+        since_ms: u64,
+        at_ms: u64,
+    ) -> EngineResult<usize> {
+        let now_ms = now_millis();
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let ids: Vec<String> = w
+                .failed
+                .get(endpoint_id)
+                .map(|failed| {
+                    failed
+                        .range((since_ms, String::new())..)
+                        .map(|(_, id)| id.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.iter()
+                .filter(|id| w.reschedule(id, at_ms, now_ms))
+                .count()
+        })
+    }
+}

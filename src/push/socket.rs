@@ -1,0 +1,157 @@
+//! One WebSocket connection's loop: reads client messages and hands them to the protocol,
+//! writes the outbound queue in batches (feed each message, then one flush), sends the
+//! protocol's keepalives, and closes the connection for the limits that belong to the socket
+//! (message size, UTF-8, keepalive timeout, `connection_init` timeout, token expiry, shutdown).
+//!
+//! It starts no subscription and spells no message itself: that is the core's and the
+//! protocols' work.
+
+use super::PushState;
+use super::close;
+use super::conn::{ConnHandle, Out};
+use super::protocol::{Flow, Protocol};
+use super::session::Session;
+use crate::auth::Principal;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Runs one upgraded connection until it closes.
+pub async fn run(
+    state: Arc<PushState>,
+    mut ws: Socket,
+    protocol: Box<dyn Protocol>,
+    principal: Option<Principal>,
+) {
+    let config = state.node.config.push.clone();
+    let conn = Arc::new(ConnHandle::new(config.outbound_queue_bytes));
+    let mut session = Session::new(state.clone(), conn.clone(), principal);
+    let init_deadline = tokio::time::sleep(config.connection_init_timeout);
+    tokio::pin!(init_deadline);
+    let keepalive = config.keepalive_interval.max(Duration::from_millis(100));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let shutdown = state.shutdown.clone();
+
+    'conn: loop {
+        let expiry = token_expiry(session.principal.as_ref());
+        tokio::select! {
+            biased;
+            _ = conn.kill.notified() => break,
+            _ = shutdown.cancelled() => {
+                conn.close(close::SERVICE_RESTART, "server shutting down; reconnect");
+                break;
+            }
+            _ = conn.ready.notified() => {
+                let write = write_batch(&mut ws, &conn);
+                tokio::select! {
+                    result = write => if result.is_err() { break 'conn },
+                    _ = conn.kill.notified() => break 'conn,
+                }
+            }
+            message = ws.next() => {
+                last_heard = Instant::now();
+                let flow = match message {
+                    None => break,
+                    Some(Err(e)) => {
+                        use tokio_tungstenite::tungstenite::Error;
+                        match e {
+                            Error::Capacity(_) => {
+                                state.metrics.messages_too_big.fetch_add(1, Ordering::Relaxed);
+                                conn.close(close::MESSAGE_TOO_BIG, "message too big (push.max_message_bytes)");
+                            }
+                            Error::Utf8(_) => conn.close(close::INVALID_PAYLOAD, "text message is not UTF-8"),
+                            Error::Protocol(_) => conn.close(close::PROTOCOL_ERROR, "WebSocket protocol error"),
+                            _ => {}
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Text(text))) => protocol.on_message(&mut session, &text),
+                    Some(Ok(Message::Binary(_))) => Flow::Close(
+                        close::BAD_REQUEST,
+                        "binary messages are not part of this protocol".into(),
+                    ),
+                    Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => Flow::Continue, // ping/pong: tungstenite answers pings
+                };
+                if let Flow::Close(code, reason) = flow {
+                    conn.close(code, &reason);
+                    break;
+                }
+            }
+            _ = &mut init_deadline, if !session.acked => {
+                conn.close(close::INIT_TIMEOUT, "connection initialisation timeout");
+                break;
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > keepalive * 3 {
+                    conn.close(close::KEEPALIVE_TIMEOUT, "keepalive timeout: nothing heard from the client");
+                    break;
+                }
+                protocol.keepalive(&session);
+            }
+            _ = sleep_until_unix(expiry), if expiry.is_some() => {
+                conn.close(close::TOKEN_EXPIRED, "token expired; reconnect with a fresh token");
+                break;
+            }
+        }
+    }
+    session.end_all();
+    state.connections.fetch_sub(1, Ordering::AcqRel);
+    if let Some((code, reason)) = conn.close_frame() {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+    }
+}
+
+/// Writes everything queued (feed each message), then flushes once.
+async fn write_batch(
+    ws: &mut Socket,
+    conn: &ConnHandle,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let batch = conn.take_batch();
+    if batch.is_empty() {
+        return Ok(());
+    }
+    for out in batch {
+        let cost = out.cost();
+        let message = match out {
+            Out::Ping => Message::Ping(Bytes::new()),
+            out => Message::text(out.into_text()),
+        };
+        ws.feed(message).await?;
+        conn.written(cost);
+    }
+    ws.flush().await?;
+    conn.wrote_batch();
+    Ok(())
+}
+
+fn token_expiry(principal: Option<&Principal>) -> Option<u64> {
+    principal.and_then(Principal::expires_at)
+}
+
+async fn sleep_until_unix(at: Option<u64>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(at.saturating_sub(now))).await;
+}
