@@ -23,6 +23,8 @@ struct Harness {
     engine: Arc<dyn Engine>,
     /// The Redis server behind the engine, if any (kept alive for the test's duration).
     redis: Option<common::RedisServer>,
+    /// A cluster of the test's own (tests that restart a node), if any.
+    cluster: Option<common::cluster::RedisCluster>,
     settings: EngineSettings,
     engine_config: EngineConfig,
 }
@@ -43,6 +45,7 @@ impl Harness {
         Harness {
             engine: Arc::new(MemoryEngine::new(settings.clone())),
             redis: None,
+            cluster: None,
             settings,
             engine_config: EngineConfig::default(),
         }
@@ -80,8 +83,23 @@ impl Harness {
         Harness {
             engine: Arc::new(engine),
             redis: None,
+            cluster: None,
             settings,
             engine_config,
+        }
+    }
+
+    /// Restarts the Redis behind the engine from its AOF: the server, or on a cluster of the
+    /// test's own the master holding Herald's slot (SIGKILL, then a restart).
+    fn restart_redis(&mut self) {
+        if let Some(server) = self.redis.as_mut() {
+            server.restart();
+        } else if let Some(cluster) = self.cluster.as_mut() {
+            let master = cluster.master_of(&self.engine_config.events_stream_key());
+            cluster.kill_node(master);
+            cluster.restart_node(master);
+        } else {
+            panic!("no Redis of the test's own to restart");
         }
     }
 
@@ -1330,7 +1348,25 @@ async fn retry_delivery_makes_any_delivery_pending_and_due(h: Harness) {
 /// group's unacknowledged events survive a Redis restart when Redis runs with AOF.
 #[tokio::test]
 async fn redis_webhook_state_survives_a_redis_restart_with_aof() {
-    let mut h = Harness::redis_with(common::RedisServer::start(true)).await;
+    webhook_state_survives_a_restart_with_aof(
+        Harness::redis_with(common::RedisServer::start(true)).await,
+    )
+    .await;
+}
+
+/// The same on a cluster of its own: the master holding Herald's slot SIGKILLed and restarted
+/// from its AOF.
+#[tokio::test]
+async fn cluster_webhook_state_survives_a_master_restart_with_aof() {
+    let cluster = tokio::task::spawn_blocking(|| common::cluster::RedisCluster::start(3, 0, true))
+        .await
+        .expect("cluster");
+    let mut h = Harness::redis_at(cluster.url(), "conf:".into()).await;
+    h.cluster = Some(cluster);
+    webhook_state_survives_a_restart_with_aof(h).await;
+}
+
+async fn webhook_state_survives_a_restart_with_aof(mut h: Harness) {
     let e = h.engine.clone();
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
     create(
@@ -1361,7 +1397,7 @@ async fn redis_webhook_state_survives_a_redis_restart_with_aof() {
         .unwrap();
     assert_eq!(entry_ids(&got), [event]);
 
-    h.redis.as_mut().expect("redis harness").restart();
+    h.restart_redis();
     let after: Arc<dyn Engine> = Arc::new(
         RedisEngine::connect(&h.engine_config, settings("c2"))
             .await

@@ -5,11 +5,12 @@
 //! with the test process). Every wait here is bounded and panics with the nodes' logs.
 #![allow(dead_code)]
 
-use super::{free_port, redis_server_command, spawn_redis, wait_for_ping};
+use super::{redis_server_command, spawn_redis, wait_for_ping};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a node may be silent before the others mark it failed: short, so a failover in a
@@ -17,6 +18,25 @@ use std::time::{Duration, Instant};
 const NODE_TIMEOUT_MS: u64 = 2_000;
 const START_LIMIT: Duration = Duration::from_secs(30);
 const FAILOVER_LIMIT: Duration = Duration::from_secs(40);
+
+/// Cluster ports come from below Linux's ephemeral range (32768 and up), where `free_port`
+/// and every outgoing connection's source port live: a port picked there can be taken by
+/// another test's server or a client socket before the node binds it. Each process starts at
+/// its own offset and counts up, skipping ports something already listens on.
+const PORT_FLOOR: u16 = 20_000;
+const PORT_SPAN: u16 = 12_000;
+
+fn cluster_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = (std::process::id() % u32::from(PORT_SPAN / 2)) as u16 * 2;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORT_FLOOR + (offset + n) % PORT_SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
 
 pub struct ClusterNode {
     pub port: u16,
@@ -44,12 +64,12 @@ impl RedisCluster {
         let count = masters * (1 + replicas_per_master);
         let nodes = (0..count)
             .map(|_| {
-                let port = free_port();
+                let port = cluster_port();
                 let node_dir = dir.path().join(port.to_string());
                 std::fs::create_dir(&node_dir).expect("node dir");
                 ClusterNode {
                     port,
-                    bus_port: free_port(),
+                    bus_port: cluster_port(),
                     dir: node_dir,
                     child: None,
                 }
