@@ -1,8 +1,10 @@
 //! The engine conformance suite: every behaviour the engine seam promises, run against the
-//! memory engine and against the Redis engine (each test on its own `redis-server`).
+//! memory engine, the Redis engine on a single Redis (each test on its own `redis-server`) and
+//! the Redis engine on a real 3-master Redis Cluster.
 //!
 //! Each test is written once as `async fn name(h: Harness)`; the `conformance!` macro makes a
-//! `memory::name` and a `redis::name` test of it.
+//! `memory::name`, a `redis::name` and a `cluster::name` test of it. The cluster tests share
+//! one cluster per test binary (starting one takes seconds), each under its own `key_prefix`.
 
 mod common;
 
@@ -21,6 +23,8 @@ struct Harness {
     engine: Arc<dyn Engine>,
     /// The Redis server behind the engine, if any (kept alive for the test's duration).
     redis: Option<common::RedisServer>,
+    /// A cluster of the test's own (tests that restart a node), if any.
+    cluster: Option<common::cluster::RedisCluster>,
     settings: EngineSettings,
     engine_config: EngineConfig,
 }
@@ -41,6 +45,7 @@ impl Harness {
         Harness {
             engine: Arc::new(MemoryEngine::new(settings.clone())),
             redis: None,
+            cluster: None,
             settings,
             engine_config: EngineConfig::default(),
         }
@@ -51,10 +56,24 @@ impl Harness {
     }
 
     async fn redis_with(server: common::RedisServer) -> Harness {
+        let mut h = Harness::redis_at(server.url(), "conf:".into()).await;
+        h.redis = Some(server);
+        h
+    }
+
+    /// On the binary's shared Redis Cluster, with keys of its own under `conf-<test>:`.
+    async fn cluster(test: &str) -> Harness {
+        let url = tokio::task::spawn_blocking(|| common::cluster::RedisCluster::shared().url())
+            .await
+            .expect("the shared cluster");
+        Harness::redis_at(url, format!("conf-{test}:")).await
+    }
+
+    async fn redis_at(redis_url: String, key_prefix: String) -> Harness {
         let engine_config = EngineConfig {
             kind: herald::config::EngineKind::Redis,
-            redis_url: server.url(),
-            key_prefix: "conf:".into(),
+            redis_url,
+            key_prefix,
             ..EngineConfig::default()
         };
         let settings = settings("c1");
@@ -63,18 +82,33 @@ impl Harness {
             .expect("redis engine");
         Harness {
             engine: Arc::new(engine),
-            redis: Some(server),
+            redis: None,
+            cluster: None,
             settings,
             engine_config,
+        }
+    }
+
+    /// Restarts the Redis behind the engine from its AOF: the server, or on a cluster of the
+    /// test's own the master holding Herald's slot (SIGKILL, then a restart).
+    fn restart_redis(&mut self) {
+        if let Some(server) = self.redis.as_mut() {
+            server.restart();
+        } else if let Some(cluster) = self.cluster.as_mut() {
+            let master = cluster.master_of(&self.engine_config.events_stream_key());
+            cluster.kill_node(master);
+            cluster.restart_node(master);
+        } else {
+            panic!("no Redis of the test's own to restart");
         }
     }
 
     /// A second engine handle on the same state, as another process would have (memory: the
     /// same engine, since it cannot be shared across processes).
     async fn second_consumer(&self) -> Arc<dyn Engine> {
-        match &self.redis {
-            None => self.engine.clone(),
-            Some(_) => Arc::new(
+        match self.engine_config.kind {
+            herald::config::EngineKind::Memory => self.engine.clone(),
+            herald::config::EngineKind::Redis => Arc::new(
                 RedisEngine::connect(&self.engine_config, settings("c2"))
                     .await
                     .expect("second redis engine"),
@@ -98,6 +132,14 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     super::$name(super::Harness::redis().await).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Harness::cluster(stringify!($name)).await).await;
                 }
             )*
         }
@@ -1338,7 +1380,25 @@ async fn retry_delivery_makes_any_delivery_pending_and_due(h: Harness) {
 /// group's unacknowledged events survive a Redis restart when Redis runs with AOF.
 #[tokio::test]
 async fn redis_webhook_state_survives_a_redis_restart_with_aof() {
-    let mut h = Harness::redis_with(common::RedisServer::start(true)).await;
+    webhook_state_survives_a_restart_with_aof(
+        Harness::redis_with(common::RedisServer::start(true)).await,
+    )
+    .await;
+}
+
+/// The same on a cluster of its own: the master holding Herald's slot SIGKILLed and restarted
+/// from its AOF.
+#[tokio::test]
+async fn cluster_webhook_state_survives_a_master_restart_with_aof() {
+    let cluster = tokio::task::spawn_blocking(|| common::cluster::RedisCluster::start(3, 0, true))
+        .await
+        .expect("cluster");
+    let mut h = Harness::redis_at(cluster.url(), "conf:".into()).await;
+    h.cluster = Some(cluster);
+    webhook_state_survives_a_restart_with_aof(h).await;
+}
+
+async fn webhook_state_survives_a_restart_with_aof(mut h: Harness) {
     let e = h.engine.clone();
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
     create(
@@ -1369,7 +1429,7 @@ async fn redis_webhook_state_survives_a_redis_restart_with_aof() {
         .unwrap();
     assert_eq!(entry_ids(&got), [event]);
 
-    h.redis.as_mut().expect("redis harness").restart();
+    h.restart_redis();
     let after: Arc<dyn Engine> = Arc::new(
         RedisEngine::connect(&h.engine_config, settings("c2"))
             .await

@@ -31,6 +31,10 @@ pub struct EngineConfig {
     /// How long one engine operation may take before it counts as unavailable.
     #[serde(deserialize_with = "duration")]
     pub operation_timeout: Duration,
+    /// Dedicated connections for blocking reads (long-polls, the tail, the worker and the
+    /// dispatcher waiting for work), per process and per Redis node; a blocking read that
+    /// finds them all busy waits, then fails as unavailable.
+    pub max_blocking_connections: usize,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +47,7 @@ impl Default for EngineConfig {
             event_retention: 100_000,
             history_limit: 100,
             operation_timeout: Duration::from_secs(2),
+            max_blocking_connections: 32,
         }
     }
 }

@@ -47,6 +47,9 @@ impl Config {
         if self.engine.history_limit == 0 {
             bail!("engine.history_limit must be at least 1");
         }
+        if self.engine.max_blocking_connections == 0 {
+            bail!("engine.max_blocking_connections must be at least 1");
+        }
         for key in self
             .auth
             .admin_keys

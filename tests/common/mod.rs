@@ -3,6 +3,7 @@
 //! `Herald` starts the real binary and reads the address it prints. Both die with the test.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod sink;
 pub mod ws;
 
@@ -20,6 +21,41 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("an ephemeral port")
+}
+
+/// `redis-server` on `port` (loopback only, no RDB snapshots) keeping its files in `dir`;
+/// callers add the persistence and cluster flags they need.
+pub fn redis_server_command(port: u16, dir: &Path) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+pub fn spawn_redis(mut cmd: Command) -> Child {
+    cmd.spawn()
+        .expect("redis-server must be on PATH (apt-get install redis-server)")
+}
+
+/// Whether the server on `port` answers PING within `limit`.
+pub fn wait_for_ping(port: u16, limit: Duration) -> bool {
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(client) = redis::Client::open(url.as_str())
+            && let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1))
+            && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 pub struct RedisServer {
@@ -59,30 +95,13 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
-            .args(["--appendfsync", self.appendfsync])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be on PATH (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(client) = redis::Client::open(self.url())
-                && let Ok(mut conn) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut cmd = redis_server_command(self.port, self.dir.path());
+        cmd.args(["--appendonly", if self.aof { "yes" } else { "no" }])
+            .args(["--appendfsync", self.appendfsync]);
+        self.child = Some(spawn_redis(cmd));
+        if !wait_for_ping(self.port, Duration::from_secs(10)) {
+            panic!("redis-server on port {} did not start", self.port);
         }
-        panic!("redis-server on port {} did not start", self.port);
     }
 
     /// Stops the server (SIGTERM: with AOF, everything acknowledged is on disk).

@@ -511,3 +511,63 @@ async fn a_late_extend_does_not_take_back_work_another_consumer_claimed() {
             .is_empty()
     );
 }
+
+/// Clients connected to the server right now (the counting connection included).
+fn connected_clients(server: &Server) -> usize {
+    let list = text(&server.raw(&[b"CLIENT", b"LIST"])).unwrap_or_default();
+    list.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[tokio::test]
+async fn blocking_reads_never_open_more_connections_than_the_bound() {
+    const BOUND: usize = 2;
+    let server = Server::start();
+    let config = EngineConfig {
+        max_blocking_connections: BOUND,
+        ..config(&server, Duration::from_millis(300))
+    };
+    let e = Arc::new(
+        RedisEngine::connect(&config, settings("c1"))
+            .await
+            .expect("engine"),
+    );
+    let before = connected_clients(&server);
+    let last = e.last_event_id().await.unwrap();
+    let readers: Vec<_> = (0..BOUND * 4)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move { e.read_events(last, 10, Duration::from_millis(400)).await })
+        })
+        .collect();
+    let mut most = 0;
+    let mut most_in_use = 0;
+    let deadline = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < deadline {
+        most = most.max(connected_clients(&server));
+        most_in_use = most_in_use.max(e.blocking_connections_in_use());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        most <= before + BOUND,
+        "{most} clients with {before} before the reads and a bound of {BOUND}"
+    );
+    assert_eq!(most_in_use, BOUND);
+    let (mut read, mut refused) = (0, 0);
+    for r in readers {
+        match r.await.unwrap() {
+            Ok(entries) => {
+                assert!(entries.is_empty());
+                read += 1;
+            }
+            Err(EngineError::Unavailable(why)) => {
+                assert!(why.contains("max_blocking_connections"), "{why}");
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    // The excess waited for a free connection (and some got one) or was refused cleanly.
+    assert!(read >= BOUND, "{read} read, {refused} refused");
+    assert_eq!(read + refused, BOUND * 4);
+    assert_eq!(e.blocking_connections_in_use(), 0);
+}

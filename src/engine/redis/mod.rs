@@ -41,10 +41,11 @@ use crate::config::EngineConfig;
 use crate::engine::{Engine, EngineResult, EngineSettings, LogEntry, decode_entry};
 use crate::model::EventId;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClient;
 use ::redis::{Cmd, FromRedisValue, RedisResult, Script, ScriptInvocation, Value};
 use anyhow::Context as _;
 use async_trait::async_trait;
-use conn::{BlockingPool, map_err, redact, within};
+use conn::{BlockingPool, Conn, Target, map_err, redact, within};
 use groups::Group;
 use reply::{StreamEntry, corrupt};
 use std::sync::Mutex;
@@ -155,11 +156,11 @@ impl Scripts {
 
 pub struct RedisEngine {
     /// Shared, auto-reconnecting connection for every non-blocking command.
-    conn: ConnectionManager,
+    conn: Conn,
     /// A second one for intake (accept, enqueue) alone: Redis serves each connection's
     /// pipeline in order, so on the shared one an intake call would wait behind the worker's
     /// whole pipeline of applies; on its own it waits for one turn of Redis' event loop.
-    intake: ConnectionManager,
+    intake: Conn,
     /// Dedicated connections for `XREAD BLOCK` / `XREADGROUP BLOCK`.
     blocking: BlockingPool,
     keys: Keys,
@@ -193,6 +194,64 @@ fn log_entry(entry: StreamEntry) -> LogEntry {
     decode_entry(entry.id, &entry.fields)
 }
 
+/// The shared connection and the intake one. On one Redis, two connection managers with few,
+/// short reconnection attempts: a caller waiting on a dead Redis should get its
+/// `Unavailable` promptly and retry on its own schedule. On a cluster, two cluster connections
+/// (one connection per node each), which follow MOVED replies and failovers on their own.
+async fn connect_shared(target: &Target, op_timeout: Duration) -> RedisResult<(Conn, Conn)> {
+    match target {
+        Target::Single(client) => {
+            let manager_config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(op_timeout))
+                .set_connection_timeout(Some(op_timeout))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_secs(1));
+            let manager = || {
+                within(
+                    "connecting",
+                    op_timeout * 3,
+                    ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
+                )
+            };
+            Ok((
+                Conn::Managed(manager().await?),
+                Conn::Managed(manager().await?),
+            ))
+        }
+        Target::Cluster(nodes) => {
+            let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                .connection_timeout(op_timeout)
+                .response_timeout(op_timeout)
+                .overall_response_timeout(Some(op_timeout))
+                .retries(2)
+                .min_retry_wait(20)
+                .max_retry_wait(500)
+                .build()?;
+            let connect = || within("connecting", op_timeout * 3, client.get_async_connection());
+            Ok((
+                Conn::Cluster(connect().await?),
+                Conn::Cluster(connect().await?),
+            ))
+        }
+    }
+}
+
+/// Every script touches Herald's keys and the event stream together, so on a cluster they
+/// must share one slot: a configured `events_stream` needs the same hash tag.
+fn check_one_slot(config: &EngineConfig) -> anyhow::Result<()> {
+    use ::redis::cluster_routing::Slot;
+    let base = format!("{}{}", config.key_prefix, EngineConfig::HASH_TAG);
+    let events = config.events_stream_key();
+    if Slot::for_key(&base) != Slot::for_key(&events) {
+        anyhow::bail!(
+            "engine.events_stream `{events}` is not in the same Redis Cluster slot as Herald's \
+             other keys (`{base}:...`): give it the same hash tag, e.g. `{base}:events`"
+        );
+    }
+    Ok(())
+}
+
 impl RedisEngine {
     /// Connects, checks the server, and creates the consumer group if needed. Fails with the
     /// URL (password hidden) when Redis cannot be reached, so a misconfigured node says why.
@@ -202,31 +261,20 @@ impl RedisEngine {
     ) -> anyhow::Result<RedisEngine> {
         let shown = redact(&config.redis_url);
         let op_timeout = config.operation_timeout;
-        let client = ::redis::Client::open(config.redis_url.as_str())
+        let target = Target::parse(&config.redis_url)
             .with_context(|| format!("invalid Redis URL {shown}"))?;
-        // Few, short reconnection attempts: a caller waiting on a dead Redis should get its
-        // `Unavailable` promptly and retry on its own schedule.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(op_timeout))
-            .set_connection_timeout(Some(op_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let manager = || async {
-            within(
-                "connecting",
-                op_timeout * 3,
-                ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
-            )
+        if let Target::Cluster(_) = &target {
+            check_one_slot(config)?;
+        }
+        let (conn, intake) = connect_shared(&target, op_timeout)
             .await
-            .with_context(|| format!("cannot connect to Redis at {shown}"))
-        };
-        let conn = manager().await?;
-        let intake = manager().await?;
+            .with_context(|| format!("cannot connect to Redis at {shown}"))?;
+        let blocking = BlockingPool::new(&target, op_timeout, config.max_blocking_connections)
+            .with_context(|| format!("invalid Redis URL {shown}"))?;
         let engine = RedisEngine {
             conn,
             intake,
-            blocking: BlockingPool::new(client, op_timeout),
+            blocking,
             keys: Keys::new(config),
             scripts: Scripts::new(),
             settings,
@@ -258,7 +306,10 @@ impl RedisEngine {
     /// The scripts need Redis 6.2 (XAUTOCLAIM, LPOS, XPENDING IDLE). A server that hides INFO
     /// (some managed services rename it) is given the benefit of the doubt.
     async fn check_version(&self) -> anyhow::Result<()> {
-        let info: String = match self.query("INFO", ::redis::cmd("INFO").arg("server")).await {
+        let info: String = match self
+            .query_keyless("INFO", ::redis::cmd("INFO").arg("server"))
+            .await
+        {
             Ok(info) => info,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the Redis version; assuming 6.2 or later");
@@ -284,6 +335,24 @@ impl RedisEngine {
         within(what, self.op_timeout, cmd.query_async(&mut conn)).await
     }
 
+    /// A command that names no key, run on the node holding Herald's keys (on a cluster, the
+    /// master of the `{p0}` slot; left to the cluster client it would go to any node, or all).
+    async fn query_keyless<T: FromRedisValue>(&self, what: &str, cmd: &Cmd) -> RedisResult<T> {
+        let mut conn = self.conn.clone();
+        within(
+            what,
+            self.op_timeout,
+            conn.query_on_node_of(&self.keys.base, cmd),
+        )
+        .await
+    }
+
+    /// Blocking connections held by blocking reads right now (at most
+    /// `engine.max_blocking_connections`).
+    pub fn blocking_connections_in_use(&self) -> usize {
+        self.blocking.in_use()
+    }
+
     /// Like [`Self::query`], mapping errors to [`EngineError`].
     pub(super) async fn run<T: FromRedisValue>(&self, what: &str, cmd: &Cmd) -> EngineResult<T> {
         self.query(what, cmd).await.map_err(|e| map_err(what, e))
@@ -301,7 +370,7 @@ impl RedisEngine {
 
     async fn eval_on(
         &self,
-        conn: &ConnectionManager,
+        conn: &Conn,
         what: &str,
         invocation: &ScriptInvocation<'_>,
     ) -> RedisResult<Value> {
@@ -344,12 +413,15 @@ impl Engine for RedisEngine {
 
     /// Pings over both connections, so a readiness probe also re-establishes the intake one.
     async fn ping(&self) -> EngineResult<()> {
-        let _: Value = self.run("PING", &::redis::cmd("PING")).await?;
+        let _: Value = self
+            .query_keyless("PING", &::redis::cmd("PING"))
+            .await
+            .map_err(|e| map_err("PING", e))?;
         let mut intake = self.intake.clone();
         let _: Value = within(
             "PING (intake)",
             self.op_timeout,
-            ::redis::cmd("PING").query_async(&mut intake),
+            intake.query_on_node_of(&self.keys.base, &::redis::cmd("PING")),
         )
         .await
         .map_err(|e| map_err("PING (intake)", e))?;
