@@ -215,9 +215,22 @@ impl Metrics {
         counter.increment(n);
     }
 
-    /// The full exposition. `queue` is `None` when the engine could not be reached.
-    pub fn render(&self, queue: Option<&QueueStats>, engine_up: bool) -> String {
+    /// The full exposition. `queue` is `None` when the engine could not be reached;
+    /// `blocking_in_use` is `None` for an engine without a blocking-connection pool.
+    pub fn render(
+        &self,
+        queue: Option<&QueueStats>,
+        engine_up: bool,
+        blocking_in_use: Option<usize>,
+    ) -> String {
         let scrape = Scrape::new();
+        if let Some(in_use) = blocking_in_use {
+            scrape.gauge(
+                "herald_engine_blocking_connections_in_use",
+                "Dedicated Redis connections held by blocking reads (at most engine.max_blocking_connections).",
+                in_use as u64,
+            );
+        }
         scrape.gauge(
             "herald_engine_up",
             "1 when the engine answered the scrape's queue query.",
@@ -303,15 +316,18 @@ mod tests {
                 dead_letters: 0,
             }),
             true,
+            Some(2),
         );
         assert!(text.contains(
             "# TYPE herald_orders_accepted_total counter\nherald_orders_accepted_total 2\n"
         ));
+        assert!(text.contains("herald_engine_blocking_connections_in_use 2\n"));
         assert!(text.contains("herald_queue_visible_messages 3\n"));
         assert!(text.contains("herald_engine_up 1\n"));
         m.api_rate_limited.inc("partner");
-        let text = m.render(None, true);
+        let text = m.render(None, true, None);
         assert!(text.contains("herald_api_rate_limited_total{role=\"partner\"} 1\n"));
+        assert!(!text.contains("herald_engine_blocking_connections_in_use"));
         assert!(text.contains("herald_api_rate_limited_total{role=\"admin\"} 0\n"));
     }
 
@@ -322,7 +338,7 @@ mod tests {
             .observe(std::time::Duration::from_millis(20));
         m.webhook_lateness
             .observe(std::time::Duration::from_secs(3));
-        let text = m.render(None, false);
+        let text = m.render(None, false, None);
         assert!(text.contains("herald_webhook_attempt_lateness_seconds_bucket{le=\"0.025\"} 1\n"));
         assert!(text.contains("herald_webhook_attempt_lateness_seconds_bucket{le=\"5\"} 2\n"));
         assert!(text.contains("herald_webhook_attempt_lateness_seconds_count 2\n"));
@@ -335,7 +351,7 @@ mod tests {
             m.webhook_lateness
                 .observe(std::time::Duration::from_millis(1));
         }
-        let text = m.render(None, true);
+        let text = m.render(None, true, None);
         let count = FOLD_EVERY * 2 + 5;
         assert!(text.contains(&format!(
             "herald_webhook_attempt_lateness_seconds_bucket{{le=\"0.005\"}} {count}\n"
@@ -354,10 +370,10 @@ mod tests {
             dead_letters: 0,
         };
         assert!(
-            m.render(Some(&stats), true)
+            m.render(Some(&stats), true, None)
                 .contains("herald_queue_visible_messages 3\n")
         );
-        let text = m.render(None, false);
+        let text = m.render(None, false, None);
         assert!(text.contains("herald_engine_up 0\n"));
         assert!(!text.contains("herald_queue_visible_messages"), "{text}");
     }
@@ -370,7 +386,7 @@ mod tests {
             scrape.counter("herald_push_deliveries_total", "Queued.", 7);
         }));
         Metrics::inc(&m.webhook_attempts);
-        let text = m.render(None, true);
+        let text = m.render(None, true, None);
         assert!(text.contains(
             "# HELP herald_push_connections Open.\n# TYPE herald_push_connections gauge\nherald_push_connections 2\n"
         ));
@@ -386,6 +402,6 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort_unstable();
         assert_eq!(names, sorted);
-        assert_eq!(text, m.render(None, true), "two scrapes read alike");
+        assert_eq!(text, m.render(None, true, None), "two scrapes read alike");
     }
 }

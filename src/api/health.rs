@@ -53,7 +53,11 @@ pub async fn metrics(
         Ok(Ok(q)) => Some(q),
         _ => None,
     };
-    let body = state.metrics.render(queue.as_ref(), queue.is_some());
+    let body = state.metrics.render(
+        queue.as_ref(),
+        queue.is_some(),
+        state.engine.blocking_connections_in_use(),
+    );
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

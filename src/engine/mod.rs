@@ -60,6 +60,12 @@ pub trait Engine:
 
     /// Succeeds when the engine can serve requests now (readiness).
     async fn ping(&self) -> EngineResult<()>;
+
+    /// Dedicated connections held by blocking reads right now, for engines that bound them
+    /// (`engine.max_blocking_connections`); `None` when the engine has no such pool.
+    fn blocking_connections_in_use(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Engine settings shared by both engines, derived from [`Config`].

@@ -347,12 +347,6 @@ impl RedisEngine {
         .await
     }
 
-    /// Blocking connections held by blocking reads right now (at most
-    /// `engine.max_blocking_connections`).
-    pub fn blocking_connections_in_use(&self) -> usize {
-        self.blocking.in_use()
-    }
-
     /// Like [`Self::query`], mapping errors to [`EngineError`].
     pub(super) async fn run<T: FromRedisValue>(&self, what: &str, cmd: &Cmd) -> EngineResult<T> {
         self.query(what, cmd).await.map_err(|e| map_err(what, e))
@@ -409,6 +403,11 @@ impl RedisEngine {
 impl Engine for RedisEngine {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    /// At most `engine.max_blocking_connections`.
+    fn blocking_connections_in_use(&self) -> Option<usize> {
+        Some(self.blocking.in_use())
     }
 
     /// Pings over both connections, so a readiness probe also re-establishes the intake one.
