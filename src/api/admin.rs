@@ -1,7 +1,7 @@
 //! `/v1/admin`: queue depths, dead letters and their redrive, set-aside event entries.
 //! Admin keys only.
 
-use super::AppState;
+use super::Node;
 use super::problem::{ApiResult, Problem};
 use crate::auth::Principal;
 use axum::Json;
@@ -31,7 +31,7 @@ impl LimitQuery {
 }
 
 /// `GET /v1/admin/queues`
-pub async fn queues(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Value>> {
+pub async fn queues(State(state): State<Node>, principal: Principal) -> ApiResult<Json<Value>> {
     require_admin(&principal)?;
     let stats = state.engine.queue_stats().await?;
     Ok(Json(json!({
@@ -47,7 +47,7 @@ pub async fn queues(State(state): State<AppState>, principal: Principal) -> ApiR
 
 /// `GET /v1/admin/dlq?limit=`
 pub async fn dead_letters(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Query(q): Query<LimitQuery>,
 ) -> ApiResult<Json<Value>> {
@@ -58,7 +58,7 @@ pub async fn dead_letters(
 
 /// `POST /v1/admin/dlq/redrive?limit=`: moves dead letters back to the queue, oldest first.
 pub async fn redrive(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Query(q): Query<LimitQuery>,
 ) -> ApiResult<Json<Value>> {
@@ -70,7 +70,7 @@ pub async fn redrive(
 
 /// `GET /v1/admin/events/malformed?limit=`
 pub async fn malformed_events(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Query(q): Query<LimitQuery>,
 ) -> ApiResult<Json<Value>> {

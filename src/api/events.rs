@@ -3,7 +3,7 @@
 //! service's XADD would, validated first (admin only).
 
 use super::problem::{ApiResult, Problem};
-use super::{AppState, json_object};
+use super::{Node, json_object};
 use crate::auth::Principal;
 use crate::engine::LogEntry;
 use crate::model::{EventId, OrderEvent};
@@ -32,7 +32,7 @@ pub struct FeedQuery {
 /// cursor to ask with next. Partners and customers see only their own orders' events.
 /// Malformed entries are skipped here (the event tail counts and sets them aside).
 pub async fn list_events(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Query(q): Query<FeedQuery>,
 ) -> ApiResult<Json<Value>> {
@@ -61,7 +61,7 @@ pub async fn list_events(
 
 /// `POST /v1/events` (admin): appends a validated event, as an external producer would.
 pub async fn publish_event(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

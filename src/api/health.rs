@@ -1,6 +1,6 @@
 //! Liveness, readiness and metrics.
 
-use super::AppState;
+use super::Node;
 use super::problem::Problem;
 use crate::auth::Principal;
 use axum::Json;
@@ -18,7 +18,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// `GET /readyz`: the engine answers now.
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub async fn readyz(State(state): State<Node>) -> Response {
     match tokio::time::timeout(READY_TIMEOUT, state.engine.ping()).await {
         Ok(Ok(())) => {
             Json(json!({ "status": "ready", "engine": state.engine.kind() })).into_response()
@@ -36,10 +36,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format. Needs an admin key unless `http.public_metrics`.
-pub async fn metrics(
-    State(state): State<AppState>,
-    request: Request<axum::body::Body>,
-) -> Response {
+pub async fn metrics(State(state): State<Node>, request: Request<axum::body::Body>) -> Response {
     if !state.config.http.public_metrics {
         let (mut parts, _) = request.into_parts();
         match Principal::from_request_parts(&mut parts, &state).await {

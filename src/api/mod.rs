@@ -9,8 +9,8 @@ pub mod health;
 pub mod orders;
 pub mod webhooks;
 
-/// The node's state ([`crate::node::Node`]) under the name the handlers use for it.
-pub use crate::node::Node as AppState;
+/// The node's state every handler reads.
+pub use crate::node::Node;
 
 // The handlers name the problem type by `super::problem`.
 use crate::http::problem;
@@ -32,7 +32,7 @@ use std::time::Duration;
 
 /// The routes: `api` adds the order, event, webhook and admin resources (the `api` role);
 /// health, readiness and metrics are always served.
-pub fn routes(api: bool) -> Routes<AppState> {
+pub fn routes(api: bool) -> Routes<Node> {
     let routes = Routes::default()
         .get("/healthz", health::healthz)
         .get("/readyz", health::readyz)
@@ -79,7 +79,7 @@ pub fn routes(api: bool) -> Routes<AppState> {
 }
 
 /// Builds the router of [`routes`] with the shared fallbacks and body limit.
-pub fn router(state: AppState, api: bool) -> Router {
+pub fn router(state: Node, api: bool) -> Router {
     let max_body = state.config.http.max_body_bytes;
     routes(api)
         .into_router()
@@ -98,10 +98,10 @@ pub fn router(state: AppState, api: bool) -> Router {
         .with_state(state)
 }
 
-impl FromRequestParts<AppState> for Principal {
+impl FromRequestParts<Node> for Principal {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+    async fn from_request_parts(parts: &mut Parts, state: &Node) -> Result<Self, Problem> {
         state.admit(&parts.headers).map_err(Problem::from)
     }
 }
@@ -213,7 +213,7 @@ impl Idempotency {
     /// Checks the `Idempotency-Key` header. Returns `Err(response)` when the request must be
     /// answered from (or refused because of) an earlier one.
     pub async fn begin(
-        state: &AppState,
+        state: &Node,
         principal: &Principal,
         headers: &HeaderMap,
         method_and_path: &str,
@@ -292,7 +292,7 @@ impl Idempotency {
     }
 
     /// Gives the key back after a failure, so a retry is processed afresh.
-    pub async fn abandon(&self, state: &AppState) {
+    pub async fn abandon(&self, state: &Node) {
         if let Idempotency::Owned { key, .. } = self
             && let Err(e) = state.engine.abandon_idempotent(key).await
         {

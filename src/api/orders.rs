@@ -3,7 +3,7 @@
 
 use super::fields::{FieldErrors, string};
 use super::problem::{ApiResult, Problem};
-use super::{AppState, Idempotency, accepted_response, json_object, refuse_customers};
+use super::{Idempotency, Node, accepted_response, json_object, refuse_customers};
 use crate::auth::Principal;
 use crate::engine::{AcceptOutcome, Command, EnqueueOutcome, NewCommand};
 use crate::metrics::Metrics;
@@ -170,7 +170,7 @@ fn status_url(order_id: &str) -> String {
 
 /// `POST /v1/orders`
 pub async fn create_order(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -189,7 +189,7 @@ pub async fn create_order(
 }
 
 async fn create_order_inner(
-    state: &AppState,
+    state: &Node,
     principal: &Principal,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -263,7 +263,7 @@ async fn create_order_inner(
 
 /// Loads an order's status and checks the caller may see it.
 async fn authorized_status(
-    state: &AppState,
+    state: &Node,
     principal: &Principal,
     order_id: &str,
 ) -> ApiResult<StatusRecord> {
@@ -280,7 +280,7 @@ async fn authorized_status(
 
 /// `GET /v1/orders/{id}/status`
 pub async fn get_status(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path(order_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -295,7 +295,7 @@ pub async fn get_status(
 
 /// `GET /v1/orders/{id}`
 pub async fn get_order(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path(order_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -322,7 +322,7 @@ pub async fn get_order(
 
 /// `POST /v1/orders/{id}/transitions`
 pub async fn create_transition(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path(order_id): Path<String>,
     headers: HeaderMap,
@@ -335,7 +335,7 @@ pub async fn create_transition(
 }
 
 async fn create_transition_inner(
-    state: &AppState,
+    state: &Node,
     principal: &Principal,
     order_id: &str,
     headers: &HeaderMap,

@@ -5,7 +5,7 @@
 use super::{ms_to_rfc3339, visible_endpoint};
 use crate::api::fields::FieldErrors;
 use crate::api::problem::{ApiResult, Problem};
-use crate::api::{AppState, json_object};
+use crate::api::{Node, json_object};
 use crate::auth::Principal;
 use crate::engine::webhook::{Attempt, Delivery, DeliveryState};
 use crate::model::now_millis;
@@ -71,7 +71,7 @@ fn parse_time(field: &str, value: &str) -> ApiResult<u64> {
 /// `GET /v1/webhooks/{id}/deliveries?limit&before`: newest first; `next` is the `before` of
 /// the following page.
 pub async fn list_deliveries(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
@@ -92,7 +92,7 @@ pub async fn list_deliveries(
 }
 
 async fn visible_delivery(
-    state: &AppState,
+    state: &Node,
     principal: &Principal,
     id: &str,
     delivery_id: &str,
@@ -107,7 +107,7 @@ async fn visible_delivery(
 /// `GET /v1/webhooks/{id}/deliveries/{deliveryId}`: the delivery, its payload and every
 /// attempt (status code, latency, first 20 KB of the response).
 pub async fn get_delivery(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
@@ -121,7 +121,7 @@ pub async fn get_delivery(
 
 /// `POST /v1/webhooks/{id}/deliveries/{deliveryId}/retry`: attempt again now (202).
 pub async fn retry_delivery(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -143,7 +143,7 @@ pub async fn retry_delivery(
 /// `POST /v1/webhooks/{id}/recover` `{since}`: every failed delivery created since then is
 /// attempted again now (202 with how many).
 pub async fn recover(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,

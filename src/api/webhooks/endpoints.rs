@@ -5,7 +5,7 @@
 use super::{ms_to_rfc3339, no_such_endpoint, owns, visible_endpoint};
 use crate::api::fields::FieldErrors;
 use crate::api::problem::{ApiResult, Problem};
-use crate::api::{AppState, json_object, refuse_customers};
+use crate::api::{Node, json_object, refuse_customers};
 use crate::auth::Principal;
 use crate::engine::webhook::{Endpoint, EndpointSecret};
 use crate::model::{OrderStatus, now_millis};
@@ -61,7 +61,7 @@ fn settings_and(extra: &'static str) -> [&'static str; 6] {
 // The checks of the fields create and patch share. Each reads one value and says what is
 // wrong with it; `eventTypes` records an error per bad entry itself.
 
-fn url(state: &AppState, value: &Value) -> Result<String, String> {
+fn url(state: &Node, value: &Value) -> Result<String, String> {
     let Value::String(url) = value else {
         return Err("must be a string".into());
     };
@@ -129,7 +129,7 @@ fn limit(value: &Value, min: u64, max: u64) -> Result<Option<u32>, String> {
 
 /// `POST /v1/webhooks`: 201 with the endpoint and its `secret` (shown this once).
 pub async fn create_endpoint(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -211,7 +211,7 @@ pub async fn create_endpoint(
 
 /// `GET /v1/webhooks`: the caller's endpoints (admin: all), oldest first.
 pub async fn list_endpoints(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
 ) -> ApiResult<Json<Value>> {
     refuse_customers(&principal, "reach webhooks")?;
@@ -229,7 +229,7 @@ pub async fn list_endpoints(
 
 /// `GET /v1/webhooks/{id}`.
 pub async fn get_endpoint(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -239,7 +239,7 @@ pub async fn get_endpoint(
 
 /// `PATCH /v1/webhooks/{id}`: url, eventTypes, enabled, description, limits.
 pub async fn patch_endpoint(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -297,7 +297,7 @@ pub async fn patch_endpoint(
 
 /// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries leave the schedule.
 pub async fn delete_endpoint(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
@@ -313,7 +313,7 @@ pub async fn delete_endpoint(
 /// `POST /v1/webhooks/{id}/rotate-secret`: a new secret, returned once; the previous one keeps
 /// signing beside it for [`ROTATION_OVERLAP`] (space-separated signatures).
 pub async fn rotate_secret(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {

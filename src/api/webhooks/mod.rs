@@ -17,7 +17,7 @@ pub use endpoints::{
     create_endpoint, delete_endpoint, get_endpoint, list_endpoints, patch_endpoint, rotate_secret,
 };
 
-use super::AppState;
+use super::Node;
 use super::problem::{ApiResult, Problem};
 use crate::auth::Principal;
 use crate::engine::webhook::Endpoint;
@@ -45,11 +45,7 @@ fn no_such_endpoint() -> Problem {
 }
 
 /// The endpoint with this id, if the caller may see it; a foreign one is 404 like a missing one.
-async fn visible_endpoint(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> ApiResult<Endpoint> {
+async fn visible_endpoint(state: &Node, principal: &Principal, id: &str) -> ApiResult<Endpoint> {
     super::refuse_customers(principal, "reach webhooks")?;
     match state.engine.endpoint(id).await? {
         Some(e) if owns(principal, &e) => Ok(e),
