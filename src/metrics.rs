@@ -65,6 +65,7 @@ counters! {
     events_read => "herald_events_read_total", "Valid event log entries read by this node's tail.";
     events_malformed => "herald_events_malformed_total", "Event log entries that did not parse; each is set aside.";
     tail_errors => "herald_event_tail_errors_total", "Failed reads of the event log (retried with backoff).";
+    tail_gaps => "herald_event_tail_gaps_total", "Times the event tail found entries removed from the log (retention) before it read them: this node's subscribers missed them.";
     webhook_events_dispatched => "herald_webhook_events_dispatched_total", "Event log entries turned into deliveries (or acknowledged with none) by this node.";
     webhook_deliveries_created => "herald_webhook_deliveries_created_total", "Webhook deliveries created by this node's dispatcher.";
     webhook_dispatch_errors => "herald_webhook_dispatch_errors_total", "Dispatcher engine calls that failed (the events are claimed again).";

@@ -263,6 +263,18 @@ pub struct EventId {
 
 impl EventId {
     pub const ZERO: EventId = EventId { ms: 0, seq: 0 };
+
+    /// The greatest id before this one (`ZERO` has none and stays `ZERO`).
+    pub fn predecessor(self) -> EventId {
+        match (self.ms, self.seq) {
+            (ms, seq) if seq > 0 => EventId { ms, seq: seq - 1 },
+            (0, _) => EventId::ZERO,
+            (ms, _) => EventId {
+                ms: ms - 1,
+                seq: u64::MAX,
+            },
+        }
+    }
 }
 
 impl fmt::Display for EventId {
@@ -316,6 +328,15 @@ mod tests {
         assert_eq!(b.to_string(), "1000-0");
         assert_eq!("17".parse::<EventId>().unwrap(), EventId { ms: 17, seq: 0 });
         assert!("x-1".parse::<EventId>().is_err());
+    }
+
+    #[test]
+    fn predecessor_is_the_greatest_smaller_id() {
+        let id = |ms, seq| EventId { ms, seq };
+        assert_eq!(id(5, 3).predecessor(), id(5, 2));
+        assert_eq!(id(5, 0).predecessor(), id(4, u64::MAX));
+        assert!(id(4, u64::MAX) < id(5, 0));
+        assert_eq!(EventId::ZERO.predecessor(), EventId::ZERO);
     }
 
     #[test]

@@ -204,7 +204,12 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             }
         }));
         let sinks: Vec<Arc<dyn EventSink>> = vec![hub];
-        let tail = Arc::new(EventTail::new(engine.clone(), metrics.clone(), sinks));
+        let tail = Arc::new(EventTail::new(
+            engine.clone(),
+            metrics.clone(),
+            sinks,
+            config.engine.event_retention,
+        ));
         background.spawn(tail.run(shutdown.clone()));
         push_state = Some(push);
     }

@@ -165,6 +165,7 @@ conformance!(
     waiting_reader_wakes_when_an_event_is_appended,
     malformed_entries_are_reported_not_fatal_and_set_aside_once,
     event_log_keeps_only_the_retention_window,
+    removed_after_reports_entries_trimmed_before_a_reader_read_them,
     idempotency_key_is_claimed_once_then_replayed,
     abandoned_idempotency_key_can_be_claimed_again,
     queue_stats_count_visible_in_flight_and_dead,
@@ -691,6 +692,43 @@ async fn event_log_keeps_only_the_retention_window(h: Harness) {
         kept >= h.settings.event_retention as usize && kept < 400,
         "kept {kept}"
     );
+}
+
+async fn removed_after_reports_entries_trimmed_before_a_reader_read_them(h: Harness) {
+    let e = &h.engine;
+    assert_eq!(
+        e.removed_after(EventId::ZERO).await.unwrap(),
+        None,
+        "empty log"
+    );
+    let o = order("o1");
+    let raw = accepted_event(&o).to_json();
+    let first = e.append_raw_event(&raw).await.unwrap();
+    assert_eq!(e.removed_after(EventId::ZERO).await.unwrap(), None);
+    assert_eq!(
+        e.removed_after(first).await.unwrap(),
+        None,
+        "nothing removed yet"
+    );
+    let mut ids = vec![first];
+    for _ in 0..400 {
+        ids.push(e.append_raw_event(&raw).await.unwrap());
+    }
+    let oldest = e.first_event_id().await.unwrap().unwrap();
+    assert!(oldest > ids[1], "entries were trimmed");
+    // A reader at the first entry lost what followed it, up to the oldest retained.
+    let through = e
+        .removed_after(first)
+        .await
+        .unwrap()
+        .expect("the loss is reported");
+    assert!(
+        through >= ids[1] && through < oldest,
+        "{through} vs {oldest}"
+    );
+    // Readers on retained entries lost nothing.
+    assert_eq!(e.removed_after(oldest).await.unwrap(), None);
+    assert_eq!(e.removed_after(ids[400]).await.unwrap(), None);
 }
 
 async fn idempotency_key_is_claimed_once_then_replayed(h: Harness) {

@@ -17,6 +17,7 @@ on_both_engines!(
     credentials_are_required_and_partners_reach_only_their_orders,
     invalid_orders_are_rejected_by_the_worker,
     sigterm_drains_and_exits_cleanly,
+    an_events_cursor_followed_by_removed_entries_is_answered_410,
 );
 
 async fn order_is_confirmed_then_moves_on_with_versions_1_2_3(kind: Kind) {
@@ -899,4 +900,30 @@ async fn external_xadd_entries_are_read_and_malformed_ones_set_aside() {
         || async { (s.metric("herald_events_read_total").await >= 3).then_some(()) },
     )
     .await;
+}
+
+async fn an_events_cursor_followed_by_removed_entries_is_answered_410(kind: Kind) {
+    let s = Stack::start_with(kind, "[engine]\nevent_retention = 10\n");
+    let event = |v: u64| {
+        json!({"type": "order.accepted", "orderId": "r-1", "customerId": "c-1",
+               "status": "accepted", "version": v, "occurredAt": "2026-01-01T00:00:00Z"})
+    };
+    let first = s.publish(event(1)).await;
+    let second = s.publish(event(2)).await;
+    // Nothing removed yet: the cursor reads on.
+    let r = s.get(&format!("/v1/events?after={first}"), ADMIN_KEY).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["events"][0]["eventId"], second.as_str(), "{page}");
+    for v in 3..300 {
+        s.publish(event(v)).await;
+    }
+    // Now what followed `first` is gone: said, not skipped.
+    let r = s.get(&format!("/v1/events?after={first}"), ADMIN_KEY).await;
+    assert_eq!(r.status(), StatusCode::GONE);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/cursor-expired", "{problem}");
+    // `after=0` means the oldest retained: no gap to report.
+    let r = s.get("/v1/events?after=0", ADMIN_KEY).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -30,7 +30,8 @@ pub struct FeedQuery {
 
 /// `GET /v1/events?after=&limit=&waitMs=`: events after the cursor, oldest first, and the
 /// cursor to ask with next. Partners and customers see only their own orders' events.
-/// Malformed entries are skipped here (the event tail counts and sets them aside).
+/// Malformed entries are skipped here (the event tail counts and sets them aside). A cursor
+/// followed by entries the retention removed is refused with 410 `cursor-expired`.
 pub async fn list_events(
     State(state): State<Node>,
     principal: Principal,
@@ -41,6 +42,21 @@ pub async fn list_events(
         Some("$") => state.engine.last_event_id().await?,
         Some(cursor) => cursor.parse::<EventId>().map_err(Problem::bad_request)?,
     };
+    // A cursor some of whose following entries were removed (trimmed by retention) is
+    // answered 410, never with the entries after the gap as if nothing were missing.
+    if after != EventId::ZERO
+        && let Some(removed) = state.engine.removed_after(after).await?
+    {
+        let first = state.engine.first_event_id().await?;
+        return Err(
+            Problem::new(StatusCode::GONE, "cursor-expired", "Cursor expired").detail(format!(
+                "Events after `{after}` were removed from the retained log (removed through \
+                 `{removed}`; oldest retained: {}). Start again from `after=0` and reload \
+                 state from GET /v1/orders/{{id}}.",
+                first.map_or_else(|| "none".to_string(), |f| f.to_string())
+            )),
+        );
+    }
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
     let entries = state.engine.read_events(after, limit, wait).await?;

@@ -92,6 +92,14 @@ pub trait EventLog: Send + Sync {
     /// The id of the oldest retained entry, if any.
     async fn first_event_id(&self) -> EngineResult<Option<EventId>>;
 
+    /// Whether entries after `cursor` were removed from the log (trimmed by retention, or
+    /// deleted by another program) before a reader at `cursor` read them: `None` when nothing
+    /// after it was, else the newest id that may have been. Readers use it to report a gap
+    /// instead of skipping it silently (retention honesty). An engine that cannot tell exactly
+    /// errs towards reporting: it may report a reader whose very last entry was trimmed just
+    /// before the next one, never hide a loss.
+    async fn removed_after(&self, cursor: EventId) -> EngineResult<Option<EventId>>;
+
     /// Keeps a malformed entry aside (idempotent per entry id: many readers may report it).
     async fn set_aside(&self, entry: &MalformedEntry) -> EngineResult<()>;
 

@@ -370,12 +370,11 @@ async fn replay(
         )
     };
     let engine = &state.node.engine;
-    let first = engine.first_event_id().await.map_err(unavailable)?;
-    let expired = match first {
-        Some(first) => after < first && after != EventId::ZERO,
-        None => true,
-    };
-    if expired {
+    // Entries after the cursor were removed before this client read them: a gap to report,
+    // never to skip. `ZERO` asks for "the oldest retained", so it has nothing to lose.
+    let removed = engine.removed_after(after).await.map_err(unavailable)?;
+    if after != EventId::ZERO && removed.is_some() {
+        let first = engine.first_event_id().await.map_err(unavailable)?;
         return Err(GraphqlError::with_code(
             format!(
                 "Cursor `{after}` is older than the retained event log (oldest retained: {}); events after it may be gone. Resubscribe without `after` and reload state from GET /v1/orders/{{id}}.",

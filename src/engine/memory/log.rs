@@ -25,7 +25,9 @@ impl State {
         self.last_event_id = id;
         self.events.push_back((id, raw));
         while self.events.len() as u64 > retention.max(1) {
-            self.events.pop_front();
+            if let Some((trimmed, _)) = self.events.pop_front() {
+                self.deleted_through = Some(trimmed);
+            }
         }
         id
     }
@@ -73,6 +75,11 @@ impl EventLog for MemoryEngine {
 
     async fn first_event_id(&self) -> EngineResult<Option<EventId>> {
         self.with_state(|state| state.events.front().map(|(id, _)| *id))
+    }
+
+    /// Exact: the engine remembers the newest entry it trimmed.
+    async fn removed_after(&self, cursor: EventId) -> EngineResult<Option<EventId>> {
+        self.with_state(|state| state.deleted_through.filter(|deleted| *deleted > cursor))
     }
 
     async fn set_aside(&self, entry: &MalformedEntry) -> EngineResult<()> {

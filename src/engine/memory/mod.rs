@@ -44,6 +44,8 @@ struct State {
     orders: HashMap<String, Box<StoredOrder>>,
     events: VecDeque<(EventId, String)>,
     last_event_id: EventId,
+    /// The newest entry trimmed by retention (`EventLog::removed_after`).
+    deleted_through: Option<EventId>,
     /// The command queue in arrival order, keyed by a sequence number (the receipt).
     messages: BTreeMap<u64, QueuedMessage>,
     next_message_seq: u64,

@@ -83,6 +83,11 @@ pub(super) fn is_nogroup(e: &RedisError) -> bool {
     code_is(e, "NOGROUP")
 }
 
+/// `XINFO` on a key that does not exist (yet).
+pub(super) fn is_no_such_key(e: &RedisError) -> bool {
+    e.to_string().contains("no such key")
+}
+
 pub(super) fn is_busygroup(e: &RedisError) -> bool {
     code_is(e, "BUSYGROUP")
 }

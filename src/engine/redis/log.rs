@@ -4,7 +4,7 @@
 //! It owns reading and appending raw entries. It never interprets one: every entry goes
 //! through the seam's decoder (`engine/log.rs`), the same one the memory engine uses.
 
-use super::conn::map_err;
+use super::conn::{is_no_such_key, map_err};
 use super::reply::{self, corrupt};
 use super::{RedisEngine, log_entry, parse_event_id};
 use crate::engine::{EngineResult, EventLog, LogEntry};
@@ -103,6 +103,52 @@ impl EventLog for RedisEngine {
             .first()
             .map(|entry| parse_event_id(&entry.id))
             .transpose()
+    }
+
+    /// From one `XINFO STREAM`. Entries deleted by `XDEL` are known exactly
+    /// (`max-deleted-entry-id`); trimming is not recorded by Redis, but it removes the oldest
+    /// first, so when entries were trimmed (`entries-added` > `length`) a cursor before the
+    /// oldest retained entry may have lost what lay between. A cursor on a retained entry lost
+    /// nothing. Redis 6.2 keeps neither counter: any cursor before the oldest entry is reported.
+    async fn removed_after(&self, cursor: EventId) -> EngineResult<Option<EventId>> {
+        let what = "reading what the event log removed";
+        let reply: Value = match self
+            .query(
+                what,
+                ::redis::cmd("XINFO").arg("STREAM").arg(&self.keys.events),
+            )
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) if is_no_such_key(&e) => return Ok(None),
+            Err(e) => return Err(map_err(what, e)),
+        };
+        let id = |name: &str| -> EngineResult<Option<EventId>> {
+            reply::named(&reply, name)
+                .and_then(reply::text)
+                .map(|id| parse_event_id(&id))
+                .transpose()
+        };
+        let count = |name: &str| reply::named(&reply, name).and_then(reply::int);
+        if let Some(deleted) = id("max-deleted-entry-id")?
+            && deleted > cursor
+        {
+            return Ok(Some(deleted));
+        }
+        let first = match reply::named(&reply, "first-entry") {
+            Some(Value::Nil) | None => None,
+            Some(entry) => reply::stream_entry(entry)?
+                .map(|e| parse_event_id(&e.id))
+                .transpose()?,
+        };
+        let trimmed = match (count("entries-added"), count("length")) {
+            (Some(added), Some(length)) => added > length,
+            _ => true,
+        };
+        Ok(first
+            .filter(|first| trimmed && cursor < *first)
+            .map(EventId::predecessor)
+            .filter(|through| *through > cursor))
     }
 
     async fn set_aside(&self, entry: &MalformedEntry) -> EngineResult<()> {

@@ -97,6 +97,19 @@ pub(super) fn fields(value: &Value) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     }
 }
 
+/// The value named `name` in a reply of name/value pairs (an `XINFO` reply): a flat array
+/// (RESP2) or a map (RESP3).
+pub(super) fn named<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
+    let is_name = |k: &Value| text(k).is_some_and(|k| k == name);
+    match value {
+        Value::Map(pairs) => pairs.iter().find(|(k, _)| is_name(k)).map(|(_, v)| v),
+        other => items(other)?
+            .chunks(2)
+            .find(|pair| pair.len() == 2 && is_name(&pair[0]))
+            .map(|pair| &pair[1]),
+    }
+}
+
 /// One `[id, [fields..]]` entry. An entry whose fields are nil (deleted while pending) is
 /// reported as `Ok(None)`.
 pub(super) fn stream_entry(value: &Value) -> Result<Option<StreamEntry>, EngineError> {
