@@ -28,7 +28,7 @@ case "$PROFILE" in
     # Intake on everysec only (FSYNC's default).
     # A few seconds per run, hundreds of connections instead of thousands.
     export DURATION=${DURATION:-3s} WARMUP=${WARMUP:-1s}
-    export CLIENTS=${CLIENTS:-"1 16"} BENCH_REQUESTS=${BENCH_REQUESTS:-20000}
+    export CLIENTS=${CLIENTS:-"16 64"} BENCH_REQUESTS=${BENCH_REQUESTS:-20000}
     export CONNS=${CONNS:-200} RATES=${RATES:-"100 max"}
     export TARGETED_CONNS=${TARGETED_CONNS:-500} TARGETED_RATE=${TARGETED_RATE:-1000}
     export STALL_CONNS=${STALL_CONNS:-200} STALL_DURATION=${STALL_DURATION:-3s}
