@@ -1500,6 +1500,7 @@ fn e2e(out: &mut String, input: &SectionInput) {
 /// new run would empty.
 struct Before {
     unit: &'static str,
+    units_name: &'static str,
     /// Per unit, run 1 and run 2, in the order of [`COMMANDSTATS_ROWS`].
     runs: [[f64; 6]; 2],
     units: f64,
@@ -1509,6 +1510,7 @@ struct Before {
 const BEFORE: [Before; 2] = [
     Before {
         unit: "order",
+        units_name: "orders",
         runs: [
             [30.28, 12.28, 18.00, 4.00, 116.4, 301.2],
             [30.83, 12.83, 18.00, 4.00, 114.6, 417.6],
@@ -1518,6 +1520,7 @@ const BEFORE: [Before; 2] = [
     },
     Before {
         unit: "delivery",
+        units_name: "deliveries",
         runs: [
             [29.91, 8.81, 21.10, 2.99, 124.1, 308.8],
             [29.98, 8.89, 21.09, 3.00, 116.0, 352.4],
@@ -1601,9 +1604,9 @@ fn commandstats(out: &mut String, input: &SectionInput) {
         let rate = f(v, "rate_per_s");
         let _ = writeln!(
             out,
-            "After: {} {}s at {}/s; before: {} at {}/s.",
+            "After: {} {} at {}/s; before: {} at {}/s.",
             int_or_dash(units),
-            before.unit,
+            before.units_name,
             int_or_dash(rate),
             int(before.units),
             int(before.rate_per_s)
@@ -1612,16 +1615,25 @@ fn commandstats(out: &mut String, input: &SectionInput) {
             let _ = writeln!(
                 out,
                 "**Not the before run's rate**: the reads (XREADGROUP, XREAD, claims) are per \
-                 batch, and a batch holds more at a higher rate, so these per-{} figures do not \
-                 compare one to one.",
+                 batch, and a batch holds more the higher the rate, so these per-{} figures do \
+                 not compare one to one.",
                 before.unit
             );
         }
         out.push('\n');
         if let Some(scripts) = v["by_script"].as_object().filter(|m| !m.is_empty()) {
-            let rows: Vec<Vec<String>> = scripts
+            let mut scripts: Vec<(&String, &Value)> = scripts
                 .iter()
                 .filter(|(_, sc)| f(sc, "calls").unwrap_or(0.0) >= 0.005)
+                .collect();
+            // Most called first.
+            scripts.sort_by(|a, b| {
+                f(b.1, "calls")
+                    .unwrap_or(0.0)
+                    .total_cmp(&f(a.1, "calls").unwrap_or(0.0))
+            });
+            let rows: Vec<Vec<String>> = scripts
+                .into_iter()
                 .map(|(name, sc)| {
                     vec![
                         name.clone(),
@@ -2229,6 +2241,8 @@ mod tests {
             "by_script": {
                 "accept": {"calls": 1.0, "inner_commands_per_call": 4.0,
                            "inner": {"xadd": 2.0, "hset": 2.0}, "usec_estimate": 18.25},
+                "webhook_create": {"calls": 2.0, "inner_commands_per_call": 1.0,
+                                   "inner": {"xack": 1.0}, "usec_estimate": 20.0},
                 "rarely": {"calls": 0.001, "inner_commands_per_call": 1.0,
                            "inner": {"hget": 1.0}, "usec_estimate": 0.01}
             },
@@ -2263,8 +2277,16 @@ mod tests {
         // The delivery run went at another rate than the before run: said so.
         assert!(doc.contains("**Not the before run's rate**"));
         assert_eq!(doc.matches("**Not the before run's rate**").count(), 1);
-        assert!(doc.contains("| accept | 1.000 | 4.00 | 18.2 |"));
+        // Scripts most called first; those called almost never left out.
+        let accept = doc
+            .find("| accept | 1.000 | 4.00 | 18.2 |")
+            .expect("accept row");
+        let create = doc
+            .find("| webhook_create | 2.000 | 1.00 | 20.0 |")
+            .expect("webhook_create row");
+        assert!(create < accept);
         assert!(!doc.contains("| rarely |"));
+        assert!(doc.contains("After: 20,000 deliveries at 2,000/s; before: 10,000 at 1,000/s."));
     }
 
     #[test]
