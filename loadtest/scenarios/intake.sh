@@ -2,8 +2,12 @@
 # Reproduces the intake figures of BENCHMARKS.md: orders accepted per second and accept latency
 # on each engine at 1, 16 and 64 closed-loop clients, accept -> confirmed latency at a fixed
 # rate, and in the same run the Redis ceiling measured with redis-benchmark (XADD with and
-# without pipelining). Everything runs on loopback; it starts its own redis-server and herald
-# and stops them at the end.
+# without pipelining). Beside the memory engine, in the same run: the minimal hyper server
+# answering 202 to the same POST (`herald-loadtest intake-reference`, no auth, no storage) at
+# each of REFERENCE_CLIENTS, so the memory figures read as a share of a bare HTTP server's
+# (issue 11: ">= 50,000 accepted orders/s at 64 clients, shown beside a same-run minimal hyper
+# server"). Everything runs on loopback; it starts its own redis-server, herald and reference
+# server and stops them at the end.
 #
 # FSYNC lists the Redis `appendfsync` policies to measure (everysec, always): the Redis runs
 # and the ceiling are repeated on a fresh redis-server per policy, each result JSON records
@@ -23,6 +27,9 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CLIENTS=${CLIENTS:-"1 16 64"}
 ENGINES=${ENGINES:-"memory redis"}
+# Client counts the minimal hyper server is measured at (empty: not at all); with the memory
+# engine only.
+REFERENCE_CLIENTS=${REFERENCE_CLIENTS:-64}
 FSYNC=${FSYNC:-everysec}
 CONFIRM_RATE=${CONFIRM_RATE:-2000}
 # Requests per redis-benchmark run (the pipelined run makes five times as many).
@@ -39,8 +46,8 @@ done
 source loadtest/scenarios/lib.sh
 clean_out
 build_binaries
-write_manifest intake.sh "DURATION WARMUP CLIENTS ENGINES FSYNC CONFIRM_RATE BENCH_REQUESTS" \
-  "Redis: AOF on, appendfsync ${FSYNC// / and then }, a fresh redis-server per policy. A fresh herald serve per run."
+write_manifest intake.sh "DURATION WARMUP CLIENTS ENGINES REFERENCE_CLIENTS FSYNC CONFIRM_RATE BENCH_REQUESTS" \
+  "Redis: AOF on, appendfsync ${FSYNC// / and then }, a fresh redis-server per policy. A fresh herald serve per run; beside the memory engine, a minimal hyper server answering 202 (herald-loadtest intake-reference) at ${REFERENCE_CLIENTS:-no} clients."
 
 start_herald() { # engine
   HPORT=$(free_port)
@@ -75,6 +82,22 @@ intake_runs() { # engine name policy
   return 0
 }
 
+# The memory engine's reference: the minimal hyper server answering 202 to the same POST, a
+# fresh one per run, the same closed-loop client (label "reference ...": the report's name).
+reference_runs() {
+  local c
+  for c in $REFERENCE_CLIENTS; do
+    "$LOADTEST" intake-reference --listen 127.0.0.1:0 >"$OUT/reference.out" 2>"$OUT/reference.log" &
+    local rpid=$!
+    pids+=($rpid)
+    wait_listening "$OUT/reference.out" "$rpid"
+    "$LOADTEST" intake --url "http://$ADDR" --api-key "$KEY" --clients "$c" \
+      --duration "$DURATION" --warmup "$WARMUP" --label "reference clients=$c" \
+      --json "$OUT/reference-c$c.json" --svg "$OUT/reference-c$c.svg"
+    stop "$rpid"
+  done
+}
+
 # The ceiling: Redis alone, one XADD of an event-sized entry per request; one JSON per run
 # (scenario "redis-benchmark", with the policy) for the report.
 EVENT='{"type":"order.accepted","orderId":"0190c0de-0000-7000-8000-000000000000","customerId":"c-1","status":"accepted","version":1,"occurredAt":"2026-11-26T10:00:00.000Z"}'
@@ -99,6 +122,7 @@ rm -f "$OUT/redis-benchmark.txt"
 for engine in $ENGINES; do
   if [ "$engine" != redis ]; then
     intake_runs "$engine" "$engine"
+    [ "$engine" = memory ] && reference_runs
     continue
   fi
   for policy in $FSYNC; do

@@ -787,7 +787,7 @@ async fn run_registered(
 
     let orders = Arc::new(OrderClient {
         client: OrderClient::http_client(args.max_in_flight as usize, args.timeout)?,
-        orders_url: format!("{base_url}/v1/orders"),
+        orders_urls: vec![format!("{base_url}/v1/orders")],
         api_key: args.admin_key.clone(),
         id_prefix: id_prefix.to_string(),
         customer_prefix: customer_prefix.to_string(),

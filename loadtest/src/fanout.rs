@@ -48,7 +48,8 @@ pub struct FanoutArgs {
     #[arg(long, value_enum, default_value = "herald")]
     pub target: Target,
 
-    /// Subscriber endpoint.
+    /// Subscriber endpoint; several, comma-separated (`ws://a/graphql,ws://b/graphql`), spread
+    /// the subscribers round-robin over the nodes (connection `i` goes to node `i mod count`).
     #[arg(long, default_value = "ws://127.0.0.1:8080/graphql")]
     pub url: String,
 
@@ -431,9 +432,30 @@ struct Subscribers {
     connect_time: Duration,
 }
 
+/// The subscriber endpoints of `--url` (comma-separated), resolved once, each with the
+/// socket options of the arguments.
+pub async fn resolve_endpoints(args: &FanoutArgs) -> anyhow::Result<Arc<Vec<Endpoint>>> {
+    let mut endpoints = Vec::new();
+    for url in args.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let mut endpoint = Endpoint::resolve(url, args.api_key.clone(), args.protocol).await?;
+        endpoint.source_ips = args.source_ips;
+        endpoint.read_buffer = args.read_buffer;
+        endpoints.push(endpoint);
+    }
+    if endpoints.is_empty() {
+        bail!("--url: at least one ws:// URL");
+    }
+    Ok(Arc::new(endpoints))
+}
+
+/// The endpoint subscriber `i` connects to: the nodes in turn.
+fn endpoint_of(endpoints: &[Endpoint], i: u64) -> &Endpoint {
+    &endpoints[(i % endpoints.len() as u64) as usize]
+}
+
 async fn open_subscribers(
     args: &FanoutArgs,
-    endpoint: &Arc<Endpoint>,
+    endpoints: &Arc<Vec<Endpoint>>,
     ctx: &Arc<Ctx>,
     stop: &watch::Receiver<bool>,
     shard: Shard,
@@ -449,8 +471,8 @@ async fn open_subscribers(
     let mut tasks = JoinSet::new();
     let started = Instant::now();
     for i in shard.indices(n) {
-        let (endpoint, ctx, gate, ready_tx, stop) = (
-            endpoint.clone(),
+        let (endpoints, ctx, gate, ready_tx, stop) = (
+            endpoints.clone(),
             ctx.clone(),
             gate.clone(),
             ready_tx.clone(),
@@ -464,6 +486,7 @@ async fn open_subscribers(
         tasks.spawn(async move {
             let opened = async {
                 let _permit = gate.acquire().await?;
+                let endpoint = endpoint_of(&endpoints, i);
                 let mut ws = endpoint.open(i as usize).await?;
                 endpoint.subscribe(&mut ws, &topic).await?;
                 anyhow::Ok(ws)
@@ -855,14 +878,14 @@ enum Clients {
 impl Clients {
     async fn open(
         args: &FanoutArgs,
-        endpoint: &Arc<Endpoint>,
+        endpoints: &Arc<Vec<Endpoint>>,
         ctx: &Arc<Ctx>,
     ) -> anyhow::Result<(Clients, Opened)> {
         if args.processes > 1 {
             return shards::Children::spawn(args, ctx).await;
         }
         let (stop, stop_rx) = watch::channel(false);
-        let subs = open_subscribers(args, endpoint, ctx, &stop_rx, Shard::ALL).await?;
+        let subs = open_subscribers(args, endpoints, ctx, &stop_rx, Shard::ALL).await?;
         let opened = Opened {
             reading: subs.reading,
             connected: subs.connected,
@@ -913,10 +936,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         .await;
     }
     let started_at = SystemTime::now();
-    let mut endpoint = Endpoint::resolve(&args.url, args.api_key.clone(), args.protocol).await?;
-    endpoint.source_ips = args.source_ips;
-    endpoint.read_buffer = args.read_buffer;
-    let endpoint = Arc::new(endpoint);
+    let endpoints = resolve_endpoints(&args).await?;
+    let endpoint = &endpoints[0];
 
     // The publisher connects first: no point opening 10,000 sockets if it cannot.
     let sink_spec = match args.target {
@@ -943,7 +964,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         args.mode,
         args.connections,
         args.protocol.subprotocol(),
-        endpoint.url,
+        args.url,
         if args.processes > 1 {
             format!(" from {} processes", args.processes)
         } else {
@@ -959,7 +980,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     );
 
     let ctx = Ctx::new();
-    let (mut clients, mut opened) = Clients::open(&args, &endpoint, &ctx).await?;
+    let (mut clients, mut opened) = Clients::open(&args, &endpoints, &ctx).await?;
     if opened.connected == 0 {
         bail!("no subscriber could connect");
     }
@@ -1010,7 +1031,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let finished = clients.finish(&ctx).await?;
     let report = Report {
         args: &args,
-        endpoint: &endpoint,
+        endpoint,
+        nodes: endpoints.len(),
         started_at,
         connected: opened.connected,
         connect_errors: opened.connect_errors,
@@ -1069,7 +1091,9 @@ async fn progress(ctx: Arc<Ctx>, t0: Instant, warmup: Duration, end: Instant) {
 
 struct Report<'a> {
     args: &'a FanoutArgs,
+    /// The first node's endpoint (the only one unless `--url` lists several).
     endpoint: &'a Endpoint,
+    nodes: usize,
     started_at: SystemTime,
     connected: u64,
     connect_errors: BTreeMap<String, u64>,
@@ -1200,7 +1224,8 @@ impl Report<'_> {
             "scenario": "fanout",
             "label": a.out.label,
             "target": a.target,
-            "url": self.endpoint.url,
+            "url": self.args.url,
+            "nodes": self.nodes,
             "protocol": a.protocol,
             "mode": a.mode,
             "connections": a.connections,

@@ -28,9 +28,11 @@ use tokio::task::JoinSet;
 
 #[derive(Args, Debug)]
 pub struct IntakeArgs {
-    /// Base URL of a Herald node.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// Base URL of a Herald node; several, comma-separated (`http://a,http://b`), spread the
+    /// orders round-robin over the nodes (order `n` goes to node `n mod count`). The event
+    /// feed (`--confirm-latency`) is read from the first.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',', num_args = 1..)]
+    url: Vec<String>,
 
     /// API key sent as `x-api-key` (admin or partner key).
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
@@ -170,8 +172,8 @@ pub fn order_number(id_prefix: &str, order_id: &str) -> Option<u64> {
 /// confirms them). Shared by `intake` and `e2e`.
 pub struct OrderClient {
     pub client: reqwest::Client,
-    /// `{base}/v1/orders`.
-    pub orders_url: String,
+    /// `{base}/v1/orders` of each node; order `n` goes to `orders_urls[n mod len]`.
+    pub orders_urls: Vec<String>,
     pub api_key: String,
     pub id_prefix: String,
     pub customer_prefix: String,
@@ -200,6 +202,14 @@ impl OrderClient {
         n % self.customers.max(1)
     }
 
+    /// Where order `n` goes: the nodes in turn.
+    pub fn orders_url(&self, n: u64) -> &str {
+        let len = self.orders_urls.len().max(1) as u64;
+        self.orders_urls
+            .get((n % len) as usize)
+            .map_or("", String::as_str)
+    }
+
     pub fn body(&self, n: u64) -> String {
         let items = (0..u64::from(self.items))
             .map(|i| {
@@ -223,7 +233,7 @@ impl OrderClient {
     pub async fn post(&self, n: u64) -> Outcome {
         let sent = self
             .client
-            .post(&self.orders_url)
+            .post(self.orders_url(n))
             .header("x-api-key", &self.api_key)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(self.body(n))
@@ -516,8 +526,18 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
     if args.duration.is_zero() {
         bail!("--duration must be positive");
     }
-    let base_url = args.url.trim_end_matches('/').to_string();
-    reqwest::Url::parse(&base_url).with_context(|| format!("--url {base_url}"))?;
+    let base_urls: Vec<String> = args
+        .url
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
+    for u in &base_urls {
+        reqwest::Url::parse(u).with_context(|| format!("--url {u}"))?;
+    }
+    let Some(base_url) = base_urls.first().cloned() else {
+        bail!("--url: at least one URL");
+    };
+    let all_urls = base_urls.join(",");
     let started_at = SystemTime::now();
     let run_id = run_id(started_at);
     let id_prefix = format!("lt-{run_id}-");
@@ -555,7 +575,7 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
     };
 
     eprintln!(
-        "intake: {} -> {base_url}/v1/orders, warm-up {}, measure {}{}, order ids {id_prefix}<n>",
+        "intake: {} -> {all_urls} (/v1/orders), warm-up {}, measure {}{}, order ids {id_prefix}<n>",
         mode.describe(),
         humantime::format_duration(args.warmup),
         humantime::format_duration(args.duration),
@@ -570,7 +590,7 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
     let pending = feed.as_ref().map(|_| Arc::new(Pending::new(t0)));
     let orders = OrderClient {
         client,
-        orders_url: format!("{base_url}/v1/orders"),
+        orders_urls: base_urls.iter().map(|u| format!("{u}/v1/orders")).collect(),
         api_key: args.api_key.clone(),
         id_prefix: id_prefix.clone(),
         customer_prefix: "c-".into(),
@@ -619,7 +639,8 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
     let report = Report {
         args: &args,
         mode,
-        base_url: &base_url,
+        base_url: &all_urls,
+        nodes: base_urls.len(),
         started_at,
         measured: &ctx.measured,
         accepted_in_window: ctx.accepted_in_window.load(Ordering::Relaxed),
@@ -727,7 +748,9 @@ async fn progress(ctx: Arc<Ctx>, t0: Instant) {
 struct Report<'a> {
     args: &'a IntakeArgs,
     mode: Mode,
+    /// The nodes' base URLs, comma-separated.
     base_url: &'a str,
+    nodes: usize,
     started_at: SystemTime,
     measured: &'a Phase,
     accepted_in_window: u64,
@@ -843,6 +866,7 @@ impl Report<'_> {
             "scenario": "intake",
             "label": self.args.out.label,
             "url": self.base_url,
+            "nodes": self.nodes,
             "mode": if open { "open" } else { "closed" },
             "clients": clients,
             "rate": rate,
@@ -950,10 +974,26 @@ mod tests {
     }
 
     #[test]
+    fn orders_go_round_robin_over_the_nodes() {
+        let orders = OrderClient {
+            client: reqwest::Client::new(),
+            orders_urls: vec!["http://a/v1/orders".into(), "http://b/v1/orders".into()],
+            api_key: "k".into(),
+            id_prefix: "lt-r-".into(),
+            customer_prefix: "c-".into(),
+            customers: 10,
+            items: 1,
+        };
+        assert_eq!(orders.orders_url(0), "http://a/v1/orders");
+        assert_eq!(orders.orders_url(1), "http://b/v1/orders");
+        assert_eq!(orders.orders_url(4), "http://a/v1/orders");
+    }
+
+    #[test]
     fn order_body_is_valid_json_with_the_run_id() {
         let orders = OrderClient {
             client: reqwest::Client::new(),
-            orders_url: String::new(),
+            orders_urls: Vec::new(),
             api_key: "k".into(),
             id_prefix: "lt-r-".into(),
             customer_prefix: "c-".into(),

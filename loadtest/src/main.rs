@@ -5,6 +5,7 @@ mod e2e;
 mod fanout;
 mod idle;
 mod intake;
+mod intake_reference;
 mod plot;
 mod procs;
 mod publish;
@@ -39,6 +40,10 @@ enum Scenario {
     /// (open loop, --rate; latency from each order's scheduled time), and optionally measures
     /// accept -> confirmed latency from the event feed (--confirm-latency).
     Intake(intake::IntakeArgs),
+
+    /// The reference Herald's intake is compared with: a minimal hyper server answering 202 to
+    /// `POST /v1/orders` (no auth, no storage). Prints `listening on http://ADDR`.
+    IntakeReference(intake_reference::IntakeReferenceArgs),
 
     /// WebSocket fan-out: N subscribers, events published into the server, publish -> receive
     /// latency and deliveries/s
@@ -98,6 +103,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.scenario {
             Scenario::Intake(args) => intake::run(args).await,
+            Scenario::IntakeReference(args) => intake_reference::run(args).await,
             Scenario::Fanout(args) => fanout::run(args).await,
             Scenario::Reference(args) => reference::run(args).await,
             Scenario::Idle(args) => idle::run(args).await,

@@ -12,7 +12,6 @@ use super::{Clients, Counts, Ctx, FanoutArgs, Finished, Opened, finish_local, op
 use crate::procs::{self, ProcessInfo, Shard, Workers, send_line};
 use crate::publish::Window;
 use crate::stats;
-use crate::ws::Endpoint;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -117,13 +116,10 @@ fn merge_ready(into: &mut Opened, msg: ChildMsg) -> anyhow::Result<()> {
 
 /// A subscriber process: runs its share of the connections under the parent's direction.
 pub(super) async fn child(args: FanoutArgs, shard: Shard) -> anyhow::Result<()> {
-    let mut endpoint = Endpoint::resolve(&args.url, args.api_key.clone(), args.protocol).await?;
-    endpoint.source_ips = args.source_ips;
-    endpoint.read_buffer = args.read_buffer;
-    let endpoint = Arc::new(endpoint);
+    let endpoints = super::resolve_endpoints(&args).await?;
     let ctx = Ctx::new();
     let (stop, stop_rx) = watch::channel(false);
-    let subs = open_subscribers(&args, &endpoint, &ctx, &stop_rx, shard).await?;
+    let subs = open_subscribers(&args, &endpoints, &ctx, &stop_rx, shard).await?;
     let n = u64::from(args.connections);
     send_line(&ChildMsg::Ready {
         connected: subs.connected,
