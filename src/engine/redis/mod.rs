@@ -5,8 +5,8 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P{p0}:order:<id>` | hash | `order` (JSON), `customerId`, `partnerId`?, `status`, `version`, `updatedAt` |
-//! | `P{p0}:history:<id>` | list | history entries (JSON), oldest first, capped |
+//! | `P{p0}:order:<id>` | hash | `order` (JSON), `customerId`, `partnerId`?, `status`, `version`, `updatedAt`, and `h:<version>`: the history entries (JSON), the newest `history_limit` |
+//! | `P{p0}:history:<id>` | list | history of orders written before it moved into the hash (read, never written) |
 //! | `engine.events_stream` (`P{p0}:events`) | stream | field `event`: the event JSON (DESIGN 1.3) |
 //! | `P{p0}:commands` | stream | the command queue: `messageId`, `orderId`, `message`; group `workers` |
 //! | `P{p0}:cmdq:<id>` | list | message ids of the order's unfinished commands (per-order FIFO gate) |
@@ -91,6 +91,7 @@ impl Keys {
         format!("{}:order:{order_id}", self.base)
     }
 
+    /// The history list of the previous layout, still read (see `orders.rs`).
     fn history(&self, order_id: &str) -> String {
         format!("{}:history:{order_id}", self.base)
     }

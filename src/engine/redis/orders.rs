@@ -1,5 +1,13 @@
-//! Orders on Redis: the order hash, its capped history list, and the accept, enqueue and
-//! apply scripts that write them together with the event and the queue.
+//! Orders on Redis: the order hash (status, and the capped history as fields `h:<version>`),
+//! and the accept, enqueue and apply scripts that write it together with the event and the
+//! queue.
+//!
+//! The history lives in the order hash so that a status change writes status and history with
+//! one HSET (and, past `history_limit`, one HDEL of the oldest entry) instead of an RPUSH and
+//! an LTRIM on a list of its own. Orders written before kept their history in the list
+//! `P{p0}:history:<id>`: [`OrderStore::order`] still reads that list and merges it with the
+//! hash fields (by version, the hash winning), so those orders read as before; nothing migrates
+//! them, and their list keeps its last entries until the order's key is deleted.
 //!
 //! It owns the mapping between orders and their keys. It never decides a transition: the
 //! worker hands it the decided [`StatusChange`], and the scripts only check the version and
@@ -31,6 +39,43 @@ struct HistoryBody<'a> {
     occurred_at: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+}
+
+/// The hash fields a status record is made of (`order_status` reads only these).
+const STATUS_FIELDS: [&str; 5] = ["customerId", "partnerId", "status", "version", "updatedAt"];
+
+/// Where the order hash keeps history entries: `h:<version>`.
+const HISTORY_FIELD: &str = "h:";
+
+/// The order's history, oldest first, at most `limit` entries: the hash's `h:<version>` fields
+/// merged with the entries of the legacy history list (orders written before the history
+/// moved into the hash). An entry of both (same version) is taken from the hash.
+fn merged_history(
+    order_id: &str,
+    hash: &HashMap<String, String>,
+    legacy: &[String],
+    limit: usize,
+) -> EngineResult<Vec<HistoryEntry>> {
+    let decode = |raw: &str| {
+        serde_json::from_str::<HistoryEntry>(raw).map_err(|e| {
+            corrupt(format!(
+                "order {order_id}: history entry does not decode: {e}"
+            ))
+        })
+    };
+    let mut by_version = std::collections::BTreeMap::new();
+    for raw in legacy {
+        let entry = decode(raw)?;
+        by_version.insert(entry.version, entry);
+    }
+    for (field, raw) in hash {
+        if field.starts_with(HISTORY_FIELD) {
+            let entry = decode(raw)?;
+            by_version.insert(entry.version, entry);
+        }
+    }
+    let skip = by_version.len().saturating_sub(limit.max(1));
+    Ok(by_version.into_values().skip(skip).collect())
 }
 
 fn history_body(event: &OrderEvent, reason: Option<&str>) -> EngineResult<String> {
@@ -108,7 +153,6 @@ impl OrderStore for RedisEngine {
         let mut invocation = self.scripts.accept.prepare_invoke();
         invocation
             .key(self.keys.order(&order.order_id))
-            .key(self.keys.history(&order.order_id))
             .key(&self.keys.events)
             .key(&self.keys.commands)
             .key(self.keys.cmdq(&command.order_id));
@@ -122,8 +166,7 @@ impl OrderStore for RedisEngine {
             .arg(&accepted_event.occurred_at)
             .arg(accepted_event.to_json())
             .arg(self.settings.event_retention.max(1))
-            .arg(history)
-            .arg(self.settings.history_limit.max(1));
+            .arg(history);
         self.command_and_response(&mut invocation, command, idempotent)?;
         let reply = self
             .run_intake_script("accepting an order", &invocation)
@@ -159,12 +202,21 @@ impl OrderStore for RedisEngine {
     }
 
     async fn order_status(&self, order_id: &str) -> EngineResult<Option<StatusRecord>> {
-        let hash: HashMap<String, String> = self
+        // HMGET, not HGETALL: the hash also holds the order and its history, which a status
+        // read (the worker's, before each transition) does not need.
+        let values: Vec<Option<String>> = self
             .run(
                 "reading an order status",
-                ::redis::cmd("HGETALL").arg(self.keys.order(order_id)),
+                ::redis::cmd("HMGET")
+                    .arg(self.keys.order(order_id))
+                    .arg(&STATUS_FIELDS),
             )
             .await?;
+        let hash: HashMap<String, String> = STATUS_FIELDS
+            .iter()
+            .zip(values)
+            .filter_map(|(name, value)| Some((name.to_string(), value?)))
+            .collect();
         if hash.is_empty() {
             return Ok(None);
         }
@@ -172,7 +224,8 @@ impl OrderStore for RedisEngine {
     }
 
     async fn order(&self, order_id: &str) -> EngineResult<Option<OrderRecord>> {
-        // One MULTI/EXEC: the status and the history come from the same moment.
+        // One MULTI/EXEC: the status and the history come from the same moment. The LRANGE
+        // reads the history list of orders written before the history moved into the hash.
         let mut pipe = ::redis::pipe();
         pipe.atomic()
             .cmd("HGETALL")
@@ -196,15 +249,7 @@ impl OrderStore for RedisEngine {
             .ok_or_else(|| corrupt(format!("order {order_id}: hash has no `order` field")))?;
         let order: Order = serde_json::from_str(order_json)
             .map_err(|e| corrupt(format!("order {order_id}: `order` does not decode: {e}")))?;
-        let history = history
-            .iter()
-            .map(|h| serde_json::from_str::<HistoryEntry>(h))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                corrupt(format!(
-                    "order {order_id}: history entry does not decode: {e}"
-                ))
-            })?;
+        let history = merged_history(order_id, &hash, &history, self.settings.history_limit)?;
         Ok(Some(OrderRecord {
             order,
             status,
@@ -222,7 +267,6 @@ impl OrderStore for RedisEngine {
         let mut invocation = self.scripts.apply.prepare_invoke();
         invocation
             .key(self.keys.order(order_id))
-            .key(self.keys.history(order_id))
             .key(&self.keys.events)
             .key(&self.keys.commands)
             .key(self.keys.cmdq(order_id))
@@ -309,5 +353,29 @@ mod tests {
                 reason: Some("because".into()),
             }
         );
+    }
+
+    fn entry(version: u64, event_id: &str) -> String {
+        format!(
+            r#"{{"eventId":"{event_id}","status":"confirmed","version":{version},"occurredAt":"t"}}"#
+        )
+    }
+
+    #[test]
+    fn history_merges_the_legacy_list_with_the_hash_by_version_capped() {
+        let legacy = vec![entry(1, "1-1"), entry(2, "2-1"), entry(3, "old")];
+        let hash: HashMap<String, String> = [
+            ("status".to_string(), "confirmed".to_string()),
+            ("h:3".to_string(), entry(3, "3-1")),
+            ("h:4".to_string(), entry(4, "4-1")),
+        ]
+        .into_iter()
+        .collect();
+        let merged = merged_history("o1", &hash, &legacy, 3).unwrap();
+        let ids: Vec<&str> = merged.iter().map(|h| h.event_id.as_str()).collect();
+        assert_eq!(ids, ["2-1", "3-1", "4-1"]);
+        let merged = merged_history("o1", &hash, &[], 10).unwrap();
+        assert_eq!(merged.len(), 2);
+        assert!(merged_history("o1", &hash, &["{nope".to_string()], 10).is_err());
     }
 }

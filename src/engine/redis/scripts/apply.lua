@@ -1,8 +1,9 @@
 -- Completes a received command: per-order FIFO gate, optimistic version check, then the status
--- change (hash, event, history) and the acknowledgement, all or nothing. All checks come before
--- the first write (Redis keeps writes made before a script error).
+-- change (hash with its history field `h:<version>`, event) and the acknowledgement, all or
+-- nothing. All checks come before the first write (Redis keeps writes made before a script
+-- error).
 --
--- KEYS: 1 order hash, 2 history list, 3 events stream, 4 commands stream, 5 order's cmdq list
+-- KEYS: 1 order hash, 2 events stream, 3 commands stream, 4 order's cmdq list
 -- ARGV: 1 consumer group, 2 stream entry id of the delivery, 3 messageId,
 --       4 '1' if a change follows, 5 expected version, 6 new status, 7 new version,
 --       8 updatedAt, 9 event JSON, 10 event retention, 11 history entry JSON without eventId,
@@ -11,11 +12,11 @@
 --          {'applied', event id or ''}
 local function ack()
   -- pcall: a vanished group (Redis restarted empty) must not fail the script half-way.
-  redis.pcall('XACK', KEYS[4], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[4], ARGV[2])
+  redis.pcall('XACK', KEYS[3], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[3], ARGV[2])
 end
 
-local position = redis.call('LPOS', KEYS[5], ARGV[3])
+local position = redis.call('LPOS', KEYS[4], ARGV[3])
 if not position then
   -- Applied or dead-lettered before (by this or another receiver): just acknowledge this copy.
   ack()
@@ -35,12 +36,17 @@ if ARGV[4] == '1' then
   if version ~= ARGV[5] then
     return {'stale', version}
   end
-  redis.call('HSET', KEYS[1], 'status', ARGV[6], 'version', ARGV[7], 'updatedAt', ARGV[8])
-  event_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*', 'event', ARGV[9])
-  redis.call('RPUSH', KEYS[2], '{"eventId":"' .. event_id .. '",' .. string.sub(ARGV[11], 2))
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[12]), -1)
+  event_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'event', ARGV[9])
+  redis.call('HSET', KEYS[1], 'status', ARGV[6], 'version', ARGV[7], 'updatedAt', ARGV[8],
+    'h:' .. ARGV[7], '{"eventId":"' .. event_id .. '",' .. string.sub(ARGV[11], 2))
+  -- One change adds one history field; past the limit the oldest one goes (the version one
+  -- limit below the new one). Nothing to delete in the common case of a short-lived order.
+  local oldest = tonumber(ARGV[7]) - tonumber(ARGV[12])
+  if oldest >= 1 then
+    redis.call('HDEL', KEYS[1], 'h:' .. string.format('%d', oldest))
+  end
 end
 
-redis.call('LPOP', KEYS[5])
+redis.call('LPOP', KEYS[4])
 ack()
 return {'applied', event_id}
