@@ -633,13 +633,27 @@ async fn an_order_of_the_previous_layout_reads_and_applies_with_its_history_list
     assert_eq!(versions, [1]);
     assert_eq!(record.history[0].event_id, "1-1");
 
+    // A command queued now lines up behind the old one in the order's cmdq list.
+    let cancel = new_command(
+        "old1",
+        Command::Transition {
+            status: OrderStatus::Cancelled,
+            reason: None,
+        },
+    );
+    e.enqueue_command(&cancel, None).await.unwrap();
     let batch = e
         .receive_batch(10, Duration::from_millis(100))
         .await
         .unwrap();
-    assert_eq!(batch.len(), 1);
-    assert_eq!(batch[0].message, cmd);
+    assert_eq!(batch.len(), 2);
+    assert_eq!((&batch[0].message, &batch[1].message), (&cmd, &cancel));
     let confirm = change(&o, OrderStatus::Accepted, OrderStatus::Confirmed, 1);
+    let cancelled = change(&o, OrderStatus::Confirmed, OrderStatus::Cancelled, 2);
+    assert_eq!(
+        e.apply(&batch[1], Some(&cancelled)).await.unwrap(),
+        ApplyOutcome::Blocked
+    );
     assert!(matches!(
         e.apply(&batch[0], Some(&confirm)).await.unwrap(),
         ApplyOutcome::Applied { event_id: Some(_) }
@@ -655,6 +669,11 @@ async fn an_order_of_the_previous_layout_reads_and_applies_with_its_history_list
     assert_eq!(record.history[0].event_id, "1-1");
     assert_eq!(record.history[1].reason.as_deref(), Some("test"));
     assert_eq!(record.status.version, 2);
+    assert!(matches!(
+        e.apply(&batch[1], Some(&cancelled)).await.unwrap(),
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    assert_eq!(server.raw(&[b"EXISTS", b"t:{p0}:cmdq:old1"]), Value::Int(0));
 }
 
 #[tokio::test]
@@ -662,6 +681,8 @@ async fn history_lives_in_the_order_hash_capped_at_the_limit() {
     let server = Server::start();
     let e = engine(&server, "c1").await;
     let (o, _) = accept(&e, "o1").await;
+    // A new order's FIFO gate is its hash's `firstCommand`: no cmdq list, no history list.
+    assert_eq!(server.raw(&[b"EXISTS", b"t:{p0}:cmdq:o1"]), Value::Int(0));
     let batch = e
         .receive_batch(10, Duration::from_millis(100))
         .await
@@ -702,8 +723,8 @@ async fn history_lives_in_the_order_hash_capped_at_the_limit() {
         server.raw(&[b"EXISTS", b"t:{p0}:history:o1"]),
         Value::Int(0)
     );
-    // order, customerId, status, version, updatedAt and ten history entries.
-    assert_eq!(server.raw(&[b"HLEN", b"t:{p0}:order:o1"]), Value::Int(15));
+    // order, customerId, status, version, updatedAt, firstCommand and ten history entries.
+    assert_eq!(server.raw(&[b"HLEN", b"t:{p0}:order:o1"]), Value::Int(16));
     let record = e.order("o1").await.unwrap().unwrap();
     let versions: Vec<u64> = record.history.iter().map(|h| h.version).collect();
     assert_eq!(versions, (6..=15).collect::<Vec<u64>>());

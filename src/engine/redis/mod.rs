@@ -5,11 +5,11 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P{p0}:order:<id>` | hash | `order` (JSON), `customerId`, `partnerId`?, `status`, `version`, `updatedAt`, and `h:<version>`: the history entries (JSON), the newest `history_limit` |
+//! | `P{p0}:order:<id>` | hash | `order` (JSON), `customerId`, `partnerId`?, `status`, `version`, `updatedAt`, `firstCommand` (the unfinished `processOrder`'s messageId, else ''), and `h:<version>`: the history entries (JSON), the newest `history_limit` |
 //! | `P{p0}:history:<id>` | list | history of orders written before it moved into the hash (read, never written) |
 //! | `engine.events_stream` (`P{p0}:events`) | stream | field `event`: the event JSON (DESIGN 1.3) |
 //! | `P{p0}:commands` | stream | the command queue: `messageId`, `orderId`, `message`; group `workers` |
-//! | `P{p0}:cmdq:<id>` | list | message ids of the order's unfinished commands (per-order FIFO gate) |
+//! | `P{p0}:cmdq:<id>` | list | message ids of the order's unfinished commands queued after its first (per-order FIFO gate; the first is the hash's `firstCommand`, see `scripts/apply.lua`) |
 //! | `P{p0}:dlq` | stream | dead letters: `deadLetter` (JSON) plus the original command fields |
 //! | `P{p0}:idem:<key>` | string | idempotency record (JSON), with a TTL |
 //! | `P{p0}:events:malformed` | hash | event entry id -> malformed entry (JSON) |

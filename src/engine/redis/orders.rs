@@ -154,8 +154,7 @@ impl OrderStore for RedisEngine {
         invocation
             .key(self.keys.order(&order.order_id))
             .key(&self.keys.events)
-            .key(&self.keys.commands)
-            .key(self.keys.cmdq(&command.order_id));
+            .key(&self.keys.commands);
         invocation
             .arg(order_json)
             .arg(&order.customer_id)
