@@ -261,62 +261,118 @@ impl OrderStore for RedisEngine {
         command: &ReceivedCommand,
         change: Option<&StatusChange>,
     ) -> EngineResult<ApplyOutcome> {
-        let message = &command.message;
-        let order_id = &message.order_id;
+        self.apply_batch(&[(command, change)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(corrupt("apply script returned no outcome")))
+    }
+
+    /// One `apply.lua` call per [`APPLY_CHUNK`] commands.
+    async fn apply_batch(
+        &self,
+        batch: &[(&ReceivedCommand, Option<&StatusChange>)],
+    ) -> EngineResult<Vec<EngineResult<ApplyOutcome>>> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(APPLY_CHUNK) {
+            outcomes.extend(self.apply_chunk(chunk).await?);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// At most this many commands per apply script call: the script hands all their acknowledged
+/// entry ids to one XACK and one XDEL, and Lua's `unpack` has a stack limit (about 8,000).
+const APPLY_CHUNK: usize = 1000;
+
+impl RedisEngine {
+    async fn apply_chunk(
+        &self,
+        chunk: &[(&ReceivedCommand, Option<&StatusChange>)],
+    ) -> EngineResult<Vec<EngineResult<ApplyOutcome>>> {
         let mut invocation = self.scripts.apply.prepare_invoke();
         invocation
-            .key(self.keys.order(order_id))
             .key(&self.keys.events)
             .key(&self.keys.commands)
-            .key(self.keys.cmdq(order_id))
             .arg(GROUP)
-            .arg(&command.receipt)
-            .arg(&message.message_id);
-        match change {
-            Some(change) => {
-                let event = &change.event;
-                invocation
-                    .arg("1")
-                    .arg(change.expected_version)
-                    .arg(event.status.as_str())
-                    .arg(event.version)
-                    .arg(&event.occurred_at)
-                    .arg(event.to_json())
-                    .arg(self.settings.event_retention.max(1))
-                    .arg(history_body(event, change.reason.as_deref())?)
-                    .arg(self.settings.history_limit.max(1));
-            }
-            None => {
-                invocation.arg("0");
+            .arg(self.settings.event_retention.max(1))
+            .arg(self.settings.history_limit.max(1));
+        for (command, change) in chunk {
+            let message = &command.message;
+            invocation
+                .key(self.keys.order(&message.order_id))
+                .key(self.keys.cmdq(&message.order_id))
+                .arg(&command.receipt)
+                .arg(&message.message_id);
+            match change {
+                Some(change) => {
+                    let event = &change.event;
+                    invocation
+                        .arg("1")
+                        .arg(change.expected_version)
+                        .arg(event.status.as_str())
+                        .arg(event.version)
+                        .arg(&event.occurred_at)
+                        .arg(event.to_json())
+                        .arg(history_body(event, change.reason.as_deref())?);
+                }
+                None => {
+                    invocation
+                        .arg("0")
+                        .arg("")
+                        .arg("")
+                        .arg("")
+                        .arg("")
+                        .arg("")
+                        .arg("");
+                }
             }
         }
-        let reply = self.run_script("applying a command", &invocation).await?;
-        let bad = || corrupt("apply script returned an unexpected reply");
-        let parts = items(&reply).ok_or_else(bad)?;
-        let outcome = parts.first().and_then(text).ok_or_else(bad)?;
-        match (outcome.as_str(), parts.get(1)) {
-            ("done", _) => Ok(ApplyOutcome::AlreadyDone),
-            ("blocked", _) => Ok(ApplyOutcome::Blocked),
-            ("stale", Some(version)) => Ok(ApplyOutcome::Stale {
-                current_version: int(version)
-                    .and_then(|v| u64::try_from(v).ok())
-                    .ok_or_else(|| corrupt(format!("order {order_id}: version is not a number")))?,
-            }),
-            ("missing", _) => Err(corrupt(format!(
-                "command {} for missing order {order_id}",
-                message.message_id
-            ))),
-            ("applied", Some(id)) => {
-                let id = text(id).ok_or_else(bad)?;
-                let event_id = if id.is_empty() {
-                    None
-                } else {
-                    Some(parse_event_id(&id)?)
-                };
-                Ok(ApplyOutcome::Applied { event_id })
-            }
-            _ => Err(bad()),
+        let what = if chunk.len() == 1 {
+            "applying a command"
+        } else {
+            "applying a batch of commands"
+        };
+        let reply = self.run_script(what, &invocation).await?;
+        let replies = items(&reply)
+            .filter(|r| r.len() == chunk.len())
+            .ok_or_else(|| corrupt("apply script returned an unexpected reply"))?;
+        Ok(chunk
+            .iter()
+            .zip(replies)
+            .map(|((command, _), reply)| apply_outcome(command, reply))
+            .collect())
+    }
+}
+
+/// One command's outcome from the apply script's reply.
+fn apply_outcome(command: &ReceivedCommand, reply: &::redis::Value) -> EngineResult<ApplyOutcome> {
+    let message = &command.message;
+    let order_id = &message.order_id;
+    let bad = || corrupt("apply script returned an unexpected reply");
+    let parts = items(reply).ok_or_else(bad)?;
+    let outcome = parts.first().and_then(text).ok_or_else(bad)?;
+    match (outcome.as_str(), parts.get(1)) {
+        ("done", _) => Ok(ApplyOutcome::AlreadyDone),
+        ("blocked", _) => Ok(ApplyOutcome::Blocked),
+        ("stale", Some(version)) => Ok(ApplyOutcome::Stale {
+            current_version: int(version)
+                .and_then(|v| u64::try_from(v).ok())
+                .ok_or_else(|| corrupt(format!("order {order_id}: version is not a number")))?,
+        }),
+        ("missing", _) => Err(corrupt(format!(
+            "command {} for missing order {order_id}",
+            message.message_id
+        ))),
+        ("applied", Some(id)) => {
+            let id = text(id).ok_or_else(bad)?;
+            let event_id = if id.is_empty() {
+                None
+            } else {
+                Some(parse_event_id(&id)?)
+            };
+            Ok(ApplyOutcome::Applied { event_id })
         }
+        _ => Err(bad()),
     }
 }
 
