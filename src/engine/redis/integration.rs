@@ -731,3 +731,99 @@ async fn history_lives_in_the_order_hash_capped_at_the_limit() {
     let status = e.order_status("o1").await.unwrap().unwrap();
     assert_eq!(status.version, 15);
 }
+
+fn evalsha_calls(server: &Server) -> i64 {
+    let Value::BulkString(info) = server.raw(&[b"INFO", b"commandstats"]) else {
+        panic!("INFO is a bulk string");
+    };
+    let info = String::from_utf8(info).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// On the test's single-threaded runtime every request below is queued before the batcher
+/// runs, so they go out as one script call; each still gets its own outcome.
+#[tokio::test]
+async fn concurrent_intake_requests_share_one_script_call_with_their_own_outcomes() {
+    let server = Server::start();
+    let e = engine(&server, "c1").await;
+    // Loads the script, so the counted calls below are the batch's alone.
+    accept(&e, "dup").await;
+    server.raw(&[b"CONFIG", b"RESETSTAT"]);
+    let orders: Vec<Order> = (0..40).map(|i| order(&format!("n{i}"))).collect();
+    let commands: Vec<NewCommand> = orders
+        .iter()
+        .map(|o| {
+            new_command(
+                &o.order_id,
+                Command::ProcessOrder {
+                    order: Box::new(o.clone()),
+                },
+            )
+        })
+        .collect();
+    let events: Vec<OrderEvent> = orders
+        .iter()
+        .map(|o| event(o, OrderStatus::Accepted, None, 1))
+        .collect();
+    let dup = order("dup");
+    let dup_cmd = new_command(
+        "dup",
+        Command::ProcessOrder {
+            order: Box::new(dup.clone()),
+        },
+    );
+    let dup_event = event(&dup, OrderStatus::Accepted, None, 1);
+    let unknown = new_command(
+        "nobody",
+        Command::Transition {
+            status: OrderStatus::Cancelled,
+            reason: None,
+        },
+    );
+    let known = new_command(
+        "dup",
+        Command::Transition {
+            status: OrderStatus::Cancelled,
+            reason: None,
+        },
+    );
+    let accepts = orders
+        .iter()
+        .zip(&events)
+        .zip(&commands)
+        .map(|((o, ev), cmd)| e.accept_order(o, ev, cmd, None));
+    let (accepted, again, refused, queued) = tokio::join!(
+        futures_util::future::join_all(accepts),
+        e.accept_order(&dup, &dup_event, &dup_cmd, None),
+        e.enqueue_command(&unknown, None),
+        e.enqueue_command(&known, None),
+    );
+    assert_eq!(
+        evalsha_calls(&server),
+        1,
+        "one script call for all 43 requests"
+    );
+    let mut ids = std::collections::HashSet::new();
+    for outcome in accepted {
+        let AcceptOutcome::Accepted { event_id } = outcome.unwrap() else {
+            panic!("a new order is accepted");
+        };
+        assert!(ids.insert(event_id), "each accept has its own event");
+    }
+    assert_eq!(again.unwrap(), AcceptOutcome::AlreadyExists);
+    assert_eq!(refused.unwrap(), EnqueueOutcome::UnknownOrder);
+    assert_eq!(queued.unwrap(), EnqueueOutcome::Enqueued);
+    for o in &orders {
+        let status = e.order_status(&o.order_id).await.unwrap().unwrap();
+        assert_eq!((status.status, status.version), (OrderStatus::Accepted, 1));
+    }
+    let received = e
+        .receive_batch(100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    // The 40 new orders' commands, the first accept's and the queued transition.
+    assert_eq!(received.len(), 42);
+}

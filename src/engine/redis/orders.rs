@@ -16,6 +16,7 @@
 use super::conn::{map_err, within};
 use super::groups::GROUP;
 use super::idempotency::done_record;
+use super::intake::IntakeRequest;
 use super::reply::{corrupt, int, items, text};
 use super::{RedisEngine, millis, parse_event_id};
 use crate::engine::{
@@ -23,7 +24,6 @@ use crate::engine::{
     OrderStore, ReceivedCommand, StatusChange,
 };
 use crate::model::{HistoryEntry, Order, OrderEvent, OrderRecord, OrderStatus, StatusRecord};
-use ::redis::ScriptInvocation;
 use async_trait::async_trait;
 use std::collections::HashMap;
 
@@ -93,29 +93,30 @@ fn history_body(event: &OrderEvent, reason: Option<&str>) -> EngineResult<String
 }
 
 impl RedisEngine {
-    /// What both intake scripts end with: the command (`messageId`, `orderId`, its JSON) and
+    /// What both intake requests end with: the command (`messageId`, `orderId`, its JSON) and
     /// the idempotent response stored in the same step (its key last among the keys, then the
     /// record and its TTL; `PX` needs a TTL even when there is no record).
     fn command_and_response(
         &self,
-        invocation: &mut ScriptInvocation<'_>,
+        request: &mut IntakeRequest,
         command: &NewCommand,
         idempotent: Option<&IdempotentResponse>,
     ) -> EngineResult<()> {
         let message = serde_json::to_string(command).map_err(corrupt)?;
         let (idem_json, idem_ttl) = match idempotent {
             Some(r) => {
-                invocation.key(self.keys.idem(&r.key));
+                request.keys.push(self.keys.idem(&r.key));
                 (done_record(r)?, millis(r.ttl))
             }
             None => (String::new(), 1),
         };
-        invocation
-            .arg(&command.message_id)
-            .arg(&command.order_id)
-            .arg(message)
-            .arg(idem_json)
-            .arg(idem_ttl);
+        request.values.extend([
+            command.message_id.clone(),
+            command.order_id.clone(),
+            message,
+            idem_json,
+            idem_ttl.to_string(),
+        ]);
         Ok(())
     }
 
@@ -150,32 +151,34 @@ impl OrderStore for RedisEngine {
     ) -> EngineResult<AcceptOutcome> {
         let order_json = serde_json::to_string(order).map_err(corrupt)?;
         let history = history_body(accepted_event, None)?;
-        let mut invocation = self.scripts.accept.prepare_invoke();
-        invocation
-            .key(self.keys.order(&order.order_id))
-            .key(&self.keys.events)
-            .key(&self.keys.commands);
-        invocation
-            .arg(order_json)
-            .arg(&order.customer_id)
-            .arg(if order.partner_id.is_some() { "1" } else { "0" })
-            .arg(order.partner_id.as_deref().unwrap_or(""))
-            .arg(accepted_event.status.as_str())
-            .arg(accepted_event.version)
-            .arg(&accepted_event.occurred_at)
-            .arg(accepted_event.to_json())
-            .arg(self.settings.event_retention.max(1))
-            .arg(history);
-        self.command_and_response(&mut invocation, command, idempotent)?;
+        let mut request = IntakeRequest {
+            kind: "accept",
+            keys: vec![self.keys.order(&order.order_id)],
+            values: vec![
+                order_json,
+                order.customer_id.clone(),
+                if order.partner_id.is_some() { "1" } else { "0" }.to_string(),
+                order.partner_id.clone().unwrap_or_default(),
+                accepted_event.status.as_str().to_string(),
+                accepted_event.version.to_string(),
+                accepted_event.occurred_at.clone(),
+                accepted_event.to_json(),
+                history,
+            ],
+        };
+        self.command_and_response(&mut request, command, idempotent)?;
         let reply = self
-            .run_intake_script("accepting an order", &invocation)
+            .intake_batch
+            .submit("accepting an order", request)
             .await?;
         match text(&reply).as_deref() {
             Some("exists") => Ok(AcceptOutcome::AlreadyExists),
             Some(id) => Ok(AcceptOutcome::Accepted {
                 event_id: parse_event_id(id)?,
             }),
-            None => Err(corrupt("accept script returned an unexpected reply")),
+            None => Err(corrupt(
+                "intake script returned an unexpected reply to an accept",
+            )),
         }
     }
 
@@ -184,19 +187,25 @@ impl OrderStore for RedisEngine {
         command: &NewCommand,
         idempotent: Option<&IdempotentResponse>,
     ) -> EngineResult<EnqueueOutcome> {
-        let mut invocation = self.scripts.enqueue.prepare_invoke();
-        invocation
-            .key(self.keys.order(&command.order_id))
-            .key(&self.keys.commands)
-            .key(self.keys.cmdq(&command.order_id));
-        self.command_and_response(&mut invocation, command, idempotent)?;
+        let mut request = IntakeRequest {
+            kind: "enqueue",
+            keys: vec![
+                self.keys.order(&command.order_id),
+                self.keys.cmdq(&command.order_id),
+            ],
+            values: Vec::new(),
+        };
+        self.command_and_response(&mut request, command, idempotent)?;
         let reply = self
-            .run_intake_script("queueing a command", &invocation)
+            .intake_batch
+            .submit("queueing a command", request)
             .await?;
         match text(&reply).as_deref() {
             Some("ok") => Ok(EnqueueOutcome::Enqueued),
             Some("unknown") => Ok(EnqueueOutcome::UnknownOrder),
-            _ => Err(corrupt("enqueue script returned an unexpected reply")),
+            _ => Err(corrupt(
+                "intake script returned an unexpected reply to an enqueue",
+            )),
         }
     }
 
