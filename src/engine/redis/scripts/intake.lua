@@ -1,7 +1,8 @@
--- Intake group commit: the accepts and enqueues that arrived together from concurrent requests,
--- in one script call, each as accept.lua / enqueue.lua would do it alone (its checks before
--- its first write, its own result). One call instead of one per request saves Redis the
--- per-call overhead of a script (most of an accept's Redis time).
+-- Intake group commit: the accepts and enqueues that arrived together from concurrent requests
+-- (see intake.rs), in one script call, each as if alone: its checks before its first write
+-- (Redis keeps the writes a script made before an error), its own result. One call instead of
+-- one per request saves Redis the per-call overhead of a script (most of an accept's Redis
+-- time).
 --
 -- KEYS: 1 events stream, 2 commands stream, then each request's own keys
 -- ARGV: 1 event retention, then per request: kind ('accept' | 'enqueue'), its number of keys,
@@ -16,8 +17,11 @@
 --          (no such order, nothing written) or 'ok'.
 local events, commands, retention = KEYS[1], KEYS[2], ARGV[1]
 
--- See accept.lua: the order hash carries the status, the first history entry (`h:1`) and the
--- FIFO gate (`firstCommand`).
+-- Accepts a new order: the order hash (the order, its status, its first history entry as field
+-- `h:1`, and the `processOrder` command's messageId as `firstCommand`: the order's FIFO gate
+-- while that command is unfinished, see apply.lua), the `order.accepted` event, the command's
+-- stream entry and, when given, the idempotent response. The history entry learns its event id
+-- from the XADD: it is spliced in front of the other fields.
 local function accept(k, v)
   if redis.call('EXISTS', k[1]) == 1 then
     return 'exists'
@@ -40,7 +44,8 @@ local function accept(k, v)
   return event_id
 end
 
--- See enqueue.lua.
+-- Queues a command for an existing order behind its earlier ones (the cmdq list), with the
+-- idempotent response if given.
 local function enqueue(k, v)
   if redis.call('EXISTS', k[1]) == 0 then
     return 'unknown'
