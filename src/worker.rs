@@ -7,12 +7,15 @@
 //! gate; the worker only waits (keeping the command invisible) while an earlier command of the
 //! same order is pending.
 //!
-//! Several batches are in flight at once (`worker.batches_in_flight`), and the commands of one
-//! batch run concurrently: different orders proceed in parallel.
+//! Several batches are in flight at once (`worker.batches_in_flight`). The first command of
+//! each order in a batch is completed with the others in one engine call
+//! ([`OrderStore::apply_batch`](crate::engine::OrderStore::apply_batch)); a later command of
+//! the same order, and any command that call did not finish, runs on its own, concurrently:
+//! different orders proceed in parallel.
 
 use crate::backoff::Backoff;
 use crate::config::{WorkerConfig, WorkflowConfig};
-use crate::engine::{ApplyOutcome, Command, Engine, EngineError, ReceivedCommand};
+use crate::engine::{ApplyOutcome, Command, Engine, EngineError, ReceivedCommand, StatusChange};
 use crate::metrics::Metrics;
 use crate::workflow::{self, Decision};
 use std::sync::Arc;
@@ -83,14 +86,104 @@ impl Worker {
         }
     }
 
+    /// Completes a received batch. The first command of each order in it (for a batch of new
+    /// orders: all of them) is decided at once and applied with one engine call
+    /// ([`OrderStore::apply_batch`](crate::engine::OrderStore::apply_batch): one script call
+    /// on Redis instead of one per command). A later command of an order already in the batch
+    /// runs on its own ([`Self::process`]), concurrently, as every command did before: it
+    /// waits for the earlier one (`Blocked`) and is then decided on the status that one left,
+    /// never on a status read before it. A first command the batch call did not finish
+    /// (`Stale`, `Blocked`, an error of its own) continues on its own as well.
     async fn process_batch(&self, batch: Vec<ReceivedCommand>, shutdown: &CancellationToken) {
-        let work = batch.iter().map(|command| self.process(command, shutdown));
-        futures_util::future::join_all(work).await;
+        if shutdown.is_cancelled() {
+            let work = batch.iter().map(|command| self.release(command));
+            futures_util::future::join_all(work).await;
+            return;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let (firsts, laters): (Vec<&ReceivedCommand>, Vec<&ReceivedCommand>) = batch
+            .iter()
+            .partition(|command| seen.insert(command.message.order_id.as_str()));
+        let laters = laters
+            .into_iter()
+            .map(|command| self.process(command, false, shutdown));
+        tokio::join!(
+            self.process_firsts(&firsts, shutdown),
+            futures_util::future::join_all(laters)
+        );
+    }
+
+    /// Decides each command (reading the status only where it must, concurrently), applies
+    /// them together, and hands what is not finished to [`Self::process`].
+    async fn process_firsts(&self, commands: &[&ReceivedCommand], shutdown: &CancellationToken) {
+        let decided = futures_util::future::join_all(
+            commands.iter().map(|command| self.decide(command, false)),
+        )
+        .await;
+        let mut batch = Vec::with_capacity(commands.len());
+        let mut on_their_own = Vec::new();
+        for (command, decision) in commands.iter().zip(decided) {
+            match decision {
+                Ok(change) => batch.push((*command, change)),
+                // Its own round reports the error (or succeeds, if it was passing).
+                Err(_) => on_their_own.push(*command),
+            }
+        }
+        let pairs: Vec<_> = batch
+            .iter()
+            .map(|(c, change)| (*c, change.as_ref()))
+            .collect();
+        match self.engine.apply_batch(&pairs).await {
+            Ok(outcomes) => {
+                for ((command, change), outcome) in batch.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(outcome) if self.finished(&outcome, change.is_some()) => {}
+                        _ => on_their_own.push(*command),
+                    }
+                }
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.worker_errors);
+                tracing::warn!(error = %e, commands = batch.len(),
+                    "applying a batch failed; its commands will be delivered again after the visibility timeout");
+            }
+        }
+        // Decided again on a fresh read: a `Stale` one needs it, the others are rare.
+        let rest = on_their_own
+            .into_iter()
+            .map(|command| self.process(command, true, shutdown));
+        futures_util::future::join_all(rest).await;
+    }
+
+    /// Counts an outcome; true if the command is finished with.
+    fn finished(&self, outcome: &ApplyOutcome, had_change: bool) -> bool {
+        match outcome {
+            ApplyOutcome::Applied { event_id } => {
+                if event_id.is_some() {
+                    Metrics::inc(&self.metrics.commands_applied);
+                }
+                if !had_change {
+                    Metrics::inc(&self.metrics.commands_refused);
+                }
+                true
+            }
+            ApplyOutcome::AlreadyDone => {
+                Metrics::inc(&self.metrics.commands_redelivered_done);
+                true
+            }
+            ApplyOutcome::Stale { .. } | ApplyOutcome::Blocked => false,
+        }
     }
 
     /// Runs one command to completion, or leaves it for redelivery on error, or releases it
     /// at shutdown if it had to wait.
-    async fn process(&self, command: &ReceivedCommand, shutdown: &CancellationToken) {
+    /// `read_status` as in [`Self::try_apply`], for the first round.
+    async fn process(
+        &self,
+        command: &ReceivedCommand,
+        mut read_status: bool,
+        shutdown: &CancellationToken,
+    ) {
         if shutdown.is_cancelled() {
             self.release(command).await;
             return;
@@ -98,7 +191,6 @@ impl Worker {
         let started = Instant::now();
         let mut last_extended = started;
         let mut wait = Duration::from_millis(2);
-        let mut read_status = false;
         loop {
             match self.try_apply(command, read_status).await {
                 Ok(ApplyOutcome::Applied { event_id }) => {
@@ -159,6 +251,20 @@ impl Worker {
         command: &ReceivedCommand,
         read_status: bool,
     ) -> Result<ApplyOutcome, EngineError> {
+        let change = self.decide(command, read_status).await?;
+        let outcome = self.engine.apply(command, change.as_ref()).await?;
+        if change.is_none() && matches!(outcome, ApplyOutcome::Applied { .. }) {
+            Metrics::inc(&self.metrics.commands_refused);
+        }
+        Ok(outcome)
+    }
+
+    /// The change the workflow makes for a command, `None` if it refuses it (logged).
+    async fn decide(
+        &self,
+        command: &ReceivedCommand,
+        read_status: bool,
+    ) -> Result<Option<StatusChange>, EngineError> {
         let order_id = &command.message.order_id;
         let status = match &command.message.command {
             // If anything ran before it, the engine answers `Stale` and the next round reads.
@@ -168,19 +274,16 @@ impl Worker {
                 None => return Err(missing(order_id)),
             },
         };
-        let change = match workflow::decide(&self.workflow, &command.message.command, &status) {
-            Decision::Change(change) => Some(change),
-            Decision::Refuse(why) => {
-                tracing::info!(message_id = %command.message.message_id, order_id = %order_id, reason = %why,
-                    "command acknowledged without change");
-                None
-            }
-        };
-        let outcome = self.engine.apply(command, change.as_ref()).await?;
-        if change.is_none() && matches!(outcome, ApplyOutcome::Applied { .. }) {
-            Metrics::inc(&self.metrics.commands_refused);
-        }
-        Ok(outcome)
+        Ok(
+            match workflow::decide(&self.workflow, &command.message.command, &status) {
+                Decision::Change(change) => Some(change),
+                Decision::Refuse(why) => {
+                    tracing::info!(message_id = %command.message.message_id, order_id = %order_id, reason = %why,
+                        "command acknowledged without change");
+                    None
+                }
+            },
+        )
     }
 }
 
@@ -188,4 +291,120 @@ fn missing(order_id: &str) -> EngineError {
     EngineError::Corrupt(format!(
         "command for order {order_id}, which does not exist"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::memory::MemoryEngine;
+    use crate::engine::{EngineSettings, LogEntry, NewCommand};
+    use crate::model::{EventId, LineItem, Order, OrderStatus, now_rfc3339};
+
+    fn order(id: &str) -> Order {
+        Order {
+            order_id: id.into(),
+            customer_id: "c1".into(),
+            partner_id: None,
+            items: vec![LineItem {
+                sku: "s".into(),
+                quantity: 1,
+                unit_price: serde_json::Number::from(3),
+            }],
+            currency: "EUR".into(),
+            metadata: None,
+            created_at: now_rfc3339(),
+        }
+    }
+
+    fn command(order_id: &str, command: Command) -> NewCommand {
+        NewCommand {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            order_id: order_id.into(),
+            command,
+            sent_at: now_rfc3339(),
+        }
+    }
+
+    async fn accept(engine: &Arc<dyn Engine>, id: &str) {
+        let o = order(id);
+        let cmd = command(
+            id,
+            Command::ProcessOrder {
+                order: Box::new(o.clone()),
+            },
+        );
+        engine
+            .accept_order(&o, &workflow::accepted_event(&o), &cmd, None)
+            .await
+            .unwrap();
+    }
+
+    /// A `preparing` queued right behind a new order's `processOrder` is illegal from
+    /// `accepted`: if the worker decided it together with the batch's other commands, on the
+    /// status read before them, it would refuse it. It must run after the confirmation.
+    #[tokio::test]
+    async fn commands_of_one_order_in_one_batch_run_in_order_on_the_status_before_them() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
+            visibility_timeout: Duration::from_secs(30),
+            max_receives: 5,
+            history_limit: 10,
+            event_retention: 1000,
+            consumer_name: "w".into(),
+        }));
+        accept(&engine, "o1").await;
+        accept(&engine, "o2").await;
+        for status in [OrderStatus::Preparing, OrderStatus::Shipped] {
+            let cmd = command(
+                "o1",
+                Command::Transition {
+                    status,
+                    reason: None,
+                },
+            );
+            engine.enqueue_command(&cmd, None).await.unwrap();
+        }
+        let worker = Worker::new(
+            engine.clone(),
+            WorkflowConfig::default(),
+            WorkerConfig {
+                batch_size: 10,
+                batches_in_flight: 1,
+                receive_wait: Duration::from_millis(20),
+            },
+            Duration::from_secs(30),
+            Arc::new(Metrics::default()),
+        );
+        let batch = engine
+            .receive_batch(10, Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), 4, "one batch holds all four commands");
+        worker.process_batch(batch, &CancellationToken::new()).await;
+
+        let o1 = engine.order_status("o1").await.unwrap().unwrap();
+        assert_eq!((o1.status, o1.version), (OrderStatus::Shipped, 4));
+        let o2 = engine.order_status("o2").await.unwrap().unwrap();
+        assert_eq!((o2.status, o2.version), (OrderStatus::Confirmed, 2));
+        let o1_events: Vec<OrderStatus> = engine
+            .read_events(EventId::ZERO, 100, Duration::ZERO)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e {
+                LogEntry::Event(e) if e.event.order_id == "o1" => Some(e.event.status),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            o1_events,
+            [
+                OrderStatus::Accepted,
+                OrderStatus::Confirmed,
+                OrderStatus::Preparing,
+                OrderStatus::Shipped
+            ]
+        );
+        let stats = engine.queue_stats().await.unwrap();
+        assert_eq!((stats.visible, stats.in_flight), (0, 0));
+    }
 }

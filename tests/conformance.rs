@@ -157,6 +157,8 @@ conformance!(
     command_received_more_than_max_receives_goes_to_dead_letters_and_redrive_returns_it,
     later_command_of_an_order_is_blocked_until_the_earlier_one_completes,
     different_orders_are_received_together,
+    a_batch_applies_each_command_in_order_as_apply_would,
+    a_batch_blocks_a_command_listed_before_its_orders_earlier_one,
     change_on_a_stale_version_is_refused_and_writes_nothing,
     acknowledging_without_change_completes_the_command,
     enqueue_for_unknown_order_is_refused,
@@ -504,6 +506,110 @@ async fn different_orders_are_received_together(h: Harness) {
             ApplyOutcome::Applied { .. }
         ));
     }
+}
+
+async fn a_batch_applies_each_command_in_order_as_apply_would(h: Harness) {
+    let e = &h.engine;
+    for id in ["o1", "o2", "o3"] {
+        accept(e, id).await;
+    }
+    let cancel = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&cancel, None).await.unwrap();
+    let got = receive(e, 10).await;
+    assert_eq!(got.len(), 4);
+    let status = e.order_status("o1").await.unwrap().unwrap();
+    let confirm = herald::workflow::status_change(&status, OrderStatus::Confirmed, None);
+    // Decided on what the batch's first command leaves: the script must see it.
+    let mut confirmed = status.clone();
+    (confirmed.status, confirmed.version) = (OrderStatus::Confirmed, 2);
+    let cancelled = herald::workflow::status_change(&confirmed, OrderStatus::Cancelled, None);
+    let confirm_o2 = change_to(e, "o2", OrderStatus::Confirmed).await;
+    let mut stale = e.order_status("o3").await.unwrap().unwrap();
+    stale.version = 7;
+    let stale = herald::workflow::status_change(&stale, OrderStatus::Confirmed, None);
+    let outcomes = e
+        .apply_batch(&[
+            (&got[0], Some(&confirm)),
+            (&got[1], Some(&confirm_o2)),
+            (&got[2], Some(&stale)),
+            (&got[3], Some(&cancelled)),
+        ])
+        .await
+        .unwrap();
+    let outcomes: Vec<ApplyOutcome> = outcomes.into_iter().map(|o| o.unwrap()).collect();
+    assert!(matches!(
+        outcomes[0],
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    assert!(matches!(
+        outcomes[1],
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    assert_eq!(outcomes[2], ApplyOutcome::Stale { current_version: 1 });
+    assert!(matches!(
+        outcomes[3],
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    let o1 = e.order_status("o1").await.unwrap().unwrap();
+    assert_eq!((o1.status, o1.version), (OrderStatus::Cancelled, 3));
+    let statuses: Vec<_> = events(e)
+        .await
+        .iter()
+        .skip(3)
+        .map(|e| (e.event.order_id.clone(), e.event.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("o1".to_string(), OrderStatus::Confirmed),
+            ("o2".to_string(), OrderStatus::Confirmed),
+            ("o1".to_string(), OrderStatus::Cancelled),
+        ]
+    );
+    // Delivered again, the finished ones are done and write nothing; o3 is still to do.
+    let outcomes = e
+        .apply_batch(&[(&got[0], Some(&confirm)), (&got[2], None)])
+        .await
+        .unwrap();
+    let outcomes: Vec<ApplyOutcome> = outcomes.into_iter().map(|o| o.unwrap()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ApplyOutcome::AlreadyDone,
+            ApplyOutcome::Applied { event_id: None }
+        ]
+    );
+    assert_eq!(events(e).await.len(), 6);
+    let stats = e.queue_stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (0, 0));
+}
+
+async fn a_batch_blocks_a_command_listed_before_its_orders_earlier_one(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let cancel = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&cancel, None).await.unwrap();
+    let got = receive(e, 10).await;
+    assert_eq!(got.len(), 2);
+    let status = e.order_status("o1").await.unwrap().unwrap();
+    let cancelled = herald::workflow::status_change(&status, OrderStatus::Cancelled, None);
+    let outcomes = e
+        .apply_batch(&[(&got[1], Some(&cancelled)), (&got[0], None)])
+        .await
+        .unwrap();
+    let outcomes: Vec<ApplyOutcome> = outcomes.into_iter().map(|o| o.unwrap()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ApplyOutcome::Blocked,
+            ApplyOutcome::Applied { event_id: None }
+        ]
+    );
+    assert_eq!(e.order_status("o1").await.unwrap().unwrap().version, 1);
+    assert!(matches!(
+        e.apply(&got[1], Some(&cancelled)).await.unwrap(),
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
 }
 
 async fn change_on_a_stale_version_is_refused_and_writes_nothing(h: Harness) {

@@ -80,4 +80,25 @@ pub trait OrderStore: Send + Sync {
         command: &ReceivedCommand,
         change: Option<&StatusChange>,
     ) -> EngineResult<ApplyOutcome>;
+
+    /// Completes several received commands in one engine call, in order, each exactly as
+    /// [`Self::apply`] would (a later one sees the changes of the earlier ones), and returns
+    /// their outcomes in the same order. A command's own failure (e.g. its order is missing)
+    /// is its own `Err`; the outer `Err` means the call as a whole failed and nothing is known
+    /// about any of them (each is then redelivered after its visibility timeout, as after a
+    /// failed `apply`).
+    ///
+    /// It exists for the Redis engine, where one script call per batch instead of one per
+    /// command is most of the worker's Redis time. The default applies one by one, which is
+    /// what the memory engine's cheap, lock-bound `apply` wants anyway.
+    async fn apply_batch(
+        &self,
+        batch: &[(&ReceivedCommand, Option<&StatusChange>)],
+    ) -> EngineResult<Vec<EngineResult<ApplyOutcome>>> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (command, change) in batch {
+            outcomes.push(self.apply(command, *change).await);
+        }
+        Ok(outcomes)
+    }
 }

@@ -140,7 +140,8 @@ impl RedisEngine {
             .arg(max)
             .arg(self.settings.max_receives)
             .arg(crate::model::now_rfc3339())
-            .arg(&self.keys.cmdq_prefix);
+            .arg(&self.keys.cmdq_prefix)
+            .arg(self.keys.order(""));
         let reply = match self.eval("claiming expired commands", &invocation).await {
             Ok(reply) => reply,
             Err(e) if is_nogroup(&e) => {

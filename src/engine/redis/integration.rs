@@ -571,3 +571,259 @@ async fn blocking_reads_never_open_more_connections_than_the_bound() {
     assert_eq!(read + refused, BOUND * 4);
     assert_eq!(e.blocking_connections_in_use(), Some(0));
 }
+
+/// Writes an order the way the previous layout did (history in its own list, the processOrder
+/// in the stream and the order's cmdq list), so the tests below can check the current scripts
+/// on data an earlier Herald left behind.
+fn write_legacy_order(server: &Server, o: &Order, accepted: &OrderEvent, cmd: &NewCommand) {
+    let order_json = serde_json::to_string(o).unwrap();
+    let entry = format!(
+        r#"{{"eventId":"1-1","status":"accepted","version":1,"occurredAt":"{}"}}"#,
+        accepted.occurred_at
+    );
+    let hash = format!("t:{{p0}}:order:{}", o.order_id);
+    server.raw(&[
+        b"HSET",
+        hash.as_bytes(),
+        b"order",
+        order_json.as_bytes(),
+        b"customerId",
+        o.customer_id.as_bytes(),
+        b"status",
+        b"accepted",
+        b"version",
+        b"1",
+        b"updatedAt",
+        accepted.occurred_at.as_bytes(),
+    ]);
+    let history = format!("t:{{p0}}:history:{}", o.order_id);
+    server.raw(&[b"RPUSH", history.as_bytes(), entry.as_bytes()]);
+    let message = serde_json::to_string(cmd).unwrap();
+    server.raw(&[
+        b"XADD",
+        b"t:{p0}:commands",
+        b"*",
+        b"messageId",
+        cmd.message_id.as_bytes(),
+        b"orderId",
+        cmd.order_id.as_bytes(),
+        b"message",
+        message.as_bytes(),
+    ]);
+    let cmdq = format!("t:{{p0}}:cmdq:{}", o.order_id);
+    server.raw(&[b"RPUSH", cmdq.as_bytes(), cmd.message_id.as_bytes()]);
+}
+
+#[tokio::test]
+async fn an_order_of_the_previous_layout_reads_and_applies_with_its_history_list() {
+    let server = Server::start();
+    let e = engine(&server, "c1").await;
+    let o = order("old1");
+    let accepted = event(&o, OrderStatus::Accepted, None, 1);
+    let cmd = new_command(
+        "old1",
+        Command::ProcessOrder {
+            order: Box::new(o.clone()),
+        },
+    );
+    write_legacy_order(&server, &o, &accepted, &cmd);
+    let record = e.order("old1").await.unwrap().unwrap();
+    assert_eq!(record.order, o);
+    let versions: Vec<u64> = record.history.iter().map(|h| h.version).collect();
+    assert_eq!(versions, [1]);
+    assert_eq!(record.history[0].event_id, "1-1");
+
+    // A command queued now lines up behind the old one in the order's cmdq list.
+    let cancel = new_command(
+        "old1",
+        Command::Transition {
+            status: OrderStatus::Cancelled,
+            reason: None,
+        },
+    );
+    e.enqueue_command(&cancel, None).await.unwrap();
+    let batch = e
+        .receive_batch(10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 2);
+    assert_eq!((&batch[0].message, &batch[1].message), (&cmd, &cancel));
+    let confirm = change(&o, OrderStatus::Accepted, OrderStatus::Confirmed, 1);
+    let cancelled = change(&o, OrderStatus::Confirmed, OrderStatus::Cancelled, 2);
+    assert_eq!(
+        e.apply(&batch[1], Some(&cancelled)).await.unwrap(),
+        ApplyOutcome::Blocked
+    );
+    assert!(matches!(
+        e.apply(&batch[0], Some(&confirm)).await.unwrap(),
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    assert_eq!(
+        e.apply(&batch[0], Some(&confirm)).await.unwrap(),
+        ApplyOutcome::AlreadyDone
+    );
+    // The old entry from the list, the new one from the hash, in version order.
+    let record = e.order("old1").await.unwrap().unwrap();
+    let versions: Vec<u64> = record.history.iter().map(|h| h.version).collect();
+    assert_eq!(versions, [1, 2]);
+    assert_eq!(record.history[0].event_id, "1-1");
+    assert_eq!(record.history[1].reason.as_deref(), Some("test"));
+    assert_eq!(record.status.version, 2);
+    assert!(matches!(
+        e.apply(&batch[1], Some(&cancelled)).await.unwrap(),
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    assert_eq!(server.raw(&[b"EXISTS", b"t:{p0}:cmdq:old1"]), Value::Int(0));
+}
+
+#[tokio::test]
+async fn history_lives_in_the_order_hash_capped_at_the_limit() {
+    let server = Server::start();
+    let e = engine(&server, "c1").await;
+    let (o, _) = accept(&e, "o1").await;
+    // A new order's FIFO gate is its hash's `firstCommand`: no cmdq list, no history list.
+    assert_eq!(server.raw(&[b"EXISTS", b"t:{p0}:cmdq:o1"]), Value::Int(0));
+    let batch = e
+        .receive_batch(10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let confirm = change(&o, OrderStatus::Accepted, OrderStatus::Confirmed, 1);
+    e.apply(&batch[0], Some(&confirm)).await.unwrap();
+    // Past the limit (10 here), each change drops the oldest entry.
+    let mut status = OrderStatus::Confirmed;
+    for version in 2..15u64 {
+        let next = if status == OrderStatus::Confirmed {
+            OrderStatus::Preparing
+        } else {
+            OrderStatus::Confirmed
+        };
+        let cmd = new_command(
+            "o1",
+            Command::Transition {
+                status: next,
+                reason: None,
+            },
+        );
+        e.enqueue_command(&cmd, None).await.unwrap();
+        let got = e
+            .receive_batch(1, Duration::from_millis(100))
+            .await
+            .unwrap();
+        let outcome = e
+            .apply(&got[0], Some(&change(&o, status, next, version)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, ApplyOutcome::Applied { .. }),
+            "{outcome:?}"
+        );
+        status = next;
+    }
+    assert_eq!(
+        server.raw(&[b"EXISTS", b"t:{p0}:history:o1"]),
+        Value::Int(0)
+    );
+    // order, customerId, status, version, updatedAt, firstCommand and ten history entries.
+    assert_eq!(server.raw(&[b"HLEN", b"t:{p0}:order:o1"]), Value::Int(16));
+    let record = e.order("o1").await.unwrap().unwrap();
+    let versions: Vec<u64> = record.history.iter().map(|h| h.version).collect();
+    assert_eq!(versions, (6..=15).collect::<Vec<u64>>());
+    let status = e.order_status("o1").await.unwrap().unwrap();
+    assert_eq!(status.version, 15);
+}
+
+fn evalsha_calls(server: &Server) -> i64 {
+    let Value::BulkString(info) = server.raw(&[b"INFO", b"commandstats"]) else {
+        panic!("INFO is a bulk string");
+    };
+    let info = String::from_utf8(info).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// On the test's single-threaded runtime every request below is queued before the batcher
+/// runs, so they go out as one script call; each still gets its own outcome.
+#[tokio::test]
+async fn concurrent_intake_requests_share_one_script_call_with_their_own_outcomes() {
+    let server = Server::start();
+    let e = engine(&server, "c1").await;
+    // Loads the script, so the counted calls below are the batch's alone.
+    accept(&e, "dup").await;
+    server.raw(&[b"CONFIG", b"RESETSTAT"]);
+    let orders: Vec<Order> = (0..40).map(|i| order(&format!("n{i}"))).collect();
+    let commands: Vec<NewCommand> = orders
+        .iter()
+        .map(|o| {
+            new_command(
+                &o.order_id,
+                Command::ProcessOrder {
+                    order: Box::new(o.clone()),
+                },
+            )
+        })
+        .collect();
+    let events: Vec<OrderEvent> = orders
+        .iter()
+        .map(|o| event(o, OrderStatus::Accepted, None, 1))
+        .collect();
+    let dup = order("dup");
+    let dup_cmd = new_command(
+        "dup",
+        Command::ProcessOrder {
+            order: Box::new(dup.clone()),
+        },
+    );
+    let dup_event = event(&dup, OrderStatus::Accepted, None, 1);
+    let unknown = new_command(
+        "nobody",
+        Command::Transition {
+            status: OrderStatus::Cancelled,
+            reason: None,
+        },
+    );
+    let known = new_command(
+        "dup",
+        Command::Transition {
+            status: OrderStatus::Cancelled,
+            reason: None,
+        },
+    );
+    let accepts = orders
+        .iter()
+        .zip(&events)
+        .zip(&commands)
+        .map(|((o, ev), cmd)| e.accept_order(o, ev, cmd, None));
+    let (accepted, again, refused, queued) = tokio::join!(
+        futures_util::future::join_all(accepts),
+        e.accept_order(&dup, &dup_event, &dup_cmd, None),
+        e.enqueue_command(&unknown, None),
+        e.enqueue_command(&known, None),
+    );
+    assert_eq!(
+        evalsha_calls(&server),
+        1,
+        "one script call for all 43 requests"
+    );
+    let mut ids = std::collections::HashSet::new();
+    for outcome in accepted {
+        let AcceptOutcome::Accepted { event_id } = outcome.unwrap() else {
+            panic!("a new order is accepted");
+        };
+        assert!(ids.insert(event_id), "each accept has its own event");
+    }
+    assert_eq!(again.unwrap(), AcceptOutcome::AlreadyExists);
+    assert_eq!(refused.unwrap(), EnqueueOutcome::UnknownOrder);
+    assert_eq!(queued.unwrap(), EnqueueOutcome::Enqueued);
+    for o in &orders {
+        let status = e.order_status(&o.order_id).await.unwrap().unwrap();
+        assert_eq!((status.status, status.version), (OrderStatus::Accepted, 1));
+    }
+    let received = e
+        .receive_batch(100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    // The 40 new orders' commands, the first accept's and the queued transition.
+    assert_eq!(received.len(), 42);
+}

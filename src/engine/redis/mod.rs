@@ -5,11 +5,11 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P{p0}:order:<id>` | hash | `order` (JSON), `customerId`, `partnerId`?, `status`, `version`, `updatedAt` |
-//! | `P{p0}:history:<id>` | list | history entries (JSON), oldest first, capped |
+//! | `P{p0}:order:<id>` | hash | `order` (JSON), `customerId`, `partnerId`?, `status`, `version`, `updatedAt`, `firstCommand` (the unfinished `processOrder`'s messageId, else ''), and `h:<version>`: the history entries (JSON), the newest `history_limit` |
+//! | `P{p0}:history:<id>` | list | history of orders written before it moved into the hash (read, never written) |
 //! | `engine.events_stream` (`P{p0}:events`) | stream | field `event`: the event JSON (DESIGN 1.3) |
 //! | `P{p0}:commands` | stream | the command queue: `messageId`, `orderId`, `message`; group `workers` |
-//! | `P{p0}:cmdq:<id>` | list | message ids of the order's unfinished commands (per-order FIFO gate) |
+//! | `P{p0}:cmdq:<id>` | list | message ids of the order's unfinished commands queued after its first (per-order FIFO gate; the first is the hash's `firstCommand`, see `scripts/apply.lua`) |
 //! | `P{p0}:dlq` | stream | dead letters: `deadLetter` (JSON) plus the original command fields |
 //! | `P{p0}:idem:<key>` | string | idempotency record (JSON), with a TTL |
 //! | `P{p0}:events:malformed` | hash | event entry id -> malformed entry (JSON) |
@@ -22,6 +22,9 @@
 //! Lua script in `scripts/`, invoked through [`redis::Script`](::redis::Script) (EVALSHA, reloaded on NOSCRIPT,
 //! e.g. after a Redis restart).
 //!
+//! Intake (accept, enqueue) goes through `intake.rs`, which packs concurrent requests into
+//! one `scripts/intake.lua` call on the intake connection.
+//!
 //! The engine follows the seam's rooms: `orders.rs`, `queue.rs`, `log.rs`, `idempotency.rs`
 //! and `webhooks.rs` each implement one trait; `groups.rs` is the consumer-group plumbing the
 //! queue and the webhook dispatch share; `conn.rs` the connections and error mapping;
@@ -31,6 +34,7 @@
 mod conn;
 mod groups;
 mod idempotency;
+mod intake;
 mod log;
 mod orders;
 mod queue;
@@ -91,6 +95,7 @@ impl Keys {
         format!("{}:order:{order_id}", self.base)
     }
 
+    /// The history list of the previous layout, still read (see `orders.rs`).
     fn history(&self, order_id: &str) -> String {
         format!("{}:history:{order_id}", self.base)
     }
@@ -117,8 +122,6 @@ impl Keys {
 }
 
 struct Scripts {
-    accept: Script,
-    enqueue: Script,
     apply: Script,
     claim: Script,
     redrive: Script,
@@ -135,8 +138,6 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            accept: Script::new(include_str!("scripts/accept.lua")),
-            enqueue: Script::new(include_str!("scripts/enqueue.lua")),
             apply: Script::new(include_str!("scripts/apply.lua")),
             claim: Script::new(include_str!("scripts/claim.lua")),
             redrive: Script::new(include_str!("scripts/redrive.lua")),
@@ -161,6 +162,8 @@ pub struct RedisEngine {
     /// pipeline in order, so on the shared one an intake call would wait behind the worker's
     /// whole pipeline of applies; on its own it waits for one turn of Redis' event loop.
     intake: Conn,
+    /// Packs concurrent accepts and enqueues into one script call on `intake` (`intake.rs`).
+    intake_batch: intake::IntakeBatcher,
     /// Dedicated connections for `XREAD BLOCK` / `XREADGROUP BLOCK`.
     blocking: BlockingPool,
     keys: Keys,
@@ -271,11 +274,19 @@ impl RedisEngine {
             .with_context(|| format!("cannot connect to Redis at {shown}"))?;
         let blocking = BlockingPool::new(&target, op_timeout, config.max_blocking_connections)
             .with_context(|| format!("invalid Redis URL {shown}"))?;
+        let keys = Keys::new(config);
         let engine = RedisEngine {
             conn,
+            intake_batch: intake::IntakeBatcher::start(
+                intake.clone(),
+                keys.events.clone(),
+                keys.commands.clone(),
+                settings.event_retention.max(1),
+                op_timeout,
+            ),
             intake,
             blocking,
-            keys: Keys::new(config),
+            keys,
             scripts: Scripts::new(),
             settings,
             op_timeout,
@@ -375,17 +386,6 @@ impl RedisEngine {
             invocation.invoke_async(&mut conn),
         )
         .await
-    }
-
-    /// Runs an intake script on the intake connection.
-    pub(super) async fn run_intake_script(
-        &self,
-        what: &str,
-        invocation: &ScriptInvocation<'_>,
-    ) -> EngineResult<Value> {
-        self.eval_on(&self.intake, what, invocation)
-            .await
-            .map_err(|e| map_err(what, e))
     }
 
     pub(super) async fn run_script(

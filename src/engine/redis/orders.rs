@@ -1,5 +1,13 @@
-//! Orders on Redis: the order hash, its capped history list, and the accept, enqueue and
-//! apply scripts that write them together with the event and the queue.
+//! Orders on Redis: the order hash (status, and the capped history as fields `h:<version>`),
+//! and the accept, enqueue and apply scripts that write it together with the event and the
+//! queue.
+//!
+//! The history lives in the order hash so that a status change writes status and history with
+//! one HSET (and, past `history_limit`, one HDEL of the oldest entry) instead of an RPUSH and
+//! an LTRIM on a list of its own. Orders written before kept their history in the list
+//! `P{p0}:history:<id>`: [`OrderStore::order`] still reads that list and merges it with the
+//! hash fields (by version, the hash winning), so those orders read as before; nothing migrates
+//! them, and their list keeps its last entries until the order's key is deleted.
 //!
 //! It owns the mapping between orders and their keys. It never decides a transition: the
 //! worker hands it the decided [`StatusChange`], and the scripts only check the version and
@@ -8,6 +16,7 @@
 use super::conn::{map_err, within};
 use super::groups::GROUP;
 use super::idempotency::done_record;
+use super::intake::IntakeRequest;
 use super::reply::{corrupt, int, items, text};
 use super::{RedisEngine, millis, parse_event_id};
 use crate::engine::{
@@ -15,7 +24,6 @@ use crate::engine::{
     OrderStore, ReceivedCommand, StatusChange,
 };
 use crate::model::{HistoryEntry, Order, OrderEvent, OrderRecord, OrderStatus, StatusRecord};
-use ::redis::ScriptInvocation;
 use async_trait::async_trait;
 use std::collections::HashMap;
 
@@ -33,6 +41,43 @@ struct HistoryBody<'a> {
     reason: Option<&'a str>,
 }
 
+/// The hash fields a status record is made of (`order_status` reads only these).
+const STATUS_FIELDS: [&str; 5] = ["customerId", "partnerId", "status", "version", "updatedAt"];
+
+/// Where the order hash keeps history entries: `h:<version>`.
+const HISTORY_FIELD: &str = "h:";
+
+/// The order's history, oldest first, at most `limit` entries: the hash's `h:<version>` fields
+/// merged with the entries of the legacy history list (orders written before the history
+/// moved into the hash). An entry of both (same version) is taken from the hash.
+fn merged_history(
+    order_id: &str,
+    hash: &HashMap<String, String>,
+    legacy: &[String],
+    limit: usize,
+) -> EngineResult<Vec<HistoryEntry>> {
+    let decode = |raw: &str| {
+        serde_json::from_str::<HistoryEntry>(raw).map_err(|e| {
+            corrupt(format!(
+                "order {order_id}: history entry does not decode: {e}"
+            ))
+        })
+    };
+    let mut by_version = std::collections::BTreeMap::new();
+    for raw in legacy {
+        let entry = decode(raw)?;
+        by_version.insert(entry.version, entry);
+    }
+    for (field, raw) in hash {
+        if field.starts_with(HISTORY_FIELD) {
+            let entry = decode(raw)?;
+            by_version.insert(entry.version, entry);
+        }
+    }
+    let skip = by_version.len().saturating_sub(limit.max(1));
+    Ok(by_version.into_values().skip(skip).collect())
+}
+
 fn history_body(event: &OrderEvent, reason: Option<&str>) -> EngineResult<String> {
     let json = serde_json::to_string(&HistoryBody {
         status: event.status,
@@ -48,29 +93,30 @@ fn history_body(event: &OrderEvent, reason: Option<&str>) -> EngineResult<String
 }
 
 impl RedisEngine {
-    /// What both intake scripts end with: the command (`messageId`, `orderId`, its JSON) and
+    /// What both intake requests end with: the command (`messageId`, `orderId`, its JSON) and
     /// the idempotent response stored in the same step (its key last among the keys, then the
     /// record and its TTL; `PX` needs a TTL even when there is no record).
     fn command_and_response(
         &self,
-        invocation: &mut ScriptInvocation<'_>,
+        request: &mut IntakeRequest,
         command: &NewCommand,
         idempotent: Option<&IdempotentResponse>,
     ) -> EngineResult<()> {
         let message = serde_json::to_string(command).map_err(corrupt)?;
         let (idem_json, idem_ttl) = match idempotent {
             Some(r) => {
-                invocation.key(self.keys.idem(&r.key));
+                request.keys.push(self.keys.idem(&r.key));
                 (done_record(r)?, millis(r.ttl))
             }
             None => (String::new(), 1),
         };
-        invocation
-            .arg(&command.message_id)
-            .arg(&command.order_id)
-            .arg(message)
-            .arg(idem_json)
-            .arg(idem_ttl);
+        request.values.extend([
+            command.message_id.clone(),
+            command.order_id.clone(),
+            message,
+            idem_json,
+            idem_ttl.to_string(),
+        ]);
         Ok(())
     }
 
@@ -105,35 +151,34 @@ impl OrderStore for RedisEngine {
     ) -> EngineResult<AcceptOutcome> {
         let order_json = serde_json::to_string(order).map_err(corrupt)?;
         let history = history_body(accepted_event, None)?;
-        let mut invocation = self.scripts.accept.prepare_invoke();
-        invocation
-            .key(self.keys.order(&order.order_id))
-            .key(self.keys.history(&order.order_id))
-            .key(&self.keys.events)
-            .key(&self.keys.commands)
-            .key(self.keys.cmdq(&command.order_id));
-        invocation
-            .arg(order_json)
-            .arg(&order.customer_id)
-            .arg(if order.partner_id.is_some() { "1" } else { "0" })
-            .arg(order.partner_id.as_deref().unwrap_or(""))
-            .arg(accepted_event.status.as_str())
-            .arg(accepted_event.version)
-            .arg(&accepted_event.occurred_at)
-            .arg(accepted_event.to_json())
-            .arg(self.settings.event_retention.max(1))
-            .arg(history)
-            .arg(self.settings.history_limit.max(1));
-        self.command_and_response(&mut invocation, command, idempotent)?;
+        let mut request = IntakeRequest {
+            kind: "accept",
+            keys: vec![self.keys.order(&order.order_id)],
+            values: vec![
+                order_json,
+                order.customer_id.clone(),
+                if order.partner_id.is_some() { "1" } else { "0" }.to_string(),
+                order.partner_id.clone().unwrap_or_default(),
+                accepted_event.status.as_str().to_string(),
+                accepted_event.version.to_string(),
+                accepted_event.occurred_at.clone(),
+                accepted_event.to_json(),
+                history,
+            ],
+        };
+        self.command_and_response(&mut request, command, idempotent)?;
         let reply = self
-            .run_intake_script("accepting an order", &invocation)
+            .intake_batch
+            .submit("accepting an order", request)
             .await?;
         match text(&reply).as_deref() {
             Some("exists") => Ok(AcceptOutcome::AlreadyExists),
             Some(id) => Ok(AcceptOutcome::Accepted {
                 event_id: parse_event_id(id)?,
             }),
-            None => Err(corrupt("accept script returned an unexpected reply")),
+            None => Err(corrupt(
+                "intake script returned an unexpected reply to an accept",
+            )),
         }
     }
 
@@ -142,29 +187,44 @@ impl OrderStore for RedisEngine {
         command: &NewCommand,
         idempotent: Option<&IdempotentResponse>,
     ) -> EngineResult<EnqueueOutcome> {
-        let mut invocation = self.scripts.enqueue.prepare_invoke();
-        invocation
-            .key(self.keys.order(&command.order_id))
-            .key(&self.keys.commands)
-            .key(self.keys.cmdq(&command.order_id));
-        self.command_and_response(&mut invocation, command, idempotent)?;
+        let mut request = IntakeRequest {
+            kind: "enqueue",
+            keys: vec![
+                self.keys.order(&command.order_id),
+                self.keys.cmdq(&command.order_id),
+            ],
+            values: Vec::new(),
+        };
+        self.command_and_response(&mut request, command, idempotent)?;
         let reply = self
-            .run_intake_script("queueing a command", &invocation)
+            .intake_batch
+            .submit("queueing a command", request)
             .await?;
         match text(&reply).as_deref() {
             Some("ok") => Ok(EnqueueOutcome::Enqueued),
             Some("unknown") => Ok(EnqueueOutcome::UnknownOrder),
-            _ => Err(corrupt("enqueue script returned an unexpected reply")),
+            _ => Err(corrupt(
+                "intake script returned an unexpected reply to an enqueue",
+            )),
         }
     }
 
     async fn order_status(&self, order_id: &str) -> EngineResult<Option<StatusRecord>> {
-        let hash: HashMap<String, String> = self
+        // HMGET, not HGETALL: the hash also holds the order and its history, which a status
+        // read (the worker's, before each transition) does not need.
+        let values: Vec<Option<String>> = self
             .run(
                 "reading an order status",
-                ::redis::cmd("HGETALL").arg(self.keys.order(order_id)),
+                ::redis::cmd("HMGET")
+                    .arg(self.keys.order(order_id))
+                    .arg(&STATUS_FIELDS),
             )
             .await?;
+        let hash: HashMap<String, String> = STATUS_FIELDS
+            .iter()
+            .zip(values)
+            .filter_map(|(name, value)| Some((name.to_string(), value?)))
+            .collect();
         if hash.is_empty() {
             return Ok(None);
         }
@@ -172,7 +232,8 @@ impl OrderStore for RedisEngine {
     }
 
     async fn order(&self, order_id: &str) -> EngineResult<Option<OrderRecord>> {
-        // One MULTI/EXEC: the status and the history come from the same moment.
+        // One MULTI/EXEC: the status and the history come from the same moment. The LRANGE
+        // reads the history list of orders written before the history moved into the hash.
         let mut pipe = ::redis::pipe();
         pipe.atomic()
             .cmd("HGETALL")
@@ -196,15 +257,7 @@ impl OrderStore for RedisEngine {
             .ok_or_else(|| corrupt(format!("order {order_id}: hash has no `order` field")))?;
         let order: Order = serde_json::from_str(order_json)
             .map_err(|e| corrupt(format!("order {order_id}: `order` does not decode: {e}")))?;
-        let history = history
-            .iter()
-            .map(|h| serde_json::from_str::<HistoryEntry>(h))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                corrupt(format!(
-                    "order {order_id}: history entry does not decode: {e}"
-                ))
-            })?;
+        let history = merged_history(order_id, &hash, &history, self.settings.history_limit)?;
         Ok(Some(OrderRecord {
             order,
             status,
@@ -217,63 +270,118 @@ impl OrderStore for RedisEngine {
         command: &ReceivedCommand,
         change: Option<&StatusChange>,
     ) -> EngineResult<ApplyOutcome> {
-        let message = &command.message;
-        let order_id = &message.order_id;
+        self.apply_batch(&[(command, change)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(corrupt("apply script returned no outcome")))
+    }
+
+    /// One `apply.lua` call per [`APPLY_CHUNK`] commands.
+    async fn apply_batch(
+        &self,
+        batch: &[(&ReceivedCommand, Option<&StatusChange>)],
+    ) -> EngineResult<Vec<EngineResult<ApplyOutcome>>> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(APPLY_CHUNK) {
+            outcomes.extend(self.apply_chunk(chunk).await?);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// At most this many commands per apply script call: the script hands all their acknowledged
+/// entry ids to one XACK and one XDEL, and Lua's `unpack` has a stack limit (about 8,000).
+const APPLY_CHUNK: usize = 1000;
+
+impl RedisEngine {
+    async fn apply_chunk(
+        &self,
+        chunk: &[(&ReceivedCommand, Option<&StatusChange>)],
+    ) -> EngineResult<Vec<EngineResult<ApplyOutcome>>> {
         let mut invocation = self.scripts.apply.prepare_invoke();
         invocation
-            .key(self.keys.order(order_id))
-            .key(self.keys.history(order_id))
             .key(&self.keys.events)
             .key(&self.keys.commands)
-            .key(self.keys.cmdq(order_id))
             .arg(GROUP)
-            .arg(&command.receipt)
-            .arg(&message.message_id);
-        match change {
-            Some(change) => {
-                let event = &change.event;
-                invocation
-                    .arg("1")
-                    .arg(change.expected_version)
-                    .arg(event.status.as_str())
-                    .arg(event.version)
-                    .arg(&event.occurred_at)
-                    .arg(event.to_json())
-                    .arg(self.settings.event_retention.max(1))
-                    .arg(history_body(event, change.reason.as_deref())?)
-                    .arg(self.settings.history_limit.max(1));
-            }
-            None => {
-                invocation.arg("0");
+            .arg(self.settings.event_retention.max(1))
+            .arg(self.settings.history_limit.max(1));
+        for (command, change) in chunk {
+            let message = &command.message;
+            invocation
+                .key(self.keys.order(&message.order_id))
+                .key(self.keys.cmdq(&message.order_id))
+                .arg(&command.receipt)
+                .arg(&message.message_id);
+            match change {
+                Some(change) => {
+                    let event = &change.event;
+                    invocation
+                        .arg("1")
+                        .arg(change.expected_version)
+                        .arg(event.status.as_str())
+                        .arg(event.version)
+                        .arg(&event.occurred_at)
+                        .arg(event.to_json())
+                        .arg(history_body(event, change.reason.as_deref())?);
+                }
+                None => {
+                    invocation
+                        .arg("0")
+                        .arg("")
+                        .arg("")
+                        .arg("")
+                        .arg("")
+                        .arg("")
+                        .arg("");
+                }
             }
         }
-        let reply = self.run_script("applying a command", &invocation).await?;
-        let bad = || corrupt("apply script returned an unexpected reply");
-        let parts = items(&reply).ok_or_else(bad)?;
-        let outcome = parts.first().and_then(text).ok_or_else(bad)?;
-        match (outcome.as_str(), parts.get(1)) {
-            ("done", _) => Ok(ApplyOutcome::AlreadyDone),
-            ("blocked", _) => Ok(ApplyOutcome::Blocked),
-            ("stale", Some(version)) => Ok(ApplyOutcome::Stale {
-                current_version: int(version)
-                    .and_then(|v| u64::try_from(v).ok())
-                    .ok_or_else(|| corrupt(format!("order {order_id}: version is not a number")))?,
-            }),
-            ("missing", _) => Err(corrupt(format!(
-                "command {} for missing order {order_id}",
-                message.message_id
-            ))),
-            ("applied", Some(id)) => {
-                let id = text(id).ok_or_else(bad)?;
-                let event_id = if id.is_empty() {
-                    None
-                } else {
-                    Some(parse_event_id(&id)?)
-                };
-                Ok(ApplyOutcome::Applied { event_id })
-            }
-            _ => Err(bad()),
+        let what = if chunk.len() == 1 {
+            "applying a command"
+        } else {
+            "applying a batch of commands"
+        };
+        let reply = self.run_script(what, &invocation).await?;
+        let replies = items(&reply)
+            .filter(|r| r.len() == chunk.len())
+            .ok_or_else(|| corrupt("apply script returned an unexpected reply"))?;
+        Ok(chunk
+            .iter()
+            .zip(replies)
+            .map(|((command, _), reply)| apply_outcome(command, reply))
+            .collect())
+    }
+}
+
+/// One command's outcome from the apply script's reply.
+fn apply_outcome(command: &ReceivedCommand, reply: &::redis::Value) -> EngineResult<ApplyOutcome> {
+    let message = &command.message;
+    let order_id = &message.order_id;
+    let bad = || corrupt("apply script returned an unexpected reply");
+    let parts = items(reply).ok_or_else(bad)?;
+    let outcome = parts.first().and_then(text).ok_or_else(bad)?;
+    match (outcome.as_str(), parts.get(1)) {
+        ("done", _) => Ok(ApplyOutcome::AlreadyDone),
+        ("blocked", _) => Ok(ApplyOutcome::Blocked),
+        ("stale", Some(version)) => Ok(ApplyOutcome::Stale {
+            current_version: int(version)
+                .and_then(|v| u64::try_from(v).ok())
+                .ok_or_else(|| corrupt(format!("order {order_id}: version is not a number")))?,
+        }),
+        ("missing", _) => Err(corrupt(format!(
+            "command {} for missing order {order_id}",
+            message.message_id
+        ))),
+        ("applied", Some(id)) => {
+            let id = text(id).ok_or_else(bad)?;
+            let event_id = if id.is_empty() {
+                None
+            } else {
+                Some(parse_event_id(&id)?)
+            };
+            Ok(ApplyOutcome::Applied { event_id })
         }
+        _ => Err(bad()),
     }
 }
 
@@ -309,5 +417,29 @@ mod tests {
                 reason: Some("because".into()),
             }
         );
+    }
+
+    fn entry(version: u64, event_id: &str) -> String {
+        format!(
+            r#"{{"eventId":"{event_id}","status":"confirmed","version":{version},"occurredAt":"t"}}"#
+        )
+    }
+
+    #[test]
+    fn history_merges_the_legacy_list_with_the_hash_by_version_capped() {
+        let legacy = vec![entry(1, "1-1"), entry(2, "2-1"), entry(3, "old")];
+        let hash: HashMap<String, String> = [
+            ("status".to_string(), "confirmed".to_string()),
+            ("h:3".to_string(), entry(3, "3-1")),
+            ("h:4".to_string(), entry(4, "4-1")),
+        ]
+        .into_iter()
+        .collect();
+        let merged = merged_history("o1", &hash, &legacy, 3).unwrap();
+        let ids: Vec<&str> = merged.iter().map(|h| h.event_id.as_str()).collect();
+        assert_eq!(ids, ["2-1", "3-1", "4-1"]);
+        let merged = merged_history("o1", &hash, &[], 10).unwrap();
+        assert_eq!(merged.len(), 2);
+        assert!(merged_history("o1", &hash, &["{nope".to_string()], 10).is_err());
     }
 }

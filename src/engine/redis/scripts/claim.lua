@@ -5,15 +5,16 @@
 --
 -- KEYS: 1 commands stream, 2 dead-letter stream
 -- ARGV: 1 group, 2 consumer, 3 min idle ms, 4 XAUTOCLAIM cursor, 5 how many to claim,
---       6 max receives, 7 deadAt timestamp, 8 cmdq key prefix (the order id completes it)
--- The cmdq key is built here because it depends on the entry; it carries the same hash tag as
--- KEYS, so it lives in the same cluster slot.
+--       6 max receives, 7 deadAt timestamp, 8 cmdq key prefix (the order id completes it),
+--       9 order hash key prefix (likewise)
+-- The cmdq and order keys are built here because they depend on the entry; they carry the
+-- same hash tag as KEYS, so they live in the same cluster slot.
 -- Returns: {next cursor, pending count, dead-lettered count, {{id, deliveries, fields}, ...}}
 local commands, dlq = KEYS[1], KEYS[2]
 local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
 local cursor, want = ARGV[4], tonumber(ARGV[5])
 local max_receives = tonumber(ARGV[6])
-local dead_at, cmdq_prefix = ARGV[7], ARGV[8]
+local dead_at, cmdq_prefix, order_prefix = ARGV[7], ARGV[8], ARGV[9]
 
 local claimed, dead = {}, 0
 -- A few rounds at most: XAUTOCLAIM scans a bounded part of the pending list per call.
@@ -45,7 +46,12 @@ for _ = 1, 4 do
         redis.call('XACK', commands, group, id)
         redis.call('XDEL', commands, id)
         if f['orderId'] and f['messageId'] then
+          -- Out of the order's FIFO gate, wherever it stands (see apply.lua).
           redis.call('LREM', cmdq_prefix .. f['orderId'], 0, f['messageId'])
+          local order = order_prefix .. f['orderId']
+          if redis.call('HGET', order, 'firstCommand') == f['messageId'] then
+            redis.call('HSET', order, 'firstCommand', '')
+          end
         end
         dead = dead + 1
       else
