@@ -172,6 +172,7 @@ conformance!(
     endpoints_are_stored_listed_replaced_and_deleted,
     deleting_an_endpoint_takes_its_deliveries_off_the_schedule,
     claimed_events_are_not_handed_out_again_once_deliveries_are_created,
+    one_create_call_stores_a_batch_and_acknowledges_every_event_of_it,
     enqueued_deliveries_are_scheduled_and_acknowledge_no_event,
     unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_after,
     waiting_dispatcher_wakes_when_an_event_is_appended,
@@ -868,7 +869,7 @@ fn attempt(number: u32, at_ms: u64, status_code: Option<u16>) -> Attempt {
 
 /// Stores deliveries as the dispatcher does, for an event that was never claimed.
 async fn create(e: &Arc<dyn Engine>, deliveries: &[Delivery]) {
-    e.create_deliveries(EventId { ms: 1, seq: 0 }, deliveries)
+    e.create_deliveries(&[EventId { ms: 1, seq: 0 }], deliveries)
         .await
         .unwrap();
 }
@@ -943,11 +944,11 @@ async fn claimed_events_are_not_handed_out_again_once_deliveries_are_created(h: 
         .unwrap();
     assert_eq!(entry_ids(&got), [first, second]);
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
-    e.create_deliveries(first, &[delivery("msg_1", "ep_1", 100, 100)])
+    e.create_deliveries(&[first], &[delivery("msg_1", "ep_1", 100, 100)])
         .await
         .unwrap();
     // No matching endpoint: an empty list acknowledges all the same.
-    e.create_deliveries(second, &[]).await.unwrap();
+    e.create_deliveries(&[second], &[]).await.unwrap();
     tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
     let again = e
         .claim_events("n2", 10, Duration::ZERO, reclaim)
@@ -958,6 +959,70 @@ async fn claimed_events_are_not_handed_out_again_once_deliveries_are_created(h: 
         ids(&e.claim_due(100, 10, LONG_LEASE).await.unwrap()),
         ["msg_1"]
     );
+}
+
+async fn one_create_call_stores_a_batch_and_acknowledges_every_event_of_it(h: Harness) {
+    let e = &h.engine;
+    let other = h.second_consumer().await;
+    let first = append_event(e, "o1").await;
+    let unwanted = append_event(e, "o2").await;
+    let third = append_event(e, "o3").await;
+    let reclaim = Duration::from_millis(200);
+    let got = e
+        .claim_events("n1", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&got), [first, unwanted, third]);
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    let mut batch = vec![
+        delivery("msg_1", "ep_1", 100, 100),
+        delivery("msg_2", "ep_2", 100, 200),
+        delivery("msg_3", "ep_1", 300, 300),
+    ];
+    let mut failed = delivery("msg_4", "ep_2", 400, 400);
+    failed.state = DeliveryState::Failed;
+    failed.next_attempt_at_ms = None;
+    batch.push(failed);
+    // `unwanted` makes no delivery: it is acknowledged in the same call all the same.
+    e.create_deliveries(&[first, unwanted, third], &batch)
+        .await
+        .unwrap();
+    tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
+    let again = other
+        .claim_events("n2", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(
+        ids(&e.claim_due(1_000, 10, LONG_LEASE).await.unwrap()),
+        ["msg_1", "msg_2", "msg_3"]
+    );
+    assert_eq!(
+        e.delivery("msg_4").await.unwrap().unwrap().state,
+        DeliveryState::Failed
+    );
+    assert_eq!(e.recover_failed("ep_2", 0, 5_000).await.unwrap(), 1);
+    // The same batch again (a node died before its answer arrived): nothing changes.
+    e.create_deliveries(&[first, unwanted, third], &batch)
+        .await
+        .unwrap();
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(5_000));
+    // A batch with no delivery at all acknowledges its events.
+    let fourth = append_event(e, "o4").await;
+    let fifth = append_event(e, "o5").await;
+    let got = e
+        .claim_events("n1", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&got), [fourth, fifth]);
+    e.create_deliveries(&[fourth, fifth], &[]).await.unwrap();
+    tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
+    let again = other
+        .claim_events("n2", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 }
 
 async fn enqueued_deliveries_are_scheduled_and_acknowledge_no_event(h: Harness) {
@@ -1014,7 +1079,7 @@ async fn unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_aft
         .await
         .unwrap();
     assert_eq!(entry_ids(&taken), [id]);
-    other.create_deliveries(id, &[]).await.unwrap();
+    other.create_deliveries(&[id], &[]).await.unwrap();
     tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
     assert!(
         e.claim_events("n1", 10, Duration::ZERO, reclaim)

@@ -181,12 +181,19 @@ pub trait WebhookStore: Send + Sync {
         reclaim_after: Duration,
     ) -> EngineResult<Vec<LogEntry>>;
 
-    /// Stores the deliveries of one event (each only if its id is new), schedules them at
-    /// their `next_attempt_at_ms`, and acknowledges the event in the consumer group, all in
-    /// one step. An empty list just acknowledges. A `Pending` delivery without
-    /// `next_attempt_at_ms` is due at its `created_at_ms`. A delivery whose id exists already
-    /// is left exactly as it is (a redelivered event changes nothing).
-    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()>;
+    /// Stores the deliveries of a claimed batch of events (each only if its id is new),
+    /// schedules them at their `next_attempt_at_ms`, and acknowledges every event of the batch
+    /// in the consumer group, all in one step: events no endpoint wants are acknowledged in
+    /// the same step, so a batch costs one engine call however many of its events make
+    /// deliveries (Redis: one script call, or one plain `XACK` when nothing is delivered). A
+    /// `Pending` delivery without `next_attempt_at_ms` is due at its `created_at_ms`. A
+    /// delivery whose id exists already is left exactly as it is (a redelivered event changes
+    /// nothing).
+    async fn create_deliveries(
+        &self,
+        events: &[EventId],
+        deliveries: &[Delivery],
+    ) -> EngineResult<()>;
 
     /// Stores and schedules deliveries that no log entry stands behind (operational notices
     /// such as `endpoint.disabled`), with the same rules as [`Self::create_deliveries`] but

@@ -1,9 +1,10 @@
 //! The dispatcher: turns each event of the log into deliveries, exactly once however many
 //! nodes run it. Events come through the engine's consumer group (`claim_events`); each is
-//! matched against the enabled endpoints, its body is built once, and its deliveries are
-//! stored and the event acknowledged in one engine step (`create_deliveries`). A node that dies
-//! between the claim and that step leaves the event to be reclaimed by another; a delivery's id
-//! derives from (event, endpoint), so a reclaimed event never makes a second delivery.
+//! matched against the enabled endpoints and its body is built once; the deliveries of a whole
+//! claimed batch are stored and every event of the batch acknowledged in one engine step
+//! (`create_deliveries`), events no endpoint wants included. A node that dies between the
+//! claim and that step leaves the batch to be reclaimed by another; a delivery's id derives
+//! from (event, endpoint), so a reclaimed event never makes a second delivery.
 //!
 //! It never sends anything: the sender picks the deliveries up from the schedule. Notices
 //! about endpoints (`endpoint.disabled`) are not events and do not come through here: see
@@ -53,7 +54,7 @@ impl Dispatcher {
     }
 
     /// Claims and dispatches events until `shutdown`. A batch being dispatched is finished
-    /// first (each event is one engine step, so stopping between two loses nothing).
+    /// first (a batch is one engine step, so stopping between two loses nothing).
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(consumer = %self.consumer, "webhook dispatcher started");
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -81,9 +82,14 @@ impl Dispatcher {
         tracing::info!("webhook dispatcher stopped");
     }
 
+    /// Matches a claimed batch against the endpoints and stores all its deliveries, with every
+    /// event of the batch acknowledged, in one engine call. If that call fails, nothing of the
+    /// batch is stored and its events are claimed again.
     async fn dispatch(&self, entries: Vec<LogEntry>) -> Result<(), crate::engine::EngineError> {
         let endpoints = self.engine.endpoints().await?;
-        let mut work = Vec::with_capacity(entries.len());
+        let now_ms = now_millis();
+        let mut events = Vec::with_capacity(entries.len());
+        let mut deliveries = Vec::new();
         for entry in entries {
             let id = match entry.id() {
                 Ok(id) => id,
@@ -93,54 +99,33 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let deliveries = match &entry {
-                LogEntry::Event(event) => deliveries_for(event, &endpoints, now_millis()),
+            match &entry {
+                LogEntry::Event(event) => {
+                    deliveries.extend(deliveries_for(event, &endpoints, now_ms));
+                }
                 LogEntry::Malformed(bad) => {
                     // Acknowledged with no delivery; kept aside (idempotently: the tail of a
                     // push node may have done it already).
                     if let Err(e) = self.engine.set_aside(bad).await {
                         tracing::warn!(error = %e, entry_id = %bad.entry_id, "could not set the malformed entry aside");
                     }
-                    Vec::new()
-                }
-            };
-            work.push((id, deliveries));
-        }
-        // Each event is its own engine step (atomic, idempotent per delivery id), so the steps
-        // of one batch are independent: issued together, they share round trips to the engine
-        // (Redis pipelines them on the multiplexed connection). One that fails leaves its event
-        // unacknowledged, to be claimed again.
-        let created = futures_util::future::join_all(
-            work.iter()
-                .map(|(id, deliveries)| self.engine.create_deliveries(*id, deliveries)),
-        )
-        .await;
-        let mut first_error = None;
-        let mut any = false;
-        for ((_, deliveries), result) in work.iter().zip(created) {
-            match result {
-                Ok(()) => {
-                    Metrics::inc(&self.metrics.webhook_events_dispatched);
-                    if !deliveries.is_empty() {
-                        any = true;
-                        Metrics::add(
-                            &self.metrics.webhook_deliveries_created,
-                            deliveries.len() as u64,
-                        );
-                    }
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
                 }
             }
+            events.push(id);
         }
-        if any {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.engine.create_deliveries(&events, &deliveries).await?;
+        Metrics::add(&self.metrics.webhook_events_dispatched, events.len() as u64);
+        if !deliveries.is_empty() {
+            Metrics::add(
+                &self.metrics.webhook_deliveries_created,
+                deliveries.len() as u64,
+            );
             self.wake.notify_one();
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 

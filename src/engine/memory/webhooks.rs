@@ -228,10 +228,16 @@ impl WebhookStore for MemoryEngine {
         }
     }
 
-    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()> {
+    async fn create_deliveries(
+        &self,
+        events: &[EventId],
+        deliveries: &[Delivery],
+    ) -> EngineResult<()> {
         self.with_state(|state| {
             state.webhooks.store_deliveries(deliveries);
-            state.webhooks.unacked.remove(&event);
+            for event in events {
+                state.webhooks.unacked.remove(event);
+            }
         })
     }
 

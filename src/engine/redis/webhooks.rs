@@ -17,7 +17,7 @@
 //! decides delivery policy (what is due when, what disables an endpoint is the caller's and the
 //! scripts' contract): it only moves data between Rust types and Redis.
 
-use super::conn::{map_err, within};
+use super::conn::{is_nogroup, map_err, within};
 use super::reply::{self, corrupt, int, items, text};
 use super::{RedisEngine, millis};
 use crate::engine::webhook::*;
@@ -151,21 +151,45 @@ fn score_ms(value: &Value) -> Option<u64> {
 }
 
 impl RedisEngine {
-    /// `webhook_create.lua`: stores and schedules `deliveries` and, when they belong to a log
-    /// entry, acknowledges it in the dispatch group, in one step.
+    /// `webhook_create.lua`: stores and schedules `deliveries` and acknowledges `events` (the
+    /// log entries they come from) in the dispatch group, in one step. With no delivery, the
+    /// events are acknowledged with one plain `XACK`: nothing else to keep atomic.
     async fn store_deliveries(
         &self,
-        event: Option<EventId>,
+        events: &[EventId],
         deliveries: &[Delivery],
     ) -> EngineResult<()> {
+        if deliveries.is_empty() {
+            if events.is_empty() {
+                return Ok(());
+            }
+            let what = "acknowledging webhook events";
+            let result: ::redis::RedisResult<Value> = self
+                .query(
+                    what,
+                    ::redis::cmd("XACK")
+                        .arg(&self.keys.events)
+                        .arg(DISPATCH_GROUP)
+                        .arg(events.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                )
+                .await;
+            return match result {
+                // The group vanished (Redis restarted empty): nothing is pending to acknowledge.
+                Err(e) if is_nogroup(&e) => Ok(()),
+                other => other.map(|_| ()).map_err(|e| map_err(what, e)),
+            };
+        }
         let mut invocation = self.scripts.webhook_create.prepare_invoke();
         invocation
             .key(&self.keys.webhook_schedule)
             .key(&self.keys.events)
             .arg(DISPATCH_GROUP)
-            .arg(event.map(|e| e.to_string()).unwrap_or_default())
             .arg(&self.keys.webhooks)
-            .arg(deliveries.len());
+            .arg(events.len());
+        for event in events {
+            invocation.arg(event.to_string());
+        }
+        invocation.arg(deliveries.len());
         for delivery in deliveries {
             let due = (delivery.state == DeliveryState::Pending).then(|| {
                 delivery
@@ -312,12 +336,16 @@ impl WebhookStore for RedisEngine {
         }
     }
 
-    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()> {
-        self.store_deliveries(Some(event), deliveries).await
+    async fn create_deliveries(
+        &self,
+        events: &[EventId],
+        deliveries: &[Delivery],
+    ) -> EngineResult<()> {
+        self.store_deliveries(events, deliveries).await
     }
 
     async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()> {
-        self.store_deliveries(None, deliveries).await
+        self.store_deliveries(&[], deliveries).await
     }
 
     async fn claim_due(
