@@ -170,6 +170,7 @@ conformance!(
     queue_stats_count_visible_in_flight_and_dead,
     a_second_consumer_takes_over_expired_work,
     endpoints_are_stored_listed_replaced_and_deleted,
+    every_endpoint_write_moves_the_endpoints_version_forward,
     deleting_an_endpoint_takes_its_deliveries_off_the_schedule,
     claimed_events_are_not_handed_out_again_once_deliveries_are_created,
     one_create_call_stores_a_batch_and_acknowledges_every_event_of_it,
@@ -913,6 +914,32 @@ async fn endpoints_are_stored_listed_replaced_and_deleted(h: Harness) {
     assert!(!e.delete_endpoint("ep_a").await.unwrap());
     assert_eq!(e.endpoint("ep_a").await.unwrap(), None);
     assert_eq!(e.endpoints().await.unwrap(), vec![b]);
+}
+
+async fn every_endpoint_write_moves_the_endpoints_version_forward(h: Harness) {
+    let e = &h.engine;
+    let other = h.second_consumer().await;
+    let mut seen = e.endpoints_version().await.unwrap();
+    let mut moved = async || {
+        // Seen alike by another node.
+        let now = other.endpoints_version().await.unwrap();
+        assert!(now > seen, "{now} after {seen}");
+        seen = now;
+    };
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    moved().await;
+    let mut changed = endpoint("ep_1");
+    changed.url = "https://other.example.com/hook".into();
+    e.put_endpoint(&changed).await.unwrap();
+    moved().await;
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    let gone = AttemptOutcome::Gone("endpoint answered 410 Gone".into());
+    e.finish_attempt("msg_1", &attempt(1, 150, Some(410)), &gone, DAY)
+        .await
+        .unwrap();
+    moved().await;
+    assert!(e.delete_endpoint("ep_1").await.unwrap());
+    moved().await;
 }
 
 async fn deleting_an_endpoint_takes_its_deliveries_off_the_schedule(h: Harness) {

@@ -166,6 +166,14 @@ pub trait WebhookStore: Send + Sync {
     /// Every endpoint (the dispatcher matches events against them), in id order.
     async fn endpoints(&self) -> EngineResult<Vec<Endpoint>>;
 
+    /// A counter every endpoint write moves forward in the same step as the write (put,
+    /// delete, and a disabling by [`Self::finish_attempt`]; not the `failing_since_ms`
+    /// bookkeeping). Readers cache [`Self::endpoints`] beside the version they read *before*
+    /// it, and compare with the version read *after* claiming work: an endpoint written before
+    /// an event was appended has moved the counter by the time the event can be read, so an
+    /// unchanged version proves the cache current for every claimed event.
+    async fn endpoints_version(&self) -> EngineResult<u64>;
+
     /// Deletes an endpoint and takes its pending deliveries off the schedule. `false` when
     /// there was none.
     async fn delete_endpoint(&self, id: &str) -> EngineResult<bool>;

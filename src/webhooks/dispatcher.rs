@@ -34,6 +34,14 @@ pub struct Dispatcher {
     reclaim_after: Duration,
     /// Wakes this node's sender: new deliveries are due now.
     wake: Arc<Notify>,
+    /// The endpoints as last read, with the version read before them: reused for every batch
+    /// while the engine's `endpoints_version` (read after each claim) is unchanged.
+    cache: Option<EndpointCache>,
+}
+
+struct EndpointCache {
+    version: u64,
+    endpoints: Vec<Endpoint>,
 }
 
 impl Dispatcher {
@@ -50,12 +58,13 @@ impl Dispatcher {
             consumer,
             reclaim_after,
             wake,
+            cache: None,
         }
     }
 
     /// Claims and dispatches events until `shutdown`. A batch being dispatched is finished
     /// first (a batch is one engine step, so stopping between two loses nothing).
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!(consumer = %self.consumer, "webhook dispatcher started");
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         while !shutdown.is_cancelled() {
@@ -85,8 +94,9 @@ impl Dispatcher {
     /// Matches a claimed batch against the endpoints and stores all its deliveries, with every
     /// event of the batch acknowledged, in one engine call. If that call fails, nothing of the
     /// batch is stored and its events are claimed again.
-    async fn dispatch(&self, entries: Vec<LogEntry>) -> Result<(), crate::engine::EngineError> {
-        let endpoints = self.engine.endpoints().await?;
+    async fn dispatch(&mut self, entries: Vec<LogEntry>) -> Result<(), crate::engine::EngineError> {
+        self.refresh_endpoints().await?;
+        let endpoints: &[Endpoint] = self.cache.as_ref().map_or(&[], |c| &c.endpoints);
         let now_ms = now_millis();
         let mut events = Vec::with_capacity(entries.len());
         let mut deliveries = Vec::new();
@@ -101,7 +111,7 @@ impl Dispatcher {
             };
             match &entry {
                 LogEntry::Event(event) => {
-                    deliveries.extend(deliveries_for(event, &endpoints, now_ms));
+                    deliveries.extend(deliveries_for(event, endpoints, now_ms));
                 }
                 LogEntry::Malformed(bad) => {
                     // Acknowledged with no delivery; kept aside (idempotently: the tail of a
@@ -124,6 +134,24 @@ impl Dispatcher {
                 deliveries.len() as u64,
             );
             self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Dispatcher {
+    /// Makes the cache fit to match the batch just claimed against. The version is read after the
+    /// claim: any endpoint written before one of the batch's events was appended has moved it
+    /// by now, so an unchanged version means the cache holds every such write. On a change the
+    /// endpoints are read again, after the version, so they are at least as new as it (a write
+    /// in between only causes one more reload later).
+    async fn refresh_endpoints(&mut self) -> Result<(), crate::engine::EngineError> {
+        let version = self.engine.endpoints_version().await?;
+        if self.cache.as_ref().is_none_or(|c| c.version != version) {
+            self.cache = Some(EndpointCache {
+                version,
+                endpoints: self.engine.endpoints().await?,
+            });
         }
         Ok(())
     }
@@ -251,6 +279,70 @@ pub(crate) mod tests {
             updated_at_ms: 0,
             failing_since_ms: None,
         }
+    }
+
+    /// An endpoint written before an event is appended sees the event (or its change) even
+    /// though the dispatcher caches the endpoints.
+    #[tokio::test]
+    async fn endpoint_writes_reach_the_cached_dispatcher_before_later_events() {
+        use crate::engine::memory::MemoryEngine;
+        use crate::engine::{EngineSettings, LogEntry};
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
+            visibility_timeout: Duration::from_secs(30),
+            max_receives: 3,
+            history_limit: 5,
+            event_retention: 100,
+            consumer_name: "n1".into(),
+        }));
+        let mut dispatcher = Dispatcher::new(
+            engine.clone(),
+            Arc::new(Metrics::default()),
+            "n1".into(),
+            Duration::from_secs(30),
+            Arc::new(Notify::new()),
+        );
+        let mut append_and_dispatch = async |partner: &str| {
+            let event = event(Some(partner), OrderStatus::Accepted);
+            let id = engine
+                .append_raw_event(&event.event.to_json())
+                .await
+                .unwrap();
+            let claimed: Vec<LogEntry> = engine
+                .claim_events("n1", 10, Duration::ZERO, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            dispatcher.dispatch(claimed).await.unwrap();
+            id.to_string()
+        };
+        let delivered = async |engine: &Arc<dyn Engine>, endpoint: &str| {
+            engine
+                .deliveries(endpoint, 100, None)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.event_id)
+                .collect::<std::collections::BTreeSet<String>>()
+        };
+        let set = |ids: [&String; 2]| ids.into_iter().cloned().collect();
+        engine
+            .put_endpoint(&endpoint("ep_a", Some("acme"), &[]))
+            .await
+            .unwrap();
+        let first = append_and_dispatch("acme").await;
+        // Created after the dispatcher cached the endpoints, before the next event.
+        engine
+            .put_endpoint(&endpoint("ep_b", Some("acme"), &[]))
+            .await
+            .unwrap();
+        let second = append_and_dispatch("acme").await;
+        // Changed (disabled) before the next event: it no longer receives.
+        let mut off = endpoint("ep_a", Some("acme"), &[]);
+        off.enabled = false;
+        engine.put_endpoint(&off).await.unwrap();
+        let third = append_and_dispatch("acme").await;
+        assert_eq!(delivered(&engine, "ep_a").await, set([&first, &second]));
+        assert_eq!(delivered(&engine, "ep_b").await, set([&second, &third]));
     }
 
     #[test]

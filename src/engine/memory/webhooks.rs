@@ -21,6 +21,8 @@ use tokio::time::Instant;
 pub(super) struct WebhookState {
     /// By id: listing order is id order, as on Redis.
     endpoints: BTreeMap<String, Endpoint>,
+    /// Moves forward with every endpoint write (see `WebhookStore::endpoints_version`).
+    endpoints_version: u64,
     deliveries: HashMap<String, StoredDelivery>,
     /// Per endpoint, every delivery as `(created_at_ms, id)`: newest-first listing.
     by_endpoint: HashMap<String, BTreeSet<(u64, String)>>,
@@ -132,6 +134,7 @@ impl WebhookStore for MemoryEngine {
                 .webhooks
                 .endpoints
                 .insert(endpoint.id.clone(), endpoint.clone());
+            state.webhooks.endpoints_version += 1;
         })
     }
 
@@ -143,12 +146,17 @@ impl WebhookStore for MemoryEngine {
         self.with_state(|state| state.webhooks.endpoints.values().cloned().collect())
     }
 
+    async fn endpoints_version(&self) -> EngineResult<u64> {
+        self.with_state(|state| state.webhooks.endpoints_version)
+    }
+
     async fn delete_endpoint(&self, id: &str) -> EngineResult<bool> {
         self.with_state(|state| {
             let w = &mut state.webhooks;
             if w.endpoints.remove(id).is_none() {
                 return false;
             }
+            w.endpoints_version += 1;
             let ids: Vec<String> = w
                 .by_endpoint
                 .get(id)
@@ -337,6 +345,7 @@ impl WebhookStore for MemoryEngine {
             };
             match reason {
                 Some(reason) if endpoint.enabled => {
+                    w.endpoints_version += 1;
                     endpoint.enabled = false;
                     endpoint.disabled_reason = Some(reason.clone());
                     endpoint.updated_at_ms = now_ms;

@@ -67,6 +67,7 @@ struct Keys {
     /// `by_endpoint:<endpoint id>` and `failed:<endpoint id>` to it.
     webhooks: String,
     webhook_endpoints: String,
+    webhook_endpoints_version: String,
     webhook_schedule: String,
 }
 
@@ -82,6 +83,7 @@ impl Keys {
             cmdq_prefix: format!("{base}:cmdq:"),
             webhooks: format!("{base}:webhooks:"),
             webhook_endpoints: format!("{base}:webhooks:endpoints"),
+            webhook_endpoints_version: format!("{base}:webhooks:endpoints:version"),
             webhook_schedule: format!("{base}:webhooks:schedule"),
             base,
         }
@@ -130,6 +132,7 @@ struct Scripts {
     webhook_finish: Script,
     webhook_reschedule: Script,
     webhook_delete_endpoint: Script,
+    webhook_put_endpoint: Script,
 }
 
 impl Scripts {
@@ -150,6 +153,7 @@ impl Scripts {
             webhook_delete_endpoint: Script::new(include_str!(
                 "scripts/webhook_delete_endpoint.lua"
             )),
+            webhook_put_endpoint: Script::new(include_str!("scripts/webhook_put_endpoint.lua")),
         }
     }
 }
@@ -445,6 +449,10 @@ mod tests {
         assert_eq!(keys.malformed_events, "herald:{p0}:events:malformed");
         assert_eq!(keys.webhook_endpoints, "herald:{p0}:webhooks:endpoints");
         assert_eq!(keys.webhook_schedule, "herald:{p0}:webhooks:schedule");
+        assert_eq!(
+            keys.webhook_endpoints_version,
+            "herald:{p0}:webhooks:endpoints:version"
+        );
         assert_eq!(
             keys.webhook_delivery("msg_1"),
             "herald:{p0}:webhooks:delivery:msg_1"

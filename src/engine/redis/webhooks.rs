@@ -6,6 +6,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `P{p0}:webhooks:endpoints` | hash | endpoint id -> endpoint (JSON) |
+//! | `P{p0}:webhooks:endpoints:version` | string | counter moved forward by every endpoint write (readers cache the endpoints against it) |
 //! | `P{p0}:webhooks:delivery:<id>` | hash | one delivery, a field per attribute (scripts update fields in place) |
 //! | `P{p0}:webhooks:attempts:<id>` | list | the delivery's attempts (JSON), oldest first, the newest [`ATTEMPTS_KEPT`] |
 //! | `P{p0}:webhooks:by_endpoint:<endpoint id>` | zset | delivery ids scored by creation time (ms) |
@@ -243,15 +244,13 @@ impl RedisEngine {
 impl WebhookStore for RedisEngine {
     async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()> {
         let json = serde_json::to_string(endpoint).map_err(corrupt)?;
-        let _: Value = self
-            .run(
-                "storing an endpoint",
-                ::redis::cmd("HSET")
-                    .arg(&self.keys.webhook_endpoints)
-                    .arg(&endpoint.id)
-                    .arg(json),
-            )
-            .await?;
+        let mut invocation = self.scripts.webhook_put_endpoint.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
+            .arg(&endpoint.id)
+            .arg(json);
+        self.run_script("storing an endpoint", &invocation).await?;
         Ok(())
     }
 
@@ -286,11 +285,22 @@ impl WebhookStore for RedisEngine {
         Ok(out)
     }
 
+    async fn endpoints_version(&self) -> EngineResult<u64> {
+        let version: Option<u64> = self
+            .run(
+                "reading the endpoints version",
+                ::redis::cmd("GET").arg(&self.keys.webhook_endpoints_version),
+            )
+            .await?;
+        Ok(version.unwrap_or(0))
+    }
+
     async fn delete_endpoint(&self, id: &str) -> EngineResult<bool> {
         let mut invocation = self.scripts.webhook_delete_endpoint.prepare_invoke();
         invocation
             .key(&self.keys.webhook_endpoints)
             .key(&self.keys.webhook_schedule)
+            .key(&self.keys.webhook_endpoints_version)
             .arg(id)
             .arg(&self.keys.webhooks);
         let reply = self.run_script("deleting an endpoint", &invocation).await?;
@@ -416,6 +426,7 @@ impl WebhookStore for RedisEngine {
         invocation
             .key(&self.keys.webhook_schedule)
             .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
             .arg(&self.keys.webhooks)
             .arg(delivery_id)
             .arg(attempt_json)

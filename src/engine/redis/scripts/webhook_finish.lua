@@ -8,7 +8,7 @@
 -- `{}` on the way back, so the array fields are put right after encoding; numbers survive
 -- (cjson keeps 14 significant digits: millisecond times have 13).
 --
--- KEYS: 1 schedule zset, 2 endpoints hash
+-- KEYS: 1 schedule zset, 2 endpoints hash, 3 endpoints version (moved forward on a disabling)
 -- ARGV: 1 webhook key prefix, 2 delivery id, 3 attempt JSON, 4 attempts kept, 5 now ms (the
 --       attempt's time), 6 status code ('' for none), 7 outcome: 'succeeded' | 'retry' |
 --       'failed' | 'gone', 8 retry at ms, 9 reason for 'gone', 10 disable_after ms,
@@ -94,6 +94,7 @@ else
     endpoint['updatedAtMs'] = tonumber(now)
     changed = true
     disabled = reason
+    redis.call('INCR', KEYS[3])
   end
 end
 if changed then
