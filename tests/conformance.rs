@@ -1546,3 +1546,36 @@ async fn webhook_state_survives_a_restart_with_aof(mut h: Harness) {
         .unwrap();
     assert_eq!(entry_ids(&taken), [event]);
 }
+
+/// Calls of one command since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
+fn command_calls(conn: &mut ::redis::Connection, command: &str) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query(conn)
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Redis only: a dispatcher's claims scan for expired events (`XAUTOCLAIM`) at most every
+/// quarter `reclaim_after`, not before every read.
+#[tokio::test]
+async fn redis_dispatch_claims_do_not_scan_for_expired_events_before_every_read() {
+    let h = Harness::redis().await;
+    let mut conn = h.redis.as_ref().unwrap().conn();
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    for _ in 0..5 {
+        h.engine
+            .claim_events("n1", 10, Duration::ZERO, DAY)
+            .await
+            .unwrap();
+    }
+    assert_eq!(command_calls(&mut conn, "xreadgroup"), 5);
+    assert_eq!(command_calls(&mut conn, "xautoclaim"), 1);
+}

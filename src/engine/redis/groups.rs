@@ -12,6 +12,7 @@ use crate::engine::webhook::DISPATCH_GROUP;
 use crate::engine::{EngineResult, LogEntry};
 use ::redis::{RedisResult, Value};
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The consumer group all workers share.
@@ -197,7 +198,27 @@ impl RedisEngine {
         .await
     }
 
+    /// Whether the dispatcher's claim should look for expired events now: at most every
+    /// quarter `reclaim_after` (an event is taken over at most that much later than it could
+    /// be), not before every read, since claims are on the dispatcher's hot path. Taking the
+    /// turn moves the next one forward, so concurrent claims do not both scan.
+    pub(super) fn dispatch_reclaim_due(&self, reclaim_after: Duration) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_dispatch_reclaim_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_dispatch_reclaim_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(millis(reclaim_after / 4)),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
     /// `XAUTOCLAIM`: entries handed out at least `reclaim_after` ago and never acknowledged.
+    /// A full batch brings the next scan forward to now: more may be waiting.
     pub(super) async fn reclaim_events(
         &self,
         consumer: &str,
@@ -233,9 +254,13 @@ impl RedisEngine {
             return Err(bad());
         };
         set_cursor(&self.dispatch_cursor, next);
+        let claimed = items(claimed).ok_or_else(bad)?;
+        if claimed.len() >= max {
+            self.next_dispatch_reclaim_ms.store(0, Ordering::Relaxed);
+        }
         let mut out = Vec::new();
         let mut deleted = Vec::new();
-        for item in items(claimed).ok_or_else(bad)? {
+        for item in claimed {
             match items(item) {
                 // Redis 6.2 hands out an entry trimmed from the log with nil fields (7.x drops
                 // it from the pending list itself): nothing to deliver, acknowledge it.

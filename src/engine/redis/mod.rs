@@ -181,6 +181,9 @@ pub struct RedisEngine {
     started: std::time::Instant,
     /// Where the next `XAUTOCLAIM` scan of the webhook dispatch group continues.
     dispatch_cursor: Mutex<String>,
+    /// When the dispatcher's next claim runs `XAUTOCLAIM` (milliseconds since `started`): at
+    /// most every quarter `reclaim_after`, like `next_claim_ms` for the command queue.
+    next_dispatch_reclaim_ms: AtomicU64,
 }
 
 /// Whole milliseconds, at least 1 (`PX 0` is an error, and a zero TTL would mean "forever").
@@ -287,6 +290,7 @@ impl RedisEngine {
             next_claim_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
             dispatch_cursor: Mutex::new("0-0".into()),
+            next_dispatch_reclaim_ms: AtomicU64::new(0),
         };
         engine
             .ping()

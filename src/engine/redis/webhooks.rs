@@ -324,10 +324,15 @@ impl WebhookStore for RedisEngine {
         }
         let deadline = tokio::time::Instant::now() + wait;
         // An entry handed out to a node that died becomes reclaimable while this call blocks,
-        // and only XAUTOCLAIM notices: block in slices.
+        // and only XAUTOCLAIM notices: block in slices. XAUTOCLAIM itself runs at most every
+        // quarter `reclaim_after` (`dispatch_reclaim_due`), not before every read.
         let slice = (reclaim_after / 4).max(Duration::from_millis(50));
         loop {
-            let mut batch = self.reclaim_events(consumer, max, reclaim_after).await?;
+            let mut batch = if self.dispatch_reclaim_due(reclaim_after) {
+                self.reclaim_events(consumer, max, reclaim_after).await?
+            } else {
+                Vec::new()
+            };
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let block = if batch.is_empty() {
                 remaining.min(slice)
