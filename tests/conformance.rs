@@ -179,6 +179,7 @@ conformance!(
     waiting_dispatcher_wakes_when_an_event_is_appended,
     creating_a_delivery_twice_keeps_the_first,
     claim_due_returns_due_deliveries_in_due_order_once_per_lease,
+    claim_due_reports_the_endpoints_version_and_bodies_are_read_by_id,
     next_due_ms_is_the_earliest_scheduled_time,
     succeeded_attempt_takes_the_delivery_off_the_schedule,
     retry_at_schedules_the_next_attempt_at_that_time,
@@ -875,8 +876,29 @@ async fn create(e: &Arc<dyn Engine>, deliveries: &[Delivery]) {
         .unwrap();
 }
 
-fn ids(deliveries: &[Delivery]) -> Vec<&str> {
-    deliveries.iter().map(|d| d.id.as_str()).collect()
+/// Takes due deliveries, as the sender does.
+async fn claim(e: &Arc<dyn Engine>, now_ms: u64, max: usize, lease: Duration) -> Vec<DueDelivery> {
+    e.claim_due(now_ms, max, lease).await.unwrap().due
+}
+
+trait Id {
+    fn id(&self) -> &str;
+}
+
+impl Id for Delivery {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Id for DueDelivery {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+fn ids<D: Id>(deliveries: &[D]) -> Vec<&str> {
+    deliveries.iter().map(Id::id).collect()
 }
 
 fn entry_ids(entries: &[LogEntry]) -> Vec<EventId> {
@@ -956,7 +978,7 @@ async fn deleting_an_endpoint_takes_its_deliveries_off_the_schedule(h: Harness) 
     .await;
     assert!(e.delete_endpoint("ep_1").await.unwrap());
     assert_eq!(e.next_due_ms().await.unwrap(), Some(200));
-    let due = e.claim_due(1_000, 10, LONG_LEASE).await.unwrap();
+    let due = claim(e, 1_000, 10, LONG_LEASE).await;
     assert_eq!(ids(&due), ["msg_2"]);
 }
 
@@ -982,10 +1004,7 @@ async fn claimed_events_are_not_handed_out_again_once_deliveries_are_created(h: 
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
-    assert_eq!(
-        ids(&e.claim_due(100, 10, LONG_LEASE).await.unwrap()),
-        ["msg_1"]
-    );
+    assert_eq!(ids(&claim(e, 100, 10, LONG_LEASE).await), ["msg_1"]);
 }
 
 async fn one_create_call_stores_a_batch_and_acknowledges_every_event_of_it(h: Harness) {
@@ -1022,7 +1041,7 @@ async fn one_create_call_stores_a_batch_and_acknowledges_every_event_of_it(h: Ha
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
     assert_eq!(
-        ids(&e.claim_due(1_000, 10, LONG_LEASE).await.unwrap()),
+        ids(&claim(e, 1_000, 10, LONG_LEASE).await),
         ["msg_1", "msg_2", "msg_3"]
     );
     assert_eq!(
@@ -1070,10 +1089,7 @@ async fn enqueued_deliveries_are_scheduled_and_acknowledge_no_event(h: Harness) 
     e.enqueue_deliveries(&[delivery("notice_1", "ep_1", 100, 900)])
         .await
         .unwrap();
-    assert_eq!(
-        ids(&e.claim_due(100, 10, LONG_LEASE).await.unwrap()),
-        ["notice_1"]
-    );
+    assert_eq!(ids(&claim(e, 100, 10, LONG_LEASE).await), ["notice_1"]);
     // The claimed event was not acknowledged by it: another node takes it over in time.
     tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
     let taken = other
@@ -1168,21 +1184,64 @@ async fn claim_due_returns_due_deliveries_in_due_order_once_per_lease(h: Harness
         ],
     )
     .await;
-    assert!(e.claim_due(99, 10, LONG_LEASE).await.unwrap().is_empty());
-    let first = e.claim_due(250, 1, LONG_LEASE).await.unwrap();
+    assert!(claim(e, 99, 10, LONG_LEASE).await.is_empty());
+    let first = claim(e, 250, 1, LONG_LEASE).await;
     assert_eq!(ids(&first), ["msg_2"]);
-    assert_eq!(first[0], delivery("msg_2", "ep_1", 100, 100));
-    let rest = e.claim_due(1_000, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(
+        first[0],
+        DueDelivery {
+            id: "msg_2".into(),
+            endpoint_id: "ep_1".into(),
+            attempts: 0,
+            due_ms: 100,
+        }
+    );
+    let rest = claim(e, 1_000, 10, LONG_LEASE).await;
     assert_eq!(ids(&rest), ["msg_3", "msg_1"]);
     // Leased: not handed out again while another node may be attempting it.
-    assert!(e.claim_due(1_000, 10, LONG_LEASE).await.unwrap().is_empty());
+    assert!(claim(e, 1_000, 10, LONG_LEASE).await.is_empty());
     assert_eq!(e.next_due_ms().await.unwrap(), Some(5_000));
     // After the lease (the node died mid-attempt) they are due again, in due order.
     // msg_2's lease ends at 60 250, the others' at 61 000 (equal times go in id order).
-    let later = e.claim_due(60_500, 10, LONG_LEASE).await.unwrap();
+    let later = claim(e, 60_500, 10, LONG_LEASE).await;
     assert_eq!(ids(&later), ["msg_4", "msg_2"]);
-    let last = e.claim_due(61_000, 10, LONG_LEASE).await.unwrap();
+    let last = claim(e, 61_000, 10, LONG_LEASE).await;
     assert_eq!(ids(&last), ["msg_1", "msg_3"]);
+}
+
+async fn claim_due_reports_the_endpoints_version_and_bodies_are_read_by_id(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    let mut other = delivery("msg_2", "ep_1", 100, 100);
+    other.body = "{\"second\":true}".into();
+    create(e, &[delivery("msg_1", "ep_1", 100, 100), other.clone()]).await;
+    let batch = e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(
+        batch.endpoints_version,
+        e.endpoints_version().await.unwrap()
+    );
+    assert_eq!(ids(&batch.due), ["msg_1", "msg_2"]);
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    create(e, &[delivery("msg_3", "ep_2", 100, 100)]).await;
+    let batch = e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(
+        batch.endpoints_version,
+        e.endpoints_version().await.unwrap()
+    );
+    assert_eq!(ids(&batch.due), ["msg_3"]);
+    // Nothing due: the version all the same.
+    let empty = e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    assert!(empty.due.is_empty());
+    let ask = ["msg_2", "msg_unknown", "msg_1"].map(String::from);
+    assert_eq!(
+        e.delivery_bodies(&ask).await.unwrap(),
+        [
+            Some(other.body),
+            None,
+            Some(delivery("msg_1", "ep_1", 100, 100).body)
+        ]
+    );
+    assert!(e.delivery_bodies(&[]).await.unwrap().is_empty());
 }
 
 async fn next_due_ms_is_the_earliest_scheduled_time(h: Harness) {
@@ -1204,7 +1263,7 @@ async fn succeeded_attempt_takes_the_delivery_off_the_schedule(h: Harness) {
     let e = &h.engine;
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
     create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
-    e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    claim(e, 100, 10, LONG_LEASE).await;
     let health = e
         .finish_attempt(
             "msg_1",
@@ -1222,19 +1281,14 @@ async fn succeeded_attempt_takes_the_delivery_off_the_schedule(h: Harness) {
     assert_eq!(d.next_attempt_at_ms, None);
     assert_eq!(d.updated_at_ms, 130);
     assert_eq!(e.next_due_ms().await.unwrap(), None);
-    assert!(
-        e.claim_due(u64::MAX / 4, 10, LONG_LEASE)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim(e, u64::MAX / 4, 10, LONG_LEASE).await.is_empty());
 }
 
 async fn retry_at_schedules_the_next_attempt_at_that_time(h: Harness) {
     let e = &h.engine;
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
     create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
-    e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    claim(e, 100, 10, LONG_LEASE).await;
     e.finish_attempt(
         "msg_1",
         &attempt(1, 120, Some(503)),
@@ -1248,8 +1302,8 @@ async fn retry_at_schedules_the_next_attempt_at_that_time(h: Harness) {
     assert_eq!(d.next_attempt_at_ms, Some(5_120));
     assert_eq!(d.last_status_code, Some(503));
     assert_eq!(e.next_due_ms().await.unwrap(), Some(5_120));
-    assert!(e.claim_due(5_119, 10, LONG_LEASE).await.unwrap().is_empty());
-    let due = e.claim_due(5_120, 10, LONG_LEASE).await.unwrap();
+    assert!(claim(e, 5_119, 10, LONG_LEASE).await.is_empty());
+    let due = claim(e, 5_120, 10, LONG_LEASE).await;
     assert_eq!(ids(&due), ["msg_1"]);
     assert_eq!(due[0].attempts, 1);
 }
@@ -1288,7 +1342,7 @@ async fn failed_delivery_is_kept_and_recover_failed_schedules_it_again(h: Harnes
     assert_eq!(e.recover_failed("ep_1", 0, 9_000).await.unwrap(), 1);
     assert_eq!(e.recover_failed("ep_1", 0, 9_000).await.unwrap(), 0);
     assert_eq!(e.recover_failed("ep_unknown", 0, 9_000).await.unwrap(), 0);
-    let due = e.claim_due(9_000, 10, LONG_LEASE).await.unwrap();
+    let due = claim(e, 9_000, 10, LONG_LEASE).await;
     assert_eq!(ids(&due), ["msg_3", "msg_1", "msg_2"]);
 }
 
@@ -1461,10 +1515,7 @@ async fn retry_delivery_makes_any_delivery_pending_and_due(h: Harness) {
     assert_eq!(d.next_attempt_at_ms, Some(7_000));
     assert_eq!(d.attempts, 1);
     assert_eq!(e.next_due_ms().await.unwrap(), Some(7_000));
-    assert_eq!(
-        ids(&e.claim_due(7_000, 10, LONG_LEASE).await.unwrap()),
-        ["msg_1"]
-    );
+    assert_eq!(ids(&claim(e, 7_000, 10, LONG_LEASE).await), ["msg_1"]);
     assert!(!e.retry_delivery("msg_unknown", 7_000).await.unwrap());
 }
 
@@ -1501,10 +1552,7 @@ async fn webhook_state_survives_a_restart_with_aof(mut h: Harness) {
         ],
     )
     .await;
-    assert_eq!(
-        ids(&e.claim_due(100, 1, LONG_LEASE).await.unwrap()),
-        ["msg_1"]
-    );
+    assert_eq!(ids(&claim(&e, 100, 1, LONG_LEASE).await), ["msg_1"]);
     e.finish_attempt(
         "msg_1",
         &attempt(1, 120, Some(500)),
@@ -1528,11 +1576,8 @@ async fn webhook_state_survives_a_restart_with_aof(mut h: Harness) {
             .expect("engine after the restart"),
     );
     assert_eq!(after.next_due_ms().await.unwrap(), Some(300));
-    assert_eq!(
-        ids(&after.claim_due(1_000, 10, LONG_LEASE).await.unwrap()),
-        ["msg_2"]
-    );
-    let retried = after.claim_due(5_000, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&claim(&after, 1_000, 10, LONG_LEASE).await), ["msg_2"]);
+    let retried = claim(&after, 5_000, 10, LONG_LEASE).await;
     assert_eq!(ids(&retried), ["msg_1"]);
     assert_eq!(retried[0].attempts, 1);
     assert_eq!(after.attempts("msg_1").await.unwrap().len(), 1);

@@ -134,6 +134,27 @@ pub struct Attempt {
     pub response: String,
 }
 
+/// A delivery taken by [`WebhookStore::claim_due`]: what an attempt needs besides the body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueDelivery {
+    pub id: String,
+    pub endpoint_id: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When it became due: its scheduled time, or the end of the lease of an attempt that
+    /// never finished.
+    pub due_ms: u64,
+}
+
+/// What [`WebhookStore::claim_due`] returns.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DueBatch {
+    /// [`WebhookStore::endpoints_version`], read in the same step as the claim: a sender
+    /// caching the endpoints knows from it whether its cache is current.
+    pub endpoints_version: u64,
+    pub due: Vec<DueDelivery>,
+}
+
 /// What an attempt leads to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
@@ -208,17 +229,18 @@ pub trait WebhookStore: Send + Sync {
     /// nothing to acknowledge.
     async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()>;
 
-    /// Takes up to `max` deliveries due at `now_ms`: each is re-scheduled at `now_ms + lease`
-    /// before it is returned, so a node that dies mid-attempt leaves it to be taken again,
-    /// and two nodes never take the same delivery at once. The returned records keep the
-    /// `next_attempt_at_ms` they were due at (the lease lives in the schedule only). A
-    /// scheduled delivery whose record or endpoint is gone is dropped from the schedule.
-    async fn claim_due(
-        &self,
-        now_ms: u64,
-        max: usize,
-        lease: Duration,
-    ) -> EngineResult<Vec<Delivery>>;
+    /// Takes up to `max` deliveries due at `now_ms`, earliest first: each is re-scheduled at
+    /// `now_ms + lease` before it is returned, so a node that dies mid-attempt leaves it to be
+    /// taken again, and two nodes never take the same delivery at once. Only what an attempt
+    /// needs besides the body comes back (the sender keeps bodies it knows and fetches the
+    /// others with [`Self::delivery_bodies`]), with the endpoints version read in the same
+    /// step. A scheduled delivery whose record or endpoint is gone is dropped from the
+    /// schedule.
+    async fn claim_due(&self, now_ms: u64, max: usize, lease: Duration) -> EngineResult<DueBatch>;
+
+    /// The bodies of deliveries, in the order asked (`None` for an unknown id), in one round
+    /// trip.
+    async fn delivery_bodies(&self, ids: &[String]) -> EngineResult<Vec<Option<String>>>;
 
     /// The earliest scheduled time, if anything is scheduled.
     async fn next_due_ms(&self) -> EngineResult<Option<u64>>;

@@ -253,39 +253,56 @@ impl WebhookStore for MemoryEngine {
         self.with_state(|state| state.webhooks.store_deliveries(deliveries))
     }
 
-    async fn claim_due(
-        &self,
-        now_ms: u64,
-        max: usize,
-        lease: Duration,
-    ) -> EngineResult<Vec<Delivery>> {
+    async fn claim_due(&self, now_ms: u64, max: usize, lease: Duration) -> EngineResult<DueBatch> {
         let leased_until = now_ms.saturating_add(duration_ms(lease));
         self.with_state(|state| {
             let w = &mut state.webhooks;
-            let due: Vec<String> = w
+            let due: Vec<(u64, String)> = w
                 .schedule
                 .iter()
                 .take_while(|(at_ms, _)| *at_ms <= now_ms)
                 .take(max)
-                .map(|(_, id)| id.clone())
+                .cloned()
                 .collect();
-            let mut out = Vec::with_capacity(due.len());
-            for id in due {
+            let mut out = DueBatch {
+                endpoints_version: w.endpoints_version,
+                due: Vec::with_capacity(due.len()),
+            };
+            for (due_ms, id) in due {
                 let delivery = w
                     .deliveries
                     .get(&id)
                     .map(|s| &s.delivery)
                     .filter(|d| w.endpoints.contains_key(&d.endpoint_id))
-                    .cloned();
+                    .map(|d| DueDelivery {
+                        id: d.id.clone(),
+                        endpoint_id: d.endpoint_id.clone(),
+                        attempts: d.attempts,
+                        due_ms,
+                    });
                 match delivery {
                     Some(delivery) => {
                         w.schedule_at(&id, leased_until);
-                        out.push(delivery);
+                        out.due.push(delivery);
                     }
                     None => w.unschedule(&id),
                 }
             }
             out
+        })
+    }
+
+    async fn delivery_bodies(&self, ids: &[String]) -> EngineResult<Vec<Option<String>>> {
+        self.with_state(|state| {
+            ids.iter()
+                .map(|id| {
+                    state
+                        .webhooks
+                        .deliveries
+                        .get(id)
+                        .map(|s| s.delivery.body.clone())
+                })
+                .collect()
         })
     }
 

@@ -19,7 +19,7 @@
 //! scripts' contract): it only moves data between Rust types and Redis.
 
 use super::conn::{is_nogroup, map_err, within};
-use super::reply::{self, corrupt, int, items, text};
+use super::reply::{corrupt, int, items, text};
 use super::{RedisEngine, millis};
 use crate::engine::webhook::*;
 use crate::engine::{EngineResult, LogEntry};
@@ -122,19 +122,6 @@ fn parse_delivery(fields: &HashMap<String, String>) -> EngineResult<Option<Deliv
             .map(|raw| number(id, "lastStatusCode", raw))
             .transpose()?,
     }))
-}
-
-/// A delivery hash returned by a script (field, value, ... as an array).
-fn delivery_from_reply(value: &Value) -> EngineResult<Option<Delivery>> {
-    let pairs = reply::fields(value).ok_or_else(|| corrupt("delivery hash reply is not pairs"))?;
-    let mut fields = HashMap::with_capacity(pairs.len());
-    for (k, v) in pairs {
-        let (Ok(k), Ok(v)) = (String::from_utf8(k), String::from_utf8(v)) else {
-            return Err(corrupt("delivery hash holds bytes that are not UTF-8"));
-        };
-        fields.insert(k, v);
-    }
-    parse_delivery(&fields)
 }
 
 fn parse_endpoint(id: &str, json: &str) -> EngineResult<Endpoint> {
@@ -363,19 +350,15 @@ impl WebhookStore for RedisEngine {
         self.store_deliveries(&[], deliveries).await
     }
 
-    async fn claim_due(
-        &self,
-        now_ms: u64,
-        max: usize,
-        lease: Duration,
-    ) -> EngineResult<Vec<Delivery>> {
+    async fn claim_due(&self, now_ms: u64, max: usize, lease: Duration) -> EngineResult<DueBatch> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(DueBatch::default());
         }
         let mut invocation = self.scripts.webhook_claim_due.prepare_invoke();
         invocation
             .key(&self.keys.webhook_schedule)
             .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
             .arg(now_ms)
             .arg(max)
             .arg(now_ms.saturating_add(millis(lease)))
@@ -383,11 +366,46 @@ impl WebhookStore for RedisEngine {
         let reply = self
             .run_script("claiming due deliveries", &invocation)
             .await?;
-        let mut out = Vec::new();
-        for item in items(&reply).ok_or_else(|| corrupt("claim-due script reply"))? {
-            out.extend(delivery_from_reply(item)?);
+        let bad = || corrupt("claim-due script returned an unexpected reply");
+        let [version, due] = items(&reply).ok_or_else(bad)? else {
+            return Err(bad());
+        };
+        let number = |v: &Value| text(v).and_then(|t| t.parse::<u64>().ok());
+        let mut out = DueBatch {
+            endpoints_version: number(version).ok_or_else(bad)?,
+            due: Vec::new(),
+        };
+        for item in items(due).ok_or_else(bad)? {
+            let [id, endpoint, attempts, due_ms] = items(item).ok_or_else(bad)? else {
+                return Err(bad());
+            };
+            out.due.push(DueDelivery {
+                id: text(id).ok_or_else(bad)?,
+                endpoint_id: text(endpoint).ok_or_else(bad)?,
+                attempts: number(attempts)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(bad)?,
+                due_ms: score_ms(due_ms).ok_or_else(bad)?,
+            });
         }
         Ok(out)
+    }
+
+    async fn delivery_bodies(&self, ids: &[String]) -> EngineResult<Vec<Option<String>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.cmd("HGET")
+                .arg(self.keys.webhook_delivery(id))
+                .arg("body");
+        }
+        let what = "reading delivery bodies";
+        let mut conn = self.conn.clone();
+        within(what, self.op_timeout, pipe.query_async(&mut conn))
+            .await
+            .map_err(|e| map_err(what, e))
     }
 
     async fn next_due_ms(&self) -> EngineResult<Option<u64>> {
