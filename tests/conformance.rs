@@ -186,6 +186,8 @@ conformance!(
     failed_delivery_is_kept_and_recover_failed_schedules_it_again,
     gone_fails_the_delivery_and_disables_the_endpoint,
     endpoint_health_tracks_failures_and_disables_after_disable_after,
+    finish_attempts_records_a_batch_in_order_with_the_health_of_each,
+    settings_updates_keep_health_and_health_writes_keep_settings,
     attempts_are_listed_oldest_first_and_capped,
     deliveries_are_listed_newest_first_with_limit_and_before,
     retry_delivery_makes_any_delivery_pending_and_due,
@@ -1451,6 +1453,148 @@ async fn endpoint_health_tracks_failures_and_disables_after_disable_after(h: Har
     assert_eq!(
         finish(30_000, 500, retry()).await,
         EndpointHealth::Unchanged
+    );
+}
+
+async fn finish_attempts_records_a_batch_in_order_with_the_health_of_each(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    create(
+        e,
+        &[
+            delivery("msg_1", "ep_1", 100, 100),
+            delivery("msg_2", "ep_1", 100, 100),
+            delivery("msg_3", "ep_2", 100, 100),
+            delivery("msg_4", "ep_1", 100, 100),
+        ],
+    )
+    .await;
+    let done = |id: &str, at: u64, code: u16, outcome: AttemptOutcome| FinishedAttempt {
+        delivery_id: id.into(),
+        attempt: attempt(1, at, Some(code)),
+        outcome,
+    };
+    let gone = "endpoint answered 410 Gone".to_string();
+    let health = e
+        .finish_attempts(
+            &[
+                done("msg_1", 150, 503, AttemptOutcome::RetryAt(5_000)),
+                done("msg_2", 160, 410, AttemptOutcome::Gone(gone.clone())),
+                done("msg_unknown", 160, 200, AttemptOutcome::Succeeded),
+                done("msg_3", 170, 200, AttemptOutcome::Succeeded),
+                // Disabled already by msg_2 of the same batch: not disabled twice.
+                done("msg_4", 180, 410, AttemptOutcome::Gone(gone.clone())),
+            ],
+            DAY,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        [
+            EndpointHealth::Unchanged,
+            EndpointHealth::Disabled {
+                reason: gone.clone()
+            },
+            EndpointHealth::Unchanged,
+            EndpointHealth::Unchanged,
+            EndpointHealth::Unchanged,
+        ]
+    );
+    let state = async |id: &str| e.delivery(id).await.unwrap().unwrap();
+    assert_eq!(state("msg_1").await.state, DeliveryState::Pending);
+    assert_eq!(state("msg_1").await.next_attempt_at_ms, Some(5_000));
+    assert_eq!(state("msg_2").await.state, DeliveryState::Failed);
+    assert_eq!(state("msg_3").await.state, DeliveryState::Succeeded);
+    assert_eq!(state("msg_4").await.state, DeliveryState::Failed);
+    assert_eq!(
+        e.attempts("msg_3").await.unwrap(),
+        [attempt(1, 170, Some(200))]
+    );
+    let ep = e.endpoint("ep_1").await.unwrap().unwrap();
+    assert!(!ep.enabled);
+    assert_eq!(ep.disabled_reason, Some(gone));
+    assert_eq!(ep.failing_since_ms, Some(150));
+    let ep = e.endpoint("ep_2").await.unwrap().unwrap();
+    assert!(ep.enabled);
+    assert_eq!(ep.failing_since_ms, None);
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(5_000));
+    assert!(e.finish_attempts(&[], DAY).await.unwrap().is_empty());
+}
+
+async fn settings_updates_keep_health_and_health_writes_keep_settings(h: Harness) {
+    let e = &h.engine;
+    let original = endpoint("ep_1");
+    e.put_endpoint(&original).await.unwrap();
+    create(
+        e,
+        &[
+            delivery("msg_1", "ep_1", 100, 100),
+            delivery("msg_2", "ep_1", 100, 100),
+        ],
+    )
+    .await;
+    let retry = AttemptOutcome::RetryAt(9_000);
+    e.finish_attempt("msg_1", &attempt(1, 1_000, Some(500)), &retry, DAY)
+        .await
+        .unwrap();
+    // A settings update made from a read taken before the failure (PATCH, rotate-secret).
+    let mut patched = original.clone();
+    patched.description = Some("patched".into());
+    patched.updated_at_ms = 2_000;
+    e.put_endpoint(&patched).await.unwrap();
+    let ep = e.endpoint("ep_1").await.unwrap().unwrap();
+    assert_eq!(ep.failing_since_ms, Some(1_000), "health kept");
+    assert_eq!(ep.description.as_deref(), Some("patched"));
+    assert_eq!(ep.updated_at_ms, 2_000);
+    // The health write keeps the settings written meanwhile.
+    let gone = AttemptOutcome::Gone("endpoint answered 410 Gone".into());
+    e.finish_attempt("msg_2", &attempt(1, 3_000, Some(410)), &gone, DAY)
+        .await
+        .unwrap();
+    let disabled = e.endpoint("ep_1").await.unwrap().unwrap();
+    assert_eq!(
+        disabled,
+        Endpoint {
+            enabled: false,
+            disabled_reason: Some("endpoint answered 410 Gone".into()),
+            failing_since_ms: Some(1_000),
+            updated_at_ms: 3_000,
+            ..patched.clone()
+        }
+    );
+    // Another settings update of the disabled endpoint (read after the disabling) keeps it
+    // disabled, with its reason.
+    let mut described = disabled.clone();
+    described.description = Some("again".into());
+    described.updated_at_ms = 4_000;
+    e.put_endpoint(&described).await.unwrap();
+    assert_eq!(e.endpoint("ep_1").await.unwrap(), Some(described.clone()));
+    // Enabling it (PATCH enabled: true) clears the reason and the failure.
+    let mut enabled = described;
+    enabled.enabled = true;
+    enabled.disabled_reason = None;
+    enabled.failing_since_ms = None;
+    enabled.updated_at_ms = 5_000;
+    e.put_endpoint(&enabled).await.unwrap();
+    assert_eq!(e.endpoint("ep_1").await.unwrap(), Some(enabled.clone()));
+    assert_eq!(e.endpoints().await.unwrap(), vec![enabled.clone()]);
+    // Disabled by the user: enabled and reason as given, the failure bookkeeping kept.
+    e.finish_attempt("msg_1", &attempt(2, 6_000, Some(500)), &retry, DAY)
+        .await
+        .unwrap();
+    let mut off = enabled;
+    off.enabled = false;
+    off.disabled_reason = Some("disabled through the API".into());
+    off.updated_at_ms = 7_000;
+    e.put_endpoint(&off).await.unwrap();
+    assert_eq!(
+        e.endpoint("ep_1").await.unwrap(),
+        Some(Endpoint {
+            failing_since_ms: Some(6_000),
+            ..off
+        })
     );
 }
 

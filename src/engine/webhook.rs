@@ -167,7 +167,15 @@ pub enum AttemptOutcome {
     Gone(String),
 }
 
-/// What [`WebhookStore::finish_attempt`] changed on the endpoint.
+/// One completed attempt for [`WebhookStore::finish_attempts`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedAttempt {
+    pub delivery_id: String,
+    pub attempt: Attempt,
+    pub outcome: AttemptOutcome,
+}
+
+/// What [`WebhookStore::finish_attempts`] changed on an attempt's endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EndpointHealth {
     Unchanged,
@@ -179,7 +187,12 @@ pub enum EndpointHealth {
 
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
-    /// Creates or replaces an endpoint.
+    /// Creates or replaces an endpoint's settings. Its health (`enabled`, `disabled_reason`,
+    /// `failing_since_ms`) is taken from `endpoint` only when the endpoint is new or `enabled`
+    /// changes (a user enabling clears `failing_since_ms` too); otherwise the stored health is
+    /// kept, so updating other settings (PATCH, rotate-secret) from an older read never resets
+    /// health recorded meanwhile. The one case it cannot tell apart: an endpoint disabled
+    /// between a caller's read (enabled) and its write is enabled again by that write.
     async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()>;
 
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>>;
@@ -245,19 +258,41 @@ pub trait WebhookStore: Send + Sync {
     /// The earliest scheduled time, if anything is scheduled.
     async fn next_due_ms(&self) -> EngineResult<Option<u64>>;
 
-    /// Records an attempt and its outcome in one step: the attempt joins the delivery's log,
-    /// the delivery's state and schedule change, and the endpoint's health is updated (a
-    /// success clears `failing_since_ms`; a failure sets it if unset and disables the endpoint
-    /// when it is older than `disable_after`; `Gone` disables it). "Now" is `attempt.at_ms`.
-    /// The log keeps the newest [`ATTEMPTS_KEPT`] attempts. An unknown delivery id changes
-    /// nothing and reports `Unchanged`.
+    /// Records attempts and their outcomes, in order, in one step (the sender flushes the
+    /// attempts it completed since its last flush): per attempt, the attempt joins the
+    /// delivery's log, the delivery's state and schedule change, and the endpoint's health is
+    /// updated (a success clears `failing_since_ms`; a failure sets it if unset and disables
+    /// the endpoint when it is older than `disable_after`; `Gone` disables it). "Now" is each
+    /// `attempt.at_ms`. The log keeps the newest [`ATTEMPTS_KEPT`] attempts. An unknown
+    /// delivery id changes nothing and reports `Unchanged`. One [`EndpointHealth`] per
+    /// attempt, in order.
+    ///
+    /// Endpoint health (`enabled`, `disabled_reason`, `failing_since_ms`) is kept apart from
+    /// the endpoint's settings: these writes never touch the settings, and
+    /// [`Self::put_endpoint`] touches health only when the endpoint it is given changes
+    /// `enabled`.
+    async fn finish_attempts(
+        &self,
+        finished: &[FinishedAttempt],
+        disable_after: Duration,
+    ) -> EngineResult<Vec<EndpointHealth>>;
+
+    /// [`Self::finish_attempts`] for one attempt.
     async fn finish_attempt(
         &self,
         delivery_id: &str,
         attempt: &Attempt,
         outcome: &AttemptOutcome,
         disable_after: Duration,
-    ) -> EngineResult<EndpointHealth>;
+    ) -> EngineResult<EndpointHealth> {
+        let finished = FinishedAttempt {
+            delivery_id: delivery_id.to_string(),
+            attempt: attempt.clone(),
+            outcome: outcome.clone(),
+        };
+        let mut health = self.finish_attempts(&[finished], disable_after).await?;
+        Ok(health.pop().unwrap_or(EndpointHealth::Unchanged))
+    }
 
     async fn delivery(&self, id: &str) -> EngineResult<Option<Delivery>>;
 

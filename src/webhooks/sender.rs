@@ -13,12 +13,15 @@
 //!
 //! Each attempt is signed (Standard Webhooks, every live secret), sent through the SSRF-guarded
 //! client (checked again at connect time; redirects are not followed) and recorded with its
-//! outcome in one engine step (`finish_attempt`). This module never logs a secret or a body.
+//! outcome by a flusher that records every attempt completed since its last flush in one
+//! engine step (`finish_attempts`). This module never logs a secret or a body.
 
 use crate::backoff::Backoff;
 use crate::config::WebhooksConfig;
 use crate::engine::Engine;
-use crate::engine::webhook::{Attempt, AttemptOutcome, DueDelivery, Endpoint, EndpointHealth};
+use crate::engine::webhook::{
+    Attempt, AttemptOutcome, DueDelivery, Endpoint, EndpointHealth, FinishedAttempt,
+};
 use crate::metrics::Metrics;
 use crate::model::now_millis;
 use crate::webhooks::limits::Limiters;
@@ -31,7 +34,7 @@ use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -164,6 +167,17 @@ pub struct Sender {
     slots: Arc<Semaphore>,
     /// A `std` mutex: held for a map operation, never across an `.await`.
     bodies: Mutex<BodyCache>,
+    /// Completed attempts on their way to the flusher (`flush_finished`), which `run` starts
+    /// with the receiving end. At most one per attempt slot is ever queued: each attempt waits
+    /// for its own to be recorded.
+    finished: mpsc::Sender<Finished>,
+    finished_queue: Mutex<Option<mpsc::Receiver<Finished>>>,
+}
+
+/// A completed attempt and where to answer once it is recorded (`None`: it was not).
+struct Finished {
+    finished: FinishedAttempt,
+    reply: oneshot::Sender<Option<EndpointHealth>>,
 }
 
 impl Sender {
@@ -175,6 +189,7 @@ impl Sender {
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Arc<Sender> {
+        let (finished, finished_queue) = mpsc::channel(MAX_CONCURRENT_ATTEMPTS);
         Arc::new(Sender {
             engine,
             config,
@@ -185,6 +200,8 @@ impl Sender {
             limiters: Limiters::default(),
             slots: Arc::new(Semaphore::new(MAX_CONCURRENT_ATTEMPTS)),
             bodies: Mutex::default(),
+            finished,
+            finished_queue: Mutex::new(Some(finished_queue)),
         })
     }
 
@@ -195,6 +212,14 @@ impl Sender {
         let mut attempts = JoinSet::new();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut cache: Option<EndpointCache> = None;
+        let queue = self.finished_queue.lock().ok().and_then(|mut q| q.take());
+        let Some(queue) = queue else {
+            tracing::error!("webhook sender: already running");
+            return;
+        };
+        // In a set of its own, so it is aborted whenever `run` ends, even when cut short.
+        let mut flusher = JoinSet::new();
+        flusher.spawn(self.clone().flush_finished(queue));
         while !shutdown.is_cancelled() {
             while attempts.try_join_next().is_some() {}
             let free = self.slots.available_permits().min(CLAIM_BATCH);
@@ -269,6 +294,8 @@ impl Sender {
             }
         }
         while attempts.join_next().await.is_some() {}
+        // Every attempt has its answer: nothing is left on its way to be recorded.
+        flusher.abort_all();
         tracing::info!("webhook sender stopped");
     }
 
@@ -345,6 +372,47 @@ impl Sender {
             *slot = Some(body);
         }
         out
+    }
+
+    /// Hands a completed attempt to the flusher and waits until it is recorded: `None` when
+    /// recording failed (counted and logged by the flusher).
+    async fn record(&self, finished: FinishedAttempt) -> Option<EndpointHealth> {
+        let (reply, recorded) = oneshot::channel();
+        self.finished
+            .send(Finished { finished, reply })
+            .await
+            .ok()?;
+        recorded.await.ok().flatten()
+    }
+
+    /// Records the attempts completed since the last flush in one engine call
+    /// (`finish_attempts`), as long as the sender runs: under load, attempts that end while a
+    /// flush is on its way are recorded together by the next one; when idle, an attempt is
+    /// recorded at once.
+    async fn flush_finished(self: Arc<Self>, mut queue: mpsc::Receiver<Finished>) {
+        let mut batch = Vec::with_capacity(MAX_CONCURRENT_ATTEMPTS);
+        while queue.recv_many(&mut batch, MAX_CONCURRENT_ATTEMPTS).await > 0 {
+            let (finished, replies): (Vec<FinishedAttempt>, Vec<_>) =
+                batch.drain(..).map(|f| (f.finished, f.reply)).unzip();
+            match self
+                .engine
+                .finish_attempts(&finished, self.config.disable_after)
+                .await
+            {
+                Ok(healths) => {
+                    for (reply, health) in replies.into_iter().zip(healths) {
+                        let _ = reply.send(Some(health));
+                    }
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.webhook_sender_errors);
+                    tracing::warn!(error = %e, attempts = finished.len(), "webhook sender: recording attempts failed; the deliveries are taken again after their lease");
+                    for reply in replies {
+                        let _ = reply.send(None);
+                    }
+                }
+            }
+        }
     }
 
     /// Forgets the body of a delivery finished for good.
@@ -521,17 +589,14 @@ impl Sender {
         attempt: &Attempt,
         outcome: &AttemptOutcome,
     ) {
-        let health = match self
-            .engine
-            .finish_attempt(&delivery.id, attempt, outcome, self.config.disable_after)
-            .await
-        {
-            Ok(health) => health,
-            Err(e) => {
-                Metrics::inc(&self.metrics.webhook_sender_errors);
-                tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook sender: recording the attempt failed; the delivery is taken again after its lease");
-                return;
-            }
+        let finished = FinishedAttempt {
+            delivery_id: delivery.id.clone(),
+            attempt: attempt.clone(),
+            outcome: outcome.clone(),
+        };
+        // Not recorded (the flush failed; counted and logged there): the lease brings it back.
+        let Some(health) = self.record(finished).await else {
+            return;
         };
         if !matches!(outcome, AttemptOutcome::RetryAt(_)) {
             self.forget_body(&delivery.id);
@@ -587,19 +652,12 @@ impl Sender {
             error: Some(why.to_string()),
             response: String::new(),
         };
-        if let Err(e) = self
-            .engine
-            .finish_attempt(
-                &delivery.id,
-                &attempt,
-                &AttemptOutcome::Failed,
-                self.config.disable_after,
-            )
-            .await
-        {
-            Metrics::inc(&self.metrics.webhook_sender_errors);
-            tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook sender: recording a failed delivery failed");
-        } else {
+        let finished = FinishedAttempt {
+            delivery_id: delivery.id.clone(),
+            attempt,
+            outcome: AttemptOutcome::Failed,
+        };
+        if self.record(finished).await.is_some() {
             self.forget_body(&delivery.id);
             Metrics::inc(&self.metrics.webhook_failed);
         }

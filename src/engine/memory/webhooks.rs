@@ -105,6 +105,70 @@ impl WebhookState {
         }
     }
 
+    /// One attempt of [`WebhookStore::finish_attempts`].
+    fn finish(
+        &mut self,
+        delivery_id: &str,
+        attempt: &Attempt,
+        outcome: &AttemptOutcome,
+        disable_after: Duration,
+    ) -> EndpointHealth {
+        let now_ms = attempt.at_ms;
+        {
+            let w = self;
+            let Some(stored) = w.deliveries.get_mut(delivery_id) else {
+                return EndpointHealth::Unchanged;
+            };
+            stored.attempts.push_back(attempt.clone());
+            while stored.attempts.len() > ATTEMPTS_KEPT {
+                stored.attempts.pop_front();
+            }
+            let delivery = &mut stored.delivery;
+            delivery.attempts = delivery.attempts.saturating_add(1);
+            delivery.updated_at_ms = now_ms;
+            delivery.last_status_code = attempt.status_code;
+            let (state, next) = match outcome {
+                AttemptOutcome::Succeeded => (DeliveryState::Succeeded, None),
+                AttemptOutcome::RetryAt(at_ms) => (DeliveryState::Pending, Some(*at_ms)),
+                AttemptOutcome::Failed | AttemptOutcome::Gone(_) => (DeliveryState::Failed, None),
+            };
+            delivery.state = state;
+            delivery.next_attempt_at_ms = next;
+            let delivery = delivery.clone();
+            match next {
+                Some(at_ms) => w.schedule_at(delivery_id, at_ms),
+                None => w.unschedule(delivery_id),
+            }
+            w.index_failed(&delivery);
+
+            let Some(endpoint) = w.endpoints.get_mut(&delivery.endpoint_id) else {
+                return EndpointHealth::Unchanged;
+            };
+            if matches!(outcome, AttemptOutcome::Succeeded) {
+                endpoint.failing_since_ms = None;
+                return EndpointHealth::Unchanged;
+            }
+            let since = *endpoint.failing_since_ms.get_or_insert(now_ms);
+            let reason = match outcome {
+                AttemptOutcome::Gone(reason) => Some(reason.clone()),
+                _ if now_ms.saturating_sub(since) > duration_ms(disable_after) => {
+                    Some(failing_too_long_reason(disable_after))
+                }
+                _ => None,
+            };
+            match reason {
+                Some(reason) if endpoint.enabled => {
+                    w.endpoints_version += 1;
+                    endpoint.enabled = false;
+                    endpoint.disabled_reason = Some(reason.clone());
+                    endpoint.updated_at_ms = now_ms;
+                    EndpointHealth::Disabled { reason }
+                }
+                _ => EndpointHealth::Unchanged,
+            }
+        }
+    }
+
     /// Makes a delivery pending and due at `at_ms` (manual retry, recovery).
     fn reschedule(&mut self, delivery_id: &str, at_ms: u64, now_ms: u64) -> bool {
         let Some(stored) = self.deliveries.get_mut(delivery_id) else {
@@ -130,11 +194,20 @@ fn duration_ms(d: Duration) -> u64 {
 impl WebhookStore for MemoryEngine {
     async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()> {
         self.with_state(|state| {
-            state
-                .webhooks
-                .endpoints
-                .insert(endpoint.id.clone(), endpoint.clone());
-            state.webhooks.endpoints_version += 1;
+            let w = &mut state.webhooks;
+            let mut stored = endpoint.clone();
+            if let Some(old) = w.endpoints.get(&endpoint.id) {
+                if old.enabled == endpoint.enabled {
+                    stored.disabled_reason = old.disabled_reason.clone();
+                    stored.failing_since_ms = old.failing_since_ms;
+                } else if !endpoint.enabled {
+                    stored.failing_since_ms = old.failing_since_ms;
+                } else {
+                    stored.failing_since_ms = None;
+                }
+            }
+            w.endpoints.insert(endpoint.id.clone(), stored);
+            w.endpoints_version += 1;
         })
     }
 
@@ -310,66 +383,20 @@ impl WebhookStore for MemoryEngine {
         self.with_state(|state| state.webhooks.schedule.first().map(|(at_ms, _)| *at_ms))
     }
 
-    async fn finish_attempt(
+    async fn finish_attempts(
         &self,
-        delivery_id: &str,
-        attempt: &Attempt,
-        outcome: &AttemptOutcome,
+        finished: &[FinishedAttempt],
         disable_after: Duration,
-    ) -> EngineResult<EndpointHealth> {
-        let now_ms = attempt.at_ms;
+    ) -> EngineResult<Vec<EndpointHealth>> {
         self.with_state(|state| {
-            let w = &mut state.webhooks;
-            let Some(stored) = w.deliveries.get_mut(delivery_id) else {
-                return EndpointHealth::Unchanged;
-            };
-            stored.attempts.push_back(attempt.clone());
-            while stored.attempts.len() > ATTEMPTS_KEPT {
-                stored.attempts.pop_front();
-            }
-            let delivery = &mut stored.delivery;
-            delivery.attempts = delivery.attempts.saturating_add(1);
-            delivery.updated_at_ms = now_ms;
-            delivery.last_status_code = attempt.status_code;
-            let (state, next) = match outcome {
-                AttemptOutcome::Succeeded => (DeliveryState::Succeeded, None),
-                AttemptOutcome::RetryAt(at_ms) => (DeliveryState::Pending, Some(*at_ms)),
-                AttemptOutcome::Failed | AttemptOutcome::Gone(_) => (DeliveryState::Failed, None),
-            };
-            delivery.state = state;
-            delivery.next_attempt_at_ms = next;
-            let delivery = delivery.clone();
-            match next {
-                Some(at_ms) => w.schedule_at(delivery_id, at_ms),
-                None => w.unschedule(delivery_id),
-            }
-            w.index_failed(&delivery);
-
-            let Some(endpoint) = w.endpoints.get_mut(&delivery.endpoint_id) else {
-                return EndpointHealth::Unchanged;
-            };
-            if matches!(outcome, AttemptOutcome::Succeeded) {
-                endpoint.failing_since_ms = None;
-                return EndpointHealth::Unchanged;
-            }
-            let since = *endpoint.failing_since_ms.get_or_insert(now_ms);
-            let reason = match outcome {
-                AttemptOutcome::Gone(reason) => Some(reason.clone()),
-                _ if now_ms.saturating_sub(since) > duration_ms(disable_after) => {
-                    Some(failing_too_long_reason(disable_after))
-                }
-                _ => None,
-            };
-            match reason {
-                Some(reason) if endpoint.enabled => {
-                    w.endpoints_version += 1;
-                    endpoint.enabled = false;
-                    endpoint.disabled_reason = Some(reason.clone());
-                    endpoint.updated_at_ms = now_ms;
-                    EndpointHealth::Disabled { reason }
-                }
-                _ => EndpointHealth::Unchanged,
-            }
+            finished
+                .iter()
+                .map(|f| {
+                    state
+                        .webhooks
+                        .finish(&f.delivery_id, &f.attempt, &f.outcome, disable_after)
+                })
+                .collect()
         })
     }
 

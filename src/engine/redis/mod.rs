@@ -68,6 +68,7 @@ struct Keys {
     webhooks: String,
     webhook_endpoints: String,
     webhook_endpoints_version: String,
+    webhook_health: String,
     webhook_schedule: String,
 }
 
@@ -84,6 +85,7 @@ impl Keys {
             webhooks: format!("{base}:webhooks:"),
             webhook_endpoints: format!("{base}:webhooks:endpoints"),
             webhook_endpoints_version: format!("{base}:webhooks:endpoints:version"),
+            webhook_health: format!("{base}:webhooks:health"),
             webhook_schedule: format!("{base}:webhooks:schedule"),
             base,
         }
@@ -457,6 +459,7 @@ mod tests {
             keys.webhook_endpoints_version,
             "herald:{p0}:webhooks:endpoints:version"
         );
+        assert_eq!(keys.webhook_health, "herald:{p0}:webhooks:health");
         assert_eq!(
             keys.webhook_delivery("msg_1"),
             "herald:{p0}:webhooks:delivery:msg_1"

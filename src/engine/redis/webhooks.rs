@@ -6,6 +6,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `P{p0}:webhooks:endpoints` | hash | endpoint id -> endpoint (JSON) |
+//! | `P{p0}:webhooks:health` | hash | endpoint health in plain fields: `<endpoint id>:enabled` (`1`/`0`), `:disabledReason`, `:failingSinceMs`, `:updatedAtMs` (of a disabling), put over the endpoint's JSON on read |
 //! | `P{p0}:webhooks:endpoints:version` | string | counter moved forward by every endpoint write (readers cache the endpoints against it) |
 //! | `P{p0}:webhooks:delivery:<id>` | hash | one delivery, a field per attribute (scripts update fields in place) |
 //! | `P{p0}:webhooks:attempts:<id>` | list | the delivery's attempts (JSON), oldest first, the newest [`ATTEMPTS_KEPT`] |
@@ -129,6 +130,36 @@ fn parse_endpoint(id: &str, json: &str) -> EngineResult<Endpoint> {
         .map_err(|e| corrupt(format!("endpoint {id}: record does not decode: {e}")))
 }
 
+/// The health fields of one endpoint in the health hash, in the order [`merge_health`] takes.
+const HEALTH_FIELDS: [&str; 4] = ["enabled", "disabledReason", "failingSinceMs", "updatedAtMs"];
+
+/// Puts an endpoint's health fields (`enabled`, `disabledReason`, `failingSinceMs`,
+/// `updatedAtMs`, as [`HEALTH_FIELDS`]) over its stored settings. No `enabled` field: the
+/// endpoint was stored before health had fields of its own, and its JSON still holds it.
+fn merge_health(endpoint: &mut Endpoint, health: [Option<String>; 4]) -> EngineResult<()> {
+    let [enabled, reason, failing_since, updated_at] = health;
+    let number = |name: &str, raw: Option<String>| -> EngineResult<Option<u64>> {
+        raw.map(|raw| {
+            raw.parse().map_err(|_| {
+                corrupt(format!(
+                    "endpoint {}: health `{name}` is not a number: {raw}",
+                    endpoint.id
+                ))
+            })
+        })
+        .transpose()
+    };
+    if let Some(enabled) = enabled {
+        endpoint.enabled = enabled == "1";
+        endpoint.disabled_reason = reason;
+        endpoint.failing_since_ms = number("failingSinceMs", failing_since)?;
+    }
+    if let Some(at) = number("updatedAtMs", updated_at)? {
+        endpoint.updated_at_ms = at;
+    }
+    Ok(())
+}
+
 /// A sorted-set score (RESP2 text or RESP3 double) as whole milliseconds.
 fn score_ms(value: &Value) -> Option<u64> {
     let score = match value {
@@ -235,34 +266,61 @@ impl WebhookStore for RedisEngine {
         invocation
             .key(&self.keys.webhook_endpoints)
             .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
             .arg(&endpoint.id)
-            .arg(json);
+            .arg(json)
+            .arg(if endpoint.enabled { "1" } else { "0" })
+            .arg(endpoint.disabled_reason.as_deref().unwrap_or(""))
+            .arg(
+                endpoint
+                    .failing_since_ms
+                    .map(|ms| ms.to_string())
+                    .unwrap_or_default(),
+            );
         self.run_script("storing an endpoint", &invocation).await?;
         Ok(())
     }
 
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>> {
-        let json: Option<String> = self
-            .run(
-                "reading an endpoint",
-                ::redis::cmd("HGET")
-                    .arg(&self.keys.webhook_endpoints)
-                    .arg(id),
-            )
-            .await?;
-        json.map(|json| parse_endpoint(id, &json)).transpose()
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HGET").arg(&self.keys.webhook_endpoints).arg(id);
+        pipe.cmd("HMGET")
+            .arg(&self.keys.webhook_health)
+            .arg(HEALTH_FIELDS.map(|f| format!("{id}:{f}")).to_vec());
+        let what = "reading an endpoint";
+        let mut conn = self.conn.clone();
+        let (json, health): (Option<String>, Vec<Option<String>>) =
+            within(what, self.op_timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|e| map_err(what, e))?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let mut endpoint = parse_endpoint(id, &json)?;
+        let health: [Option<String>; 4] = health
+            .try_into()
+            .map_err(|_| corrupt("HMGET of endpoint health returned an unexpected reply"))?;
+        merge_health(&mut endpoint, health)?;
+        Ok(Some(endpoint))
     }
 
     async fn endpoints(&self) -> EngineResult<Vec<Endpoint>> {
-        let all: HashMap<String, String> = self
-            .run(
-                "listing endpoints",
-                ::redis::cmd("HGETALL").arg(&self.keys.webhook_endpoints),
-            )
-            .await?;
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HGETALL").arg(&self.keys.webhook_endpoints);
+        pipe.cmd("HGETALL").arg(&self.keys.webhook_health);
+        let what = "listing endpoints";
+        let mut conn = self.conn.clone();
+        let (all, mut health): (HashMap<String, String>, HashMap<String, String>) =
+            within(what, self.op_timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|e| map_err(what, e))?;
         let mut out = Vec::with_capacity(all.len());
         for (id, json) in all {
-            match parse_endpoint(&id, &json) {
+            let fields = HEALTH_FIELDS.map(|f| health.remove(&format!("{id}:{f}")));
+            match parse_endpoint(&id, &json).and_then(|mut endpoint| {
+                merge_health(&mut endpoint, fields)?;
+                Ok(endpoint)
+            }) {
                 Ok(endpoint) => out.push(endpoint),
                 // One unreadable record must not stop deliveries to every other endpoint.
                 Err(e) => tracing::error!(endpoint_id = %id, error = %e, "endpoint skipped"),
@@ -288,6 +346,7 @@ impl WebhookStore for RedisEngine {
             .key(&self.keys.webhook_endpoints)
             .key(&self.keys.webhook_schedule)
             .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
             .arg(id)
             .arg(&self.keys.webhooks);
         let reply = self.run_script("deleting an endpoint", &invocation).await?;
@@ -431,55 +490,72 @@ impl WebhookStore for RedisEngine {
         score_ms(score).map(Some).ok_or_else(bad)
     }
 
-    async fn finish_attempt(
+    async fn finish_attempts(
         &self,
-        delivery_id: &str,
-        attempt: &Attempt,
-        outcome: &AttemptOutcome,
+        finished: &[FinishedAttempt],
         disable_after: Duration,
-    ) -> EngineResult<EndpointHealth> {
-        let attempt_json = serde_json::to_string(attempt).map_err(corrupt)?;
-        let (name, retry_at, gone_reason) = match outcome {
-            AttemptOutcome::Succeeded => ("succeeded", 0, ""),
-            AttemptOutcome::RetryAt(at_ms) => ("retry", *at_ms, ""),
-            AttemptOutcome::Failed => ("failed", 0, ""),
-            AttemptOutcome::Gone(reason) => ("gone", 0, reason.as_str()),
-        };
+    ) -> EngineResult<Vec<EndpointHealth>> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut invocation = self.scripts.webhook_finish.prepare_invoke();
         invocation
             .key(&self.keys.webhook_schedule)
             .key(&self.keys.webhook_endpoints)
             .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
             .arg(&self.keys.webhooks)
-            .arg(delivery_id)
-            .arg(attempt_json)
             .arg(ATTEMPTS_KEPT)
-            .arg(attempt.at_ms)
-            .arg(
-                attempt
-                    .status_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(name)
-            .arg(retry_at)
-            .arg(gone_reason)
             .arg(u64::try_from(disable_after.as_millis()).unwrap_or(u64::MAX))
-            .arg(failing_too_long_reason(disable_after));
-        let reply = self.run_script("finishing an attempt", &invocation).await?;
-        let bad = || corrupt("finish-attempt script returned an unexpected reply");
-        let parts = items(&reply).ok_or_else(bad)?;
-        match (parts.first().and_then(text).as_deref(), parts.get(1)) {
-            (Some("unchanged"), _) => Ok(EndpointHealth::Unchanged),
-            (Some("disabled"), Some(reason)) => Ok(EndpointHealth::Disabled {
-                reason: text(reason).ok_or_else(bad)?,
-            }),
-            (Some("corrupt"), Some(what)) => Err(corrupt(format!(
-                "finishing an attempt of {delivery_id}: {}",
-                text(what).unwrap_or_default()
-            ))),
-            _ => Err(bad()),
+            .arg(failing_too_long_reason(disable_after))
+            .arg(finished.len());
+        for f in finished {
+            let (name, retry_at, gone_reason) = match &f.outcome {
+                AttemptOutcome::Succeeded => ("succeeded", 0, ""),
+                AttemptOutcome::RetryAt(at_ms) => ("retry", *at_ms, ""),
+                AttemptOutcome::Failed => ("failed", 0, ""),
+                AttemptOutcome::Gone(reason) => ("gone", 0, reason.as_str()),
+            };
+            invocation
+                .arg(&f.delivery_id)
+                .arg(serde_json::to_string(&f.attempt).map_err(corrupt)?)
+                .arg(f.attempt.at_ms)
+                .arg(
+                    f.attempt
+                        .status_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(name)
+                .arg(retry_at)
+                .arg(gone_reason);
         }
+        let reply = self.run_script("finishing attempts", &invocation).await?;
+        let bad = || corrupt("finish-attempts script returned an unexpected reply");
+        let results = items(&reply).ok_or_else(bad)?;
+        if results.len() != finished.len() {
+            return Err(bad());
+        }
+        let mut out = Vec::with_capacity(results.len());
+        for (f, result) in finished.iter().zip(results) {
+            let parts = items(result).ok_or_else(bad)?;
+            out.push(
+                match (parts.first().and_then(text).as_deref(), parts.get(1)) {
+                    (Some("unchanged"), _) => EndpointHealth::Unchanged,
+                    (Some("disabled"), Some(reason)) => EndpointHealth::Disabled {
+                        reason: text(reason).ok_or_else(bad)?,
+                    },
+                    (Some("corrupt"), Some(what)) => {
+                        // The others of the batch are recorded; this one cannot be.
+                        tracing::error!(delivery_id = %f.delivery_id,
+                            what = %text(what).unwrap_or_default(), "attempt not recorded: the delivery is damaged");
+                        EndpointHealth::Unchanged
+                    }
+                    _ => return Err(bad()),
+                },
+            );
+        }
+        Ok(out)
     }
 
     async fn delivery(&self, id: &str) -> EngineResult<Option<Delivery>> {
