@@ -1768,3 +1768,55 @@ async fn redis_dispatch_claims_do_not_scan_for_expired_events_before_every_read(
     assert_eq!(command_calls(&mut conn, "xreadgroup"), 5);
     assert_eq!(command_calls(&mut conn, "xautoclaim"), 1);
 }
+
+/// Redis only: an endpoint stored by an older Herald (health inside its JSON, no health
+/// fields) reads as it was, and its first attempt moves its health over to the plain fields.
+#[tokio::test]
+async fn redis_endpoint_stored_before_health_fields_keeps_its_health() {
+    let h = Harness::redis().await;
+    let e = &h.engine;
+    let mut old = endpoint("ep_1");
+    old.failing_since_ms = Some(1_000);
+    let mut conn = h.redis.as_ref().unwrap().conn();
+    let _: () = ::redis::cmd("HSET")
+        .arg("conf:{p0}:webhooks:endpoints")
+        .arg("ep_1")
+        .arg(serde_json::to_string(&old).unwrap())
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(e.endpoint("ep_1").await.unwrap(), Some(old.clone()));
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    let too_long = Duration::from_secs(10);
+    let health = e
+        .finish_attempt(
+            "msg_1",
+            &attempt(1, 11_001, Some(500)),
+            &AttemptOutcome::Failed,
+            too_long,
+        )
+        .await
+        .unwrap();
+    // Failing since 1 000 (kept from the JSON), now 11 001: more than ten seconds.
+    let reason = failing_too_long_reason(too_long);
+    assert_eq!(
+        health,
+        EndpointHealth::Disabled {
+            reason: reason.clone()
+        }
+    );
+    let fields: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL")
+        .arg("conf:{p0}:webhooks:health")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(fields["ep_1:failingSinceMs"], "1000");
+    assert_eq!(fields["ep_1:enabled"], "0");
+    assert_eq!(
+        e.endpoint("ep_1").await.unwrap(),
+        Some(Endpoint {
+            enabled: false,
+            disabled_reason: Some(reason),
+            updated_at_ms: 11_001,
+            ..old
+        })
+    );
+}
