@@ -7,9 +7,10 @@
 //! each attempt as its own task. A claim returns ids, endpoint ids, attempt counts and due
 //! times only: bodies come from a bounded in-memory cache, the unknown ones fetched in one
 //! round trip; the endpoints come from a cache checked against the endpoints version every
-//! claim reports. Per-endpoint in-flight and rate limits are enforced here: a
-//! delivery that cannot start now goes back on the schedule a little later without counting an
-//! attempt, so a blackholed endpoint holds its own slots and never anyone else's.
+//! claim reports. Per-endpoint in-flight and rate limits are enforced here: a delivery that
+//! cannot start within [`LOCAL_WAIT`] goes back on the schedule a little later without
+//! counting an attempt, so a blackholed endpoint holds its own slots (and others' for at most
+//! that long) and never starves anyone.
 //!
 //! Each attempt is signed (Standard Webhooks, every live secret), sent through the SSRF-guarded
 //! client (checked again at connect time; redirects are not followed) and recorded with its
@@ -24,7 +25,7 @@ use crate::engine::webhook::{
 };
 use crate::metrics::Metrics;
 use crate::model::now_millis;
-use crate::webhooks::limits::Limiters;
+use crate::webhooks::limits::{EndpointLimiter, Limiters};
 use crate::webhooks::operational;
 use crate::webhooks::retry::{self, AttemptResult};
 use crate::webhooks::signature::{self, SigningKey};
@@ -45,6 +46,12 @@ pub const RECHECK: Duration = Duration::from_millis(500);
 const MAX_CONCURRENT_ATTEMPTS: usize = 256;
 /// Deliveries claimed per engine call.
 const CLAIM_BATCH: usize = 64;
+/// How long a claimed delivery waits on this node for its endpoint's in-flight or rate limit
+/// before it goes back on the schedule.
+const LOCAL_WAIT: Duration = Duration::from_millis(250);
+/// How often a delivery waiting for its endpoint's limit looks again (the limiter has no
+/// waiting acquire of its own).
+const LOCAL_POLL: Duration = Duration::from_millis(10);
 /// At most this many bytes of delivery bodies are kept in memory for retries.
 const BODY_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// At most this many delivery bodies are kept in memory for retries.
@@ -469,7 +476,7 @@ impl Sender {
                 .rate_limit_per_second
                 .unwrap_or(self.config.rate_limit_per_second),
         );
-        let _in_flight = match limiter.try_start() {
+        let _in_flight = match start_within(&limiter, LOCAL_WAIT).await {
             Ok(permit) => permit,
             Err(wait) => {
                 self.defer(&delivery, wait).await;
@@ -672,6 +679,30 @@ impl Sender {
             Err(e) => {
                 Metrics::inc(&self.metrics.webhook_sender_errors);
                 tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook sender: deferring failed; the delivery is taken again after its lease");
+            }
+        }
+    }
+}
+
+/// A permit of `limiter`, waiting for one up to `budget` on this node; past it, how long the
+/// delivery should wait. A claimed batch often holds more deliveries for one endpoint than its
+/// `max_in_flight`: the extra ones start as the first finish, instead of each going back to
+/// the schedule (an engine call) and being claimed again (another). The wait is bounded, so a
+/// blackholed endpoint's backlog leaves the attempt slots for the others soon.
+async fn start_within(
+    limiter: &EndpointLimiter,
+    budget: Duration,
+) -> Result<OwnedSemaphorePermit, Duration> {
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        match limiter.try_start() {
+            Ok(permit) => return Ok(permit),
+            Err(wait) => {
+                let pause = wait.min(LOCAL_POLL);
+                if tokio::time::Instant::now() + pause > deadline {
+                    return Err(wait);
+                }
+                tokio::time::sleep(pause).await;
             }
         }
     }
