@@ -14,7 +14,7 @@ use crate::backoff::Backoff;
 use crate::engine::webhook::{Delivery, DeliveryState, Endpoint};
 use crate::engine::{Engine, LogEntry};
 use crate::metrics::Metrics;
-use crate::model::{LoggedEvent, now_millis};
+use crate::model::{EventId, LoggedEvent, now_millis};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Events claimed per call.
 const CLAIM_BATCH: usize = 100;
+/// Deliveries stored per engine call at most (the script's arguments stay a few MB even with
+/// many endpoints); a claimed batch that makes more is stored in several calls.
+const MAX_DELIVERIES_PER_CALL: usize = 1_000;
 /// How long a claim waits for new events before asking again.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
 
@@ -92,14 +95,17 @@ impl Dispatcher {
     }
 
     /// Matches a claimed batch against the endpoints and stores all its deliveries, with every
-    /// event of the batch acknowledged, in one engine call. If that call fails, nothing of the
-    /// batch is stored and its events are claimed again.
+    /// event of the batch acknowledged, in one engine call (a few when endpoints are many). If
+    /// a call fails, its events and those of later calls stay unacknowledged and are claimed
+    /// again (what was stored is kept: delivery ids make the redo idempotent).
     async fn dispatch(&mut self, entries: Vec<LogEntry>) -> Result<(), crate::engine::EngineError> {
         self.refresh_endpoints().await?;
         let endpoints: &[Endpoint] = self.cache.as_ref().map_or(&[], |c| &c.endpoints);
         let now_ms = now_millis();
-        let mut events = Vec::with_capacity(entries.len());
-        let mut deliveries = Vec::new();
+        // Calls of at most MAX_DELIVERIES_PER_CALL deliveries (an event with more is a call of
+        // its own), each acknowledging exactly the events whose deliveries it stores: one call
+        // for a whole batch unless endpoints are many.
+        let mut calls: Vec<(Vec<EventId>, Vec<Delivery>)> = vec![Default::default()];
         for entry in entries {
             let id = match entry.id() {
                 Ok(id) => id,
@@ -109,31 +115,41 @@ impl Dispatcher {
                     continue;
                 }
             };
-            match &entry {
-                LogEntry::Event(event) => {
-                    deliveries.extend(deliveries_for(event, endpoints, now_ms));
-                }
+            let made = match &entry {
+                LogEntry::Event(event) => deliveries_for(event, endpoints, now_ms),
                 LogEntry::Malformed(bad) => {
                     // Acknowledged with no delivery; kept aside (idempotently: the tail of a
                     // push node may have done it already).
                     if let Err(e) = self.engine.set_aside(bad).await {
                         tracing::warn!(error = %e, entry_id = %bad.entry_id, "could not set the malformed entry aside");
                     }
+                    Vec::new()
                 }
+            };
+            let full = calls.last().is_some_and(|(_, d)| {
+                !d.is_empty() && d.len() + made.len() > MAX_DELIVERIES_PER_CALL
+            });
+            if full {
+                calls.push(Default::default());
             }
-            events.push(id);
+            if let Some((events, deliveries)) = calls.last_mut() {
+                events.push(id);
+                deliveries.extend(made);
+            }
         }
-        if events.is_empty() {
-            return Ok(());
-        }
-        self.engine.create_deliveries(&events, &deliveries).await?;
-        Metrics::add(&self.metrics.webhook_events_dispatched, events.len() as u64);
-        if !deliveries.is_empty() {
-            Metrics::add(
-                &self.metrics.webhook_deliveries_created,
-                deliveries.len() as u64,
-            );
-            self.wake.notify_one();
+        for (events, deliveries) in calls {
+            if events.is_empty() {
+                continue;
+            }
+            self.engine.create_deliveries(&events, &deliveries).await?;
+            Metrics::add(&self.metrics.webhook_events_dispatched, events.len() as u64);
+            if !deliveries.is_empty() {
+                Metrics::add(
+                    &self.metrics.webhook_deliveries_created,
+                    deliveries.len() as u64,
+                );
+                self.wake.notify_one();
+            }
         }
         Ok(())
     }
@@ -343,6 +359,56 @@ pub(crate) mod tests {
         let third = append_and_dispatch("acme").await;
         assert_eq!(delivered(&engine, "ep_a").await, set([&first, &second]));
         assert_eq!(delivered(&engine, "ep_b").await, set([&second, &third]));
+    }
+
+    /// A batch making more deliveries than one call takes is stored in several, and every
+    /// event is acknowledged.
+    #[tokio::test]
+    async fn a_batch_with_many_deliveries_is_stored_in_several_calls_and_fully_acknowledged() {
+        use crate::engine::EngineSettings;
+        use crate::engine::memory::MemoryEngine;
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
+            visibility_timeout: Duration::from_secs(30),
+            max_receives: 3,
+            history_limit: 5,
+            event_retention: 100,
+            consumer_name: "n1".into(),
+        }));
+        let endpoints = MAX_DELIVERIES_PER_CALL / 2 + 1;
+        for i in 0..endpoints {
+            let id = format!("ep_{i:04}");
+            engine
+                .put_endpoint(&endpoint(&id, None, &[]))
+                .await
+                .unwrap();
+        }
+        for _ in 0..3 {
+            let e = event(None, OrderStatus::Accepted);
+            engine.append_raw_event(&e.event.to_json()).await.unwrap();
+        }
+        let mut dispatcher = Dispatcher::new(
+            engine.clone(),
+            Arc::new(Metrics::default()),
+            "n1".into(),
+            Duration::ZERO,
+            Arc::new(Notify::new()),
+        );
+        let claimed = engine
+            .claim_events("n1", 10, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 3);
+        dispatcher.dispatch(claimed).await.unwrap();
+        // Nothing left unacknowledged to take over, even at once.
+        let again = engine
+            .claim_events("n1", 10, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        for i in [0, endpoints - 1] {
+            let id = format!("ep_{i:04}");
+            assert_eq!(engine.deliveries(&id, 10, None).await.unwrap().len(), 3);
+        }
     }
 
     #[test]
