@@ -177,6 +177,7 @@ conformance!(
     enqueued_deliveries_are_scheduled_and_acknowledge_no_event,
     unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_after,
     waiting_dispatcher_wakes_when_an_event_is_appended,
+    events_trimmed_before_dispatch_are_reported_and_recorded_once,
     creating_a_delivery_twice_keeps_the_first,
     claim_due_returns_due_deliveries_in_due_order_once_per_lease,
     claim_due_reports_the_endpoints_version_and_bodies_are_read_by_id,
@@ -1150,6 +1151,46 @@ async fn waiting_dispatcher_wakes_when_an_event_is_appended(h: Harness) {
     let got = waiter.await.unwrap();
     assert_eq!(entry_ids(&got), [id]);
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+async fn events_trimmed_before_dispatch_are_reported_and_recorded_once(h: Harness) {
+    let e = &h.engine;
+    let other = h.second_consumer().await;
+    let read = append_event(e, "o0").await;
+    let got = e.claim_events("n1", 10, Duration::ZERO, DAY).await.unwrap();
+    assert_eq!(entry_ids(&got), [read]);
+    assert_eq!(got.lost, None);
+    e.create_deliveries(&[read], &[]).await.unwrap();
+    // The dispatchers stop; far more events than the retention are appended meanwhile.
+    let raw = accepted_event(&order("o1")).to_json();
+    let mut unread = Vec::new();
+    for _ in 0..400 {
+        unread.push(e.append_raw_event(&raw).await.unwrap());
+    }
+    let first_kept = e.first_event_id().await.unwrap().unwrap();
+    let trimmed = unread.iter().filter(|id| **id < first_kept).count() as u64;
+    assert!(trimmed > 0, "the log was trimmed");
+    let got = e
+        .claim_events("n1", 1_000, Duration::ZERO, DAY)
+        .await
+        .unwrap();
+    let lost = got.lost.clone().expect("the gap is reported");
+    assert_eq!(lost.count, trimmed);
+    assert_eq!(lost.after_id, read.to_string());
+    assert_eq!(lost.before_id, first_kept.to_string());
+    let kept: Vec<EventId> = unread.into_iter().filter(|id| *id >= first_kept).collect();
+    assert_eq!(entry_ids(&got), kept);
+    assert_eq!(e.lost_events().await.unwrap(), std::slice::from_ref(&lost));
+    e.create_deliveries(&kept, &[]).await.unwrap();
+    // Reported once, whichever node reads next.
+    let next = append_event(e, "o2").await;
+    let got = other
+        .claim_events("n2", 10, Duration::ZERO, DAY)
+        .await
+        .unwrap();
+    assert_eq!(got.lost, None);
+    assert_eq!(entry_ids(&got), [next]);
+    assert_eq!(other.lost_events().await.unwrap(), [lost]);
 }
 
 async fn creating_a_delivery_twice_keeps_the_first(h: Harness) {

@@ -28,6 +28,37 @@ pub fn failing_too_long_reason(disable_after: Duration) -> String {
     )
 }
 
+/// Lost ranges kept by [`WebhookStore::lost_events`].
+pub const LOST_RANGES_KEPT: usize = 100;
+
+/// What [`WebhookStore::claim_events`] hands out: the entries, and any gap found on the way.
+/// Derefs to the entries.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClaimedEvents {
+    pub entries: Vec<LogEntry>,
+    pub lost: Option<LostEvents>,
+}
+
+impl std::ops::Deref for ClaimedEvents {
+    type Target = [LogEntry];
+    fn deref(&self) -> &[LogEntry] {
+        &self.entries
+    }
+}
+
+/// Events trimmed from the log before any dispatcher read them: no endpoint received them.
+/// Every lost id lies strictly between `after_id` (the last entry the dispatchers had read,
+/// `0-0` for none) and `before_id` (the first entry still in the log when the gap was found).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LostEvents {
+    pub after_id: String,
+    pub before_id: String,
+    /// How many events were lost.
+    pub count: u64,
+    pub detected_at_ms: u64,
+}
+
 /// A partner's webhook endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -215,13 +246,22 @@ pub trait WebhookStore: Send + Sync {
     /// Events for the dispatcher through the consumer group `webhooks` on the event log:
     /// entries not yet handed to any node, then entries handed out more than `reclaim_after`
     /// ago and never acknowledged (a node died with them).
+    ///
+    /// Retention honesty: when entries the group had not read yet were trimmed from the log
+    /// (the dispatchers fell behind by more than the retention), the claim that reads past
+    /// them reports the gap in [`ClaimedEvents::lost`] and records it (see
+    /// [`Self::lost_events`]) in the same step, so exactly one node reports each gap.
     async fn claim_events(
         &self,
         consumer: &str,
         max: usize,
         wait: Duration,
         reclaim_after: Duration,
-    ) -> EngineResult<Vec<LogEntry>>;
+    ) -> EngineResult<ClaimedEvents>;
+
+    /// The gaps in webhook dispatch recorded so far (oldest first, the newest
+    /// [`LOST_RANGES_KEPT`]): events trimmed from the log before any dispatcher read them.
+    async fn lost_events(&self) -> EngineResult<Vec<LostEvents>>;
 
     /// Stores the deliveries of a claimed batch of events (each only if its id is new),
     /// schedules them at their `next_attempt_at_ms`, and acknowledges every event of the batch

@@ -11,7 +11,7 @@
 //! [`super::operational`].
 
 use crate::backoff::Backoff;
-use crate::engine::webhook::{Delivery, DeliveryState, Endpoint};
+use crate::engine::webhook::{Delivery, DeliveryState, Endpoint, LostEvents};
 use crate::engine::{Engine, LogEntry};
 use crate::metrics::Metrics;
 use crate::model::{EventId, LoggedEvent, now_millis};
@@ -76,8 +76,16 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
             };
             let result = match claimed {
-                Ok(entries) if entries.is_empty() => Ok(()),
-                Ok(entries) => self.dispatch(entries).await,
+                Ok(claimed) => {
+                    if let Some(lost) = &claimed.lost {
+                        self.report_lost(lost);
+                    }
+                    if claimed.entries.is_empty() {
+                        Ok(())
+                    } else {
+                        self.dispatch(claimed.entries).await
+                    }
+                }
                 Err(e) => Err(e),
             };
             match result {
@@ -156,6 +164,19 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// A gap in the event log found by this node's claim (recorded by the engine in the same
+    /// step): counted and logged, never skipped silently.
+    fn report_lost(&self, lost: &LostEvents) {
+        Metrics::add(&self.metrics.webhook_events_lost, lost.count);
+        tracing::warn!(
+            count = lost.count,
+            after_event_id = %lost.after_id,
+            before_event_id = %lost.before_id,
+            "webhook dispatch: events were trimmed from the event log (engine.event_retention) \
+             before any dispatcher read them; no endpoint received them"
+        );
+    }
+
     /// Makes the cache fit to match the batch just claimed against. The version is read after the
     /// claim: any endpoint written before one of the batch's events was appended has moved it
     /// by now, so an unchanged version means the cache holds every such write. On a change the
@@ -326,7 +347,8 @@ pub(crate) mod tests {
             let claimed: Vec<LogEntry> = engine
                 .claim_events("n1", 10, Duration::ZERO, Duration::from_secs(30))
                 .await
-                .unwrap();
+                .unwrap()
+                .entries;
             assert_eq!(claimed.len(), 1);
             dispatcher.dispatch(claimed).await.unwrap();
             id.to_string()
@@ -398,7 +420,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3);
-        dispatcher.dispatch(claimed).await.unwrap();
+        dispatcher.dispatch(claimed.entries).await.unwrap();
         // Nothing left unacknowledged to take over, even at once.
         let again = engine
             .claim_events("n1", 10, Duration::ZERO, Duration::ZERO)

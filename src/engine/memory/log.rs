@@ -25,7 +25,9 @@ impl State {
         self.last_event_id = id;
         self.events.push_back((id, raw));
         while self.events.len() as u64 > retention.max(1) {
-            self.events.pop_front();
+            if let Some((trimmed, _)) = self.events.pop_front() {
+                self.webhooks.note_trimmed(trimmed);
+            }
         }
         id
     }

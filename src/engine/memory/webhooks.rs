@@ -7,7 +7,7 @@
 
 use super::{MemoryEngine, State};
 use crate::engine::webhook::*;
-use crate::engine::{EngineResult, LogEntry, decode_event};
+use crate::engine::{EngineResult, decode_event};
 use crate::model::{EventId, now_millis};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -36,6 +36,10 @@ pub(super) struct WebhookState {
     /// ...and the entries handed out and not acknowledged, with when they were handed out
     /// (which consumer holds one does not matter: any consumer may take it over).
     unacked: BTreeMap<EventId, Instant>,
+    /// Entries trimmed from the log before the dispatch group read them, not yet reported.
+    unread_trimmed: u64,
+    /// The gaps reported, oldest first, at most [`LOST_RANGES_KEPT`].
+    lost: VecDeque<LostEvents>,
 }
 
 struct StoredDelivery {
@@ -45,6 +49,14 @@ struct StoredDelivery {
 }
 
 impl WebhookState {
+    /// Called by the log for each entry its retention trims: one the dispatch group has not
+    /// read yet is lost to webhooks, and the next claim reports it.
+    pub(super) fn note_trimmed(&mut self, id: EventId) {
+        if id > self.dispatched_up_to {
+            self.unread_trimmed += 1;
+        }
+    }
+
     /// Stores each delivery whose id is new and schedules it (a `Pending` one without a time
     /// is due at its creation); a known id is left exactly as it is.
     fn store_deliveries(&mut self, deliveries: &[Delivery]) {
@@ -248,9 +260,9 @@ impl WebhookStore for MemoryEngine {
         max: usize,
         wait: Duration,
         reclaim_after: Duration,
-    ) -> EngineResult<Vec<LogEntry>> {
+    ) -> EngineResult<ClaimedEvents> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(ClaimedEvents::default());
         }
         let deadline = Instant::now() + wait;
         loop {
@@ -259,7 +271,7 @@ impl WebhookStore for MemoryEngine {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = Instant::now();
-            let (batch, next_reclaim) = self.with_state(|state| {
+            let (batch, next_reclaim, lost) = self.with_state(|state| {
                 let State {
                     events, webhooks, ..
                 } = state;
@@ -292,6 +304,24 @@ impl WebhookStore for MemoryEngine {
                 for id in trimmed {
                     webhooks.unacked.remove(&id);
                 }
+                // A gap before the entries never handed out: report it once.
+                let mut lost = None;
+                if webhooks.unread_trimmed > 0 {
+                    let gap = LostEvents {
+                        after_id: webhooks.dispatched_up_to.to_string(),
+                        before_id: events
+                            .front()
+                            .map_or_else(|| "0-0".to_string(), |(id, _)| id.to_string()),
+                        count: webhooks.unread_trimmed,
+                        detected_at_ms: now_millis(),
+                    };
+                    webhooks.unread_trimmed = 0;
+                    webhooks.lost.push_back(gap.clone());
+                    while webhooks.lost.len() > LOST_RANGES_KEPT {
+                        webhooks.lost.pop_front();
+                    }
+                    lost = Some(gap);
+                }
                 // Then entries never handed out.
                 let start = events.partition_point(|(id, _)| *id <= webhooks.dispatched_up_to);
                 for (id, raw) in events.range(start..).take(max - batch.len()) {
@@ -299,14 +329,21 @@ impl WebhookStore for MemoryEngine {
                     webhooks.unacked.insert(*id, now);
                     batch.push(decode_event(id.to_string(), raw));
                 }
-                (batch, next_reclaim)
+                (batch, next_reclaim, lost)
             })?;
-            if !batch.is_empty() || now >= deadline {
-                return Ok(batch);
+            if !batch.is_empty() || lost.is_some() || now >= deadline {
+                return Ok(ClaimedEvents {
+                    entries: batch,
+                    lost,
+                });
             }
             let wake = next_reclaim.map_or(deadline, |n| n.min(deadline));
             let _ = tokio::time::timeout_at(wake, notified).await;
         }
+    }
+
+    async fn lost_events(&self) -> EngineResult<Vec<LostEvents>> {
+        self.with_state(|state| state.webhooks.lost.iter().cloned().collect())
     }
 
     async fn create_deliveries(

@@ -69,6 +69,7 @@ struct Keys {
     webhook_endpoints: String,
     webhook_endpoints_version: String,
     webhook_health: String,
+    webhook_lost: String,
     webhook_schedule: String,
 }
 
@@ -86,6 +87,7 @@ impl Keys {
             webhook_endpoints: format!("{base}:webhooks:endpoints"),
             webhook_endpoints_version: format!("{base}:webhooks:endpoints:version"),
             webhook_health: format!("{base}:webhooks:health"),
+            webhook_lost: format!("{base}:webhooks:lost"),
             webhook_schedule: format!("{base}:webhooks:schedule"),
             base,
         }
@@ -135,6 +137,7 @@ struct Scripts {
     webhook_reschedule: Script,
     webhook_delete_endpoint: Script,
     webhook_put_endpoint: Script,
+    webhook_read: Script,
 }
 
 impl Scripts {
@@ -156,6 +159,7 @@ impl Scripts {
                 "scripts/webhook_delete_endpoint.lua"
             )),
             webhook_put_endpoint: Script::new(include_str!("scripts/webhook_put_endpoint.lua")),
+            webhook_read: Script::new(include_str!("scripts/webhook_read.lua")),
         }
     }
 }
@@ -460,6 +464,7 @@ mod tests {
             "herald:{p0}:webhooks:endpoints:version"
         );
         assert_eq!(keys.webhook_health, "herald:{p0}:webhooks:health");
+        assert_eq!(keys.webhook_lost, "herald:{p0}:webhooks:lost");
         assert_eq!(
             keys.webhook_delivery("msg_1"),
             "herald:{p0}:webhooks:delivery:msg_1"

@@ -7,6 +7,7 @@
 //! | --- | --- | --- |
 //! | `P{p0}:webhooks:endpoints` | hash | endpoint id -> endpoint (JSON) |
 //! | `P{p0}:webhooks:health` | hash | endpoint health in plain fields: `<endpoint id>:enabled` (`1`/`0`), `:disabledReason`, `:failingSinceMs`, `:updatedAtMs` (of a disabling), put over the endpoint's JSON on read |
+//! | `P{p0}:webhooks:lost` | list | gaps in webhook dispatch (JSON [`LostEvents`]), the newest [`LOST_RANGES_KEPT`] |
 //! | `P{p0}:webhooks:endpoints:version` | string | counter moved forward by every endpoint write (readers cache the endpoints against it) |
 //! | `P{p0}:webhooks:delivery:<id>` | hash | one delivery, a field per attribute (scripts update fields in place) |
 //! | `P{p0}:webhooks:attempts:<id>` | list | the delivery's attempts (JSON), oldest first, the newest [`ATTEMPTS_KEPT`] |
@@ -22,8 +23,8 @@
 use super::conn::{is_nogroup, map_err, within};
 use super::reply::{corrupt, int, items, text};
 use super::{RedisEngine, millis};
+use crate::engine::EngineResult;
 use crate::engine::webhook::*;
-use crate::engine::{EngineResult, LogEntry};
 use crate::model::EventId;
 use ::redis::Value;
 use async_trait::async_trait;
@@ -364,37 +365,55 @@ impl WebhookStore for RedisEngine {
         max: usize,
         wait: Duration,
         reclaim_after: Duration,
-    ) -> EngineResult<Vec<LogEntry>> {
+    ) -> EngineResult<ClaimedEvents> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(ClaimedEvents::default());
         }
         let deadline = tokio::time::Instant::now() + wait;
-        // An entry handed out to a node that died becomes reclaimable while this call blocks,
-        // and only XAUTOCLAIM notices: block in slices. XAUTOCLAIM itself runs at most every
+        // An entry handed out to a node that died becomes reclaimable while this call waits,
+        // and only XAUTOCLAIM notices: wait in slices. XAUTOCLAIM itself runs at most every
         // quarter `reclaim_after` (`dispatch_reclaim_due`), not before every read.
         let slice = (reclaim_after / 4).max(Duration::from_millis(50));
         loop {
-            let mut batch = if self.dispatch_reclaim_due(reclaim_after) {
+            let mut entries = if self.dispatch_reclaim_due(reclaim_after) {
                 self.reclaim_events(consumer, max, reclaim_after).await?
             } else {
                 Vec::new()
             };
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let block = if batch.is_empty() {
-                remaining.min(slice)
-            } else {
-                Duration::ZERO
-            };
-            if batch.len() < max {
-                let fresh = self
-                    .read_new_events(consumer, max - batch.len(), block)
-                    .await?;
-                batch.extend(fresh);
+            let mut lost = None;
+            if entries.len() < max {
+                let (fresh, gap, last) =
+                    self.read_new_events(consumer, max - entries.len()).await?;
+                entries.extend(fresh);
+                lost = gap;
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if entries.is_empty() && lost.is_none() && !remaining.is_zero() {
+                    self.wait_for_events(&last, remaining.min(slice)).await?;
+                    continue;
+                }
             }
-            if !batch.is_empty() || tokio::time::Instant::now() >= deadline || block.is_zero() {
-                return Ok(batch);
+            return Ok(ClaimedEvents { entries, lost });
+        }
+    }
+
+    async fn lost_events(&self) -> EngineResult<Vec<LostEvents>> {
+        let raw: Vec<String> = self
+            .run(
+                "reading lost event ranges",
+                ::redis::cmd("LRANGE")
+                    .arg(&self.keys.webhook_lost)
+                    .arg(0)
+                    .arg(-1),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(raw.len());
+        for json in raw {
+            match serde_json::from_str::<LostEvents>(&json) {
+                Ok(lost) => out.push(lost),
+                Err(e) => tracing::warn!(error = %e, "lost event range does not decode"),
             }
         }
+        Ok(out)
     }
 
     async fn create_deliveries(
