@@ -4,7 +4,10 @@
 //! claimed batch are stored and every event of the batch acknowledged in one engine step
 //! (`create_deliveries`), events no endpoint wants included. A node that dies between the
 //! claim and that step leaves the batch to be reclaimed by another; a delivery's id derives
-//! from (event, endpoint), so a reclaimed event never makes a second delivery.
+//! from (event, endpoint), so a reclaimed event never makes a second delivery. The endpoints
+//! are cached against the engine's endpoints version, read after each claim. Events trimmed
+//! from the log before any dispatcher read them are reported by the claim that finds the gap:
+//! counted (`herald_webhook_events_lost_total`) and logged here, recorded by the engine.
 //!
 //! It never sends anything: the sender picks the deliveries up from the schedule. Notices
 //! about endpoints (`endpoint.disabled`) are not events and do not come through here: see
