@@ -342,8 +342,8 @@ impl RedisEngine {
 
     /// Waits up to `block` for an entry after `after` on the event log (`XREAD BLOCK`, which
     /// hands nothing out), on a dedicated connection: every entry is then read through
-    /// [`Self::read_new_events`] and its check.
-    pub(super) async fn wait_for_events(&self, after: &str, block: Duration) -> EngineResult<()> {
+    /// [`Self::read_new_events`] and its check. Whether an entry came.
+    pub(super) async fn wait_for_events(&self, after: &str, block: Duration) -> EngineResult<bool> {
         let mut cmd = ::redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)
@@ -353,11 +353,11 @@ impl RedisEngine {
             .arg(&self.keys.events)
             .arg(after);
         let what = "waiting for events for webhooks";
-        let _: Value = self
+        let reply: Value = self
             .blocking
             .query(what, &cmd, block, self.op_timeout)
             .await
             .map_err(|e| map_err(what, e))?;
-        Ok(())
+        Ok(!matches!(reply, Value::Nil))
     }
 }

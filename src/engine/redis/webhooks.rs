@@ -388,7 +388,11 @@ impl WebhookStore for RedisEngine {
                 lost = gap;
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if entries.is_empty() && lost.is_none() && !remaining.is_zero() {
-                    self.wait_for_events(&last, remaining.min(slice)).await?;
+                    let came = self.wait_for_events(&last, remaining.min(slice)).await?;
+                    if !came && tokio::time::Instant::now() >= deadline {
+                        // Nothing came in the whole wait: no need to read again.
+                        return Ok(ClaimedEvents::default());
+                    }
                     continue;
                 }
             }
