@@ -76,6 +76,7 @@ counters! {
     webhook_endpoints_disabled => "herald_webhook_endpoints_disabled_total", "Endpoints disabled (410 Gone, or failing for webhooks.disable_after).";
     webhook_deferred => "herald_webhook_deferred_total", "Deliveries put back a little later without an attempt because their endpoint was at its in-flight or rate limit.";
     webhook_sender_errors => "herald_webhook_sender_errors_total", "Sender engine calls that failed (the delivery is taken again when its lease ends).";
+    webhook_events_lost => "herald_webhook_events_lost_total", "Events trimmed from the event log (retention) before any dispatcher read them, found by this node: no endpoint received them (GET /v1/webhooks/{id} shows the ranges).";
 }
 
 /// A series' name and HELP text.

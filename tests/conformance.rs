@@ -173,19 +173,25 @@ conformance!(
     queue_stats_count_visible_in_flight_and_dead,
     a_second_consumer_takes_over_expired_work,
     endpoints_are_stored_listed_replaced_and_deleted,
+    every_endpoint_write_moves_the_endpoints_version_forward,
     deleting_an_endpoint_takes_its_deliveries_off_the_schedule,
     claimed_events_are_not_handed_out_again_once_deliveries_are_created,
+    one_create_call_stores_a_batch_and_acknowledges_every_event_of_it,
     enqueued_deliveries_are_scheduled_and_acknowledge_no_event,
     unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_after,
     waiting_dispatcher_wakes_when_an_event_is_appended,
+    events_trimmed_before_dispatch_are_reported_and_recorded_once,
     creating_a_delivery_twice_keeps_the_first,
     claim_due_returns_due_deliveries_in_due_order_once_per_lease,
+    claim_due_reports_the_endpoints_version_and_bodies_are_read_by_id,
     next_due_ms_is_the_earliest_scheduled_time,
     succeeded_attempt_takes_the_delivery_off_the_schedule,
     retry_at_schedules_the_next_attempt_at_that_time,
     failed_delivery_is_kept_and_recover_failed_schedules_it_again,
     gone_fails_the_delivery_and_disables_the_endpoint,
     endpoint_health_tracks_failures_and_disables_after_disable_after,
+    finish_attempts_records_a_batch_in_order_with_the_health_of_each,
+    settings_updates_keep_health_and_health_writes_keep_settings,
     attempts_are_listed_oldest_first_and_capped,
     deliveries_are_listed_newest_first_with_limit_and_before,
     retry_delivery_makes_any_delivery_pending_and_due,
@@ -1012,13 +1018,34 @@ fn attempt(number: u32, at_ms: u64, status_code: Option<u16>) -> Attempt {
 
 /// Stores deliveries as the dispatcher does, for an event that was never claimed.
 async fn create(e: &Arc<dyn Engine>, deliveries: &[Delivery]) {
-    e.create_deliveries(EventId { ms: 1, seq: 0 }, deliveries)
+    e.create_deliveries(&[EventId { ms: 1, seq: 0 }], deliveries)
         .await
         .unwrap();
 }
 
-fn ids(deliveries: &[Delivery]) -> Vec<&str> {
-    deliveries.iter().map(|d| d.id.as_str()).collect()
+/// Takes due deliveries, as the sender does.
+async fn claim(e: &Arc<dyn Engine>, now_ms: u64, max: usize, lease: Duration) -> Vec<DueDelivery> {
+    e.claim_due(now_ms, max, lease).await.unwrap().due
+}
+
+trait Id {
+    fn id(&self) -> &str;
+}
+
+impl Id for Delivery {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Id for DueDelivery {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+fn ids<D: Id>(deliveries: &[D]) -> Vec<&str> {
+    deliveries.iter().map(Id::id).collect()
 }
 
 fn entry_ids(entries: &[LogEntry]) -> Vec<EventId> {
@@ -1058,6 +1085,32 @@ async fn endpoints_are_stored_listed_replaced_and_deleted(h: Harness) {
     assert_eq!(e.endpoints().await.unwrap(), vec![b]);
 }
 
+async fn every_endpoint_write_moves_the_endpoints_version_forward(h: Harness) {
+    let e = &h.engine;
+    let other = h.second_consumer().await;
+    let mut seen = e.endpoints_version().await.unwrap();
+    let mut moved = async || {
+        // Seen alike by another node.
+        let now = other.endpoints_version().await.unwrap();
+        assert!(now > seen, "{now} after {seen}");
+        seen = now;
+    };
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    moved().await;
+    let mut changed = endpoint("ep_1");
+    changed.url = "https://other.example.com/hook".into();
+    e.put_endpoint(&changed).await.unwrap();
+    moved().await;
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    let gone = AttemptOutcome::Gone("endpoint answered 410 Gone".into());
+    e.finish_attempt("msg_1", &attempt(1, 150, Some(410)), &gone, DAY)
+        .await
+        .unwrap();
+    moved().await;
+    assert!(e.delete_endpoint("ep_1").await.unwrap());
+    moved().await;
+}
+
 async fn deleting_an_endpoint_takes_its_deliveries_off_the_schedule(h: Harness) {
     let e = &h.engine;
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
@@ -1072,7 +1125,7 @@ async fn deleting_an_endpoint_takes_its_deliveries_off_the_schedule(h: Harness) 
     .await;
     assert!(e.delete_endpoint("ep_1").await.unwrap());
     assert_eq!(e.next_due_ms().await.unwrap(), Some(200));
-    let due = e.claim_due(1_000, 10, LONG_LEASE).await.unwrap();
+    let due = claim(e, 1_000, 10, LONG_LEASE).await;
     assert_eq!(ids(&due), ["msg_2"]);
 }
 
@@ -1087,21 +1140,82 @@ async fn claimed_events_are_not_handed_out_again_once_deliveries_are_created(h: 
         .unwrap();
     assert_eq!(entry_ids(&got), [first, second]);
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
-    e.create_deliveries(first, &[delivery("msg_1", "ep_1", 100, 100)])
+    e.create_deliveries(&[first], &[delivery("msg_1", "ep_1", 100, 100)])
         .await
         .unwrap();
     // No matching endpoint: an empty list acknowledges all the same.
-    e.create_deliveries(second, &[]).await.unwrap();
+    e.create_deliveries(&[second], &[]).await.unwrap();
     tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
     let again = e
         .claim_events("n2", 10, Duration::ZERO, reclaim)
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
+    assert_eq!(ids(&claim(e, 100, 10, LONG_LEASE).await), ["msg_1"]);
+}
+
+async fn one_create_call_stores_a_batch_and_acknowledges_every_event_of_it(h: Harness) {
+    let e = &h.engine;
+    let other = h.second_consumer().await;
+    let first = append_event(e, "o1").await;
+    let unwanted = append_event(e, "o2").await;
+    let third = append_event(e, "o3").await;
+    let reclaim = Duration::from_millis(200);
+    let got = e
+        .claim_events("n1", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&got), [first, unwanted, third]);
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    let mut batch = vec![
+        delivery("msg_1", "ep_1", 100, 100),
+        delivery("msg_2", "ep_2", 100, 200),
+        delivery("msg_3", "ep_1", 300, 300),
+    ];
+    let mut failed = delivery("msg_4", "ep_2", 400, 400);
+    failed.state = DeliveryState::Failed;
+    failed.next_attempt_at_ms = None;
+    batch.push(failed);
+    // `unwanted` makes no delivery: it is acknowledged in the same call all the same.
+    e.create_deliveries(&[first, unwanted, third], &batch)
+        .await
+        .unwrap();
+    tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
+    let again = other
+        .claim_events("n2", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
     assert_eq!(
-        ids(&e.claim_due(100, 10, LONG_LEASE).await.unwrap()),
-        ["msg_1"]
+        ids(&claim(e, 1_000, 10, LONG_LEASE).await),
+        ["msg_1", "msg_2", "msg_3"]
     );
+    assert_eq!(
+        e.delivery("msg_4").await.unwrap().unwrap().state,
+        DeliveryState::Failed
+    );
+    assert_eq!(e.recover_failed("ep_2", 0, 5_000).await.unwrap(), 1);
+    // The same batch again (a node died before its answer arrived): nothing changes.
+    e.create_deliveries(&[first, unwanted, third], &batch)
+        .await
+        .unwrap();
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(5_000));
+    // A batch with no delivery at all acknowledges its events.
+    let fourth = append_event(e, "o4").await;
+    let fifth = append_event(e, "o5").await;
+    let got = e
+        .claim_events("n1", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&got), [fourth, fifth]);
+    e.create_deliveries(&[fourth, fifth], &[]).await.unwrap();
+    tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
+    let again = other
+        .claim_events("n2", 10, Duration::ZERO, reclaim)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 }
 
 async fn enqueued_deliveries_are_scheduled_and_acknowledge_no_event(h: Harness) {
@@ -1122,10 +1236,7 @@ async fn enqueued_deliveries_are_scheduled_and_acknowledge_no_event(h: Harness) 
     e.enqueue_deliveries(&[delivery("notice_1", "ep_1", 100, 900)])
         .await
         .unwrap();
-    assert_eq!(
-        ids(&e.claim_due(100, 10, LONG_LEASE).await.unwrap()),
-        ["notice_1"]
-    );
+    assert_eq!(ids(&claim(e, 100, 10, LONG_LEASE).await), ["notice_1"]);
     // The claimed event was not acknowledged by it: another node takes it over in time.
     tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
     let taken = other
@@ -1158,7 +1269,7 @@ async fn unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_aft
         .await
         .unwrap();
     assert_eq!(entry_ids(&taken), [id]);
-    other.create_deliveries(id, &[]).await.unwrap();
+    other.create_deliveries(&[id], &[]).await.unwrap();
     tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
     assert!(
         e.claim_events("n1", 10, Duration::ZERO, reclaim)
@@ -1184,6 +1295,46 @@ async fn waiting_dispatcher_wakes_when_an_event_is_appended(h: Harness) {
     let got = waiter.await.unwrap();
     assert_eq!(entry_ids(&got), [id]);
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+async fn events_trimmed_before_dispatch_are_reported_and_recorded_once(h: Harness) {
+    let e = &h.engine;
+    let other = h.second_consumer().await;
+    let read = append_event(e, "o0").await;
+    let got = e.claim_events("n1", 10, Duration::ZERO, DAY).await.unwrap();
+    assert_eq!(entry_ids(&got), [read]);
+    assert_eq!(got.lost, None);
+    e.create_deliveries(&[read], &[]).await.unwrap();
+    // The dispatchers stop; far more events than the retention are appended meanwhile.
+    let raw = accepted_event(&order("o1")).to_json();
+    let mut unread = Vec::new();
+    for _ in 0..400 {
+        unread.push(e.append_raw_event(&raw).await.unwrap());
+    }
+    let first_kept = e.first_event_id().await.unwrap().unwrap();
+    let trimmed = unread.iter().filter(|id| **id < first_kept).count() as u64;
+    assert!(trimmed > 0, "the log was trimmed");
+    let got = e
+        .claim_events("n1", 1_000, Duration::ZERO, DAY)
+        .await
+        .unwrap();
+    let lost = got.lost.clone().expect("the gap is reported");
+    assert_eq!(lost.count, trimmed);
+    assert_eq!(lost.after_id, read.to_string());
+    assert_eq!(lost.before_id, first_kept.to_string());
+    let kept: Vec<EventId> = unread.into_iter().filter(|id| *id >= first_kept).collect();
+    assert_eq!(entry_ids(&got), kept);
+    assert_eq!(e.lost_events().await.unwrap(), std::slice::from_ref(&lost));
+    e.create_deliveries(&kept, &[]).await.unwrap();
+    // Reported once, whichever node reads next.
+    let next = append_event(e, "o2").await;
+    let got = other
+        .claim_events("n2", 10, Duration::ZERO, DAY)
+        .await
+        .unwrap();
+    assert_eq!(got.lost, None);
+    assert_eq!(entry_ids(&got), [next]);
+    assert_eq!(other.lost_events().await.unwrap(), [lost]);
 }
 
 async fn creating_a_delivery_twice_keeps_the_first(h: Harness) {
@@ -1220,21 +1371,64 @@ async fn claim_due_returns_due_deliveries_in_due_order_once_per_lease(h: Harness
         ],
     )
     .await;
-    assert!(e.claim_due(99, 10, LONG_LEASE).await.unwrap().is_empty());
-    let first = e.claim_due(250, 1, LONG_LEASE).await.unwrap();
+    assert!(claim(e, 99, 10, LONG_LEASE).await.is_empty());
+    let first = claim(e, 250, 1, LONG_LEASE).await;
     assert_eq!(ids(&first), ["msg_2"]);
-    assert_eq!(first[0], delivery("msg_2", "ep_1", 100, 100));
-    let rest = e.claim_due(1_000, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(
+        first[0],
+        DueDelivery {
+            id: "msg_2".into(),
+            endpoint_id: "ep_1".into(),
+            attempts: 0,
+            due_ms: 100,
+        }
+    );
+    let rest = claim(e, 1_000, 10, LONG_LEASE).await;
     assert_eq!(ids(&rest), ["msg_3", "msg_1"]);
     // Leased: not handed out again while another node may be attempting it.
-    assert!(e.claim_due(1_000, 10, LONG_LEASE).await.unwrap().is_empty());
+    assert!(claim(e, 1_000, 10, LONG_LEASE).await.is_empty());
     assert_eq!(e.next_due_ms().await.unwrap(), Some(5_000));
     // After the lease (the node died mid-attempt) they are due again, in due order.
     // msg_2's lease ends at 60 250, the others' at 61 000 (equal times go in id order).
-    let later = e.claim_due(60_500, 10, LONG_LEASE).await.unwrap();
+    let later = claim(e, 60_500, 10, LONG_LEASE).await;
     assert_eq!(ids(&later), ["msg_4", "msg_2"]);
-    let last = e.claim_due(61_000, 10, LONG_LEASE).await.unwrap();
+    let last = claim(e, 61_000, 10, LONG_LEASE).await;
     assert_eq!(ids(&last), ["msg_1", "msg_3"]);
+}
+
+async fn claim_due_reports_the_endpoints_version_and_bodies_are_read_by_id(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    let mut other = delivery("msg_2", "ep_1", 100, 100);
+    other.body = "{\"second\":true}".into();
+    create(e, &[delivery("msg_1", "ep_1", 100, 100), other.clone()]).await;
+    let batch = e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(
+        batch.endpoints_version,
+        e.endpoints_version().await.unwrap()
+    );
+    assert_eq!(ids(&batch.due), ["msg_1", "msg_2"]);
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    create(e, &[delivery("msg_3", "ep_2", 100, 100)]).await;
+    let batch = e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(
+        batch.endpoints_version,
+        e.endpoints_version().await.unwrap()
+    );
+    assert_eq!(ids(&batch.due), ["msg_3"]);
+    // Nothing due: the version all the same.
+    let empty = e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    assert!(empty.due.is_empty());
+    let ask = ["msg_2", "msg_unknown", "msg_1"].map(String::from);
+    assert_eq!(
+        e.delivery_bodies(&ask).await.unwrap(),
+        [
+            Some(other.body),
+            None,
+            Some(delivery("msg_1", "ep_1", 100, 100).body)
+        ]
+    );
+    assert!(e.delivery_bodies(&[]).await.unwrap().is_empty());
 }
 
 async fn next_due_ms_is_the_earliest_scheduled_time(h: Harness) {
@@ -1256,7 +1450,7 @@ async fn succeeded_attempt_takes_the_delivery_off_the_schedule(h: Harness) {
     let e = &h.engine;
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
     create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
-    e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    claim(e, 100, 10, LONG_LEASE).await;
     let health = e
         .finish_attempt(
             "msg_1",
@@ -1274,19 +1468,14 @@ async fn succeeded_attempt_takes_the_delivery_off_the_schedule(h: Harness) {
     assert_eq!(d.next_attempt_at_ms, None);
     assert_eq!(d.updated_at_ms, 130);
     assert_eq!(e.next_due_ms().await.unwrap(), None);
-    assert!(
-        e.claim_due(u64::MAX / 4, 10, LONG_LEASE)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim(e, u64::MAX / 4, 10, LONG_LEASE).await.is_empty());
 }
 
 async fn retry_at_schedules_the_next_attempt_at_that_time(h: Harness) {
     let e = &h.engine;
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
     create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
-    e.claim_due(100, 10, LONG_LEASE).await.unwrap();
+    claim(e, 100, 10, LONG_LEASE).await;
     e.finish_attempt(
         "msg_1",
         &attempt(1, 120, Some(503)),
@@ -1300,8 +1489,8 @@ async fn retry_at_schedules_the_next_attempt_at_that_time(h: Harness) {
     assert_eq!(d.next_attempt_at_ms, Some(5_120));
     assert_eq!(d.last_status_code, Some(503));
     assert_eq!(e.next_due_ms().await.unwrap(), Some(5_120));
-    assert!(e.claim_due(5_119, 10, LONG_LEASE).await.unwrap().is_empty());
-    let due = e.claim_due(5_120, 10, LONG_LEASE).await.unwrap();
+    assert!(claim(e, 5_119, 10, LONG_LEASE).await.is_empty());
+    let due = claim(e, 5_120, 10, LONG_LEASE).await;
     assert_eq!(ids(&due), ["msg_1"]);
     assert_eq!(due[0].attempts, 1);
 }
@@ -1340,7 +1529,7 @@ async fn failed_delivery_is_kept_and_recover_failed_schedules_it_again(h: Harnes
     assert_eq!(e.recover_failed("ep_1", 0, 9_000).await.unwrap(), 1);
     assert_eq!(e.recover_failed("ep_1", 0, 9_000).await.unwrap(), 0);
     assert_eq!(e.recover_failed("ep_unknown", 0, 9_000).await.unwrap(), 0);
-    let due = e.claim_due(9_000, 10, LONG_LEASE).await.unwrap();
+    let due = claim(e, 9_000, 10, LONG_LEASE).await;
     assert_eq!(ids(&due), ["msg_3", "msg_1", "msg_2"]);
 }
 
@@ -1452,6 +1641,148 @@ async fn endpoint_health_tracks_failures_and_disables_after_disable_after(h: Har
     );
 }
 
+async fn finish_attempts_records_a_batch_in_order_with_the_health_of_each(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    create(
+        e,
+        &[
+            delivery("msg_1", "ep_1", 100, 100),
+            delivery("msg_2", "ep_1", 100, 100),
+            delivery("msg_3", "ep_2", 100, 100),
+            delivery("msg_4", "ep_1", 100, 100),
+        ],
+    )
+    .await;
+    let done = |id: &str, at: u64, code: u16, outcome: AttemptOutcome| FinishedAttempt {
+        delivery_id: id.into(),
+        attempt: attempt(1, at, Some(code)),
+        outcome,
+    };
+    let gone = "endpoint answered 410 Gone".to_string();
+    let health = e
+        .finish_attempts(
+            &[
+                done("msg_1", 150, 503, AttemptOutcome::RetryAt(5_000)),
+                done("msg_2", 160, 410, AttemptOutcome::Gone(gone.clone())),
+                done("msg_unknown", 160, 200, AttemptOutcome::Succeeded),
+                done("msg_3", 170, 200, AttemptOutcome::Succeeded),
+                // Disabled already by msg_2 of the same batch: not disabled twice.
+                done("msg_4", 180, 410, AttemptOutcome::Gone(gone.clone())),
+            ],
+            DAY,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        [
+            EndpointHealth::Unchanged,
+            EndpointHealth::Disabled {
+                reason: gone.clone()
+            },
+            EndpointHealth::Unchanged,
+            EndpointHealth::Unchanged,
+            EndpointHealth::Unchanged,
+        ]
+    );
+    let state = async |id: &str| e.delivery(id).await.unwrap().unwrap();
+    assert_eq!(state("msg_1").await.state, DeliveryState::Pending);
+    assert_eq!(state("msg_1").await.next_attempt_at_ms, Some(5_000));
+    assert_eq!(state("msg_2").await.state, DeliveryState::Failed);
+    assert_eq!(state("msg_3").await.state, DeliveryState::Succeeded);
+    assert_eq!(state("msg_4").await.state, DeliveryState::Failed);
+    assert_eq!(
+        e.attempts("msg_3").await.unwrap(),
+        [attempt(1, 170, Some(200))]
+    );
+    let ep = e.endpoint("ep_1").await.unwrap().unwrap();
+    assert!(!ep.enabled);
+    assert_eq!(ep.disabled_reason, Some(gone));
+    assert_eq!(ep.failing_since_ms, Some(150));
+    let ep = e.endpoint("ep_2").await.unwrap().unwrap();
+    assert!(ep.enabled);
+    assert_eq!(ep.failing_since_ms, None);
+    assert_eq!(e.next_due_ms().await.unwrap(), Some(5_000));
+    assert!(e.finish_attempts(&[], DAY).await.unwrap().is_empty());
+}
+
+async fn settings_updates_keep_health_and_health_writes_keep_settings(h: Harness) {
+    let e = &h.engine;
+    let original = endpoint("ep_1");
+    e.put_endpoint(&original).await.unwrap();
+    create(
+        e,
+        &[
+            delivery("msg_1", "ep_1", 100, 100),
+            delivery("msg_2", "ep_1", 100, 100),
+        ],
+    )
+    .await;
+    let retry = AttemptOutcome::RetryAt(9_000);
+    e.finish_attempt("msg_1", &attempt(1, 1_000, Some(500)), &retry, DAY)
+        .await
+        .unwrap();
+    // A settings update made from a read taken before the failure (PATCH, rotate-secret).
+    let mut patched = original.clone();
+    patched.description = Some("patched".into());
+    patched.updated_at_ms = 2_000;
+    e.put_endpoint(&patched).await.unwrap();
+    let ep = e.endpoint("ep_1").await.unwrap().unwrap();
+    assert_eq!(ep.failing_since_ms, Some(1_000), "health kept");
+    assert_eq!(ep.description.as_deref(), Some("patched"));
+    assert_eq!(ep.updated_at_ms, 2_000);
+    // The health write keeps the settings written meanwhile.
+    let gone = AttemptOutcome::Gone("endpoint answered 410 Gone".into());
+    e.finish_attempt("msg_2", &attempt(1, 3_000, Some(410)), &gone, DAY)
+        .await
+        .unwrap();
+    let disabled = e.endpoint("ep_1").await.unwrap().unwrap();
+    assert_eq!(
+        disabled,
+        Endpoint {
+            enabled: false,
+            disabled_reason: Some("endpoint answered 410 Gone".into()),
+            failing_since_ms: Some(1_000),
+            updated_at_ms: 3_000,
+            ..patched.clone()
+        }
+    );
+    // Another settings update of the disabled endpoint (read after the disabling) keeps it
+    // disabled, with its reason.
+    let mut described = disabled.clone();
+    described.description = Some("again".into());
+    described.updated_at_ms = 4_000;
+    e.put_endpoint(&described).await.unwrap();
+    assert_eq!(e.endpoint("ep_1").await.unwrap(), Some(described.clone()));
+    // Enabling it (PATCH enabled: true) clears the reason and the failure.
+    let mut enabled = described;
+    enabled.enabled = true;
+    enabled.disabled_reason = None;
+    enabled.failing_since_ms = None;
+    enabled.updated_at_ms = 5_000;
+    e.put_endpoint(&enabled).await.unwrap();
+    assert_eq!(e.endpoint("ep_1").await.unwrap(), Some(enabled.clone()));
+    assert_eq!(e.endpoints().await.unwrap(), vec![enabled.clone()]);
+    // Disabled by the user: enabled and reason as given, the failure bookkeeping kept.
+    e.finish_attempt("msg_1", &attempt(2, 6_000, Some(500)), &retry, DAY)
+        .await
+        .unwrap();
+    let mut off = enabled;
+    off.enabled = false;
+    off.disabled_reason = Some("disabled through the API".into());
+    off.updated_at_ms = 7_000;
+    e.put_endpoint(&off).await.unwrap();
+    assert_eq!(
+        e.endpoint("ep_1").await.unwrap(),
+        Some(Endpoint {
+            failing_since_ms: Some(6_000),
+            ..off
+        })
+    );
+}
+
 async fn attempts_are_listed_oldest_first_and_capped(h: Harness) {
     let e = &h.engine;
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
@@ -1513,10 +1844,7 @@ async fn retry_delivery_makes_any_delivery_pending_and_due(h: Harness) {
     assert_eq!(d.next_attempt_at_ms, Some(7_000));
     assert_eq!(d.attempts, 1);
     assert_eq!(e.next_due_ms().await.unwrap(), Some(7_000));
-    assert_eq!(
-        ids(&e.claim_due(7_000, 10, LONG_LEASE).await.unwrap()),
-        ["msg_1"]
-    );
+    assert_eq!(ids(&claim(e, 7_000, 10, LONG_LEASE).await), ["msg_1"]);
     assert!(!e.retry_delivery("msg_unknown", 7_000).await.unwrap());
 }
 
@@ -1553,10 +1881,7 @@ async fn webhook_state_survives_a_restart_with_aof(mut h: Harness) {
         ],
     )
     .await;
-    assert_eq!(
-        ids(&e.claim_due(100, 1, LONG_LEASE).await.unwrap()),
-        ["msg_1"]
-    );
+    assert_eq!(ids(&claim(&e, 100, 1, LONG_LEASE).await), ["msg_1"]);
     e.finish_attempt(
         "msg_1",
         &attempt(1, 120, Some(500)),
@@ -1580,11 +1905,8 @@ async fn webhook_state_survives_a_restart_with_aof(mut h: Harness) {
             .expect("engine after the restart"),
     );
     assert_eq!(after.next_due_ms().await.unwrap(), Some(300));
-    assert_eq!(
-        ids(&after.claim_due(1_000, 10, LONG_LEASE).await.unwrap()),
-        ["msg_2"]
-    );
-    let retried = after.claim_due(5_000, 10, LONG_LEASE).await.unwrap();
+    assert_eq!(ids(&claim(&after, 1_000, 10, LONG_LEASE).await), ["msg_2"]);
+    let retried = claim(&after, 5_000, 10, LONG_LEASE).await;
     assert_eq!(ids(&retried), ["msg_1"]);
     assert_eq!(retried[0].attempts, 1);
     assert_eq!(after.attempts("msg_1").await.unwrap().len(), 1);
@@ -1597,4 +1919,89 @@ async fn webhook_state_survives_a_restart_with_aof(mut h: Harness) {
         .await
         .unwrap();
     assert_eq!(entry_ids(&taken), [event]);
+}
+
+/// Calls of one command since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
+fn command_calls(conn: &mut ::redis::Connection, command: &str) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query(conn)
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Redis only: a dispatcher's claims scan for expired events (`XAUTOCLAIM`) at most every
+/// quarter `reclaim_after`, not before every read.
+#[tokio::test]
+async fn redis_dispatch_claims_do_not_scan_for_expired_events_before_every_read() {
+    let h = Harness::redis().await;
+    let mut conn = h.redis.as_ref().unwrap().conn();
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    for _ in 0..5 {
+        h.engine
+            .claim_events("n1", 10, Duration::ZERO, DAY)
+            .await
+            .unwrap();
+    }
+    assert_eq!(command_calls(&mut conn, "xreadgroup"), 5);
+    assert_eq!(command_calls(&mut conn, "xautoclaim"), 1);
+}
+
+/// Redis only: an endpoint stored by an older Herald (health inside its JSON, no health
+/// fields) reads as it was, and its first attempt moves its health over to the plain fields.
+#[tokio::test]
+async fn redis_endpoint_stored_before_health_fields_keeps_its_health() {
+    let h = Harness::redis().await;
+    let e = &h.engine;
+    let mut old = endpoint("ep_1");
+    old.failing_since_ms = Some(1_000);
+    let mut conn = h.redis.as_ref().unwrap().conn();
+    let _: () = ::redis::cmd("HSET")
+        .arg("conf:{p0}:webhooks:endpoints")
+        .arg("ep_1")
+        .arg(serde_json::to_string(&old).unwrap())
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(e.endpoint("ep_1").await.unwrap(), Some(old.clone()));
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    let too_long = Duration::from_secs(10);
+    let health = e
+        .finish_attempt(
+            "msg_1",
+            &attempt(1, 11_001, Some(500)),
+            &AttemptOutcome::Failed,
+            too_long,
+        )
+        .await
+        .unwrap();
+    // Failing since 1 000 (kept from the JSON), now 11 001: more than ten seconds.
+    let reason = failing_too_long_reason(too_long);
+    assert_eq!(
+        health,
+        EndpointHealth::Disabled {
+            reason: reason.clone()
+        }
+    );
+    let fields: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL")
+        .arg("conf:{p0}:webhooks:health")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(fields["ep_1:failingSinceMs"], "1000");
+    assert_eq!(fields["ep_1:enabled"], "0");
+    assert_eq!(
+        e.endpoint("ep_1").await.unwrap(),
+        Some(Endpoint {
+            enabled: false,
+            disabled_reason: Some(reason),
+            updated_at_ms: 11_001,
+            ..old
+        })
+    );
 }

@@ -28,6 +28,37 @@ pub fn failing_too_long_reason(disable_after: Duration) -> String {
     )
 }
 
+/// Lost ranges kept by [`WebhookStore::lost_events`].
+pub const LOST_RANGES_KEPT: usize = 100;
+
+/// What [`WebhookStore::claim_events`] hands out: the entries, and any gap found on the way.
+/// Derefs to the entries.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClaimedEvents {
+    pub entries: Vec<LogEntry>,
+    pub lost: Option<LostEvents>,
+}
+
+impl std::ops::Deref for ClaimedEvents {
+    type Target = [LogEntry];
+    fn deref(&self) -> &[LogEntry] {
+        &self.entries
+    }
+}
+
+/// Events trimmed from the log before any dispatcher read them: no endpoint received them.
+/// Every lost id lies strictly between `after_id` (the last entry the dispatchers had read,
+/// `0-0` for none) and `before_id` (the first entry still in the log when the gap was found).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LostEvents {
+    pub after_id: String,
+    pub before_id: String,
+    /// How many events were lost.
+    pub count: u64,
+    pub detected_at_ms: u64,
+}
+
 /// A partner's webhook endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -134,6 +165,27 @@ pub struct Attempt {
     pub response: String,
 }
 
+/// A delivery taken by [`WebhookStore::claim_due`]: what an attempt needs besides the body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueDelivery {
+    pub id: String,
+    pub endpoint_id: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When it became due: its scheduled time, or the end of the lease of an attempt that
+    /// never finished.
+    pub due_ms: u64,
+}
+
+/// What [`WebhookStore::claim_due`] returns.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DueBatch {
+    /// [`WebhookStore::endpoints_version`], read in the same step as the claim: a sender
+    /// caching the endpoints knows from it whether its cache is current.
+    pub endpoints_version: u64,
+    pub due: Vec<DueDelivery>,
+}
+
 /// What an attempt leads to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
@@ -146,7 +198,15 @@ pub enum AttemptOutcome {
     Gone(String),
 }
 
-/// What [`WebhookStore::finish_attempt`] changed on the endpoint.
+/// One completed attempt for [`WebhookStore::finish_attempts`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedAttempt {
+    pub delivery_id: String,
+    pub attempt: Attempt,
+    pub outcome: AttemptOutcome,
+}
+
+/// What [`WebhookStore::finish_attempts`] changed on an attempt's endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EndpointHealth {
     Unchanged,
@@ -158,13 +218,26 @@ pub enum EndpointHealth {
 
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
-    /// Creates or replaces an endpoint.
+    /// Creates or replaces an endpoint's settings. Its health (`enabled`, `disabled_reason`,
+    /// `failing_since_ms`) is taken from `endpoint` only when the endpoint is new or `enabled`
+    /// changes (a user enabling clears `failing_since_ms` too); otherwise the stored health is
+    /// kept, so updating other settings (PATCH, rotate-secret) from an older read never resets
+    /// health recorded meanwhile. The one case it cannot tell apart: an endpoint disabled
+    /// between a caller's read (enabled) and its write is enabled again by that write.
     async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()>;
 
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>>;
 
     /// Every endpoint (the dispatcher matches events against them), in id order.
     async fn endpoints(&self) -> EngineResult<Vec<Endpoint>>;
+
+    /// A counter every endpoint write moves forward in the same step as the write (put,
+    /// delete, and a disabling by [`Self::finish_attempt`]; not the `failing_since_ms`
+    /// bookkeeping). Readers cache [`Self::endpoints`] beside the version they read *before*
+    /// it, and compare with the version read *after* claiming work: an endpoint written before
+    /// an event was appended has moved the counter by the time the event can be read, so an
+    /// unchanged version proves the cache current for every claimed event.
+    async fn endpoints_version(&self) -> EngineResult<u64>;
 
     /// Deletes an endpoint and takes its pending deliveries off the schedule. `false` when
     /// there was none.
@@ -173,54 +246,93 @@ pub trait WebhookStore: Send + Sync {
     /// Events for the dispatcher through the consumer group `webhooks` on the event log:
     /// entries not yet handed to any node, then entries handed out more than `reclaim_after`
     /// ago and never acknowledged (a node died with them).
+    ///
+    /// Retention honesty: when entries the group had not read yet were trimmed from the log
+    /// (the dispatchers fell behind by more than the retention), the claim that reads past
+    /// them reports the gap in [`ClaimedEvents::lost`] and records it (see
+    /// [`Self::lost_events`]) in the same step, so exactly one node reports each gap.
     async fn claim_events(
         &self,
         consumer: &str,
         max: usize,
         wait: Duration,
         reclaim_after: Duration,
-    ) -> EngineResult<Vec<LogEntry>>;
+    ) -> EngineResult<ClaimedEvents>;
 
-    /// Stores the deliveries of one event (each only if its id is new), schedules them at
-    /// their `next_attempt_at_ms`, and acknowledges the event in the consumer group, all in
-    /// one step. An empty list just acknowledges. A `Pending` delivery without
-    /// `next_attempt_at_ms` is due at its `created_at_ms`. A delivery whose id exists already
-    /// is left exactly as it is (a redelivered event changes nothing).
-    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()>;
+    /// The gaps in webhook dispatch recorded so far (oldest first, the newest
+    /// [`LOST_RANGES_KEPT`]): events trimmed from the log before any dispatcher read them.
+    async fn lost_events(&self) -> EngineResult<Vec<LostEvents>>;
+
+    /// Stores the deliveries of a claimed batch of events (each only if its id is new),
+    /// schedules them at their `next_attempt_at_ms`, and acknowledges every event of the batch
+    /// in the consumer group, all in one step: events no endpoint wants are acknowledged in
+    /// the same step, so a batch costs one engine call however many of its events make
+    /// deliveries (Redis: one script call, or one plain `XACK` when nothing is delivered). A
+    /// `Pending` delivery without `next_attempt_at_ms` is due at its `created_at_ms`. A
+    /// delivery whose id exists already is left exactly as it is (a redelivered event changes
+    /// nothing).
+    async fn create_deliveries(
+        &self,
+        events: &[EventId],
+        deliveries: &[Delivery],
+    ) -> EngineResult<()>;
 
     /// Stores and schedules deliveries that no log entry stands behind (operational notices
     /// such as `endpoint.disabled`), with the same rules as [`Self::create_deliveries`] but
     /// nothing to acknowledge.
     async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()>;
 
-    /// Takes up to `max` deliveries due at `now_ms`: each is re-scheduled at `now_ms + lease`
-    /// before it is returned, so a node that dies mid-attempt leaves it to be taken again,
-    /// and two nodes never take the same delivery at once. The returned records keep the
-    /// `next_attempt_at_ms` they were due at (the lease lives in the schedule only). A
-    /// scheduled delivery whose record or endpoint is gone is dropped from the schedule.
-    async fn claim_due(
-        &self,
-        now_ms: u64,
-        max: usize,
-        lease: Duration,
-    ) -> EngineResult<Vec<Delivery>>;
+    /// Takes up to `max` deliveries due at `now_ms`, earliest first: each is re-scheduled at
+    /// `now_ms + lease` before it is returned, so a node that dies mid-attempt leaves it to be
+    /// taken again, and two nodes never take the same delivery at once. Only what an attempt
+    /// needs besides the body comes back (the sender keeps bodies it knows and fetches the
+    /// others with [`Self::delivery_bodies`]), with the endpoints version read in the same
+    /// step. A scheduled delivery whose record or endpoint is gone is dropped from the
+    /// schedule.
+    async fn claim_due(&self, now_ms: u64, max: usize, lease: Duration) -> EngineResult<DueBatch>;
+
+    /// The bodies of deliveries, in the order asked (`None` for an unknown id), in one round
+    /// trip.
+    async fn delivery_bodies(&self, ids: &[String]) -> EngineResult<Vec<Option<String>>>;
 
     /// The earliest scheduled time, if anything is scheduled.
     async fn next_due_ms(&self) -> EngineResult<Option<u64>>;
 
-    /// Records an attempt and its outcome in one step: the attempt joins the delivery's log,
-    /// the delivery's state and schedule change, and the endpoint's health is updated (a
-    /// success clears `failing_since_ms`; a failure sets it if unset and disables the endpoint
-    /// when it is older than `disable_after`; `Gone` disables it). "Now" is `attempt.at_ms`.
-    /// The log keeps the newest [`ATTEMPTS_KEPT`] attempts. An unknown delivery id changes
-    /// nothing and reports `Unchanged`.
+    /// Records attempts and their outcomes, in order, in one step (the sender flushes the
+    /// attempts it completed since its last flush): per attempt, the attempt joins the
+    /// delivery's log, the delivery's state and schedule change, and the endpoint's health is
+    /// updated (a success clears `failing_since_ms`; a failure sets it if unset and disables
+    /// the endpoint when it is older than `disable_after`; `Gone` disables it). "Now" is each
+    /// `attempt.at_ms`. The log keeps the newest [`ATTEMPTS_KEPT`] attempts. An unknown
+    /// delivery id changes nothing and reports `Unchanged`. One [`EndpointHealth`] per
+    /// attempt, in order.
+    ///
+    /// Endpoint health (`enabled`, `disabled_reason`, `failing_since_ms`) is kept apart from
+    /// the endpoint's settings: these writes never touch the settings, and
+    /// [`Self::put_endpoint`] touches health only when the endpoint it is given changes
+    /// `enabled`.
+    async fn finish_attempts(
+        &self,
+        finished: &[FinishedAttempt],
+        disable_after: Duration,
+    ) -> EngineResult<Vec<EndpointHealth>>;
+
+    /// [`Self::finish_attempts`] for one attempt.
     async fn finish_attempt(
         &self,
         delivery_id: &str,
         attempt: &Attempt,
         outcome: &AttemptOutcome,
         disable_after: Duration,
-    ) -> EngineResult<EndpointHealth>;
+    ) -> EngineResult<EndpointHealth> {
+        let finished = FinishedAttempt {
+            delivery_id: delivery_id.to_string(),
+            attempt: attempt.clone(),
+            outcome: outcome.clone(),
+        };
+        let mut health = self.finish_attempts(&[finished], disable_after).await?;
+        Ok(health.pop().unwrap_or(EndpointHealth::Unchanged))
+    }
 
     async fn delivery(&self, id: &str) -> EngineResult<Option<Delivery>>;
 

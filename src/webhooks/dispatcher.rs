@@ -1,19 +1,23 @@
 //! The dispatcher: turns each event of the log into deliveries, exactly once however many
 //! nodes run it. Events come through the engine's consumer group (`claim_events`); each is
-//! matched against the enabled endpoints, its body is built once, and its deliveries are
-//! stored and the event acknowledged in one engine step (`create_deliveries`). A node that dies
-//! between the claim and that step leaves the event to be reclaimed by another; a delivery's id
-//! derives from (event, endpoint), so a reclaimed event never makes a second delivery.
+//! matched against the enabled endpoints and its body is built once; the deliveries of a whole
+//! claimed batch are stored and every event of the batch acknowledged in one engine step
+//! (`create_deliveries`), events no endpoint wants included. A node that dies between the
+//! claim and that step leaves the batch to be reclaimed by another; a delivery's id derives
+//! from (event, endpoint), so a reclaimed event never makes a second delivery. The endpoints
+//! are cached against the engine's endpoints version, read after each claim. Events trimmed
+//! from the log before any dispatcher read them are reported by the claim that finds the gap:
+//! counted (`herald_webhook_events_lost_total`) and logged here, recorded by the engine.
 //!
 //! It never sends anything: the sender picks the deliveries up from the schedule. Notices
 //! about endpoints (`endpoint.disabled`) are not events and do not come through here: see
 //! [`super::operational`].
 
 use crate::backoff::Backoff;
-use crate::engine::webhook::{Delivery, DeliveryState, Endpoint};
+use crate::engine::webhook::{Delivery, DeliveryState, Endpoint, LostEvents};
 use crate::engine::{Engine, LogEntry};
 use crate::metrics::Metrics;
-use crate::model::{LoggedEvent, now_millis};
+use crate::model::{EventId, LoggedEvent, now_millis};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Events claimed per call.
 const CLAIM_BATCH: usize = 100;
+/// Deliveries stored per engine call at most (the script's arguments stay a few MB even with
+/// many endpoints); a claimed batch that makes more is stored in several calls.
+const MAX_DELIVERIES_PER_CALL: usize = 1_000;
 /// How long a claim waits for new events before asking again.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
 
@@ -33,6 +40,14 @@ pub struct Dispatcher {
     reclaim_after: Duration,
     /// Wakes this node's sender: new deliveries are due now.
     wake: Arc<Notify>,
+    /// The endpoints as last read, with the version read before them: reused for every batch
+    /// while the engine's `endpoints_version` (read after each claim) is unchanged.
+    cache: Option<EndpointCache>,
+}
+
+struct EndpointCache {
+    version: u64,
+    endpoints: Vec<Endpoint>,
 }
 
 impl Dispatcher {
@@ -49,12 +64,13 @@ impl Dispatcher {
             consumer,
             reclaim_after,
             wake,
+            cache: None,
         }
     }
 
     /// Claims and dispatches events until `shutdown`. A batch being dispatched is finished
-    /// first (each event is one engine step, so stopping between two loses nothing).
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// first (a batch is one engine step, so stopping between two loses nothing).
+    pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!(consumer = %self.consumer, "webhook dispatcher started");
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         while !shutdown.is_cancelled() {
@@ -63,8 +79,16 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
             };
             let result = match claimed {
-                Ok(entries) if entries.is_empty() => Ok(()),
-                Ok(entries) => self.dispatch(entries).await,
+                Ok(claimed) => {
+                    if let Some(lost) = &claimed.lost {
+                        self.report_lost(lost);
+                    }
+                    if claimed.entries.is_empty() {
+                        Ok(())
+                    } else {
+                        self.dispatch(claimed.entries).await
+                    }
+                }
                 Err(e) => Err(e),
             };
             match result {
@@ -81,9 +105,18 @@ impl Dispatcher {
         tracing::info!("webhook dispatcher stopped");
     }
 
-    async fn dispatch(&self, entries: Vec<LogEntry>) -> Result<(), crate::engine::EngineError> {
-        let endpoints = self.engine.endpoints().await?;
-        let mut work = Vec::with_capacity(entries.len());
+    /// Matches a claimed batch against the endpoints and stores all its deliveries, with every
+    /// event of the batch acknowledged, in one engine call (a few when endpoints are many). If
+    /// a call fails, its events and those of later calls stay unacknowledged and are claimed
+    /// again (what was stored is kept: delivery ids make the redo idempotent).
+    async fn dispatch(&mut self, entries: Vec<LogEntry>) -> Result<(), crate::engine::EngineError> {
+        self.refresh_endpoints().await?;
+        let endpoints: &[Endpoint] = self.cache.as_ref().map_or(&[], |c| &c.endpoints);
+        let now_ms = now_millis();
+        // Calls of at most MAX_DELIVERIES_PER_CALL deliveries (an event with more is a call of
+        // its own), each acknowledging exactly the events whose deliveries it stores: one call
+        // for a whole batch unless endpoints are many.
+        let mut calls: Vec<(Vec<EventId>, Vec<Delivery>)> = vec![Default::default()];
         for entry in entries {
             let id = match entry.id() {
                 Ok(id) => id,
@@ -93,8 +126,8 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let deliveries = match &entry {
-                LogEntry::Event(event) => deliveries_for(event, &endpoints, now_millis()),
+            let made = match &entry {
+                LogEntry::Event(event) => deliveries_for(event, endpoints, now_ms),
                 LogEntry::Malformed(bad) => {
                     // Acknowledged with no delivery; kept aside (idempotently: the tail of a
                     // push node may have done it already).
@@ -104,43 +137,63 @@ impl Dispatcher {
                     Vec::new()
                 }
             };
-            work.push((id, deliveries));
-        }
-        // Each event is its own engine step (atomic, idempotent per delivery id), so the steps
-        // of one batch are independent: issued together, they share round trips to the engine
-        // (Redis pipelines them on the multiplexed connection). One that fails leaves its event
-        // unacknowledged, to be claimed again.
-        let created = futures_util::future::join_all(
-            work.iter()
-                .map(|(id, deliveries)| self.engine.create_deliveries(*id, deliveries)),
-        )
-        .await;
-        let mut first_error = None;
-        let mut any = false;
-        for ((_, deliveries), result) in work.iter().zip(created) {
-            match result {
-                Ok(()) => {
-                    Metrics::inc(&self.metrics.webhook_events_dispatched);
-                    if !deliveries.is_empty() {
-                        any = true;
-                        Metrics::add(
-                            &self.metrics.webhook_deliveries_created,
-                            deliveries.len() as u64,
-                        );
-                    }
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+            let full = calls.last().is_some_and(|(_, d)| {
+                !d.is_empty() && d.len() + made.len() > MAX_DELIVERIES_PER_CALL
+            });
+            if full {
+                calls.push(Default::default());
+            }
+            if let Some((events, deliveries)) = calls.last_mut() {
+                events.push(id);
+                deliveries.extend(made);
             }
         }
-        if any {
-            self.wake.notify_one();
+        for (events, deliveries) in calls {
+            if events.is_empty() {
+                continue;
+            }
+            self.engine.create_deliveries(&events, &deliveries).await?;
+            Metrics::add(&self.metrics.webhook_events_dispatched, events.len() as u64);
+            if !deliveries.is_empty() {
+                Metrics::add(
+                    &self.metrics.webhook_deliveries_created,
+                    deliveries.len() as u64,
+                );
+                self.wake.notify_one();
+            }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
+        Ok(())
+    }
+}
+
+impl Dispatcher {
+    /// A gap in the event log found by this node's claim (recorded by the engine in the same
+    /// step): counted and logged, never skipped silently.
+    fn report_lost(&self, lost: &LostEvents) {
+        Metrics::add(&self.metrics.webhook_events_lost, lost.count);
+        tracing::warn!(
+            count = lost.count,
+            after_event_id = %lost.after_id,
+            before_event_id = %lost.before_id,
+            "webhook dispatch: events were trimmed from the event log (engine.event_retention) \
+             before any dispatcher read them; no endpoint received them"
+        );
+    }
+
+    /// Makes the cache fit to match the batch just claimed against. The version is read after the
+    /// claim: any endpoint written before one of the batch's events was appended has moved it
+    /// by now, so an unchanged version means the cache holds every such write. On a change the
+    /// endpoints are read again, after the version, so they are at least as new as it (a write
+    /// in between only causes one more reload later).
+    async fn refresh_endpoints(&mut self) -> Result<(), crate::engine::EngineError> {
+        let version = self.engine.endpoints_version().await?;
+        if self.cache.as_ref().is_none_or(|c| c.version != version) {
+            self.cache = Some(EndpointCache {
+                version,
+                endpoints: self.engine.endpoints().await?,
+            });
         }
+        Ok(())
     }
 }
 
@@ -265,6 +318,121 @@ pub(crate) mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             failing_since_ms: None,
+        }
+    }
+
+    /// An endpoint written before an event is appended sees the event (or its change) even
+    /// though the dispatcher caches the endpoints.
+    #[tokio::test]
+    async fn endpoint_writes_reach_the_cached_dispatcher_before_later_events() {
+        use crate::engine::memory::MemoryEngine;
+        use crate::engine::{EngineSettings, LogEntry};
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
+            visibility_timeout: Duration::from_secs(30),
+            max_receives: 3,
+            history_limit: 5,
+            event_retention: 100,
+            consumer_name: "n1".into(),
+        }));
+        let mut dispatcher = Dispatcher::new(
+            engine.clone(),
+            Arc::new(Metrics::default()),
+            "n1".into(),
+            Duration::from_secs(30),
+            Arc::new(Notify::new()),
+        );
+        let mut append_and_dispatch = async |partner: &str| {
+            let event = event(Some(partner), OrderStatus::Accepted);
+            let id = engine
+                .append_raw_event(&event.event.to_json())
+                .await
+                .unwrap();
+            let claimed: Vec<LogEntry> = engine
+                .claim_events("n1", 10, Duration::ZERO, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .entries;
+            assert_eq!(claimed.len(), 1);
+            dispatcher.dispatch(claimed).await.unwrap();
+            id.to_string()
+        };
+        let delivered = async |engine: &Arc<dyn Engine>, endpoint: &str| {
+            engine
+                .deliveries(endpoint, 100, None)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.event_id)
+                .collect::<std::collections::BTreeSet<String>>()
+        };
+        let set = |ids: [&String; 2]| ids.into_iter().cloned().collect();
+        engine
+            .put_endpoint(&endpoint("ep_a", Some("acme"), &[]))
+            .await
+            .unwrap();
+        let first = append_and_dispatch("acme").await;
+        // Created after the dispatcher cached the endpoints, before the next event.
+        engine
+            .put_endpoint(&endpoint("ep_b", Some("acme"), &[]))
+            .await
+            .unwrap();
+        let second = append_and_dispatch("acme").await;
+        // Changed (disabled) before the next event: it no longer receives.
+        let mut off = endpoint("ep_a", Some("acme"), &[]);
+        off.enabled = false;
+        engine.put_endpoint(&off).await.unwrap();
+        let third = append_and_dispatch("acme").await;
+        assert_eq!(delivered(&engine, "ep_a").await, set([&first, &second]));
+        assert_eq!(delivered(&engine, "ep_b").await, set([&second, &third]));
+    }
+
+    /// A batch making more deliveries than one call takes is stored in several, and every
+    /// event is acknowledged.
+    #[tokio::test]
+    async fn a_batch_with_many_deliveries_is_stored_in_several_calls_and_fully_acknowledged() {
+        use crate::engine::EngineSettings;
+        use crate::engine::memory::MemoryEngine;
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
+            visibility_timeout: Duration::from_secs(30),
+            max_receives: 3,
+            history_limit: 5,
+            event_retention: 100,
+            consumer_name: "n1".into(),
+        }));
+        let endpoints = MAX_DELIVERIES_PER_CALL / 2 + 1;
+        for i in 0..endpoints {
+            let id = format!("ep_{i:04}");
+            engine
+                .put_endpoint(&endpoint(&id, None, &[]))
+                .await
+                .unwrap();
+        }
+        for _ in 0..3 {
+            let e = event(None, OrderStatus::Accepted);
+            engine.append_raw_event(&e.event.to_json()).await.unwrap();
+        }
+        let mut dispatcher = Dispatcher::new(
+            engine.clone(),
+            Arc::new(Metrics::default()),
+            "n1".into(),
+            Duration::ZERO,
+            Arc::new(Notify::new()),
+        );
+        let claimed = engine
+            .claim_events("n1", 10, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 3);
+        dispatcher.dispatch(claimed.entries).await.unwrap();
+        // Nothing left unacknowledged to take over, even at once.
+        let again = engine
+            .claim_events("n1", 10, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        for i in [0, endpoints - 1] {
+            let id = format!("ep_{i:04}");
+            assert_eq!(engine.deliveries(&id, 10, None).await.unwrap().len(), 3);
         }
     }
 

@@ -4,30 +4,38 @@
 //! by a local [`Notify`] when this node schedules something sooner and re-checking at least
 //! every [`RECHECK`] for work other nodes scheduled. It claims what is due with a lease (a node
 //! that dies mid-attempt leaves the delivery to be taken again when the lease ends) and runs
-//! each attempt as its own task. Per-endpoint in-flight and rate limits are enforced here: a
-//! delivery that cannot start now goes back on the schedule a little later without counting an
-//! attempt, so a blackholed endpoint holds its own slots and never anyone else's.
+//! each attempt as its own task. A claim returns ids, endpoint ids, attempt counts and due
+//! times only: bodies come from a bounded in-memory cache, the unknown ones fetched in one
+//! round trip; the endpoints come from a cache checked against the endpoints version every
+//! claim reports. Per-endpoint in-flight and rate limits are enforced here: a delivery that
+//! cannot start within [`LOCAL_WAIT`] goes back on the schedule a little later without
+//! counting an attempt, so a blackholed endpoint holds its own slots (and others' for at most
+//! that long) and never starves anyone.
 //!
 //! Each attempt is signed (Standard Webhooks, every live secret), sent through the SSRF-guarded
 //! client (checked again at connect time; redirects are not followed) and recorded with its
-//! outcome in one engine step (`finish_attempt`). This module never logs a secret or a body.
+//! outcome by a flusher that records every attempt completed since its last flush in one
+//! engine step (`finish_attempts`). This module never logs a secret or a body.
 
 use crate::backoff::Backoff;
 use crate::config::WebhooksConfig;
 use crate::engine::Engine;
-use crate::engine::webhook::{Attempt, AttemptOutcome, Delivery, Endpoint, EndpointHealth};
+use crate::engine::webhook::{
+    Attempt, AttemptOutcome, DueDelivery, Endpoint, EndpointHealth, FinishedAttempt,
+};
 use crate::metrics::Metrics;
 use crate::model::now_millis;
-use crate::webhooks::limits::Limiters;
+use crate::webhooks::limits::{EndpointLimiter, Limiters};
 use crate::webhooks::operational;
 use crate::webhooks::retry::{self, AttemptResult};
 use crate::webhooks::signature::{self, SigningKey};
 use crate::webhooks::ssrf::{self, AllowList};
+use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +46,16 @@ pub const RECHECK: Duration = Duration::from_millis(500);
 const MAX_CONCURRENT_ATTEMPTS: usize = 256;
 /// Deliveries claimed per engine call.
 const CLAIM_BATCH: usize = 64;
+/// How long a claimed delivery waits on this node for its endpoint's in-flight or rate limit
+/// before it goes back on the schedule.
+const LOCAL_WAIT: Duration = Duration::from_millis(250);
+/// How often a delivery waiting for its endpoint's limit looks again (the limiter has no
+/// waiting acquire of its own).
+const LOCAL_POLL: Duration = Duration::from_millis(10);
+/// At most this many bytes of delivery bodies are kept in memory for retries.
+const BODY_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// At most this many delivery bodies are kept in memory for retries.
+const BODY_CACHE_ENTRIES: usize = 100_000;
 /// The part of a response body kept in the attempt log.
 pub const RESPONSE_KEEP_BYTES: usize = 20 * 1024;
 
@@ -47,6 +65,8 @@ struct Prepared {
     endpoint: Endpoint,
     target: Result<reqwest::Url, String>,
     keys: Vec<SigningKey>,
+    /// When the first of `keys` expires (a rotated-out secret): the preparation is stale then.
+    keys_expire_at_ms: Option<u64>,
 }
 
 impl Prepared {
@@ -57,16 +77,21 @@ impl Prepared {
             .map_err(|e| e.to_string())
             .and_then(|url| ssrf::check_url(&url, allow).map(|()| url));
         let now = now_millis();
-        let keys = endpoint
-            .secrets
-            .iter()
-            .filter(|s| s.expires_at_ms.is_none_or(|at| at > now))
+        let live = || {
+            endpoint
+                .secrets
+                .iter()
+                .filter(move |s| s.expires_at_ms.is_none_or(|at| at > now))
+        };
+        let keys = live()
             .filter_map(|s| SigningKey::parse(&s.secret).ok())
             .collect();
+        let keys_expire_at_ms = live().filter_map(|s| s.expires_at_ms).min();
         Prepared {
             endpoint,
             target,
             keys,
+            keys_expire_at_ms,
         }
     }
 }
@@ -78,12 +103,64 @@ impl std::ops::Deref for Prepared {
     }
 }
 
-/// A claimed delivery's endpoint, as read once for its batch.
+/// A claimed delivery's endpoint, as cached.
 enum Lookup {
     Known(Arc<Prepared>),
     Deleted,
-    /// The batch read failed: read it for this attempt.
+    /// Reading the endpoints failed: read it for this attempt.
     Unknown,
+}
+
+/// The endpoints, prepared, as of an endpoints version (`claim_due` reports the current one
+/// with every batch, so a change made by any node is seen by the next batch; no read of the
+/// endpoints table per batch).
+struct EndpointCache {
+    version: u64,
+    endpoints: HashMap<String, Arc<Prepared>>,
+    /// The earliest time a prepared signing key expires: prepared again then.
+    stale_at_ms: Option<u64>,
+}
+
+/// Delivery bodies this node knows, so a claim need not carry them: filled on first fetch,
+/// dropped when a delivery is finished for good, and bounded (oldest first out) by
+/// [`BODY_CACHE_BYTES`] and [`BODY_CACHE_ENTRIES`].
+#[derive(Default)]
+struct BodyCache {
+    bodies: HashMap<String, Bytes>,
+    /// Insertion order, for eviction (ids already dropped are skipped, and compacted away).
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+impl BodyCache {
+    fn get(&self, id: &str) -> Option<Bytes> {
+        self.bodies.get(id).cloned()
+    }
+
+    fn insert(&mut self, id: String, body: Bytes) {
+        self.bytes += body.len();
+        if let Some(old) = self.bodies.insert(id.clone(), body) {
+            self.bytes -= old.len();
+        } else {
+            self.order.push_back(id);
+        }
+        while self.bytes > BODY_CACHE_BYTES || self.bodies.len() > BODY_CACHE_ENTRIES {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+        if self.order.len() > 2 * BODY_CACHE_ENTRIES {
+            let bodies = &self.bodies;
+            self.order.retain(|id| bodies.contains_key(id));
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(body) = self.bodies.remove(id) {
+            self.bytes -= body.len();
+        }
+    }
 }
 
 pub struct Sender {
@@ -95,6 +172,19 @@ pub struct Sender {
     wake: Arc<Notify>,
     limiters: Limiters,
     slots: Arc<Semaphore>,
+    /// A `std` mutex: held for a map operation, never across an `.await`.
+    bodies: Mutex<BodyCache>,
+    /// Completed attempts on their way to the flusher (`flush_finished`), which `run` starts
+    /// with the receiving end. At most one per attempt slot is ever queued: each attempt waits
+    /// for its own to be recorded.
+    finished: mpsc::Sender<Finished>,
+    finished_queue: Mutex<Option<mpsc::Receiver<Finished>>>,
+}
+
+/// A completed attempt and where to answer once it is recorded (`None`: it was not).
+struct Finished {
+    finished: FinishedAttempt,
+    reply: oneshot::Sender<Option<EndpointHealth>>,
 }
 
 impl Sender {
@@ -106,6 +196,7 @@ impl Sender {
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Arc<Sender> {
+        let (finished, finished_queue) = mpsc::channel(MAX_CONCURRENT_ATTEMPTS);
         Arc::new(Sender {
             engine,
             config,
@@ -115,6 +206,9 @@ impl Sender {
             wake,
             limiters: Limiters::default(),
             slots: Arc::new(Semaphore::new(MAX_CONCURRENT_ATTEMPTS)),
+            bodies: Mutex::default(),
+            finished,
+            finished_queue: Mutex::new(Some(finished_queue)),
         })
     }
 
@@ -124,6 +218,15 @@ impl Sender {
         tracing::info!("webhook sender started");
         let mut attempts = JoinSet::new();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut cache: Option<EndpointCache> = None;
+        let queue = self.finished_queue.lock().ok().and_then(|mut q| q.take());
+        let Some(queue) = queue else {
+            tracing::error!("webhook sender: already running");
+            return;
+        };
+        // In a set of its own, so it is aborted whenever `run` ends, even when cut short.
+        let mut flusher = JoinSet::new();
+        flusher.spawn(self.clone().flush_finished(queue));
         while !shutdown.is_cancelled() {
             while attempts.try_join_next().is_some() {}
             let free = self.slots.available_permits().min(CLAIM_BATCH);
@@ -138,40 +241,37 @@ impl Sender {
             match self.engine.claim_due(now, free, self.config.lease).await {
                 Ok(batch) => {
                     backoff.reset();
-                    let full = batch.len() == free;
-                    // One read of the endpoints per claimed batch, not one per attempt; only
-                    // the batch's own endpoints are prepared (URL check, signing keys).
-                    let endpoints = if batch.is_empty() {
+                    let full = batch.due.len() == free;
+                    let endpoints = if batch.due.is_empty() {
                         None
                     } else {
-                        let wanted: HashSet<&str> =
-                            batch.iter().map(|d| d.endpoint_id.as_str()).collect();
-                        self.engine.endpoints().await.ok().map(|all| {
-                            all.into_iter()
-                                .filter(|e| wanted.contains(e.id.as_str()))
-                                .map(|e| (e.id.clone(), Arc::new(Prepared::new(e, &self.allow))))
-                                .collect::<HashMap<_, _>>()
-                        })
+                        self.refresh_endpoints(&mut cache, batch.endpoints_version)
+                            .await;
+                        cache.as_ref()
                     };
-                    for delivery in batch {
+                    let bodies = self.bodies_for(&batch.due).await;
+                    for (delivery, body) in batch.due.into_iter().zip(bodies) {
+                        // No body: reading it failed (counted and logged); the lease brings
+                        // the delivery back.
+                        let Some(body) = body else { continue };
                         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                             // Cannot happen (we claimed no more than the free slots); the
                             // lease brings the delivery back.
                             continue;
                         };
-                        if let Some(due) = delivery.next_attempt_at_ms.filter(|due| *due <= now) {
+                        if delivery.due_ms <= now {
                             self.metrics
                                 .webhook_lateness
-                                .observe(Duration::from_millis(now - due));
+                                .observe(Duration::from_millis(now - delivery.due_ms));
                         }
-                        let endpoint = match &endpoints {
-                            Some(known) => match known.get(&delivery.endpoint_id) {
+                        let endpoint = match endpoints {
+                            Some(known) => match known.endpoints.get(&delivery.endpoint_id) {
                                 Some(e) => Lookup::Known(e.clone()),
                                 None => Lookup::Deleted,
                             },
                             None => Lookup::Unknown,
                         };
-                        attempts.spawn(self.clone().attempt(delivery, endpoint, slot));
+                        attempts.spawn(self.clone().attempt(delivery, body, endpoint, slot));
                     }
                     if full {
                         continue;
@@ -201,13 +301,139 @@ impl Sender {
             }
         }
         while attempts.join_next().await.is_some() {}
+        // Every attempt has its answer: nothing is left on its way to be recorded.
+        flusher.abort_all();
         tracing::info!("webhook sender stopped");
+    }
+
+    /// Makes `cache` hold the endpoints as of `version` (the one the claim just reported),
+    /// reading them again only when the version moved or a prepared signing key expired. On
+    /// a failed read the cache is dropped, and each attempt reads its own endpoint.
+    async fn refresh_endpoints(&self, cache: &mut Option<EndpointCache>, version: u64) {
+        let now = now_millis();
+        if cache
+            .as_ref()
+            .is_some_and(|c| c.version == version && c.stale_at_ms.is_none_or(|at| at > now))
+        {
+            return;
+        }
+        *cache = match self.engine.endpoints().await {
+            Ok(all) => {
+                let endpoints: HashMap<String, Arc<Prepared>> = all
+                    .into_iter()
+                    .map(|e| (e.id.clone(), Arc::new(Prepared::new(e, &self.allow))))
+                    .collect();
+                let stale_at_ms = endpoints.values().filter_map(|e| e.keys_expire_at_ms).min();
+                Some(EndpointCache {
+                    version,
+                    endpoints,
+                    stale_at_ms,
+                })
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.webhook_sender_errors);
+                tracing::warn!(error = %e, "webhook sender: reading the endpoints failed; each attempt reads its own");
+                None
+            }
+        };
+    }
+
+    /// The bodies of a claimed batch, in its order: from the cache, the others fetched in one
+    /// round trip (and cached). `None` where the fetch failed or the record is gone.
+    async fn bodies_for(&self, due: &[DueDelivery]) -> Vec<Option<Bytes>> {
+        let mut out: Vec<Option<Bytes>> = match self.bodies.lock() {
+            Ok(cache) => due.iter().map(|d| cache.get(&d.id)).collect(),
+            Err(_) => vec![None; due.len()],
+        };
+        let unknown: Vec<String> = due
+            .iter()
+            .zip(&out)
+            .filter(|(_, body)| body.is_none())
+            .map(|(d, _)| d.id.clone())
+            .collect();
+        if unknown.is_empty() {
+            return out;
+        }
+        let fetched = match self.engine.delivery_bodies(&unknown).await {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                Metrics::inc(&self.metrics.webhook_sender_errors);
+                tracing::warn!(error = %e, "webhook sender: reading delivery bodies failed; the deliveries are taken again after their lease");
+                return out;
+            }
+        };
+        let mut fetched = unknown.into_iter().zip(fetched);
+        let mut cache = self.bodies.lock().ok();
+        for slot in out.iter_mut().filter(|b| b.is_none()) {
+            let Some((id, body)) = fetched.next() else {
+                break;
+            };
+            let Some(body) = body else {
+                tracing::warn!(delivery_id = %id, "webhook sender: a claimed delivery has no body; skipped");
+                continue;
+            };
+            let body = Bytes::from(body);
+            if let Some(cache) = cache.as_mut() {
+                cache.insert(id, body.clone());
+            }
+            *slot = Some(body);
+        }
+        out
+    }
+
+    /// Hands a completed attempt to the flusher and waits until it is recorded: `None` when
+    /// recording failed (counted and logged by the flusher).
+    async fn record(&self, finished: FinishedAttempt) -> Option<EndpointHealth> {
+        let (reply, recorded) = oneshot::channel();
+        self.finished
+            .send(Finished { finished, reply })
+            .await
+            .ok()?;
+        recorded.await.ok().flatten()
+    }
+
+    /// Records the attempts completed since the last flush in one engine call
+    /// (`finish_attempts`), as long as the sender runs: under load, attempts that end while a
+    /// flush is on its way are recorded together by the next one; when idle, an attempt is
+    /// recorded at once.
+    async fn flush_finished(self: Arc<Self>, mut queue: mpsc::Receiver<Finished>) {
+        let mut batch = Vec::with_capacity(MAX_CONCURRENT_ATTEMPTS);
+        while queue.recv_many(&mut batch, MAX_CONCURRENT_ATTEMPTS).await > 0 {
+            let (finished, replies): (Vec<FinishedAttempt>, Vec<_>) =
+                batch.drain(..).map(|f| (f.finished, f.reply)).unzip();
+            match self
+                .engine
+                .finish_attempts(&finished, self.config.disable_after)
+                .await
+            {
+                Ok(healths) => {
+                    for (reply, health) in replies.into_iter().zip(healths) {
+                        let _ = reply.send(Some(health));
+                    }
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.webhook_sender_errors);
+                    tracing::warn!(error = %e, attempts = finished.len(), "webhook sender: recording attempts failed; the deliveries are taken again after their lease");
+                    for reply in replies {
+                        let _ = reply.send(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets the body of a delivery finished for good.
+    fn forget_body(&self, id: &str) {
+        if let Ok(mut cache) = self.bodies.lock() {
+            cache.remove(id);
+        }
     }
 
     /// One attempt of one claimed delivery, start to finish.
     async fn attempt(
         self: Arc<Self>,
-        delivery: Delivery,
+        delivery: DueDelivery,
+        body: Bytes,
         endpoint: Lookup,
         _slot: OwnedSemaphorePermit,
     ) {
@@ -250,7 +476,7 @@ impl Sender {
                 .rate_limit_per_second
                 .unwrap_or(self.config.rate_limit_per_second),
         );
-        let _in_flight = match limiter.try_start() {
+        let _in_flight = match start_within(&limiter, LOCAL_WAIT).await {
             Ok(permit) => permit,
             Err(wait) => {
                 self.defer(&delivery, wait).await;
@@ -259,7 +485,7 @@ impl Sender {
         };
         let started_ms = now_millis();
         let started = Instant::now();
-        let (result, status_code, error, response) = self.send(&endpoint, &delivery).await;
+        let (result, status_code, error, response) = self.send(&endpoint, &delivery.id, body).await;
         let attempt = Attempt {
             number: delivery.attempts + 1,
             at_ms: started_ms,
@@ -282,7 +508,8 @@ impl Sender {
     async fn send(
         &self,
         endpoint: &Prepared,
-        delivery: &Delivery,
+        delivery_id: &str,
+        body: Bytes,
     ) -> (AttemptResult, Option<u16>, Option<String>, String) {
         Metrics::inc(&self.metrics.webhook_attempts);
         let url = match &endpoint.target {
@@ -306,20 +533,15 @@ impl Sender {
         }
         let now = now_millis();
         let timestamp = (now / 1000) as i64;
-        let signature = signature::sign(
-            &endpoint.keys,
-            &delivery.id,
-            timestamp,
-            delivery.body.as_bytes(),
-        );
+        let signature = signature::sign(&endpoint.keys, delivery_id, timestamp, &body);
         let sent = self
             .client
             .post(url)
-            .header("webhook-id", &delivery.id)
+            .header("webhook-id", delivery_id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .header(CONTENT_TYPE, "application/json")
-            .body(delivery.body.clone())
+            .body(body)
             .send()
             .await;
         let mut response = match sent {
@@ -369,23 +591,23 @@ impl Sender {
 
     async fn finish(
         &self,
-        delivery: &Delivery,
+        delivery: &DueDelivery,
         endpoint: &Endpoint,
         attempt: &Attempt,
         outcome: &AttemptOutcome,
     ) {
-        let health = match self
-            .engine
-            .finish_attempt(&delivery.id, attempt, outcome, self.config.disable_after)
-            .await
-        {
-            Ok(health) => health,
-            Err(e) => {
-                Metrics::inc(&self.metrics.webhook_sender_errors);
-                tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook sender: recording the attempt failed; the delivery is taken again after its lease");
-                return;
-            }
+        let finished = FinishedAttempt {
+            delivery_id: delivery.id.clone(),
+            attempt: attempt.clone(),
+            outcome: outcome.clone(),
         };
+        // Not recorded (the flush failed; counted and logged there): the lease brings it back.
+        let Some(health) = self.record(finished).await else {
+            return;
+        };
+        if !matches!(outcome, AttemptOutcome::RetryAt(_)) {
+            self.forget_body(&delivery.id);
+        }
         match outcome {
             AttemptOutcome::Succeeded => Metrics::inc(&self.metrics.webhook_succeeded),
             AttemptOutcome::RetryAt(at) => {
@@ -428,7 +650,7 @@ impl Sender {
     }
 
     /// Records a failed attempt that sent nothing (the endpoint is gone or disabled).
-    async fn record_without_request(&self, delivery: &Delivery, why: &str) {
+    async fn record_without_request(&self, delivery: &DueDelivery, why: &str) {
         let attempt = Attempt {
             number: delivery.attempts + 1,
             at_ms: now_millis(),
@@ -437,25 +659,19 @@ impl Sender {
             error: Some(why.to_string()),
             response: String::new(),
         };
-        if let Err(e) = self
-            .engine
-            .finish_attempt(
-                &delivery.id,
-                &attempt,
-                &AttemptOutcome::Failed,
-                self.config.disable_after,
-            )
-            .await
-        {
-            Metrics::inc(&self.metrics.webhook_sender_errors);
-            tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook sender: recording a failed delivery failed");
-        } else {
+        let finished = FinishedAttempt {
+            delivery_id: delivery.id.clone(),
+            attempt,
+            outcome: AttemptOutcome::Failed,
+        };
+        if self.record(finished).await.is_some() {
+            self.forget_body(&delivery.id);
             Metrics::inc(&self.metrics.webhook_failed);
         }
     }
 
     /// Puts a delivery back on the schedule after `wait`, without counting an attempt.
-    async fn defer(&self, delivery: &Delivery, wait: Duration) {
+    async fn defer(&self, delivery: &DueDelivery, wait: Duration) {
         Metrics::inc(&self.metrics.webhook_deferred);
         let at = now_millis() + wait.as_millis() as u64;
         match self.engine.retry_delivery(&delivery.id, at).await {
@@ -463,6 +679,30 @@ impl Sender {
             Err(e) => {
                 Metrics::inc(&self.metrics.webhook_sender_errors);
                 tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook sender: deferring failed; the delivery is taken again after its lease");
+            }
+        }
+    }
+}
+
+/// A permit of `limiter`, waiting for one up to `budget` on this node; past it, how long the
+/// delivery should wait. A claimed batch often holds more deliveries for one endpoint than its
+/// `max_in_flight`: the extra ones start as the first finish, instead of each going back to
+/// the schedule (an engine call) and being claimed again (another). The wait is bounded, so a
+/// blackholed endpoint's backlog leaves the attempt slots for the others soon.
+async fn start_within(
+    limiter: &EndpointLimiter,
+    budget: Duration,
+) -> Result<OwnedSemaphorePermit, Duration> {
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        match limiter.try_start() {
+            Ok(permit) => return Ok(permit),
+            Err(wait) => {
+                let pause = wait.min(LOCAL_POLL);
+                if tokio::time::Instant::now() + pause > deadline {
+                    return Err(wait);
+                }
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -479,4 +719,49 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_cache_keeps_bodies_until_forgotten_and_stays_within_its_bounds() {
+        let mut cache = BodyCache::default();
+        cache.insert("msg_1".into(), Bytes::from_static(b"one"));
+        cache.insert("msg_2".into(), Bytes::from_static(b"two"));
+        assert_eq!(cache.get("msg_1"), Some(Bytes::from_static(b"one")));
+        cache.remove("msg_1");
+        assert_eq!(cache.get("msg_1"), None);
+        assert_eq!(cache.bytes, 3);
+
+        // Over the entry bound: the oldest go first.
+        for i in 0..BODY_CACHE_ENTRIES + 10 {
+            cache.insert(format!("m{i}"), Bytes::from_static(b"x"));
+        }
+        assert_eq!(cache.bodies.len(), BODY_CACHE_ENTRIES);
+        assert_eq!(cache.get("msg_2"), None);
+        assert_eq!(cache.get("m0"), None);
+        assert!(cache.get(&format!("m{}", BODY_CACHE_ENTRIES + 9)).is_some());
+        assert!(cache.order.len() <= 2 * BODY_CACHE_ENTRIES);
+
+        // Over the byte bound: one big body pushes the others out.
+        let big = Bytes::from(vec![b'b'; BODY_CACHE_BYTES]);
+        cache.insert("big".into(), big.clone());
+        assert_eq!(cache.get("big"), Some(big));
+        assert_eq!(cache.bodies.len(), 1);
+        assert_eq!(cache.bytes, BODY_CACHE_BYTES);
+    }
+
+    #[test]
+    fn dropped_ids_do_not_grow_the_eviction_order_without_bound() {
+        let mut cache = BodyCache::default();
+        for i in 0..3 * BODY_CACHE_ENTRIES {
+            let id = format!("m{i}");
+            cache.insert(id.clone(), Bytes::from_static(b"x"));
+            cache.remove(&id);
+        }
+        assert!(cache.order.len() <= 2 * BODY_CACHE_ENTRIES + 1);
+        assert_eq!(cache.bytes, 0);
+    }
 }

@@ -2,7 +2,7 @@
 //! sending failed deliveries again. Reaches deliveries only through an endpoint the caller
 //! may see (`visible_endpoint`).
 
-use super::{ms_to_rfc3339, visible_endpoint};
+use super::{lost_events_view, ms_to_rfc3339, visible_endpoint};
 use crate::api::fields::FieldErrors;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::{Node, json_object};
@@ -141,7 +141,8 @@ pub async fn retry_delivery(
 }
 
 /// `POST /v1/webhooks/{id}/recover` `{since}`: every failed delivery created since then is
-/// attempted again now (202 with how many).
+/// attempted again now (202 with how many), and `lostEvents`: the gaps found since then that
+/// no recovery can bring back (events trimmed from the log before any dispatcher read them).
 pub async fn recover(
     State(state): State<Node>,
     principal: Principal,
@@ -149,7 +150,7 @@ pub async fn recover(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    visible_endpoint(&state, &principal, &id).await?;
+    let endpoint = visible_endpoint(&state, &principal, &id).await?;
     let body = json_object(&headers, body, state.config.http.max_json_depth)?;
     let mut f = FieldErrors::default();
     f.unknown_fields(&body, &["since"], "");
@@ -168,8 +169,10 @@ pub async fn recover(
     if recovered > 0 {
         state.webhook_wake.notify_one();
     }
+    // What recovery cannot bring back: events lost before any delivery was made of them.
+    let lost = lost_events_view(&state, &endpoint, since).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "recovered": recovered })),
+        Json(json!({ "recovered": recovered, "lostEvents": lost })),
     ))
 }

@@ -2,7 +2,7 @@
 //! endpoints, and rotating their secrets. A secret leaves Herald only in the answers of create
 //! and rotate-secret.
 
-use super::{ms_to_rfc3339, no_such_endpoint, owns, visible_endpoint};
+use super::{lost_events_view, ms_to_rfc3339, no_such_endpoint, owns, visible_endpoint};
 use crate::api::fields::FieldErrors;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::{Node, json_object, refuse_customers};
@@ -227,14 +227,17 @@ pub async fn list_endpoints(
     Ok(Json(json!({ "endpoints": views })))
 }
 
-/// `GET /v1/webhooks/{id}`.
+/// `GET /v1/webhooks/{id}`: the endpoint, with `lostEvents` (events trimmed from the log
+/// before any dispatcher read them since it was created; see [`lost_events_view`]).
 pub async fn get_endpoint(
     State(state): State<Node>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let endpoint = visible_endpoint(&state, &principal, &id).await?;
-    Ok(Json(endpoint_view(&endpoint)))
+    let mut view = endpoint_view(&endpoint);
+    view["lostEvents"] = lost_events_view(&state, &endpoint, 0).await?;
+    Ok(Json(view))
 }
 
 /// `PATCH /v1/webhooks/{id}`: url, eventTypes, enabled, description, limits.

@@ -22,6 +22,7 @@ use super::problem::{ApiResult, Problem};
 use crate::auth::Principal;
 use crate::engine::webhook::Endpoint;
 use crate::model::rfc3339;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 /// Stored times are epoch milliseconds; the API shows RFC 3339.
@@ -42,6 +43,30 @@ fn owns(principal: &Principal, endpoint: &Endpoint) -> bool {
 
 fn no_such_endpoint() -> Problem {
     Problem::not_found("No such webhook endpoint.")
+}
+
+/// The gaps in webhook dispatch (events trimmed from the log before any dispatcher read them)
+/// found since `since_ms` and since the endpoint was created, oldest first: events the
+/// endpoint may have missed and no retry or recovery can bring back. Shown so a partner can
+/// reconcile instead of trusting a silent skip.
+async fn lost_events_view(state: &Node, endpoint: &Endpoint, since_ms: u64) -> ApiResult<Value> {
+    let from = since_ms.max(endpoint.created_at_ms);
+    let lost: Vec<Value> = state
+        .engine
+        .lost_events()
+        .await?
+        .into_iter()
+        .filter(|l| l.detected_at_ms >= from)
+        .map(|l| {
+            json!({
+                "afterEventId": l.after_id,
+                "beforeEventId": l.before_id,
+                "count": l.count,
+                "detectedAt": ms_to_rfc3339(l.detected_at_ms),
+            })
+        })
+        .collect();
+    Ok(Value::Array(lost))
 }
 
 /// The endpoint with this id, if the caller may see it; a foreign one is 404 like a missing one.

@@ -27,6 +27,7 @@ impl State {
         while self.events.len() as u64 > retention.max(1) {
             if let Some((trimmed, _)) = self.events.pop_front() {
                 self.deleted_through = Some(trimmed);
+                self.webhooks.note_trimmed(trimmed);
             }
         }
         id

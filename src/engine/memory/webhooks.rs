@@ -7,7 +7,7 @@
 
 use super::{MemoryEngine, State};
 use crate::engine::webhook::*;
-use crate::engine::{EngineResult, LogEntry, decode_event};
+use crate::engine::{EngineResult, decode_event};
 use crate::model::{EventId, now_millis};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -21,6 +21,8 @@ use tokio::time::Instant;
 pub(super) struct WebhookState {
     /// By id: listing order is id order, as on Redis.
     endpoints: BTreeMap<String, Endpoint>,
+    /// Moves forward with every endpoint write (see `WebhookStore::endpoints_version`).
+    endpoints_version: u64,
     deliveries: HashMap<String, StoredDelivery>,
     /// Per endpoint, every delivery as `(created_at_ms, id)`: newest-first listing.
     by_endpoint: HashMap<String, BTreeSet<(u64, String)>>,
@@ -34,6 +36,10 @@ pub(super) struct WebhookState {
     /// ...and the entries handed out and not acknowledged, with when they were handed out
     /// (which consumer holds one does not matter: any consumer may take it over).
     unacked: BTreeMap<EventId, Instant>,
+    /// Entries trimmed from the log before the dispatch group read them, not yet reported.
+    unread_trimmed: u64,
+    /// The gaps reported, oldest first, at most [`LOST_RANGES_KEPT`].
+    lost: VecDeque<LostEvents>,
 }
 
 struct StoredDelivery {
@@ -43,6 +49,14 @@ struct StoredDelivery {
 }
 
 impl WebhookState {
+    /// Called by the log for each entry its retention trims: one the dispatch group has not
+    /// read yet is lost to webhooks, and the next claim reports it.
+    pub(super) fn note_trimmed(&mut self, id: EventId) {
+        if id > self.dispatched_up_to {
+            self.unread_trimmed += 1;
+        }
+    }
+
     /// Stores each delivery whose id is new and schedules it (a `Pending` one without a time
     /// is due at its creation); a known id is left exactly as it is.
     fn store_deliveries(&mut self, deliveries: &[Delivery]) {
@@ -103,192 +117,17 @@ impl WebhookState {
         }
     }
 
-    /// Makes a delivery pending and due at `at_ms` (manual retry, recovery).
-    fn reschedule(&mut self, delivery_id: &str, at_ms: u64, now_ms: u64) -> bool {
-        let Some(stored) = self.deliveries.get_mut(delivery_id) else {
-            return false;
-        };
-        let delivery = &mut stored.delivery;
-        delivery.state = DeliveryState::Pending;
-        delivery.next_attempt_at_ms = Some(at_ms);
-        delivery.updated_at_ms = now_ms;
-        let delivery = delivery.clone();
-        self.index_failed(&delivery);
-        self.schedule_at(delivery_id, at_ms);
-        true
-    }
-}
-
-/// Whole milliseconds of a duration (saturating).
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-#[async_trait]
-impl WebhookStore for MemoryEngine {
-    async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()> {
-        self.with_state(|state| {
-            state
-                .webhooks
-                .endpoints
-                .insert(endpoint.id.clone(), endpoint.clone());
-        })
-    }
-
-    async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>> {
-        self.with_state(|state| state.webhooks.endpoints.get(id).cloned())
-    }
-
-    async fn endpoints(&self) -> EngineResult<Vec<Endpoint>> {
-        self.with_state(|state| state.webhooks.endpoints.values().cloned().collect())
-    }
-
-    async fn delete_endpoint(&self, id: &str) -> EngineResult<bool> {
-        self.with_state(|state| {
-            let w = &mut state.webhooks;
-            if w.endpoints.remove(id).is_none() {
-                return false;
-            }
-            let ids: Vec<String> = w
-                .by_endpoint
-                .get(id)
-                .map(|all| all.iter().map(|(_, d)| d.clone()).collect())
-                .unwrap_or_default();
-            for delivery_id in ids {
-                w.unschedule(&delivery_id);
-            }
-            true
-        })
-    }
-
-    async fn claim_events(
-        &self,
-        _consumer: &str,
-        max: usize,
-        wait: Duration,
-        reclaim_after: Duration,
-    ) -> EngineResult<Vec<LogEntry>> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let deadline = Instant::now() + wait;
-        loop {
-            // Register interest before looking, so an append in between is not missed.
-            let notified = self.events_appended.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let now = Instant::now();
-            let (batch, next_reclaim) = self.with_state(|state| {
-                let State {
-                    events, webhooks, ..
-                } = state;
-                let position = |id: &EventId| {
-                    let i = events.partition_point(|(e, _)| e < id);
-                    events.get(i).filter(|(e, _)| e == id)
-                };
-                let mut batch = Vec::new();
-                let mut next_reclaim: Option<Instant> = None;
-                let mut trimmed = Vec::new();
-                // Handed out long ago and never acknowledged: a consumer died with them.
-                for (id, handed_out) in webhooks.unacked.iter_mut() {
-                    let expires = *handed_out + reclaim_after;
-                    if expires > now {
-                        next_reclaim = Some(next_reclaim.map_or(expires, |n| n.min(expires)));
-                        continue;
-                    }
-                    if batch.len() >= max {
-                        continue;
-                    }
-                    match position(id) {
-                        Some((id, raw)) => {
-                            *handed_out = now;
-                            batch.push(decode_event(id.to_string(), raw));
-                        }
-                        // Trimmed from the log meanwhile: nothing left to hand out.
-                        None => trimmed.push(*id),
-                    }
-                }
-                for id in trimmed {
-                    webhooks.unacked.remove(&id);
-                }
-                // Then entries never handed out.
-                let start = events.partition_point(|(id, _)| *id <= webhooks.dispatched_up_to);
-                for (id, raw) in events.range(start..).take(max - batch.len()) {
-                    webhooks.dispatched_up_to = *id;
-                    webhooks.unacked.insert(*id, now);
-                    batch.push(decode_event(id.to_string(), raw));
-                }
-                (batch, next_reclaim)
-            })?;
-            if !batch.is_empty() || now >= deadline {
-                return Ok(batch);
-            }
-            let wake = next_reclaim.map_or(deadline, |n| n.min(deadline));
-            let _ = tokio::time::timeout_at(wake, notified).await;
-        }
-    }
-
-    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()> {
-        self.with_state(|state| {
-            state.webhooks.store_deliveries(deliveries);
-            state.webhooks.unacked.remove(&event);
-        })
-    }
-
-    async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()> {
-        self.with_state(|state| state.webhooks.store_deliveries(deliveries))
-    }
-
-    async fn claim_due(
-        &self,
-        now_ms: u64,
-        max: usize,
-        lease: Duration,
-    ) -> EngineResult<Vec<Delivery>> {
-        let leased_until = now_ms.saturating_add(duration_ms(lease));
-        self.with_state(|state| {
-            let w = &mut state.webhooks;
-            let due: Vec<String> = w
-                .schedule
-                .iter()
-                .take_while(|(at_ms, _)| *at_ms <= now_ms)
-                .take(max)
-                .map(|(_, id)| id.clone())
-                .collect();
-            let mut out = Vec::with_capacity(due.len());
-            for id in due {
-                let delivery = w
-                    .deliveries
-                    .get(&id)
-                    .map(|s| &s.delivery)
-                    .filter(|d| w.endpoints.contains_key(&d.endpoint_id))
-                    .cloned();
-                match delivery {
-                    Some(delivery) => {
-                        w.schedule_at(&id, leased_until);
-                        out.push(delivery);
-                    }
-                    None => w.unschedule(&id),
-                }
-            }
-            out
-        })
-    }
-
-    async fn next_due_ms(&self) -> EngineResult<Option<u64>> {
-        self.with_state(|state| state.webhooks.schedule.first().map(|(at_ms, _)| *at_ms))
-    }
-
-    async fn finish_attempt(
-        &self,
+    /// One attempt of [`WebhookStore::finish_attempts`].
+    fn finish(
+        &mut self,
         delivery_id: &str,
         attempt: &Attempt,
         outcome: &AttemptOutcome,
         disable_after: Duration,
-    ) -> EngineResult<EndpointHealth> {
+    ) -> EndpointHealth {
         let now_ms = attempt.at_ms;
-        self.with_state(|state| {
-            let w = &mut state.webhooks;
+        {
+            let w = self;
             let Some(stored) = w.deliveries.get_mut(delivery_id) else {
                 return EndpointHealth::Unchanged;
             };
@@ -331,6 +170,7 @@ impl WebhookStore for MemoryEngine {
             };
             match reason {
                 Some(reason) if endpoint.enabled => {
+                    w.endpoints_version += 1;
                     endpoint.enabled = false;
                     endpoint.disabled_reason = Some(reason.clone());
                     endpoint.updated_at_ms = now_ms;
@@ -338,6 +178,262 @@ impl WebhookStore for MemoryEngine {
                 }
                 _ => EndpointHealth::Unchanged,
             }
+        }
+    }
+
+    /// Makes a delivery pending and due at `at_ms` (manual retry, recovery).
+    fn reschedule(&mut self, delivery_id: &str, at_ms: u64, now_ms: u64) -> bool {
+        let Some(stored) = self.deliveries.get_mut(delivery_id) else {
+            return false;
+        };
+        let delivery = &mut stored.delivery;
+        delivery.state = DeliveryState::Pending;
+        delivery.next_attempt_at_ms = Some(at_ms);
+        delivery.updated_at_ms = now_ms;
+        let delivery = delivery.clone();
+        self.index_failed(&delivery);
+        self.schedule_at(delivery_id, at_ms);
+        true
+    }
+}
+
+/// Whole milliseconds of a duration (saturating).
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait]
+impl WebhookStore for MemoryEngine {
+    async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()> {
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let mut stored = endpoint.clone();
+            if let Some(old) = w.endpoints.get(&endpoint.id) {
+                if old.enabled == endpoint.enabled {
+                    stored.disabled_reason = old.disabled_reason.clone();
+                    stored.failing_since_ms = old.failing_since_ms;
+                } else if !endpoint.enabled {
+                    stored.failing_since_ms = old.failing_since_ms;
+                } else {
+                    stored.failing_since_ms = None;
+                }
+            }
+            w.endpoints.insert(endpoint.id.clone(), stored);
+            w.endpoints_version += 1;
+        })
+    }
+
+    async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>> {
+        self.with_state(|state| state.webhooks.endpoints.get(id).cloned())
+    }
+
+    async fn endpoints(&self) -> EngineResult<Vec<Endpoint>> {
+        self.with_state(|state| state.webhooks.endpoints.values().cloned().collect())
+    }
+
+    async fn endpoints_version(&self) -> EngineResult<u64> {
+        self.with_state(|state| state.webhooks.endpoints_version)
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> EngineResult<bool> {
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            if w.endpoints.remove(id).is_none() {
+                return false;
+            }
+            w.endpoints_version += 1;
+            let ids: Vec<String> = w
+                .by_endpoint
+                .get(id)
+                .map(|all| all.iter().map(|(_, d)| d.clone()).collect())
+                .unwrap_or_default();
+            for delivery_id in ids {
+                w.unschedule(&delivery_id);
+            }
+            true
+        })
+    }
+
+    async fn claim_events(
+        &self,
+        _consumer: &str,
+        max: usize,
+        wait: Duration,
+        reclaim_after: Duration,
+    ) -> EngineResult<ClaimedEvents> {
+        if max == 0 {
+            return Ok(ClaimedEvents::default());
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            // Register interest before looking, so an append in between is not missed.
+            let notified = self.events_appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let (batch, next_reclaim, lost) = self.with_state(|state| {
+                let State {
+                    events, webhooks, ..
+                } = state;
+                let position = |id: &EventId| {
+                    let i = events.partition_point(|(e, _)| e < id);
+                    events.get(i).filter(|(e, _)| e == id)
+                };
+                let mut batch = Vec::new();
+                let mut next_reclaim: Option<Instant> = None;
+                let mut trimmed = Vec::new();
+                // Handed out long ago and never acknowledged: a consumer died with them.
+                for (id, handed_out) in webhooks.unacked.iter_mut() {
+                    let expires = *handed_out + reclaim_after;
+                    if expires > now {
+                        next_reclaim = Some(next_reclaim.map_or(expires, |n| n.min(expires)));
+                        continue;
+                    }
+                    if batch.len() >= max {
+                        continue;
+                    }
+                    match position(id) {
+                        Some((id, raw)) => {
+                            *handed_out = now;
+                            batch.push(decode_event(id.to_string(), raw));
+                        }
+                        // Trimmed from the log meanwhile: nothing left to hand out.
+                        None => trimmed.push(*id),
+                    }
+                }
+                for id in trimmed {
+                    webhooks.unacked.remove(&id);
+                }
+                // A gap before the entries never handed out: report it once.
+                let mut lost = None;
+                if webhooks.unread_trimmed > 0 {
+                    let gap = LostEvents {
+                        after_id: webhooks.dispatched_up_to.to_string(),
+                        before_id: events
+                            .front()
+                            .map_or_else(|| "0-0".to_string(), |(id, _)| id.to_string()),
+                        count: webhooks.unread_trimmed,
+                        detected_at_ms: now_millis(),
+                    };
+                    webhooks.unread_trimmed = 0;
+                    webhooks.lost.push_back(gap.clone());
+                    while webhooks.lost.len() > LOST_RANGES_KEPT {
+                        webhooks.lost.pop_front();
+                    }
+                    lost = Some(gap);
+                }
+                // Then entries never handed out.
+                let start = events.partition_point(|(id, _)| *id <= webhooks.dispatched_up_to);
+                for (id, raw) in events.range(start..).take(max - batch.len()) {
+                    webhooks.dispatched_up_to = *id;
+                    webhooks.unacked.insert(*id, now);
+                    batch.push(decode_event(id.to_string(), raw));
+                }
+                (batch, next_reclaim, lost)
+            })?;
+            if !batch.is_empty() || lost.is_some() || now >= deadline {
+                return Ok(ClaimedEvents {
+                    entries: batch,
+                    lost,
+                });
+            }
+            let wake = next_reclaim.map_or(deadline, |n| n.min(deadline));
+            let _ = tokio::time::timeout_at(wake, notified).await;
+        }
+    }
+
+    async fn lost_events(&self) -> EngineResult<Vec<LostEvents>> {
+        self.with_state(|state| state.webhooks.lost.iter().cloned().collect())
+    }
+
+    async fn create_deliveries(
+        &self,
+        events: &[EventId],
+        deliveries: &[Delivery],
+    ) -> EngineResult<()> {
+        self.with_state(|state| {
+            state.webhooks.store_deliveries(deliveries);
+            for event in events {
+                state.webhooks.unacked.remove(event);
+            }
+        })
+    }
+
+    async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()> {
+        self.with_state(|state| state.webhooks.store_deliveries(deliveries))
+    }
+
+    async fn claim_due(&self, now_ms: u64, max: usize, lease: Duration) -> EngineResult<DueBatch> {
+        let leased_until = now_ms.saturating_add(duration_ms(lease));
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let due: Vec<(u64, String)> = w
+                .schedule
+                .iter()
+                .take_while(|(at_ms, _)| *at_ms <= now_ms)
+                .take(max)
+                .cloned()
+                .collect();
+            let mut out = DueBatch {
+                endpoints_version: w.endpoints_version,
+                due: Vec::with_capacity(due.len()),
+            };
+            for (due_ms, id) in due {
+                let delivery = w
+                    .deliveries
+                    .get(&id)
+                    .map(|s| &s.delivery)
+                    .filter(|d| w.endpoints.contains_key(&d.endpoint_id))
+                    .map(|d| DueDelivery {
+                        id: d.id.clone(),
+                        endpoint_id: d.endpoint_id.clone(),
+                        attempts: d.attempts,
+                        due_ms,
+                    });
+                match delivery {
+                    Some(delivery) => {
+                        w.schedule_at(&id, leased_until);
+                        out.due.push(delivery);
+                    }
+                    None => w.unschedule(&id),
+                }
+            }
+            out
+        })
+    }
+
+    async fn delivery_bodies(&self, ids: &[String]) -> EngineResult<Vec<Option<String>>> {
+        self.with_state(|state| {
+            ids.iter()
+                .map(|id| {
+                    state
+                        .webhooks
+                        .deliveries
+                        .get(id)
+                        .map(|s| s.delivery.body.clone())
+                })
+                .collect()
+        })
+    }
+
+    async fn next_due_ms(&self) -> EngineResult<Option<u64>> {
+        self.with_state(|state| state.webhooks.schedule.first().map(|(at_ms, _)| *at_ms))
+    }
+
+    async fn finish_attempts(
+        &self,
+        finished: &[FinishedAttempt],
+        disable_after: Duration,
+    ) -> EngineResult<Vec<EndpointHealth>> {
+        self.with_state(|state| {
+            finished
+                .iter()
+                .map(|f| {
+                    state
+                        .webhooks
+                        .finish(&f.delivery_id, &f.attempt, &f.outcome, disable_after)
+                })
+                .collect()
         })
     }
 

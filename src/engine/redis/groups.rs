@@ -8,10 +8,11 @@
 use super::conn::{is_busygroup, is_nogroup, map_err};
 use super::reply::{self, StreamEntry, corrupt, int, items, text};
 use super::{RedisEngine, log_entry, millis};
-use crate::engine::webhook::DISPATCH_GROUP;
+use crate::engine::webhook::{DISPATCH_GROUP, LOST_RANGES_KEPT, LostEvents};
 use crate::engine::{EngineResult, LogEntry};
 use ::redis::{RedisResult, Value};
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The consumer group all workers share.
@@ -198,7 +199,27 @@ impl RedisEngine {
         .await
     }
 
+    /// Whether the dispatcher's claim should look for expired events now: at most every
+    /// quarter `reclaim_after` (an event is taken over at most that much later than it could
+    /// be), not before every read, since claims are on the dispatcher's hot path. Taking the
+    /// turn moves the next one forward, so concurrent claims do not both scan.
+    pub(super) fn dispatch_reclaim_due(&self, reclaim_after: Duration) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_dispatch_reclaim_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_dispatch_reclaim_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(millis(reclaim_after / 4)),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
     /// `XAUTOCLAIM`: entries handed out at least `reclaim_after` ago and never acknowledged.
+    /// A full batch brings the next scan forward to now: more may be waiting.
     pub(super) async fn reclaim_events(
         &self,
         consumer: &str,
@@ -234,9 +255,13 @@ impl RedisEngine {
             return Err(bad());
         };
         set_cursor(&self.dispatch_cursor, next);
+        let claimed = items(claimed).ok_or_else(bad)?;
+        if claimed.len() >= max {
+            self.next_dispatch_reclaim_ms.store(0, Ordering::Relaxed);
+        }
         let mut out = Vec::new();
         let mut deleted = Vec::new();
-        for item in items(claimed).ok_or_else(bad)? {
+        for item in claimed {
             match items(item) {
                 // Redis 6.2 hands out an entry trimmed from the log with nil fields (7.x drops
                 // it from the pending list itself): nothing to deliver, acknowledge it.
@@ -258,24 +283,82 @@ impl RedisEngine {
         Ok(out)
     }
 
-    /// Events never handed out to any node's dispatcher.
+    /// Events never handed out to any node's dispatcher, read by `webhook_read.lua` together
+    /// with the check for entries trimmed before the group read them (a gap, recorded and
+    /// returned). Also returns the group's last-delivered id, where a wait for new entries
+    /// starts. Never blocks.
     pub(super) async fn read_new_events(
         &self,
         consumer: &str,
         max: usize,
-        block: Duration,
-    ) -> EngineResult<Vec<LogEntry>> {
-        Ok(self
-            .read_group(
-                Group::Dispatch,
-                consumer,
-                max,
-                block,
-                "reading events for webhooks",
-            )
-            .await?
-            .into_iter()
-            .map(log_entry)
-            .collect())
+    ) -> EngineResult<(Vec<LogEntry>, Option<LostEvents>, String)> {
+        let now_ms = crate::model::now_millis();
+        let mut invocation = self.scripts.webhook_read.prepare_invoke();
+        invocation
+            .key(&self.keys.events)
+            .key(&self.keys.webhook_lost)
+            .arg(DISPATCH_GROUP)
+            .arg(consumer)
+            .arg(max)
+            .arg(now_ms)
+            .arg(LOST_RANGES_KEPT);
+        let what = "reading events for webhooks";
+        let reply = self.run_script(what, &invocation).await?;
+        let bad = || corrupt("webhook read script returned an unexpected reply");
+        let parts = items(&reply).ok_or_else(bad)?;
+        match parts {
+            [status] if text(status).as_deref() == Some("nogroup") => {
+                tracing::warn!(stream = %self.keys.events, group = DISPATCH_GROUP,
+                    "consumer group is missing; creating it again");
+                self.create_group(Group::Dispatch).await?;
+                Ok((Vec::new(), None, "$".into()))
+            }
+            [status, entries, gap, last] if text(status).as_deref() == Some("ok") => {
+                let entries = reply::read_entries(entries)?
+                    .into_iter()
+                    .map(log_entry)
+                    .collect();
+                let gap = match gap {
+                    Value::Nil => None,
+                    Value::Boolean(false) => None,
+                    gap => {
+                        let [after, before, count] = items(gap).ok_or_else(bad)? else {
+                            return Err(bad());
+                        };
+                        Some(LostEvents {
+                            after_id: text(after).ok_or_else(bad)?,
+                            before_id: text(before).ok_or_else(bad)?,
+                            count: int(count)
+                                .and_then(|n| u64::try_from(n).ok())
+                                .ok_or_else(bad)?,
+                            detected_at_ms: now_ms,
+                        })
+                    }
+                };
+                Ok((entries, gap, text(last).unwrap_or_else(|| "$".into())))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// Waits up to `block` for an entry after `after` on the event log (`XREAD BLOCK`, which
+    /// hands nothing out), on a dedicated connection: every entry is then read through
+    /// [`Self::read_new_events`] and its check. Whether an entry came.
+    pub(super) async fn wait_for_events(&self, after: &str, block: Duration) -> EngineResult<bool> {
+        let mut cmd = ::redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(millis(block))
+            .arg("STREAMS")
+            .arg(&self.keys.events)
+            .arg(after);
+        let what = "waiting for events for webhooks";
+        let reply: Value = self
+            .blocking
+            .query(what, &cmd, block, self.op_timeout)
+            .await
+            .map_err(|e| map_err(what, e))?;
+        Ok(!matches!(reply, Value::Nil))
     }
 }

@@ -71,6 +71,9 @@ struct Keys {
     /// `by_endpoint:<endpoint id>` and `failed:<endpoint id>` to it.
     webhooks: String,
     webhook_endpoints: String,
+    webhook_endpoints_version: String,
+    webhook_health: String,
+    webhook_lost: String,
     webhook_schedule: String,
 }
 
@@ -86,6 +89,9 @@ impl Keys {
             cmdq_prefix: format!("{base}:cmdq:"),
             webhooks: format!("{base}:webhooks:"),
             webhook_endpoints: format!("{base}:webhooks:endpoints"),
+            webhook_endpoints_version: format!("{base}:webhooks:endpoints:version"),
+            webhook_health: format!("{base}:webhooks:health"),
+            webhook_lost: format!("{base}:webhooks:lost"),
             webhook_schedule: format!("{base}:webhooks:schedule"),
             base,
         }
@@ -133,6 +139,8 @@ struct Scripts {
     webhook_finish: Script,
     webhook_reschedule: Script,
     webhook_delete_endpoint: Script,
+    webhook_put_endpoint: Script,
+    webhook_read: Script,
 }
 
 impl Scripts {
@@ -151,6 +159,8 @@ impl Scripts {
             webhook_delete_endpoint: Script::new(include_str!(
                 "scripts/webhook_delete_endpoint.lua"
             )),
+            webhook_put_endpoint: Script::new(include_str!("scripts/webhook_put_endpoint.lua")),
+            webhook_read: Script::new(include_str!("scripts/webhook_read.lua")),
         }
     }
 }
@@ -180,6 +190,9 @@ pub struct RedisEngine {
     started: std::time::Instant,
     /// Where the next `XAUTOCLAIM` scan of the webhook dispatch group continues.
     dispatch_cursor: Mutex<String>,
+    /// When the dispatcher's next claim runs `XAUTOCLAIM` (milliseconds since `started`): at
+    /// most every quarter `reclaim_after`, like `next_claim_ms` for the command queue.
+    next_dispatch_reclaim_ms: AtomicU64,
 }
 
 /// Whole milliseconds, at least 1 (`PX 0` is an error, and a zero TTL would mean "forever").
@@ -294,6 +307,7 @@ impl RedisEngine {
             next_claim_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
             dispatch_cursor: Mutex::new("0-0".into()),
+            next_dispatch_reclaim_ms: AtomicU64::new(0),
         };
         engine
             .ping()
@@ -445,6 +459,12 @@ mod tests {
         assert_eq!(keys.malformed_events, "herald:{p0}:events:malformed");
         assert_eq!(keys.webhook_endpoints, "herald:{p0}:webhooks:endpoints");
         assert_eq!(keys.webhook_schedule, "herald:{p0}:webhooks:schedule");
+        assert_eq!(
+            keys.webhook_endpoints_version,
+            "herald:{p0}:webhooks:endpoints:version"
+        );
+        assert_eq!(keys.webhook_health, "herald:{p0}:webhooks:health");
+        assert_eq!(keys.webhook_lost, "herald:{p0}:webhooks:lost");
         assert_eq!(
             keys.webhook_delivery("msg_1"),
             "herald:{p0}:webhooks:delivery:msg_1"

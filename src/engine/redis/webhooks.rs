@@ -6,6 +6,9 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `P{p0}:webhooks:endpoints` | hash | endpoint id -> endpoint (JSON) |
+//! | `P{p0}:webhooks:health` | hash | endpoint health in plain fields: `<endpoint id>:enabled` (`1`/`0`), `:disabledReason`, `:failingSinceMs`, `:updatedAtMs` (of a disabling), put over the endpoint's JSON on read |
+//! | `P{p0}:webhooks:lost` | list | gaps in webhook dispatch (JSON [`LostEvents`]), the newest [`LOST_RANGES_KEPT`] |
+//! | `P{p0}:webhooks:endpoints:version` | string | counter moved forward by every endpoint write (readers cache the endpoints against it) |
 //! | `P{p0}:webhooks:delivery:<id>` | hash | one delivery, a field per attribute (scripts update fields in place) |
 //! | `P{p0}:webhooks:attempts:<id>` | list | the delivery's attempts (JSON), oldest first, the newest [`ATTEMPTS_KEPT`] |
 //! | `P{p0}:webhooks:by_endpoint:<endpoint id>` | zset | delivery ids scored by creation time (ms) |
@@ -17,11 +20,11 @@
 //! decides delivery policy (what is due when, what disables an endpoint is the caller's and the
 //! scripts' contract): it only moves data between Rust types and Redis.
 
-use super::conn::{map_err, within};
-use super::reply::{self, corrupt, int, items, text};
+use super::conn::{is_nogroup, map_err, within};
+use super::reply::{corrupt, int, items, text};
 use super::{RedisEngine, millis};
+use crate::engine::EngineResult;
 use crate::engine::webhook::*;
-use crate::engine::{EngineResult, LogEntry};
 use crate::model::EventId;
 use ::redis::Value;
 use async_trait::async_trait;
@@ -123,22 +126,39 @@ fn parse_delivery(fields: &HashMap<String, String>) -> EngineResult<Option<Deliv
     }))
 }
 
-/// A delivery hash returned by a script (field, value, ... as an array).
-fn delivery_from_reply(value: &Value) -> EngineResult<Option<Delivery>> {
-    let pairs = reply::fields(value).ok_or_else(|| corrupt("delivery hash reply is not pairs"))?;
-    let mut fields = HashMap::with_capacity(pairs.len());
-    for (k, v) in pairs {
-        let (Ok(k), Ok(v)) = (String::from_utf8(k), String::from_utf8(v)) else {
-            return Err(corrupt("delivery hash holds bytes that are not UTF-8"));
-        };
-        fields.insert(k, v);
-    }
-    parse_delivery(&fields)
-}
-
 fn parse_endpoint(id: &str, json: &str) -> EngineResult<Endpoint> {
     serde_json::from_str(json)
         .map_err(|e| corrupt(format!("endpoint {id}: record does not decode: {e}")))
+}
+
+/// The health fields of one endpoint in the health hash, in the order [`merge_health`] takes.
+const HEALTH_FIELDS: [&str; 4] = ["enabled", "disabledReason", "failingSinceMs", "updatedAtMs"];
+
+/// Puts an endpoint's health fields (`enabled`, `disabledReason`, `failingSinceMs`,
+/// `updatedAtMs`, as [`HEALTH_FIELDS`]) over its stored settings. No `enabled` field: the
+/// endpoint was stored before health had fields of its own, and its JSON still holds it.
+fn merge_health(endpoint: &mut Endpoint, health: [Option<String>; 4]) -> EngineResult<()> {
+    let [enabled, reason, failing_since, updated_at] = health;
+    let number = |name: &str, raw: Option<String>| -> EngineResult<Option<u64>> {
+        raw.map(|raw| {
+            raw.parse().map_err(|_| {
+                corrupt(format!(
+                    "endpoint {}: health `{name}` is not a number: {raw}",
+                    endpoint.id
+                ))
+            })
+        })
+        .transpose()
+    };
+    if let Some(enabled) = enabled {
+        endpoint.enabled = enabled == "1";
+        endpoint.disabled_reason = reason;
+        endpoint.failing_since_ms = number("failingSinceMs", failing_since)?;
+    }
+    if let Some(at) = number("updatedAtMs", updated_at)? {
+        endpoint.updated_at_ms = at;
+    }
+    Ok(())
 }
 
 /// A sorted-set score (RESP2 text or RESP3 double) as whole milliseconds.
@@ -151,21 +171,45 @@ fn score_ms(value: &Value) -> Option<u64> {
 }
 
 impl RedisEngine {
-    /// `webhook_create.lua`: stores and schedules `deliveries` and, when they belong to a log
-    /// entry, acknowledges it in the dispatch group, in one step.
+    /// `webhook_create.lua`: stores and schedules `deliveries` and acknowledges `events` (the
+    /// log entries they come from) in the dispatch group, in one step. With no delivery, the
+    /// events are acknowledged with one plain `XACK`: nothing else to keep atomic.
     async fn store_deliveries(
         &self,
-        event: Option<EventId>,
+        events: &[EventId],
         deliveries: &[Delivery],
     ) -> EngineResult<()> {
+        if deliveries.is_empty() {
+            if events.is_empty() {
+                return Ok(());
+            }
+            let what = "acknowledging webhook events";
+            let result: ::redis::RedisResult<Value> = self
+                .query(
+                    what,
+                    ::redis::cmd("XACK")
+                        .arg(&self.keys.events)
+                        .arg(DISPATCH_GROUP)
+                        .arg(events.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                )
+                .await;
+            return match result {
+                // The group vanished (Redis restarted empty): nothing is pending to acknowledge.
+                Err(e) if is_nogroup(&e) => Ok(()),
+                other => other.map(|_| ()).map_err(|e| map_err(what, e)),
+            };
+        }
         let mut invocation = self.scripts.webhook_create.prepare_invoke();
         invocation
             .key(&self.keys.webhook_schedule)
             .key(&self.keys.events)
             .arg(DISPATCH_GROUP)
-            .arg(event.map(|e| e.to_string()).unwrap_or_default())
             .arg(&self.keys.webhooks)
-            .arg(deliveries.len());
+            .arg(events.len());
+        for event in events {
+            invocation.arg(event.to_string());
+        }
+        invocation.arg(deliveries.len());
         for delivery in deliveries {
             let due = (delivery.state == DeliveryState::Pending).then(|| {
                 delivery
@@ -219,40 +263,65 @@ impl RedisEngine {
 impl WebhookStore for RedisEngine {
     async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()> {
         let json = serde_json::to_string(endpoint).map_err(corrupt)?;
-        let _: Value = self
-            .run(
-                "storing an endpoint",
-                ::redis::cmd("HSET")
-                    .arg(&self.keys.webhook_endpoints)
-                    .arg(&endpoint.id)
-                    .arg(json),
-            )
-            .await?;
+        let mut invocation = self.scripts.webhook_put_endpoint.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
+            .arg(&endpoint.id)
+            .arg(json)
+            .arg(if endpoint.enabled { "1" } else { "0" })
+            .arg(endpoint.disabled_reason.as_deref().unwrap_or(""))
+            .arg(
+                endpoint
+                    .failing_since_ms
+                    .map(|ms| ms.to_string())
+                    .unwrap_or_default(),
+            );
+        self.run_script("storing an endpoint", &invocation).await?;
         Ok(())
     }
 
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>> {
-        let json: Option<String> = self
-            .run(
-                "reading an endpoint",
-                ::redis::cmd("HGET")
-                    .arg(&self.keys.webhook_endpoints)
-                    .arg(id),
-            )
-            .await?;
-        json.map(|json| parse_endpoint(id, &json)).transpose()
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HGET").arg(&self.keys.webhook_endpoints).arg(id);
+        pipe.cmd("HMGET")
+            .arg(&self.keys.webhook_health)
+            .arg(HEALTH_FIELDS.map(|f| format!("{id}:{f}")).to_vec());
+        let what = "reading an endpoint";
+        let mut conn = self.conn.clone();
+        let (json, health): (Option<String>, Vec<Option<String>>) =
+            within(what, self.op_timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|e| map_err(what, e))?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let mut endpoint = parse_endpoint(id, &json)?;
+        let health: [Option<String>; 4] = health
+            .try_into()
+            .map_err(|_| corrupt("HMGET of endpoint health returned an unexpected reply"))?;
+        merge_health(&mut endpoint, health)?;
+        Ok(Some(endpoint))
     }
 
     async fn endpoints(&self) -> EngineResult<Vec<Endpoint>> {
-        let all: HashMap<String, String> = self
-            .run(
-                "listing endpoints",
-                ::redis::cmd("HGETALL").arg(&self.keys.webhook_endpoints),
-            )
-            .await?;
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HGETALL").arg(&self.keys.webhook_endpoints);
+        pipe.cmd("HGETALL").arg(&self.keys.webhook_health);
+        let what = "listing endpoints";
+        let mut conn = self.conn.clone();
+        let (all, mut health): (HashMap<String, String>, HashMap<String, String>) =
+            within(what, self.op_timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|e| map_err(what, e))?;
         let mut out = Vec::with_capacity(all.len());
         for (id, json) in all {
-            match parse_endpoint(&id, &json) {
+            let fields = HEALTH_FIELDS.map(|f| health.remove(&format!("{id}:{f}")));
+            match parse_endpoint(&id, &json).and_then(|mut endpoint| {
+                merge_health(&mut endpoint, fields)?;
+                Ok(endpoint)
+            }) {
                 Ok(endpoint) => out.push(endpoint),
                 // One unreadable record must not stop deliveries to every other endpoint.
                 Err(e) => tracing::error!(endpoint_id = %id, error = %e, "endpoint skipped"),
@@ -262,11 +331,23 @@ impl WebhookStore for RedisEngine {
         Ok(out)
     }
 
+    async fn endpoints_version(&self) -> EngineResult<u64> {
+        let version: Option<u64> = self
+            .run(
+                "reading the endpoints version",
+                ::redis::cmd("GET").arg(&self.keys.webhook_endpoints_version),
+            )
+            .await?;
+        Ok(version.unwrap_or(0))
+    }
+
     async fn delete_endpoint(&self, id: &str) -> EngineResult<bool> {
         let mut invocation = self.scripts.webhook_delete_endpoint.prepare_invoke();
         invocation
             .key(&self.keys.webhook_endpoints)
             .key(&self.keys.webhook_schedule)
+            .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
             .arg(id)
             .arg(&self.keys.webhooks);
         let reply = self.run_script("deleting an endpoint", &invocation).await?;
@@ -284,55 +365,82 @@ impl WebhookStore for RedisEngine {
         max: usize,
         wait: Duration,
         reclaim_after: Duration,
-    ) -> EngineResult<Vec<LogEntry>> {
+    ) -> EngineResult<ClaimedEvents> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(ClaimedEvents::default());
         }
         let deadline = tokio::time::Instant::now() + wait;
-        // An entry handed out to a node that died becomes reclaimable while this call blocks,
-        // and only XAUTOCLAIM notices: block in slices.
+        // An entry handed out to a node that died becomes reclaimable while this call waits,
+        // and only XAUTOCLAIM notices: wait in slices. XAUTOCLAIM itself runs at most every
+        // quarter `reclaim_after` (`dispatch_reclaim_due`), not before every read.
         let slice = (reclaim_after / 4).max(Duration::from_millis(50));
         loop {
-            let mut batch = self.reclaim_events(consumer, max, reclaim_after).await?;
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let block = if batch.is_empty() {
-                remaining.min(slice)
+            let mut entries = if self.dispatch_reclaim_due(reclaim_after) {
+                self.reclaim_events(consumer, max, reclaim_after).await?
             } else {
-                Duration::ZERO
+                Vec::new()
             };
-            if batch.len() < max {
-                let fresh = self
-                    .read_new_events(consumer, max - batch.len(), block)
-                    .await?;
-                batch.extend(fresh);
+            let mut lost = None;
+            if entries.len() < max {
+                let (fresh, gap, last) =
+                    self.read_new_events(consumer, max - entries.len()).await?;
+                entries.extend(fresh);
+                lost = gap;
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if entries.is_empty() && lost.is_none() && !remaining.is_zero() {
+                    let came = self.wait_for_events(&last, remaining.min(slice)).await?;
+                    if !came && tokio::time::Instant::now() >= deadline {
+                        // Nothing came in the whole wait: no need to read again.
+                        return Ok(ClaimedEvents::default());
+                    }
+                    continue;
+                }
             }
-            if !batch.is_empty() || tokio::time::Instant::now() >= deadline || block.is_zero() {
-                return Ok(batch);
-            }
+            return Ok(ClaimedEvents { entries, lost });
         }
     }
 
-    async fn create_deliveries(&self, event: EventId, deliveries: &[Delivery]) -> EngineResult<()> {
-        self.store_deliveries(Some(event), deliveries).await
+    async fn lost_events(&self) -> EngineResult<Vec<LostEvents>> {
+        let raw: Vec<String> = self
+            .run(
+                "reading lost event ranges",
+                ::redis::cmd("LRANGE")
+                    .arg(&self.keys.webhook_lost)
+                    .arg(0)
+                    .arg(-1),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(raw.len());
+        for json in raw {
+            match serde_json::from_str::<LostEvents>(&json) {
+                Ok(lost) => out.push(lost),
+                Err(e) => tracing::warn!(error = %e, "lost event range does not decode"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_deliveries(
+        &self,
+        events: &[EventId],
+        deliveries: &[Delivery],
+    ) -> EngineResult<()> {
+        self.store_deliveries(events, deliveries).await
     }
 
     async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()> {
-        self.store_deliveries(None, deliveries).await
+        self.store_deliveries(&[], deliveries).await
     }
 
-    async fn claim_due(
-        &self,
-        now_ms: u64,
-        max: usize,
-        lease: Duration,
-    ) -> EngineResult<Vec<Delivery>> {
+    async fn claim_due(&self, now_ms: u64, max: usize, lease: Duration) -> EngineResult<DueBatch> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(DueBatch::default());
         }
         let mut invocation = self.scripts.webhook_claim_due.prepare_invoke();
         invocation
             .key(&self.keys.webhook_schedule)
             .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
             .arg(now_ms)
             .arg(max)
             .arg(now_ms.saturating_add(millis(lease)))
@@ -340,11 +448,46 @@ impl WebhookStore for RedisEngine {
         let reply = self
             .run_script("claiming due deliveries", &invocation)
             .await?;
-        let mut out = Vec::new();
-        for item in items(&reply).ok_or_else(|| corrupt("claim-due script reply"))? {
-            out.extend(delivery_from_reply(item)?);
+        let bad = || corrupt("claim-due script returned an unexpected reply");
+        let [version, due] = items(&reply).ok_or_else(bad)? else {
+            return Err(bad());
+        };
+        let number = |v: &Value| text(v).and_then(|t| t.parse::<u64>().ok());
+        let mut out = DueBatch {
+            endpoints_version: number(version).ok_or_else(bad)?,
+            due: Vec::new(),
+        };
+        for item in items(due).ok_or_else(bad)? {
+            let [id, endpoint, attempts, due_ms] = items(item).ok_or_else(bad)? else {
+                return Err(bad());
+            };
+            out.due.push(DueDelivery {
+                id: text(id).ok_or_else(bad)?,
+                endpoint_id: text(endpoint).ok_or_else(bad)?,
+                attempts: number(attempts)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(bad)?,
+                due_ms: score_ms(due_ms).ok_or_else(bad)?,
+            });
         }
         Ok(out)
+    }
+
+    async fn delivery_bodies(&self, ids: &[String]) -> EngineResult<Vec<Option<String>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.cmd("HGET")
+                .arg(self.keys.webhook_delivery(id))
+                .arg("body");
+        }
+        let what = "reading delivery bodies";
+        let mut conn = self.conn.clone();
+        within(what, self.op_timeout, pipe.query_async(&mut conn))
+            .await
+            .map_err(|e| map_err(what, e))
     }
 
     async fn next_due_ms(&self) -> EngineResult<Option<u64>> {
@@ -370,54 +513,72 @@ impl WebhookStore for RedisEngine {
         score_ms(score).map(Some).ok_or_else(bad)
     }
 
-    async fn finish_attempt(
+    async fn finish_attempts(
         &self,
-        delivery_id: &str,
-        attempt: &Attempt,
-        outcome: &AttemptOutcome,
+        finished: &[FinishedAttempt],
         disable_after: Duration,
-    ) -> EngineResult<EndpointHealth> {
-        let attempt_json = serde_json::to_string(attempt).map_err(corrupt)?;
-        let (name, retry_at, gone_reason) = match outcome {
-            AttemptOutcome::Succeeded => ("succeeded", 0, ""),
-            AttemptOutcome::RetryAt(at_ms) => ("retry", *at_ms, ""),
-            AttemptOutcome::Failed => ("failed", 0, ""),
-            AttemptOutcome::Gone(reason) => ("gone", 0, reason.as_str()),
-        };
+    ) -> EngineResult<Vec<EndpointHealth>> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut invocation = self.scripts.webhook_finish.prepare_invoke();
         invocation
             .key(&self.keys.webhook_schedule)
             .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
             .arg(&self.keys.webhooks)
-            .arg(delivery_id)
-            .arg(attempt_json)
             .arg(ATTEMPTS_KEPT)
-            .arg(attempt.at_ms)
-            .arg(
-                attempt
-                    .status_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(name)
-            .arg(retry_at)
-            .arg(gone_reason)
             .arg(u64::try_from(disable_after.as_millis()).unwrap_or(u64::MAX))
-            .arg(failing_too_long_reason(disable_after));
-        let reply = self.run_script("finishing an attempt", &invocation).await?;
-        let bad = || corrupt("finish-attempt script returned an unexpected reply");
-        let parts = items(&reply).ok_or_else(bad)?;
-        match (parts.first().and_then(text).as_deref(), parts.get(1)) {
-            (Some("unchanged"), _) => Ok(EndpointHealth::Unchanged),
-            (Some("disabled"), Some(reason)) => Ok(EndpointHealth::Disabled {
-                reason: text(reason).ok_or_else(bad)?,
-            }),
-            (Some("corrupt"), Some(what)) => Err(corrupt(format!(
-                "finishing an attempt of {delivery_id}: {}",
-                text(what).unwrap_or_default()
-            ))),
-            _ => Err(bad()),
+            .arg(failing_too_long_reason(disable_after))
+            .arg(finished.len());
+        for f in finished {
+            let (name, retry_at, gone_reason) = match &f.outcome {
+                AttemptOutcome::Succeeded => ("succeeded", 0, ""),
+                AttemptOutcome::RetryAt(at_ms) => ("retry", *at_ms, ""),
+                AttemptOutcome::Failed => ("failed", 0, ""),
+                AttemptOutcome::Gone(reason) => ("gone", 0, reason.as_str()),
+            };
+            invocation
+                .arg(&f.delivery_id)
+                .arg(serde_json::to_string(&f.attempt).map_err(corrupt)?)
+                .arg(f.attempt.at_ms)
+                .arg(
+                    f.attempt
+                        .status_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(name)
+                .arg(retry_at)
+                .arg(gone_reason);
         }
+        let reply = self.run_script("finishing attempts", &invocation).await?;
+        let bad = || corrupt("finish-attempts script returned an unexpected reply");
+        let results = items(&reply).ok_or_else(bad)?;
+        if results.len() != finished.len() {
+            return Err(bad());
+        }
+        let mut out = Vec::with_capacity(results.len());
+        for (f, result) in finished.iter().zip(results) {
+            let parts = items(result).ok_or_else(bad)?;
+            out.push(
+                match (parts.first().and_then(text).as_deref(), parts.get(1)) {
+                    (Some("unchanged"), _) => EndpointHealth::Unchanged,
+                    (Some("disabled"), Some(reason)) => EndpointHealth::Disabled {
+                        reason: text(reason).ok_or_else(bad)?,
+                    },
+                    (Some("corrupt"), Some(what)) => {
+                        // The others of the batch are recorded; this one cannot be.
+                        tracing::error!(delivery_id = %f.delivery_id,
+                            what = %text(what).unwrap_or_default(), "attempt not recorded: the delivery is damaged");
+                        EndpointHealth::Unchanged
+                    }
+                    _ => return Err(bad()),
+                },
+            );
+        }
+        Ok(out)
     }
 
     async fn delivery(&self, id: &str) -> EngineResult<Option<Delivery>> {

@@ -1,12 +1,16 @@
--- Deletes an endpoint and takes its deliveries off the retry schedule, atomically. The
--- delivery records and their logs stay (nothing lists them once the endpoint is gone).
+-- Deletes an endpoint and its health fields, takes its deliveries off the retry schedule and moves the endpoints
+-- version forward, atomically. The delivery records and their logs stay (nothing lists them
+-- once the endpoint is gone).
 --
--- KEYS: 1 endpoints hash, 2 schedule zset
+-- KEYS: 1 endpoints hash, 2 schedule zset, 3 endpoints version (string counter), 4 health hash
 -- ARGV: 1 endpoint id, 2 webhook key prefix
 -- Returns: 1 if the endpoint existed, else 0.
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
+redis.call('INCR', KEYS[3])
+redis.call('HDEL', KEYS[4], ARGV[1] .. ':enabled', ARGV[1] .. ':disabledReason',
+  ARGV[1] .. ':failingSinceMs', ARGV[1] .. ':updatedAtMs')
 local ids = redis.call('ZRANGE', ARGV[2] .. 'by_endpoint:' .. ARGV[1], 0, -1)
 -- In slices: unpack has a limit on how many values it returns.
 for i = 1, #ids, 1000 do

@@ -1,108 +1,153 @@
--- Records one attempt and its outcome in one atomic step: the attempt joins the capped log, the
--- delivery's state, counters and schedule change, the failed index follows the state, and the
--- endpoint's health is updated (a success clears failingSinceMs; a failure sets it if unset and
--- disables the endpoint when now - failingSinceMs > disable_after; `gone` disables it). Every
--- read and check comes before the first write (Redis keeps writes made before a script error).
+-- Records a batch of attempts and their outcomes, in order, in one atomic step. Per attempt:
+-- the attempt joins the capped log, the delivery's state, counters and schedule change, the
+-- failed index follows the state, and the endpoint's health is updated (a success clears
+-- failingSinceMs; a failure sets it if unset and disables the endpoint when now -
+-- failingSinceMs > disable_after; `gone` disables it). A disabling moves the endpoints version
+-- forward. An attempt whose delivery is damaged is reported and skipped before it writes
+-- anything; the others are recorded.
 --
--- The endpoint is JSON written by Herald (serde, camelCase). cjson turns an empty array into
--- `{}` on the way back, so the array fields are put right after encoding; numbers survive
--- (cjson keeps 14 significant digits: millisecond times have 13).
+-- Health lives in plain fields of the health hash (`<endpoint id>:enabled` '1' | '0',
+-- `:disabledReason`, `:failingSinceMs`, `:updatedAtMs`), never in the endpoint's JSON, so no
+-- attempt decodes or re-encodes it, and settings written meanwhile are never overwritten. An
+-- endpoint stored before health had its own fields is moved over on its first attempt.
 --
--- KEYS: 1 schedule zset, 2 endpoints hash
--- ARGV: 1 webhook key prefix, 2 delivery id, 3 attempt JSON, 4 attempts kept, 5 now ms (the
---       attempt's time), 6 status code ('' for none), 7 outcome: 'succeeded' | 'retry' |
---       'failed' | 'gone', 8 retry at ms, 9 reason for 'gone', 10 disable_after ms,
---       11 reason for failing longer than disable_after
--- Returns: {'unchanged'} | {'disabled', reason} | {'corrupt', what}
-local schedule, endpoints = KEYS[1], KEYS[2]
-local prefix, id = ARGV[1], ARGV[2]
-local now, outcome = ARGV[5], ARGV[7]
-local key = prefix .. 'delivery:' .. id
+-- KEYS: 1 schedule zset, 2 endpoints hash, 3 endpoints version, 4 health hash
+-- ARGV: 1 webhook key prefix, 2 attempts kept, 3 disable_after ms, 4 reason for failing longer
+--       than disable_after, 5 number of attempts, then per attempt 7 values: delivery id,
+--       attempt JSON, now ms (the attempt's time), status code ('' for none), outcome
+--       ('succeeded' | 'retry' | 'failed' | 'gone'), retry at ms, reason for 'gone'
+-- Returns: per attempt {'unchanged'} | {'disabled', reason} | {'corrupt', what}
+local schedule, endpoints, version, health_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, kept = ARGV[1], tonumber(ARGV[2])
+local disable_after, too_long = tonumber(ARGV[3]), ARGV[4]
 
-local record = redis.call('HMGET', key, 'endpointId', 'createdAtMs')
-local endpoint_id, created_at = record[1], record[2]
-if not endpoint_id then
-  return {'unchanged'}
-end
-if not created_at then
-  return {'corrupt', 'delivery ' .. id .. ' has no createdAtMs'}
-end
-local endpoint = nil
-local raw = redis.call('HGET', endpoints, endpoint_id)
-if raw then
-  local ok, decoded = pcall(cjson.decode, raw)
-  if not ok or type(decoded) ~= 'table' then
-    return {'corrupt', 'endpoint ' .. endpoint_id .. ' is not a JSON object'}
+-- Each endpoint's health, read once per call: {enabled = bool, since = number | nil} or false
+-- when the endpoint is gone.
+local healths = {}
+local function health_of(endpoint_id)
+  local h = healths[endpoint_id]
+  if h ~= nil then
+    return h
   end
-  endpoint = decoded
-end
-
--- The attempt log and the delivery.
-local attempts = prefix .. 'attempts:' .. id
-redis.call('RPUSH', attempts, ARGV[3])
-redis.call('LTRIM', attempts, -tonumber(ARGV[4]), -1)
-redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('HSET', key, 'updatedAtMs', now)
-if ARGV[6] ~= '' then
-  redis.call('HSET', key, 'lastStatusCode', ARGV[6])
-else
-  redis.call('HDEL', key, 'lastStatusCode')
-end
-local failed = prefix .. 'failed:' .. endpoint_id
-if outcome == 'succeeded' then
-  redis.call('HSET', key, 'state', 'succeeded')
-  redis.call('HDEL', key, 'nextAttemptAtMs')
-  redis.call('ZREM', schedule, id)
-  redis.call('ZREM', failed, id)
-elseif outcome == 'retry' then
-  redis.call('HSET', key, 'state', 'pending', 'nextAttemptAtMs', ARGV[8])
-  redis.call('ZADD', schedule, ARGV[8], id)
-  redis.call('ZREM', failed, id)
-else
-  redis.call('HSET', key, 'state', 'failed')
-  redis.call('HDEL', key, 'nextAttemptAtMs')
-  redis.call('ZREM', schedule, id)
-  redis.call('ZADD', failed, created_at, id)
-end
-
--- The endpoint's health.
-if not endpoint then
-  return {'unchanged'}
-end
-local changed, disabled = false, nil
-local since = endpoint['failingSinceMs']
-if outcome == 'succeeded' then
-  if type(since) == 'number' then
-    endpoint['failingSinceMs'] = cjson.null
-    changed = true
+  local f = redis.call('HMGET', health_key, endpoint_id .. ':enabled',
+    endpoint_id .. ':failingSinceMs')
+  if f[1] then
+    h = {enabled = f[1] == '1', since = tonumber(f[2])}
+  else
+    local raw = redis.call('HGET', endpoints, endpoint_id)
+    if not raw then
+      h = false
+    else
+      -- Stored before health had its own fields: move it over once.
+      local ok, decoded = pcall(cjson.decode, raw)
+      if not ok or type(decoded) ~= 'table' then
+        decoded = {}
+      end
+      h = {enabled = decoded['enabled'] ~= false, since = nil}
+      if type(decoded['failingSinceMs']) == 'number' then
+        h.since = decoded['failingSinceMs']
+      end
+      local fields = {endpoint_id .. ':enabled', h.enabled and '1' or '0'}
+      if h.since then
+        fields[#fields + 1] = endpoint_id .. ':failingSinceMs'
+        fields[#fields + 1] = string.format('%d', h.since)
+      end
+      if type(decoded['disabledReason']) == 'string' then
+        fields[#fields + 1] = endpoint_id .. ':disabledReason'
+        fields[#fields + 1] = decoded['disabledReason']
+      end
+      redis.call('HSET', health_key, unpack(fields))
+    end
   end
-else
-  if type(since) ~= 'number' then
-    since = tonumber(now)
-    endpoint['failingSinceMs'] = since
-    changed = true
+  healths[endpoint_id] = h
+  return h
+end
+
+local function finish(id, attempt, now, code, outcome, retry_at, gone_reason)
+  local key = prefix .. 'delivery:' .. id
+  local record = redis.call('HMGET', key, 'endpointId', 'createdAtMs', 'state')
+  local endpoint_id, created_at, state = record[1], record[2], record[3]
+  if not endpoint_id then
+    return {'unchanged'}
+  end
+  if not created_at then
+    return {'corrupt', 'delivery ' .. id .. ' has no createdAtMs'}
+  end
+
+  -- The attempt log and the delivery.
+  local attempts = prefix .. 'attempts:' .. id
+  redis.call('RPUSH', attempts, attempt)
+  if redis.call('HINCRBY', key, 'attempts', 1) > kept then
+    redis.call('LTRIM', attempts, -kept, -1)
+  end
+  local set, del = {'updatedAtMs', now}, {}
+  if code ~= '' then
+    set[#set + 1], set[#set + 2] = 'lastStatusCode', code
+  else
+    del[#del + 1] = 'lastStatusCode'
+  end
+  local failed = prefix .. 'failed:' .. endpoint_id
+  if outcome == 'succeeded' then
+    set[#set + 1], set[#set + 2] = 'state', 'succeeded'
+    del[#del + 1] = 'nextAttemptAtMs'
+    redis.call('ZREM', schedule, id)
+  elseif outcome == 'retry' then
+    set[#set + 1], set[#set + 2] = 'state', 'pending'
+    set[#set + 1], set[#set + 2] = 'nextAttemptAtMs', retry_at
+    redis.call('ZADD', schedule, retry_at, id)
+  else
+    set[#set + 1], set[#set + 2] = 'state', 'failed'
+    del[#del + 1] = 'nextAttemptAtMs'
+    redis.call('ZREM', schedule, id)
+    redis.call('ZADD', failed, created_at, id)
+  end
+  -- Only a delivery that was failed (an attempt finishing after another node's, past its
+  -- lease) can be in the failed index while not failing now.
+  if state == 'failed' and outcome ~= 'failed' and outcome ~= 'gone' then
+    redis.call('ZREM', failed, id)
+  end
+  redis.call('HSET', key, unpack(set))
+  if #del > 0 then
+    redis.call('HDEL', key, unpack(del))
+  end
+
+  -- The endpoint's health.
+  local h = health_of(endpoint_id)
+  if not h then
+    return {'unchanged'}
+  end
+  if outcome == 'succeeded' then
+    if h.since then
+      redis.call('HDEL', health_key, endpoint_id .. ':failingSinceMs')
+      h.since = nil
+    end
+    return {'unchanged'}
+  end
+  if not h.since then
+    h.since = tonumber(now)
+    redis.call('HSET', health_key, endpoint_id .. ':failingSinceMs', now)
   end
   local reason = nil
   if outcome == 'gone' then
-    reason = ARGV[9]
-  elseif tonumber(now) - since > tonumber(ARGV[10]) then
-    reason = ARGV[11]
+    reason = gone_reason
+  elseif tonumber(now) - h.since > disable_after then
+    reason = too_long
   end
-  if reason and endpoint['enabled'] == true then
-    endpoint['enabled'] = false
-    endpoint['disabledReason'] = reason
-    endpoint['updatedAtMs'] = tonumber(now)
-    changed = true
-    disabled = reason
+  if reason and h.enabled then
+    h.enabled = false
+    redis.call('HSET', health_key, endpoint_id .. ':enabled', '0',
+      endpoint_id .. ':disabledReason', reason, endpoint_id .. ':updatedAtMs', now)
+    redis.call('INCR', version)
+    return {'disabled', reason}
   end
+  return {'unchanged'}
 end
-if changed then
-  local json = cjson.encode(endpoint)
-  json = string.gsub(json, '"eventTypes":{}', '"eventTypes":[]')
-  json = string.gsub(json, '"secrets":{}', '"secrets":[]')
-  redis.call('HSET', endpoints, endpoint_id, json)
+
+local out = {}
+local i = 6
+for n = 1, tonumber(ARGV[5]) do
+  out[n] = finish(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
+    ARGV[i + 6])
+  i = i + 7
 end
-if disabled then
-  return {'disabled', disabled}
-end
-return {'unchanged'}
+return out
