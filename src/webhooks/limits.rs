@@ -52,6 +52,39 @@ impl EndpointLimiter {
     }
 }
 
+impl EndpointLimiter {
+    /// A permit to attempt, waiting up to `budget` for it: first for an in-flight slot (in
+    /// arrival order: the semaphore is fair), then for the rate's next token. Past the budget,
+    /// how long the caller should wait instead (the slot, if taken, is given back).
+    pub async fn start_within(&self, budget: Duration) -> Result<OwnedSemaphorePermit, Duration> {
+        let deadline = tokio::time::Instant::now() + budget;
+        let permit = tokio::time::timeout_at(deadline, self.in_flight.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(BUSY_RETRY)?;
+        if self.rate_per_second == 0 {
+            return Ok(permit);
+        }
+        loop {
+            let taken = {
+                let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+                bucket.try_take(Instant::now())
+            };
+            match taken {
+                Ok(_) => return Ok(permit),
+                Err(refused) => {
+                    let wait = refused.retry_after.max(Duration::from_millis(5));
+                    if tokio::time::Instant::now() + wait > deadline {
+                        return Err(wait);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
 /// The limiters of every endpoint this node has sent to, rebuilt when an endpoint's limits
 /// change (attempts holding permits of the old one finish undisturbed).
 #[derive(Default)]
@@ -105,6 +138,36 @@ mod tests {
             wait > Duration::ZERO && wait <= Duration::from_millis(100),
             "{wait:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn start_within_waits_for_a_slot_freed_in_time_and_refuses_past_the_budget() {
+        let l = Limiters::default().get("ep", 1, 0);
+        let held = l.try_start().unwrap();
+        // Nobody frees the slot: refused once the budget is spent, told to come back later.
+        assert_eq!(
+            l.start_within(Duration::from_millis(50)).await.unwrap_err(),
+            BUSY_RETRY
+        );
+        // Freed within the budget: the waiting attempt gets it.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(held);
+        });
+        assert!(l.start_within(Duration::from_secs(5)).await.is_ok());
+        release.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn start_within_waits_for_the_rate_only_within_the_budget() {
+        let l = Limiters::default().get("ep", 100, 10);
+        for _ in 0..10 {
+            drop(l.try_start().unwrap());
+        }
+        // The next token comes in about 100 ms: a budget of 10 ms is refused at once, one of
+        // seconds waits for it.
+        assert!(l.start_within(Duration::from_millis(10)).await.is_err());
+        assert!(l.start_within(Duration::from_secs(5)).await.is_ok());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::engine::webhook::{
 };
 use crate::metrics::Metrics;
 use crate::model::now_millis;
-use crate::webhooks::limits::{EndpointLimiter, Limiters};
+use crate::webhooks::limits::Limiters;
 use crate::webhooks::operational;
 use crate::webhooks::retry::{self, AttemptResult};
 use crate::webhooks::signature::{self, SigningKey};
@@ -49,9 +49,6 @@ const CLAIM_BATCH: usize = 64;
 /// How long a claimed delivery waits on this node for its endpoint's in-flight or rate limit
 /// before it goes back on the schedule.
 const LOCAL_WAIT: Duration = Duration::from_millis(250);
-/// How often a delivery waiting for its endpoint's limit looks again (the limiter has no
-/// waiting acquire of its own).
-const LOCAL_POLL: Duration = Duration::from_millis(10);
 /// At most this many bytes of delivery bodies are kept in memory for retries.
 const BODY_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// At most this many delivery bodies are kept in memory for retries.
@@ -476,7 +473,11 @@ impl Sender {
                 .rate_limit_per_second
                 .unwrap_or(self.config.rate_limit_per_second),
         );
-        let _in_flight = match start_within(&limiter, LOCAL_WAIT).await {
+        // A claimed batch often holds more deliveries for one endpoint than its
+        // `max_in_flight`: the extra ones start as the first finish, instead of each going back
+        // to the schedule (an engine call) and being claimed again (another). The wait is
+        // bounded, so a blackholed endpoint's backlog leaves the attempt slots soon.
+        let _in_flight = match limiter.start_within(LOCAL_WAIT).await {
             Ok(permit) => permit,
             Err(wait) => {
                 self.defer(&delivery, wait).await;
@@ -679,30 +680,6 @@ impl Sender {
             Err(e) => {
                 Metrics::inc(&self.metrics.webhook_sender_errors);
                 tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook sender: deferring failed; the delivery is taken again after its lease");
-            }
-        }
-    }
-}
-
-/// A permit of `limiter`, waiting for one up to `budget` on this node; past it, how long the
-/// delivery should wait. A claimed batch often holds more deliveries for one endpoint than its
-/// `max_in_flight`: the extra ones start as the first finish, instead of each going back to
-/// the schedule (an engine call) and being claimed again (another). The wait is bounded, so a
-/// blackholed endpoint's backlog leaves the attempt slots for the others soon.
-async fn start_within(
-    limiter: &EndpointLimiter,
-    budget: Duration,
-) -> Result<OwnedSemaphorePermit, Duration> {
-    let deadline = tokio::time::Instant::now() + budget;
-    loop {
-        match limiter.try_start() {
-            Ok(permit) => return Ok(permit),
-            Err(wait) => {
-                let pause = wait.min(LOCAL_POLL);
-                if tokio::time::Instant::now() + pause > deadline {
-                    return Err(wait);
-                }
-                tokio::time::sleep(pause).await;
             }
         }
     }
