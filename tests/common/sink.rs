@@ -36,6 +36,8 @@ impl Received {
 pub enum Answer {
     Status(u16),
     Redirect,
+    /// 200, after this long: keeps deliveries in flight (recorded on arrival, as ever).
+    Slow(Duration),
 }
 
 #[derive(Clone, Default)]
@@ -152,6 +154,10 @@ async fn record(State(state): State<SinkState>, request: Request) -> Response {
     let answer = state.answers.lock().unwrap().get(&path).copied();
     match answer {
         None => (StatusCode::OK, "thanks").into_response(),
+        Some(Answer::Slow(delay)) => {
+            tokio::time::sleep(delay).await;
+            (StatusCode::OK, "thanks").into_response()
+        }
         Some(Answer::Status(code)) => (
             StatusCode::from_u16(code).unwrap(),
             format!("answer {code}"),
@@ -169,5 +175,37 @@ async fn record(State(state): State<SinkState>, request: Request) -> Response {
 fn headers(h: &HeaderMap) -> BTreeMap<String, String> {
     h.iter()
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+/// Verifies each (secret, request) with the reference `standardwebhooks` library
+/// (tests/clients/verify_webhook.py, one Python process for the lot); returns its answers in
+/// order: `ok` or `fail <reason>`.
+pub fn verify(requests: &[(String, &Received)]) -> Vec<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/verify_webhook.py"
+    );
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3");
+    {
+        let mut stdin = child.stdin.take().expect("verify_webhook.py stdin");
+        for (secret, r) in requests {
+            let line = serde_json::json!({"secret": secret, "headers": r.headers, "body": r.body});
+            writeln!(stdin, "{line}").expect("write to verify_webhook.py");
+        }
+    }
+    let out = child.wait_with_output().expect("verify_webhook.py output");
+    assert!(out.status.success(), "verify_webhook.py failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
         .collect()
 }
