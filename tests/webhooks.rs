@@ -4,14 +4,12 @@
 
 mod common;
 
-use common::sink::{Answer, Received, Sink};
+use common::sink::{Answer, Sink, verify};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,35 +78,6 @@ async fn patch(s: &Stack, path: &str, key: &str, body: Value) -> reqwest::Respon
 async fn order(s: &Stack, key: &str, id: &str) {
     let r = s.post("/v1/orders", key, &order_body(id, "cust-1")).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
-}
-
-/// Verifies each (secret, request) with the reference library; returns its answers.
-fn verify(requests: &[(String, &Received)]) -> Vec<String> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/verify_webhook.py"
-    );
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for (secret, r) in requests {
-            let line = json!({"secret": secret, "headers": r.headers, "body": r.body});
-            writeln!(stdin, "{line}").unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "verify_webhook.py failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
 }
 
 async fn delivery(s: &Stack, endpoint: &str, id: &str) -> Value {
