@@ -136,7 +136,14 @@ async fn batch_loop(mut rx: mpsc::Receiver<Pending>, shared: Arc<Shared>) {
             match results {
                 Ok(values) => {
                     for (pending, value) in batch.into_iter().zip(values) {
-                        let _ = pending.reply.send(Ok(value));
+                        // A request the script could not store answers its own error; the
+                        // others in the call are unaffected.
+                        let _ = pending.reply.send(match refused(&value) {
+                            Some(why) => Err(EngineError::Corrupt(format!(
+                                "the intake script could not store the request: {why}"
+                            ))),
+                            None => Ok(value),
+                        });
                     }
                 }
                 Err(e) => {
@@ -149,6 +156,19 @@ async fn batch_loop(mut rx: mpsc::Receiver<Pending>, shared: Arc<Shared>) {
                 }
             }
         });
+    }
+}
+
+/// The script's answer for a request it could not store (`{'error', message}`), if it is one.
+fn refused(value: &Value) -> Option<String> {
+    match value {
+        Value::Array(parts) => match parts.as_slice() {
+            [kind, message] if super::reply::text(kind).as_deref() == Some("error") => {
+                Some(super::reply::text(message).unwrap_or_default())
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 

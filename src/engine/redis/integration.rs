@@ -827,3 +827,44 @@ async fn concurrent_intake_requests_share_one_script_call_with_their_own_outcome
     // The 40 new orders' commands, the first accept's and the queued transition.
     assert_eq!(received.len(), 42);
 }
+
+#[tokio::test]
+async fn an_intake_request_the_script_cannot_store_fails_alone() {
+    let server = Server::start();
+    let e = engine(&server, "c1").await;
+    accept(&e, "poisoned").await;
+    accept(&e, "healthy").await;
+    // Another program left a string where the order's FIFO list belongs: RPUSH fails there.
+    server.raw(&[b"SET", e.keys.cmdq("poisoned").as_bytes(), b"not a list"]);
+    server.raw(&[b"CONFIG", b"RESETSTAT"]);
+    let transition = |order_id: &str| {
+        new_command(
+            order_id,
+            Command::Transition {
+                status: OrderStatus::Cancelled,
+                reason: None,
+            },
+        )
+    };
+    let (bad, good) = (transition("poisoned"), transition("healthy"));
+    let fresh = order("fresh");
+    let fresh_cmd = new_command(
+        "fresh",
+        Command::ProcessOrder {
+            order: Box::new(fresh.clone()),
+        },
+    );
+    let fresh_event = event(&fresh, OrderStatus::Accepted, None, 1);
+    let (refused, queued, accepted) = tokio::join!(
+        e.enqueue_command(&bad, None),
+        e.enqueue_command(&good, None),
+        e.accept_order(&fresh, &fresh_event, &fresh_cmd, None),
+    );
+    assert_eq!(evalsha_calls(&server), 1, "the three share one script call");
+    assert!(
+        matches!(&refused, Err(EngineError::Corrupt(m)) if m.contains("WRONGTYPE")),
+        "{refused:?}"
+    );
+    assert_eq!(queued.unwrap(), EnqueueOutcome::Enqueued);
+    assert!(matches!(accepted.unwrap(), AcceptOutcome::Accepted { .. }));
+}

@@ -14,7 +14,8 @@
 --   enqueue keys: order hash, order's cmdq list, idempotency key (optional); values:
 --     messageId, orderId, command JSON, idempotent response JSON, its TTL in ms
 -- Returns: per request, in order: accept: 'exists' or the new event id; enqueue: 'unknown'
---          (no such order, nothing written) or 'ok'.
+--          (no such order, nothing written) or 'ok'; {'error', message} for a request that
+--          failed.
 local events, commands, retention = KEYS[1], KEYS[2], ARGV[1]
 
 -- Accepts a new order: the order hash (the order, its status, its first history entry as field
@@ -70,10 +71,16 @@ while arg <= #ARGV do
     v[i] = ARGV[arg + 2 + i]
   end
   key, arg = key + nkeys, arg + 3 + nvalues
-  if kind == 'accept' then
-    results[#results + 1] = accept(k, v)
+  -- pcall: a request that fails (data of the wrong type under its key) answers its own error
+  -- and leaves the others' outcomes as they are, instead of failing the whole call after the
+  -- earlier requests were stored.
+  local ok, result = pcall(kind == 'accept' and accept or enqueue, k, v)
+  if ok then
+    results[#results + 1] = result
   else
-    results[#results + 1] = enqueue(k, v)
+    -- Not an error reply: the client would fail the whole call on a nested one.
+    local message = type(result) == 'table' and result.err or tostring(result)
+    results[#results + 1] = {'error', message}
   end
 end
 return results
