@@ -16,7 +16,7 @@ use crate::node::{Node, Shared};
 use crate::push::{self, PushState};
 use crate::tail::{EventSink, EventTail};
 use crate::webhooks::dispatcher::Dispatcher;
-use crate::webhooks::sender::Sender;
+use crate::webhooks::sender::{DeliveryBodies, Sender};
 use crate::webhooks::ssrf::{self, AllowList};
 use crate::worker::Worker;
 use anyhow::{Context, bail};
@@ -166,12 +166,15 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             config.webhooks.request_timeout,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
+        // The bodies of the deliveries this node's dispatcher creates, kept for its sender.
+        let bodies = Arc::new(DeliveryBodies::default());
         let dispatcher = Dispatcher::new(
             engine.clone(),
             metrics.clone(),
             consumer.clone(),
             config.webhooks.lease,
             webhook_wake.clone(),
+            bodies.clone(),
         );
         background.spawn(dispatcher.run(shutdown.clone()));
         let sender = Sender::new(
@@ -181,6 +184,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             client,
             metrics.clone(),
             webhook_wake.clone(),
+            bodies,
         );
         background.spawn(sender.run(shutdown.clone()));
     }

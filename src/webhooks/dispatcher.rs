@@ -18,6 +18,8 @@ use crate::engine::webhook::{Delivery, DeliveryState, Endpoint, LostEvents};
 use crate::engine::{Engine, LogEntry};
 use crate::metrics::Metrics;
 use crate::model::{EventId, LoggedEvent, now_millis};
+use crate::webhooks::sender::DeliveryBodies;
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,8 @@ pub struct Dispatcher {
     reclaim_after: Duration,
     /// Wakes this node's sender: new deliveries are due now.
     wake: Arc<Notify>,
+    /// The bodies this node's sender keeps: handed the ones created here.
+    bodies: Arc<DeliveryBodies>,
     /// The endpoints as last read, with the version read before them: reused for every batch
     /// while the engine's `endpoints_version` (read after each claim) is unchanged.
     cache: Option<EndpointCache>,
@@ -57,6 +61,7 @@ impl Dispatcher {
         consumer: String,
         reclaim_after: Duration,
         wake: Arc<Notify>,
+        bodies: Arc<DeliveryBodies>,
     ) -> Dispatcher {
         Dispatcher {
             engine,
@@ -64,6 +69,7 @@ impl Dispatcher {
             consumer,
             reclaim_after,
             wake,
+            bodies,
             cache: None,
         }
     }
@@ -159,6 +165,13 @@ impl Dispatcher {
                     &self.metrics.webhook_deliveries_created,
                     deliveries.len() as u64,
                 );
+                // This node's sender will most likely attempt them: it need not read the
+                // bodies back. (A delivery that existed already has these very bytes: a body
+                // is built from its event alone.)
+                for delivery in deliveries {
+                    self.bodies
+                        .remember(delivery.id, Bytes::from(delivery.body));
+                }
                 self.wake.notify_one();
             }
         }
@@ -340,6 +353,7 @@ pub(crate) mod tests {
             "n1".into(),
             Duration::from_secs(30),
             Arc::new(Notify::new()),
+            Arc::default(),
         );
         let mut append_and_dispatch = async |partner: &str| {
             let event = event(Some(partner), OrderStatus::Accepted);
@@ -386,6 +400,51 @@ pub(crate) mod tests {
         assert_eq!(delivered(&engine, "ep_b").await, set([&second, &third]));
     }
 
+    /// The deliveries a dispatcher creates hand their bodies to its node's sender, the exact
+    /// bytes stored, so the sender need not read them back.
+    #[tokio::test]
+    async fn created_deliveries_hand_their_bodies_to_the_nodes_sender() {
+        use crate::engine::EngineSettings;
+        use crate::engine::memory::MemoryEngine;
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
+            visibility_timeout: Duration::from_secs(30),
+            max_receives: 3,
+            history_limit: 5,
+            event_retention: 100,
+            consumer_name: "n1".into(),
+        }));
+        engine
+            .put_endpoint(&endpoint("ep_a", None, &[]))
+            .await
+            .unwrap();
+        let bodies = Arc::new(DeliveryBodies::default());
+        let mut dispatcher = Dispatcher::new(
+            engine.clone(),
+            Arc::new(Metrics::default()),
+            "n1".into(),
+            Duration::from_secs(30),
+            Arc::new(Notify::new()),
+            bodies.clone(),
+        );
+        let event = event(None, OrderStatus::Accepted);
+        engine
+            .append_raw_event(&event.event.to_json())
+            .await
+            .unwrap();
+        let claimed = engine
+            .claim_events("n1", 10, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .entries;
+        dispatcher.dispatch(claimed).await.unwrap();
+        let stored = engine.deliveries("ep_a", 10, None).await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(
+            bodies.get(&stored[0].id),
+            Some(Bytes::from(stored[0].body.clone()))
+        );
+    }
+
     /// A batch making more deliveries than one call takes is stored in several, and every
     /// event is acknowledged.
     #[tokio::test]
@@ -417,6 +476,7 @@ pub(crate) mod tests {
             "n1".into(),
             Duration::ZERO,
             Arc::new(Notify::new()),
+            Arc::default(),
         );
         let claimed = engine
             .claim_events("n1", 10, Duration::ZERO, Duration::from_secs(30))

@@ -5,8 +5,8 @@
 //! every [`RECHECK`] for work other nodes scheduled. It claims what is due with a lease (a node
 //! that dies mid-attempt leaves the delivery to be taken again when the lease ends) and runs
 //! each attempt as its own task. A claim returns ids, endpoint ids, attempt counts and due
-//! times only: bodies come from a bounded in-memory cache, the unknown ones fetched in one
-//! round trip; the endpoints come from a cache checked against the endpoints version every
+//! times only: bodies come from a bounded in-memory cache (this node's dispatcher hands over
+//! the ones it creates), the unknown ones fetched in one round trip; the endpoints come from a cache checked against the endpoints version every
 //! claim reports. Per-endpoint in-flight and rate limits are enforced here: a delivery that
 //! cannot start within [`LOCAL_WAIT`] goes back on the schedule a little later without
 //! counting an attempt, so a blackholed endpoint holds its own slots (and others' for at most
@@ -118,9 +118,30 @@ struct EndpointCache {
     stale_at_ms: Option<u64>,
 }
 
-/// Delivery bodies this node knows, so a claim need not carry them: filled on first fetch,
-/// dropped when a delivery is finished for good, and bounded (oldest first out) by
-/// [`BODY_CACHE_BYTES`] and [`BODY_CACHE_ENTRIES`].
+/// Delivery bodies this node knows, so a claim need not carry them: handed over by this node's
+/// dispatcher when it creates the deliveries, else filled on first fetch; dropped when a
+/// delivery is finished for good, and bounded (oldest first out) by [`BODY_CACHE_BYTES`] and
+/// [`BODY_CACHE_ENTRIES`]. One per node, shared by its dispatcher and its sender.
+#[derive(Default)]
+pub struct DeliveryBodies {
+    /// A `std` mutex: held for a map operation, never across an `.await`.
+    cache: Mutex<BodyCache>,
+}
+
+impl DeliveryBodies {
+    /// Remembers the body of a delivery just created (the exact bytes stored with it).
+    pub fn remember(&self, id: String, body: Bytes) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(id, body);
+        }
+    }
+
+    /// The body kept for a delivery, if any.
+    pub fn get(&self, id: &str) -> Option<Bytes> {
+        self.cache.lock().ok().and_then(|cache| cache.get(id))
+    }
+}
+
 #[derive(Default)]
 struct BodyCache {
     bodies: HashMap<String, Bytes>,
@@ -169,8 +190,7 @@ pub struct Sender {
     wake: Arc<Notify>,
     limiters: Limiters,
     slots: Arc<Semaphore>,
-    /// A `std` mutex: held for a map operation, never across an `.await`.
-    bodies: Mutex<BodyCache>,
+    bodies: Arc<DeliveryBodies>,
     /// Completed attempts on their way to the flusher (`flush_finished`), which `run` starts
     /// with the receiving end. At most one per attempt slot is ever queued: each attempt waits
     /// for its own to be recorded.
@@ -192,6 +212,7 @@ impl Sender {
         client: reqwest::Client,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
+        bodies: Arc<DeliveryBodies>,
     ) -> Arc<Sender> {
         let (finished, finished_queue) = mpsc::channel(MAX_CONCURRENT_ATTEMPTS);
         Arc::new(Sender {
@@ -203,7 +224,7 @@ impl Sender {
             wake,
             limiters: Limiters::default(),
             slots: Arc::new(Semaphore::new(MAX_CONCURRENT_ATTEMPTS)),
-            bodies: Mutex::default(),
+            bodies,
             finished,
             finished_queue: Mutex::new(Some(finished_queue)),
         })
@@ -338,7 +359,7 @@ impl Sender {
     /// The bodies of a claimed batch, in its order: from the cache, the others fetched in one
     /// round trip (and cached). `None` where the fetch failed or the record is gone.
     async fn bodies_for(&self, due: &[DueDelivery]) -> Vec<Option<Bytes>> {
-        let mut out: Vec<Option<Bytes>> = match self.bodies.lock() {
+        let mut out: Vec<Option<Bytes>> = match self.bodies.cache.lock() {
             Ok(cache) => due.iter().map(|d| cache.get(&d.id)).collect(),
             Err(_) => vec![None; due.len()],
         };
@@ -360,7 +381,7 @@ impl Sender {
             }
         };
         let mut fetched = unknown.into_iter().zip(fetched);
-        let mut cache = self.bodies.lock().ok();
+        let mut cache = self.bodies.cache.lock().ok();
         for slot in out.iter_mut().filter(|b| b.is_none()) {
             let Some((id, body)) = fetched.next() else {
                 break;
@@ -421,7 +442,7 @@ impl Sender {
 
     /// Forgets the body of a delivery finished for good.
     fn forget_body(&self, id: &str) {
-        if let Ok(mut cache) = self.bodies.lock() {
+        if let Ok(mut cache) = self.bodies.cache.lock() {
             cache.remove(id);
         }
     }
