@@ -334,19 +334,25 @@ pub(crate) mod tests {
         }
     }
 
-    /// An endpoint written before an event is appended sees the event (or its change) even
-    /// though the dispatcher caches the endpoints.
-    #[tokio::test]
-    async fn endpoint_writes_reach_the_cached_dispatcher_before_later_events() {
+    /// A memory engine for one node `n1`.
+    fn memory_engine() -> Arc<dyn Engine> {
+        use crate::engine::EngineSettings;
         use crate::engine::memory::MemoryEngine;
-        use crate::engine::{EngineSettings, LogEntry};
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
+        Arc::new(MemoryEngine::new(EngineSettings {
             visibility_timeout: Duration::from_secs(30),
             max_receives: 3,
             history_limit: 5,
             event_retention: 100,
             consumer_name: "n1".into(),
-        }));
+        }))
+    }
+
+    /// An endpoint written before an event is appended sees the event (or its change) even
+    /// though the dispatcher caches the endpoints.
+    #[tokio::test]
+    async fn endpoint_writes_reach_the_cached_dispatcher_before_later_events() {
+        use crate::engine::LogEntry;
+        let engine = memory_engine();
         let mut dispatcher = Dispatcher::new(
             engine.clone(),
             Arc::new(Metrics::default()),
@@ -404,15 +410,7 @@ pub(crate) mod tests {
     /// bytes stored, so the sender need not read them back.
     #[tokio::test]
     async fn created_deliveries_hand_their_bodies_to_the_nodes_sender() {
-        use crate::engine::EngineSettings;
-        use crate::engine::memory::MemoryEngine;
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
-            visibility_timeout: Duration::from_secs(30),
-            max_receives: 3,
-            history_limit: 5,
-            event_retention: 100,
-            consumer_name: "n1".into(),
-        }));
+        let engine = memory_engine();
         engine
             .put_endpoint(&endpoint("ep_a", None, &[]))
             .await
@@ -449,15 +447,7 @@ pub(crate) mod tests {
     /// event is acknowledged.
     #[tokio::test]
     async fn a_batch_with_many_deliveries_is_stored_in_several_calls_and_fully_acknowledged() {
-        use crate::engine::EngineSettings;
-        use crate::engine::memory::MemoryEngine;
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
-            visibility_timeout: Duration::from_secs(30),
-            max_receives: 3,
-            history_limit: 5,
-            event_retention: 100,
-            consumer_name: "n1".into(),
-        }));
+        let engine = memory_engine();
         let endpoints = MAX_DELIVERIES_PER_CALL / 2 + 1;
         for i in 0..endpoints {
             let id = format!("ep_{i:04}");
