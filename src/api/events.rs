@@ -42,9 +42,17 @@ pub async fn list_events(
         Some("$") => state.engine.last_event_id().await?,
         Some(cursor) => cursor.parse::<EventId>().map_err(Problem::bad_request)?,
     };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let entries = state.engine.read_events(after, limit, wait).await?;
     // A cursor some of whose following entries were removed (trimmed by retention) is
-    // answered 410, never with the entries after the gap as if nothing were missing.
+    // answered 410, never with the entries after the gap as if nothing were missing. An entry
+    // is trimmed only once `event_retention` newer ones are kept, so a read of at most that
+    // many that came back short crossed no gap: only a full read needs the engine's word.
+    let retention = state.config.engine.event_retention;
+    let full = entries.len() >= limit || u64::try_from(limit).unwrap_or(u64::MAX) > retention;
     if after != EventId::ZERO
+        && full
         && let Some(removed) = state.engine.removed_after(after).await?
     {
         let first = state.engine.first_event_id().await?;
@@ -57,9 +65,6 @@ pub async fn list_events(
             )),
         );
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
-    let entries = state.engine.read_events(after, limit, wait).await?;
     let mut next = after;
     let mut events = Vec::with_capacity(entries.len());
     for entry in entries {
