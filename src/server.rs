@@ -175,6 +175,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             config.webhooks.lease,
             webhook_wake.clone(),
             bodies.clone(),
+            config.webhooks.dispatch_linger,
         );
         background.spawn(dispatcher.run(shutdown.clone()));
         let sender = Sender::new(

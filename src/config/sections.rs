@@ -371,6 +371,11 @@ pub struct WebhooksConfig {
     /// The longest `Retry-After` honoured; a longer one is cut to this.
     #[serde(deserialize_with = "duration")]
     pub retry_after_max: Duration,
+    /// After a claimed batch of events smaller than a full one (the dispatcher is caught up),
+    /// how long it waits before claiming again, so that events arriving meanwhile are read,
+    /// stored and acknowledged together instead of one engine round per event.
+    #[serde(deserialize_with = "duration")]
+    pub dispatch_linger: Duration,
 }
 
 impl Default for WebhooksConfig {
@@ -396,6 +401,7 @@ impl Default for WebhooksConfig {
             rate_limit_per_second: 0,
             lease: Duration::from_secs(60),
             retry_after_max: h(1),
+            dispatch_linger: Duration::from_millis(2),
         }
     }
 }

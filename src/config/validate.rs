@@ -124,6 +124,11 @@ impl Config {
                 "webhooks.lease must be at least request_timeout + connect_timeout (an attempt must end before another node may take its delivery)"
             );
         }
+        if hooks.dispatch_linger > std::time::Duration::from_secs(1) {
+            bail!(
+                "webhooks.dispatch_linger must be at most 1s (it delays the first attempt of every delivery)"
+            );
+        }
         let jwt = &self.auth.jwt;
         if !jwt.hs256_secret.is_empty() && jwt.hs256_secret.len() < checks.hs256_min_bytes {
             bail!(

@@ -44,6 +44,8 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     /// The bodies this node's sender keeps: handed the ones created here.
     bodies: Arc<DeliveryBodies>,
+    /// The pause after a batch smaller than a full one (`webhooks.dispatch_linger`).
+    linger: Duration,
     /// The endpoints as last read, with the version read before them: reused for every batch
     /// while the engine's `endpoints_version` (read after each claim) is unchanged.
     cache: Option<EndpointCache>,
@@ -62,6 +64,7 @@ impl Dispatcher {
         reclaim_after: Duration,
         wake: Arc<Notify>,
         bodies: Arc<DeliveryBodies>,
+        linger: Duration,
     ) -> Dispatcher {
         Dispatcher {
             engine,
@@ -70,6 +73,7 @@ impl Dispatcher {
             reclaim_after,
             wake,
             bodies,
+            linger,
             cache: None,
         }
     }
@@ -84,11 +88,13 @@ impl Dispatcher {
                 r = self.engine.claim_events(&self.consumer, CLAIM_BATCH, CLAIM_WAIT, self.reclaim_after) => r,
                 _ = shutdown.cancelled() => break,
             };
+            let mut pause = None;
             let result = match claimed {
                 Ok(claimed) => {
                     if let Some(lost) = &claimed.lost {
                         self.report_lost(lost);
                     }
+                    pause = self.linger_after(claimed.entries.len());
                     if claimed.entries.is_empty() {
                         Ok(())
                     } else {
@@ -98,7 +104,15 @@ impl Dispatcher {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => backoff.reset(),
+                Ok(()) => {
+                    backoff.reset();
+                    if let Some(pause) = pause {
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                    }
+                }
                 Err(e) => {
                     Metrics::inc(&self.metrics.webhook_dispatch_errors);
                     tracing::warn!(error = %e, "webhook dispatcher: engine call failed; unacknowledged events are claimed again");
@@ -109,6 +123,15 @@ impl Dispatcher {
             }
         }
         tracing::info!("webhook dispatcher stopped");
+    }
+
+    /// How long to wait before the next claim after one that brought `claimed` events: only
+    /// after a batch that was not full (this node is caught up), so that events arriving
+    /// meanwhile are read, stored and acknowledged in one engine round instead of one each.
+    /// A full batch means a backlog: claim again at once. Nothing claimed: the claim itself
+    /// waited for new events, and the next one will too.
+    fn linger_after(&self, claimed: usize) -> Option<Duration> {
+        (claimed > 0 && claimed < CLAIM_BATCH && !self.linger.is_zero()).then_some(self.linger)
     }
 
     /// Matches a claimed batch against the endpoints and stores all its deliveries, with every
@@ -334,6 +357,31 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn lingers_only_after_a_batch_that_was_not_full() {
+        let dispatcher = |linger| {
+            Dispatcher::new(
+                memory_engine(),
+                Arc::new(Metrics::default()),
+                "n1".into(),
+                Duration::from_secs(30),
+                Arc::new(Notify::new()),
+                Arc::default(),
+                linger,
+            )
+        };
+        let d = dispatcher(Duration::from_millis(2));
+        assert_eq!(d.linger_after(1), Some(Duration::from_millis(2)));
+        assert_eq!(
+            d.linger_after(CLAIM_BATCH - 1),
+            Some(Duration::from_millis(2))
+        );
+        // A full batch is a backlog; an empty claim already waited for new events.
+        assert_eq!(d.linger_after(CLAIM_BATCH), None);
+        assert_eq!(d.linger_after(0), None);
+        assert_eq!(dispatcher(Duration::ZERO).linger_after(1), None);
+    }
+
     /// A memory engine for one node `n1`.
     fn memory_engine() -> Arc<dyn Engine> {
         use crate::engine::EngineSettings;
@@ -360,6 +408,7 @@ pub(crate) mod tests {
             Duration::from_secs(30),
             Arc::new(Notify::new()),
             Arc::default(),
+            Duration::ZERO,
         );
         let mut append_and_dispatch = async |partner: &str| {
             let event = event(Some(partner), OrderStatus::Accepted);
@@ -423,6 +472,7 @@ pub(crate) mod tests {
             Duration::from_secs(30),
             Arc::new(Notify::new()),
             bodies.clone(),
+            Duration::ZERO,
         );
         let event = event(None, OrderStatus::Accepted);
         engine
@@ -467,6 +517,7 @@ pub(crate) mod tests {
             Duration::ZERO,
             Arc::new(Notify::new()),
             Arc::default(),
+            Duration::ZERO,
         );
         let claimed = engine
             .claim_events("n1", 10, Duration::ZERO, Duration::from_secs(30))
