@@ -155,7 +155,8 @@ impl Worker {
         futures_util::future::join_all(rest).await;
     }
 
-    /// Counts an outcome; true if the command is finished with.
+    /// Counts an outcome (of the batch call or of a command's own round); true if the command
+    /// is finished with.
     fn finished(&self, outcome: &ApplyOutcome, had_change: bool) -> bool {
         match outcome {
             ApplyOutcome::Applied { event_id } => {
@@ -192,19 +193,21 @@ impl Worker {
         let mut last_extended = started;
         let mut wait = Duration::from_millis(2);
         loop {
-            match self.try_apply(command, read_status).await {
-                Ok(ApplyOutcome::Applied { event_id }) => {
-                    if event_id.is_some() {
-                        Metrics::inc(&self.metrics.commands_applied);
-                    }
+            let outcome = match self.try_apply(command, read_status).await {
+                Ok((outcome, had_change)) if self.finished(&outcome, had_change) => return,
+                Ok((outcome, _)) => outcome,
+                Err(e) => {
+                    Metrics::inc(&self.metrics.worker_errors);
+                    tracing::warn!(error = %e, message_id = %command.message.message_id, order_id = %command.message.order_id,
+                        "command failed; it will be delivered again after the visibility timeout");
                     return;
                 }
-                Ok(ApplyOutcome::AlreadyDone) => {
-                    Metrics::inc(&self.metrics.commands_redelivered_done);
-                    return;
-                }
-                Ok(ApplyOutcome::Stale { .. }) => read_status = true,
-                Ok(ApplyOutcome::Blocked) => {
+            };
+            match outcome {
+                // Counted and finished above.
+                ApplyOutcome::Applied { .. } | ApplyOutcome::AlreadyDone => return,
+                ApplyOutcome::Stale { .. } => read_status = true,
+                ApplyOutcome::Blocked => {
                     Metrics::inc(&self.metrics.commands_blocked);
                     if shutdown.is_cancelled() {
                         self.release(command).await;
@@ -228,12 +231,6 @@ impl Worker {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_millis(100));
                 }
-                Err(e) => {
-                    Metrics::inc(&self.metrics.worker_errors);
-                    tracing::warn!(error = %e, message_id = %command.message.message_id, order_id = %command.message.order_id,
-                        "command failed; it will be delivered again after the visibility timeout");
-                    return;
-                }
             }
         }
     }
@@ -244,19 +241,17 @@ impl Worker {
         }
     }
 
-    /// Decides and applies once. A `processOrder` is decided without reading the order back
-    /// (it carries the order, and a new order is `accepted` at version 1) unless `read_status`.
+    /// Decides and applies once; the outcome, and whether the workflow made a change. A
+    /// `processOrder` is decided without reading the order back (it carries the order, and a
+    /// new order is `accepted` at version 1) unless `read_status`.
     async fn try_apply(
         &self,
         command: &ReceivedCommand,
         read_status: bool,
-    ) -> Result<ApplyOutcome, EngineError> {
+    ) -> Result<(ApplyOutcome, bool), EngineError> {
         let change = self.decide(command, read_status).await?;
         let outcome = self.engine.apply(command, change.as_ref()).await?;
-        if change.is_none() && matches!(outcome, ApplyOutcome::Applied { .. }) {
-            Metrics::inc(&self.metrics.commands_refused);
-        }
-        Ok(outcome)
+        Ok((outcome, change.is_some()))
     }
 
     /// The change the workflow makes for a command, `None` if it refuses it (logged).
@@ -296,34 +291,10 @@ fn missing(order_id: &str) -> EngineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::fixtures::{new_command as command, order};
     use crate::engine::memory::MemoryEngine;
-    use crate::engine::{EngineSettings, LogEntry, NewCommand};
-    use crate::model::{EventId, LineItem, Order, OrderStatus, now_rfc3339};
-
-    fn order(id: &str) -> Order {
-        Order {
-            order_id: id.into(),
-            customer_id: "c1".into(),
-            partner_id: None,
-            items: vec![LineItem {
-                sku: "s".into(),
-                quantity: 1,
-                unit_price: serde_json::Number::from(3),
-            }],
-            currency: "EUR".into(),
-            metadata: None,
-            created_at: now_rfc3339(),
-        }
-    }
-
-    fn command(order_id: &str, command: Command) -> NewCommand {
-        NewCommand {
-            message_id: uuid::Uuid::new_v4().to_string(),
-            order_id: order_id.into(),
-            command,
-            sent_at: now_rfc3339(),
-        }
-    }
+    use crate::engine::{EngineSettings, LogEntry};
+    use crate::model::{EventId, OrderStatus};
 
     async fn accept(engine: &Arc<dyn Engine>, id: &str) {
         let o = order(id);
