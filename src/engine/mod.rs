@@ -20,6 +20,8 @@
 //! the queue) are single engine calls, so that an engine can make them atomic: a crash can never
 //! leave a status without its event or an acknowledged command without its effect.
 
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod idempotency;
 pub mod log;
 pub mod memory;

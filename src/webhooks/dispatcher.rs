@@ -359,16 +359,9 @@ pub(crate) mod tests {
 
     #[test]
     fn lingers_only_after_a_batch_that_was_not_full() {
-        let dispatcher = |linger| {
-            Dispatcher::new(
-                memory_engine(),
-                Arc::new(Metrics::default()),
-                "n1".into(),
-                Duration::from_secs(30),
-                Arc::new(Notify::new()),
-                Arc::default(),
-                linger,
-            )
+        let dispatcher = |linger| Dispatcher {
+            linger,
+            ..dispatcher_on(memory_engine(), Arc::default())
         };
         let d = dispatcher(Duration::from_millis(2));
         assert_eq!(d.linger_after(1), Some(Duration::from_millis(2)));
@@ -380,6 +373,19 @@ pub(crate) mod tests {
         assert_eq!(d.linger_after(CLAIM_BATCH), None);
         assert_eq!(d.linger_after(0), None);
         assert_eq!(dispatcher(Duration::ZERO).linger_after(1), None);
+    }
+
+    /// Node `n1`'s dispatcher on `engine`: events reclaimed after 30 s, no linger.
+    fn dispatcher_on(engine: Arc<dyn Engine>, bodies: Arc<DeliveryBodies>) -> Dispatcher {
+        Dispatcher::new(
+            engine,
+            Arc::new(Metrics::default()),
+            "n1".into(),
+            Duration::from_secs(30),
+            Arc::new(Notify::new()),
+            bodies,
+            Duration::ZERO,
+        )
     }
 
     /// A memory engine for one node `n1`.
@@ -401,15 +407,7 @@ pub(crate) mod tests {
     async fn endpoint_writes_reach_the_cached_dispatcher_before_later_events() {
         use crate::engine::LogEntry;
         let engine = memory_engine();
-        let mut dispatcher = Dispatcher::new(
-            engine.clone(),
-            Arc::new(Metrics::default()),
-            "n1".into(),
-            Duration::from_secs(30),
-            Arc::new(Notify::new()),
-            Arc::default(),
-            Duration::ZERO,
-        );
+        let mut dispatcher = dispatcher_on(engine.clone(), Arc::default());
         let mut append_and_dispatch = async |partner: &str| {
             let event = event(Some(partner), OrderStatus::Accepted);
             let id = engine
@@ -465,15 +463,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let bodies = Arc::new(DeliveryBodies::default());
-        let mut dispatcher = Dispatcher::new(
-            engine.clone(),
-            Arc::new(Metrics::default()),
-            "n1".into(),
-            Duration::from_secs(30),
-            Arc::new(Notify::new()),
-            bodies.clone(),
-            Duration::ZERO,
-        );
+        let mut dispatcher = dispatcher_on(engine.clone(), bodies.clone());
         let event = event(None, OrderStatus::Accepted);
         engine
             .append_raw_event(&event.event.to_json())
@@ -510,15 +500,10 @@ pub(crate) mod tests {
             let e = event(None, OrderStatus::Accepted);
             engine.append_raw_event(&e.event.to_json()).await.unwrap();
         }
-        let mut dispatcher = Dispatcher::new(
-            engine.clone(),
-            Arc::new(Metrics::default()),
-            "n1".into(),
-            Duration::ZERO,
-            Arc::new(Notify::new()),
-            Arc::default(),
-            Duration::ZERO,
-        );
+        let mut dispatcher = Dispatcher {
+            reclaim_after: Duration::ZERO,
+            ..dispatcher_on(engine.clone(), Arc::default())
+        };
         let claimed = engine
             .claim_events("n1", 10, Duration::ZERO, Duration::from_secs(30))
             .await

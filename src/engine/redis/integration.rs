@@ -7,8 +7,9 @@
 
 use super::reply::{items, text};
 use super::*;
+use crate::engine::fixtures::{new_command, order};
 use crate::engine::*;
-use crate::model::{LineItem, Order, OrderEvent, OrderStatus, now_rfc3339};
+use crate::model::{Order, OrderEvent, OrderStatus, now_rfc3339};
 use std::net::TcpListener;
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
@@ -115,22 +116,6 @@ async fn engine(server: &Server, consumer: &str) -> Arc<RedisEngine> {
     )
 }
 
-fn order(id: &str) -> Order {
-    Order {
-        order_id: id.into(),
-        customer_id: "c1".into(),
-        partner_id: None,
-        items: vec![LineItem {
-            sku: "s".into(),
-            quantity: 1,
-            unit_price: serde_json::Number::from(3),
-        }],
-        currency: "EUR".into(),
-        metadata: None,
-        created_at: now_rfc3339(),
-    }
-}
-
 fn event(
     o: &Order,
     status: OrderStatus,
@@ -147,15 +132,6 @@ fn event(
         version,
         occurred_at: now_rfc3339(),
         data: None,
-    }
-}
-
-fn new_command(order_id: &str, command: Command) -> NewCommand {
-    NewCommand {
-        message_id: uuid::Uuid::new_v4().to_string(),
-        order_id: order_id.into(),
-        command,
-        sent_at: now_rfc3339(),
     }
 }
 
