@@ -62,7 +62,7 @@ pub fn keyring() -> KeyRing {
 /// One event-log entry as the Redis engine reads it (`XREAD`), turned into an event or a
 /// malformed entry.
 pub fn stream_entry(id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> LogEntry {
-    crate::engine::log::decode_entry(id.to_string(), &fields)
+    crate::engine::log::decode_entry(0, id.to_string(), &fields)
 }
 
 /// What one connection did with a sequence of client messages.
@@ -102,10 +102,7 @@ impl WsHarness {
                     .await
                     .expect("the memory engine appends");
             }
-            engine
-                .last_event_id()
-                .await
-                .expect("the memory engine reads")
+            engine.log_end().await.expect("the memory engine reads")
         });
         let limits = DocumentLimits::from(&config.graphql);
         let node = Node(Arc::new(Shared {
@@ -121,7 +118,7 @@ impl WsHarness {
             webhook_wake: Default::default(),
         }));
         let hub = Arc::new(Hub::new());
-        hub.start(position);
+        hub.start(&position);
         let state = Arc::new(PushState {
             node,
             hub,

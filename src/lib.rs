@@ -39,6 +39,8 @@ mod push;
 mod ratelimit;
 pub mod server;
 mod tail;
+#[cfg(test)]
+mod testing;
 pub mod webhooks;
 mod worker;
 pub mod workflow;

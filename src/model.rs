@@ -210,20 +210,255 @@ impl OrderEvent {
     }
 }
 
-/// An event together with its log position. `event_id` is the stream entry id (`<ms>-<seq>`),
-/// which is also the resume cursor.
+/// An event together with its log position: `event_id` is its entry id (`<ms>-<seq>`) in the
+/// stream of its `partition` (`engine.partitions`, DESIGN 1.3; always 0 with one partition).
+///
+/// What a reader shows as the event's `eventId` is a resume cursor: with one partition the
+/// entry id itself; with several, the [`LogCursor`] token of the reader's position just after
+/// this event (`cursor`, set by the reader that knows it). [`LoggedEvent::qualified_id`] names
+/// the event itself, uniquely across partitions (webhooks use it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoggedEvent {
     pub event_id: String,
     #[serde(flatten)]
     pub event: OrderEvent,
+    #[serde(skip)]
+    pub partition: usize,
+    /// The resume cursor after this event, when it is not `event_id` (several partitions).
+    #[serde(skip)]
+    pub cursor: Option<String>,
+}
+
+impl LoggedEvent {
+    /// An event read from partition 0 (the only one when there is one).
+    pub fn new(event_id: String, event: OrderEvent) -> LoggedEvent {
+        LoggedEvent {
+            event_id,
+            event,
+            partition: 0,
+            cursor: None,
+        }
+    }
+
+    /// The `eventId` a reader shows: the resume cursor after this event.
+    pub fn shown_id(&self) -> &str {
+        self.cursor.as_deref().unwrap_or(&self.event_id)
+    }
+
+    /// The event's own name, unique across partitions: the entry id in partition 0, else
+    /// `<partition>/<entry id>`. Stable for the event's life (a partitions change is refused
+    /// on existing data).
+    pub fn qualified_id(&self) -> String {
+        qualified_entry_id(self.partition, &self.event_id)
+    }
+
+    /// The event's JSON form with `eventId` set to `event_id` (a reader's [`Self::shown_id`],
+    /// a webhook's [`Self::qualified_id`]) instead of the bare entry id.
+    pub fn with_event_id<'a>(&'a self, event_id: &'a str) -> impl Serialize + 'a {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Shown<'a> {
+            event_id: &'a str,
+            #[serde(flatten)]
+            event: &'a OrderEvent,
+        }
+        Shown {
+            event_id,
+            event: &self.event,
+        }
+    }
+}
+
+/// `<entry id>` in partition 0, `<partition>/<entry id>` in any other.
+pub fn qualified_entry_id(partition: usize, entry_id: &str) -> String {
+    if partition == 0 {
+        entry_id.to_string()
+    } else {
+        format!("{partition}/{entry_id}")
+    }
+}
+
+/// The partition of an order (DESIGN 1.3, README "Partitions"): CRC-32 (IEEE, as zlib's
+/// `crc32`) of the order id's UTF-8 bytes, modulo the number of partitions. Programs that
+/// append events themselves use the same function to pick the stream.
+pub fn partition_of(order_id: &str, partitions: usize) -> usize {
+    if partitions <= 1 {
+        return 0;
+    }
+    (crc32fast::hash(order_id.as_bytes()) as usize) % partitions
+}
+
+/// A reader's position in the event log: one entry id per partition, everything at or before
+/// it read. As text (the `eventId` readers show and the `after` they take back):
+///
+/// - with one partition, the entry id itself: `<ms>-<seq>`;
+/// - with several, `c1.` followed by unpadded base64url of: the number of partitions, then for
+///   each partition in order its milliseconds as a zigzag difference from the previous
+///   partition's (the first from 0) and its sequence, all LEB128 varints. Opaque to clients.
+///
+/// A plain `<ms>-<seq>` given with several partitions means that position in every partition
+/// (exact for one order, whose events all live in one partition; an old single-partition
+/// cursor resumes at the same time in each). `0` is the start of every partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct LogCursor {
+    positions: Vec<EventId>,
+}
+
+impl LogCursor {
+    pub const TOKEN_PREFIX: &'static str = "c1.";
+
+    /// `id` in each of `partitions` partitions.
+    pub fn uniform(partitions: usize, id: EventId) -> LogCursor {
+        LogCursor {
+            positions: vec![id; partitions.max(1)],
+        }
+    }
+
+    /// The start of every partition.
+    pub fn start(partitions: usize) -> LogCursor {
+        Self::uniform(partitions, EventId::ZERO)
+    }
+
+    pub fn from_positions(positions: Vec<EventId>) -> LogCursor {
+        if positions.is_empty() {
+            return Self::start(1);
+        }
+        LogCursor { positions }
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn positions(&self) -> &[EventId] {
+        &self.positions
+    }
+
+    /// The position in `partition` (`ZERO` past the end).
+    pub fn get(&self, partition: usize) -> EventId {
+        self.positions
+            .get(partition)
+            .copied()
+            .unwrap_or(EventId::ZERO)
+    }
+
+    /// Moves `partition` forward to `id` (never back).
+    pub fn advance(&mut self, partition: usize, id: EventId) {
+        if let Some(p) = self.positions.get_mut(partition)
+            && id > *p
+        {
+            *p = id;
+        }
+    }
+
+    /// Whether every partition is at the start.
+    pub fn is_start(&self) -> bool {
+        self.positions.iter().all(|p| *p == EventId::ZERO)
+    }
+
+    /// Whether this cursor has read everything `other` has, in every partition.
+    pub fn covers(&self, other: &LogCursor) -> bool {
+        self.positions
+            .iter()
+            .zip(&other.positions)
+            .all(|(a, b)| a >= b)
+    }
+
+    /// Parses a cursor given by a client for a log of `partitions` partitions: a token of
+    /// the same number of partitions, or a plain entry id (see the type's documentation).
+    pub fn parse(text: &str, partitions: usize) -> Result<LogCursor, String> {
+        let partitions = partitions.max(1);
+        let Some(token) = text.strip_prefix(Self::TOKEN_PREFIX) else {
+            let id: EventId = text.parse()?;
+            return Ok(Self::uniform(partitions, id));
+        };
+        let bad = |why: &str| format!("`{text}` is not a valid cursor ({why})");
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| bad("not base64url"))?;
+        let mut input = bytes.as_slice();
+        let count = read_varint(&mut input).ok_or_else(|| bad("truncated"))?;
+        if count != partitions as u64 {
+            return Err(format!(
+                "cursor `{text}` was made for {count} partitions; this log has {partitions}. \
+                 Start again without a cursor (or from `0`)."
+            ));
+        }
+        let mut positions = Vec::with_capacity(partitions);
+        let mut ms: u64 = 0;
+        for _ in 0..partitions {
+            let delta = read_varint(&mut input).ok_or_else(|| bad("truncated"))?;
+            let delta = ((delta >> 1) as i64) ^ -((delta & 1) as i64);
+            ms = ms
+                .checked_add_signed(delta)
+                .ok_or_else(|| bad("out of range"))?;
+            let seq = read_varint(&mut input).ok_or_else(|| bad("truncated"))?;
+            positions.push(EventId { ms, seq });
+        }
+        if !input.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(LogCursor { positions })
+    }
+}
+
+impl fmt::Display for LogCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.positions.len() == 1 {
+            return write!(f, "{}", self.positions[0]);
+        }
+        let mut bytes = Vec::with_capacity(8 + self.positions.len() * 4);
+        write_varint(&mut bytes, self.positions.len() as u64);
+        let mut previous: u64 = 0;
+        for p in &self.positions {
+            let delta = p.ms.wrapping_sub(previous) as i64;
+            write_varint(&mut bytes, ((delta << 1) ^ (delta >> 63)) as u64);
+            write_varint(&mut bytes, p.seq);
+            previous = p.ms;
+        }
+        use base64::Engine as _;
+        write!(
+            f,
+            "{}{}",
+            Self::TOKEN_PREFIX,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        )
+    }
+}
+
+fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn read_varint(input: &mut &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = input.split_first()?;
+        *input = rest;
+        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// A log entry that is not a valid event: kept aside with the reason, never dropped silently.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MalformedEntry {
+    /// The entry id, `<partition>/<entry id>` outside partition 0 (see
+    /// [`qualified_entry_id`]).
     pub entry_id: String,
     /// The entry's text, cut to [`MalformedEntry::MAX_RAW_BYTES`] (the entry itself stays in
     /// the log until it is trimmed).
@@ -318,6 +553,53 @@ pub fn now_millis() -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cursors_round_trip_and_stay_compact() {
+        let single = LogCursor::uniform(1, EventId { ms: 17, seq: 2 });
+        assert_eq!(single.to_string(), "17-2");
+        assert_eq!(LogCursor::parse("17-2", 1).unwrap(), single);
+        let mut many = LogCursor::start(16);
+        for k in 0..16 {
+            many.advance(
+                k,
+                EventId {
+                    ms: 1_765_000_000_000 + (k as u64 * 37) % 5,
+                    seq: k as u64 % 3,
+                },
+            );
+        }
+        many.advance(3, EventId { ms: 5, seq: 0 }); // never backwards
+        let text = many.to_string();
+        assert!(text.starts_with("c1."), "{text}");
+        assert!(text.len() < 80, "{} chars: {text}", text.len());
+        assert_eq!(LogCursor::parse(&text, 16).unwrap(), many);
+        // A partition at the start, then one far ahead: the zigzag delta goes both ways.
+        let mut mixed = LogCursor::start(3);
+        mixed.advance(1, EventId { ms: 9, seq: 1 });
+        assert_eq!(LogCursor::parse(&mixed.to_string(), 3).unwrap(), mixed);
+        // A plain id means that position in every partition.
+        assert_eq!(
+            LogCursor::parse("9-1", 3).unwrap(),
+            LogCursor::uniform(3, EventId { ms: 9, seq: 1 })
+        );
+        let err = LogCursor::parse(&text, 4).unwrap_err();
+        assert!(err.contains("16 partitions"), "{err}");
+        for bad in ["c1.", "c1.!!", "c1.EAAA", "x-y"] {
+            assert!(LogCursor::parse(bad, 16).is_err(), "{bad}");
+        }
+        assert!(LogCursor::start(2).is_start());
+        assert!(many.covers(&LogCursor::start(16)));
+    }
+
+    #[test]
+    fn partitions_follow_crc32() {
+        // zlib.crc32(b"order-1") == 0xE0B3_7FEF (documented so other producers can compute it).
+        assert_eq!(crc32fast::hash(b"order-1"), 0xE0B3_7FEF);
+        assert_eq!(partition_of("order-1", 16), 0xE0B3_7FEF % 16);
+        assert_eq!(partition_of("anything", 1), 0);
+    }
+
     use super::*;
 
     #[test]

@@ -294,7 +294,7 @@ mod tests {
     use crate::engine::fixtures::{new_command as command, order};
     use crate::engine::memory::MemoryEngine;
     use crate::engine::{EngineSettings, LogEntry};
-    use crate::model::{EventId, OrderStatus};
+    use crate::model::{LogCursor, OrderStatus};
 
     async fn accept(engine: &Arc<dyn Engine>, id: &str) {
         let o = order(id);
@@ -357,7 +357,7 @@ mod tests {
         let o2 = engine.order_status("o2").await.unwrap().unwrap();
         assert_eq!((o2.status, o2.version), (OrderStatus::Confirmed, 2));
         let o1_events: Vec<OrderStatus> = engine
-            .read_events(EventId::ZERO, 100, Duration::ZERO)
+            .read_events(&LogCursor::start(1), 100, Duration::ZERO)
             .await
             .unwrap()
             .into_iter()

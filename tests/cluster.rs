@@ -4,7 +4,9 @@
 //! SIGKILLed mid-run), checked against the event log and verified with the reference
 //! `standardwebhooks` library.
 //! With `partitions = 1` all of Herald's keys share the hash tag `{p0}`, so one master holds
-//! them: the tests find it with `CLUSTER KEYSLOT`, never assume it.
+//! them: the tests find it with `CLUSTER KEYSLOT`, never assume it. With `partitions = 8`
+//! orders spread over the masters, and a subscription and `GET /v1/events` resume across the
+//! partitions with no gap and no duplicate.
 
 mod common;
 
@@ -652,4 +654,133 @@ async fn webhooks_stay_exactly_once_per_endpoint_when_a_node_is_sigkilled_mid_ru
         "node a SIGKILLed after {before_kill} admin deliveries had arrived; {} in all, {repeats} requests repeated after the takeover",
         admin.len()
     );
+}
+
+/// Orders `from..to` of the partitions test, each accepted and confirmed by the worker.
+async fn partitioned_orders(s: &Stack, from: usize, to: usize) {
+    for_each_order(to - from, |i| async move {
+        let id = format!("pt-{:03}", from + i);
+        create_order(s, &id, None).await;
+        reach(s, &id, "confirmed", 2).await;
+    })
+    .await;
+}
+
+/// Reads `count` events of subscription `id`: (orderId, version, eventId) each.
+async fn subscription_events(ws: &mut Ws, id: &str, count: usize) -> Vec<(String, u64, String)> {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let message = next(ws).await;
+        assert_eq!(message["type"], "next", "{message}");
+        assert_eq!(message["id"], id, "{message}");
+        let e = &message["payload"]["data"]["onOrderUpdated"];
+        out.push((
+            e["orderId"].as_str().expect("orderId").to_string(),
+            e["version"].as_u64().expect("version"),
+            e["eventId"].as_str().expect("eventId").to_string(),
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn with_partitions_orders_spread_over_the_masters_and_resumes_cross_them_exactly() {
+    let _shared = HEAVY.read().await;
+    let cluster = cluster(3, 0).await;
+    let s = Stack {
+        herald: Herald::start(HeraldOptions {
+            redis_url: Some(cluster.url()),
+            extra_toml: "[engine]\npartitions = 8\n".to_string(),
+            ..HeraldOptions::default()
+        }),
+        redis: None,
+        http: client(),
+    };
+    partitioned_orders(&s, 0, 24).await;
+    // The orders' keys are spread over the masters by their partitions' hash tags.
+    let mut masters_used = BTreeSet::new();
+    for i in 0..24 {
+        let id = format!("pt-{i:03}");
+        let k = herald::model::partition_of(&id, 8);
+        let key = format!("herald:{{p{k}}}:order:{id}");
+        let master = cluster.master_of(&key);
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query(&mut cluster.node_conn(master))
+            .unwrap();
+        assert!(exists, "{key} on master {master}");
+        masters_used.insert(master);
+    }
+    assert!(masters_used.len() >= 2, "{masters_used:?}");
+
+    // A subscription to every order from the log's start takes 20 of the 48 events, then
+    // goes away.
+    let query = |after: &str| {
+        format!(
+            "subscription {{ onOrderUpdated(after: \"{after}\") {{ eventId orderId version }} }}"
+        )
+    };
+    let mut ws = connect(&s.herald, "graphql-transport-ws").await;
+    init(&mut ws, ADMIN_KEY).await;
+    send(&mut ws, sub("1", &query("0"))).await;
+    let first = subscription_events(&mut ws, "1", 20).await;
+    drop(ws);
+    let resume_at = first.last().expect("20 events").2.clone();
+    assert!(resume_at.starts_with("c1."), "a multi-partition cursor: {resume_at}");
+
+    // More orders while it is away; then it resumes from the last eventId it received.
+    partitioned_orders(&s, 24, 36).await;
+    let mut ws = connect(&s.herald, "graphql-transport-ws").await;
+    init(&mut ws, ADMIN_KEY).await;
+    send(&mut ws, sub("2", &query(&resume_at))).await;
+    let rest = subscription_events(&mut ws, "2", 72 - 20).await;
+    // And live events after the replay, on the same subscription.
+    partitioned_orders(&s, 36, 37).await;
+    let live = subscription_events(&mut ws, "2", 2).await;
+
+    let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for (order, version, _) in first.iter().chain(&rest).chain(&live) {
+        *seen.entry((order.clone(), *version)).or_default() += 1;
+    }
+    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicates.is_empty(), "delivered twice: {duplicates:?}");
+    let expected: BTreeSet<(String, u64)> = (0..37)
+        .flat_map(|i| [(format!("pt-{i:03}"), 1), (format!("pt-{i:03}"), 2)])
+        .collect();
+    let got: BTreeSet<(String, u64)> = seen.into_keys().collect();
+    assert_eq!(
+        got.symmetric_difference(&expected).collect::<Vec<_>>(),
+        Vec::<&(String, u64)>::new(),
+        "gap or stranger"
+    );
+    // Within each order, in order.
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for (order, version, _) in rest.iter().chain(&live) {
+        let previous = last.insert(order, *version).unwrap_or(0);
+        assert!(*version > previous, "{order}: v{version} after v{previous}");
+    }
+
+    // GET /v1/events pages through every partition with its `next` cursors: each event once.
+    let log = event_log(&s).await;
+    let mut from_log: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for e in &log {
+        *from_log
+            .entry((
+                e["orderId"].as_str().unwrap().to_string(),
+                e["version"].as_u64().unwrap(),
+            ))
+            .or_default() += 1;
+    }
+    assert!(from_log.values().all(|n| *n == 1), "{from_log:?}");
+    assert_eq!(from_log.into_keys().collect::<BTreeSet<_>>(), expected);
+    // An eventId of a page resumes after exactly that event.
+    let tenth = log[9]["eventId"].as_str().unwrap().to_string();
+    let r = s
+        .get(
+            &format!("/v1/events?after={}&limit=1000", query_escape(&tenth)),
+            ADMIN_KEY,
+        )
+        .await;
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["events"].as_array().unwrap().len(), log.len() - 10);
 }

@@ -3,8 +3,12 @@
 //! the Redis engine on a real 3-master Redis Cluster.
 //!
 //! Each test is written once as `async fn name(h: Harness)`; the `conformance!` macro makes a
-//! `memory::name`, a `redis::name` and a `cluster::name` test of it. The cluster tests share
-//! one cluster per test binary (starting one takes seconds), each under its own `key_prefix`.
+//! `memory::name`, a `redis::name` and a `cluster::name` test of it, and on Redis the same
+//! again with `engine.partitions` = [`PARTITIONS`] (`redis_partitioned::name`,
+//! `cluster_partitioned::name`): orders, queues and the log spread over partitions, each under
+//! its own hash tag, which on the cluster spreads them over the masters. The cluster tests
+//! share one cluster per test binary (starting one takes seconds), each under its own
+//! `key_prefix`.
 
 mod common;
 
@@ -18,6 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const VISIBILITY: Duration = Duration::from_millis(400);
+/// `engine.partitions` of the partitioned runs.
+const PARTITIONS: usize = 4;
 
 struct Harness {
     engine: Arc<dyn Engine>,
@@ -51,29 +57,31 @@ impl Harness {
         }
     }
 
-    async fn redis() -> Harness {
-        Harness::redis_with(common::RedisServer::start(false)).await
+    async fn redis(partitions: usize) -> Harness {
+        Harness::redis_with(common::RedisServer::start(false), partitions).await
     }
 
-    async fn redis_with(server: common::RedisServer) -> Harness {
-        let mut h = Harness::redis_at(server.url(), "conf:".into()).await;
+    async fn redis_with(server: common::RedisServer, partitions: usize) -> Harness {
+        let mut h = Harness::redis_at(server.url(), "conf:".into(), partitions).await;
         h.redis = Some(server);
         h
     }
 
-    /// On the binary's shared Redis Cluster, with keys of its own under `conf-<test>:`.
-    async fn cluster(test: &str) -> Harness {
+    /// On the binary's shared Redis Cluster, with keys of its own under
+    /// `conf-<test>-<partitions>:`.
+    async fn cluster(test: &str, partitions: usize) -> Harness {
         let url = tokio::task::spawn_blocking(|| common::cluster::RedisCluster::shared().url())
             .await
             .expect("the shared cluster");
-        Harness::redis_at(url, format!("conf-{test}:")).await
+        Harness::redis_at(url, format!("conf-{test}-{partitions}:"), partitions).await
     }
 
-    async fn redis_at(redis_url: String, key_prefix: String) -> Harness {
+    async fn redis_at(redis_url: String, key_prefix: String, partitions: usize) -> Harness {
         let engine_config = EngineConfig {
             kind: herald::config::EngineKind::Redis,
             redis_url,
             key_prefix,
+            partitions,
             ..EngineConfig::default()
         };
         let settings = settings("c1");
@@ -131,7 +139,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(super::Harness::redis().await).await;
+                    super::$name(super::Harness::redis(1).await).await;
                 }
             )*
         }
@@ -139,7 +147,26 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(super::Harness::cluster(stringify!($name)).await).await;
+                    super::$name(super::Harness::cluster(stringify!($name), 1).await).await;
+                }
+            )*
+        }
+        mod redis_partitioned {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Harness::redis(super::PARTITIONS).await).await;
+                }
+            )*
+        }
+        mod cluster_partitioned {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(
+                        super::Harness::cluster(stringify!($name), super::PARTITIONS).await,
+                    )
+                    .await;
                 }
             )*
         }
@@ -164,6 +191,9 @@ conformance!(
     enqueue_for_unknown_order_is_refused,
     history_is_capped_oldest_first,
     event_log_reads_after_a_cursor_in_order,
+    read_from_the_start_returns_every_event_in_its_orders_partition,
+    resuming_after_the_first_entries_read_returns_exactly_the_rest,
+    reading_from_the_log_end_returns_nothing,
     waiting_reader_wakes_when_an_event_is_appended,
     malformed_entries_are_reported_not_fatal_and_set_aside_once,
     event_log_keeps_only_the_retention_window,
@@ -290,7 +320,7 @@ async fn change_to(engine: &Arc<dyn Engine>, order_id: &str, to: OrderStatus) ->
 
 async fn events(engine: &Arc<dyn Engine>) -> Vec<LoggedEvent> {
     engine
-        .read_events(EventId::ZERO, 1000, Duration::ZERO)
+        .read_events(&start(engine), 1000, Duration::ZERO)
         .await
         .unwrap()
         .into_iter()
@@ -521,8 +551,20 @@ async fn a_batch_applies_each_command_in_order_as_apply_would(h: Harness) {
     }
     let cancel = transition("o1", OrderStatus::Cancelled);
     e.enqueue_command(&cancel, None).await.unwrap();
-    let got = receive(e, 10).await;
+    let mut got = receive(e, 10).await;
     assert_eq!(got.len(), 4);
+    // In the order they were queued (orders of different partitions come in no set order;
+    // one order's commands keep theirs).
+    got.sort_by_key(|c| {
+        let index = ["o1", "o2", "o3"]
+            .iter()
+            .position(|id| *id == c.message.order_id)
+            .unwrap();
+        match c.message.command {
+            Command::ProcessOrder { .. } => index,
+            Command::Transition { .. } => 3,
+        }
+    });
     let status = e.order_status("o1").await.unwrap().unwrap();
     let confirm = herald::workflow::status_change(&status, OrderStatus::Confirmed, None);
     // Decided on what the batch's first command leaves: the script must see it.
@@ -699,41 +741,201 @@ async fn history_is_capped_oldest_first(h: Harness) {
     assert_eq!(versions, vec![2, 3, 4, 5, 6]);
 }
 
+/// The start of every partition of `e`'s log.
+fn start(e: &Arc<dyn Engine>) -> LogCursor {
+    LogCursor::start(e.partitions())
+}
+
+/// The start of every partition but `partition`, which is at `id`.
+fn at(e: &Arc<dyn Engine>, partition: usize, id: EventId) -> LogCursor {
+    let mut cursor = start(e);
+    cursor.advance(partition, id);
+    cursor
+}
+
+/// One order's events all live in one partition: ids increase there, and a cursor in it reads
+/// on from exactly there.
 async fn event_log_reads_after_a_cursor_in_order(h: Harness) {
     let e = &h.engine;
+    let o = order("o1");
     let mut ids = Vec::new();
-    for i in 0..5 {
-        let o = order(&format!("o{i}"));
-        ids.push(
-            e.append_raw_event(&accepted_event(&o).to_json())
-                .await
-                .unwrap(),
-        );
+    let mut partitions = Vec::new();
+    for _ in 0..5 {
+        let (partition, id) = e
+            .append_raw_event(&accepted_event(&o).to_json())
+            .await
+            .unwrap();
+        partitions.push(partition);
+        ids.push(id);
     }
+    let p = partition_of("o1", e.partitions());
+    assert!(partitions.iter().all(|x| *x == p), "{partitions:?}");
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
-    assert_eq!(e.last_event_id().await.unwrap(), ids[4]);
-    assert_eq!(e.first_event_id().await.unwrap(), Some(ids[0]));
-    let after = e.read_events(ids[1], 2, Duration::ZERO).await.unwrap();
+    assert_eq!(e.log_end().await.unwrap(), at(e, p, ids[4]));
+    assert_eq!(e.first_event_id(p).await.unwrap(), Some(ids[0]));
+    let after = e
+        .read_events(&at(e, p, ids[1]), 2, Duration::ZERO)
+        .await
+        .unwrap();
     let got: Vec<EventId> = after.iter().map(|x| x.id().unwrap()).collect();
     assert_eq!(got, vec![ids[2], ids[3]]);
+    assert!(after.iter().all(|x| x.partition() == p));
     assert!(
-        e.read_events(ids[4], 10, Duration::ZERO)
+        e.read_events(&at(e, p, ids[4]), 10, Duration::ZERO)
             .await
             .unwrap()
             .is_empty()
     );
 }
 
+/// Events of several orders: every one comes back from the start, in its order's partition.
+async fn read_from_the_start_returns_every_event_in_its_orders_partition(h: Harness) {
+    let e = &h.engine;
+    let partitions = e.partitions();
+    let mut appended = Vec::new();
+    for i in 0..12 {
+        let order_id = format!("order-{i}");
+        let (partition, id) = append_event_at(e, &order_id).await;
+        assert_eq!(partition, partition_of(&order_id, partitions), "{order_id}");
+        appended.push((order_id, partition, id));
+    }
+    let entries = e
+        .read_events(&start(e), 1000, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    for entry in entries {
+        let LogEntry::Event(event) = entry else {
+            panic!("only events were appended: {entry:?}")
+        };
+        assert_eq!(
+            event.partition,
+            partition_of(&event.event.order_id, partitions),
+            "{}",
+            event.event.order_id
+        );
+        read.push((
+            event.event.order_id.clone(),
+            event.partition,
+            event.event_id.parse::<EventId>().unwrap(),
+        ));
+    }
+    read.sort();
+    appended.sort();
+    assert_eq!(read, appended);
+}
+
+/// A reader that advanced its cursor through the first k entries it was given reads exactly
+/// the rest: no gap, no duplicate, whatever k.
+async fn resuming_after_the_first_entries_read_returns_exactly_the_rest(h: Harness) {
+    let e = &h.engine;
+    for i in 0..20 {
+        append_event_at(e, &format!("order-{}", i % 7)).await;
+    }
+    let all: Vec<(usize, EventId)> = e
+        .read_events(&start(e), 1000, Duration::ZERO)
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| (x.partition(), x.id().unwrap()))
+        .collect();
+    assert_eq!(all.len(), 20);
+    for k in [0, 1, 2, 7, 13, 19, 20] {
+        let mut cursor = start(e);
+        for (partition, id) in &all[..k] {
+            cursor.advance(*partition, *id);
+        }
+        // Through the cursor's text, as a client hands it back.
+        let cursor = LogCursor::parse(&cursor.to_string(), e.partitions()).unwrap();
+        let rest: Vec<(usize, EventId)> = e
+            .read_events(&cursor, 1000, Duration::ZERO)
+            .await
+            .unwrap()
+            .iter()
+            .map(|x| (x.partition(), x.id().unwrap()))
+            .collect();
+        assert_eq!(rest, all[k..], "after the first {k}");
+        // In steps of a few, as a reader with a small batch would.
+        let mut stepped = Vec::new();
+        let mut cursor = cursor;
+        loop {
+            let page = e.read_events(&cursor, 3, Duration::ZERO).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            for x in page {
+                cursor.advance(x.partition(), x.id().unwrap());
+                stepped.push((x.partition(), x.id().unwrap()));
+            }
+        }
+        // Pages may interleave partitions differently from one big read (an engine may read
+        // up to `max` per partition); what counts is every entry once, each partition in order.
+        let by_partition = |entries: &[(usize, EventId)]| {
+            let mut split = vec![Vec::new(); e.partitions()];
+            for (partition, id) in entries {
+                split[*partition].push(*id);
+            }
+            split
+        };
+        assert_eq!(
+            by_partition(&stepped),
+            by_partition(&all[k..]),
+            "in steps, after the first {k}"
+        );
+    }
+}
+
+async fn reading_from_the_log_end_returns_nothing(h: Harness) {
+    let e = &h.engine;
+    assert_eq!(e.log_end().await.unwrap(), start(e), "empty log");
+    for i in 0..9 {
+        append_event_at(e, &format!("order-{i}")).await;
+    }
+    let end = e.log_end().await.unwrap();
+    assert_eq!(end.partitions(), e.partitions());
+    assert!(
+        e.read_events(&end, 100, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A partition read from the greatest id is skipped: that is how a replay stops reading a
+    // partition it is done with while it reads on in the others.
+    let past = EventId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+    assert!(
+        e.read_events(
+            &LogCursor::uniform(e.partitions(), past),
+            100,
+            Duration::ZERO
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    let p = partition_of("order-0", e.partitions());
+    let only_p = LogCursor::from_positions(
+        (0..e.partitions())
+            .map(|k| if k == p { EventId::ZERO } else { past })
+            .collect(),
+    );
+    let got = e.read_events(&only_p, 100, Duration::ZERO).await.unwrap();
+    assert!(!got.is_empty());
+    assert!(got.iter().all(|x| x.partition() == p), "{got:?}");
+}
+
 async fn waiting_reader_wakes_when_an_event_is_appended(h: Harness) {
     let e = h.engine.clone();
-    let start = e.last_event_id().await.unwrap();
+    let end = e.log_end().await.unwrap();
     let reader = {
         let e = e.clone();
-        tokio::spawn(async move { e.read_events(start, 10, Duration::from_secs(5)).await })
+        tokio::spawn(async move { e.read_events(&end, 10, Duration::from_secs(5)).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let o = order("o1");
-    let id = e
+    let (partition, id) = e
         .append_raw_event(&accepted_event(&o).to_json())
         .await
         .unwrap();
@@ -744,6 +946,7 @@ async fn waiting_reader_wakes_when_an_event_is_appended(h: Harness) {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id().unwrap(), id);
+    assert_eq!(got[0].partition(), partition);
 }
 
 async fn malformed_entries_are_reported_not_fatal_and_set_aside_once(h: Harness) {
@@ -758,25 +961,31 @@ async fn malformed_entries_are_reported_not_fatal_and_set_aside_once(h: Harness)
         .append_raw_event(&accepted_event(&o).to_json())
         .await
         .unwrap();
-    let entries = e
-        .read_events(EventId::ZERO, 10, Duration::ZERO)
-        .await
-        .unwrap();
+    let entries = e.read_events(&start(e), 10, Duration::ZERO).await.unwrap();
     assert_eq!(entries.len(), 3);
-    let LogEntry::Malformed(m1) = &entries[0] else {
-        panic!("{:?}", entries[0])
+    // Entries of different partitions come back by id, not by the order they were appended
+    // in: each is found by its (partition, id).
+    let find = |(partition, id): (usize, EventId)| {
+        entries
+            .iter()
+            .find(|x| x.partition() == partition && x.id() == Ok(id))
+            .unwrap_or_else(|| panic!("{partition}/{id} in {entries:?}"))
     };
-    assert_eq!(m1.entry_id, bad.to_string());
+    let name = |(partition, id): (usize, EventId)| qualified_entry_id(partition, &id.to_string());
+    let LogEntry::Malformed(m1) = find(bad) else {
+        panic!("{:?}", find(bad))
+    };
+    assert_eq!(m1.entry_id, name(bad));
     assert_eq!(m1.raw, "{not json");
-    let LogEntry::Malformed(m2) = &entries[1] else {
-        panic!("{:?}", entries[1])
+    let LogEntry::Malformed(m2) = find(wrong) else {
+        panic!("{:?}", find(wrong))
     };
-    assert_eq!(m2.entry_id, wrong.to_string());
+    assert_eq!(m2.entry_id, name(wrong));
     assert!(m2.error.contains("does not match"), "{}", m2.error);
-    let LogEntry::Event(ev) = &entries[2] else {
-        panic!("{:?}", entries[2])
+    let LogEntry::Event(ev) = find(good) else {
+        panic!("{:?}", find(good))
     };
-    assert_eq!(ev.event_id, good.to_string());
+    assert_eq!(ev.event.order_id, "o1");
     e.set_aside(m1).await.unwrap();
     e.set_aside(m1).await.unwrap();
     e.set_aside(m2).await.unwrap();
@@ -788,15 +997,16 @@ async fn event_log_keeps_only_the_retention_window(h: Harness) {
     let e = &h.engine;
     let o = order("o1");
     let raw = accepted_event(&o).to_json();
+    let p = partition_of("o1", e.partitions());
     let mut ids = Vec::new();
     for _ in 0..400 {
-        ids.push(e.append_raw_event(&raw).await.unwrap());
+        ids.push(e.append_raw_event(&raw).await.unwrap().1);
     }
-    let first = e.first_event_id().await.unwrap().unwrap();
+    let first = e.first_event_id(p).await.unwrap().unwrap();
     assert!(first > ids[0], "old entries trimmed");
     // Redis trims approximately (MAXLEN ~), never below the retention.
     let kept = e
-        .read_events(EventId::ZERO, 1000, Duration::ZERO)
+        .read_events(&start(e), 1000, Duration::ZERO)
         .await
         .unwrap()
         .len();
@@ -808,50 +1018,51 @@ async fn event_log_keeps_only_the_retention_window(h: Harness) {
 
 async fn removed_after_reports_entries_trimmed_before_a_reader_read_them(h: Harness) {
     let e = &h.engine;
-    assert_eq!(
-        e.removed_after(EventId::ZERO).await.unwrap(),
-        None,
-        "empty log"
-    );
+    assert_eq!(e.removed_after(&start(e)).await.unwrap(), [], "empty log");
     let o = order("o1");
     let raw = accepted_event(&o).to_json();
-    let first = e.append_raw_event(&raw).await.unwrap();
-    assert_eq!(e.removed_after(EventId::ZERO).await.unwrap(), None);
+    let (p, first) = e.append_raw_event(&raw).await.unwrap();
+    assert_eq!(e.removed_after(&start(e)).await.unwrap(), []);
     assert_eq!(
-        e.removed_after(first).await.unwrap(),
-        None,
+        e.removed_after(&at(e, p, first)).await.unwrap(),
+        [],
         "nothing removed yet"
     );
     let mut ids = vec![first];
     for _ in 0..400 {
-        ids.push(e.append_raw_event(&raw).await.unwrap());
+        ids.push(e.append_raw_event(&raw).await.unwrap().1);
     }
-    let oldest = e.first_event_id().await.unwrap().unwrap();
+    let oldest = e.first_event_id(p).await.unwrap().unwrap();
     assert!(oldest > ids[1], "entries were trimmed");
-    // A reader at the first entry lost what followed it, up to the oldest retained.
-    let through = e
-        .removed_after(first)
-        .await
-        .unwrap()
-        .expect("the loss is reported");
+    // A reader at the first entry lost what followed it, up to the oldest retained, in the
+    // order's partition only.
+    let removed = e.removed_after(&at(e, p, first)).await.unwrap();
+    let [(partition, through)] = removed[..] else {
+        panic!("the loss is reported, in one partition: {removed:?}")
+    };
+    assert_eq!(partition, p);
     assert!(
         through >= ids[1] && through < oldest,
         "{through} vs {oldest}"
     );
     // Readers on retained entries lost nothing.
-    assert_eq!(e.removed_after(oldest).await.unwrap(), None);
-    assert_eq!(e.removed_after(ids[400]).await.unwrap(), None);
+    assert_eq!(e.removed_after(&at(e, p, oldest)).await.unwrap(), []);
+    assert_eq!(e.removed_after(&at(e, p, ids[400])).await.unwrap(), []);
 }
 
 async fn idempotency_key_is_claimed_once_then_replayed(h: Harness) {
     let e = &h.engine;
     let ttl = Duration::from_secs(60);
     assert_eq!(
-        e.begin_idempotent("admin:k1", "fp1", ttl).await.unwrap(),
+        e.begin_idempotent("admin:k1", None, "fp1", ttl)
+            .await
+            .unwrap(),
         IdempotencyBegin::Started
     );
     assert_eq!(
-        e.begin_idempotent("admin:k1", "fp2", ttl).await.unwrap(),
+        e.begin_idempotent("admin:k1", None, "fp2", ttl)
+            .await
+            .unwrap(),
         IdempotencyBegin::InFlight {
             fingerprint: "fp1".into()
         }
@@ -872,7 +1083,11 @@ async fn idempotency_key_is_claimed_once_then_replayed(h: Harness) {
     )
     .await
     .unwrap();
-    match e.begin_idempotent("admin:k1", "fp1", ttl).await.unwrap() {
+    match e
+        .begin_idempotent("admin:k1", None, "fp1", ttl)
+        .await
+        .unwrap()
+    {
         IdempotencyBegin::Completed(r) => {
             assert_eq!(r.status, 202);
             assert_eq!(r.fingerprint, "fp1");
@@ -883,7 +1098,9 @@ async fn idempotency_key_is_claimed_once_then_replayed(h: Harness) {
     // Abandoning a completed key changes nothing.
     e.abandon_idempotent("admin:k1").await.unwrap();
     assert!(matches!(
-        e.begin_idempotent("admin:k1", "fp1", ttl).await.unwrap(),
+        e.begin_idempotent("admin:k1", None, "fp1", ttl)
+            .await
+            .unwrap(),
         IdempotencyBegin::Completed(_)
     ));
 }
@@ -891,19 +1108,25 @@ async fn idempotency_key_is_claimed_once_then_replayed(h: Harness) {
 async fn abandoned_idempotency_key_can_be_claimed_again(h: Harness) {
     let e = &h.engine;
     let ttl = Duration::from_secs(60);
-    e.begin_idempotent("admin:k2", "fp", ttl).await.unwrap();
+    e.begin_idempotent("admin:k2", None, "fp", ttl)
+        .await
+        .unwrap();
     e.abandon_idempotent("admin:k2").await.unwrap();
     assert_eq!(
-        e.begin_idempotent("admin:k2", "fp", ttl).await.unwrap(),
+        e.begin_idempotent("admin:k2", None, "fp", ttl)
+            .await
+            .unwrap(),
         IdempotencyBegin::Started
     );
     // An in-flight claim that is never completed expires.
-    e.begin_idempotent("admin:k3", "fp", Duration::from_millis(200))
+    e.begin_idempotent("admin:k3", None, "fp", Duration::from_millis(200))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(
-        e.begin_idempotent("admin:k3", "fp", ttl).await.unwrap(),
+        e.begin_idempotent("admin:k3", None, "fp", ttl)
+            .await
+            .unwrap(),
         IdempotencyBegin::Started
     );
 }
@@ -921,13 +1144,15 @@ async fn queue_stats_count_visible_in_flight_and_dead(h: Harness) {
             dead_letters: 0
         }
     );
+    // One asked for: one, or with several partitions up to one from each.
     let got = receive(e, 1).await;
-    assert_eq!(got.len(), 1);
+    let n = got.len() as u64;
+    assert!(n >= 1 && n <= e.partitions() as u64, "{n} received");
     assert_eq!(
         e.queue_stats().await.unwrap(),
         QueueStats {
-            visible: 2,
-            in_flight: 1,
+            visible: 3 - n,
+            in_flight: n,
             dead_letters: 0
         }
     );
@@ -1018,7 +1243,7 @@ fn attempt(number: u32, at_ms: u64, status_code: Option<u16>) -> Attempt {
 
 /// Stores deliveries as the dispatcher does, for an event that was never claimed.
 async fn create(e: &Arc<dyn Engine>, deliveries: &[Delivery]) {
-    e.create_deliveries(&[EventId { ms: 1, seq: 0 }], deliveries)
+    e.create_deliveries(&[(0, EventId { ms: 1, seq: 0 })], deliveries)
         .await
         .unwrap();
 }
@@ -1048,11 +1273,31 @@ fn ids<D: Id>(deliveries: &[D]) -> Vec<&str> {
     deliveries.iter().map(Id::id).collect()
 }
 
-fn entry_ids(entries: &[LogEntry]) -> Vec<EventId> {
-    entries.iter().map(|e| e.id().unwrap()).collect()
+/// The (partition, entry id) of each entry, sorted: with several partitions, entries of
+/// different orders come oldest first by entry id, which says nothing of the order they were
+/// appended in when they share a millisecond.
+fn entry_ids(entries: &[LogEntry]) -> Vec<(usize, EventId)> {
+    let mut ids: Vec<_> = entries
+        .iter()
+        .map(|e| (e.partition(), e.id().unwrap()))
+        .collect();
+    ids.sort();
+    ids
 }
 
-async fn append_event(e: &Arc<dyn Engine>, order_id: &str) -> EventId {
+/// `ids`, sorted, to compare with [`entry_ids`].
+fn sorted<const N: usize>(ids: [(usize, EventId); N]) -> Vec<(usize, EventId)> {
+    let mut ids = ids.to_vec();
+    ids.sort();
+    ids
+}
+
+async fn append_event(e: &Arc<dyn Engine>, order_id: &str) -> (usize, EventId) {
+    append_event_at(e, order_id).await
+}
+
+/// Appends an event of `order_id`: its partition and entry id.
+async fn append_event_at(e: &Arc<dyn Engine>, order_id: &str) -> (usize, EventId) {
     e.append_raw_event(&accepted_event(&order(order_id)).to_json())
         .await
         .unwrap()
@@ -1138,7 +1383,7 @@ async fn claimed_events_are_not_handed_out_again_once_deliveries_are_created(h: 
         .claim_events("n1", 10, Duration::ZERO, reclaim)
         .await
         .unwrap();
-    assert_eq!(entry_ids(&got), [first, second]);
+    assert_eq!(entry_ids(&got), sorted([first, second]));
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
     e.create_deliveries(&[first], &[delivery("msg_1", "ep_1", 100, 100)])
         .await
@@ -1165,7 +1410,7 @@ async fn one_create_call_stores_a_batch_and_acknowledges_every_event_of_it(h: Ha
         .claim_events("n1", 10, Duration::ZERO, reclaim)
         .await
         .unwrap();
-    assert_eq!(entry_ids(&got), [first, unwanted, third]);
+    assert_eq!(entry_ids(&got), sorted([first, unwanted, third]));
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
     e.put_endpoint(&endpoint("ep_2")).await.unwrap();
     let mut batch = vec![
@@ -1208,7 +1453,7 @@ async fn one_create_call_stores_a_batch_and_acknowledges_every_event_of_it(h: Ha
         .claim_events("n1", 10, Duration::ZERO, reclaim)
         .await
         .unwrap();
-    assert_eq!(entry_ids(&got), [fourth, fifth]);
+    assert_eq!(entry_ids(&got), sorted([fourth, fifth]));
     e.create_deliveries(&[fourth, fifth], &[]).await.unwrap();
     tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
     let again = other
@@ -1227,7 +1472,7 @@ async fn enqueued_deliveries_are_scheduled_and_acknowledge_no_event(h: Harness) 
         .claim_events("n1", 10, Duration::ZERO, reclaim)
         .await
         .unwrap();
-    assert_eq!(entry_ids(&got), [pending]);
+    assert_eq!(entry_ids(&got), sorted([pending]));
     e.put_endpoint(&endpoint("ep_1")).await.unwrap();
     e.enqueue_deliveries(&[delivery("notice_1", "ep_1", 100, 100)])
         .await
@@ -1243,7 +1488,7 @@ async fn enqueued_deliveries_are_scheduled_and_acknowledge_no_event(h: Harness) 
         .claim_events("n2", 10, Duration::ZERO, reclaim)
         .await
         .unwrap();
-    assert_eq!(entry_ids(&taken), [pending]);
+    assert_eq!(entry_ids(&taken), sorted([pending]));
 }
 
 async fn unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_after(h: Harness) {
@@ -1255,7 +1500,7 @@ async fn unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_aft
         .claim_events("n1", 10, Duration::ZERO, reclaim)
         .await
         .unwrap();
-    assert_eq!(entry_ids(&got), [id]);
+    assert_eq!(entry_ids(&got), sorted([id]));
     // n1 dies without creating the deliveries. Not before `reclaim_after`...
     let early = other
         .claim_events("n2", 10, Duration::ZERO, reclaim)
@@ -1268,7 +1513,7 @@ async fn unacknowledged_event_is_reclaimed_by_another_consumer_after_reclaim_aft
         .claim_events("n2", 10, Duration::ZERO, reclaim)
         .await
         .unwrap();
-    assert_eq!(entry_ids(&taken), [id]);
+    assert_eq!(entry_ids(&taken), sorted([id]));
     other.create_deliveries(&[id], &[]).await.unwrap();
     tokio::time::sleep(reclaim + Duration::from_millis(100)).await;
     assert!(
@@ -1293,17 +1538,19 @@ async fn waiting_dispatcher_wakes_when_an_event_is_appended(h: Harness) {
     let started = std::time::Instant::now();
     let id = append_event(&e, "o1").await;
     let got = waiter.await.unwrap();
-    assert_eq!(entry_ids(&got), [id]);
+    assert_eq!(entry_ids(&got), sorted([id]));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 async fn events_trimmed_before_dispatch_are_reported_and_recorded_once(h: Harness) {
     let e = &h.engine;
     let other = h.second_consumer().await;
-    let read = append_event(e, "o0").await;
+    // One order: the read entry and the trimmed ones share its partition.
+    let read = append_event(e, "o1").await;
+    let (partition, read_id) = read;
     let got = e.claim_events("n1", 10, Duration::ZERO, DAY).await.unwrap();
-    assert_eq!(entry_ids(&got), [read]);
-    assert_eq!(got.lost, None);
+    assert_eq!(entry_ids(&got), sorted([read]));
+    assert!(got.lost.is_empty());
     e.create_deliveries(&[read], &[]).await.unwrap();
     // The dispatchers stop; far more events than the retention are appended meanwhile.
     let raw = accepted_event(&order("o1")).to_json();
@@ -1311,18 +1558,28 @@ async fn events_trimmed_before_dispatch_are_reported_and_recorded_once(h: Harnes
     for _ in 0..400 {
         unread.push(e.append_raw_event(&raw).await.unwrap());
     }
-    let first_kept = e.first_event_id().await.unwrap().unwrap();
-    let trimmed = unread.iter().filter(|id| **id < first_kept).count() as u64;
+    let first_kept = e.first_event_id(partition).await.unwrap().unwrap();
+    let trimmed = unread.iter().filter(|(_, id)| *id < first_kept).count() as u64;
     assert!(trimmed > 0, "the log was trimmed");
     let got = e
-        .claim_events("n1", 1_000, Duration::ZERO, DAY)
+        .claim_events("n1", 1_000 * e.partitions(), Duration::ZERO, DAY)
         .await
         .unwrap();
-    let lost = got.lost.clone().expect("the gap is reported");
+    assert_eq!(got.lost.len(), 1, "the gap is reported: {:?}", got.lost);
+    let lost = got.lost[0].clone();
     assert_eq!(lost.count, trimmed);
-    assert_eq!(lost.after_id, read.to_string());
-    assert_eq!(lost.before_id, first_kept.to_string());
-    let kept: Vec<EventId> = unread.into_iter().filter(|id| *id >= first_kept).collect();
+    assert_eq!(
+        lost.after_id,
+        qualified_entry_id(partition, &read_id.to_string())
+    );
+    assert_eq!(
+        lost.before_id,
+        qualified_entry_id(partition, &first_kept.to_string())
+    );
+    let kept: Vec<(usize, EventId)> = unread
+        .into_iter()
+        .filter(|(_, id)| *id >= first_kept)
+        .collect();
     assert_eq!(entry_ids(&got), kept);
     assert_eq!(e.lost_events().await.unwrap(), std::slice::from_ref(&lost));
     e.create_deliveries(&kept, &[]).await.unwrap();
@@ -1332,8 +1589,8 @@ async fn events_trimmed_before_dispatch_are_reported_and_recorded_once(h: Harnes
         .claim_events("n2", 10, Duration::ZERO, DAY)
         .await
         .unwrap();
-    assert_eq!(got.lost, None);
-    assert_eq!(entry_ids(&got), [next]);
+    assert!(got.lost.is_empty());
+    assert_eq!(entry_ids(&got), sorted([next]));
     assert_eq!(other.lost_events().await.unwrap(), [lost]);
 }
 
@@ -1853,7 +2110,7 @@ async fn retry_delivery_makes_any_delivery_pending_and_due(h: Harness) {
 #[tokio::test]
 async fn redis_webhook_state_survives_a_redis_restart_with_aof() {
     webhook_state_survives_a_restart_with_aof(
-        Harness::redis_with(common::RedisServer::start(true)).await,
+        Harness::redis_with(common::RedisServer::start(true), 1).await,
     )
     .await;
 }
@@ -1865,7 +2122,7 @@ async fn cluster_webhook_state_survives_a_master_restart_with_aof() {
     let cluster = tokio::task::spawn_blocking(|| common::cluster::RedisCluster::start(3, 0, true))
         .await
         .expect("cluster");
-    let mut h = Harness::redis_at(cluster.url(), "conf:".into()).await;
+    let mut h = Harness::redis_at(cluster.url(), "conf:".into(), 1).await;
     h.cluster = Some(cluster);
     webhook_state_survives_a_restart_with_aof(h).await;
 }
@@ -1896,7 +2153,7 @@ async fn webhook_state_survives_a_restart_with_aof(mut h: Harness) {
         .claim_events("n1", 10, Duration::ZERO, reclaim)
         .await
         .unwrap();
-    assert_eq!(entry_ids(&got), [event]);
+    assert_eq!(entry_ids(&got), sorted([event]));
 
     h.restart_redis();
     let after: Arc<dyn Engine> = Arc::new(
@@ -1918,7 +2175,7 @@ async fn webhook_state_survives_a_restart_with_aof(mut h: Harness) {
         .claim_events("n2", 10, Duration::ZERO, reclaim)
         .await
         .unwrap();
-    assert_eq!(entry_ids(&taken), [event]);
+    assert_eq!(entry_ids(&taken), sorted([event]));
 }
 
 /// Calls of one command since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
@@ -1938,7 +2195,7 @@ fn command_calls(conn: &mut ::redis::Connection, command: &str) -> u64 {
 /// quarter `reclaim_after`, not before every read.
 #[tokio::test]
 async fn redis_dispatch_claims_do_not_scan_for_expired_events_before_every_read() {
-    let h = Harness::redis().await;
+    let h = Harness::redis(1).await;
     let mut conn = h.redis.as_ref().unwrap().conn();
     let _: () = ::redis::cmd("CONFIG")
         .arg("RESETSTAT")
@@ -1958,7 +2215,7 @@ async fn redis_dispatch_claims_do_not_scan_for_expired_events_before_every_read(
 /// fields) reads as it was, and its first attempt moves its health over to the plain fields.
 #[tokio::test]
 async fn redis_endpoint_stored_before_health_fields_keeps_its_health() {
-    let h = Harness::redis().await;
+    let h = Harness::redis(1).await;
     let e = &h.engine;
     let mut old = endpoint("ep_1");
     old.failing_since_ms = Some(1_000);

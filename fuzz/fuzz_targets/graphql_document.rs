@@ -25,6 +25,8 @@ static EVENTS: LazyLock<Vec<LoggedEvent>> = LazyLock::new(|| {
         .enumerate()
         .map(|(i, event)| LoggedEvent {
             event_id: format!("1700000000000-{i}"),
+            partition: 0,
+            cursor: None,
             event,
         })
         .collect()

@@ -16,7 +16,10 @@
 #
 #   loadtest/scenarios/scale.sh                              # full run (about 3 minutes)
 #   NODES="1 3" DURATION=5s SCALE_CONNS=200 loadtest/scenarios/scale.sh
-#   PARTITIONS=16 loadtest/scenarios/scale.sh                # [engine] partitions, once Herald has it
+#   PARTITIONS=16 loadtest/scenarios/scale.sh                # [engine] partitions (orders spread
+#                                                            # over the masters; the fan-out
+#                                                            # publisher still XADDs to {p0}'s
+#                                                            # stream, which every tail reads)
 #   NO_BUILD=1 HERALD=target/debug/herald ...                # use existing binaries
 #
 # Results: intake-n<N>.json and fanout-n<N>.json with an SVG plot each, manifest.json, the

@@ -5,8 +5,8 @@
 use super::problem::{ApiResult, Problem};
 use super::{Node, json_object};
 use crate::auth::Principal;
-use crate::engine::LogEntry;
-use crate::model::{EventId, OrderEvent};
+use crate::engine::{LogEntry, full_partitions};
+use crate::model::{LogCursor, LoggedEvent, OrderEvent, qualified_entry_id};
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
@@ -22,7 +22,7 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FeedQuery {
-    /// Cursor: an event id, `0` for the oldest retained, `$` for "from now".
+    /// Cursor: an `eventId` (see `LogCursor`), `0` for the oldest retained, `$` for "from now".
     after: Option<String>,
     limit: Option<usize>,
     wait_ms: Option<u64>,
@@ -37,47 +37,80 @@ pub async fn list_events(
     principal: Principal,
     Query(q): Query<FeedQuery>,
 ) -> ApiResult<Json<Value>> {
+    let partitions = state.engine.partitions();
     let after = match q.after.as_deref() {
-        None | Some("0") | Some("") => EventId::ZERO,
-        Some("$") => state.engine.last_event_id().await?,
-        Some(cursor) => cursor.parse::<EventId>().map_err(Problem::bad_request)?,
+        None | Some("0") | Some("") => LogCursor::start(partitions),
+        Some("$") => state.engine.log_end().await?,
+        Some(cursor) => LogCursor::parse(cursor, partitions).map_err(Problem::bad_request)?,
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
-    let entries = state.engine.read_events(after, limit, wait).await?;
+    let entries = state.engine.read_events(&after, limit, wait).await?;
     // A cursor some of whose following entries were removed (trimmed by retention) is
     // answered 410, never with the entries after the gap as if nothing were missing. An entry
     // is trimmed only once `event_retention` newer ones are kept, so a read of at most that
     // many that came back short crossed no gap: only a full read needs the engine's word.
+    // Per partition: a read takes up to `limit` from each.
     let retention = state.config.engine.event_retention;
-    let full = entries.len() >= limit || u64::try_from(limit).unwrap_or(u64::MAX) > retention;
-    if after != EventId::ZERO
-        && full
-        && let Some(removed) = state.engine.removed_after(after).await?
+    let any_may_have = u64::try_from(limit).unwrap_or(u64::MAX) > retention;
+    let full = full_partitions(&entries, limit);
+    let removed = if !after.is_start() && (any_may_have || !full.is_empty()) {
+        state.engine.removed_after(&after).await?
+    } else {
+        Vec::new()
+    };
+    if let Some(&(partition, removed)) = removed
+        .iter()
+        .find(|(p, _)| any_may_have || full.contains(p))
     {
-        let first = state.engine.first_event_id().await?;
+        let first = state.engine.first_event_id(partition).await?;
         return Err(
             Problem::new(StatusCode::GONE, "cursor-expired", "Cursor expired").detail(format!(
                 "Events after `{after}` were removed from the retained log (removed through \
-                 `{removed}`; oldest retained: {}). Start again from `after=0` and reload \
+                 `{}`; oldest retained: {}). Start again from `after=0` and reload \
                  state from GET /v1/orders/{{id}}.",
-                first.map_or_else(|| "none".to_string(), |f| f.to_string())
+                qualified_entry_id(partition, &removed.to_string()),
+                first.map_or_else(
+                    || "none".to_string(),
+                    |f| qualified_entry_id(partition, &f.to_string())
+                )
             )),
         );
     }
+    let (events, next) = page(entries, after, limit);
+    let events: Vec<Value> = events
+        .iter()
+        .filter(|e| principal.may_access_order(e.event.partner_id.as_deref(), &e.event.customer_id))
+        .map(|e| json!(e.with_event_id(e.shown_id())))
+        .collect();
+    Ok(Json(json!({ "events": events, "next": next.to_string() })))
+}
+
+/// The events of the first `limit` entries of one read from `after` (entries come oldest
+/// first, so what is left over is read again next time), each with the cursor just after it
+/// when the log has several partitions (its `eventId`; the entry id itself with one), and the
+/// cursor after the entries taken (malformed ones included) for the next page.
+fn page(
+    mut entries: Vec<LogEntry>,
+    after: LogCursor,
+    limit: usize,
+) -> (Vec<LoggedEvent>, LogCursor) {
+    entries.truncate(limit);
     let mut next = after;
+    let tokens = next.partitions() > 1;
     let mut events = Vec::with_capacity(entries.len());
     for entry in entries {
         if let Ok(id) = entry.id() {
-            next = next.max(id);
+            next.advance(entry.partition(), id);
         }
-        if let LogEntry::Event(e) = entry
-            && principal.may_access_order(e.event.partner_id.as_deref(), &e.event.customer_id)
-        {
+        if let LogEntry::Event(mut e) = entry {
+            if tokens {
+                e.cursor = Some(next.to_string());
+            }
             events.push(e);
         }
     }
-    Ok(Json(json!({ "events": events, "next": next.to_string() })))
+    (events, next)
 }
 
 /// `POST /v1/events` (admin): appends a validated event, as an external producer would.
@@ -94,9 +127,75 @@ pub async fn publish_event(
     let raw = serde_json::to_string(&body).unwrap_or_default();
     let event = OrderEvent::parse(&raw)
         .map_err(|e| Problem::bad_request(format!("Not an event in the documented form: {e}")))?;
-    let id = state.engine.append_raw_event(&event.to_json()).await?;
+    let (partition, id) = state.engine.append_raw_event(&event.to_json()).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "eventId": id.to_string() })),
+        Json(json!({ "eventId": qualified_entry_id(partition, &id.to_string()) })),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EventLog;
+    use crate::testing::{PartitionedLog, event_json, order_in};
+
+    #[tokio::test]
+    async fn with_several_partitions_each_event_id_resumes_just_after_it() {
+        let log = PartitionedLog::new(4);
+        for n in 0..3 {
+            for p in [3, 1, 0, 2] {
+                log.append_raw_event(&event_json(&order_in(p, 4, n), 1))
+                    .await
+                    .unwrap();
+            }
+        }
+        log.append_raw_event("{not json").await.unwrap();
+        let start = LogCursor::start(4);
+        let entries = log.read_events(&start, 5, Duration::ZERO).await.unwrap();
+        let (events, next) = page(entries, start.clone(), 5);
+        assert_eq!(events.len(), 5);
+        for pair in events.windows(2) {
+            let resume = LogCursor::parse(pair[0].shown_id(), 4).unwrap();
+            let rest = log.read_events(&resume, 1, Duration::ZERO).await.unwrap();
+            let LogEntry::Event(following) = &rest[0] else {
+                panic!("an event follows");
+            };
+            assert_eq!(following.qualified_id(), pair[1].qualified_id());
+        }
+        assert_eq!(next.to_string(), events[4].shown_id());
+        let json = serde_json::to_value(events[0].with_event_id(events[0].shown_id())).unwrap();
+        assert!(
+            json["eventId"].as_str().unwrap().starts_with("c1."),
+            "{json}"
+        );
+        // The next page starts after the last entry read: every event, once.
+        let all = log.read_events(&start, 100, Duration::ZERO).await.unwrap();
+        let rest = log.read_events(&next, 100, Duration::ZERO).await.unwrap();
+        assert_eq!(rest.len() + 5, all.len());
+        // A read that ends on a malformed entry moves past it too.
+        let (events, end) = page(rest.clone(), next.clone(), 100);
+        assert_eq!(events.len(), 7);
+        assert_eq!(end, log.log_end().await.unwrap());
+        // A read that brought more than the limit (an engine may give up to `max` per
+        // partition): the page takes the oldest `limit` and resumes after the last taken.
+        let (events, short) = page(rest, next, 2);
+        assert_eq!(events.len(), 2);
+        assert_eq!(short.to_string(), events[1].shown_id());
+    }
+
+    #[test]
+    fn with_one_partition_event_ids_and_next_are_entry_ids() {
+        let entries = vec![crate::engine::log::decode_event(
+            0,
+            "17-2".into(),
+            &event_json("o-1", 1),
+        )];
+        let (events, next) = page(entries, LogCursor::start(1), 100);
+        assert_eq!(events[0].cursor, None);
+        let json = serde_json::to_value(events[0].with_event_id(events[0].shown_id())).unwrap();
+        assert_eq!(json["eventId"], "17-2");
+        assert_eq!(json["orderId"], "o-1");
+        assert_eq!(next.to_string(), "17-2");
+    }
 }

@@ -204,20 +204,29 @@ pub enum Idempotency {
     /// No key was sent.
     None,
     /// This request owns the key; pass [`Idempotency::record`] to the engine call.
-    Owned { key: String, fingerprint: String },
+    /// `order_id`: the order the request names (`None` when Herald draws the id; see
+    /// [`Idempotency::draw_order_id`]).
+    Owned {
+        key: String,
+        order_id: Option<String>,
+        fingerprint: String,
+    },
 }
 
 const IDEMPOTENCY_IN_FLIGHT_TTL: Duration = Duration::from_secs(60);
 
 impl Idempotency {
     /// Checks the `Idempotency-Key` header. Returns `Err(response)` when the request must be
-    /// answered from (or refused because of) an earlier one.
+    /// answered from (or refused because of) an earlier one. `order_id` is the order the
+    /// request names, `None` for a new order whose id Herald draws: the record lives with the
+    /// order (see `IdempotencyStore`).
     pub async fn begin(
         state: &Node,
         principal: &Principal,
         headers: &HeaderMap,
         method_and_path: &str,
         body: &serde_json::Map<String, Value>,
+        order_id: Option<&str>,
     ) -> Result<Idempotency, Response> {
         let Some(raw) = headers.get("idempotency-key") else {
             return Ok(Idempotency::None);
@@ -237,7 +246,7 @@ impl Idempotency {
         let fingerprint = hex(&Sha256::digest(format!("{method_and_path}\n{canonical}")));
         let found = state
             .engine
-            .begin_idempotent(&key, &fingerprint, IDEMPOTENCY_IN_FLIGHT_TTL)
+            .begin_idempotent(&key, order_id, &fingerprint, IDEMPOTENCY_IN_FLIGHT_TTL)
             .await
             .map_err(|e| Problem::from(e).into_response())?;
         let mismatch = || {
@@ -250,7 +259,11 @@ impl Idempotency {
             .into_response()
         };
         match found {
-            IdempotencyBegin::Started => Ok(Idempotency::Owned { key, fingerprint }),
+            IdempotencyBegin::Started => Ok(Idempotency::Owned {
+                key,
+                order_id: order_id.map(str::to_string),
+                fingerprint,
+            }),
             // Concurrent use of a key is a conflict whatever the body (as Stripe answers it).
             IdempotencyBegin::InFlight { .. } => Err(Problem::conflict(
                 "idempotency-in-flight",
@@ -281,13 +294,34 @@ impl Idempotency {
     ) -> Option<IdempotentResponse> {
         match self {
             Idempotency::None => None,
-            Idempotency::Owned { key, fingerprint } => Some(IdempotentResponse {
+            Idempotency::Owned {
+                key, fingerprint, ..
+            } => Some(IdempotentResponse {
                 key: key.clone(),
                 fingerprint: fingerprint.clone(),
                 status: status.as_u16(),
                 body: body.clone(),
                 ttl,
             }),
+        }
+    }
+
+    /// For a new order whose id Herald draws under an owned key: an id in the key's
+    /// partition, where the key's record lives, so the record is written with the order (a
+    /// retry draws another id, and must find the record where this one leaves it). Any id
+    /// otherwise.
+    pub fn draw_order_id(&self, partitions: usize) -> String {
+        loop {
+            let id = uuid::Uuid::now_v7().to_string();
+            match self {
+                Idempotency::Owned {
+                    key,
+                    order_id: None,
+                    ..
+                } if crate::engine::idempotency_partition(key, partitions)
+                    != crate::model::partition_of(&id, partitions) => {}
+                _ => return id,
+            }
         }
     }
 

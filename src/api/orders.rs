@@ -208,11 +208,24 @@ async fn create_order_inner(
             }
         }
     }
-    let idempotency =
-        match Idempotency::begin(state, principal, headers, "POST /v1/orders", &body).await {
-            Ok(i) => i,
-            Err(response) => return Ok(response),
-        };
+    // An id the client did not name is drawn only now, where its record will live.
+    let named = body.get("orderId").is_some_and(|v| !v.is_null());
+    let idempotency = match Idempotency::begin(
+        state,
+        principal,
+        headers,
+        "POST /v1/orders",
+        &body,
+        named.then_some(order.order_id.as_str()),
+    )
+    .await
+    {
+        Ok(i) => i,
+        Err(response) => return Ok(response),
+    };
+    if !named {
+        order.order_id = idempotency.draw_order_id(state.engine.partitions());
+    }
     let message_id = uuid::Uuid::now_v7().to_string();
     let response_body = json!({
         "orderId": order.order_id,
@@ -366,10 +379,11 @@ async fn create_transition_inner(
     // worker has run it and the table no longer allows it (the first answer may have been
     // lost with its node). Every refusal below gives the key back.
     let path = format!("POST /v1/orders/{order_id}/transitions");
-    let idempotency = match Idempotency::begin(state, principal, headers, &path, &body).await {
-        Ok(i) => i,
-        Err(response) => return Ok(response),
-    };
+    let idempotency =
+        match Idempotency::begin(state, principal, headers, &path, &body, Some(order_id)).await {
+            Ok(i) => i,
+            Err(response) => return Ok(response),
+        };
     let current = match authorized_status(state, principal, order_id).await {
         Ok(current) => current,
         Err(problem) => {

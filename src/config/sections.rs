@@ -35,6 +35,9 @@ pub struct EngineConfig {
     /// dispatcher waiting for work), per process and per Redis node; a blocking read that
     /// finds them all busy waits, then fails as unavailable.
     pub max_blocking_connections: usize,
+    /// Partitions of the Redis engine's orders, queue and event log (README "Partitions"):
+    /// partition `k`'s keys carry the hash tag `{pk}`. Fixed for the life of the data.
+    pub partitions: usize,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
             history_limit: 100,
             operation_timeout: Duration::from_secs(2),
             max_blocking_connections: 32,
+            partitions: 1,
         }
     }
 }
@@ -56,11 +60,29 @@ impl EngineConfig {
     /// The hash tag every key carries, so each multi-key script touches one cluster slot.
     pub const HASH_TAG: &'static str = "{p0}";
 
+    pub const MAX_PARTITIONS: usize = 1024;
+
+    /// The event stream of partition 0 (the only one by default).
     pub fn events_stream_key(&self) -> String {
         if self.events_stream.is_empty() {
             format!("{}{}:events", self.key_prefix, Self::HASH_TAG)
         } else {
             self.events_stream.clone()
+        }
+    }
+
+    /// The hash tag of partition `k`: `{pk}`.
+    pub fn hash_tag(partition: usize) -> String {
+        format!("{{p{partition}}}")
+    }
+
+    /// The event stream of partition `k`: partition 0's name with its `{p0}` as `{pk}`.
+    pub fn partition_events_stream_key(&self, partition: usize) -> String {
+        let first = self.events_stream_key();
+        if partition == 0 {
+            first
+        } else {
+            first.replacen(Self::HASH_TAG, &Self::hash_tag(partition), 1)
         }
     }
 }

@@ -4,7 +4,7 @@
 //! checked through [`Checks`], which the caller fills in, so `config` stays a leaf that
 //! `auth` and `webhooks` import without being imported back.
 
-use super::Config;
+use super::{Config, EngineConfig, EngineKind};
 use crate::model::OrderStatus;
 use anyhow::bail;
 use std::time::Duration;
@@ -49,6 +49,33 @@ impl Config {
         }
         if self.engine.max_blocking_connections == 0 {
             bail!("engine.max_blocking_connections must be at least 1");
+        }
+        let partitions = self.engine.partitions;
+        if !(1..=EngineConfig::MAX_PARTITIONS).contains(&partitions) {
+            bail!(
+                "engine.partitions must be between 1 and {}",
+                EngineConfig::MAX_PARTITIONS
+            );
+        }
+        if partitions > 1 && self.engine.kind == EngineKind::Memory {
+            bail!(
+                "engine.partitions applies to the Redis engine only; the memory engine has one \
+                 partition (set engine.partitions = 1, or kind = \"redis\")"
+            );
+        }
+        if partitions > 1
+            && !self
+                .engine
+                .events_stream_key()
+                .contains(EngineConfig::HASH_TAG)
+        {
+            bail!(
+                "engine.events_stream `{}` has no `{}` hash tag: with engine.partitions > 1 \
+                 partition k's stream is its name with `{}` as `{{pk}}`",
+                self.engine.events_stream_key(),
+                EngineConfig::HASH_TAG,
+                EngineConfig::HASH_TAG
+            );
         }
         for key in self
             .auth

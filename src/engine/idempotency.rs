@@ -37,17 +37,34 @@ pub enum IdempotencyBegin {
 }
 
 /// Idempotency records for `Idempotency-Key`.
+///
+/// A key is found where its claim lives: the key's own partition ([`idempotency_partition`];
+/// the only one by default). The engine call that makes a request's effect writes the
+/// completed response in the same atomic step, in the partition of the order it acts on; when
+/// that is not the key's, the engine then copies it to the key's partition, and a claim that
+/// finds the key free there looks in the order's partition too, so a response written with
+/// its effect is always found (a crash between the two writes costs a retry a 409 until the
+/// in-flight claim expires, never a second effect). A request that creates an order under an
+/// id the server draws passes no order: the id is drawn in the key's partition.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
-    /// Claims `key` for a request with `fingerprint`, or reports what an earlier request left.
-    /// A claim that is never completed expires after `in_flight_ttl`.
+    /// Claims `key` for a request with `fingerprint` acting on `order_id` (`None`: a new order
+    /// whose id is drawn in the key's partition), or reports what an earlier request left. A
+    /// claim that is never completed expires after `in_flight_ttl`.
     async fn begin_idempotent(
         &self,
         key: &str,
+        order_id: Option<&str>,
         fingerprint: &str,
         in_flight_ttl: Duration,
     ) -> EngineResult<IdempotencyBegin>;
 
     /// Drops an in-flight claim whose request failed, so the client may retry.
     async fn abandon_idempotent(&self, key: &str) -> EngineResult<()>;
+}
+
+/// The partition among `partitions` whose claims hold `key`: CRC-32 of the (scoped) key, as
+/// for an order id. A server-drawn order id for a request with the key is drawn there.
+pub fn idempotency_partition(key: &str, partitions: usize) -> usize {
+    crate::model::partition_of(key, partitions)
 }

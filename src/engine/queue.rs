@@ -74,7 +74,9 @@ pub struct DeadLetter {
 pub trait CommandQueue: Send + Sync {
     /// Receives up to `max` commands, waiting up to `wait` for the first one. Commands whose
     /// visibility timeout expired are received again; a command received more than
-    /// `max_receives` times goes to the dead-letter queue instead.
+    /// `max_receives` times goes to the dead-letter queue instead. An engine that reads its
+    /// partitions in one go shares `max` out among them, rounded up: it may hand out up to
+    /// `max` rounded up to a multiple of its partitions (16 partitions, `max` 10: up to 16).
     async fn receive_batch(&self, max: usize, wait: Duration)
     -> EngineResult<Vec<ReceivedCommand>>;
 

@@ -36,7 +36,8 @@ pub const LOST_RANGES_KEPT: usize = 100;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClaimedEvents {
     pub entries: Vec<LogEntry>,
-    pub lost: Option<LostEvents>,
+    /// Gaps found on the way (at most one per partition).
+    pub lost: Vec<LostEvents>,
 }
 
 impl std::ops::Deref for ClaimedEvents {
@@ -271,9 +272,10 @@ pub trait WebhookStore: Send + Sync {
     /// `Pending` delivery without `next_attempt_at_ms` is due at its `created_at_ms`. A
     /// delivery whose id exists already is left exactly as it is (a redelivered event changes
     /// nothing).
+    /// `events` are (partition, entry id) pairs.
     async fn create_deliveries(
         &self,
-        events: &[EventId],
+        events: &[(usize, EventId)],
         deliveries: &[Delivery],
     ) -> EngineResult<()>;
 

@@ -195,7 +195,7 @@ fn write_leaf(buf: &mut Vec<u8>, leaf: Leaf, source: &Source<'_>) {
         Source::Event(logged, data) => {
             let ev = &logged.event;
             match leaf {
-                Leaf::EventId => write_str(buf, &logged.event_id),
+                Leaf::EventId => write_str(buf, logged.shown_id()),
                 Leaf::Type => write_str(buf, &ev.event_type),
                 Leaf::OrderId => write_str(buf, &ev.order_id),
                 Leaf::CustomerId => write_str(buf, &ev.customer_id),

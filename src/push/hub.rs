@@ -8,16 +8,17 @@
 //! every subscriber; only the thin protocol envelope (`{"id":..,"type":"next","payload":`) is
 //! per subscription, and it is spliced in by the connection's writer.
 //!
-//! Ordering and the no-gap guarantee: the hub records the id of the last event it dispatched
-//! (`position`). A subscription registered under the index lock receives every event after
-//! that position, so anything appended after its acknowledgement reaches it. A subscription
-//! resuming `after` a cursor starts in the catching-up state: live events are held (bounded)
-//! while the retained events in `(after, position]` are replayed from the engine, then the
-//! held ones follow, so there is neither a gap nor a duplicate at the switch.
+//! Ordering and the no-gap guarantee: the hub records the log position it has dispatched
+//! through (`position`, a [`LogCursor`]: one entry id per partition). A subscription
+//! registered under the index lock receives every event after that position, so anything
+//! appended after its acknowledgement reaches it. A subscription resuming `after` a cursor
+//! starts in the catching-up state: live events are held (bounded) while the retained events
+//! in `(after, position]` are replayed from the engine, partition by partition, then the held
+//! ones follow, so there is neither a gap nor a duplicate at the switch.
 
 use super::conn::{ConnHandle, Out, payload_text};
 use crate::graphql::{EventFilter, IndexKey, Projection};
-use crate::model::{EventId, LoggedEvent};
+use crate::model::{EventId, LogCursor, LoggedEvent};
 use crate::tail::EventSink;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,14 +41,15 @@ struct Sub {
     held: Option<Vec<Out>>,
     /// Set when the hold overflowed; the replay task reports it.
     overflowed: bool,
-    /// Events up to here are not delivered live (they were replayed, or the client has them).
-    floor: Option<EventId>,
+    /// Events up to here (in their partition) are not delivered live (they were replayed, or
+    /// the client has them).
+    floor: Option<LogCursor>,
 }
 
 #[derive(Default)]
 struct Index {
     /// `None` until the tail has started: no subscription can be live before that.
-    position: Option<EventId>,
+    position: Option<LogCursor>,
     next_id: SubId,
     subs: HashMap<SubId, Sub>,
     by_key: HashMap<IndexKey, Vec<SubId>>,
@@ -75,9 +77,9 @@ pub struct Registration {
     pub projection: Arc<Projection>,
     /// Hold live events (a replay follows) instead of delivering them at once.
     pub catching_up: bool,
-    /// The client's cursor: live events at or before it are skipped (a cursor from another
-    /// node may be ahead of this node's position).
-    pub after: Option<EventId>,
+    /// The client's cursor: live events at or before it (in their partition) are skipped (a
+    /// cursor from another node may be ahead of this node's position).
+    pub after: Option<LogCursor>,
 }
 
 impl Default for Hub {
@@ -103,9 +105,9 @@ impl Hub {
     /// on its connection, so no event can overtake it. Returns the id and the position the
     /// subscription is live from: every event after it is delivered (or held). `None` while
     /// the tail has not started (the node is still starting).
-    pub fn register(&self, reg: Registration, first: Option<Out>) -> Option<(SubId, EventId)> {
+    pub fn register(&self, reg: Registration, first: Option<Out>) -> Option<(SubId, LogCursor)> {
         let mut index = self.lock();
-        let position = index.position?;
+        let position = index.position.clone()?;
         let id = index.next_id;
         index.next_id += 1;
         let projection = index
@@ -182,12 +184,13 @@ impl Hub {
     pub fn dispatch(&self, event: &LoggedEvent) {
         let id = event.event_id.parse::<EventId>().ok();
         let event_id = id.unwrap_or(EventId::ZERO);
+        let partition = event.partition;
         let mut index = self.lock();
-        if let Some(id) = id {
-            if index.position.is_some_and(|p| id <= p) {
+        if let (Some(id), Some(position)) = (id, &mut index.position) {
+            if id <= position.get(partition) {
                 return; // already dispatched (a tail restarted from an older cursor)
             }
-            index.position = Some(id);
+            position.advance(partition, id);
         }
         self.stats.events_dispatched.fetch_add(1, Ordering::Relaxed);
         if index.subs.is_empty() {
@@ -211,7 +214,10 @@ impl Hub {
                     continue;
                 };
                 if sub.conn.is_closed()
-                    || sub.floor.is_some_and(|floor| event_id <= floor)
+                    || sub
+                        .floor
+                        .as_ref()
+                        .is_some_and(|floor| event_id <= floor.get(partition))
                     || !sub.filter.matches(event)
                 {
                     continue;
@@ -310,10 +316,16 @@ impl Hub {
 }
 
 impl EventSink for Hub {
-    fn start(&self, cursor: EventId) {
+    /// Never moves the position back in any partition.
+    fn start(&self, cursor: &LogCursor) {
         let mut index = self.lock();
-        if index.position.is_none_or(|p| p < cursor) {
-            index.position = Some(cursor);
+        match &mut index.position {
+            Some(position) if position.partitions() == cursor.partitions() => {
+                for (partition, id) in cursor.positions().iter().enumerate() {
+                    position.advance(partition, *id);
+                }
+            }
+            position => *position = Some(cursor.clone()),
         }
     }
 
@@ -343,6 +355,8 @@ mod tests {
     fn event(id: &str, order: &str, version: u64) -> LoggedEvent {
         LoggedEvent {
             event_id: id.into(),
+            partition: 0,
+            cursor: None,
             event: OrderEvent {
                 event_type: "order.confirmed".into(),
                 order_id: order.into(),
@@ -357,11 +371,21 @@ mod tests {
         }
     }
 
+    /// A cursor of a one-partition log.
+    fn at(text: &str) -> LogCursor {
+        LogCursor::parse(text, 1).unwrap()
+    }
+
+    fn in_partition(partition: usize, mut event: LoggedEvent) -> LoggedEvent {
+        event.partition = partition;
+        event
+    }
+
     fn subscribe(
         hub: &Hub,
         query: &str,
         catching_up: bool,
-        after: Option<&str>,
+        after: Option<LogCursor>,
     ) -> (SubId, Arc<ConnHandle>) {
         let conn = Arc::new(ConnHandle::new(1 << 20));
         let (filter, projection) = spec(query);
@@ -373,7 +397,7 @@ mod tests {
                     filter,
                     projection,
                     catching_up,
-                    after: after.map(|a| a.parse().unwrap()),
+                    after,
                 },
                 None,
             )
@@ -407,7 +431,7 @@ mod tests {
     #[test]
     fn events_reach_matching_subscriptions_through_the_index_only() {
         let hub = Hub::new();
-        hub.start(EventId::ZERO);
+        hub.start(&LogCursor::start(1));
         let (_, mut mine) = subscribe(
             &hub,
             "subscription { onOrderUpdated(orderId: \"o-1\") { version } }",
@@ -434,7 +458,7 @@ mod tests {
     #[test]
     fn each_event_is_rendered_once_per_distinct_selection_set() {
         let hub = Hub::new();
-        hub.start(EventId::ZERO);
+        hub.start(&LogCursor::start(1));
         let mut receivers = Vec::new();
         for _ in 0..5 {
             receivers.push(
@@ -474,12 +498,12 @@ mod tests {
     #[test]
     fn catching_up_holds_live_events_until_the_replay_is_done() {
         let hub = Hub::new();
-        hub.start("5-0".parse().unwrap());
+        hub.start(&at("5-0"));
         let (id, mut rx) = subscribe(
             &hub,
             "subscription { onOrderUpdated { version } }",
             true,
-            Some("3-0"),
+            Some(at("3-0")),
         );
         hub.dispatch(&event("6-0", "o-1", 6));
         assert!(received(&mut rx).is_empty(), "held while replaying");
@@ -493,12 +517,12 @@ mod tests {
     #[test]
     fn a_cursor_ahead_of_this_node_skips_what_the_client_already_has() {
         let hub = Hub::new();
-        hub.start("5-0".parse().unwrap());
+        hub.start(&at("5-0"));
         let (_, mut rx) = subscribe(
             &hub,
             "subscription { onOrderUpdated { version } }",
             false,
-            Some("7-0"),
+            Some(at("7-0")),
         );
         hub.dispatch(&event("6-0", "o-1", 6));
         hub.dispatch(&event("7-0", "o-1", 7));
@@ -511,7 +535,7 @@ mod tests {
     #[test]
     fn removed_subscriptions_and_their_selection_sets_are_gone() {
         let hub = Hub::new();
-        hub.start(EventId::ZERO);
+        hub.start(&LogCursor::start(1));
         let (id, mut rx) = subscribe(
             &hub,
             "subscription { onOrderUpdated { version } }",
@@ -525,5 +549,61 @@ mod tests {
         assert!(hub.lock().subs.is_empty());
         assert!(hub.lock().projections.is_empty());
         assert!(hub.lock().by_key.is_empty());
+    }
+
+    #[test]
+    fn the_position_and_the_floor_are_kept_per_partition() {
+        let hub = Hub::new();
+        hub.start(&LogCursor::start(2));
+        let mut after = LogCursor::start(2);
+        after.advance(0, "5-0".parse().unwrap());
+        after.advance(1, "2-0".parse().unwrap());
+        let (_, mut rx) = subscribe(
+            &hub,
+            "subscription { onOrderUpdated { version } }",
+            false,
+            Some(after),
+        );
+        hub.dispatch(&in_partition(1, event("3-0", "o-1", 3)));
+        // Older than partition 1's position, but partition 0 has not seen it: dispatched,
+        // yet at or before the subscription's floor in partition 0: not delivered.
+        hub.dispatch(&in_partition(0, event("2-0", "o-1", 2)));
+        hub.dispatch(&in_partition(0, event("6-0", "o-1", 6)));
+        // Already dispatched in partition 1.
+        hub.dispatch(&in_partition(1, event("3-0", "o-1", 3)));
+        assert_eq!(hub.stats.events_dispatched.load(Ordering::Relaxed), 3);
+        let versions: Vec<_> = received(&mut rx)
+            .iter()
+            .map(|m| m["payload"]["data"]["onOrderUpdated"]["version"].clone())
+            .collect();
+        assert_eq!(versions, [3, 6]);
+        let (_, position) = hub
+            .register(
+                Registration {
+                    conn: Arc::new(ConnHandle::new(1024)),
+                    prefix: Utf8Bytes::from_static(""),
+                    filter: spec("subscription { onOrderUpdated { version } }").0,
+                    projection: spec("subscription { onOrderUpdated { version } }").1,
+                    catching_up: false,
+                    after: None,
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(position.to_string(), {
+            let mut expected = LogCursor::start(2);
+            expected.advance(0, "6-0".parse().unwrap());
+            expected.advance(1, "3-0".parse().unwrap());
+            expected.to_string()
+        });
+    }
+
+    #[test]
+    fn a_restarted_tail_never_moves_the_position_back() {
+        let hub = Hub::new();
+        hub.start(&at("5-0"));
+        hub.start(&at("3-0"));
+        hub.dispatch(&event("4-0", "o-1", 4));
+        assert_eq!(hub.stats.events_dispatched.load(Ordering::Relaxed), 0);
     }
 }

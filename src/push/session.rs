@@ -11,9 +11,11 @@ use super::PushState;
 use super::conn::{ConnHandle, Out, payload_text};
 use super::hub::Registration;
 use crate::auth::{AuthError, Principal};
-use crate::engine::LogEntry;
-use crate::graphql::{EventFilter, GraphqlError, GraphqlRequest, Operation, SubscriptionSpec};
-use crate::model::EventId;
+use crate::engine::{EngineError, EngineResult, EventLog, LogEntry};
+use crate::graphql::{
+    EventFilter, GraphqlError, GraphqlRequest, Operation, SubscriptionSpec, codes,
+};
+use crate::model::{EventId, LogCursor, LoggedEvent};
 use crate::ratelimit::TokenBucket;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -285,14 +287,14 @@ async fn start(
             .fetch_add(1, Ordering::Relaxed);
         return fail(vec![e]);
     }
-    let after = match after.as_deref().map(str::parse::<EventId>).transpose() {
+    let partitions = state.node.engine.partitions();
+    let after = match after
+        .as_deref()
+        .map(|text| parse_after(text, partitions))
+        .transpose()
+    {
         Ok(after) => after,
-        Err(e) => {
-            return fail(vec![GraphqlError::with_code(
-                format!("Argument `after`: {e}"),
-                "BAD_USER_INPUT",
-            )]);
-        }
+        Err(e) => return fail(vec![e]),
     };
     let prefix = dialect.next_prefix(&id);
     let registration = Registration {
@@ -301,7 +303,7 @@ async fn start(
         filter: filter.clone(),
         projection: projection.clone(),
         catching_up: after.is_some(),
-        after,
+        after: after.clone(),
     };
     let ack = dialect.ack(&id).map(Out::Text);
     let Some((hub_id, position)) = state.hub.register(registration, ack) else {
@@ -327,8 +329,8 @@ async fn start(
         &filter,
         &projection,
         &prefix,
-        after,
-        position,
+        &after,
+        &position,
     )
     .await
     {
@@ -348,6 +350,14 @@ async fn start(
     }
 }
 
+/// The `after` argument as a cursor of a log of `partitions` partitions; `BAD_USER_INPUT`
+/// when it is none (not an event id or token, or a token for another partition count).
+fn parse_after(text: &str, partitions: usize) -> Result<LogCursor, GraphqlError> {
+    LogCursor::parse(text, partitions).map_err(|e| {
+        GraphqlError::with_code(format!("Argument `after`: {e}"), codes::BAD_USER_INPUT)
+    })
+}
+
 /// Sends the retained events in `(after, position]` that match, paced by the connection's
 /// queue. Refuses a cursor older than the retained log: events may have been trimmed.
 async fn replay(
@@ -356,63 +366,315 @@ async fn replay(
     filter: &EventFilter,
     projection: &crate::graphql::Projection,
     prefix: &Utf8Bytes,
-    after: EventId,
-    position: EventId,
+    after: &LogCursor,
+    position: &LogCursor,
 ) -> Result<(), GraphqlError> {
-    if after >= position {
+    if after.covers(position) {
         return Ok(());
     }
-    let unavailable = |e: crate::engine::EngineError| {
-        tracing::warn!(error = %e, "replay: engine unavailable");
-        GraphqlError::with_code(
-            "The event log is unavailable; retry.",
-            "SERVICE_UNAVAILABLE",
-        )
-    };
-    let engine = &state.node.engine;
-    // Entries after the cursor were removed before this client read them: a gap to report,
-    // never to skip. `ZERO` asks for "the oldest retained", so it has nothing to lose.
-    let removed = engine.removed_after(after).await.map_err(unavailable)?;
-    if after != EventId::ZERO && removed.is_some() {
-        let first = engine.first_event_id().await.map_err(unavailable)?;
-        return Err(GraphqlError::with_code(
-            format!(
-                "Cursor `{after}` is older than the retained event log (oldest retained: {}); events after it may be gone. Resubscribe without `after` and reload state from GET /v1/orders/{{id}}.",
-                first.map_or_else(|| "none".to_string(), |f| f.to_string())
-            ),
-            "CURSOR_EXPIRED",
-        ));
-    }
-    let mut cursor = after;
-    loop {
-        let entries = engine
-            .read_events(cursor, 256, Duration::ZERO)
-            .await
-            .map_err(unavailable)?;
-        if entries.is_empty() {
-            return Ok(());
-        }
-        for entry in entries {
-            let Ok(entry_id) = entry.id() else { continue };
-            if entry_id > position {
+    let engine = &*state.node.engine;
+    check_retained(engine, after).await?;
+    let mut reader = ReplayReader::new(after.clone(), position.clone());
+    while let Some(events) = reader.next_batch(engine).await.map_err(unavailable)? {
+        for event in events {
+            if !filter.matches(&event) {
+                continue;
+            }
+            conn.wait_for_room().await;
+            if conn.is_closed() {
                 return Ok(());
             }
-            cursor = entry_id;
-            if let LogEntry::Event(event) = entry
-                && filter.matches(&event)
-            {
-                conn.wait_for_room().await;
-                if conn.is_closed() {
-                    return Ok(());
+            conn.push(Out::Event {
+                prefix: prefix.clone(),
+                payload: payload_text(projection.render_event(&event)),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn unavailable(e: EngineError) -> GraphqlError {
+    tracing::warn!(error = %e, "replay: engine unavailable");
+    GraphqlError::with_code(
+        "The event log is unavailable; retry.",
+        "SERVICE_UNAVAILABLE",
+    )
+}
+
+/// `CURSOR_EXPIRED` when entries after `after` were removed before this client read them: a
+/// gap to report, never to skip. The start asks for "the oldest retained", so it has nothing
+/// to lose.
+async fn check_retained<L: EventLog + ?Sized>(
+    log: &L,
+    after: &LogCursor,
+) -> Result<(), GraphqlError> {
+    if after.is_start() {
+        return Ok(());
+    }
+    let removed = log.removed_after(after).await.map_err(unavailable)?;
+    let Some(&(partition, _)) = removed.first() else {
+        return Ok(());
+    };
+    let first = log
+        .first_event_id(partition)
+        .await
+        .map_err(unavailable)?
+        .map_or_else(|| "none".to_string(), |f| f.to_string());
+    let oldest = if after.partitions() > 1 {
+        format!("oldest retained in partition {partition}: {first}")
+    } else {
+        format!("oldest retained: {first}")
+    };
+    Err(GraphqlError::with_code(
+        format!(
+            "Cursor `{after}` is older than the retained event log ({oldest}); events after it may be gone. Resubscribe without `after` and reload state from GET /v1/orders/{{id}}."
+        ),
+        "CURSOR_EXPIRED",
+    ))
+}
+
+/// Entries read per replay step.
+const REPLAY_BATCH: usize = 256;
+
+/// A read position past every entry: how a replay stops reading a partition it is done with.
+const PAST_EVERY_ENTRY: EventId = EventId {
+    ms: u64::MAX,
+    seq: u64::MAX,
+};
+
+/// Reads the retained events in `(after, position]`, partition by partition, oldest first.
+///
+/// An entry beyond its partition's `position` is not sent and does not advance that partition
+/// (the subscription gets it live); the partition is then done, and later reads skip it (read
+/// from [`PAST_EVERY_ENTRY`]), so entries of partitions whose clocks run behind cannot crowd
+/// out the ones still to replay elsewhere. Done when every partition reached its position, or
+/// a read comes back empty.
+pub(crate) struct ReplayReader {
+    /// Through where the replay has read, per partition: what each event's cursor shows.
+    cursor: LogCursor,
+    position: LogCursor,
+    done: Vec<bool>,
+}
+
+impl ReplayReader {
+    pub(crate) fn new(after: LogCursor, position: LogCursor) -> ReplayReader {
+        let done = (0..after.partitions())
+            .map(|p| after.get(p) >= position.get(p))
+            .collect();
+        ReplayReader {
+            cursor: after,
+            position,
+            done,
+        }
+    }
+
+    /// The next events to replay, in log order, each with the replay's cursor after it when
+    /// there are several partitions; `None` once the replay is done.
+    pub(crate) async fn next_batch<L: EventLog + ?Sized>(
+        &mut self,
+        log: &L,
+    ) -> EngineResult<Option<Vec<LoggedEvent>>> {
+        let tokens = self.cursor.partitions() > 1;
+        loop {
+            if self.done.iter().all(|d| *d) {
+                return Ok(None);
+            }
+            let read_from = LogCursor::from_positions(
+                self.done
+                    .iter()
+                    .enumerate()
+                    .map(|(p, done)| {
+                        if *done {
+                            PAST_EVERY_ENTRY
+                        } else {
+                            self.cursor.get(p)
+                        }
+                    })
+                    .collect(),
+            );
+            let entries = log
+                .read_events(&read_from, REPLAY_BATCH, Duration::ZERO)
+                .await?;
+            if entries.is_empty() {
+                return Ok(None);
+            }
+            let mut progressed = false;
+            let mut events = Vec::new();
+            for entry in entries {
+                let partition = entry.partition();
+                let Ok(id) = entry.id() else { continue };
+                if self.done.get(partition).is_none_or(|done| *done) {
+                    continue;
                 }
-                conn.push(Out::Event {
-                    prefix: prefix.clone(),
-                    payload: payload_text(projection.render_event(&event)),
-                });
+                progressed = true;
+                let through = self.position.get(partition);
+                if id > through {
+                    self.done[partition] = true;
+                    continue;
+                }
+                self.cursor.advance(partition, id);
+                if id >= through {
+                    self.done[partition] = true;
+                }
+                if let LogEntry::Event(mut event) = entry {
+                    if tokens {
+                        event.cursor = Some(self.cursor.to_string());
+                    }
+                    events.push(event);
+                }
+            }
+            if !events.is_empty() {
+                return Ok(Some(events));
+            }
+            if !progressed {
+                // Nothing this replay can use came back (never expected of an engine): stop
+                // rather than ask the same again.
+                return Ok(None);
             }
         }
-        if cursor >= position {
-            return Ok(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{PartitionedLog, event_json, order_in};
+
+    fn id(ms: u64) -> EventId {
+        EventId { ms, seq: 0 }
+    }
+
+    async fn replay_all(
+        log: &PartitionedLog,
+        after: &LogCursor,
+        position: &LogCursor,
+    ) -> Vec<LoggedEvent> {
+        let mut reader = ReplayReader::new(after.clone(), position.clone());
+        let mut all = Vec::new();
+        while let Some(events) = reader.next_batch(log).await.unwrap() {
+            all.extend(events);
         }
+        all
+    }
+
+    fn names(events: &[LoggedEvent]) -> Vec<String> {
+        events.iter().map(LoggedEvent::qualified_id).collect()
+    }
+
+    #[tokio::test]
+    async fn replay_sends_after_through_position_in_every_partition_with_resumable_ids() {
+        let log = PartitionedLog::new(3);
+        for ms in 1..=9 {
+            let p = (ms % 3) as usize;
+            log.append_at(p, id(ms), &event_json(&order_in(p, 3, 0), ms));
+        }
+        // The client had 1..=3; the hub's position is 7 in partitions 0 and 1, 5 in 2.
+        let after = LogCursor::uniform(3, id(3));
+        let position = LogCursor::from_positions(vec![id(6), id(7), id(5)]);
+        let replayed = replay_all(&log, &after, &position).await;
+        assert_eq!(names(&replayed), ["1/4-0", "2/5-0", "6-0", "1/7-0"]);
+        // Each shows the replay's cursor after it: resuming from it replays exactly the rest.
+        for (k, event) in replayed.iter().enumerate() {
+            let resume = LogCursor::parse(event.shown_id(), 3).unwrap();
+            let rest = replay_all(&log, &resume, &position).await;
+            assert_eq!(names(&rest), names(&replayed[k + 1..]));
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_beyond_one_partitions_position_hold_back_no_other_partition() {
+        let log = PartitionedLog::new(2);
+        // Partition 0's clock runs behind: more than a read of its entries came after the
+        // position, yet with ids older than partition 1's entries still to replay.
+        log.append_at(0, id(1), &event_json(&order_in(0, 2, 0), 1));
+        for ms in 2..(REPLAY_BATCH as u64 + 50) {
+            log.append_at(0, id(ms), &event_json(&order_in(0, 2, 0), ms));
+        }
+        for ms in 1000..1003 {
+            log.append_at(1, id(ms), &event_json(&order_in(1, 2, 0), ms));
+        }
+        let position = LogCursor::from_positions(vec![id(1), id(1002)]);
+        let replayed = replay_all(&log, &LogCursor::start(2), &position).await;
+        assert_eq!(
+            names(&replayed),
+            ["1-0", "1/1000-0", "1/1001-0", "1/1002-0"]
+        );
+    }
+
+    #[tokio::test]
+    async fn with_one_partition_replayed_events_show_their_entry_ids() {
+        let log = PartitionedLog::new(1);
+        for ms in 1..=4 {
+            log.append_at(0, id(ms), &event_json("o-1", ms));
+        }
+        let replayed = replay_all(
+            &log,
+            &LogCursor::uniform(1, id(1)),
+            &LogCursor::uniform(1, id(3)),
+        )
+        .await;
+        let shown: Vec<&str> = replayed.iter().map(LoggedEvent::shown_id).collect();
+        assert_eq!(shown, ["2-0", "3-0"]);
+    }
+
+    #[test]
+    fn an_after_that_is_no_cursor_of_this_log_is_bad_user_input() {
+        let token = LogCursor::uniform(4, id(7)).to_string();
+        let error = parse_after(&token, 3).unwrap_err();
+        assert_eq!(error.code(), Some(codes::BAD_USER_INPUT));
+        assert!(
+            error.message.contains("made for 4 partitions"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("this log has 3. Start again"),
+            "{}",
+            error.message
+        );
+        let error = parse_after("yesterday", 1).unwrap_err();
+        assert_eq!(error.code(), Some(codes::BAD_USER_INPUT));
+        assert!(
+            error.message.starts_with("Argument `after`: "),
+            "{}",
+            error.message
+        );
+        // A plain id is that position in every partition.
+        assert_eq!(parse_after("7-0", 3).unwrap(), LogCursor::uniform(3, id(7)));
+        assert_eq!(
+            parse_after(&token, 4).unwrap(),
+            LogCursor::uniform(4, id(7))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cursor_behind_a_trimmed_partition_is_expired_with_that_partitions_oldest() {
+        let log = PartitionedLog::new(3);
+        for ms in 1..=6 {
+            log.append_at(1, id(ms), &event_json(&order_in(1, 3, 0), ms));
+        }
+        log.trim(1, 2);
+        let after = LogCursor::uniform(3, id(2));
+        let error = check_retained(&log, &after).await.unwrap_err();
+        assert_eq!(error.code(), Some("CURSOR_EXPIRED"));
+        assert!(
+            error.message.contains(&after.to_string()),
+            "{}",
+            error.message
+        );
+        assert!(
+            error
+                .message
+                .contains("oldest retained in partition 1: 5-0"),
+            "{}",
+            error.message
+        );
+        // The start has nothing to lose; a cursor past the trimmed entries lost nothing.
+        assert!(check_retained(&log, &LogCursor::start(3)).await.is_ok());
+        assert!(
+            check_retained(&log, &LogCursor::uniform(3, id(4)))
+                .await
+                .is_ok()
+        );
     }
 }

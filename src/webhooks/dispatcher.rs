@@ -91,7 +91,7 @@ impl Dispatcher {
             let mut pause = None;
             let result = match claimed {
                 Ok(claimed) => {
-                    if let Some(lost) = &claimed.lost {
+                    for lost in &claimed.lost {
                         self.report_lost(lost);
                     }
                     pause = self.linger_after(claimed.entries.len());
@@ -145,7 +145,9 @@ impl Dispatcher {
         // Calls of at most MAX_DELIVERIES_PER_CALL deliveries (an event with more is a call of
         // its own), each acknowledging exactly the events whose deliveries it stores: one call
         // for a whole batch unless endpoints are many.
-        let mut calls: Vec<(Vec<EventId>, Vec<Delivery>)> = vec![Default::default()];
+        // Per call: the events it acknowledges, as (partition, entry id), and the deliveries.
+        type Call = (Vec<(usize, EventId)>, Vec<Delivery>);
+        let mut calls: Vec<Call> = vec![Default::default()];
         for entry in entries {
             let id = match entry.id() {
                 Ok(id) => id,
@@ -173,7 +175,7 @@ impl Dispatcher {
                 calls.push(Default::default());
             }
             if let Some((events, deliveries)) = calls.last_mut() {
-                events.push(id);
+                events.push((entry.partition(), id));
                 deliveries.extend(made);
             }
         }
@@ -241,16 +243,9 @@ pub fn deliveries_for(event: &LoggedEvent, endpoints: &[Endpoint], now_ms: u64) 
         return Vec::new();
     }
     let body = body(event);
+    let event_id = event.qualified_id();
     matching
-        .map(|endpoint| {
-            new_delivery(
-                endpoint,
-                &event.event_id,
-                &event.event.event_type,
-                &body,
-                now_ms,
-            )
-        })
+        .map(|endpoint| new_delivery(endpoint, &event_id, &event.event.event_type, &body, now_ms))
         .collect()
 }
 
@@ -300,12 +295,14 @@ pub fn type_matches(patterns: &[String], event_type: &str) -> bool {
         })
 }
 
-/// `{"type", "timestamp", "data": <the event with eventId>}`.
+/// `{"type", "timestamp", "data": <the event with eventId>}`; the eventId is the event's own
+/// name ([`LoggedEvent::qualified_id`]: the entry id, `<partition>/<entry id>` outside
+/// partition 0), not a resume cursor.
 pub fn body(event: &LoggedEvent) -> String {
     serde_json::json!({
         "type": event.event.event_type,
         "timestamp": event.event.occurred_at,
-        "data": event,
+        "data": event.with_event_id(&event.qualified_id()),
     })
     .to_string()
 }
@@ -325,6 +322,8 @@ pub(crate) mod tests {
     fn event(partner: Option<&str>, status: OrderStatus) -> LoggedEvent {
         LoggedEvent {
             event_id: "1700000000000-3".into(),
+            partition: 0,
+            cursor: None,
             event: OrderEvent {
                 event_type: status.event_type(),
                 order_id: "o-1".into(),
@@ -410,7 +409,7 @@ pub(crate) mod tests {
         let mut dispatcher = dispatcher_on(engine.clone(), Arc::default());
         let mut append_and_dispatch = async |partner: &str| {
             let event = event(Some(partner), OrderStatus::Accepted);
-            let id = engine
+            let (partition, id) = engine
                 .append_raw_event(&event.event.to_json())
                 .await
                 .unwrap();
@@ -421,7 +420,7 @@ pub(crate) mod tests {
                 .entries;
             assert_eq!(claimed.len(), 1);
             dispatcher.dispatch(claimed).await.unwrap();
-            id.to_string()
+            crate::model::qualified_entry_id(partition, &id.to_string())
         };
         let delivered = async |engine: &Arc<dyn Engine>, endpoint: &str| {
             engine
@@ -574,6 +573,20 @@ pub(crate) mod tests {
         assert_eq!(body["type"], "order.confirmed");
         assert_eq!(body["timestamp"], "2026-01-01T00:00:00.000Z");
         assert_eq!(body["data"]["eventId"], "1700000000000-3");
+        assert_eq!(body["data"]["orderId"], "o-1");
+    }
+
+    #[test]
+    fn outside_partition_0_the_event_is_named_by_its_partition_and_entry_id() {
+        let mut e = event(None, OrderStatus::Confirmed);
+        e.partition = 3;
+        // A reader's resume cursor is no name for the event: webhooks never show it.
+        e.cursor = Some("c1.BAIAAgA".into());
+        let ds = deliveries_for(&e, &[endpoint("ep_a", None, &[])], 42);
+        assert_eq!(ds[0].event_id, "3/1700000000000-3");
+        assert_eq!(ds[0].id, delivery_id("3/1700000000000-3", "ep_a"));
+        let body: serde_json::Value = serde_json::from_str(&ds[0].body).unwrap();
+        assert_eq!(body["data"]["eventId"], "3/1700000000000-3");
         assert_eq!(body["data"]["orderId"], "o-1");
     }
 }

@@ -49,6 +49,7 @@ impl IdempotencyStore for MemoryEngine {
     async fn begin_idempotent(
         &self,
         key: &str,
+        _order_id: Option<&str>,
         fingerprint: &str,
         in_flight_ttl: Duration,
     ) -> EngineResult<IdempotencyBegin> {

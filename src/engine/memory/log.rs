@@ -6,7 +6,7 @@
 
 use super::{MemoryEngine, State};
 use crate::engine::{EngineError, EngineResult, EventLog, LogEntry, decode_event};
-use crate::model::{EventId, MalformedEntry, now_millis};
+use crate::model::{EventId, LogCursor, MalformedEntry, now_millis};
 use async_trait::async_trait;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -34,14 +34,20 @@ impl State {
     }
 }
 
+/// The memory engine has one partition.
 #[async_trait]
 impl EventLog for MemoryEngine {
+    fn partitions(&self) -> usize {
+        1
+    }
+
     async fn read_events(
         &self,
-        after: EventId,
+        after: &LogCursor,
         max: usize,
         wait: Duration,
     ) -> EngineResult<Vec<LogEntry>> {
+        let after = after.get(0);
         let deadline = Instant::now() + wait;
         loop {
             let notified = self.events_appended.notified();
@@ -53,7 +59,7 @@ impl EventLog for MemoryEngine {
                     .events
                     .range(start..)
                     .take(max)
-                    .map(|(id, raw)| decode_event(id.to_string(), raw))
+                    .map(|(id, raw)| decode_event(0, id.to_string(), raw))
                     .collect::<Vec<_>>()
             })?;
             if !entries.is_empty() || Instant::now() >= deadline {
@@ -63,24 +69,34 @@ impl EventLog for MemoryEngine {
         }
     }
 
-    async fn append_raw_event(&self, raw: &str) -> EngineResult<EventId> {
+    async fn append_raw_event(&self, raw: &str) -> EngineResult<(usize, EventId)> {
         let retention = self.settings.event_retention;
         let id = self.with_state(|state| state.append_event(raw.to_string(), retention))?;
         self.events_appended.notify_waiters();
-        Ok(id)
+        Ok((0, id))
     }
 
-    async fn last_event_id(&self) -> EngineResult<EventId> {
-        self.with_state(|state| state.events.back().map_or(EventId::ZERO, |(id, _)| *id))
+    async fn log_end(&self) -> EngineResult<LogCursor> {
+        self.with_state(|state| {
+            LogCursor::uniform(1, state.events.back().map_or(EventId::ZERO, |(id, _)| *id))
+        })
     }
 
-    async fn first_event_id(&self) -> EngineResult<Option<EventId>> {
+    async fn first_event_id(&self, _partition: usize) -> EngineResult<Option<EventId>> {
         self.with_state(|state| state.events.front().map(|(id, _)| *id))
     }
 
     /// Exact: the engine remembers the newest entry it trimmed.
-    async fn removed_after(&self, cursor: EventId) -> EngineResult<Option<EventId>> {
-        self.with_state(|state| state.deleted_through.filter(|deleted| *deleted > cursor))
+    async fn removed_after(&self, cursor: &LogCursor) -> EngineResult<Vec<(usize, EventId)>> {
+        let cursor = cursor.get(0);
+        self.with_state(|state| {
+            state
+                .deleted_through
+                .filter(|deleted| *deleted > cursor)
+                .map(|deleted| (0, deleted))
+                .into_iter()
+                .collect()
+        })
     }
 
     async fn set_aside(&self, entry: &MalformedEntry) -> EngineResult<()> {

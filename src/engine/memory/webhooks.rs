@@ -295,7 +295,7 @@ impl WebhookStore for MemoryEngine {
                     match position(id) {
                         Some((id, raw)) => {
                             *handed_out = now;
-                            batch.push(decode_event(id.to_string(), raw));
+                            batch.push(decode_event(0, id.to_string(), raw));
                         }
                         // Trimmed from the log meanwhile: nothing left to hand out.
                         None => trimmed.push(*id),
@@ -327,14 +327,14 @@ impl WebhookStore for MemoryEngine {
                 for (id, raw) in events.range(start..).take(max - batch.len()) {
                     webhooks.dispatched_up_to = *id;
                     webhooks.unacked.insert(*id, now);
-                    batch.push(decode_event(id.to_string(), raw));
+                    batch.push(decode_event(0, id.to_string(), raw));
                 }
                 (batch, next_reclaim, lost)
             })?;
             if !batch.is_empty() || lost.is_some() || now >= deadline {
                 return Ok(ClaimedEvents {
                     entries: batch,
-                    lost,
+                    lost: lost.into_iter().collect(),
                 });
             }
             let wake = next_reclaim.map_or(deadline, |n| n.min(deadline));
@@ -348,12 +348,12 @@ impl WebhookStore for MemoryEngine {
 
     async fn create_deliveries(
         &self,
-        events: &[EventId],
+        events: &[(usize, EventId)],
         deliveries: &[Delivery],
     ) -> EngineResult<()> {
         self.with_state(|state| {
             state.webhooks.store_deliveries(deliveries);
-            for event in events {
+            for (_, event) in events {
                 state.webhooks.unacked.remove(event);
             }
         })

@@ -1,6 +1,12 @@
 //! The consumer-group plumbing of the Redis engine: the two groups Herald reads (the command
-//! queue's `workers`, the webhook dispatchers' group on the event log), their creation and
-//! recovery, `XREADGROUP` and the `XAUTOCLAIM`-based takeover of expired deliveries.
+//! queue's `workers`, the webhook dispatchers' group on the event log), one of each per
+//! partition, their creation and recovery, `XREADGROUP` and the `XAUTOCLAIM`-based takeover of
+//! expired deliveries.
+//!
+//! Every node reads every partition: on one Redis in one command over all the partitions'
+//! streams (one `XREADGROUP`, one read script), on a cluster, where a command or script
+//! touches one slot, one per partition, concurrently and without blocking (a wait polls, from
+//! 2 ms doubling to 50 ms: a blocked read per partition would hold that many connections).
 //!
 //! It owns how entries are handed out and taken over, never what they mean: decoding a
 //! command is `queue.rs`' job, an event the seam's decoder's (`engine/log.rs`).
@@ -10,6 +16,7 @@ use super::reply::{self, StreamEntry, corrupt, int, items, text};
 use super::{RedisEngine, log_entry, millis};
 use crate::engine::webhook::{DISPATCH_GROUP, LOST_RANGES_KEPT, LostEvents};
 use crate::engine::{EngineResult, LogEntry};
+use crate::model::qualified_entry_id;
 use ::redis::{RedisResult, Value};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -39,21 +46,43 @@ fn set_cursor(at: &Mutex<String>, next: &Value) {
     }
 }
 
+/// A cluster's poll of every partition waits from this...
+const POLL_FIRST: Duration = Duration::from_millis(2);
+/// ...doubling up to this.
+const POLL_MAX: Duration = Duration::from_millis(50);
+
+/// How many entries to ask each of `partitions` for (one count for all: a read over several
+/// streams takes one): `max` shared out, rounded up, so a read may return up to `max` rounded
+/// up to a multiple of `partitions` (see `CommandQueue::receive_batch`).
+pub(super) fn per_partition(max: usize, partitions: usize) -> usize {
+    max.div_ceil(partitions.max(1)).max(1)
+}
+
 impl RedisEngine {
-    /// The stream, group name and starting id of one of Herald's consumer groups.
-    fn group_spec(&self, group: Group) -> (&str, &'static str, &'static str) {
+    /// The stream, group name and starting id of one of Herald's consumer groups in
+    /// `partition`.
+    fn group_spec(&self, group: Group, partition: usize) -> (&str, &'static str, &'static str) {
+        let keys = self.keys.part(partition);
         match group {
             // The command queue starts at the beginning: every command is work.
-            Group::Commands => (&self.keys.commands, GROUP, "0"),
+            Group::Commands => (&keys.commands, GROUP, "0"),
             // Webhook dispatch starts at the log's end when created: history before the first
             // start (or before a recreation) is not delivered.
-            Group::Dispatch => (&self.keys.events, DISPATCH_GROUP, "$"),
+            Group::Dispatch => (&keys.events, DISPATCH_GROUP, "$"),
         }
     }
 
-    /// `XGROUP CREATE .. MKSTREAM`; an existing group is fine.
+    /// `XGROUP CREATE .. MKSTREAM` in every partition; an existing group is fine.
     pub(super) async fn create_group(&self, group: Group) -> EngineResult<()> {
-        let (stream, name, start) = self.group_spec(group);
+        let created = futures_util::future::join_all(
+            (0..self.keys.partitions()).map(|k| self.create_group_in(group, k)),
+        )
+        .await;
+        created.into_iter().collect()
+    }
+
+    async fn create_group_in(&self, group: Group, partition: usize) -> EngineResult<()> {
+        let (stream, name, start) = self.group_spec(group, partition);
         let result: RedisResult<Value> = self
             .query(
                 "XGROUP CREATE",
@@ -73,29 +102,29 @@ impl RedisEngine {
     }
 
     /// Recreates a consumer group after Redis reported it missing (Redis restarted without
-    /// persistence, or an operator deleted it).
+    /// persistence, or an operator deleted it): in every partition, since a read over several
+    /// streams does not say which one lacked it.
     async fn recover_group(&self, group: Group, e: &::redis::RedisError) -> EngineResult<()> {
-        let (stream, name, start) = self.group_spec(group);
-        tracing::warn!(error = %e, %stream, group = name, start,
+        let (_, name, start) = self.group_spec(group, 0);
+        tracing::warn!(error = %e, group = name, start,
             "consumer group is missing; creating it again");
         self.create_group(group).await
     }
 
-    /// `XREADGROUP .. STREAMS <stream> >` on a dedicated connection, blocking up to `block`:
-    /// entries never handed out to any consumer of the group.
-    async fn read_group(
+    /// `XREADGROUP GROUP workers <me> COUNT .. STREAMS <commands streams of parts> > ..`,
+    /// blocking up to `block` on a dedicated connection: commands never handed out to any
+    /// worker, with their partitions.
+    async fn xreadgroup_commands(
         &self,
-        group: Group,
-        consumer: &str,
+        parts: &[usize],
         count: usize,
         block: Duration,
-        what: &str,
-    ) -> EngineResult<Vec<StreamEntry>> {
-        let (stream, name, _) = self.group_spec(group);
+    ) -> EngineResult<Vec<(usize, StreamEntry)>> {
+        let what = "reading new commands";
         let mut cmd = ::redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
-            .arg(name)
-            .arg(consumer)
+            .arg(GROUP)
+            .arg(&self.settings.consumer_name)
             .arg("COUNT")
             .arg(count);
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
@@ -103,7 +132,13 @@ impl RedisEngine {
         if block_ms > 0 {
             cmd.arg("BLOCK").arg(block_ms);
         }
-        cmd.arg("STREAMS").arg(stream).arg(">");
+        cmd.arg("STREAMS");
+        for k in parts {
+            cmd.arg(&self.keys.part(*k).commands);
+        }
+        for _ in parts {
+            cmd.arg(">");
+        }
         // Only a blocking read needs a dedicated connection.
         let result: RedisResult<Value> = if block_ms > 0 {
             self.blocking
@@ -115,25 +150,54 @@ impl RedisEngine {
         let reply = match result {
             Ok(reply) => reply,
             Err(e) if is_nogroup(&e) => {
-                self.recover_group(group, &e).await?;
+                self.recover_group(Group::Commands, &e).await?;
                 return Ok(Vec::new());
             }
             Err(e) => return Err(map_err(what, e)),
         };
-        reply::read_entries(&reply)
+        let mut out = Vec::new();
+        for (key, entries) in reply::read_streams(&reply)? {
+            let partition = self.keys.partition_of_commands(&key).ok_or_else(|| {
+                corrupt(format!("XREADGROUP answered for an unknown stream `{key}`"))
+            })?;
+            out.extend(entries.into_iter().map(|e| (partition, e)));
+        }
+        Ok(out)
     }
 
-    /// Runs the claim script (retrying once after recreating a missing group). Returns the
-    /// claimed deliveries and whether any command is pending at all.
+    /// Runs the claim script in every partition (retrying once after recreating a missing
+    /// group). Returns the claimed deliveries with their partitions and how many commands are
+    /// pending in all.
     pub(super) async fn claim_expired(
         &self,
         max: usize,
+    ) -> EngineResult<(Vec<(usize, StreamEntry, u32)>, u64)> {
+        let count = per_partition(max, self.keys.partitions());
+        let claims = futures_util::future::join_all(
+            (0..self.keys.partitions()).map(|k| self.claim_expired_in(k, count)),
+        )
+        .await;
+        let mut out = Vec::new();
+        let mut pending = 0;
+        for (k, claim) in claims.into_iter().enumerate() {
+            let (claimed, in_partition) = claim?;
+            pending += in_partition;
+            out.extend(claimed.into_iter().map(|(entry, n)| (k, entry, n)));
+        }
+        Ok((out, pending))
+    }
+
+    async fn claim_expired_in(
+        &self,
+        partition: usize,
+        max: usize,
     ) -> EngineResult<(Vec<(StreamEntry, u32)>, u64)> {
-        let cursor = cursor(&self.claim_cursor);
+        let keys = self.keys.part(partition);
+        let cursor = cursor(&self.claim_cursors[partition]);
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
-            .key(&self.keys.commands)
-            .key(&self.keys.dlq)
+            .key(&keys.commands)
+            .key(&keys.dlq)
             .arg(GROUP)
             .arg(&self.settings.consumer_name)
             .arg(millis(self.settings.visibility_timeout))
@@ -141,8 +205,8 @@ impl RedisEngine {
             .arg(max)
             .arg(self.settings.max_receives)
             .arg(crate::model::now_rfc3339())
-            .arg(&self.keys.cmdq_prefix)
-            .arg(self.keys.order(""));
+            .arg(&keys.cmdq_prefix)
+            .arg(format!("{}:order:", keys.base));
         let reply = match self.eval("claiming expired commands", &invocation).await {
             Ok(reply) => reply,
             Err(e) if is_nogroup(&e) => {
@@ -156,12 +220,13 @@ impl RedisEngine {
         let [next, pending, dead, claimed] = items(&reply).ok_or_else(bad)? else {
             return Err(bad());
         };
-        set_cursor(&self.claim_cursor, next);
+        set_cursor(&self.claim_cursors[partition], next);
         let pending = int(pending).ok_or_else(bad)?.max(0) as u64;
         let dead = int(dead).ok_or_else(bad)?;
         if dead > 0 {
             tracing::warn!(
                 count = dead,
+                partition,
                 max_receives = self.settings.max_receives,
                 "commands received too often moved to the dead-letter queue"
             );
@@ -183,20 +248,37 @@ impl RedisEngine {
         Ok((out, pending))
     }
 
-    /// New commands for this worker.
+    /// New commands for this worker, about `count` in all (see [`per_partition`]), waiting
+    /// up to `block` for the first.
     pub(super) async fn read_new(
         &self,
         count: usize,
         block: Duration,
-    ) -> EngineResult<Vec<StreamEntry>> {
-        self.read_group(
-            Group::Commands,
-            &self.settings.consumer_name,
-            count,
-            block,
-            "reading new commands",
-        )
-        .await
+    ) -> EngineResult<Vec<(usize, StreamEntry)>> {
+        let all: Vec<usize> = (0..self.keys.partitions()).collect();
+        let each = per_partition(count, all.len());
+        if !self.clustered() || all.len() == 1 {
+            return self.xreadgroup_commands(&all, each, block).await;
+        }
+        let deadline = tokio::time::Instant::now() + block;
+        let mut pause = POLL_FIRST;
+        loop {
+            let reads =
+                futures_util::future::join_all(all.iter().map(|k| {
+                    self.xreadgroup_commands(std::slice::from_ref(k), each, Duration::ZERO)
+                }))
+                .await;
+            let mut out = Vec::new();
+            for read in reads {
+                out.extend(read?);
+            }
+            let now = tokio::time::Instant::now();
+            if !out.is_empty() || now >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(POLL_MAX);
+        }
     }
 
     /// Whether the dispatcher's claim should look for expired events now: at most every
@@ -218,21 +300,44 @@ impl RedisEngine {
                 .is_ok()
     }
 
-    /// `XAUTOCLAIM`: entries handed out at least `reclaim_after` ago and never acknowledged.
-    /// A full batch brings the next scan forward to now: more may be waiting.
+    /// `XAUTOCLAIM` in every partition: entries handed out at least `reclaim_after` ago and
+    /// never acknowledged.
     pub(super) async fn reclaim_events(
         &self,
         consumer: &str,
         max: usize,
         reclaim_after: Duration,
     ) -> EngineResult<Vec<LogEntry>> {
-        let cursor = cursor(&self.dispatch_cursor);
+        let count = per_partition(max, self.keys.partitions());
+        let claims = futures_util::future::join_all(
+            (0..self.keys.partitions())
+                .map(|k| self.reclaim_events_in(k, consumer, count, reclaim_after)),
+        )
+        .await;
+        let mut out = Vec::new();
+        for claim in claims {
+            out.extend(claim?);
+        }
+        Ok(out)
+    }
+
+    /// [`Self::reclaim_events`] in one partition. A full batch brings the next scan forward
+    /// to now: more may be waiting.
+    async fn reclaim_events_in(
+        &self,
+        partition: usize,
+        consumer: &str,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> EngineResult<Vec<LogEntry>> {
+        let stream = &self.keys.part(partition).events;
+        let cursor = cursor(&self.dispatch_cursors[partition]);
         let what = "reclaiming webhook events";
         let reply: Value = match self
             .query(
                 what,
                 ::redis::cmd("XAUTOCLAIM")
-                    .arg(&self.keys.events)
+                    .arg(stream)
                     .arg(DISPATCH_GROUP)
                     .arg(consumer)
                     .arg(millis(reclaim_after))
@@ -254,7 +359,7 @@ impl RedisEngine {
         let (Some(next), Some(claimed)) = (parts.first(), parts.get(1)) else {
             return Err(bad());
         };
-        set_cursor(&self.dispatch_cursor, next);
+        set_cursor(&self.dispatch_cursors[partition], next);
         let claimed = items(claimed).ok_or_else(bad)?;
         if claimed.len() >= max {
             self.next_dispatch_reclaim_ms.store(0, Ordering::Relaxed);
@@ -266,7 +371,9 @@ impl RedisEngine {
                 // Redis 6.2 hands out an entry trimmed from the log with nil fields (7.x drops
                 // it from the pending list itself): nothing to deliver, acknowledge it.
                 Some([id, Value::Nil]) => deleted.extend(text(id)),
-                _ => out.extend(reply::stream_entry(item)?.map(log_entry)),
+                _ => {
+                    out.extend(reply::stream_entry(item)?.map(|entry| log_entry(partition, entry)))
+                }
             }
         }
         if !deleted.is_empty() {
@@ -274,7 +381,7 @@ impl RedisEngine {
                 .run(
                     "acknowledging trimmed webhook events",
                     ::redis::cmd("XACK")
-                        .arg(&self.keys.events)
+                        .arg(stream)
                         .arg(DISPATCH_GROUP)
                         .arg(&deleted),
                 )
@@ -283,76 +390,139 @@ impl RedisEngine {
         Ok(out)
     }
 
-    /// Events never handed out to any node's dispatcher, read by `webhook_read.lua` together
-    /// with the check for entries trimmed before the group read them (a gap, recorded and
-    /// returned). Also returns the group's last-delivered id, where a wait for new entries
-    /// starts. Never blocks.
+    /// Events never handed out to any node's dispatcher, about `max` in all (see
+    /// [`per_partition`]), read by `webhook_read.lua` together with the check for entries
+    /// trimmed before the group read them (gaps, recorded and returned). Also returns each
+    /// partition's last-delivered id, where a wait for new entries starts. Never blocks.
     pub(super) async fn read_new_events(
         &self,
         consumer: &str,
         max: usize,
-    ) -> EngineResult<(Vec<LogEntry>, Option<LostEvents>, String)> {
+    ) -> EngineResult<(Vec<LogEntry>, Vec<LostEvents>, Vec<String>)> {
+        let n = self.keys.partitions();
+        let each = per_partition(max, n);
+        let calls: Vec<Vec<usize>> = if self.clustered() {
+            (0..n).map(|k| vec![k]).collect()
+        } else {
+            vec![(0..n).collect()]
+        };
+        let replies = futures_util::future::join_all(
+            calls
+                .iter()
+                .map(|parts| self.read_new_events_in(parts, consumer, each)),
+        )
+        .await;
+        let mut entries = Vec::new();
+        let mut lost = Vec::new();
+        let mut last = vec!["$".to_string(); n];
+        for (parts, reply) in calls.iter().zip(replies) {
+            for (k, (fresh, gap, at)) in parts.iter().zip(reply?) {
+                entries.extend(fresh);
+                lost.extend(gap);
+                last[*k] = at;
+            }
+        }
+        Ok((entries, lost, last))
+    }
+
+    /// One `webhook_read.lua` call for the partitions `parts`.
+    #[allow(clippy::type_complexity)]
+    async fn read_new_events_in(
+        &self,
+        parts: &[usize],
+        consumer: &str,
+        count: usize,
+    ) -> EngineResult<Vec<(Vec<LogEntry>, Option<LostEvents>, String)>> {
         let now_ms = crate::model::now_millis();
         let mut invocation = self.scripts.webhook_read.prepare_invoke();
+        for k in parts {
+            let keys = self.keys.part(*k);
+            invocation.key(&keys.events).key(&keys.webhook_lost);
+        }
         invocation
-            .key(&self.keys.events)
-            .key(&self.keys.webhook_lost)
             .arg(DISPATCH_GROUP)
             .arg(consumer)
-            .arg(max)
+            .arg(count)
             .arg(now_ms)
             .arg(LOST_RANGES_KEPT);
         let what = "reading events for webhooks";
         let reply = self.run_script(what, &invocation).await?;
         let bad = || corrupt("webhook read script returned an unexpected reply");
-        let parts = items(&reply).ok_or_else(bad)?;
-        match parts {
-            [status] if text(status).as_deref() == Some("nogroup") => {
-                tracing::warn!(stream = %self.keys.events, group = DISPATCH_GROUP,
-                    "consumer group is missing; creating it again");
-                self.create_group(Group::Dispatch).await?;
-                Ok((Vec::new(), None, "$".into()))
-            }
-            [status, entries, gap, last] if text(status).as_deref() == Some("ok") => {
-                let entries = reply::read_entries(entries)?
-                    .into_iter()
-                    .map(log_entry)
-                    .collect();
-                let gap = match gap {
-                    Value::Nil => None,
-                    Value::Boolean(false) => None,
-                    gap => {
-                        let [after, before, count] = items(gap).ok_or_else(bad)? else {
-                            return Err(bad());
-                        };
-                        Some(LostEvents {
-                            after_id: text(after).ok_or_else(bad)?,
-                            before_id: text(before).ok_or_else(bad)?,
-                            count: int(count)
-                                .and_then(|n| u64::try_from(n).ok())
-                                .ok_or_else(bad)?,
-                            detected_at_ms: now_ms,
-                        })
-                    }
-                };
-                Ok((entries, gap, text(last).unwrap_or_else(|| "$".into())))
-            }
-            _ => Err(bad()),
+        let per_partition = items(&reply).ok_or_else(bad)?;
+        if per_partition.len() != parts.len() {
+            return Err(bad());
         }
+        let mut out = Vec::with_capacity(parts.len());
+        let mut recreate = false;
+        for (k, reply) in parts.iter().zip(per_partition) {
+            let k = *k;
+            match items(reply).ok_or_else(bad)? {
+                [status] if text(status).as_deref() == Some("nogroup") => {
+                    recreate = true;
+                    out.push((Vec::new(), None, "$".into()));
+                }
+                [status, entries, gap, last] if text(status).as_deref() == Some("ok") => {
+                    let entries = reply::read_entries(entries)?
+                        .into_iter()
+                        .map(|entry| log_entry(k, entry))
+                        .collect();
+                    let gap = match gap {
+                        Value::Nil | Value::Boolean(false) => None,
+                        gap => {
+                            let [after, before, count] = items(gap).ok_or_else(bad)? else {
+                                return Err(bad());
+                            };
+                            Some(LostEvents {
+                                after_id: qualified_entry_id(k, &text(after).ok_or_else(bad)?),
+                                before_id: qualified_entry_id(k, &text(before).ok_or_else(bad)?),
+                                count: int(count)
+                                    .and_then(|n| u64::try_from(n).ok())
+                                    .ok_or_else(bad)?,
+                                detected_at_ms: now_ms,
+                            })
+                        }
+                    };
+                    out.push((entries, gap, text(last).unwrap_or_else(|| "$".into())));
+                }
+                _ => return Err(bad()),
+            }
+        }
+        if recreate {
+            tracing::warn!(
+                group = DISPATCH_GROUP,
+                "consumer group is missing; creating it again"
+            );
+            self.create_group(Group::Dispatch).await?;
+        }
+        Ok(out)
     }
 
-    /// Waits up to `block` for an entry after `after` on the event log (`XREAD BLOCK`, which
-    /// hands nothing out), on a dedicated connection: every entry is then read through
-    /// [`Self::read_new_events`] and its check. Whether an entry came.
-    pub(super) async fn wait_for_events(&self, after: &str, block: Duration) -> EngineResult<bool> {
+    /// Waits up to `block` for an entry after `after` (per partition) on the event log
+    /// (`XREAD BLOCK`, which hands nothing out), on a dedicated connection: every entry is
+    /// then read through [`Self::read_new_events`] and its check. Whether an entry came. On a
+    /// cluster, where one read cannot span partitions, it just pauses (the caller reads again).
+    pub(super) async fn wait_for_events(
+        &self,
+        after: &[String],
+        block: Duration,
+        pause: Duration,
+    ) -> EngineResult<bool> {
+        if self.clustered() && self.keys.partitions() > 1 {
+            tokio::time::sleep(pause.min(block)).await;
+            return Ok(true);
+        }
         let mut cmd = ::redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)
             .arg("BLOCK")
             .arg(millis(block))
-            .arg("STREAMS")
-            .arg(&self.keys.events)
-            .arg(after);
+            .arg("STREAMS");
+        for k in 0..self.keys.partitions() {
+            cmd.arg(&self.keys.part(k).events);
+        }
+        for k in 0..self.keys.partitions() {
+            cmd.arg(after.get(k).map_or("$", String::as_str));
+        }
         let what = "waiting for events for webhooks";
         let reply: Value = self
             .blocking

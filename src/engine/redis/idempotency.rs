@@ -8,6 +8,7 @@ use super::reply::corrupt;
 use super::{RedisEngine, millis};
 use crate::engine::{
     EngineError, EngineResult, IdempotencyBegin, IdempotencyStore, IdempotentResponse,
+    idempotency_partition,
 };
 use ::redis::Value;
 use async_trait::async_trait;
@@ -51,7 +52,92 @@ pub(super) fn done_record(response: &IdempotentResponse) -> EngineResult<String>
 /// Deletes an idempotency claim only if the record is still exactly that claim (its token).
 const RELEASE_LOST_CLAIM: &str = include_str!("scripts/release_lost_claim.lua");
 
+fn decode_record(key: &str, json: &str) -> EngineResult<IdemRecord> {
+    serde_json::from_str(json).map_err(|e| {
+        corrupt(format!(
+            "idempotency record for `{key}` does not decode: {e}"
+        ))
+    })
+}
+
+fn completed(record: IdemRecord) -> Option<IdempotentResponse> {
+    match record {
+        IdemRecord::InFlight { .. } => None,
+        IdemRecord::Done {
+            key,
+            fingerprint,
+            status,
+            body,
+            ttl_ms,
+        } => Some(IdempotentResponse {
+            key,
+            fingerprint,
+            status,
+            body,
+            ttl: Duration::from_millis(ttl_ms),
+        }),
+    }
+}
+
 impl RedisEngine {
+    /// The completed response for `key` written with its effect in `partition`, if any.
+    async fn completed_in(
+        &self,
+        partition: usize,
+        key: &str,
+    ) -> EngineResult<Option<IdempotentResponse>> {
+        let found: Option<String> = self
+            .run(
+                "reading an idempotency key",
+                ::redis::cmd("GET").arg(self.keys.idem(partition, key)),
+            )
+            .await?;
+        Ok(match found {
+            Some(json) => completed(decode_record(key, &json)?),
+            None => None,
+        })
+    }
+
+    /// Puts a completed response where `key`'s claims live (partition `own`), over whatever
+    /// claim is there, for the rest of its TTL: what the request's effect wrote in its order's
+    /// partition, now found by the key alone.
+    pub(super) async fn copy_completed(
+        &self,
+        own: usize,
+        response: &IdempotentResponse,
+    ) -> EngineResult<()> {
+        let _: Value = self
+            .run(
+                "recording an idempotent response",
+                ::redis::cmd("SET")
+                    .arg(self.keys.idem(own, &response.key))
+                    .arg(done_record(response)?)
+                    .arg("PX")
+                    .arg(millis(response.ttl)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// After an effect that wrote `response` in `order_id`'s partition: its copy where the
+    /// key's claims live, when that is another partition. A failed copy is logged, not
+    /// returned: the effect and its response are stored, and a retry finds them once the
+    /// in-flight claim expires.
+    pub(super) async fn complete_elsewhere(
+        &self,
+        order_id: &str,
+        response: Option<&IdempotentResponse>,
+    ) {
+        let Some(response) = response else { return };
+        let own = idempotency_partition(&response.key, self.keys.partitions());
+        if own == self.keys.partition(order_id) {
+            return;
+        }
+        if let Err(e) = self.copy_completed(own, response).await {
+            tracing::warn!(error = %e, "could not copy an idempotent response to its key's partition; a retry finds it once the claim expires");
+        }
+    }
+
     /// A claim whose reply never came (a timeout: Redis paused or busy) may still be applied
     /// when Redis gets to it, leaving an in-flight record that no request owns: every retry
     /// with the key would be refused (409) until the record expires. So the release is sent
@@ -79,10 +165,12 @@ impl IdempotencyStore for RedisEngine {
     async fn begin_idempotent(
         &self,
         key: &str,
+        order_id: Option<&str>,
         fingerprint: &str,
         in_flight_ttl: Duration,
     ) -> EngineResult<IdempotencyBegin> {
-        let redis_key = self.keys.idem(key);
+        let own = idempotency_partition(key, self.keys.partitions());
+        let redis_key = self.keys.idem(own, key);
         let claim = serde_json::to_string(&IdemRecord::InFlight {
             fingerprint: fingerprint.to_string(),
             token: uuid::Uuid::new_v4().simple().to_string(),
@@ -109,6 +197,15 @@ impl IdempotencyStore for RedisEngine {
                 }
             };
             if !matches!(set, Value::Nil) {
+                // Free here: a response written with its effect in the order's partition and
+                // not yet copied here (see `IdempotencyStore`) still counts.
+                let order_partition = order_id.map(|o| self.keys.partition(o));
+                if let Some(p) = order_partition.filter(|p| *p != own)
+                    && let Some(found) = self.completed_in(p, key).await?
+                {
+                    self.copy_completed(own, &found).await?;
+                    return Ok(IdempotencyBegin::Completed(found));
+                }
                 return Ok(IdempotencyBegin::Started);
             }
             let existing: Option<String> = self
@@ -120,28 +217,14 @@ impl IdempotencyStore for RedisEngine {
             let Some(existing) = existing else {
                 continue;
             };
-            let record: IdemRecord = serde_json::from_str(&existing).map_err(|e| {
-                corrupt(format!(
-                    "idempotency record for `{key}` does not decode: {e}"
-                ))
-            })?;
-            return Ok(match record {
+            return Ok(match decode_record(key, &existing)? {
                 IdemRecord::InFlight { fingerprint, .. } => {
                     IdempotencyBegin::InFlight { fingerprint }
                 }
-                IdemRecord::Done {
-                    key,
-                    fingerprint,
-                    status,
-                    body,
-                    ttl_ms,
-                } => IdempotencyBegin::Completed(IdempotentResponse {
-                    key,
-                    fingerprint,
-                    status,
-                    body,
-                    ttl: Duration::from_millis(ttl_ms),
-                }),
+                done => match completed(done) {
+                    Some(response) => IdempotencyBegin::Completed(response),
+                    None => return Err(corrupt("idempotency record changed its kind")),
+                },
             });
         }
         Err(EngineError::Unavailable(format!(
@@ -151,7 +234,10 @@ impl IdempotencyStore for RedisEngine {
 
     async fn abandon_idempotent(&self, key: &str) -> EngineResult<()> {
         let mut invocation = self.scripts.abandon.prepare_invoke();
-        invocation.key(self.keys.idem(key));
+        invocation.key(
+            self.keys
+                .idem(idempotency_partition(key, self.keys.partitions()), key),
+        );
         self.run_script("abandoning an idempotency key", &invocation)
             .await
             .map(|_| ())

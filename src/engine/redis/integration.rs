@@ -9,7 +9,7 @@ use super::reply::{items, text};
 use super::*;
 use crate::engine::fixtures::{new_command, order};
 use crate::engine::*;
-use crate::model::{Order, OrderEvent, OrderStatus, now_rfc3339};
+use crate::model::{LogCursor, Order, OrderEvent, OrderStatus, now_rfc3339};
 use std::net::TcpListener;
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
@@ -216,7 +216,7 @@ async fn whole_flow_with_every_apply_outcome() {
     assert_eq!(record.history[1].event_id, confirmed_id.to_string());
     assert_eq!(record.history[1].reason.as_deref(), Some("test"));
     let entries = e
-        .read_events(EventId::ZERO, 10, Duration::ZERO)
+        .read_events(&LogCursor::start(e.partitions()), 10, Duration::ZERO)
         .await
         .unwrap();
     let statuses: Vec<_> = entries
@@ -301,9 +301,13 @@ async fn scripts_and_group_come_back_after_a_restart() {
     accept(&e, "o1").await;
     // Leave idle blocking connections behind: they die with the server.
     e.receive_batch(1, Duration::from_millis(10)).await.unwrap();
-    e.read_events(EventId::ZERO, 1, Duration::from_millis(10))
-        .await
-        .unwrap();
+    e.read_events(
+        &LogCursor::start(e.partitions()),
+        1,
+        Duration::from_millis(10),
+    )
+    .await
+    .unwrap();
     server.restart();
     // The shared connection reconnects; a call or two may fail while it does.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -313,7 +317,11 @@ async fn scripts_and_group_come_back_after_a_restart() {
     }
     // Blocking reads replace their dead connections without failing.
     let read = e
-        .read_events(EventId::ZERO, 1, Duration::from_millis(10))
+        .read_events(
+            &LogCursor::start(e.partitions()),
+            1,
+            Duration::from_millis(10),
+        )
         .await;
     assert!(read.unwrap().is_empty());
     let (_, cmd) = accept(&e, "o1").await; // the data is gone: NOSCRIPT reloads the script
@@ -344,7 +352,7 @@ async fn redis_down_means_unavailable_promptly_then_recovery() {
             "{received:?}"
         );
         let read = e
-            .read_events(EventId::ZERO, 5, Duration::from_secs(1))
+            .read_events(&LogCursor::start(e.partitions()), 5, Duration::from_secs(1))
             .await;
         assert!(matches!(read, Err(EngineError::Unavailable(_))), "{read:?}");
         assert!(started.elapsed() < op * 8, "took {:?}", started.elapsed());
@@ -357,9 +365,13 @@ async fn redis_down_means_unavailable_promptly_then_recovery() {
     }
     assert!(e.receive_batch(5, Duration::from_millis(50)).await.is_ok());
     assert!(
-        e.read_events(EventId::ZERO, 5, Duration::from_millis(50))
-            .await
-            .is_ok()
+        e.read_events(
+            &LogCursor::start(e.partitions()),
+            5,
+            Duration::from_millis(50)
+        )
+        .await
+        .is_ok()
     );
 }
 
@@ -392,7 +404,7 @@ async fn foreign_entries_are_reported_or_set_aside() {
     server.raw(&[b"XADD", events, b"*", b"other", b"x"]);
     server.raw(&[b"XADD", events, b"*", b"event", &[0xff, 0xfe]]);
     let entries = e
-        .read_events(EventId::ZERO, 10, Duration::ZERO)
+        .read_events(&LogCursor::start(e.partitions()), 10, Duration::ZERO)
         .await
         .unwrap();
     let [LogEntry::Malformed(no_field), LogEntry::Malformed(binary)] = &entries[..] else {
@@ -426,8 +438,8 @@ async fn blocking_reads_do_not_stall_other_commands() {
         .map(|_| {
             let e = e.clone();
             tokio::spawn(async move {
-                let last = e.last_event_id().await.unwrap();
-                e.read_events(last, 10, Duration::from_secs(2))
+                let last = e.log_end().await.unwrap();
+                e.read_events(&last, 10, Duration::from_secs(2))
                     .await
                     .unwrap()
             })
@@ -508,11 +520,11 @@ async fn blocking_reads_never_open_more_connections_than_the_bound() {
             .expect("engine"),
     );
     let before = connected_clients(&server);
-    let last = e.last_event_id().await.unwrap();
+    let last = e.log_end().await.unwrap();
     let readers: Vec<_> = (0..BOUND * 4)
         .map(|_| {
-            let e = e.clone();
-            tokio::spawn(async move { e.read_events(last, 10, Duration::from_millis(400)).await })
+            let (e, last) = (e.clone(), last.clone());
+            tokio::spawn(async move { e.read_events(&last, 10, Duration::from_millis(400)).await })
         })
         .collect();
     let mut most = 0;
@@ -843,4 +855,326 @@ async fn an_intake_request_the_script_cannot_store_fails_alone() {
     );
     assert_eq!(queued.unwrap(), EnqueueOutcome::Enqueued);
     assert!(matches!(accepted.unwrap(), AcceptOutcome::Accepted { .. }));
+}
+
+async fn partitioned(server: &Server, consumer: &str, partitions: usize) -> Arc<RedisEngine> {
+    let config = EngineConfig {
+        partitions,
+        ..config(server, Duration::from_secs(2))
+    };
+    Arc::new(
+        RedisEngine::connect(&config, settings(consumer))
+            .await
+            .expect("engine"),
+    )
+}
+
+#[tokio::test]
+async fn partitions_spread_orders_and_every_reader_sees_all_of_them() {
+    let server = Server::start();
+    let e = partitioned(&server, "c1", 4).await;
+    assert_eq!(e.partitions(), 4);
+    // Ids landing in every partition.
+    let mut ids: Vec<String> = Vec::new();
+    let mut seen = [false; 4];
+    for i in 0.. {
+        let id = format!("po-{i}");
+        let k = crate::model::partition_of(&id, 4);
+        if !seen[k] || ids.len() < 8 {
+            seen[k] = true;
+            ids.push(id);
+        }
+        if seen.iter().all(|s| *s) && ids.len() >= 8 {
+            break;
+        }
+    }
+    for id in &ids {
+        accept(&e, id).await;
+    }
+    // Each order's hash and its event are in its own partition's keys.
+    for id in &ids {
+        let k = crate::model::partition_of(id, 4);
+        let key = format!("t:{{p{k}}}:order:{id}");
+        assert_eq!(
+            server.raw(&[b"EXISTS", key.as_bytes()]),
+            Value::Int(1),
+            "{key}"
+        );
+    }
+    for k in 0..4 {
+        let expected = ids
+            .iter()
+            .filter(|id| crate::model::partition_of(id, 4) == k)
+            .count() as i64;
+        let stream = format!("t:{{p{k}}}:events");
+        assert_eq!(
+            server.raw(&[b"XLEN", stream.as_bytes()]),
+            Value::Int(expected)
+        );
+    }
+    // The log reads every partition, with each entry's partition; a cursor advanced by what
+    // was read resumes with the rest, no gap, no duplicate.
+    let all = e
+        .read_events(&LogCursor::start(4), 100, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), ids.len());
+    for entry in &all {
+        let LogEntry::Event(ev) = entry else {
+            panic!("malformed {entry:?}");
+        };
+        assert_eq!(
+            ev.partition,
+            crate::model::partition_of(&ev.event.order_id, 4)
+        );
+    }
+    let first = e
+        .read_events(&LogCursor::start(4), 3, Duration::ZERO)
+        .await
+        .unwrap();
+    // At most 3 from each partition; a reader taking only the 3 oldest of them resumes
+    // after exactly those.
+    assert!(first.len() >= 3 && first.len() <= 12);
+    assert_eq!(first[..3], all[..3]);
+    let mut cursor = LogCursor::start(4);
+    for entry in &first[..3] {
+        cursor.advance(entry.partition(), entry.id().unwrap());
+    }
+    let rest = e.read_events(&cursor, 100, Duration::ZERO).await.unwrap();
+    assert_eq!(rest[..], all[3..]);
+    assert_eq!(e.log_end().await.unwrap(), {
+        let mut end = LogCursor::start(4);
+        for entry in &all {
+            end.advance(entry.partition(), entry.id().unwrap());
+        }
+        end
+    });
+    assert!(
+        e.removed_after(&LogCursor::start(4))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A read waiting on every partition wakes for an event in any of them.
+    let end = e.log_end().await.unwrap();
+    let waiting = {
+        let e = e.clone();
+        tokio::spawn(async move { e.read_events(&end, 10, Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    accept(&e, "late-one").await;
+    let woke = waiting.await.unwrap().unwrap();
+    assert_eq!(woke.len(), 1);
+    // The worker receives every partition's commands, applies them in one batch call per
+    // partition, and the queue empties everywhere.
+    let batch = e
+        .receive_batch(100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), ids.len() + 1);
+    let changes: Vec<(Order, StatusChange)> = batch
+        .iter()
+        .map(|c| {
+            let o = order(&c.message.order_id);
+            let ch = change(&o, OrderStatus::Accepted, OrderStatus::Confirmed, 1);
+            (o, ch)
+        })
+        .collect();
+    let pairs: Vec<_> = batch
+        .iter()
+        .zip(&changes)
+        .map(|(c, (_, ch))| (c, Some(ch)))
+        .collect();
+    let outcomes = e.apply_batch(&pairs).await.unwrap();
+    for (command, outcome) in batch.iter().zip(outcomes) {
+        assert!(
+            matches!(outcome, Ok(ApplyOutcome::Applied { event_id: Some(_) })),
+            "{}: {outcome:?}",
+            command.message.order_id
+        );
+    }
+    assert_eq!(e.queue_stats().await.unwrap(), QueueStats::default());
+    for id in &ids {
+        let status = e.order_status(id).await.unwrap().unwrap();
+        assert_eq!(status.status, OrderStatus::Confirmed);
+    }
+}
+
+#[tokio::test]
+async fn receive_shares_its_max_out_among_the_partitions_and_loses_nothing() {
+    let server = Server::start();
+    let e = partitioned(&server, "c1", 4).await;
+    for i in 0..12 {
+        accept(&e, &format!("r-{i}")).await;
+    }
+    let mut received = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let batch = e.receive_batch(1, Duration::from_millis(50)).await.unwrap();
+        // 1 shared out among 4 partitions, rounded up: one from each at most.
+        assert!(batch.len() <= 4, "{} received for 1 asked", batch.len());
+        for c in &batch {
+            assert_eq!(c.receive_count, 1);
+            let o = order(&c.message.order_id);
+            let ch = change(&o, OrderStatus::Accepted, OrderStatus::Confirmed, 1);
+            assert!(matches!(
+                e.apply(c, Some(&ch)).await.unwrap(),
+                ApplyOutcome::Applied { .. }
+            ));
+            assert!(
+                received.insert(c.message.order_id.clone()),
+                "received twice"
+            );
+        }
+        if received.len() == 12 {
+            break;
+        }
+    }
+    assert_eq!(received.len(), 12);
+    assert_eq!(e.queue_stats().await.unwrap(), QueueStats::default());
+}
+
+#[tokio::test]
+async fn a_partitions_change_on_existing_data_is_refused_at_start() {
+    let server = Server::start();
+    let one = engine(&server, "c1").await;
+    accept(&one, "o1").await;
+    drop(one);
+    let config4 = EngineConfig {
+        partitions: 4,
+        ..config(&server, Duration::from_secs(2))
+    };
+    let refused = RedisEngine::connect(&config4, settings("c2"))
+        .await
+        .err()
+        .expect("4 partitions on data written with 1 must be refused");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("engine.partitions is 4") && message.contains("with 1 partition"),
+        "{message}"
+    );
+    // The data is untouched, and the same layout still starts.
+    assert_eq!(server.raw(&[b"EXISTS", b"t:{p0}:order:o1"]), Value::Int(1));
+    let again = engine(&server, "c3").await;
+    assert!(again.order_status("o1").await.unwrap().is_some());
+    // Data from before the layout record (no meta key) counts as one partition too.
+    server.raw(&[b"DEL", b"t:{p0}:meta"]);
+    assert!(
+        RedisEngine::connect(&config4, settings("c4"))
+            .await
+            .is_err()
+    );
+    // An empty keyspace takes any number, and then keeps it.
+    let other = EngineConfig {
+        key_prefix: "u:".into(),
+        partitions: 4,
+        ..config(&server, Duration::from_secs(2))
+    };
+    RedisEngine::connect(&other, settings("c5"))
+        .await
+        .expect("fresh prefix");
+    let back_to_one = EngineConfig {
+        partitions: 1,
+        ..other.clone()
+    };
+    let message = format!(
+        "{:#}",
+        RedisEngine::connect(&back_to_one, settings("c6"))
+            .await
+            .err()
+            .expect("1 partition on data written with 4 must be refused")
+    );
+    assert!(message.contains("with 4 partition"), "{message}");
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_found_by_key_whatever_order_they_act_on() {
+    let server = Server::start();
+    let e = partitioned(&server, "c1", 4).await;
+    let key = "admin:key-1";
+    let own = crate::engine::idempotency_partition(key, 4);
+    // An order in another partition than the key's.
+    let order_id = (0..)
+        .map(|i| format!("idem-{i}"))
+        .find(|id| crate::model::partition_of(id, 4) != own)
+        .unwrap();
+    let k = crate::model::partition_of(&order_id, 4);
+    let o = order(&order_id);
+    let ttl = Duration::from_secs(5);
+    assert_eq!(
+        e.begin_idempotent(key, Some(&order_id), "fp", ttl)
+            .await
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    let cmd = new_command(
+        &order_id,
+        Command::ProcessOrder {
+            order: Box::new(o.clone()),
+        },
+    );
+    let response = IdempotentResponse {
+        key: key.into(),
+        fingerprint: "fp".into(),
+        status: 202,
+        body: serde_json::json!({ "orderId": order_id }),
+        ttl: Duration::from_secs(60),
+    };
+    e.accept_order(
+        &o,
+        &event(&o, OrderStatus::Accepted, None, 1),
+        &cmd,
+        Some(&response),
+    )
+    .await
+    .unwrap();
+    // Written with the order, then copied where the key's claims live.
+    let with_order = format!("t:{{p{k}}}:idem:{key}");
+    let with_key = format!("t:{{p{own}}}:idem:{key}");
+    assert_eq!(
+        server.raw(&[b"EXISTS", with_order.as_bytes()]),
+        Value::Int(1)
+    );
+    assert_eq!(server.raw(&[b"EXISTS", with_key.as_bytes()]), Value::Int(1));
+    let IdempotencyBegin::Completed(replayed) = e
+        .begin_idempotent(key, Some(&order_id), "fp", ttl)
+        .await
+        .unwrap()
+    else {
+        panic!("the response must be found");
+    };
+    assert_eq!(replayed.body, response.body);
+    // The same key on another order (another partition) is found too: the caller sees the
+    // first request's fingerprint and refuses the reuse.
+    let other = (0..)
+        .map(|i| format!("other-{i}"))
+        .find(|id| ![own, k].contains(&crate::model::partition_of(id, 4)))
+        .unwrap();
+    let IdempotencyBegin::Completed(first) = e
+        .begin_idempotent(key, Some(&other), "fp-other", ttl)
+        .await
+        .unwrap()
+    else {
+        panic!("a reused key must be found whatever order it names");
+    };
+    assert_eq!(first.fingerprint, "fp");
+    // Lost copy (a crash between the two writes): once the key is free again, the response
+    // written with the effect is still found, and copied back.
+    server.raw(&[b"DEL", with_key.as_bytes()]);
+    let IdempotencyBegin::Completed(found) = e
+        .begin_idempotent(key, Some(&order_id), "fp", ttl)
+        .await
+        .unwrap()
+    else {
+        panic!("the response written with its effect must be found");
+    };
+    assert_eq!(found.body, response.body);
+    assert_eq!(server.raw(&[b"EXISTS", with_key.as_bytes()]), Value::Int(1));
+    // A key with no order is claimed and abandoned in its own partition.
+    let key2 = "admin:key-2";
+    let own2 = crate::engine::idempotency_partition(key2, 4);
+    e.begin_idempotent(key2, None, "fp", ttl).await.unwrap();
+    let claim = format!("t:{{p{own2}}}:idem:{key2}");
+    assert_eq!(server.raw(&[b"EXISTS", claim.as_bytes()]), Value::Int(1));
+    e.abandon_idempotent(key2).await.unwrap();
+    assert_eq!(server.raw(&[b"EXISTS", claim.as_bytes()]), Value::Int(0));
 }

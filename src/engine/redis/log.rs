@@ -7,8 +7,8 @@
 use super::conn::{is_no_such_key, map_err};
 use super::reply::{self, corrupt};
 use super::{RedisEngine, log_entry, parse_event_id};
-use crate::engine::{EngineResult, EventLog, LogEntry};
-use crate::model::{EventId, MalformedEntry};
+use crate::engine::{EngineResult, EventLog, LogEntry, merge_partitions};
+use crate::model::{EventId, LogCursor, MalformedEntry};
 use ::redis::Value;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -17,26 +17,48 @@ use std::time::Duration;
 /// HSCAN page size when listing malformed entries.
 const SCAN_PAGE: usize = 500;
 
-#[async_trait]
-impl EventLog for RedisEngine {
-    async fn read_events(
+/// How malformed entries sort: by entry id, then partition. Their ids are qualified
+/// (`<partition>/<entry id>` outside partition 0).
+fn malformed_order(entry_id: &str) -> EngineResult<(EventId, usize)> {
+    let (partition, id) = match entry_id.split_once('/') {
+        Some((p, id)) => (
+            p.parse::<usize>()
+                .map_err(|_| corrupt(format!("malformed entry id `{entry_id}`")))?,
+            id,
+        ),
+        None => (0, entry_id),
+    };
+    Ok((parse_event_id(id)?, partition))
+}
+
+/// Where a cluster's read of every partition waits between empty rounds: from this...
+const POLL_FIRST: Duration = Duration::from_millis(2);
+/// ...doubling up to this.
+const POLL_MAX: Duration = Duration::from_millis(50);
+
+impl RedisEngine {
+    /// `XREAD COUNT max [BLOCK wait] STREAMS <the partitions' event streams> <positions>`, for
+    /// the partitions in `parts`, on one connection (blocking ones on a dedicated one).
+    async fn xread_events(
         &self,
-        after: EventId,
+        parts: &[usize],
+        after: &LogCursor,
         max: usize,
         wait: Duration,
     ) -> EngineResult<Vec<LogEntry>> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
         let mut cmd = ::redis::cmd("XREAD");
         cmd.arg("COUNT").arg(max);
         let block_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         if block_ms > 0 {
             cmd.arg("BLOCK").arg(block_ms);
         }
-        cmd.arg("STREAMS")
-            .arg(&self.keys.events)
-            .arg(after.to_string());
+        cmd.arg("STREAMS");
+        for k in parts {
+            cmd.arg(&self.keys.part(*k).events);
+        }
+        for k in parts {
+            cmd.arg(after.get(*k).to_string());
+        }
         let what = "reading events";
         let reply: Value = if block_ms > 0 {
             self.blocking
@@ -46,76 +68,25 @@ impl EventLog for RedisEngine {
         } else {
             self.run(what, &cmd).await?
         };
-        Ok(reply::read_entries(&reply)?
-            .into_iter()
-            .map(log_entry)
-            .collect())
-    }
-
-    async fn append_raw_event(&self, raw: &str) -> EngineResult<EventId> {
-        let id: String = self
-            .run(
-                "appending an event",
-                ::redis::cmd("XADD")
-                    .arg(&self.keys.events)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.settings.event_retention.max(1))
-                    .arg("*")
-                    .arg("event")
-                    .arg(raw),
-            )
-            .await?;
-        parse_event_id(&id)
-    }
-
-    async fn last_event_id(&self) -> EngineResult<EventId> {
-        let reply: Value = self
-            .run(
-                "reading the last event id",
-                ::redis::cmd("XREVRANGE")
-                    .arg(&self.keys.events)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1),
-            )
-            .await?;
-        match reply::range_entries(&reply)?.first() {
-            Some(entry) => parse_event_id(&entry.id),
-            None => Ok(EventId::ZERO),
+        let mut out = Vec::new();
+        for (key, entries) in reply::read_streams(&reply)? {
+            let partition = self
+                .keys
+                .partition_of_events(&key)
+                .ok_or_else(|| corrupt(format!("XREAD answered for an unknown stream `{key}`")))?;
+            out.extend(entries.into_iter().map(|e| log_entry(partition, e)));
         }
+        Ok(out)
     }
-
-    async fn first_event_id(&self) -> EngineResult<Option<EventId>> {
-        let reply: Value = self
-            .run(
-                "reading the first event id",
-                ::redis::cmd("XRANGE")
-                    .arg(&self.keys.events)
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1),
-            )
-            .await?;
-        reply::range_entries(&reply)?
-            .first()
-            .map(|entry| parse_event_id(&entry.id))
-            .transpose()
-    }
-
-    /// From one `XINFO STREAM`. Entries deleted by `XDEL` are known exactly
-    /// (`max-deleted-entry-id`); trimming is not recorded by Redis, but it removes the oldest
-    /// first, so when entries were trimmed (`entries-added` > `length`) a cursor before the
-    /// oldest retained entry may have lost what lay between. A cursor on a retained entry lost
-    /// nothing. Redis 6.2 keeps neither counter: any cursor before the oldest entry is reported.
-    async fn removed_after(&self, cursor: EventId) -> EngineResult<Option<EventId>> {
+    /// [`EventLog::removed_after`] for one partition.
+    async fn removed_in(&self, partition: usize, cursor: EventId) -> EngineResult<Option<EventId>> {
         let what = "reading what the event log removed";
         let reply: Value = match self
             .query(
                 what,
-                ::redis::cmd("XINFO").arg("STREAM").arg(&self.keys.events),
+                ::redis::cmd("XINFO")
+                    .arg("STREAM")
+                    .arg(&self.keys.part(partition).events),
             )
             .await
         {
@@ -150,10 +121,146 @@ impl EventLog for RedisEngine {
             .map(EventId::predecessor)
             .filter(|through| *through > cursor))
     }
+}
+
+#[async_trait]
+impl EventLog for RedisEngine {
+    fn partitions(&self) -> usize {
+        self.keys.partitions()
+    }
+
+    /// One Redis: one `XREAD` over every partition's stream (`BLOCK` on a dedicated
+    /// connection when waiting). A cluster refuses a read across slots, so there each
+    /// partition is read on its own (concurrently, without blocking: a blocked read per
+    /// partition would hold that many connections), and a wait polls, from 2 ms doubling to
+    /// 50 ms between empty rounds.
+    async fn read_events(
+        &self,
+        after: &LogCursor,
+        max: usize,
+        wait: Duration,
+    ) -> EngineResult<Vec<LogEntry>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let all: Vec<usize> = (0..self.keys.partitions()).collect();
+        if !self.clustered() || all.len() == 1 {
+            let entries = self.xread_events(&all, after, max, wait).await?;
+            return Ok(merge_partitions(entries));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = POLL_FIRST;
+        loop {
+            let reads =
+                futures_util::future::join_all(all.iter().map(|k| {
+                    self.xread_events(std::slice::from_ref(k), after, max, Duration::ZERO)
+                }))
+                .await;
+            let mut entries = Vec::new();
+            for read in reads {
+                entries.extend(read?);
+            }
+            let now = tokio::time::Instant::now();
+            if !entries.is_empty() || now >= deadline {
+                return Ok(merge_partitions(entries));
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(POLL_MAX);
+        }
+    }
+
+    /// To the partition of the event's `orderId` (0 when the text has none), so an entry
+    /// lands where a foreign producer following the README would put it.
+    async fn append_raw_event(&self, raw: &str) -> EngineResult<(usize, EventId)> {
+        let partition = serde_json::from_str::<serde_json::Value>(raw)
+            .ok()
+            .and_then(|v| {
+                v.get("orderId")
+                    .and_then(|o| o.as_str())
+                    .map(|o| self.keys.partition(o))
+            })
+            .unwrap_or(0);
+        let id: String = self
+            .run(
+                "appending an event",
+                ::redis::cmd("XADD")
+                    .arg(&self.keys.part(partition).events)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.settings.event_retention.max(1))
+                    .arg("*")
+                    .arg("event")
+                    .arg(raw),
+            )
+            .await?;
+        Ok((partition, parse_event_id(&id)?))
+    }
+
+    async fn log_end(&self) -> EngineResult<LogCursor> {
+        let ends =
+            futures_util::future::join_all((0..self.keys.partitions()).map(|k| async move {
+                let reply: Value = self
+                    .run(
+                        "reading the last event id",
+                        ::redis::cmd("XREVRANGE")
+                            .arg(&self.keys.part(k).events)
+                            .arg("+")
+                            .arg("-")
+                            .arg("COUNT")
+                            .arg(1),
+                    )
+                    .await?;
+                match reply::range_entries(&reply)?.first() {
+                    Some(entry) => parse_event_id(&entry.id),
+                    None => Ok(EventId::ZERO),
+                }
+            }))
+            .await;
+        Ok(LogCursor::from_positions(
+            ends.into_iter().collect::<EngineResult<Vec<_>>>()?,
+        ))
+    }
+
+    async fn first_event_id(&self, partition: usize) -> EngineResult<Option<EventId>> {
+        let reply: Value = self
+            .run(
+                "reading the first event id",
+                ::redis::cmd("XRANGE")
+                    .arg(&self.keys.part(partition).events)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1),
+            )
+            .await?;
+        reply::range_entries(&reply)?
+            .first()
+            .map(|entry| parse_event_id(&entry.id))
+            .transpose()
+    }
+
+    /// One `XINFO STREAM` per partition. Entries deleted by `XDEL` are known exactly
+    /// (`max-deleted-entry-id`); trimming is not recorded by Redis, but it removes the oldest
+    /// first, so when entries were trimmed (`entries-added` > `length`) a cursor before the
+    /// oldest retained entry may have lost what lay between. A cursor on a retained entry lost
+    /// nothing. Redis 6.2 keeps neither counter: any cursor before the oldest entry is reported.
+    async fn removed_after(&self, cursor: &LogCursor) -> EngineResult<Vec<(usize, EventId)>> {
+        let found = futures_util::future::join_all(
+            (0..self.keys.partitions()).map(|k| self.removed_in(k, cursor.get(k))),
+        )
+        .await;
+        let mut out = Vec::new();
+        for (k, removed) in found.into_iter().enumerate() {
+            if let Some(through) = removed? {
+                out.push((k, through));
+            }
+        }
+        Ok(out)
+    }
 
     async fn set_aside(&self, entry: &MalformedEntry) -> EngineResult<()> {
         // Validate the id: the listing sorts by it.
-        parse_event_id(&entry.entry_id)?;
+        malformed_order(&entry.entry_id)?;
         let json = serde_json::to_string(entry).map_err(corrupt)?;
         let _: Value = self
             .run(
@@ -173,7 +280,7 @@ impl EventLog for RedisEngine {
         }
         // HSCAN in pages, keeping only the `limit` oldest: memory stays bounded by `limit`
         // however many entries were set aside.
-        let mut oldest: BTreeMap<EventId, MalformedEntry> = BTreeMap::new();
+        let mut oldest: BTreeMap<(EventId, usize), MalformedEntry> = BTreeMap::new();
         let mut cursor = "0".to_string();
         loop {
             let (next, pairs): (String, Vec<(String, String)>) = self
@@ -188,7 +295,7 @@ impl EventLog for RedisEngine {
                 .await?;
             for (id, json) in pairs {
                 let (Ok(key), Ok(entry)) = (
-                    id.parse::<EventId>(),
+                    malformed_order(&id),
                     serde_json::from_str::<MalformedEntry>(&json),
                 ) else {
                     tracing::warn!(entry_id = %id, "malformed-entry record does not decode");

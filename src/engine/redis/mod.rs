@@ -1,20 +1,22 @@
 //! The Redis engine: durable, shared by any number of Herald nodes.
 //!
-//! Layout (P = `engine.key_prefix`, every key carries the hash tag `{p0}` so each script
-//! touches a single cluster slot):
+//! Layout (P = `engine.key_prefix`; `{pk}` the hash tag of partition k, see
+//! `engine.partitions`: an order lives in partition `crc32(orderId) % partitions`, and each
+//! script touches one partition's keys, one cluster slot; `{p0}` alone by default):
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P{p0}:order:<id>` | hash | `order` (JSON), `customerId`, `partnerId`?, `status`, `version`, `updatedAt`, `firstCommand` (the unfinished `processOrder`'s messageId, else ''), and `h:<version>`: the history entries (JSON), the newest `history_limit` |
-//! | `P{p0}:history:<id>` | list | history of orders written before it moved into the hash (read, never written) |
-//! | `engine.events_stream` (`P{p0}:events`) | stream | field `event`: the event JSON (DESIGN 1.3) |
-//! | `P{p0}:commands` | stream | the command queue: `messageId`, `orderId`, `message`; group `workers` |
-//! | `P{p0}:cmdq:<id>` | list | message ids of the order's unfinished commands queued after its first (per-order FIFO gate; the first is the hash's `firstCommand`, see `scripts/apply.lua`) |
-//! | `P{p0}:dlq` | stream | dead letters: `deadLetter` (JSON) plus the original command fields |
-//! | `P{p0}:idem:<key>` | string | idempotency record (JSON), with a TTL |
-//! | `P{p0}:events:malformed` | hash | event entry id -> malformed entry (JSON) |
-//! | `P{p0}:commands:malformed` | hash | command entry id -> its fields, for entries that do not decode |
-//! | `P{p0}:webhooks:*` | | the webhook store, see `webhooks.rs` |
+//! | `P{pk}:order:<id>` | hash | `order` (JSON), `customerId`, `partnerId`?, `status`, `version`, `updatedAt`, `firstCommand` (the unfinished `processOrder`'s messageId, else ''), and `h:<version>`: the history entries (JSON), the newest `history_limit` |
+//! | `P{pk}:history:<id>` | list | history of orders written before it moved into the hash (read, never written) |
+//! | `engine.events_stream` (`P{pk}:events`) | stream | field `event`: the event JSON (DESIGN 1.3) |
+//! | `P{pk}:commands` | stream | the command queue: `messageId`, `orderId`, `message`; group `workers` |
+//! | `P{pk}:cmdq:<id>` | list | message ids of the order's unfinished commands queued after its first (per-order FIFO gate; the first is the hash's `firstCommand`, see `scripts/apply.lua`) |
+//! | `P{pk}:dlq` | stream | dead letters: `deadLetter` (JSON) plus the original command fields |
+//! | `P{pk}:idem:<key>` | string | idempotency record (JSON), with a TTL, in the partition of the order its request acts on |
+//! | `P{pk}:commands:malformed` | hash | command entry id -> its fields, for entries that do not decode |
+//! | `P{p0}:meta` | hash | `partitions`: the layout the data was written with (`check_layout`) |
+//! | `P{p0}:events:malformed` | hash | qualified event entry id -> malformed entry (JSON) |
+//! | `P{p0}:webhooks:*`, `P{pk}:webhooks:lost` | | the webhook store, see `webhooks.rs` |
 //!
 //! SQS semantics come from the consumer group: a delivery is a pending entry, the visibility
 //! timeout is the pending entry's idle time (expired entries are taken over with `XAUTOCLAIM`),
@@ -22,8 +24,11 @@
 //! Lua script in `scripts/`, invoked through [`redis::Script`](::redis::Script) (EVALSHA, reloaded on NOSCRIPT,
 //! e.g. after a Redis restart).
 //!
-//! Intake (accept, enqueue) goes through `intake.rs`, which packs concurrent requests into
-//! one `scripts/intake.lua` call on the intake connection.
+//! Intake (accept, enqueue) goes through `intake.rs`, which packs concurrent requests of one
+//! partition into one `scripts/intake.lua` call on the intake connection.
+//!
+//! Readers read every partition: on one Redis with one command over all of them (a script or
+//! command may touch any key there), on a cluster one per partition (see `groups.rs`).
 //!
 //! The engine follows the seam's rooms: `orders.rs`, `queue.rs`, `log.rs`, `idempotency.rs`
 //! and `webhooks.rs` each implement one trait; `groups.rs` is the consumer-group plumbing the
@@ -56,24 +61,50 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-/// Key names, computed once.
-struct Keys {
-    /// `P{p0}`: what every per-entity key starts with.
+/// The keys of one partition (`P{pk}`), computed once.
+struct PartitionKeys {
+    /// `P{pk}`: what every per-order key of the partition starts with.
     base: String,
     events: String,
     commands: String,
     dlq: String,
-    malformed_events: String,
     malformed_commands: String,
-    /// `P{p0}:cmdq:`; scripts append an order id to it.
+    /// `P{pk}:cmdq:`; scripts append an order id to it.
     cmdq_prefix: String,
+    /// `P{pk}:webhooks:lost`: gaps the webhook dispatch found in this partition's stream.
+    webhook_lost: String,
+}
+
+impl PartitionKeys {
+    fn new(config: &EngineConfig, partition: usize) -> PartitionKeys {
+        let base = format!("{}{}", config.key_prefix, EngineConfig::hash_tag(partition));
+        PartitionKeys {
+            events: config.partition_events_stream_key(partition),
+            commands: format!("{base}:commands"),
+            dlq: format!("{base}:dlq"),
+            malformed_commands: format!("{base}:commands:malformed"),
+            cmdq_prefix: format!("{base}:cmdq:"),
+            webhook_lost: format!("{base}:webhooks:lost"),
+            base,
+        }
+    }
+}
+
+/// Key names, computed once: the partitions' keys, and the keys that are not an order's
+/// (webhooks, malformed events, the layout record), all in `{p0}`.
+struct Keys {
+    /// `P{p0}`.
+    base: String,
+    parts: Vec<PartitionKeys>,
+    /// `P{p0}:meta`: the layout the data was written with (`partitions`).
+    meta: String,
+    malformed_events: String,
     /// `P{p0}:webhooks:`; scripts append `delivery:<id>`, `attempts:<id>`,
     /// `by_endpoint:<endpoint id>` and `failed:<endpoint id>` to it.
     webhooks: String,
     webhook_endpoints: String,
     webhook_endpoints_version: String,
     webhook_health: String,
-    webhook_lost: String,
     webhook_schedule: String,
 }
 
@@ -81,37 +112,65 @@ impl Keys {
     fn new(config: &EngineConfig) -> Keys {
         let base = format!("{}{}", config.key_prefix, EngineConfig::HASH_TAG);
         Keys {
-            events: config.events_stream_key(),
-            commands: format!("{base}:commands"),
-            dlq: format!("{base}:dlq"),
+            parts: (0..config.partitions.max(1))
+                .map(|k| PartitionKeys::new(config, k))
+                .collect(),
+            meta: format!("{base}:meta"),
             malformed_events: format!("{base}:events:malformed"),
-            malformed_commands: format!("{base}:commands:malformed"),
-            cmdq_prefix: format!("{base}:cmdq:"),
             webhooks: format!("{base}:webhooks:"),
             webhook_endpoints: format!("{base}:webhooks:endpoints"),
             webhook_endpoints_version: format!("{base}:webhooks:endpoints:version"),
             webhook_health: format!("{base}:webhooks:health"),
-            webhook_lost: format!("{base}:webhooks:lost"),
             webhook_schedule: format!("{base}:webhooks:schedule"),
             base,
         }
     }
 
+    fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// The partition of an order.
+    fn partition(&self, order_id: &str) -> usize {
+        crate::model::partition_of(order_id, self.parts.len())
+    }
+
+    /// The partition whose event stream is `key`.
+    fn partition_of_events(&self, key: &str) -> Option<usize> {
+        self.parts.iter().position(|p| p.events == key)
+    }
+
+    /// The partition whose command stream is `key`.
+    fn partition_of_commands(&self, key: &str) -> Option<usize> {
+        self.parts.iter().position(|p| p.commands == key)
+    }
+
+    fn part(&self, partition: usize) -> &PartitionKeys {
+        &self.parts[partition.min(self.parts.len() - 1)]
+    }
+
+    /// The partition keys of an order.
+    fn of(&self, order_id: &str) -> &PartitionKeys {
+        self.part(self.partition(order_id))
+    }
+
     fn order(&self, order_id: &str) -> String {
-        format!("{}:order:{order_id}", self.base)
+        format!("{}:order:{order_id}", self.of(order_id).base)
     }
 
     /// The history list of the previous layout, still read (see `orders.rs`).
     fn history(&self, order_id: &str) -> String {
-        format!("{}:history:{order_id}", self.base)
+        format!("{}:history:{order_id}", self.of(order_id).base)
     }
 
     fn cmdq(&self, order_id: &str) -> String {
-        format!("{}{order_id}", self.cmdq_prefix)
+        format!("{}{order_id}", self.of(order_id).cmdq_prefix)
     }
 
-    fn idem(&self, key: &str) -> String {
-        format!("{}:idem:{key}", self.base)
+    /// An idempotency record lives in the partition of the order its request acts on (see
+    /// `IdempotencyStore`), so the script that makes the effect writes it too.
+    fn idem(&self, partition: usize, key: &str) -> String {
+        format!("{}:idem:{key}", self.part(partition).base)
     }
 
     fn webhook_delivery(&self, delivery_id: &str) -> String {
@@ -172,8 +231,9 @@ pub struct RedisEngine {
     /// pipeline in order, so on the shared one an intake call would wait behind the worker's
     /// whole pipeline of applies; on its own it waits for one turn of Redis' event loop.
     intake: Conn,
-    /// Packs concurrent accepts and enqueues into one script call on `intake` (`intake.rs`).
-    intake_batch: intake::IntakeBatcher,
+    /// Pack concurrent accepts and enqueues into one script call on `intake` (`intake.rs`),
+    /// one batcher per partition (a script touches one partition's slot).
+    intake_batches: Vec<intake::IntakeBatcher>,
     /// Dedicated connections for `XREAD BLOCK` / `XREADGROUP BLOCK`.
     blocking: BlockingPool,
     keys: Keys,
@@ -182,14 +242,16 @@ pub struct RedisEngine {
     op_timeout: Duration,
     /// Where the next `XAUTOCLAIM` scan continues, so expired deliveries deep in a long pending
     /// list are found too (each call scans only a bounded part of it).
-    claim_cursor: Mutex<String>,
+    /// One per partition.
+    claim_cursors: Vec<Mutex<String>>,
     /// When the next receive runs the claim script (milliseconds since `started`). Expired
     /// work is looked for at most every quarter visibility timeout, not on every receive: a
     /// claim costs a script run, and receives are on the worker's hot path.
     next_claim_ms: AtomicU64,
     started: std::time::Instant,
     /// Where the next `XAUTOCLAIM` scan of the webhook dispatch group continues.
-    dispatch_cursor: Mutex<String>,
+    /// One per partition.
+    dispatch_cursors: Vec<Mutex<String>>,
     /// When the dispatcher's next claim runs `XAUTOCLAIM` (milliseconds since `started`): at
     /// most every quarter `reclaim_after`, like `next_claim_ms` for the command queue.
     next_dispatch_reclaim_ms: AtomicU64,
@@ -205,9 +267,9 @@ fn parse_event_id(raw: &str) -> EngineResult<EventId> {
         .map_err(|e: String| corrupt(format!("stream id from Redis: {e}")))
 }
 
-/// The seam's decoder for an entry read from a stream.
-fn log_entry(entry: StreamEntry) -> LogEntry {
-    decode_entry(entry.id, &entry.fields)
+/// The seam's decoder for an entry read from `partition`'s stream.
+fn log_entry(partition: usize, entry: StreamEntry) -> LogEntry {
+    decode_entry(partition, entry.id, &entry.fields)
 }
 
 /// The shared connection and the intake one. On one Redis, two connection managers with few,
@@ -253,17 +315,20 @@ async fn connect_shared(target: &Target, op_timeout: Duration) -> RedisResult<(C
     }
 }
 
-/// Every script touches Herald's keys and the event stream together, so on a cluster they
-/// must share one slot: a configured `events_stream` needs the same hash tag.
+/// Every script touches a partition's keys and its event stream together, so on a cluster
+/// they must share one slot: a configured `events_stream` needs the same hash tag.
 fn check_one_slot(config: &EngineConfig) -> anyhow::Result<()> {
     use ::redis::cluster_routing::Slot;
-    let base = format!("{}{}", config.key_prefix, EngineConfig::HASH_TAG);
-    let events = config.events_stream_key();
-    if Slot::for_key(&base) != Slot::for_key(&events) {
-        anyhow::bail!(
-            "engine.events_stream `{events}` is not in the same Redis Cluster slot as Herald's \
-             other keys (`{base}:...`): give it the same hash tag, e.g. `{base}:events`"
-        );
+    for k in 0..config.partitions.max(1) {
+        let base = format!("{}{}", config.key_prefix, EngineConfig::hash_tag(k));
+        let events = config.partition_events_stream_key(k);
+        if Slot::for_key(&base) != Slot::for_key(&events) {
+            anyhow::bail!(
+                "engine.events_stream `{events}` is not in the same Redis Cluster slot as \
+                 Herald's other keys (`{base}:...`): give it the same hash tag, e.g. \
+                 `{base}:events`"
+            );
+        }
     }
     Ok(())
 }
@@ -288,25 +353,32 @@ impl RedisEngine {
         let blocking = BlockingPool::new(&target, op_timeout, config.max_blocking_connections)
             .with_context(|| format!("invalid Redis URL {shown}"))?;
         let keys = Keys::new(config);
+        let partitions = keys.partitions();
         let engine = RedisEngine {
             conn,
-            intake_batch: intake::IntakeBatcher::start(
-                intake.clone(),
-                keys.events.clone(),
-                keys.commands.clone(),
-                settings.event_retention.max(1),
-                op_timeout,
-            ),
+            intake_batches: keys
+                .parts
+                .iter()
+                .map(|part| {
+                    intake::IntakeBatcher::start(
+                        intake.clone(),
+                        part.events.clone(),
+                        part.commands.clone(),
+                        settings.event_retention.max(1),
+                        op_timeout,
+                    )
+                })
+                .collect(),
             intake,
             blocking,
             keys,
             scripts: Scripts::new(),
             settings,
             op_timeout,
-            claim_cursor: Mutex::new("0-0".into()),
+            claim_cursors: (0..partitions).map(|_| Mutex::new("0-0".into())).collect(),
             next_claim_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
-            dispatch_cursor: Mutex::new("0-0".into()),
+            dispatch_cursors: (0..partitions).map(|_| Mutex::new("0-0".into())).collect(),
             next_dispatch_reclaim_ms: AtomicU64::new(0),
         };
         engine
@@ -318,6 +390,10 @@ impl RedisEngine {
             .await
             .with_context(|| format!("Redis at {shown}"))?;
         engine
+            .check_layout()
+            .await
+            .with_context(|| format!("Redis at {shown}"))?;
+        engine
             .create_group(Group::Commands)
             .await
             .with_context(|| format!("creating the command consumer group on {shown}"))?;
@@ -326,6 +402,58 @@ impl RedisEngine {
             .await
             .with_context(|| format!("creating the webhook dispatch group on {shown}"))?;
         Ok(engine)
+    }
+
+    /// The data on Redis was written with a number of partitions, recorded in `P{p0}:meta`
+    /// by the first node to start; a node configured with another number refuses to start
+    /// (its keys would name other partitions: orders, queues and cursors would silently go
+    /// missing). Data from before the record existed was written with one partition.
+    async fn check_layout(&self) -> anyhow::Result<()> {
+        let partitions = self.keys.partitions();
+        let what = "reading the data layout";
+        let mut get = ::redis::cmd("HGET");
+        get.arg(&self.keys.meta).arg("partitions");
+        let refuse = |found: usize| {
+            anyhow::anyhow!(
+                "engine.partitions is {partitions}, but the data under `{}` was written with \
+                 {found} partition(s). Changing the number of partitions is not done in place: \
+                 see \"Changing partitions\" in the README (drain, then start on a new \
+                 key_prefix or an empty Redis), or set engine.partitions = {found}.",
+                self.keys.base
+            )
+        };
+        let found = match self.run::<Option<usize>>(what, &get).await? {
+            Some(found) => found,
+            None => {
+                let part0 = self.keys.part(0);
+                let mut legacy = false;
+                for key in [&part0.commands, &part0.events] {
+                    legacy |= self
+                        .run::<bool>(what, ::redis::cmd("EXISTS").arg(key))
+                        .await?;
+                }
+                if legacy && partitions != 1 {
+                    return Err(refuse(1));
+                }
+                let _: Value = self
+                    .run(
+                        what,
+                        ::redis::cmd("HSETNX")
+                            .arg(&self.keys.meta)
+                            .arg("partitions")
+                            .arg(partitions),
+                    )
+                    .await?;
+                // Another node may have written its own number first.
+                self.run::<Option<usize>>(what, &get)
+                    .await?
+                    .unwrap_or(partitions)
+            }
+        };
+        if found != partitions {
+            return Err(refuse(found));
+        }
+        Ok(())
     }
 
     /// The scripts need Redis 6.2 (XAUTOCLAIM, LPOS, XPENDING IDLE). A server that hides INFO
@@ -352,6 +480,12 @@ impl RedisEngine {
             anyhow::bail!("Redis {version} is too old: Herald needs Redis 6.2 or later");
         }
         Ok(())
+    }
+
+    /// Whether Redis is a cluster: a command or script may then touch one slot only, so
+    /// partitions are read one by one instead of in one command.
+    fn clustered(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
     }
 
     /// One non-blocking command on the shared connection, bounded by the operation timeout.
@@ -447,15 +581,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn partitions_carry_their_own_hash_tag() {
+        let config = EngineConfig {
+            partitions: 16,
+            ..EngineConfig::default()
+        };
+        let keys = Keys::new(&config);
+        assert_eq!(keys.partitions(), 16);
+        let k = keys.partition("order-1");
+        assert_eq!(k, crate::model::partition_of("order-1", 16));
+        assert_eq!(
+            keys.order("order-1"),
+            format!("herald:{{p{k}}}:order:order-1")
+        );
+        assert_eq!(
+            keys.cmdq("order-1"),
+            format!("herald:{{p{k}}}:cmdq:order-1")
+        );
+        assert_eq!(keys.part(7).events, "herald:{p7}:events");
+        assert_eq!(keys.part(7).commands, "herald:{p7}:commands");
+        assert_eq!(keys.part(7).webhook_lost, "herald:{p7}:webhooks:lost");
+        assert_eq!(keys.idem(7, "admin:k"), "herald:{p7}:idem:admin:k");
+        assert_eq!(keys.partition_of_events("herald:{p7}:events"), Some(7));
+        assert_eq!(
+            keys.partition_of_commands("herald:{p15}:commands"),
+            Some(15)
+        );
+        // What is not an order's stays in {p0}.
+        assert_eq!(keys.webhook_schedule, "herald:{p0}:webhooks:schedule");
+        assert_eq!(keys.meta, "herald:{p0}:meta");
+        // Each partition's stream shares its slot with the partition's keys.
+        check_one_slot(&config).unwrap();
+        let renamed = EngineConfig {
+            events_stream: "orders:{p0}:log".into(),
+            partitions: 3,
+            ..EngineConfig::default()
+        };
+        assert_eq!(renamed.partition_events_stream_key(2), "orders:{p2}:log");
+        // The hash tag alone decides the slot.
+        check_one_slot(&renamed).unwrap();
+    }
+
+    #[test]
     fn keys_carry_the_hash_tag() {
         let keys = Keys::new(&EngineConfig::default());
         assert_eq!(keys.order("o1"), "herald:{p0}:order:o1");
         assert_eq!(keys.history("o1"), "herald:{p0}:history:o1");
         assert_eq!(keys.cmdq("o1"), "herald:{p0}:cmdq:o1");
-        assert_eq!(keys.idem("admin:k"), "herald:{p0}:idem:admin:k");
-        assert_eq!(keys.events, "herald:{p0}:events");
-        assert_eq!(keys.commands, "herald:{p0}:commands");
-        assert_eq!(keys.dlq, "herald:{p0}:dlq");
+        assert_eq!(keys.idem(0, "admin:k"), "herald:{p0}:idem:admin:k");
+        assert_eq!(keys.part(0).events, "herald:{p0}:events");
+        assert_eq!(keys.part(0).commands, "herald:{p0}:commands");
+        assert_eq!(keys.part(0).dlq, "herald:{p0}:dlq");
+        assert_eq!(keys.meta, "herald:{p0}:meta");
         assert_eq!(keys.malformed_events, "herald:{p0}:events:malformed");
         assert_eq!(keys.webhook_endpoints, "herald:{p0}:webhooks:endpoints");
         assert_eq!(keys.webhook_schedule, "herald:{p0}:webhooks:schedule");
@@ -464,7 +641,7 @@ mod tests {
             "herald:{p0}:webhooks:endpoints:version"
         );
         assert_eq!(keys.webhook_health, "herald:{p0}:webhooks:health");
-        assert_eq!(keys.webhook_lost, "herald:{p0}:webhooks:lost");
+        assert_eq!(keys.part(0).webhook_lost, "herald:{p0}:webhooks:lost");
         assert_eq!(
             keys.webhook_delivery("msg_1"),
             "herald:{p0}:webhooks:delivery:msg_1"

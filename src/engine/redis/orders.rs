@@ -105,7 +105,10 @@ impl RedisEngine {
         let message = serde_json::to_string(command).map_err(corrupt)?;
         let (idem_json, idem_ttl) = match idempotent {
             Some(r) => {
-                request.keys.push(self.keys.idem(&r.key));
+                request.keys.push(
+                    self.keys
+                        .idem(self.keys.partition(&command.order_id), &r.key),
+                );
                 (done_record(r)?, millis(r.ttl))
             }
             None => (String::new(), 1),
@@ -168,14 +171,16 @@ impl OrderStore for RedisEngine {
         };
         self.command_and_response(&mut request, command, idempotent)?;
         let reply = self
-            .intake_batch
+            .intake_batch(&order.order_id)
             .submit("accepting an order", request)
             .await?;
         match text(&reply).as_deref() {
             Some("exists") => Ok(AcceptOutcome::AlreadyExists),
-            Some(id) => Ok(AcceptOutcome::Accepted {
-                event_id: parse_event_id(id)?,
-            }),
+            Some(id) => {
+                let event_id = parse_event_id(id)?;
+                self.complete_elsewhere(&order.order_id, idempotent).await;
+                Ok(AcceptOutcome::Accepted { event_id })
+            }
             None => Err(corrupt(
                 "intake script returned an unexpected reply to an accept",
             )),
@@ -197,11 +202,14 @@ impl OrderStore for RedisEngine {
         };
         self.command_and_response(&mut request, command, idempotent)?;
         let reply = self
-            .intake_batch
+            .intake_batch(&command.order_id)
             .submit("queueing a command", request)
             .await?;
         match text(&reply).as_deref() {
-            Some("ok") => Ok(EnqueueOutcome::Enqueued),
+            Some("ok") => {
+                self.complete_elsewhere(&command.order_id, idempotent).await;
+                Ok(EnqueueOutcome::Enqueued)
+            }
             Some("unknown") => Ok(EnqueueOutcome::UnknownOrder),
             _ => Err(corrupt(
                 "intake script returned an unexpected reply to an enqueue",
@@ -276,16 +284,37 @@ impl OrderStore for RedisEngine {
             .unwrap_or_else(|| Err(corrupt("apply script returned no outcome")))
     }
 
-    /// One `apply.lua` call per [`APPLY_CHUNK`] commands.
+    /// One `apply.lua` call per partition and [`APPLY_CHUNK`] commands, the partitions'
+    /// calls concurrently (a command's order and queue entry live in its order's partition,
+    /// and commands of one order stay in their order within its call).
     async fn apply_batch(
         &self,
         batch: &[(&ReceivedCommand, Option<&StatusChange>)],
     ) -> EngineResult<Vec<EngineResult<ApplyOutcome>>> {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(APPLY_CHUNK) {
-            outcomes.extend(self.apply_chunk(chunk).await?);
+        let mut by_partition: Vec<Vec<usize>> = vec![Vec::new(); self.keys.partitions()];
+        for (i, (command, _)) in batch.iter().enumerate() {
+            by_partition[self.keys.partition(&command.message.order_id)].push(i);
         }
-        Ok(outcomes)
+        let calls = by_partition
+            .iter()
+            .enumerate()
+            .filter(|(_, members)| !members.is_empty())
+            .flat_map(|(k, members)| members.chunks(APPLY_CHUNK).map(move |c| (k, c)))
+            .map(|(k, members)| async move {
+                let chunk: Vec<_> = members.iter().map(|i| batch[*i]).collect();
+                (members, self.apply_chunk(k, &chunk).await)
+            });
+        let mut outcomes: Vec<Option<EngineResult<ApplyOutcome>>> =
+            (0..batch.len()).map(|_| None).collect();
+        for (members, result) in futures_util::future::join_all(calls).await {
+            for (i, outcome) in members.iter().zip(result?) {
+                outcomes[*i] = Some(outcome);
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(corrupt("apply script returned no outcome"))))
+            .collect())
     }
 }
 
@@ -294,14 +323,22 @@ impl OrderStore for RedisEngine {
 const APPLY_CHUNK: usize = 1000;
 
 impl RedisEngine {
+    /// The intake batcher of an order's partition.
+    fn intake_batch(&self, order_id: &str) -> &super::intake::IntakeBatcher {
+        &self.intake_batches[self.keys.partition(order_id)]
+    }
+
+    /// One `apply.lua` call for commands of `partition`.
     async fn apply_chunk(
         &self,
+        partition: usize,
         chunk: &[(&ReceivedCommand, Option<&StatusChange>)],
     ) -> EngineResult<Vec<EngineResult<ApplyOutcome>>> {
+        let keys = self.keys.part(partition);
         let mut invocation = self.scripts.apply.prepare_invoke();
         invocation
-            .key(&self.keys.events)
-            .key(&self.keys.commands)
+            .key(&keys.events)
+            .key(&keys.commands)
             .arg(GROUP)
             .arg(self.settings.event_retention.max(1))
             .arg(self.settings.history_limit.max(1));

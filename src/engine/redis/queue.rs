@@ -1,5 +1,7 @@
-//! The command queue on Redis: `P{p0}:commands` read through the `workers` group, the
-//! dead-letter stream, visibility by idle time (`scripts/touch.lua`), stats and redrive.
+//! The command queue on Redis: each partition's `P{pk}:commands` read through its `workers`
+//! group, its dead-letter stream, visibility by idle time (`scripts/touch.lua`), stats and
+//! redrive (summed and done over every partition). A received command's partition is its
+//! order's.
 //!
 //! It owns turning stream entries into received commands (and setting aside those that do not
 //! decode). It never changes an order: completing a command is `orders.rs`' apply script.
@@ -33,45 +35,69 @@ impl RedisEngine {
     /// so it neither blocks the queue nor disappears silently.
     async fn to_received(
         &self,
-        entries: Vec<(StreamEntry, u32)>,
+        entries: Vec<(usize, StreamEntry, u32)>,
     ) -> EngineResult<Vec<ReceivedCommand>> {
         let mut out = Vec::with_capacity(entries.len());
-        for (entry, receive_count) in entries {
+        for (partition, entry, receive_count) in entries {
             match parse_command(&entry) {
+                // A command filed under another partition than its order's (a foreign
+                // writer's mistake) would be applied against the wrong keys: set aside too.
+                Ok(message) if self.keys.partition(&message.order_id) != partition => {
+                    self.set_command_aside(
+                        partition,
+                        &entry,
+                        format!(
+                            "order `{}` belongs to partition {}, not {partition}",
+                            message.order_id,
+                            self.keys.partition(&message.order_id)
+                        ),
+                    )
+                    .await?;
+                }
                 Ok(message) => out.push(ReceivedCommand {
                     receipt: entry.id,
                     message,
                     receive_count,
                 }),
-                Err(error) => {
-                    tracing::error!(entry_id = %entry.id, %error, "command entry does not decode; set aside");
-                    let kept = serde_json::json!({"fields": entry.fields_json(), "error": error})
-                        .to_string();
-                    let mut pipe = ::redis::pipe();
-                    pipe.atomic()
-                        .cmd("HSET")
-                        .arg(&self.keys.malformed_commands)
-                        .arg(&entry.id)
-                        .arg(kept)
-                        .cmd("XACK")
-                        .arg(&self.keys.commands)
-                        .arg(GROUP)
-                        .arg(&entry.id)
-                        .cmd("XDEL")
-                        .arg(&self.keys.commands)
-                        .arg(&entry.id);
-                    let mut conn = self.conn.clone();
-                    within(
-                        "setting a command aside",
-                        self.op_timeout,
-                        pipe.query_async::<Value>(&mut conn),
-                    )
-                    .await
-                    .map_err(|e| map_err("setting a command aside", e))?;
-                }
+                Err(error) => self.set_command_aside(partition, &entry, error).await?,
             }
         }
         Ok(out)
+    }
+
+    /// Moves a command entry that cannot be handed to a worker aside: kept in a hash,
+    /// acknowledged, deleted, logged.
+    async fn set_command_aside(
+        &self,
+        partition: usize,
+        entry: &StreamEntry,
+        error: String,
+    ) -> EngineResult<()> {
+        let keys = self.keys.part(partition);
+        tracing::error!(entry_id = %entry.id, partition, %error, "command entry does not decode; set aside");
+        let kept = serde_json::json!({"fields": entry.fields_json(), "error": error}).to_string();
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(&keys.malformed_commands)
+            .arg(&entry.id)
+            .arg(kept)
+            .cmd("XACK")
+            .arg(&keys.commands)
+            .arg(GROUP)
+            .arg(&entry.id)
+            .cmd("XDEL")
+            .arg(&keys.commands)
+            .arg(&entry.id);
+        let mut conn = self.conn.clone();
+        within(
+            "setting a command aside",
+            self.op_timeout,
+            pipe.query_async::<Value>(&mut conn),
+        )
+        .await
+        .map_err(|e| map_err("setting a command aside", e))?;
+        Ok(())
     }
 
     /// Resets a delivery's idle time (see `scripts/touch.lua`).
@@ -83,7 +109,7 @@ impl RedisEngine {
     ) -> EngineResult<()> {
         let mut invocation = self.scripts.touch.prepare_invoke();
         invocation
-            .key(&self.keys.commands)
+            .key(&self.keys.of(&command.message.order_id).commands)
             .arg(GROUP)
             .arg(&self.settings.consumer_name)
             .arg(&command.receipt)
@@ -132,7 +158,7 @@ impl CommandQueue for RedisEngine {
             };
             let fresh = self.read_new(max - batch.len(), block).await?;
             batch.extend(
-                self.to_received(fresh.into_iter().map(|e| (e, 1)).collect())
+                self.to_received(fresh.into_iter().map(|(k, e)| (k, e, 1)).collect())
                     .await?,
             );
             if !batch.is_empty() || tokio::time::Instant::now() >= deadline || block.is_zero() {
@@ -160,10 +186,58 @@ impl CommandQueue for RedisEngine {
     }
 
     async fn queue_stats(&self) -> EngineResult<QueueStats> {
+        let stats = futures_util::future::join_all(
+            (0..self.keys.partitions()).map(|k| self.queue_stats_in(k)),
+        )
+        .await;
+        let mut total = QueueStats::default();
+        for s in stats {
+            let s = s?;
+            total.visible += s.visible;
+            total.in_flight += s.in_flight;
+            total.dead_letters += s.dead_letters;
+        }
+        Ok(total)
+    }
+
+    /// The oldest `limit` of every partition's, oldest first.
+    async fn dead_letters(&self, limit: usize) -> EngineResult<Vec<DeadLetter>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let lists = futures_util::future::join_all(
+            (0..self.keys.partitions()).map(|k| self.dead_letters_in(k, limit)),
+        )
+        .await;
+        let mut out = Vec::new();
+        for list in lists {
+            out.extend(list?);
+        }
+        out.sort_by(|a, b| a.dead_at.cmp(&b.dead_at));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Partition by partition until `limit` are moved.
+    async fn redrive(&self, limit: usize) -> EngineResult<usize> {
+        let mut moved = 0;
+        for k in 0..self.keys.partitions() {
+            if moved >= limit {
+                break;
+            }
+            moved += self.redrive_in(k, limit - moved).await?;
+        }
+        Ok(moved)
+    }
+}
+
+impl RedisEngine {
+    async fn queue_stats_in(&self, partition: usize) -> EngineResult<QueueStats> {
+        let keys = self.keys.part(partition);
         let mut invocation = self.scripts.stats.prepare_invoke();
         invocation
-            .key(&self.keys.commands)
-            .key(&self.keys.dlq)
+            .key(&keys.commands)
+            .key(&keys.dlq)
             .arg(GROUP)
             .arg(millis(self.settings.visibility_timeout))
             .arg(STATS_EXPIRED_SCAN);
@@ -186,15 +260,16 @@ impl CommandQueue for RedisEngine {
         })
     }
 
-    async fn dead_letters(&self, limit: usize) -> EngineResult<Vec<DeadLetter>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
+    async fn dead_letters_in(
+        &self,
+        partition: usize,
+        limit: usize,
+    ) -> EngineResult<Vec<DeadLetter>> {
         let reply: Value = self
             .run(
                 "reading dead letters",
                 ::redis::cmd("XRANGE")
-                    .arg(&self.keys.dlq)
+                    .arg(&self.keys.part(partition).dlq)
                     .arg("-")
                     .arg("+")
                     .arg("COUNT")
@@ -220,16 +295,17 @@ impl CommandQueue for RedisEngine {
         Ok(out)
     }
 
-    async fn redrive(&self, limit: usize) -> EngineResult<usize> {
+    async fn redrive_in(&self, partition: usize, limit: usize) -> EngineResult<usize> {
         if limit == 0 {
             return Ok(0);
         }
+        let keys = self.keys.part(partition);
         let mut invocation = self.scripts.redrive.prepare_invoke();
         invocation
-            .key(&self.keys.dlq)
-            .key(&self.keys.commands)
+            .key(&keys.dlq)
+            .key(&keys.commands)
             .arg(limit)
-            .arg(&self.keys.cmdq_prefix);
+            .arg(&keys.cmdq_prefix);
         let reply = self
             .run_script("redriving dead letters", &invocation)
             .await?;

@@ -143,27 +143,38 @@ pub(super) fn range_entries(value: &Value) -> Result<Vec<StreamEntry>, EngineErr
 /// The reply of XREAD / XREADGROUP on one stream: nil (timed out), `[[key, entries]]` (RESP2)
 /// or `{key: entries}` (RESP3).
 pub(super) fn read_entries(value: &Value) -> Result<Vec<StreamEntry>, EngineError> {
-    let per_stream: Vec<&Value> = match value {
+    let mut entries = Vec::new();
+    for (_, list) in read_streams(value)? {
+        entries.extend(list);
+    }
+    Ok(entries)
+}
+
+/// The reply of XREAD / XREADGROUP on several streams, per stream: its key and its entries
+/// (streams with none are absent).
+pub(super) fn read_streams(value: &Value) -> Result<Vec<(String, Vec<StreamEntry>)>, EngineError> {
+    let per_stream: Vec<(&Value, &Value)> = match value {
         Value::Nil => return Ok(Vec::new()),
-        Value::Map(pairs) => pairs.iter().map(|(_, entries)| entries).collect(),
+        Value::Map(pairs) => pairs.iter().map(|(k, entries)| (k, entries)).collect(),
         other => {
             let streams =
                 items(other).ok_or_else(|| corrupt("stream read reply is not an array"))?;
             let mut out = Vec::with_capacity(streams.len());
             for stream in streams {
                 match items(stream) {
-                    Some([_, entries]) => out.push(entries),
+                    Some([key, entries]) => out.push((key, entries)),
                     _ => return Err(corrupt("stream read reply: bad per-stream part")),
                 }
             }
             out
         }
     };
-    let mut entries = Vec::new();
-    for list in per_stream {
-        entries.extend(range_entries(list)?);
+    let mut out = Vec::with_capacity(per_stream.len());
+    for (key, list) in per_stream {
+        let key = text(key).ok_or_else(|| corrupt("stream read reply: key is not text"))?;
+        out.push((key, range_entries(list)?));
     }
-    Ok(entries)
+    Ok(out)
 }
 
 #[cfg(test)]

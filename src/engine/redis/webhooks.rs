@@ -1,13 +1,15 @@
 //! The webhook store on Redis (DESIGN 1.5): endpoints, deliveries and their attempt logs, the
 //! durable retry schedule, and the `webhooks` consumer group on the event log.
 //!
-//! Keys (P = `engine.key_prefix`, all under the hash tag `{p0}`):
+//! Keys (P = `engine.key_prefix`, under the hash tag `{p0}` but for each partition's lost
+//! list: the dispatch group and its gaps are per partition, on the partition's event stream,
+//! while deliveries, their schedule and the endpoints are one store in `{p0}`):
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `P{p0}:webhooks:endpoints` | hash | endpoint id -> endpoint (JSON) |
 //! | `P{p0}:webhooks:health` | hash | endpoint health in plain fields: `<endpoint id>:enabled` (`1`/`0`), `:disabledReason`, `:failingSinceMs`, `:updatedAtMs` (of a disabling), put over the endpoint's JSON on read |
-//! | `P{p0}:webhooks:lost` | list | gaps in webhook dispatch (JSON [`LostEvents`]), the newest [`LOST_RANGES_KEPT`] |
+//! | `P{pk}:webhooks:lost` | list | gaps in partition k's webhook dispatch (JSON [`LostEvents`], ids within the partition's stream), the newest [`LOST_RANGES_KEPT`] |
 //! | `P{p0}:webhooks:endpoints:version` | string | counter moved forward by every endpoint write (readers cache the endpoints against it) |
 //! | `P{p0}:webhooks:delivery:<id>` | hash | one delivery, a field per attribute (scripts update fields in place) |
 //! | `P{p0}:webhooks:attempts:<id>` | list | the delivery's attempts (JSON), oldest first, the newest [`ATTEMPTS_KEPT`] |
@@ -25,7 +27,7 @@ use super::reply::{corrupt, int, items, text};
 use super::{RedisEngine, millis};
 use crate::engine::EngineResult;
 use crate::engine::webhook::*;
-use crate::model::EventId;
+use crate::model::{EventId, qualified_entry_id};
 use ::redis::Value;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -172,67 +174,85 @@ fn score_ms(value: &Value) -> Option<u64> {
 
 impl RedisEngine {
     /// `webhook_create.lua`: stores and schedules `deliveries` and acknowledges `events` (the
-    /// log entries they come from) in the dispatch group, in one step. With no delivery, the
-    /// events are acknowledged with one plain `XACK`: nothing else to keep atomic.
+    /// log entries they come from, as (partition, id)) in the dispatch group. Events of
+    /// partition 0 (the only one by default) are acknowledged by the same script, in one step
+    /// with the deliveries; another partition's stream is in another slot, so its events are
+    /// acknowledged right after the deliveries are stored (a crash in between redelivers them,
+    /// and stored delivery ids make the redo change nothing). With no delivery, the events are
+    /// acknowledged with plain `XACK`s: nothing else to keep atomic.
     async fn store_deliveries(
         &self,
-        events: &[EventId],
+        events: &[(usize, EventId)],
         deliveries: &[Delivery],
     ) -> EngineResult<()> {
-        if deliveries.is_empty() {
-            if events.is_empty() {
-                return Ok(());
+        let mut acks: Vec<Vec<String>> = vec![Vec::new(); self.keys.partitions()];
+        for (k, id) in events {
+            if let Some(ids) = acks.get_mut(*k) {
+                ids.push(id.to_string());
             }
-            let what = "acknowledging webhook events";
-            let result: ::redis::RedisResult<Value> = self
-                .query(
-                    what,
-                    ::redis::cmd("XACK")
-                        .arg(&self.keys.events)
-                        .arg(DISPATCH_GROUP)
-                        .arg(events.iter().map(ToString::to_string).collect::<Vec<_>>()),
-                )
-                .await;
-            return match result {
-                // The group vanished (Redis restarted empty): nothing is pending to acknowledge.
-                Err(e) if is_nogroup(&e) => Ok(()),
-                other => other.map(|_| ()).map_err(|e| map_err(what, e)),
-            };
         }
-        let mut invocation = self.scripts.webhook_create.prepare_invoke();
-        invocation
-            .key(&self.keys.webhook_schedule)
-            .key(&self.keys.events)
-            .arg(DISPATCH_GROUP)
-            .arg(&self.keys.webhooks)
-            .arg(events.len());
-        for event in events {
-            invocation.arg(event.to_string());
-        }
-        invocation.arg(deliveries.len());
-        for delivery in deliveries {
-            let due = (delivery.state == DeliveryState::Pending).then(|| {
-                delivery
-                    .next_attempt_at_ms
-                    .unwrap_or(delivery.created_at_ms)
-            });
-            let hash = delivery_hash(delivery, due);
+        if !deliveries.is_empty() {
+            let in_script = std::mem::take(&mut acks[0]);
+            let mut invocation = self.scripts.webhook_create.prepare_invoke();
             invocation
-                .arg(&delivery.id)
-                .arg(&delivery.endpoint_id)
-                .arg(delivery.created_at_ms)
-                .arg(due.map(|d| d.to_string()).unwrap_or_default())
-                .arg(if delivery.state == DeliveryState::Failed {
-                    "1"
-                } else {
-                    "0"
-                })
-                .arg(hash.len())
-                .arg(hash);
+                .key(&self.keys.webhook_schedule)
+                .key(&self.keys.part(0).events)
+                .arg(DISPATCH_GROUP)
+                .arg(&self.keys.webhooks)
+                .arg(in_script.len());
+            for event in &in_script {
+                invocation.arg(event);
+            }
+            invocation.arg(deliveries.len());
+            for delivery in deliveries {
+                let due = (delivery.state == DeliveryState::Pending).then(|| {
+                    delivery
+                        .next_attempt_at_ms
+                        .unwrap_or(delivery.created_at_ms)
+                });
+                let hash = delivery_hash(delivery, due);
+                invocation
+                    .arg(&delivery.id)
+                    .arg(&delivery.endpoint_id)
+                    .arg(delivery.created_at_ms)
+                    .arg(due.map(|d| d.to_string()).unwrap_or_default())
+                    .arg(if delivery.state == DeliveryState::Failed {
+                        "1"
+                    } else {
+                        "0"
+                    })
+                    .arg(hash.len())
+                    .arg(hash);
+            }
+            self.run_script("creating deliveries", &invocation).await?;
         }
-        self.run_script("creating deliveries", &invocation)
-            .await
-            .map(|_| ())
+        let acked = futures_util::future::join_all(
+            acks.iter()
+                .enumerate()
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(k, ids)| self.ack_events(k, ids)),
+        )
+        .await;
+        acked.into_iter().collect()
+    }
+
+    /// `XACK` of events of one partition in the dispatch group.
+    async fn ack_events(&self, partition: usize, ids: &[String]) -> EngineResult<()> {
+        let what = "acknowledging webhook events";
+        let result: ::redis::RedisResult<Value> = self
+            .query(
+                what,
+                ::redis::cmd("XACK")
+                    .arg(&self.keys.part(partition).events)
+                    .arg(DISPATCH_GROUP)
+                    .arg(ids),
+            )
+            .await;
+        match result {
+            // The group vanished (Redis restarted empty): nothing is pending to acknowledge.
+            Err(e) if is_nogroup(&e) => Ok(()),
+            other => other.map(|_| ()).map_err(|e| map_err(what, e)),
+        }
     }
 
     async fn reschedule(
@@ -374,21 +394,26 @@ impl WebhookStore for RedisEngine {
         // and only XAUTOCLAIM notices: wait in slices. XAUTOCLAIM itself runs at most every
         // quarter `reclaim_after` (`dispatch_reclaim_due`), not before every read.
         let slice = (reclaim_after / 4).max(Duration::from_millis(50));
+        // A cluster cannot wait on every partition in one read: it polls (see groups.rs).
+        let mut pause = Duration::from_millis(2);
         loop {
             let mut entries = if self.dispatch_reclaim_due(reclaim_after) {
                 self.reclaim_events(consumer, max, reclaim_after).await?
             } else {
                 Vec::new()
             };
-            let mut lost = None;
+            let mut lost = Vec::new();
             if entries.len() < max {
-                let (fresh, gap, last) =
+                let (fresh, gaps, last) =
                     self.read_new_events(consumer, max - entries.len()).await?;
                 entries.extend(fresh);
-                lost = gap;
+                lost = gaps;
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if entries.is_empty() && lost.is_none() && !remaining.is_zero() {
-                    let came = self.wait_for_events(&last, remaining.min(slice)).await?;
+                if entries.is_empty() && lost.is_empty() && !remaining.is_zero() {
+                    let came = self
+                        .wait_for_events(&last, remaining.min(slice), pause)
+                        .await?;
+                    pause = (pause * 2).min(Duration::from_millis(50));
                     if !came && tokio::time::Instant::now() >= deadline {
                         // Nothing came in the whole wait: no need to read again.
                         return Ok(ClaimedEvents::default());
@@ -400,29 +425,46 @@ impl WebhookStore for RedisEngine {
         }
     }
 
+    /// Every partition's record, oldest first.
     async fn lost_events(&self) -> EngineResult<Vec<LostEvents>> {
-        let raw: Vec<String> = self
-            .run(
-                "reading lost event ranges",
-                ::redis::cmd("LRANGE")
-                    .arg(&self.keys.webhook_lost)
-                    .arg(0)
-                    .arg(-1),
-            )
-            .await?;
-        let mut out = Vec::with_capacity(raw.len());
-        for json in raw {
-            match serde_json::from_str::<LostEvents>(&json) {
-                Ok(lost) => out.push(lost),
-                Err(e) => tracing::warn!(error = %e, "lost event range does not decode"),
+        let lists =
+            futures_util::future::join_all((0..self.keys.partitions()).map(|k| async move {
+                self.run::<Vec<String>>(
+                    "reading lost event ranges",
+                    ::redis::cmd("LRANGE")
+                        .arg(&self.keys.part(k).webhook_lost)
+                        .arg(0)
+                        .arg(-1),
+                )
+                .await
+            }))
+            .await;
+        let mut out = Vec::new();
+        for (k, raw) in lists.into_iter().enumerate() {
+            for json in raw? {
+                match serde_json::from_str::<LostEvents>(&json) {
+                    Ok(mut lost) => {
+                        // The script records ids within the partition's stream.
+                        if k > 0 && !lost.after_id.contains('/') {
+                            lost.after_id = qualified_entry_id(k, &lost.after_id);
+                            lost.before_id = qualified_entry_id(k, &lost.before_id);
+                        }
+                        out.push(lost);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lost event range does not decode"),
+                }
             }
+        }
+        out.sort_by_key(|l| l.detected_at_ms);
+        if out.len() > LOST_RANGES_KEPT {
+            out.drain(..out.len() - LOST_RANGES_KEPT);
         }
         Ok(out)
     }
 
     async fn create_deliveries(
         &self,
-        events: &[EventId],
+        events: &[(usize, EventId)],
         deliveries: &[Delivery],
     ) -> EngineResult<()> {
         self.store_deliveries(events, deliveries).await

@@ -66,6 +66,8 @@ fn error_code_with(
 fn event(partner: Option<&str>, status: OrderStatus) -> LoggedEvent {
     LoggedEvent {
         event_id: "1700000000000-3".into(),
+        partition: 0,
+        cursor: None,
         event: OrderEvent {
             event_type: status.event_type(),
             order_id: "o-1".into(),

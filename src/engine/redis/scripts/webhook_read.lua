@@ -7,14 +7,15 @@
 -- no read can cross a gap unseen and exactly one claim reports each gap. Redis 7 or later
 -- (entries-added, entries-read); on older servers the check is skipped.
 --
--- KEYS: 1 events stream, 2 lost list
--- ARGV: 1 dispatch group, 2 consumer, 3 count, 4 now ms, 5 gaps kept
--- Returns: {'nogroup'} | {'ok', entries (XREADGROUP's reply, false for none), gap (false, or
---          {after id, before id, count}), the group's last-delivered id after the read}
-local stream, group = KEYS[1], ARGV[1]
-if redis.call('EXISTS', stream) == 0 then
-  return {'nogroup'}
-end
+-- Several partitions at once (one Redis: all of them in one call; a cluster: one each, since a
+-- script touches one slot), each as if alone.
+--
+-- KEYS: per partition: its events stream, its lost list
+-- ARGV: 1 dispatch group, 2 consumer, 3 count (per partition), 4 now ms, 5 gaps kept
+-- Returns: per partition, in KEYS order: {'nogroup'} | {'ok', entries (XREADGROUP's reply,
+--          false for none), gap (false, or {after id, before id, count}), the group's
+--          last-delivered id after the read}
+local group = ARGV[1]
 local function field(flat, name)
   for i = 1, #flat, 2 do
     if flat[i] == name then
@@ -23,36 +24,48 @@ local function field(flat, name)
   end
   return nil
 end
-local info = redis.call('XINFO', 'STREAM', stream)
-local mine = nil
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-  if field(g, 'name') == group then
-    mine = g
+
+local function read(stream, lost_list)
+  if redis.call('EXISTS', stream) == 0 then
+    return {'nogroup'}
   end
-end
-if not mine then
-  return {'nogroup'}
-end
-local gap = false
-local added, length = field(info, 'entries-added'), field(info, 'length')
-local read, first = field(mine, 'entries-read'), field(info, 'first-entry')
-if type(added) == 'number' and type(read) == 'number' and type(first) == 'table' then
-  local lost = (added - length) - read
-  if lost > 0 then
-    gap = {field(mine, 'last-delivered-id'), first[1], lost}
-    -- Redis keeps counting reads one by one across the gap: count the lost ones as read, so
-    -- the gap is reported once.
-    redis.call('XGROUP', 'SETID', stream, group, gap[1], 'ENTRIESREAD', read + lost)
-    redis.call('RPUSH', KEYS[2], cjson.encode({afterId = gap[1], beforeId = gap[2],
-      count = lost, detectedAtMs = tonumber(ARGV[4])}))
-    redis.call('LTRIM', KEYS[2], -tonumber(ARGV[5]), -1)
+  local info = redis.call('XINFO', 'STREAM', stream)
+  local mine = nil
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    if field(g, 'name') == group then
+      mine = g
+    end
   end
+  if not mine then
+    return {'nogroup'}
+  end
+  local gap = false
+  local added, length = field(info, 'entries-added'), field(info, 'length')
+  local read, first = field(mine, 'entries-read'), field(info, 'first-entry')
+  if type(added) == 'number' and type(read) == 'number' and type(first) == 'table' then
+    local lost = (added - length) - read
+    if lost > 0 then
+      gap = {field(mine, 'last-delivered-id'), first[1], lost}
+      -- Redis keeps counting reads one by one across the gap: count the lost ones as read, so
+      -- the gap is reported once.
+      redis.call('XGROUP', 'SETID', stream, group, gap[1], 'ENTRIESREAD', read + lost)
+      redis.call('RPUSH', lost_list, cjson.encode({afterId = gap[1], beforeId = gap[2],
+        count = lost, detectedAtMs = tonumber(ARGV[4])}))
+      redis.call('LTRIM', lost_list, -tonumber(ARGV[5]), -1)
+    end
+  end
+  local entries = redis.call('XREADGROUP', 'GROUP', group, ARGV[2], 'COUNT', ARGV[3], 'STREAMS',
+    stream, '>')
+  local last = field(mine, 'last-delivered-id')
+  if entries and entries[1] then
+    local read_now = entries[1][2]
+    last = read_now[#read_now][1]
+  end
+  return {'ok', entries, gap, last}
 end
-local entries = redis.call('XREADGROUP', 'GROUP', group, ARGV[2], 'COUNT', ARGV[3], 'STREAMS',
-  stream, '>')
-local last = field(mine, 'last-delivered-id')
-if entries and entries[1] then
-  local read_now = entries[1][2]
-  last = read_now[#read_now][1]
+
+local out = {}
+for i = 1, #KEYS, 2 do
+  out[#out + 1] = read(KEYS[i], KEYS[i + 1])
 end
-return {'ok', entries, gap, last}
+return out
