@@ -206,7 +206,13 @@ impl Hub {
         // One rendering per distinct (interned) projection for this event.
         let mut rendered: Vec<(*const Projection, Utf8Bytes)> = Vec::new();
         let mut deliveries = 0u64;
-        let Index { subs, by_key, .. } = &mut *index;
+        let Index {
+            subs,
+            by_key,
+            position,
+            ..
+        } = &mut *index;
+        let position = position.as_ref();
         for key in keys.iter().flatten() {
             let Some(ids) = by_key.get(key) else { continue };
             for sub_id in ids {
@@ -222,14 +228,44 @@ impl Hub {
                 {
                     continue;
                 }
-                let ptr = Arc::as_ptr(&sub.projection);
-                let payload = match rendered.iter().find(|(p, _)| *p == ptr) {
-                    Some((_, bytes)) => bytes.clone(),
-                    None => {
-                        let bytes = payload_text(sub.projection.render_event(event));
+                // A subscription resumed from a cursor ahead of this node in some partition
+                // (it came from a node further along) has seen more there than this event's
+                // cursor says: shown as is, a later resume from it would replay that again.
+                // Until the node catches up, its events show the cursor merged with the
+                // subscription's floor, rendered for it alone; once caught up, the floor
+                // has nothing more to hide and is dropped.
+                let own_cursor = match (&sub.floor, position) {
+                    (Some(floor), Some(position)) if position.covers(floor) => {
+                        sub.floor = None;
+                        None
+                    }
+                    (Some(floor), Some(position)) if event.cursor.is_some() => {
+                        let mut merged = position.clone();
+                        for (k, at) in floor.positions().iter().enumerate() {
+                            merged.advance(k, *at);
+                        }
+                        Some(merged.to_string())
+                    }
+                    _ => None,
+                };
+                let payload = match own_cursor {
+                    Some(cursor) => {
+                        let mut own = event.clone();
+                        own.cursor = Some(cursor);
                         self.stats.renders.fetch_add(1, Ordering::Relaxed);
-                        rendered.push((ptr, bytes.clone()));
-                        bytes
+                        payload_text(sub.projection.render_event(&own))
+                    }
+                    None => {
+                        let ptr = Arc::as_ptr(&sub.projection);
+                        match rendered.iter().find(|(p, _)| *p == ptr) {
+                            Some((_, bytes)) => bytes.clone(),
+                            None => {
+                                let bytes = payload_text(sub.projection.render_event(event));
+                                self.stats.renders.fetch_add(1, Ordering::Relaxed);
+                                rendered.push((ptr, bytes.clone()));
+                                bytes
+                            }
+                        }
                     }
                 };
                 let out = Out::Event {
@@ -549,6 +585,46 @@ mod tests {
         assert!(hub.lock().subs.is_empty());
         assert!(hub.lock().projections.is_empty());
         assert!(hub.lock().by_key.is_empty());
+    }
+
+    #[test]
+    fn a_subscription_ahead_of_the_node_is_shown_its_own_cursor_until_the_node_catches_up() {
+        let hub = Hub::new();
+        hub.start(&LogCursor::start(2));
+        // The client saw partition 1 through 9-0 on a node further along.
+        let mut after = LogCursor::start(2);
+        after.advance(1, "9-0".parse().unwrap());
+        let (_, mut rx) = subscribe(
+            &hub,
+            "subscription { onOrderUpdated { eventId version } }",
+            false,
+            Some(after),
+        );
+        let with_cursor = |mut e: LoggedEvent, k: usize, cursor: &LogCursor| {
+            e.partition = k;
+            e.cursor = Some(cursor.to_string());
+            e
+        };
+        let mut tail = LogCursor::start(2);
+        tail.advance(0, "4-0".parse().unwrap());
+        hub.dispatch(&with_cursor(event("4-0", "o-1", 1), 0, &tail));
+        tail.advance(1, "10-0".parse().unwrap());
+        hub.dispatch(&with_cursor(event("10-0", "o-2", 2), 1, &tail));
+        let shown: Vec<LogCursor> = received(&mut rx)
+            .iter()
+            .map(|m| {
+                let id = m["payload"]["data"]["onOrderUpdated"]["eventId"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                LogCursor::parse(&id, 2).unwrap()
+            })
+            .collect();
+        // The first shows partition 1 at 9-0 (what the client has), not the node's 0-0.
+        assert_eq!(shown[0].get(0), "4-0".parse().unwrap());
+        assert_eq!(shown[0].get(1), "9-0".parse().unwrap());
+        // Caught up: the node's own cursor, shared by every subscriber.
+        assert_eq!(shown[1], tail);
     }
 
     #[test]
