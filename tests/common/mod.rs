@@ -238,6 +238,13 @@ partner_keys = [
             .stderr(Stdio::piped());
         if let Some(url) = &options.redis_url {
             cmd.args(["--redis-url", url]);
+            // `HERALD_TEST_PARTITIONS=N cargo test`: every Redis-backed Herald of the suite
+            // with `engine.partitions = N` (a test's own setting wins).
+            if let Ok(n) = std::env::var("HERALD_TEST_PARTITIONS")
+                && !options.extra_toml.contains("partitions")
+            {
+                cmd.env("HERALD_ENGINE__PARTITIONS", n);
+            }
         }
         for (k, v) in &options.env {
             cmd.env(k, v);
