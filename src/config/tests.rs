@@ -196,6 +196,45 @@ fn http_and_graphql_limits_parse_and_bad_ones_are_refused() {
 }
 
 #[test]
+fn partitions_are_for_the_redis_engine_and_need_a_tagged_stream() {
+    let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Overrides::default());
+    let redis = ("HERALD_ENGINE__KIND", "redis");
+    let c = load(&[redis, ("HERALD_ENGINE__PARTITIONS", "16")]).unwrap();
+    assert_eq!(c.engine.partitions, 16);
+    assert_eq!(
+        c.engine.partition_events_stream_key(5),
+        "herald:{p5}:events"
+    );
+    for (pairs, expected) in [
+        (
+            vec![redis, ("HERALD_ENGINE__PARTITIONS", "0")],
+            "between 1 and 1024",
+        ),
+        (
+            vec![redis, ("HERALD_ENGINE__PARTITIONS", "1025")],
+            "between 1 and 1024",
+        ),
+        (
+            vec![("HERALD_ENGINE__PARTITIONS", "2")],
+            "applies to the Redis engine only",
+        ),
+        (
+            vec![
+                redis,
+                ("HERALD_ENGINE__PARTITIONS", "2"),
+                ("HERALD_ENGINE__EVENTS_STREAM", "orders-log"),
+            ],
+            "has no `{p0}` hash tag",
+        ),
+    ] {
+        let err = format!("{:#}", load(&pairs).unwrap_err());
+        assert!(err.contains(expected), "{pairs:?}: {err}");
+    }
+    // One partition takes any stream name, as before.
+    load(&[redis, ("HERALD_ENGINE__EVENTS_STREAM", "orders-log")]).unwrap();
+}
+
+#[test]
 fn short_api_keys_are_refused() {
     let err = Config::load(
         None,
