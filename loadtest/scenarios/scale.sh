@@ -22,7 +22,8 @@
 #                                                            # stream, which every tail reads)
 #   NO_BUILD=1 HERALD=target/debug/herald ...                # use existing binaries
 #
-# Results: intake-n<N>.json and fanout-n<N>.json with an SVG plot each, manifest.json, the
+# Results: intake-n<N>.json and fanout-n<N>.json with an SVG plot each, masters-n<N>.txt (how
+# the intake's Redis CPU and commands spread over the masters), manifest.json, the
 # Herald and Redis logs, and summary.md (the section as `herald-loadtest report` renders it)
 # under target/bench/scale/.
 set -euo pipefail
@@ -164,6 +165,29 @@ stop_nodes() {
   for p in "${HPIDS[@]}"; do stop "$p"; done
 }
 
+# Per master: "<port> <cpu seconds (user+sys)> <commands processed>".
+master_stats() {
+  local port
+  for port in "${PORTS[@]}"; do
+    redis-cli -p "$port" info all 2>/dev/null | tr -d '\r' | awk -v port="$port" -F: '
+      $1 == "used_cpu_sys" || $1 == "used_cpu_user" { cpu += $2 }
+      $1 == "total_commands_processed" { cmds = $2 }
+      END { printf "%s %.3f %d\n", port, cpu, cmds }'
+  done
+}
+
+# How the intake run's Redis work spread over the masters: CPU seconds and commands per master
+# between two `master_stats` snapshots, written to masters-n<N>.txt.
+master_share() { # before after n
+  paste -d' ' <(echo "$1") <(echo "$2") | awk -v n="$3" '
+    { cpu[NR] = $5 - $2; cmds[NR] = $6 - $3; port[NR] = $1; tc += cpu[NR]; tn += cmds[NR] }
+    END {
+      printf "intake with %d node(s): Redis work per master (CPU s, commands, share of commands)\n", n
+      for (i = 1; i <= NR; i++)
+        printf "  master :%s  cpu %.2f s  commands %d  %.0f %%\n", port[i], cpu[i], cmds[i], tn ? 100 * cmds[i] / tn : 0
+    }' | tee "$OUT/masters-n$3.txt"
+}
+
 flush_cluster() {
   local port
   for port in "${PORTS[@]}"; do redis-cli -p "$port" flushall >/dev/null; done
@@ -176,10 +200,12 @@ for n in $NODES; do
   flush_cluster
   start_nodes "$n"
   urls=$(printf 'http://%s,' "${ADDRS[@]}")
+  before=$(master_stats)
   "$LOADTEST" intake --url "${urls%,}" --api-key "$KEY" --clients "$SCALE_CLIENTS" \
     --duration "$DURATION" --warmup "$WARMUP" --label "cluster nodes=$n" \
     --json "$OUT/intake-n$n.json" --svg "$OUT/intake-n$n.svg" \
     || echo "intake with $n node(s) failed" >&2
+  master_share "$before" "$(master_stats)" "$n"
   # The stream's master, after intake (which created it): the publisher XADDs straight there.
   SPORT=$(master_of "$STREAM")
   ws=$(printf 'ws://%s/graphql,' "${ADDRS[@]}")
