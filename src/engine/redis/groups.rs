@@ -5,8 +5,8 @@
 //!
 //! Every node reads every partition: on one Redis in one command over all the partitions'
 //! streams (one `XREADGROUP`, one read script), on a cluster, where a command or script
-//! touches one slot, one per partition, concurrently and without blocking (a wait polls, from
-//! 2 ms doubling to 50 ms: a blocked read per partition would hold that many connections).
+//! touches one slot, one per partition, concurrently and without blocking (a wait polls: see
+//! `RedisEngine::poll_partitions`).
 //!
 //! It owns how entries are handed out and taken over, never what they mean: decoding a
 //! command is `queue.rs`' job, an event the seam's decoder's (`engine/log.rs`).
@@ -45,11 +45,6 @@ fn set_cursor(at: &Mutex<String>, next: &Value) {
         *cursor = next;
     }
 }
-
-/// A cluster's poll of every partition waits from this...
-const POLL_FIRST: Duration = Duration::from_millis(2);
-/// ...doubling up to this.
-const POLL_MAX: Duration = Duration::from_millis(50);
 
 /// How many entries to ask each of `partitions` for (one count for all: a read over several
 /// streams takes one): `max` shared out, rounded up, so a read may return up to `max` rounded
@@ -260,25 +255,10 @@ impl RedisEngine {
         if !self.clustered() || all.len() == 1 {
             return self.xreadgroup_commands(&all, each, block).await;
         }
-        let deadline = tokio::time::Instant::now() + block;
-        let mut pause = POLL_FIRST;
-        loop {
-            let reads =
-                futures_util::future::join_all(all.iter().map(|k| {
-                    self.xreadgroup_commands(std::slice::from_ref(k), each, Duration::ZERO)
-                }))
-                .await;
-            let mut out = Vec::new();
-            for read in reads {
-                out.extend(read?);
-            }
-            let now = tokio::time::Instant::now();
-            if !out.is_empty() || now >= deadline {
-                return Ok(out);
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(POLL_MAX);
-        }
+        self.poll_partitions(block, |k| async move {
+            self.xreadgroup_commands(&[k], each, Duration::ZERO).await
+        })
+        .await
     }
 
     /// Whether the dispatcher's claim should look for expired events now: at most every

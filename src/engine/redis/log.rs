@@ -31,11 +31,6 @@ fn malformed_order(entry_id: &str) -> EngineResult<(EventId, usize)> {
     Ok((parse_event_id(id)?, partition))
 }
 
-/// Where a cluster's read of every partition waits between empty rounds: from this...
-const POLL_FIRST: Duration = Duration::from_millis(2);
-/// ...doubling up to this.
-const POLL_MAX: Duration = Duration::from_millis(50);
-
 impl RedisEngine {
     /// `XREAD COUNT max [BLOCK wait] STREAMS <the partitions' event streams> <positions>`, for
     /// the partitions in `parts`, on one connection (blocking ones on a dedicated one).
@@ -131,9 +126,7 @@ impl EventLog for RedisEngine {
 
     /// One Redis: one `XREAD` over every partition's stream (`BLOCK` on a dedicated
     /// connection when waiting). A cluster refuses a read across slots, so there each
-    /// partition is read on its own (concurrently, without blocking: a blocked read per
-    /// partition would hold that many connections), and a wait polls, from 2 ms doubling to
-    /// 50 ms between empty rounds.
+    /// partition is read on its own and a wait polls (`poll_partitions`).
     async fn read_events(
         &self,
         after: &LogCursor,
@@ -148,25 +141,12 @@ impl EventLog for RedisEngine {
             let entries = self.xread_events(&all, after, max, wait).await?;
             return Ok(merge_partitions(entries));
         }
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = POLL_FIRST;
-        loop {
-            let reads =
-                futures_util::future::join_all(all.iter().map(|k| {
-                    self.xread_events(std::slice::from_ref(k), after, max, Duration::ZERO)
-                }))
-                .await;
-            let mut entries = Vec::new();
-            for read in reads {
-                entries.extend(read?);
-            }
-            let now = tokio::time::Instant::now();
-            if !entries.is_empty() || now >= deadline {
-                return Ok(merge_partitions(entries));
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(POLL_MAX);
-        }
+        let entries = self
+            .poll_partitions(wait, |k| async move {
+                self.xread_events(&[k], after, max, Duration::ZERO).await
+            })
+            .await?;
+        Ok(merge_partitions(entries))
     }
 
     /// To the partition of the event's `orderId` (0 when the text has none), so an entry

@@ -257,6 +257,17 @@ pub struct RedisEngine {
     next_dispatch_reclaim_ms: AtomicU64,
 }
 
+/// How a cluster's read of every partition waits (it cannot block on all of them in one
+/// command): from this pause between empty rounds...
+const POLL_FIRST: Duration = Duration::from_millis(2);
+/// ...doubling up to this.
+const POLL_MAX: Duration = Duration::from_millis(50);
+
+/// The pause after `pause` between a cluster's empty reads.
+fn next_poll_pause(pause: Duration) -> Duration {
+    (pause * 2).min(POLL_MAX)
+}
+
 /// Whole milliseconds, at least 1 (`PX 0` is an error, and a zero TTL would mean "forever").
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -486,6 +497,33 @@ impl RedisEngine {
     /// partitions are read one by one instead of in one command.
     fn clustered(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// On a cluster, where one command reads one partition: `read(k)` for every partition,
+    /// concurrently and without blocking, again until one returns something or `wait` is
+    /// over, pausing [`POLL_FIRST`] doubling to [`POLL_MAX`] between empty rounds (a blocked
+    /// read per partition would hold that many connections).
+    async fn poll_partitions<T, F, Fut>(&self, wait: Duration, read: F) -> EngineResult<Vec<T>>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = EngineResult<Vec<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = POLL_FIRST;
+        loop {
+            let reads =
+                futures_util::future::join_all((0..self.keys.partitions()).map(&read)).await;
+            let mut out = Vec::new();
+            for r in reads {
+                out.extend(r?);
+            }
+            let now = tokio::time::Instant::now();
+            if !out.is_empty() || now >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = next_poll_pause(pause);
+        }
     }
 
     /// One non-blocking command on the shared connection, bounded by the operation timeout.

@@ -395,7 +395,7 @@ impl WebhookStore for RedisEngine {
         // quarter `reclaim_after` (`dispatch_reclaim_due`), not before every read.
         let slice = (reclaim_after / 4).max(Duration::from_millis(50));
         // A cluster cannot wait on every partition in one read: it polls (see groups.rs).
-        let mut pause = Duration::from_millis(2);
+        let mut pause = super::POLL_FIRST;
         loop {
             let mut entries = if self.dispatch_reclaim_due(reclaim_after) {
                 self.reclaim_events(consumer, max, reclaim_after).await?
@@ -413,7 +413,7 @@ impl WebhookStore for RedisEngine {
                     let came = self
                         .wait_for_events(&last, remaining.min(slice), pause)
                         .await?;
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                    pause = super::next_poll_pause(pause);
                     if !came && tokio::time::Instant::now() >= deadline {
                         // Nothing came in the whole wait: no need to read again.
                         return Ok(ClaimedEvents::default());
