@@ -498,7 +498,7 @@ impl Sender {
         // `max_in_flight`: the extra ones start as the first finish, instead of each going back
         // to the schedule (an engine call) and being claimed again (another). The wait is
         // bounded, so a blackholed endpoint's backlog leaves the attempt slots soon.
-        let _in_flight = match limiter.start_within(LOCAL_WAIT).await {
+        let in_flight = match limiter.start_within(LOCAL_WAIT).await {
             Ok(permit) => permit,
             Err(wait) => {
                 self.defer(&delivery, wait).await;
@@ -508,6 +508,9 @@ impl Sender {
         let started_ms = now_millis();
         let started = Instant::now();
         let (result, status_code, error, response) = self.send(&endpoint, &delivery.id, body).await;
+        // The endpoint's turn ends with its request: recording the outcome (which waits for
+        // the flusher's next engine call) is this node's work, not the endpoint's.
+        drop(in_flight);
         let attempt = Attempt {
             number: delivery.attempts + 1,
             at_ms: started_ms,
