@@ -166,18 +166,25 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             config.webhooks.request_timeout,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
-        // The bodies of the deliveries this node's dispatcher creates, kept for its sender.
+        // The bodies of the deliveries this node's dispatchers create, kept for its sender.
         let bodies = Arc::new(DeliveryBodies::default());
-        let dispatcher = Dispatcher::new(
-            engine.clone(),
-            metrics.clone(),
-            consumer.clone(),
-            config.webhooks.lease,
-            webhook_wake.clone(),
-            bodies.clone(),
-            config.webhooks.dispatch_linger,
-        );
-        background.spawn(dispatcher.run(shutdown.clone()));
+        // Each its own consumer of the dispatch group (a second node's would be the same).
+        for i in 0..config.webhooks.dispatchers {
+            let dispatcher = Dispatcher::new(
+                engine.clone(),
+                metrics.clone(),
+                if i == 0 {
+                    consumer.clone()
+                } else {
+                    format!("{consumer}-d{i}")
+                },
+                config.webhooks.lease,
+                webhook_wake.clone(),
+                bodies.clone(),
+                config.webhooks.dispatch_linger,
+            );
+            background.spawn(dispatcher.run(shutdown.clone()));
+        }
         let sender = Sender::new(
             engine.clone(),
             config.webhooks.clone(),

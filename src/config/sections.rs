@@ -398,6 +398,9 @@ pub struct WebhooksConfig {
     /// stored and acknowledged together instead of one engine round per event.
     #[serde(deserialize_with = "duration")]
     pub dispatch_linger: Duration,
+    /// Dispatchers per node: each a consumer of its own in the dispatch group, so one's
+    /// engine round overlaps another's work.
+    pub dispatchers: usize,
 }
 
 impl Default for WebhooksConfig {
@@ -424,6 +427,7 @@ impl Default for WebhooksConfig {
             lease: Duration::from_secs(60),
             retry_after_max: h(1),
             dispatch_linger: Duration::from_millis(2),
+            dispatchers: 2,
         }
     }
 }

@@ -151,6 +151,9 @@ impl Config {
                 "webhooks.lease must be at least request_timeout + connect_timeout (an attempt must end before another node may take its delivery)"
             );
         }
+        if !(1..=16).contains(&hooks.dispatchers) {
+            bail!("webhooks.dispatchers must be between 1 and 16");
+        }
         if hooks.dispatch_linger > std::time::Duration::from_secs(1) {
             bail!(
                 "webhooks.dispatch_linger must be at most 1s (it delays the first attempt of every delivery)"
