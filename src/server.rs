@@ -168,7 +168,9 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e))?;
         // The bodies of the deliveries this node's dispatchers create, kept for its sender.
         let bodies = Arc::new(DeliveryBodies::default());
-        // Each its own consumer of the dispatch group (a second node's would be the same).
+        // Each its own consumer of the dispatch group (a second node's would be the same); the
+        // first leads, the others help only while it is behind.
+        let load = Arc::new(crate::webhooks::dispatcher::DispatchLoad::default());
         for i in 0..config.webhooks.dispatchers {
             let dispatcher = Dispatcher::new(
                 engine.clone(),
@@ -182,7 +184,8 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
                 webhook_wake.clone(),
                 bodies.clone(),
                 config.webhooks.dispatch_linger,
-            );
+            )
+            .sharing(load.clone(), i == 0);
             background.spawn(dispatcher.run(shutdown.clone()));
         }
         let sender = Sender::new(

@@ -49,6 +49,35 @@ pub struct Dispatcher {
     /// The endpoints as last read, with the version read before them: reused for every batch
     /// while the engine's `endpoints_version` (read after each claim) is unchanged.
     cache: Option<EndpointCache>,
+    /// Whether this node's dispatchers are behind, shared by them (`webhooks.dispatchers`).
+    load: Arc<DispatchLoad>,
+    /// The first dispatcher of a node claims all the time and says when it is behind; the
+    /// others claim only while it is, so at moderate rates the node costs the engine no more
+    /// rounds than one dispatcher would.
+    lead: bool,
+}
+
+/// Whether a node's lead dispatcher is behind (its last claim was a full batch), and a wake
+/// for the others when it falls behind.
+#[derive(Default)]
+pub struct DispatchLoad {
+    behind: std::sync::atomic::AtomicBool,
+    fell_behind: Notify,
+}
+
+impl DispatchLoad {
+    fn set(&self, behind: bool) {
+        use std::sync::atomic::Ordering;
+        if behind && !self.behind.swap(true, Ordering::Relaxed) {
+            self.fell_behind.notify_waiters();
+        } else if !behind {
+            self.behind.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn is_behind(&self) -> bool {
+        self.behind.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 struct EndpointCache {
@@ -75,7 +104,17 @@ impl Dispatcher {
             bodies,
             linger,
             cache: None,
+            load: Arc::default(),
+            lead: true,
         }
+    }
+
+    /// Makes this one of a node's dispatchers sharing `load`: the `lead` claims all the time,
+    /// the others only while it is behind.
+    pub fn sharing(mut self, load: Arc<DispatchLoad>, lead: bool) -> Dispatcher {
+        self.load = load;
+        self.lead = lead;
+        self
     }
 
     /// Claims and dispatches events until `shutdown`. A batch being dispatched is finished
@@ -84,10 +123,31 @@ impl Dispatcher {
         tracing::info!(consumer = %self.consumer, "webhook dispatcher started");
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         while !shutdown.is_cancelled() {
+            if !self.lead && !self.load.is_behind() {
+                // A helper: idle until the lead falls behind (looking again now and then, in
+                // case a wake came between the check and the wait).
+                let fell_behind = self.load.fell_behind.notified();
+                tokio::select! {
+                    _ = fell_behind => {}
+                    _ = tokio::time::sleep(CLAIM_WAIT) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let wait = if self.lead {
+                CLAIM_WAIT
+            } else {
+                Duration::ZERO
+            };
             let claimed = tokio::select! {
-                r = self.engine.claim_events(&self.consumer, CLAIM_BATCH, CLAIM_WAIT, self.reclaim_after) => r,
+                r = self.engine.claim_events(&self.consumer, CLAIM_BATCH, wait, self.reclaim_after) => r,
                 _ = shutdown.cancelled() => break,
             };
+            if self.lead
+                && let Ok(claimed) = &claimed
+            {
+                self.load.set(claimed.entries.len() >= CLAIM_BATCH);
+            }
             let mut pause = None;
             let result = match claimed {
                 Ok(claimed) => {
@@ -95,6 +155,11 @@ impl Dispatcher {
                         self.report_lost(lost);
                     }
                     pause = self.linger_after(claimed.entries.len());
+                    if !self.lead && claimed.entries.len() < CLAIM_BATCH {
+                        // A helper that found less than a full batch: the backlog is gone
+                        // (or almost); look at the lead's word again after a pause.
+                        pause = Some(self.linger.max(Duration::from_millis(1)));
+                    }
                     if claimed.entries.is_empty() {
                         Ok(())
                     } else {
@@ -588,5 +653,46 @@ pub(crate) mod tests {
         let body: serde_json::Value = serde_json::from_str(&ds[0].body).unwrap();
         assert_eq!(body["data"]["eventId"], "3/1700000000000-3");
         assert_eq!(body["data"]["orderId"], "o-1");
+    }
+
+    #[tokio::test]
+    async fn a_helper_dispatcher_claims_only_while_the_lead_is_behind() {
+        let engine = memory_engine();
+        for _ in 0..5 {
+            engine
+                .append_raw_event(&event(None, OrderStatus::Accepted).event.to_json())
+                .await
+                .unwrap();
+        }
+        let load = Arc::new(DispatchLoad::default());
+        let run_helper = async |engine: &Arc<dyn Engine>, load: &Arc<DispatchLoad>| {
+            let helper = dispatcher_on(engine.clone(), Arc::default()).sharing(load.clone(), false);
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(helper.run(shutdown.clone()));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            shutdown.cancel();
+            task.await.unwrap();
+        };
+        // The lead keeps up: the helper leaves every event alone.
+        run_helper(&engine, &load).await;
+        let unclaimed = |engine: Arc<dyn Engine>| async move {
+            engine
+                .claim_events("probe", 10, Duration::ZERO, Duration::from_secs(3600))
+                .await
+                .unwrap()
+                .entries
+                .len()
+        };
+        assert_eq!(unclaimed(engine.clone()).await, 5);
+        // Behind: the helper claims (and, with no endpoint, acknowledges) what comes.
+        for _ in 0..3 {
+            engine
+                .append_raw_event(&event(None, OrderStatus::Accepted).event.to_json())
+                .await
+                .unwrap();
+        }
+        load.set(true);
+        run_helper(&engine, &load).await;
+        assert_eq!(unclaimed(engine.clone()).await, 0);
     }
 }
