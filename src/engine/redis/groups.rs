@@ -152,7 +152,7 @@ impl RedisEngine {
         };
         let mut out = Vec::new();
         for (key, entries) in reply::read_streams(&reply)? {
-            let partition = self.keys.partition_of_commands(&key).ok_or_else(|| {
+            let partition = self.keys.partition_of_stream(&key).ok_or_else(|| {
                 corrupt(format!("XREADGROUP answered for an unknown stream `{key}`"))
             })?;
             out.extend(entries.into_iter().map(|e| (partition, e)));

@@ -31,7 +31,37 @@ fn malformed_order(entry_id: &str) -> EngineResult<(EventId, usize)> {
     Ok((parse_event_id(id)?, partition))
 }
 
+/// An end of a partition's stream.
+#[derive(Clone, Copy)]
+enum Edge {
+    Oldest,
+    Newest,
+}
+
 impl RedisEngine {
+    /// The id of the oldest or newest entry of `partition`'s stream, if it has any.
+    async fn edge_entry(&self, partition: usize, edge: Edge) -> EngineResult<Option<EventId>> {
+        let (what, command, from, to) = match edge {
+            Edge::Oldest => ("reading the first event id", "XRANGE", "-", "+"),
+            Edge::Newest => ("reading the last event id", "XREVRANGE", "+", "-"),
+        };
+        let reply: Value = self
+            .run(
+                what,
+                ::redis::cmd(command)
+                    .arg(&self.keys.part(partition).events)
+                    .arg(from)
+                    .arg(to)
+                    .arg("COUNT")
+                    .arg(1),
+            )
+            .await?;
+        reply::range_entries(&reply)?
+            .first()
+            .map(|entry| parse_event_id(&entry.id))
+            .transpose()
+    }
+
     /// `XREAD COUNT max [BLOCK wait] STREAMS <the partitions' event streams> <positions>`, for
     /// the partitions in `parts`, on one connection (blocking ones on a dedicated one).
     async fn xread_events(
@@ -67,7 +97,7 @@ impl RedisEngine {
         for (key, entries) in reply::read_streams(&reply)? {
             let partition = self
                 .keys
-                .partition_of_events(&key)
+                .partition_of_stream(&key)
                 .ok_or_else(|| corrupt(format!("XREAD answered for an unknown stream `{key}`")))?;
             out.extend(entries.into_iter().map(|e| log_entry(partition, e)));
         }
@@ -177,46 +207,19 @@ impl EventLog for RedisEngine {
     }
 
     async fn log_end(&self) -> EngineResult<LogCursor> {
-        let ends =
-            futures_util::future::join_all((0..self.keys.partitions()).map(|k| async move {
-                let reply: Value = self
-                    .run(
-                        "reading the last event id",
-                        ::redis::cmd("XREVRANGE")
-                            .arg(&self.keys.part(k).events)
-                            .arg("+")
-                            .arg("-")
-                            .arg("COUNT")
-                            .arg(1),
-                    )
-                    .await?;
-                match reply::range_entries(&reply)?.first() {
-                    Some(entry) => parse_event_id(&entry.id),
-                    None => Ok(EventId::ZERO),
-                }
-            }))
-            .await;
-        Ok(LogCursor::from_positions(
-            ends.into_iter().collect::<EngineResult<Vec<_>>>()?,
-        ))
+        let ends = futures_util::future::join_all(
+            (0..self.keys.partitions()).map(|k| self.edge_entry(k, Edge::Newest)),
+        )
+        .await;
+        let mut positions = Vec::with_capacity(ends.len());
+        for end in ends {
+            positions.push(end?.unwrap_or(EventId::ZERO));
+        }
+        Ok(LogCursor::from_positions(positions))
     }
 
     async fn first_event_id(&self, partition: usize) -> EngineResult<Option<EventId>> {
-        let reply: Value = self
-            .run(
-                "reading the first event id",
-                ::redis::cmd("XRANGE")
-                    .arg(&self.keys.part(partition).events)
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1),
-            )
-            .await?;
-        reply::range_entries(&reply)?
-            .first()
-            .map(|entry| parse_event_id(&entry.id))
-            .transpose()
+        self.edge_entry(partition, Edge::Oldest).await
     }
 
     /// One `XINFO STREAM` per partition. Entries deleted by `XDEL` are known exactly

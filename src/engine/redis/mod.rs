@@ -96,6 +96,9 @@ struct Keys {
     /// `P{p0}`.
     base: String,
     parts: Vec<PartitionKeys>,
+    /// Stream key -> partition, for the events and the commands streams (a read over several
+    /// streams answers per key).
+    stream_partitions: std::collections::HashMap<String, usize>,
     /// `P{p0}:meta`: the layout the data was written with (`partitions`).
     meta: String,
     malformed_events: String,
@@ -111,10 +114,16 @@ struct Keys {
 impl Keys {
     fn new(config: &EngineConfig) -> Keys {
         let base = format!("{}{}", config.key_prefix, EngineConfig::HASH_TAG);
+        let parts: Vec<PartitionKeys> = (0..config.partitions.max(1))
+            .map(|k| PartitionKeys::new(config, k))
+            .collect();
         Keys {
-            parts: (0..config.partitions.max(1))
-                .map(|k| PartitionKeys::new(config, k))
+            stream_partitions: parts
+                .iter()
+                .enumerate()
+                .flat_map(|(k, p)| [(p.events.clone(), k), (p.commands.clone(), k)])
                 .collect(),
+            parts,
             meta: format!("{base}:meta"),
             malformed_events: format!("{base}:events:malformed"),
             webhooks: format!("{base}:webhooks:"),
@@ -135,14 +144,9 @@ impl Keys {
         crate::model::partition_of(order_id, self.parts.len())
     }
 
-    /// The partition whose event stream is `key`.
-    fn partition_of_events(&self, key: &str) -> Option<usize> {
-        self.parts.iter().position(|p| p.events == key)
-    }
-
-    /// The partition whose command stream is `key`.
-    fn partition_of_commands(&self, key: &str) -> Option<usize> {
-        self.parts.iter().position(|p| p.commands == key)
+    /// The partition whose event stream or command stream is `key`.
+    fn partition_of_stream(&self, key: &str) -> Option<usize> {
+        self.stream_partitions.get(key).copied()
     }
 
     fn part(&self, partition: usize) -> &PartitionKeys {
@@ -640,11 +644,9 @@ mod tests {
         assert_eq!(keys.part(7).commands, "herald:{p7}:commands");
         assert_eq!(keys.part(7).webhook_lost, "herald:{p7}:webhooks:lost");
         assert_eq!(keys.idem(7, "admin:k"), "herald:{p7}:idem:admin:k");
-        assert_eq!(keys.partition_of_events("herald:{p7}:events"), Some(7));
-        assert_eq!(
-            keys.partition_of_commands("herald:{p15}:commands"),
-            Some(15)
-        );
+        assert_eq!(keys.partition_of_stream("herald:{p7}:events"), Some(7));
+        assert_eq!(keys.partition_of_stream("herald:{p15}:commands"), Some(15));
+        assert_eq!(keys.partition_of_stream("herald:{p16}:commands"), None);
         // What is not an order's stays in {p0}.
         assert_eq!(keys.webhook_schedule, "herald:{p0}:webhooks:schedule");
         assert_eq!(keys.meta, "herald:{p0}:meta");
