@@ -17,8 +17,8 @@ case "$profile" in
   *) echo "usage: $0 [short|long]" >&2; exit 2 ;;
 esac
 
-# One entry per test target in tests/ (tests/<name>.rs).
-suites=(${SUITES:-faults durability bad_input security})
+# One entry per test target in tests/ (tests/<name>.rs or tests/<name>/main.rs).
+suites=(${SUITES:-faults durability bad_input security hardening})
 
 out_dir="target/reliability"
 mkdir -p "$out_dir"
@@ -27,7 +27,7 @@ figures="$out_dir/figures.jsonl"
 
 failed=()
 for suite in "${suites[@]}"; do
-  if [ ! -f "tests/$suite.rs" ]; then
+  if [ ! -f "tests/$suite.rs" ] && [ ! -f "tests/$suite/main.rs" ]; then
     echo "reliability: no test target tests/$suite.rs" >&2
     failed+=("$suite")
     continue
