@@ -6,6 +6,10 @@
 #   scripts/reliability.sh [short|long]      # short (default): the bounded profile CI runs
 #   SUITES="faults" scripts/reliability.sh   # only some of the suites
 #
+# After a run of every suite with none failed, it renders RELIABILITY.md from the figures
+# (scripts/reliability_report.py; the prose is in docs/reliability/). A run of some suites only
+# (SUITES=...) or with a failure leaves RELIABILITY.md as it was.
+#
 # Each suite's tests run one at a time (--test-threads=1), so their figures do not share the
 # machine. Exit status: non-zero if any suite failed; every suite runs regardless.
 set -uo pipefail
@@ -24,6 +28,10 @@ out_dir="target/reliability"
 mkdir -p "$out_dir"
 figures="$out_dir/figures.jsonl"
 : >"$figures"
+machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(redis-server --version | grep -o 'v=[0-9.]*' | sed 's/v=/Redis /')"
+printf '{"profile":"%s","commit":"%s","date":"%s","machine":"%s"}\n' "$profile" \
+  "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tests || echo ' (with uncommitted changes)')" \
+  "$(date -u +%Y-%m-%d)" "$machine" >"$out_dir/run.json"
 
 failed=()
 for suite in "${suites[@]}"; do
@@ -49,6 +57,11 @@ done
 
 echo "figures: $figures ($(wc -l <"$figures") lines)"
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "reliability: failed: ${failed[*]}" >&2
+  echo "reliability: failed: ${failed[*]} (RELIABILITY.md not rendered)" >&2
   exit 1
+fi
+if [ -n "${SUITES:-}" ]; then
+  echo "reliability: some suites only (SUITES); RELIABILITY.md not rendered"
+else
+  python3 scripts/reliability_report.py
 fi
