@@ -105,6 +105,12 @@ impl WsHarness {
             engine.log_end().await.expect("the memory engine reads")
         });
         let limits = DocumentLimits::from(&config.graphql);
+        let metrics: Arc<crate::metrics::Metrics> = Default::default();
+        let long_polls = Arc::new(crate::longpoll::LongPolls::new(
+            &config.http,
+            metrics.clone(),
+            Default::default(),
+        ));
         let node = Node(Arc::new(Shared {
             engine,
             keys: keyring(),
@@ -113,9 +119,10 @@ impl WsHarness {
                 std::time::Instant::now(),
             ),
             config,
-            metrics: Default::default(),
+            metrics,
             webhook_allow: Arc::new(AllowList::default()),
             webhook_wake: Default::default(),
+            long_polls,
         }));
         let hub = Arc::new(Hub::new());
         hub.start(&position);

@@ -10,7 +10,8 @@
 //! - [`workflow`]: the order workflow's rules (transitions, business validation, events);
 //!   [`worker`] runs them over the command queue.
 //! - `backoff`: the retry delay every reconnect loop waits by.
-//! - [`tail`]: follows the event log for this node's consumers.
+//! - [`tail`]: follows the event log for this node's consumers; [`longpoll`]: the bounded
+//!   long-polls of `GET /v1/events`, served from one shared wait per node.
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
 //! - [`webhooks`]: partner webhooks: dispatcher, sender, signatures and the SSRF guard.
@@ -32,6 +33,7 @@ pub mod engine;
 pub mod fuzzing;
 pub mod graphql;
 mod http;
+mod longpoll;
 mod metrics;
 pub mod model;
 mod node;

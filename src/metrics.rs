@@ -9,7 +9,7 @@
 //! This module never writes the exposition format by hand: the exporter does.
 
 use crate::engine::QueueStats;
-use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +28,12 @@ macro_rules! counters {
             pub webhook_lateness: Histogram,
             /// API requests answered 429 by the per-credential rate limit, by role.
             pub api_rate_limited: RoleCounter,
+            /// Long-polls (`GET /v1/events?waitMs=`) waiting on this node now.
+            pub long_polls_waiting: Gauge,
+            /// Long-polls refused for the credential's bound (429).
+            pub long_polls_refused_credential: Counter,
+            /// Long-polls refused for the node's bound (503).
+            pub long_polls_refused_node: Counter,
             recorder: PrometheusRecorder,
         }
 
@@ -42,6 +48,9 @@ macro_rules! counters {
                     extra: OnceLock::new(),
                     webhook_lateness: Histogram::new(&recorder, LATENESS),
                     api_rate_limited: RoleCounter::new(&recorder, RATE_LIMITED),
+                    long_polls_waiting: gauge(&recorder, LONG_POLLS_WAITING),
+                    long_polls_refused_credential: refused_long_polls(&recorder, "credential"),
+                    long_polls_refused_node: refused_long_polls(&recorder, "node"),
                     recorder,
                 }
             }
@@ -90,6 +99,34 @@ const RATE_LIMITED: Family = (
     "herald_api_rate_limited_total",
     "API requests answered 429 by the per-credential rate limit (http.rate_limit_*).",
 );
+
+const LONG_POLLS_WAITING: Family = (
+    "herald_long_polls_waiting",
+    "Long-polls (GET /v1/events?waitMs=) waiting on this node (at most http.long_poll_max_waiting).",
+);
+const LONG_POLLS_REFUSED: Family = (
+    "herald_long_polls_refused_total",
+    "Long-polls refused: limit=\"credential\" (429, http.long_poll_max_waiting_per_credential) or limit=\"node\" (503, http.long_poll_max_waiting).",
+);
+
+fn refused_long_polls(recorder: &PrometheusRecorder, limit: &'static str) -> Counter {
+    let (name, help) = LONG_POLLS_REFUSED;
+    counter(
+        recorder,
+        name,
+        help,
+        vec![Label::from_static_parts("limit", limit)],
+    )
+}
+
+fn gauge(recorder: &PrometheusRecorder, (name, help): Family) -> Gauge {
+    recorder.describe_gauge(
+        KeyName::from_const_str(name),
+        None,
+        SharedString::const_str(help),
+    );
+    recorder.register_gauge(&Key::from_static_name(name), &METADATA)
+}
 
 fn counter(
     recorder: &PrometheusRecorder,
@@ -331,6 +368,13 @@ mod tests {
         assert!(text.contains("herald_api_rate_limited_total{role=\"partner\"} 1\n"));
         assert!(!text.contains("herald_engine_blocking_connections_in_use"));
         assert!(text.contains("herald_api_rate_limited_total{role=\"admin\"} 0\n"));
+        m.long_polls_waiting.increment(2);
+        m.long_polls_waiting.decrement(1);
+        Metrics::inc(&m.long_polls_refused_node);
+        let text = m.render(None, true, None);
+        assert!(text.contains("herald_long_polls_waiting 1\n"), "{text}");
+        assert!(text.contains("herald_long_polls_refused_total{limit=\"node\"} 1\n"));
+        assert!(text.contains("herald_long_polls_refused_total{limit=\"credential\"} 0\n"));
     }
 
     #[test]

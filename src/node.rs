@@ -1,16 +1,17 @@
 //! The node's shared state: what every request this process serves can reach, HTTP API and
 //! push alike (the engine, the configuration, the key ring, the per-credential rate limiter,
-//! the metrics, the webhook SSRF exemptions and wake-up), and the admission of a caller
-//! (authentication, then its rate limit) that both use.
+//! the metrics, the webhook SSRF exemptions and wake-up, the long-polls' waiting room), and
+//! the admission of a caller (authentication, then its rate limit) that both use.
 //!
 //! It owns no role's state (the push hub lives in `push::PushState`, the workers in their
 //! tasks) and knows no route: `api/` and `push/` import it, it never imports them.
 
-use crate::auth::{AuthError, KeyRing, Principal, credential_from_headers};
+use crate::auth::{AuthError, Caller, KeyRing, Principal, credential_from_headers};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::problem::Problem;
 use crate::http::ratelimit::{self, ApiRateLimiter, RateLimited};
+use crate::longpoll::LongPolls;
 use crate::metrics::Metrics;
 use axum::http::HeaderMap;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub struct Shared {
     pub webhook_allow: Arc<crate::webhooks::ssrf::AllowList>,
     /// Wakes this node's webhook sender when a request schedules a delivery for now.
     pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// The long-polls of `GET /v1/events?waitMs=` waiting on this node: their bounds
+    /// (`[http] long_poll_*`) and the one shared wait they are served from.
+    pub long_polls: Arc<LongPolls>,
 }
 
 impl std::ops::Deref for Node {
@@ -69,6 +73,12 @@ impl Shared {
     /// WebSocket upgrade does not: connections are bounded by `[push]` (connections per node,
     /// subscribe rate per connection) instead.
     pub fn admit(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
+        self.admit_caller(headers).map(|caller| caller.principal)
+    }
+
+    /// [`Shared::admit`], keeping which credential the caller came with (for limits per
+    /// credential beyond the rate, such as waiting long-polls).
+    pub fn admit_caller(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
         let credential = credential_from_headers(headers).ok_or(Refusal::Unauthenticated(None))?;
         let caller = self
             .keys
@@ -80,6 +90,6 @@ impl Shared {
             tracing::debug!(role, credential = ?caller.credential, "rate limited");
             return Err(Refusal::RateLimited(limited));
         }
-        Ok(caller.principal)
+        Ok(caller)
     }
 }

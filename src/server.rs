@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engine;
 use crate::graphql::{DocumentLimits, GraphqlSchema};
 use crate::http::ratelimit::ApiRateLimiter;
+use crate::longpoll::LongPolls;
 use crate::metrics::Metrics;
 use crate::node::{Node, Shared};
 use crate::push::{self, PushState};
@@ -132,6 +133,11 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         AllowList::parse(&config.webhooks.allow_networks).map_err(|e| anyhow::anyhow!(e))?,
     );
     let webhook_wake = Arc::new(Notify::new());
+    let long_polls = Arc::new(LongPolls::new(
+        &config.http,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let state = Node(Arc::new(Shared {
         engine: engine.clone(),
         keys: KeyRing::from_config(&config.auth).context("loading [auth] keys")?,
@@ -140,6 +146,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         webhook_allow: webhook_allow.clone(),
         webhook_wake: webhook_wake.clone(),
+        long_polls: long_polls.clone(),
     }));
     if state.keys.is_empty() {
         bail!("no API key configured");
@@ -149,6 +156,10 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
     // WebSocket connections close on their own token (with 1012) when shutdown starts.
     let push_shutdown = CancellationToken::new();
     let mut push_state = None;
+    if roles.api {
+        // The one blocking reader behind every long-poll of this node (only while one waits).
+        background.spawn(long_polls.watch(engine.clone()));
+    }
     if roles.worker {
         let worker = Worker::new(
             engine.clone(),

@@ -4,7 +4,7 @@
 
 use super::problem::{ApiResult, Problem};
 use super::{Node, json_object};
-use crate::auth::Principal;
+use crate::auth::{Caller, Principal};
 use crate::engine::{LogEntry, full_partitions};
 use crate::model::{LogCursor, LoggedEvent, OrderEvent, qualified_entry_id};
 use axum::Json;
@@ -32,11 +32,16 @@ pub struct FeedQuery {
 /// cursor to ask with next. Partners and customers see only their own orders' events.
 /// Malformed entries are skipped here (the event tail counts and sets them aside). A cursor
 /// followed by entries the retention removed is refused with 410 `cursor-expired`.
+///
+/// A request that would wait is a long-poll: served from the node's one shared wait (never a
+/// blocking engine read of its own) and bounded per credential (429) and per node (503), see
+/// `crate::longpoll`.
 pub async fn list_events(
     State(state): State<Node>,
-    principal: Principal,
+    caller: Caller,
     Query(q): Query<FeedQuery>,
 ) -> ApiResult<Json<Value>> {
+    let principal = caller.principal;
     let partitions = state.engine.partitions();
     let after = match q.after.as_deref() {
         None | Some("0") | Some("") => LogCursor::start(partitions),
@@ -45,7 +50,10 @@ pub async fn list_events(
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
-    let entries = state.engine.read_events(&after, limit, wait).await?;
+    let entries = state
+        .long_polls
+        .read_events(&*state.engine, &caller.credential, &after, limit, wait)
+        .await?;
     // A cursor some of whose following entries were removed (trimmed by retention) is
     // answered 410, never with the entries after the gap as if nothing were missing. An entry
     // is trimmed only once `event_retention` newer ones are kept, so a read of at most that

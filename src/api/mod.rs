@@ -16,7 +16,7 @@ pub use crate::node::Node;
 use crate::http::problem;
 use crate::http::routes::Routes;
 
-use crate::auth::Principal;
+use crate::auth::{Caller, Principal};
 use crate::engine::{IdempotencyBegin, IdempotentResponse};
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
@@ -103,6 +103,15 @@ impl FromRequestParts<Node> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &Node) -> Result<Self, Problem> {
         state.admit(&parts.headers).map_err(Problem::from)
+    }
+}
+
+/// The caller with the credential it came with, for handlers with limits per credential.
+impl FromRequestParts<Node> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Node) -> Result<Self, Problem> {
+        state.admit_caller(&parts.headers).map_err(Problem::from)
     }
 }
 

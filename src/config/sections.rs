@@ -31,9 +31,9 @@ pub struct EngineConfig {
     /// How long one engine operation may take before it counts as unavailable.
     #[serde(deserialize_with = "duration")]
     pub operation_timeout: Duration,
-    /// Dedicated connections for blocking reads (long-polls, the tail, the worker and the
-    /// dispatcher waiting for work), per process and per Redis node; a blocking read that
-    /// finds them all busy waits, then fails as unavailable.
+    /// Dedicated connections for blocking reads (the event tail, the long-poll watcher, the
+    /// worker and the dispatcher waiting for work), per process and per Redis node; a blocking
+    /// read that finds them all busy waits, then fails as unavailable.
     pub max_blocking_connections: usize,
     /// Partitions of the Redis engine's orders, queue and event log (README "Partitions"):
     /// partition `k`'s keys carry the hash tag `{pk}`. Fixed for the life of the data.
@@ -278,6 +278,12 @@ pub struct HttpConfig {
     pub body_read_timeout: Duration,
     /// Deepest nesting of arrays and objects a JSON body may have (1 to 128); deeper gets 400.
     pub max_json_depth: usize,
+    // Long-polls (`GET /v1/events?waitMs=`, README "HTTP API"): requests waiting for the log
+    // to move, on this node. A request that does not wait is not one.
+    /// Long-polls this node holds waiting at once; more get 503 with `Retry-After`.
+    pub long_poll_max_waiting: usize,
+    /// Long-polls one credential may hold waiting on this node at once; more get 429.
+    pub long_poll_max_waiting_per_credential: usize,
 }
 
 impl Default for HttpConfig {
@@ -294,6 +300,8 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
             max_json_depth: 32,
             body_read_timeout: Duration::from_secs(30),
+            long_poll_max_waiting: 1000,
+            long_poll_max_waiting_per_credential: 50,
         }
     }
 }

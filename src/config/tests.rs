@@ -157,12 +157,15 @@ fn http_and_graphql_limits_parse_and_bad_ones_are_refused() {
             ("HERALD_HTTP__HEADER_READ_TIMEOUT", "2s"),
             ("HERALD_HTTP__MAX_HEADER_BYTES", "8192"),
             ("HERALD_GRAPHQL__MAX_ALIASES", "0"),
+            ("HERALD_HTTP__LONG_POLL_MAX_WAITING", "20"),
         ]),
         &Overrides::default(),
     )
     .unwrap();
     assert_eq!(c.http.header_read_timeout, Duration::from_secs(2));
     assert_eq!(c.http.max_header_bytes, 8192);
+    assert_eq!(c.http.long_poll_max_waiting, 20);
+    assert_eq!(c.http.long_poll_max_waiting_per_credential, 50);
     assert_eq!(c.graphql.max_aliases, 0);
     for (key, value, named) in [
         (
@@ -178,6 +181,16 @@ fn http_and_graphql_limits_parse_and_bad_ones_are_refused() {
         ("HERALD_GRAPHQL__MAX_FIELDS", "0", "graphql.max_fields"),
         ("HERALD_HTTP__MAX_JSON_DEPTH", "0", "http.max_json_depth"),
         ("HERALD_HTTP__MAX_JSON_DEPTH", "129", "http.max_json_depth"),
+        (
+            "HERALD_HTTP__LONG_POLL_MAX_WAITING",
+            "0",
+            "http.long_poll_max_waiting",
+        ),
+        (
+            "HERALD_HTTP__LONG_POLL_MAX_WAITING_PER_CREDENTIAL",
+            "0",
+            "http.long_poll_max_waiting_per_credential",
+        ),
         ("HERALD_GRAPHQL__MAX_DEPTH", "-1", "graphql.max_depth"),
         (
             "HERALD_PUSH__OUTBOUND_QUEUE_BYTES",

@@ -108,6 +108,17 @@ impl Config {
             bail!("http.max_json_depth must be between 1 and 128");
         }
         for (key, value) in [
+            ("http.long_poll_max_waiting", http.long_poll_max_waiting),
+            (
+                "http.long_poll_max_waiting_per_credential",
+                http.long_poll_max_waiting_per_credential,
+            ),
+        ] {
+            if value == 0 {
+                bail!("{key} must be at least 1");
+            }
+        }
+        for (key, value) in [
             ("http.header_read_timeout", http.header_read_timeout),
             ("http.body_read_timeout", http.body_read_timeout),
             (
