@@ -48,10 +48,10 @@ fn dead_url(path: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // The route table: every (method, path) the server serves, with the answer each role gets when
 // it reaches for partner globex's resources (order `gx-ord-7f3` of customer `gx-cust-7f3`, endpoint
-// EB, delivery DB). Foreign orders are 403 (README, "HTTP API"), foreign webhook endpoints
-// 404 like missing ones, customer tokens 403 on webhooks and writes, non-admins 403 on admin
-// routes, no credential 401. The customer is acme's `cust-a` (a token bound to acme by its
-// `partner_id` claim).
+// EB, delivery DB). Foreign orders and foreign webhook endpoints answer 404 like missing ones
+// (README, "HTTP API"; no existence oracle), customer tokens 403 on webhooks and writes
+// (whatever the order), non-admins 403 on admin routes, no credential 401. The customer is
+// acme's `cust-a` (a token bound to acme by its `partner_id` claim).
 
 #[derive(Clone, Copy)]
 enum Role {
@@ -89,12 +89,12 @@ const ROUTES: &[Route] = &[
     route("POST", "/graphql", [401, 200, 200, 200]),
     route("POST", "/graphql/realtime", [401, 200, 200, 200]),
     route("POST", "/v1/orders", [401, 403, 403, 202]),
-    route("GET", "/v1/orders/{order_id}", [401, 403, 403, 200]),
-    route("GET", "/v1/orders/{order_id}/status", [401, 403, 403, 200]),
+    route("GET", "/v1/orders/{order_id}", [401, 404, 404, 200]),
+    route("GET", "/v1/orders/{order_id}/status", [401, 404, 404, 200]),
     route(
         "POST",
         "/v1/orders/{order_id}/transitions",
-        [401, 403, 403, 202],
+        [401, 403, 404, 202],
     ),
     route("GET", "/v1/events", [401, 200, 200, 200]),
     route("POST", "/v1/events", [401, 403, 403, 202]),

@@ -1,8 +1,10 @@
-//! Item 3 of issue 12: customer tokens are bound to a partner.
+//! Items 3 and 8 (first part) of issue 12: customer tokens are bound to a partner, and a foreign
+//! order answers exactly like a missing one.
 //!
 //! Three customers share the customerId `c-1`: acme's (a token whose `partner_id` claim is
 //! `acme`), globex's (`globex`) and one of no partner (a token without the claim). Before the
-//! fix each of them read, and was pushed, every `c-1` order of every partner.
+//! fix each of them read, and was pushed, every `c-1` order of every partner; a partner asking
+//! for another partner's order got 403 where a missing one got 404, an existence oracle.
 
 use crate::common::ws::*;
 use crate::common::*;
@@ -12,6 +14,7 @@ use serde_json::{Value, json};
 on_both_engines!(
     a_customer_reads_only_its_own_partners_orders_over_http_and_graphql,
     a_customers_subscriptions_never_carry_another_partners_events,
+    foreign_orders_answer_exactly_like_missing_ones,
 );
 
 /// The three `c-1` customers: (who, token, the partnerId its orders carry).
@@ -81,7 +84,7 @@ async fn a_customer_reads_only_its_own_partners_orders_over_http_and_graphql(kin
                 reads += 1;
                 match (own, status) {
                     (true, StatusCode::OK) => {}
-                    (false, StatusCode::FORBIDDEN) => refused += 1,
+                    (false, StatusCode::NOT_FOUND) => refused += 1,
                     _ => leaked.push(format!("{who} GET {path}: {status} {body}")),
                 }
             }
@@ -335,4 +338,159 @@ async fn a_customers_subscriptions_never_carry_another_partners_events(kind: Kin
         json!({"engine": format!("{kind:?}"), "refused_subscribes": refusals, "events_delivered": delivered, "leaked": leaked.len()}),
     );
     assert!(leaked.is_empty(), "{}", leaked.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 8: no existence oracle.
+
+/// An answer with `id` written as `{id}`, for comparing a foreign order's with a missing one's.
+async fn answer(r: reqwest::Response, id: &str) -> (StatusCode, String, String) {
+    let status = r.status();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = r.text().await.unwrap_or_default().replace(id, "{id}");
+    (status, content_type, body)
+}
+
+async fn call(s: &Stack, method: &str, path: &str, credential: &str) -> reqwest::Response {
+    let request = if method == "POST" {
+        s.http
+            .post(s.herald.url(path))
+            .json(&json!({"status": "cancelled"}))
+    } else {
+        s.http.get(s.herald.url(path))
+    };
+    request
+        .header("authorization", format!("Bearer {credential}"))
+        .send()
+        .await
+        .expect("request")
+}
+
+async fn foreign_orders_answer_exactly_like_missing_ones(kind: Kind) {
+    let s = Stack::start_with(kind, &jwt_toml());
+    // acme's order of its customer `acme-cust-9`; globex's own order `g-own`.
+    s.order(ACME_KEY, "a-secret-7", "acme-cust-9").await;
+    s.order(GLOBEX_KEY, "g-own", "g-cust").await;
+    let (foreign, missing) = ("a-secret-7", "never-made-7");
+    let globex_customer = partner_customer_token("acme-cust-9", "globex", 600);
+    let mut compared = 0;
+    let mut differing = Vec::new();
+
+    // Every route a partner or customer calls with an order id.
+    for (who, credential) in [
+        ("globex", GLOBEX_KEY.to_string()),
+        ("globex's acme-cust-9", globex_customer.clone()),
+    ] {
+        for (method, path) in [
+            ("GET", "/v1/orders/{id}"),
+            ("GET", "/v1/orders/{id}/status"),
+            ("POST", "/v1/orders/{id}/transitions"),
+        ] {
+            let of_foreign = answer(
+                call(&s, method, &path.replace("{id}", foreign), &credential).await,
+                foreign,
+            )
+            .await;
+            let of_missing = answer(
+                call(&s, method, &path.replace("{id}", missing), &credential).await,
+                missing,
+            )
+            .await;
+            compared += 1;
+            if of_foreign != of_missing {
+                differing.push(format!(
+                    "{who} {method} {path}: foreign {of_foreign:?} / missing {of_missing:?}"
+                ));
+            }
+            // Partners get 404 (customers may not request transitions at all: 403 either way).
+            if who == "globex" {
+                assert_eq!(of_missing.0, StatusCode::NOT_FOUND, "{method} {path}");
+                assert_eq!(of_missing.1, "application/problem+json");
+            }
+        }
+        // The GraphQL query and a subscription to the order.
+        let (status_f, body_f) = graphql(&s, &credential, order_query(foreign)).await;
+        let (status_m, body_m) = graphql(&s, &credential, order_query(missing)).await;
+        compared += 1;
+        let strip = |v: &Value, id: &str| v.to_string().replace(id, "{id}");
+        if (status_f, strip(&body_f, foreign)) != (status_m, strip(&body_m, missing)) {
+            differing.push(format!("{who} query: {body_f} / {body_m}"));
+        }
+        let mut ws = transport_ws(&s, &credential).await;
+        let mut refusals = Vec::new();
+        for (n, id) in [foreign, missing].into_iter().enumerate() {
+            send(
+                &mut ws,
+                json!({"id": format!("q{n}"), "type": "subscribe", "payload": {"query": SUBSCRIBE, "variables": {"o": id}}}),
+            )
+            .await;
+            let m = next(&mut ws).await;
+            refusals.push(strip(&m["payload"], id));
+        }
+        compared += 1;
+        if refusals[0] != refusals[1] {
+            differing.push(format!("{who} subscribe: {refusals:?}"));
+        }
+    }
+
+    // POST /v1/orders naming acme's orderId answers as for any taken id (globex's own), and
+    // says nothing of the owner; nothing changes.
+    let attempt = |id: &str| {
+        let mut body = order_body(id, "g-cust");
+        body["partnerId"] = json!("globex");
+        body
+    };
+    let taken_foreign = s.post("/v1/orders", GLOBEX_KEY, &attempt(foreign)).await;
+    let taken_foreign = answer(taken_foreign, foreign).await;
+    let taken_own = s.post("/v1/orders", GLOBEX_KEY, &attempt("g-own")).await;
+    let taken_own = answer(taken_own, "g-own").await;
+    compared += 1;
+    assert_eq!(taken_foreign.0, StatusCode::CONFLICT, "{taken_foreign:?}");
+    if taken_foreign != taken_own {
+        differing.push(format!(
+            "POST /v1/orders: foreign {taken_foreign:?} / own {taken_own:?}"
+        ));
+    }
+    // With an Idempotency-Key too.
+    let keyed = s
+        .http
+        .post(s.herald.url("/v1/orders"))
+        .header("x-api-key", GLOBEX_KEY)
+        .header("idempotency-key", "probe-1")
+        .json(&attempt(foreign))
+        .send()
+        .await
+        .expect("request");
+    let keyed = answer(keyed, foreign).await;
+    compared += 1;
+    if keyed != taken_own {
+        differing.push(format!("keyed POST /v1/orders: {keyed:?} / {taken_own:?}"));
+    }
+    let owner_marks = ["acme", "acme-cust-9"];
+    let revealed = [&taken_foreign, &keyed]
+        .iter()
+        .filter(|a| owner_marks.iter().any(|m| a.2.contains(m)))
+        .count();
+    let record: Value = s
+        .get(&format!("/v1/orders/{foreign}"), ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .expect("order");
+    assert_eq!(record["partnerId"], "acme", "{record}");
+    assert_eq!(record["customerId"], "acme-cust-9", "{record}");
+    assert_eq!(record["version"], 2, "nothing was applied to it: {record}");
+
+    crate::figures(
+        8,
+        "foreign_orders_answer_exactly_like_missing_ones",
+        json!({"engine": format!("{kind:?}"), "compared": compared, "differing": differing.len(), "owner_revealed": revealed}),
+    );
+    assert!(differing.is_empty(), "{}", differing.join("\n"));
+    assert_eq!(revealed, 0, "{taken_foreign:?} {keyed:?}");
 }
