@@ -126,7 +126,7 @@ async fn a_customer_reads_only_its_own_partners_orders_over_http_and_graphql(kin
     }
     crate::figures(
         3,
-        "a_customer_reads_only_its_own_partners_orders_over_http_and_graphql",
+        &format!("a_customer_reads_only_its_own_partners_orders_over_http_and_graphql/{kind:?}"),
         json!({"engine": format!("{kind:?}"), "reads": reads, "refused": refused, "leaked": leaked.len()}),
     );
     assert!(leaked.is_empty(), "{}", leaked.join("\n"));
@@ -334,7 +334,7 @@ async fn a_customers_subscriptions_never_carry_another_partners_events(kind: Kin
     }
     crate::figures(
         3,
-        "a_customers_subscriptions_never_carry_another_partners_events",
+        &format!("a_customers_subscriptions_never_carry_another_partners_events/{kind:?}"),
         json!({"engine": format!("{kind:?}"), "refused_subscribes": refusals, "events_delivered": delivered, "leaked": leaked.len()}),
     );
     assert!(leaked.is_empty(), "{}", leaked.join("\n"));
@@ -488,7 +488,7 @@ async fn foreign_orders_answer_exactly_like_missing_ones(kind: Kind) {
 
     crate::figures(
         8,
-        "foreign_orders_answer_exactly_like_missing_ones",
+        &format!("foreign_orders_answer_exactly_like_missing_ones/{kind:?}"),
         json!({"engine": format!("{kind:?}"), "compared": compared, "differing": differing.len(), "owner_revealed": revealed}),
     );
     assert!(differing.is_empty(), "{}", differing.join("\n"));
