@@ -331,13 +331,14 @@ async fn credentials_are_required_and_partners_reach_only_their_orders(kind: Kin
         s.get("/v1/orders/acme-1/status", ACME_KEY).await.status(),
         StatusCode::OK
     );
+    // Another partner's order answers as a missing one (no existence oracle).
     assert_eq!(
         s.get("/v1/orders/acme-1/status", GLOBEX_KEY).await.status(),
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND
     );
     assert_eq!(
         s.get("/v1/orders/acme-1", GLOBEX_KEY).await.status(),
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND
     );
     s.wait_for_status("acme-1", "confirmed", 2).await;
     let r = s
@@ -347,7 +348,7 @@ async fn credentials_are_required_and_partners_reach_only_their_orders(kind: Kin
             &json!({"status": "cancelled"}),
         )
         .await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         s.get("/v1/admin/queues", ACME_KEY).await.status(),
         StatusCode::FORBIDDEN
@@ -404,11 +405,11 @@ async fn customer_token_reads_its_own_orders_and_nothing_else() {
         StatusCode::OK
     );
 
-    // Another customer's order answers exactly as a partner's foreign order does.
+    // Another customer's order answers exactly as a partner's foreign order does: as missing.
     for path in ["/v1/orders/theirs-1/status", "/v1/orders/theirs-1"] {
         let customer = s.get(path, &token).await;
         let partner = s.get(path, GLOBEX_KEY).await;
-        assert_eq!(customer.status(), StatusCode::FORBIDDEN);
+        assert_eq!(customer.status(), StatusCode::NOT_FOUND);
         assert_eq!(customer.status(), partner.status());
         assert_eq!(
             customer.headers()["content-type"],

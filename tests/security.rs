@@ -48,9 +48,10 @@ fn dead_url(path: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // The route table: every (method, path) the server serves, with the answer each role gets when
 // it reaches for partner globex's resources (order `gx-ord-7f3` of customer `gx-cust-7f3`, endpoint
-// EB, delivery DB). Foreign orders are 403 (README, "HTTP API"), foreign webhook endpoints
-// 404 like missing ones, customer tokens 403 on webhooks and writes, non-admins 403 on admin
-// routes, no credential 401.
+// EB, delivery DB). Foreign orders and foreign webhook endpoints answer 404 like missing ones
+// (README, "HTTP API"; no existence oracle), customer tokens 403 on webhooks and writes
+// (whatever the order), non-admins 403 on admin routes, no credential 401. The customer is
+// acme's `cust-a` (a token bound to acme by its `partner_id` claim).
 
 #[derive(Clone, Copy)]
 enum Role {
@@ -65,7 +66,7 @@ const ROLES: [Role; 4] = [Role::Anonymous, Role::Customer, Role::Partner, Role::
 struct Route {
     method: &'static str,
     path: &'static str,
-    /// Anonymous, customer `cust-a`, partner acme, admin.
+    /// Anonymous, customer `cust-a` of acme, partner acme, admin.
     expect: [u16; 4],
 }
 
@@ -88,12 +89,12 @@ const ROUTES: &[Route] = &[
     route("POST", "/graphql", [401, 200, 200, 200]),
     route("POST", "/graphql/realtime", [401, 200, 200, 200]),
     route("POST", "/v1/orders", [401, 403, 403, 202]),
-    route("GET", "/v1/orders/{order_id}", [401, 403, 403, 200]),
-    route("GET", "/v1/orders/{order_id}/status", [401, 403, 403, 200]),
+    route("GET", "/v1/orders/{order_id}", [401, 404, 404, 200]),
+    route("GET", "/v1/orders/{order_id}/status", [401, 404, 404, 200]),
     route(
         "POST",
         "/v1/orders/{order_id}/transitions",
-        [401, 403, 403, 202],
+        [401, 403, 404, 202],
     ),
     route("GET", "/v1/events", [401, 200, 200, 200]),
     route("POST", "/v1/events", [401, 403, 403, 202]),
@@ -321,7 +322,7 @@ async fn every_route_answers_each_role_as_designed_and_leaks_nothing(kind: Kind)
     for key in [ADMIN_KEY, ACME_KEY, GLOBEX_KEY, JWT_SECRET] {
         t.secret(key);
     }
-    let customer_a = customer_token("cust-a", 600);
+    let customer_a = partner_customer_token("cust-a", "acme", 600);
     t.secret(&customer_a);
 
     // Each partner has an order, an endpoint, and failed (signed, attempted) deliveries.
@@ -515,7 +516,7 @@ async fn events_until(ws: &mut Ws, last_order: &str) -> Vec<Value> {
 
 async fn subscriptions_are_confined_to_the_caller(kind: Kind) {
     let s = start(kind);
-    let customer_a = customer_token("cust-a", 600);
+    let customer_a = partner_customer_token("cust-a", "acme", 600);
     let mut cases = 0;
     // Asking for someone else's orders is an error, never a silent empty stream.
     let foreign = [
@@ -523,6 +524,7 @@ async fn subscriptions_are_confined_to_the_caller(kind: Kind) {
         (ACME_KEY.to_string(), json!({"o": "gx-ord-7f3"})),
         (customer_a.clone(), json!({"c": "gx-cust-7f3"})),
         (customer_a.clone(), json!({"o": "gx-ord-7f3"})),
+        (customer_a.clone(), json!({"p": "globex"})),
     ];
     s.post(
         "/v1/orders",
@@ -578,9 +580,14 @@ async fn subscriptions_are_confined_to_the_caller(kind: Kind) {
         customer_events.iter().all(|e| e["customerId"] == "cust-a"),
         "{customer_events:?}"
     );
+    // globex's cust-a is another customer than acme's cust-a: its order never arrives.
     assert!(
-        customer_events.iter().any(|e| e["orderId"] == "order-a0"),
-        "a customer's orders through any partner"
+        customer_events.iter().all(|e| e["partnerId"] == "acme"),
+        "{customer_events:?}"
+    );
+    assert!(
+        !customer_events.iter().any(|e| e["orderId"] == "order-a0"),
+        "{customer_events:?}"
     );
     let admin_events = events_until(&mut admin, "order-a").await;
     assert!(admin_events.iter().any(|e| e["orderId"] == "gx-ord-7f32"));

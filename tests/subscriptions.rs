@@ -291,6 +291,8 @@ async fn unauthorized_subscriptions_are_refused_with_an_error(kind: Kind) {
         (GLOBEX_KEY.to_string(), json!({ "p": "acme" })),
         (customer_token("cust-8", 600), json!({ "o": "acme-7" })),
         (customer_token("cust-8", 600), json!({ "c": "cust-7" })),
+        // cust-7 of no partner is not acme's cust-7.
+        (customer_token("cust-7", 600), json!({ "o": "acme-7" })),
         // An order that does not exist reads exactly like someone else's.
         (ACME_KEY.to_string(), json!({ "o": "no-such-order" })),
     ];
@@ -303,10 +305,10 @@ async fn unauthorized_subscriptions_are_refused_with_an_error(kind: Kind) {
             "{variables}: {error}"
         );
     }
-    // The rightful customer is served.
+    // The rightful customer (acme's cust-7) is served.
     let mut own = ClientProc::graphql_ws(
         &url,
-        &customer_token("cust-7", 600),
+        &partner_customer_token("cust-7", "acme", 600),
         q,
         json!({ "o": "acme-7" }),
         1,

@@ -258,14 +258,7 @@ async fn create_order_inner(
         }
         Ok(AcceptOutcome::AlreadyExists) => {
             idempotency.abandon(state).await;
-            Err(Problem::conflict(
-                "order-exists",
-                "An order with this orderId exists",
-                format!(
-                    "Order {} was accepted before; nothing was queued.",
-                    order.order_id
-                ),
-            ))
+            Err(order_id_taken(&order.order_id))
         }
         Err(e) => {
             idempotency.abandon(state).await;
@@ -274,21 +267,43 @@ async fn create_order_inner(
     }
 }
 
-/// Loads an order's status and checks the caller may see it.
+/// The answer to a named `orderId` that is taken. Order ids are one namespace shared by
+/// every partner (the engines key an order's status, history, queue and idempotency records
+/// by it), so an id another partner holds is taken too; the answer is the same whoever holds
+/// it, and says nothing of the holder.
+fn order_id_taken(order_id: &str) -> Problem {
+    Problem::conflict(
+        "order-exists",
+        "An order with this orderId exists",
+        format!(
+            "The orderId {order_id} is taken; nothing was queued. Choose another orderId, or \
+             leave it out and Herald draws one."
+        ),
+    )
+}
+
+/// The answer for an order the caller may not see: exactly the one for a missing order, byte
+/// for byte (it does not even echo the id), so no route is an oracle of another tenant's
+/// order ids.
+fn no_such_order() -> Problem {
+    Problem::not_found("No order with this orderId is visible to this credential.")
+}
+
+/// Loads an order's status and checks the caller may see it; an order it may not see is
+/// answered as a missing one ([`no_such_order`]).
 async fn authorized_status(
     state: &Node,
     principal: &Principal,
     order_id: &str,
 ) -> ApiResult<StatusRecord> {
-    let status = state
-        .engine
-        .order_status(order_id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("No order {order_id}.")))?;
-    if !principal.may_access_order(status.partner_id.as_deref(), &status.customer_id) {
-        return Err(Problem::forbidden("This order belongs to another partner."));
+    match state.engine.order_status(order_id).await? {
+        Some(status)
+            if principal.may_access_order(status.partner_id.as_deref(), &status.customer_id) =>
+        {
+            Ok(status)
+        }
+        _ => Err(no_such_order()),
     }
-    Ok(status)
 }
 
 /// `GET /v1/orders/{id}/status`
@@ -316,13 +331,13 @@ pub async fn get_order(
         .engine
         .order(&order_id)
         .await?
-        .ok_or_else(|| Problem::not_found(format!("No order {order_id}.")))?;
-    if !principal.may_access_order(
-        record.status.partner_id.as_deref(),
-        &record.status.customer_id,
-    ) {
-        return Err(Problem::forbidden("This order belongs to another partner."));
-    }
+        .filter(|record| {
+            principal.may_access_order(
+                record.status.partner_id.as_deref(),
+                &record.status.customer_id,
+            )
+        })
+        .ok_or_else(no_such_order)?;
     let mut body = serde_json::to_value(&record.order).unwrap_or_default();
     if let Value::Object(map) = &mut body {
         map.insert("status".into(), json!(record.status.status));
@@ -438,7 +453,7 @@ async fn create_transition_inner(
         }
         Ok(EnqueueOutcome::UnknownOrder) => {
             idempotency.abandon(state).await;
-            Err(Problem::not_found(format!("No order {order_id}.")))
+            Err(no_such_order())
         }
         Err(e) => {
             idempotency.abandon(state).await;

@@ -38,6 +38,7 @@ pub(super) fn jwt_config(hs: bool, rs: bool) -> JwtConfig {
         rs256_public_key_pem: if rs { RS_PUBLIC.into() } else { String::new() },
         issuer: "https://id.example".into(),
         audience: "herald".into(),
+        partner_claim: "partner_id".into(),
         leeway: Duration::from_secs(5),
     }
 }

@@ -5,6 +5,10 @@
 //! only with the public key, anything else (`alg: none`, HS256 signed with the public key as its
 //! secret, RS384, ...) is refused, so a token's header never chooses how it is checked. Refusals
 //! name the failed check, never a claim value, the token or a secret.
+//!
+//! The claim named by `partner_claim` binds the customer to one partner: the same `sub` at
+//! another partner is another customer. A token without it is bound to no partner and reaches
+//! only orders without one (it never means "every partner").
 
 use super::{AuthError, Principal};
 use crate::config::JwtConfig;
@@ -31,6 +35,8 @@ pub(super) fn looks_like_jwt(credential: &str) -> bool {
 pub(super) struct JwtVerifier {
     hs256: Option<(DecodingKey, Validation)>,
     rs256: Option<(DecodingKey, Validation)>,
+    /// `[auth.jwt] partner_claim`: the claim naming the customer's partner.
+    partner_claim: String,
 }
 
 /// The claims Herald reads; `exp`, `nbf`, `iss` and `aud` are checked by `jsonwebtoken`.
@@ -39,6 +45,9 @@ struct CustomerClaims {
     // Options, so a missing claim is reported by the validation, by name.
     sub: Option<String>,
     exp: Option<f64>,
+    /// The other claims, among them the configured partner claim (its name is config).
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The shortest HS256 secret accepted: as long as the hash output (RFC 7518, 3.2).
@@ -101,7 +110,11 @@ impl JwtVerifier {
                 validation(Algorithm::RS256),
             ))
         };
-        Ok((hs256.is_some() || rs256.is_some()).then_some(JwtVerifier { hs256, rs256 }))
+        Ok((hs256.is_some() || rs256.is_some()).then(|| JwtVerifier {
+            hs256,
+            rs256,
+            partner_claim: jwt.partner_claim.clone(),
+        }))
     }
 
     pub(super) fn verify(&self, token: &str) -> Result<Principal, AuthError> {
@@ -137,8 +150,22 @@ impl JwtVerifier {
             .sub
             .filter(|sub| !sub.is_empty())
             .ok_or_else(|| invalid("empty claim `sub`"))?;
+        // Absent (or null): bound to no partner. Anything but a non-empty string is refused,
+        // never read as "no partner", which would widen what a malformed token reaches.
+        let partner_id = match claims.other.get(&self.partner_claim) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(p)) if !p.is_empty() => Some(p.clone()),
+            // The claim's name comes from our config, never from the token.
+            Some(_) => {
+                return Err(AuthError::Invalid(format!(
+                    "malformed claim `{}`",
+                    self.partner_claim
+                )));
+            }
+        };
         Ok(Principal::Customer {
             customer_id,
+            partner_id,
             expires_at: claims
                 .exp
                 .filter(|exp| exp.is_finite() && *exp >= 0.0)
@@ -164,9 +191,56 @@ mod tests {
             jwt_ring(true, false).authenticate(&hs256(&c)),
             Ok(Principal::Customer {
                 customer_id: "cust-1".into(),
+                partner_id: None,
                 expires_at: Some(exp),
             })
         );
+    }
+
+    #[test]
+    fn the_partner_claim_binds_the_customer_to_its_partner() {
+        let ring = jwt_ring(true, true);
+        let mut c = claims();
+        c["partner_id"] = json!("acme");
+        for token in [hs256(&c), rs(Algorithm::RS256, &c)] {
+            assert!(matches!(
+                ring.authenticate(&token),
+                Ok(Principal::Customer { partner_id: Some(ref p), .. }) if p == "acme"
+            ));
+        }
+        // Another claim name is configurable; then `partner_id` is just another claim.
+        let mut jwt = jwt_config(true, false);
+        jwt.partner_claim = "tid".into();
+        let tid_ring = KeyRing::from_config(&auth_config(jwt)).unwrap();
+        assert!(matches!(
+            tid_ring.authenticate(&hs256(&c)),
+            Ok(Principal::Customer {
+                partner_id: None,
+                ..
+            })
+        ));
+        c["tid"] = json!("globex");
+        assert!(matches!(
+            tid_ring.authenticate(&hs256(&c)),
+            Ok(Principal::Customer { partner_id: Some(ref p), .. }) if p == "globex"
+        ));
+        // A null claim is no claim; an empty or non-string one is refused, by name only.
+        c["partner_id"] = Value::Null;
+        assert!(matches!(
+            ring.authenticate(&hs256(&c)),
+            Ok(Principal::Customer {
+                partner_id: None,
+                ..
+            })
+        ));
+        for bad in [json!(""), json!(7), json!(["acme"]), json!({"id": "acme"})] {
+            c["partner_id"] = bad.clone();
+            assert_eq!(
+                ring.authenticate(&hs256(&c)),
+                invalid("malformed claim `partner_id`"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -25,9 +25,13 @@ pub enum Principal {
     Admin,
     /// Its own orders (those with its `partnerId`) and its own webhooks.
     Partner { partner_id: String },
-    /// A customer token (JWT, `sub` = customerId): reads its own orders only.
+    /// A customer token (JWT, `sub` = customerId): reads its own orders only, and only those
+    /// of the partner it is bound to (`[auth.jwt] partner_claim`); a token without the claim
+    /// reaches only orders without a partner.
     Customer {
         customer_id: String,
+        /// The partner this customer belongs to; `None`: orders without a partner only.
+        partner_id: Option<String>,
         /// The token's `exp`, in Unix seconds: long-lived connections end their access here.
         expires_at: Option<u64>,
     },
@@ -44,14 +48,17 @@ impl Principal {
     }
 
     /// Whether this caller may see an order owned by `partner_id` and placed by
-    /// `customer_id`: admin all, a partner those with its partnerId, a customer its own.
+    /// `customer_id`: admin all, a partner those with its partnerId, a customer its own at
+    /// its own partner (the same customerId at another partner is another customer).
     pub fn may_access_order(&self, partner_id: Option<&str>, customer_id: &str) -> bool {
         match self {
             Principal::Admin => true,
             Principal::Partner { partner_id: own } => partner_id == Some(own.as_str()),
             Principal::Customer {
-                customer_id: own, ..
-            } => customer_id == own,
+                customer_id: own,
+                partner_id: own_partner,
+                ..
+            } => customer_id == own && partner_id == own_partner.as_deref(),
         }
     }
 
@@ -146,11 +153,23 @@ mod tests {
         assert!(Principal::Admin.may_access_order(None, "c"));
         let c = Principal::Customer {
             customer_id: "cust-1".into(),
+            partner_id: None,
             expires_at: Some(1),
         };
+        // A token bound to no partner: partnerless orders only.
         assert!(c.may_access_order(None, "cust-1"));
-        assert!(c.may_access_order(Some("acme"), "cust-1"));
-        assert!(!c.may_access_order(Some("acme"), "cust-2"));
+        assert!(!c.may_access_order(Some("acme"), "cust-1"));
+        assert!(!c.may_access_order(None, "cust-2"));
+        // Bound to acme: acme's orders of this customer only.
+        let bound = Principal::Customer {
+            customer_id: "cust-1".into(),
+            partner_id: Some("acme".into()),
+            expires_at: None,
+        };
+        assert!(bound.may_access_order(Some("acme"), "cust-1"));
+        assert!(!bound.may_access_order(Some("globex"), "cust-1"));
+        assert!(!bound.may_access_order(None, "cust-1"));
+        assert!(!bound.may_access_order(Some("acme"), "cust-2"));
         assert!(!c.is_admin());
         assert_eq!(c.expires_at(), Some(1));
         assert_eq!(p.expires_at(), None);

@@ -98,7 +98,9 @@ pub struct AuthConfig {
 /// Customer tokens (JWT, `sub` = customerId). HS256 with a shared secret (at least 32 bytes)
 /// or RS256 with a public key (PEM); both may be set, each accepts only its own algorithm.
 /// `exp` and `sub` are required, `nbf` is checked when present, `iss` and `aud` are required
-/// and checked when configured. `Debug` never shows the secret.
+/// and checked when configured. `partner_claim` names the claim that binds the token to one
+/// partner's orders; a token without it reaches only orders without a partner. `Debug` never
+/// shows the secret.
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JwtConfig {
@@ -106,6 +108,8 @@ pub struct JwtConfig {
     pub rs256_public_key_pem: String,
     pub issuer: String,
     pub audience: String,
+    /// The claim holding the partnerId the customer belongs to (a string).
+    pub partner_claim: String,
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(deserialize_with = "duration")]
     pub leeway: Duration,
@@ -118,6 +122,7 @@ impl Default for JwtConfig {
             rs256_public_key_pem: String::new(),
             issuer: String::new(),
             audience: String::new(),
+            partner_claim: "partner_id".into(),
             leeway: Duration::from_secs(30),
         }
     }
@@ -140,6 +145,7 @@ impl std::fmt::Debug for JwtConfig {
             )
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("partner_claim", &self.partner_claim)
             .field("leeway", &self.leeway)
             .finish()
     }

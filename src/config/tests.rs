@@ -289,6 +289,29 @@ fn unparsable_rs256_public_keys_are_refused() {
 }
 
 #[test]
+fn partner_claim_defaults_to_partner_id_and_must_name_a_claim_of_its_own() {
+    assert_eq!(
+        jwt_env("LEEWAY", "30s").unwrap().auth.jwt.partner_claim,
+        "partner_id"
+    );
+    assert_eq!(
+        jwt_env("PARTNER_CLAIM", "tid")
+            .unwrap()
+            .auth
+            .jwt
+            .partner_claim,
+        "tid"
+    );
+    for refused in ["", "sub", "exp", "iss"] {
+        let err = jwt_env("PARTNER_CLAIM", refused).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("auth.jwt.partner_claim"),
+            "{refused}: {err:#}"
+        );
+    }
+}
+
+#[test]
 fn validation_refuses_through_the_checks_it_is_given() {
     let refuse_all = Checks {
         allow_networks: |_| Err("webhooks.allow_networks: refused by the caller".into()),

@@ -180,6 +180,16 @@ impl Config {
         if !jwt.rs256_public_key_pem.is_empty() {
             (checks.rs256_key)(&jwt.rs256_public_key_pem)?;
         }
+        // The registered claims already mean something else: `sub` is the customer, the rest
+        // are checked by the verifier. An empty name would bind no token to anything.
+        if jwt.partner_claim.is_empty()
+            || ["sub", "exp", "nbf", "iat", "iss", "aud", "jti"]
+                .contains(&jwt.partner_claim.as_str())
+        {
+            bail!(
+                "auth.jwt.partner_claim must name a claim of its own (not empty, not a registered claim such as `sub`)"
+            );
+        }
         Ok(())
     }
 }

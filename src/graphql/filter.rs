@@ -17,6 +17,9 @@ pub struct EventFilter {
     pub partner_id: Option<String>,
     pub statuses: Option<Vec<OrderStatus>>,
     pub expr: Option<FilterExpr>,
+    /// Only events of orders without a partner: never an argument, set by authorization for
+    /// a customer token bound to no partner (`[auth.jwt] partner_claim` absent).
+    pub partnerless: bool,
 }
 
 /// The index a hub may use to find candidate subscribers of an event without testing them all.
@@ -41,6 +44,7 @@ impl EventFilter {
                 .partner_id
                 .as_ref()
                 .is_none_or(|id| ev.partner_id.as_deref() == Some(id.as_str()))
+            && (!self.partnerless || ev.partner_id.is_none())
             && self
                 .statuses
                 .as_ref()

@@ -306,6 +306,7 @@ impl<'d> Planner<'d> {
                 Value::Null => None,
                 value => Some(FilterExpr::from_json(&value).map_err(bad)?),
             },
+            partnerless: false,
         };
         let after = id_argument(&self.argument(field, "after")).map_err(bad)?;
         let fields = self.object_fields(group, true, "OrderEvent")?;

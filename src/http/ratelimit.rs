@@ -180,6 +180,7 @@ mod tests {
         caller(
             Principal::Customer {
                 customer_id: sub.into(),
+                partner_id: None,
                 expires_at: None,
             },
             CredentialId::Subject(sub.into()),

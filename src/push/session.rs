@@ -204,8 +204,9 @@ impl Session {
 }
 
 /// Checks a subscription against its caller and narrows it to what the caller may see. A
-/// partner's subscription is confined to its partnerId and a customer's to its customerId
-/// (besides any argument), so even events written by other programs cannot leak.
+/// partner's subscription is confined to its partnerId and a customer's to its customerId at
+/// its own partner (or, for a token bound to no partner, to orders without one), besides any
+/// argument, so even events written by other programs cannot leak.
 async fn authorize(
     state: &PushState,
     principal: &Principal,
@@ -224,7 +225,11 @@ async fn authorize(
             }
             filter.partner_id = Some(partner_id.clone());
         }
-        Principal::Customer { customer_id, .. } => {
+        Principal::Customer {
+            customer_id,
+            partner_id,
+            ..
+        } => {
             if let Some(asked) = &filter.customer_id
                 && asked != customer_id
             {
@@ -232,7 +237,18 @@ async fn authorize(
                     "Not authorized to subscribe to customerId `{asked}`."
                 )));
             }
+            // The customer is one partner's (or no partner's): the same customerId at
+            // another partner is someone else.
+            if let Some(asked) = &filter.partner_id
+                && Some(asked) != partner_id.as_ref()
+            {
+                return Err(refuse(format!(
+                    "Not authorized to subscribe to partnerId `{asked}`."
+                )));
+            }
             filter.customer_id = Some(customer_id.clone());
+            filter.partner_id = partner_id.clone();
+            filter.partnerless = partner_id.is_none();
         }
     }
     if let Some(order_id) = &filter.order_id {

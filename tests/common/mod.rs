@@ -582,3 +582,11 @@ pub fn rs256_token(claims: &Value) -> String {
 pub fn customer_token(customer: &str, ttl_secs: u64) -> String {
     hs256_token(&customer_claims(customer, ttl_secs as i64))
 }
+
+/// A valid HS256 token for `customer` of `partner` (the default `[auth.jwt] partner_claim`,
+/// `partner_id`), expiring in `ttl_secs`.
+pub fn partner_customer_token(customer: &str, partner: &str, ttl_secs: u64) -> String {
+    let mut claims = customer_claims(customer, ttl_secs as i64);
+    claims["partner_id"] = serde_json::json!(partner);
+    hs256_token(&claims)
+}
