@@ -318,7 +318,10 @@ mod tests {
     fn places_are_bounded_per_credential_then_per_node_and_given_back_on_drop() {
         let polls = polls(3, 2);
         let a = CredentialId::Key(0);
-        let b = CredentialId::Subject("c-1".into());
+        let b = CredentialId::Subject {
+            partner_id: Some("acme".into()),
+            customer_id: "c-1".into(),
+        };
         let a1 = polls.admit(&a).unwrap();
         let _a2 = polls.admit(&a).unwrap();
         assert_eq!(polls.admit(&a).err(), Some(Refused::Credential(2)));

@@ -73,13 +73,23 @@ impl KeyRing {
         match &self.jwt {
             Some(verifier) if looks_like_jwt(credential) => {
                 let principal = verifier.verify(credential)?;
-                let subject = match &principal {
-                    Principal::Customer { customer_id, .. } => customer_id.clone(),
-                    _ => String::new(),
+                let credential = match &principal {
+                    Principal::Customer {
+                        customer_id,
+                        partner_id,
+                        ..
+                    } => CredentialId::Subject {
+                        partner_id: partner_id.clone(),
+                        customer_id: customer_id.clone(),
+                    },
+                    _ => CredentialId::Subject {
+                        partner_id: None,
+                        customer_id: String::new(),
+                    },
                 };
                 Ok(Caller {
                     principal,
-                    credential: CredentialId::Subject(subject),
+                    credential,
                     rate_limit: KeyRateLimit::default(),
                 })
             }
@@ -174,8 +184,29 @@ mod tests {
         assert_eq!(admin.credential, CredentialId::Key(0));
         assert_eq!(admin.rate_limit, KeyRateLimit::default());
         let customer = ring.identify(&hs256(&claims())).unwrap();
-        assert_eq!(customer.credential, CredentialId::Subject("cust-1".into()));
+        assert_eq!(
+            customer.credential,
+            CredentialId::Subject {
+                partner_id: None,
+                customer_id: "cust-1".into()
+            }
+        );
         assert_eq!(ring.identify("nope"), Err(AuthError::Unknown));
+        // The same subject under two partners (the partner claim) is two credentials: they
+        // share no rate-limit bucket and no long-poll places.
+        let of = |partner: &str| {
+            let mut claims = claims();
+            claims["partner_id"] = partner.into();
+            ring.identify(&hs256(&claims)).unwrap().credential
+        };
+        assert_eq!(
+            of("acme"),
+            CredentialId::Subject {
+                partner_id: Some("acme".into()),
+                customer_id: "cust-1".into()
+            }
+        );
+        assert_ne!(of("acme"), of("globex"));
     }
 
     #[test]

@@ -95,8 +95,12 @@ pub enum AuthError {
 pub enum CredentialId {
     /// The n-th configured API key (admin keys first, then partner keys, in config order).
     Key(usize),
-    /// A customer token's subject (`sub`, the customerId).
-    Subject(String),
+    /// A customer token's subject (`sub`, the customerId) within its partner (the token's
+    /// partner claim): customer `c-1` of two partners is two credentials.
+    Subject {
+        partner_id: Option<String>,
+        customer_id: String,
+    },
 }
 
 /// A key's own rate limit (`[[auth.partner_keys]] rate_limit_*`); unset parts take `[http]`.

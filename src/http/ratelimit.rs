@@ -183,7 +183,10 @@ mod tests {
                 partner_id: None,
                 expires_at: None,
             },
-            CredentialId::Subject(sub.into()),
+            CredentialId::Subject {
+                partner_id: None,
+                customer_id: sub.into(),
+            },
         )
     }
 
