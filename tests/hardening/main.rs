@@ -21,6 +21,6 @@ pub fn figures(item: u32, test: &str, fields: Value) {
 }
 
 // One module per item of issue 12 (tests/hardening/<name>.rs), added by the change that fixes it.
-mod retention;
 mod longpoll;
+mod retention;
 mod tenant;
