@@ -118,3 +118,154 @@ async fn a_blocked_destination_is_refused_without_naming_its_addresses(kind: Kin
         json!({"engine": format!("{kind:?}"), "placesChecked": places.len(), "leaked": leaked}),
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 8: a timed-out intake's 503 says the order may have been accepted.
+
+/// Intake requests, each with its own `Idempotency-Key` and customer, are sent around a
+/// SIGSTOP of Redis that lasts longer than the intake's timeout (`engine.operation_timeout`,
+/// twice that for the intake script): some time out while claiming their key, some while
+/// their order is on its way. Every 503 says the order may have been accepted and to retry
+/// with the same key, with `Retry-After`; after Redis resumes, retrying each request with its
+/// key gives exactly one order per request.
+#[tokio::test]
+async fn a_timed_out_intake_says_the_order_may_be_accepted_and_a_retry_makes_one() {
+    const REQUESTS: usize = 40;
+    let s = Arc::new(Stack::start_with(
+        Kind::Redis,
+        // A receive that timed out during the pause leaves its commands invisible for the
+        // visibility timeout: short, so every order is confirmed soon after.
+        "[engine]\noperation_timeout = \"400ms\"\n[queue]\nvisibility_timeout = \"2s\"\n",
+    ));
+    s.order(ADMIN_KEY, "warm-1", "cust-warm").await;
+    let redis = s.redis.as_ref().expect("redis");
+
+    let post = |s: Arc<Stack>, i: usize| async move {
+        let body = json!({
+            "customerId": format!("cust-to-{i}"),
+            "items": [{"sku": "sku-1", "quantity": 1, "unitPrice": 3.5}],
+            "currency": "USD"
+        });
+        let r = s
+            .http
+            .post(s.herald.url("/v1/orders"))
+            .header("x-api-key", ADMIN_KEY)
+            .header("idempotency-key", format!("timeout-key-{i}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (status, retry_after, content_type, body)
+    };
+
+    // Spread over 100 ms with Redis stopped 30 ms in: a few go through, the rest hang.
+    let mut tasks = Vec::new();
+    for i in 0..REQUESTS {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(2500 * i as u64)).await;
+            post(s, i).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    redis.pause();
+    let mut first = Vec::new();
+    for task in tasks {
+        first.push(task.await.expect("request task"));
+    }
+    // Longer than any intake timeout (2 x 400 ms), so every request stuck behind the pause
+    // has been answered by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.resume();
+
+    let mut unavailable = 0;
+    for (status, retry_after, content_type, body) in &first {
+        match *status {
+            StatusCode::ACCEPTED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                unavailable += 1;
+                assert_eq!(content_type, "application/problem+json", "{body}");
+                assert!(retry_after.is_some(), "Retry-After on the 503: {body}");
+                let detail = body["detail"].as_str().unwrap_or_default();
+                assert!(detail.contains("may have been accepted"), "{body}");
+                assert!(detail.contains("same Idempotency-Key"), "{body}");
+            }
+            other => panic!("intake answered {other}: {body}"),
+        }
+    }
+    assert!(unavailable > 0, "no request timed out: {first:?}");
+
+    // Each request again, with its key, until a 202 (409 while a claim left by a timed-out
+    // attempt is still in flight).
+    let mut order_of = HashMap::new();
+    let mut retries = 0;
+    for (i, (status, _, _, body)) in first.iter().enumerate() {
+        let answer = eventually(Duration::from_secs(70), "a 202 on retry", || {
+            let s = s.clone();
+            retries += 1;
+            async move {
+                let (status, _, _, body) = post(s, i).await;
+                (status == StatusCode::ACCEPTED).then_some(body)
+            }
+        })
+        .await;
+        let order_id = answer["orderId"].as_str().expect("orderId").to_string();
+        if *status == StatusCode::ACCEPTED {
+            assert_eq!(body["orderId"], answer["orderId"], "the first 202 replayed");
+        }
+        order_of.insert(format!("cust-to-{i}"), order_id);
+    }
+
+    // Exactly one order per request: one order.accepted event per customer, the one the
+    // retry answered with.
+    for order_id in order_of.values() {
+        s.wait_for_status(order_id, "confirmed", 2).await;
+    }
+    let mut accepted: HashMap<String, HashSet<String>> = HashMap::new();
+    for event in s.events().await {
+        if event["type"] == "order.accepted"
+            && let (Some(customer), Some(order)) =
+                (event["customerId"].as_str(), event["orderId"].as_str())
+        {
+            accepted
+                .entry(customer.to_string())
+                .or_default()
+                .insert(order.to_string());
+        }
+    }
+    let mut duplicates = 0;
+    let mut lost = 0;
+    for (customer, order_id) in &order_of {
+        match accepted.get(customer) {
+            Some(orders) if orders.len() == 1 && orders.contains(order_id) => {}
+            Some(orders) if orders.len() > 1 => duplicates += orders.len() - 1,
+            _ => lost += 1,
+        }
+    }
+    assert_eq!((duplicates, lost), (0, 0), "{accepted:?} vs {order_of:?}");
+    crate::figures(
+        8,
+        "a_timed_out_intake_says_the_order_may_be_accepted_and_a_retry_makes_one",
+        json!({
+            "requests": REQUESTS,
+            "unavailable": unavailable,
+            "retries": retries,
+            "orders": order_of.len(),
+            "duplicates": duplicates,
+            "lost": lost,
+        }),
+    );
+}
