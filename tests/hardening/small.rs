@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 on_both_engines!(
     a_blocked_destination_is_refused_without_naming_its_addresses,
+    readyz_reports_how_the_engine_keeps_its_data,
 );
 
 /// Short schedule and timeouts, loopback allowed (blocked by default).
@@ -267,5 +268,82 @@ async fn a_timed_out_intake_says_the_order_may_be_accepted_and_a_retry_makes_one
             "duplicates": duplicates,
             "lost": lost,
         }),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 8: Redis without persistence is reported, at start-up and by readyz.
+
+async fn readyz(herald: &Herald) -> (StatusCode, Value) {
+    let r = client()
+        .get(herald.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// The memory engine reports `volatile`. On Redis, a server started without AOF and without
+/// snapshots (`--appendonly no --save ""`) makes Herald warn at start-up and `GET /readyz`
+/// report `persistence: "none"` with a warning, still ready (200); one with AOF reports `aof`
+/// and no warning.
+async fn readyz_reports_how_the_engine_keeps_its_data(kind: Kind) {
+    const WARNING: &str = "Redis has no persistence";
+    let mut checked = 0;
+    let mut unreported = 0;
+    let mut runs: Vec<(Option<bool>, &str)> = Vec::new();
+    match kind {
+        Kind::Memory => runs.push((None, "volatile")),
+        Kind::Redis => {
+            runs.push((Some(false), "none"));
+            runs.push((Some(true), "aof"));
+        }
+    }
+    for (aof, expected) in runs {
+        let redis = aof.map(RedisServer::start);
+        let herald = Herald::start(HeraldOptions {
+            redis_url: redis.as_ref().map(RedisServer::url),
+            ..HeraldOptions::default()
+        });
+        let (status, body) = readyz(&herald).await;
+        assert_eq!(status, StatusCode::OK, "still ready: {body}");
+        checked += 1;
+        if body["persistence"] != expected {
+            unreported += 1;
+        }
+        assert_eq!(body["persistence"], expected, "{body}");
+        if expected == "none" {
+            assert!(
+                body["persistenceWarning"]
+                    .as_str()
+                    .is_some_and(|w| w.contains(WARNING)),
+                "{body}"
+            );
+            eventually(Duration::from_secs(10), "the start-up warning", || async {
+                herald
+                    .logs()
+                    .lines()
+                    .any(|l| l.contains("WARN") && l.contains(WARNING))
+                    .then_some(())
+            })
+            .await;
+        } else {
+            assert!(body.get("persistenceWarning").is_none(), "{body}");
+            // The start-up check has run (it logs either way) and did not warn.
+            eventually(Duration::from_secs(10), "the start-up check", || async {
+                herald
+                    .logs()
+                    .contains("persistence")
+                    .then_some(())
+                    .or_else(|| (kind == Kind::Memory).then_some(()))
+            })
+            .await;
+            assert!(!herald.logs().contains(WARNING), "{}", herald.logs());
+        }
+    }
+    crate::figures(
+        8,
+        "readyz_reports_how_the_engine_keeps_its_data",
+        json!({"engine": format!("{kind:?}"), "servers": checked, "unreported": unreported}),
     );
 }
