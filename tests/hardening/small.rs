@@ -6,17 +6,15 @@
 use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-#[allow(unused_imports)]
 use std::collections::{HashMap, HashSet};
-#[allow(unused_imports)]
 use std::sync::{Arc, Mutex};
-#[allow(unused_imports)]
 use std::time::{Duration, Instant};
 
 on_both_engines!(
     a_blocked_destination_is_refused_without_naming_its_addresses,
     readyz_reports_how_the_engine_keeps_its_data,
     sigterm_drains_and_exits_cleanly,
+    a_503_with_retry_after_2_is_retried_no_earlier_than_2_s,
 );
 
 /// Short schedule and timeouts, loopback allowed (blocked by default).
@@ -470,4 +468,77 @@ async fn sigterm_drains_and_exits_cleanly(kind: Kind) {
     fields["confirmedAfterRestart"] = json!(ids.len());
     fields["lost"] = json!(0);
     crate::figures(9, "sigterm_drains_and_exits_cleanly", fields);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests that proved less than their names: Retry-After.
+
+/// A sink that answers its first request `503` with `Retry-After: 2` and every later one 200,
+/// recording when each arrived.
+async fn retry_after_sink() -> (String, Arc<Mutex<Vec<Instant>>>) {
+    use axum::http::header::RETRY_AFTER;
+    use axum::response::IntoResponse;
+    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let seen = arrivals.clone();
+    let app = axum::Router::new().fallback(move || {
+        let seen = seen.clone();
+        async move {
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                seen.push(Instant::now());
+                seen.len()
+            };
+            if n == 1 {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(RETRY_AFTER, "2")],
+                    "busy",
+                )
+                    .into_response()
+            } else {
+                (StatusCode::OK, "thanks").into_response()
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the sink");
+    let addr = listener.local_addr().expect("sink address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), arrivals)
+}
+
+/// The schedule alone would retry 200 ms after a 503; `Retry-After: 2` holds the retry back
+/// to at least 2 s after the first attempt arrived, measured at the sink. How late retries
+/// come after their due time is measured, not asserted: `herald-loadtest webhooks --mode
+/// lateness` (BENCHMARKS.md, "retry lateness").
+async fn a_503_with_retry_after_2_is_retried_no_earlier_than_2_s(kind: Kind) {
+    let (url, arrivals) = retry_after_sink().await;
+    let s = Stack::start_with(kind, WEBHOOKS_TOML);
+    let endpoint = create_endpoint(&s, json!({"url": url, "eventTypes": ["order.accepted"]})).await;
+    let r = s
+        .post("/v1/orders", ADMIN_KEY, &order_body("ra-1", "cust-1"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let d = first_delivery(&s, &endpoint, |d| d["state"] == "succeeded").await;
+    let times = arrivals.lock().unwrap().clone();
+    assert_eq!(times.len(), 2, "one 503, one retry: {d}");
+    let gap = times[1] - times[0];
+    let early = u32::from(gap < Duration::from_secs(2));
+    assert_eq!(
+        early, 0,
+        "retried {gap:?} after the 503 with Retry-After: 2"
+    );
+    crate::figures(
+        9,
+        "a_503_with_retry_after_2_is_retried_no_earlier_than_2_s",
+        json!({
+            "engine": format!("{kind:?}"),
+            "attempts": times.len(),
+            "gapMs": gap.as_millis() as u64,
+            "early": early,
+        }),
+    );
 }
