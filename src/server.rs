@@ -265,6 +265,15 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         "herald:   health:  GET  http://{addr}/healthz  http://{addr}/readyz  http://{addr}/metrics"
     );
     tracing::info!(%addr, engine = engine.kind(), %roles, "herald started");
+    // Apart, so a slow answer never delays serving; `GET /readyz` reports the same.
+    let asked = Arc::clone(&engine);
+    tokio::spawn(async move {
+        let persistence = asked.persistence().await;
+        match persistence.warning() {
+            Some(warning) => tracing::warn!(persistence = persistence.name(), "{warning}"),
+            None => tracing::info!(persistence = persistence.name(), "engine persistence"),
+        }
+    });
 
     let server_shutdown = shutdown.clone();
     let http = config.http.clone();

@@ -63,11 +63,15 @@ impl Worker {
 
     async fn poll(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        loop {
-            let received = tokio::select! {
-                r = self.engine.receive_batch(self.config.batch_size, self.config.receive_wait) => r,
-                _ = shutdown.cancelled() => return,
-            };
+        while !shutdown.is_cancelled() {
+            // A receive is never dropped half-way: on Redis its commands may already be taken
+            // (pending for this consumer) when shutdown comes, and a dropped reply would leave
+            // them invisible until their visibility timeout. It ends within `receive_wait`;
+            // what it got is released below (`process_batch` at shutdown).
+            let received = self
+                .engine
+                .receive_batch(self.config.batch_size, self.config.receive_wait)
+                .await;
             match received {
                 Ok(batch) => {
                     backoff.reset();

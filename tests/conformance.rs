@@ -225,6 +225,7 @@ conformance!(
     attempts_are_listed_oldest_first_and_capped,
     deliveries_are_listed_newest_first_with_limit_and_before,
     retry_delivery_makes_any_delivery_pending_and_due,
+    persistence_is_reported,
 );
 
 fn order(id: &str) -> Order {
@@ -2260,5 +2261,22 @@ async fn redis_endpoint_stored_before_health_fields_keeps_its_health() {
             updated_at_ms: 11_001,
             ..old
         })
+    );
+}
+
+/// How the engine keeps its data is reported: the memory engine is volatile; the suite's Redis
+/// servers run without AOF or snapshots (`--appendonly no --save ""`), which a single Redis and
+/// a cluster (asked on the master of every partition) both report as `none`.
+async fn persistence_is_reported(h: Harness) {
+    let expected = match h.engine_config.kind {
+        herald::config::EngineKind::Memory => Persistence::Volatile,
+        herald::config::EngineKind::Redis => Persistence::None,
+    };
+    let reported = h.engine.persistence().await;
+    assert_eq!(reported, expected);
+    assert_eq!(
+        reported.warning().is_some(),
+        expected == Persistence::None,
+        "{reported:?}"
     );
 }

@@ -16,7 +16,6 @@ on_both_engines!(
     bad_input_is_refused_with_field_errors_and_nothing_queued,
     credentials_are_required_and_partners_reach_only_their_orders,
     invalid_orders_are_rejected_by_the_worker,
-    sigterm_drains_and_exits_cleanly,
     an_events_cursor_followed_by_removed_entries_is_answered_410,
 );
 
@@ -576,24 +575,6 @@ async fn invalid_orders_are_rejected_by_the_worker(kind: Kind) {
     };
     assert!(reason("rej-1").contains("quantity"), "{rejected:?}");
     assert!(reason("rej-2").contains("currency"), "{rejected:?}");
-}
-
-async fn sigterm_drains_and_exits_cleanly(kind: Kind) {
-    let mut s = Stack::start(kind);
-    for i in 0..20 {
-        s.post(
-            "/v1/orders",
-            ADMIN_KEY,
-            &order_body(&format!("term-{i}"), "c"),
-        )
-        .await;
-    }
-    assert!(
-        s.herald.terminate(),
-        "exit status 0 after SIGTERM:\n{}",
-        s.herald.logs()
-    );
-    assert!(s.herald.logs().contains("herald stopped"));
 }
 
 #[tokio::test]

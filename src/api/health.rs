@@ -3,6 +3,7 @@
 use super::Node;
 use super::problem::Problem;
 use crate::auth::Principal;
+use crate::engine::Persistence;
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::{HeaderValue, Request, header};
@@ -17,11 +18,25 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: the engine answers now.
+/// `GET /readyz`: the engine answers now. Ready also says how the engine keeps its data
+/// (`persistence`: `volatile`, `aof`, `snapshots`, `none` or `unknown`, with a
+/// `persistenceWarning` when the data would not survive a restart of Redis): a Redis without
+/// persistence serves, and the operator can see it.
 pub async fn readyz(State(state): State<Node>) -> Response {
     match tokio::time::timeout(READY_TIMEOUT, state.engine.ping()).await {
         Ok(Ok(())) => {
-            Json(json!({ "status": "ready", "engine": state.engine.kind() })).into_response()
+            let persistence = tokio::time::timeout(READY_TIMEOUT, state.engine.persistence())
+                .await
+                .unwrap_or_else(|_| Persistence::Unknown("no answer in time".to_owned()));
+            let mut body = json!({
+                "status": "ready",
+                "engine": state.engine.kind(),
+                "persistence": persistence.name(),
+            });
+            if let Some(warning) = persistence.warning() {
+                body["persistenceWarning"] = json!(warning);
+            }
+            Json(body).into_response()
         }
         Ok(Err(e)) => {
             Problem::unavailable(format!("engine {} unreachable: {e}", state.engine.kind()))

@@ -180,12 +180,32 @@ pub async fn create_order(
         Err(problem) => {
             if problem.status == 503 {
                 Metrics::inc(&state.metrics.intake_unavailable);
-            } else {
-                Metrics::inc(&state.metrics.intake_refused);
+                return intake_unavailable(headers.contains_key("idempotency-key")).into_response();
             }
+            Metrics::inc(&state.metrics.intake_refused);
             problem.into_response()
         }
     }
+}
+
+/// The 503 of an intake whose engine calls failed or did not answer in time
+/// (`engine.operation_timeout`). A call that timed out may still have been carried out (the
+/// request reached Redis, the answer did not come back), so the order may have been accepted:
+/// the answer says so, and that a retry with the same `Idempotency-Key` is answered with that
+/// order instead of making a second one.
+fn intake_unavailable(with_idempotency_key: bool) -> Problem {
+    let retry = if with_idempotency_key {
+        "Retry this request with the same Idempotency-Key: if the order was accepted, the retry \
+         answers with it and creates no second order."
+    } else {
+        "This request had no Idempotency-Key, so a retry may create the order a second time; \
+         send one with every intake (and the same one on every retry of a request), or check \
+         GET /v1/orders/{orderId}/status when you named the orderId."
+    };
+    Problem::unavailable(format!(
+        "The storage engine did not confirm the intake (it failed, or did not answer within \
+         engine.operation_timeout): the order may have been accepted. {retry}"
+    ))
 }
 
 async fn create_order_inner(
@@ -221,6 +241,10 @@ async fn create_order_inner(
     .await
     {
         Ok(i) => i,
+        // The engine did not answer the claim: answered like any intake it did not confirm.
+        Err(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            return Err(Problem::unavailable("claiming the Idempotency-Key failed"));
+        }
         Err(response) => return Ok(response),
     };
     if !named {

@@ -63,10 +63,81 @@ pub trait Engine:
     /// Succeeds when the engine can serve requests now (readiness).
     async fn ping(&self) -> EngineResult<()>;
 
+    /// Whether the engine's state survives a restart of its store: logged at start-up (a
+    /// warning when it does not) and reported by `GET /readyz`. Never fails: a store that
+    /// cannot say is [`Persistence::Unknown`].
+    async fn persistence(&self) -> Persistence;
+
     /// Dedicated connections held by blocking reads right now, for engines that bound them
     /// (`engine.max_blocking_connections`); `None` when the engine has no such pool.
     fn blocking_connections_in_use(&self) -> Option<usize> {
         None
+    }
+}
+
+/// How the engine keeps its state ([`Engine::persistence`]). On a Redis Cluster, the weakest
+/// of the masters holding Herald's partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persistence {
+    /// In this process only (the memory engine): lost on exit, by design.
+    Volatile,
+    /// Every Redis holding Herald's data writes an append-only file (`appendonly yes`).
+    AppendOnlyFile,
+    /// Every Redis holding Herald's data persists, some only by RDB snapshots (`save`): a
+    /// crash loses the writes since the last snapshot.
+    Snapshots,
+    /// A Redis holding Herald's data keeps nothing on disk (`appendonly no`, `save ""`): its
+    /// restart loses every order, queued command, event and webhook retry.
+    None,
+    /// The store would not say (a managed Redis refusing `CONFIG`, or no answer); why, in
+    /// words that name no address or credential.
+    Unknown(String),
+}
+
+impl Persistence {
+    /// The name `GET /readyz` reports: `volatile`, `aof`, `snapshots`, `none` or `unknown`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Persistence::Volatile => "volatile",
+            Persistence::AppendOnlyFile => "aof",
+            Persistence::Snapshots => "snapshots",
+            Persistence::None => "none",
+            Persistence::Unknown(_) => "unknown",
+        }
+    }
+
+    /// What an operator should know, when the engine is meant to be durable and may not be.
+    pub fn warning(&self) -> Option<String> {
+        match self {
+            Persistence::None => Some(
+                "Redis has no persistence (appendonly no, save \"\"): a Redis restart loses \
+                 every order, queued command, event and webhook retry; run it with \
+                 appendonly yes"
+                    .to_owned(),
+            ),
+            Persistence::Unknown(why) => Some(format!(
+                "cannot tell whether Redis persists its data ({why}); make sure it runs with \
+                 appendonly yes"
+            )),
+            _ => None,
+        }
+    }
+
+    /// The weaker of two (a cluster is as durable as its least durable master).
+    pub fn weaker(self, other: Persistence) -> Persistence {
+        fn rank(p: &Persistence) -> u8 {
+            match p {
+                Persistence::None | Persistence::Volatile => 0,
+                Persistence::Unknown(_) => 1,
+                Persistence::Snapshots => 2,
+                Persistence::AppendOnlyFile => 3,
+            }
+        }
+        if rank(&other) < rank(&self) {
+            other
+        } else {
+            self
+        }
     }
 }
 

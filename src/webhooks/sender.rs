@@ -519,11 +519,13 @@ impl Sender {
             error,
             response,
         };
+        // The attempt's end rounded up to the next millisecond: a wait counted from it (the
+        // schedule, a `Retry-After`) is never early by the fraction the clock dropped.
         let outcome = retry::outcome(
             &self.config,
             attempt.number,
             &result,
-            now_millis(),
+            now_millis() + 1,
             rand::random::<f64>(),
         );
         self.finish(&delivery, &endpoint, &attempt, &outcome).await;

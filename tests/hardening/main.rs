@@ -24,3 +24,4 @@ pub fn figures(item: u32, test: &str, fields: Value) {
 mod longpoll;
 mod retention;
 mod tenant;
+mod small;

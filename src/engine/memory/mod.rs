@@ -16,7 +16,7 @@ mod orders;
 mod queue;
 mod webhooks;
 
-use super::{DeadLetter, Engine, EngineError, EngineResult, EngineSettings};
+use super::{DeadLetter, Engine, EngineError, EngineResult, EngineSettings, Persistence};
 use crate::model::{EventId, MalformedEntry};
 use async_trait::async_trait;
 use idempotency::IdempotencyRecord;
@@ -88,5 +88,9 @@ impl Engine for MemoryEngine {
 
     async fn ping(&self) -> EngineResult<()> {
         self.with_state(|_| ())
+    }
+
+    async fn persistence(&self) -> Persistence {
+        Persistence::Volatile
     }
 }

@@ -33,7 +33,8 @@
 //! The engine follows the seam's rooms: `orders.rs`, `queue.rs`, `log.rs`, `idempotency.rs`
 //! and `webhooks.rs` each implement one trait; `groups.rs` is the consumer-group plumbing the
 //! queue and the webhook dispatch share; `conn.rs` the connections and error mapping;
-//! `reply.rs` the decoding of raw replies. This file keeps the engine itself, its keys and
+//! `reply.rs` the decoding of raw replies; `persistence.rs` asks the servers whether they keep
+//! Herald's data on disk. This file keeps the engine itself, its keys and
 //! scripts, and the helpers every room uses; it never implements a room's behaviour.
 
 mod conn;
@@ -42,12 +43,13 @@ mod idempotency;
 mod intake;
 mod log;
 mod orders;
+mod persistence;
 mod queue;
 mod reply;
 mod webhooks;
 
 use crate::config::EngineConfig;
-use crate::engine::{Engine, EngineResult, EngineSettings, LogEntry, decode_entry};
+use crate::engine::{Engine, EngineResult, EngineSettings, LogEntry, Persistence, decode_entry};
 use crate::model::EventId;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
@@ -615,6 +617,11 @@ impl Engine for RedisEngine {
         .await
         .map_err(|e| map_err("PING (intake)", e))?;
         Ok(())
+    }
+
+    /// See `persistence.rs`.
+    async fn persistence(&self) -> Persistence {
+        self.check_persistence().await
     }
 }
 

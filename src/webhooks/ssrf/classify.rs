@@ -11,28 +11,55 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// `allow_networks` exempts it. IPv6 forms that embed an IPv4 address (mapped, compatible,
 /// NAT64, 6to4) are judged by the embedded address.
 pub fn is_blocked(ip: IpAddr) -> bool {
+    blocked_network(ip).is_some()
+}
+
+/// The kind of network that blocks `ip`, in general terms ("loopback", "private",
+/// "link-local" ...), or `None` for a public address. Refusals name this, never the address
+/// itself: a delivery's error is shown to the endpoint's owner, who must not learn what a name
+/// resolves to inside Herald's network.
+pub fn blocked_network(ip: IpAddr) -> Option<&'static str> {
     match ip {
-        IpAddr::V4(v4) => is_blocked_v4(v4),
-        IpAddr::V6(v6) => is_blocked_v6(v6),
+        IpAddr::V4(v4) => blocked_v4(v4),
+        IpAddr::V6(v6) => blocked_v6(v6),
     }
 }
 
-fn is_blocked_v4(ip: Ipv4Addr) -> bool {
+fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
     let [a, b, c, _] = ip.octets();
-    a == 0                                      // 0.0.0.0/8 "this network", unspecified
-        || a == 10                              // 10.0.0.0/8 private
-        || (a == 100 && (b & 0xc0) == 64)       // 100.64.0.0/10 CGNAT shared space
-        || a == 127                             // 127.0.0.0/8 loopback
-        || (a == 169 && b == 254)               // 169.254.0.0/16 link-local, cloud metadata
-        || (a == 172 && (b & 0xf0) == 16)       // 172.16.0.0/12 private
-        || (a == 192 && b == 0 && c == 0)       // 192.0.0.0/24 IETF protocol assignments
-        || (a == 192 && b == 0 && c == 2)       // 192.0.2.0/24 TEST-NET-1
-        || (a == 192 && b == 88 && c == 99)     // 192.88.99.0/24 deprecated 6to4 relay anycast
-        || (a == 192 && b == 168)               // 192.168.0.0/16 private
-        || (a == 198 && (b & 0xfe) == 18)       // 198.18.0.0/15 benchmarking
-        || (a == 198 && b == 51 && c == 100)    // 198.51.100.0/24 TEST-NET-2
-        || (a == 203 && b == 0 && c == 113)     // 203.0.113.0/24 TEST-NET-3
-        || a >= 224 // 224.0.0.0/4 multicast, 240.0.0.0/4 reserved, 255.255.255.255 broadcast
+    Some(match (a, b, c) {
+        // 0.0.0.0/8, unspecified
+        (0, _, _) => "this network",
+        // 10.0.0.0/8
+        (10, _, _) => "private",
+        // 100.64.0.0/10
+        (100, b, _) if (b & 0xc0) == 64 => "shared (CGNAT)",
+        // 127.0.0.0/8
+        (127, _, _) => "loopback",
+        // 169.254.0.0/16, cloud metadata
+        (169, 254, _) => "link-local",
+        // 172.16.0.0/12
+        (172, b, _) if (b & 0xf0) == 16 => "private",
+        // 192.0.0.0/24 IETF protocol assignments
+        (192, 0, 0) => "reserved",
+        // 192.0.2.0/24 TEST-NET-1
+        (192, 0, 2) => "documentation",
+        // 192.88.99.0/24 deprecated 6to4 relay anycast
+        (192, 88, 99) => "reserved",
+        // 192.168.0.0/16
+        (192, 168, _) => "private",
+        // 198.18.0.0/15
+        (198, b, _) if (b & 0xfe) == 18 => "benchmarking",
+        // 198.51.100.0/24 TEST-NET-2
+        (198, 51, 100) => "documentation",
+        // 203.0.113.0/24 TEST-NET-3
+        (203, 0, 113) => "documentation",
+        // 224.0.0.0/4
+        (224..=239, _, _) => "multicast",
+        // 240.0.0.0/4 reserved, 255.255.255.255 broadcast
+        (240..=255, _, _) => "reserved",
+        _ => return None,
+    })
 }
 
 /// The IPv4 address in the low 32 bits.
@@ -40,45 +67,57 @@ fn low_v4(segments: [u16; 8]) -> Ipv4Addr {
     Ipv4Addr::from((u32::from(segments[6]) << 16) | u32::from(segments[7]))
 }
 
-fn is_blocked_v6(ip: Ipv6Addr) -> bool {
+fn blocked_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let s = ip.segments();
     // ::/96 holds the unspecified address, loopback and the deprecated IPv4-compatible form;
     // judging the low 32 bits as IPv4 blocks `::` (0.0.0.0) and `::1` (0.0.0.1) too.
     if s[..6] == [0, 0, 0, 0, 0, 0] {
-        return ip.is_unspecified() || ip.is_loopback() || is_blocked_v4(low_v4(s));
+        if ip.is_unspecified() {
+            return Some("this network");
+        }
+        if ip.is_loopback() {
+            return Some("loopback");
+        }
+        return blocked_v4(low_v4(s));
     }
     // ::ffff:0:0/96 IPv4-mapped: the kernel dials the IPv4 address itself.
     if s[..6] == [0, 0, 0, 0, 0, 0xffff] {
-        return is_blocked_v4(low_v4(s));
+        return blocked_v4(low_v4(s));
     }
     // 64:ff9b::/96 well-known NAT64 prefix: the translator dials the embedded IPv4 address.
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return is_blocked_v4(low_v4(s));
+        return blocked_v4(low_v4(s));
     }
     // 64:ff9b:1::/48 local-use NAT64 (RFC 8215): the operator's own translator, where the
     // embedded address sits wherever its chosen prefix length puts it. Not globally reachable;
     // blocked whole, since the embedded address cannot be read reliably.
     if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
-        return true;
+        return Some("local-use NAT64");
     }
     // Everything outside 2000::/3 global unicast is special or unassigned: unique local
     // fc00::/7, link-local fe80::/10, site-local fec0::/10, multicast ff00::/8, discard
     // 100::/64, the rest of ::/8 and the unallocated space. Fail closed.
     if (s[0] & 0xe000) != 0x2000 {
-        return true;
+        return Some(match s[0] {
+            0xfc00..=0xfdff => "private",
+            0xfe80..=0xfebf => "link-local",
+            0xff00..=0xffff => "multicast",
+            _ => "reserved",
+        });
     }
     // 2002::/16 6to4: the IPv4 address of the relay in bits 16..48.
     if s[0] == 0x2002 {
-        return is_blocked_v4(Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2])));
+        return blocked_v4(Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2])));
     }
     match s[0] {
         // 2001::/23 IETF protocol assignments (Teredo 2001::/32, benchmarking 2001:2::/48,
         // ORCHID 2001:10::/28, ORCHIDv2 2001:20::/28 among them) and documentation
         // 2001:db8::/32.
-        0x2001 => s[1] < 0x0200 || s[1] == 0x0db8,
+        0x2001 if s[1] < 0x0200 => Some("reserved"),
+        0x2001 if s[1] == 0x0db8 => Some("documentation"),
         // 3fff::/20 documentation (RFC 9637).
-        0x3fff => s[1] < 0x1000,
-        _ => false,
+        0x3fff if s[1] < 0x1000 => Some("documentation"),
+        _ => None,
     }
 }
 
@@ -153,6 +192,30 @@ mod tests {
         for a in addresses {
             assert!(!is_blocked(ip(a)), "{a} should be allowed");
         }
+    }
+
+    #[test]
+    fn blocked_network_names_the_kind_of_network_not_the_address() {
+        for (address, kind) in [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("10.1.2.3", "private"),
+            ("fd00::1", "private"),
+            ("169.254.169.254", "link-local"),
+            ("fe80::1", "link-local"),
+            ("100.64.0.1", "shared (CGNAT)"),
+            ("64:ff9b::a9fe:a9fe", "link-local"),
+            ("224.0.0.1", "multicast"),
+            ("ff02::1", "multicast"),
+            ("0.0.0.0", "this network"),
+            ("::", "this network"),
+            ("240.0.0.1", "reserved"),
+        ] {
+            assert_eq!(blocked_network(ip(address)), Some(kind), "{address}");
+        }
+        assert_eq!(blocked_network(ip("93.184.215.14")), None);
+        assert_eq!(blocked_network(ip("2606:4700::1")), None);
     }
 
     #[test]

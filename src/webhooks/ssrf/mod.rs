@@ -20,7 +20,7 @@
 
 mod classify;
 
-pub use classify::{AllowList, is_blocked};
+pub use classify::{AllowList, blocked_network, is_blocked};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::error::Error as StdError;
@@ -47,30 +47,47 @@ pub fn check_url(url: &reqwest::Url, allow: &AllowList) -> Result<(), String> {
         Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
     };
-    if allow.permits(ip) {
-        Ok(())
-    } else {
-        Err(format!("{BLOCKED_MESSAGE}: {ip}"))
+    match blocked_network(ip) {
+        Some(kind) if !allow.contains(ip) => Err(format!(
+            "{BLOCKED_MESSAGE}: the host is in a blocked network ({kind})"
+        )),
+        _ => Ok(()),
     }
 }
 
 const BLOCKED_MESSAGE: &str = "destination address is blocked (SSRF)";
 
 /// The resolver's refusal: every address the name resolved to is blocked. Reaches the caller
-/// as the source of the `reqwest::Error`; [`is_blocked_error`] finds it.
+/// as the source of the `reqwest::Error`; [`is_blocked_error`] finds it. It says which kinds
+/// of network the name resolved to, never the addresses: its text lands in the delivery log,
+/// which the endpoint's owner reads, and the addresses would map Herald's internal network.
 #[derive(Debug)]
 pub struct BlockedDestination {
     host: String,
-    blocked: Vec<IpAddr>,
+    /// The kinds of network ([`blocked_network`]), sorted, without repeats.
+    networks: Vec<&'static str>,
+}
+
+impl BlockedDestination {
+    fn new(host: String, blocked: impl IntoIterator<Item = IpAddr>) -> BlockedDestination {
+        let mut networks: Vec<&'static str> = blocked
+            .into_iter()
+            .map(|ip| blocked_network(ip).unwrap_or("other"))
+            .collect();
+        networks.sort_unstable();
+        networks.dedup();
+        BlockedDestination { host, networks }
+    }
 }
 
 impl fmt::Display for BlockedDestination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{BLOCKED_MESSAGE}: {} resolves only to", self.host)?;
-        for ip in &self.blocked {
-            write!(f, " {ip}")?;
-        }
-        Ok(())
+        write!(
+            f,
+            "{BLOCKED_MESSAGE}: {} resolves only to blocked networks ({})",
+            self.host,
+            self.networks.join(", ")
+        )
     }
 }
 
@@ -119,16 +136,18 @@ impl Resolve for GuardedResolver {
                 .into_iter()
                 .partition(|addr| allow.permits(addr.ip()));
             if permitted.is_empty() {
-                let blocked = blocked.iter().map(SocketAddr::ip).collect();
-                let error: Box<dyn StdError + Send + Sync> =
-                    Box::new(BlockedDestination { host, blocked });
+                let error: Box<dyn StdError + Send + Sync> = Box::new(BlockedDestination::new(
+                    host,
+                    blocked.iter().map(SocketAddr::ip),
+                ));
                 return Err(error);
             }
             if !blocked.is_empty() {
+                let dropped = BlockedDestination::new(host, blocked.iter().map(SocketAddr::ip));
                 tracing::warn!(
-                    host,
-                    blocked = ?blocked.iter().map(SocketAddr::ip).collect::<Vec<_>>(),
-                    "webhook destination resolved partly to blocked addresses; dropped them"
+                    host = dropped.host,
+                    networks = ?dropped.networks,
+                    "webhook destination resolved partly to blocked networks; dropped those addresses"
                 );
             }
             let addrs: Addrs = Box::new(permitted.into_iter());
@@ -274,6 +293,28 @@ mod tests {
         };
         assert!(error.is::<BlockedDestination>(), "{error}");
         assert!(error.to_string().contains(BLOCKED_MESSAGE), "{error}");
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_kind_of_network_never_the_resolved_addresses() {
+        let resolver = GuardedResolver::new(AllowList::default());
+        let name = Name::from_str("localhost").expect("valid name");
+        let Err(error) = resolver.resolve(name).await else {
+            panic!("localhost must not resolve through the guard");
+        };
+        let text = error.to_string();
+        assert!(text.contains("(loopback)"), "{text}");
+        for address in ["127.0.0.1", "::1", "127."] {
+            assert!(!text.contains(address), "{address} leaked: {text}");
+        }
+        for literal in ["http://2130706433/", "http://[::ffff:10.0.0.7]/"] {
+            let text = check_url(&url(literal), &AllowList::default()).expect_err(literal);
+            assert!(text.contains("blocked network"), "{text}");
+            assert!(
+                !text.contains("127.0.0.1") && !text.contains("10.0.0.7"),
+                "{text}"
+            );
+        }
     }
 
     #[tokio::test]
