@@ -172,32 +172,33 @@ def counted(rows, names, suite, count_key, count_label, bad_key, bad_label):
 
 
 def hardening(rows):
+    """Issue 12's items in order: each item's notes (item-<N>.md, item-<N>-<part>.md), then the
+    figures its tests printed. Item 9 is the issue's "tests that prove less than their names"."""
     parts = [note("hardening.md", "")]
     by_item = {}
     for r in rows:
         by_item.setdefault(r.get("item"), []).append(r)
-    # Every item note, in item order (item-8-*.md notes after item-8's number).
-    notes = sorted(
-        NOTES.glob("item-*.md"),
-        key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.stem)],
-    )
-    shown = set()
-    for path in notes:
+    notes_by_item = {}
+    for path in sorted(NOTES.glob("item-*.md")):
         m = re.match(r"item-(\d+)", path.stem)
-        item = int(m.group(1)) if m else None
-        figures = ""
-        if item not in shown:
-            shown.add(item)
-            tests = by_item.get(item, [])
-            if tests:
-                out = []
-                for r in tests:
-                    rest = {k: v for k, v in r.items() if k not in ("suite", "item", "test")}
-                    out.append([f"`{r['test']}`", num(rest)])
-                figures = table(["test", "figures"], out)
-            else:
-                figures = not_run(f"hardening (item {item})")
-        parts.append(note(path.name, "") + "\n" + figures + "\n")
+        if m:
+            notes_by_item.setdefault(int(m.group(1)), []).append(path)
+    for item in sorted(set(notes_by_item) | {i for i in by_item if isinstance(i, int)}):
+        # The item's main note (item-<N>.md) first, then its parts by name.
+        paths = sorted(notes_by_item.get(item, []), key=lambda p: (p.stem != f"item-{item}", p.stem))
+        for path in paths:
+            parts.append(note(path.name, ""))
+        if not paths:
+            parts.append(f"### Item {item}\n")
+        tests = by_item.get(item, [])
+        if tests:
+            out = []
+            for r in tests:
+                rest = {k: v for k, v in r.items() if k not in ("suite", "item", "test")}
+                out.append([f"`{r['test']}`", num(rest)])
+            parts.append(table(["test", "figures"], out) + "\n")
+        else:
+            parts.append(not_run(f"hardening (item {item})") + "\n")
     return "\n".join(parts)
 
 
