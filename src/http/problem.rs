@@ -117,8 +117,13 @@ impl From<EngineError> for Problem {
         match e {
             EngineError::Unavailable(_) => {
                 tracing::warn!(error = %e, "engine unavailable");
+                // A timeout cannot tell whether the engine applied the change before it went
+                // quiet: never claim it did not.
                 Problem::unavailable(
-                    "The storage engine is unreachable; nothing was changed. Retry later.",
+                    "The storage engine is unreachable or did not answer in time. A change this \
+                     request asked for may have been applied all the same: check before \
+                     repeating it, or repeat it with the same Idempotency-Key where the route \
+                     takes one. Retry later.",
                 )
             }
             EngineError::Corrupt(_) => {
@@ -174,4 +179,20 @@ pub async fn rejections_as_problems(response: Response) -> Response {
     Problem::new(status, &slug, title)
         .detail(text)
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_engine_never_claims_nothing_was_changed() {
+        let problem = Problem::from(EngineError::Unavailable("timed out".into()));
+        assert_eq!(problem.status, 503);
+        let detail = problem.detail.unwrap_or_default();
+        assert!(detail.contains("may have been applied"), "{detail}");
+        assert!(!detail.contains("nothing was changed"), "{detail}");
+        // The engine's own words (addresses, key names) stay in the log.
+        assert!(!detail.contains("timed out"), "{detail}");
+    }
 }
