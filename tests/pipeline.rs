@@ -192,6 +192,11 @@ async fn idempotency_key_in_flight_is_a_409() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        r.headers()["retry-after"],
+        "1",
+        "a client knows when to retry"
+    );
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["type"], "/problems/idempotency-in-flight");
     assert!(s.status("busy-1").await.is_none());

@@ -277,8 +277,10 @@ impl Idempotency {
             IdempotencyBegin::InFlight { .. } => Err(Problem::conflict(
                 "idempotency-in-flight",
                 "A request with this Idempotency-Key is in progress",
-                "Retry after the first request completes.",
+                "Retry after the first request completes: it is answered with the first \
+                 request's response.",
             )
+            .retry_after(1)
             .into_response()),
             IdempotencyBegin::Completed(first) if first.fingerprint != fingerprint => {
                 Err(mismatch())
