@@ -30,7 +30,8 @@ pub const TOKEN_EXPIRED: u16 = 4403;
 pub const INIT_TIMEOUT: u16 = 4408;
 /// A subscribe with an id already in use on the connection.
 pub const SUBSCRIBER_EXISTS: u16 = 4409;
-/// A second `connection_init`.
+/// A second `connection_init`, on both subprotocols (`graphql-ws` sends a
+/// `connection_error` first): a connection keeps the principal it was acknowledged as.
 pub const TOO_MANY_INITS: u16 = 4429;
 /// Nothing heard from the client for three keepalive intervals.
 pub const KEEPALIVE_TIMEOUT: u16 = 4504;

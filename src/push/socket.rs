@@ -10,7 +10,7 @@ use super::PushState;
 use super::close;
 use super::conn::{ConnHandle, Out};
 use super::protocol::{Flow, Protocol};
-use super::session::Session;
+use super::session::{Session, sleep_until_unix};
 use crate::auth::Principal;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -18,7 +18,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -87,6 +87,10 @@ pub async fn run(
                 };
                 if let Flow::Close(code, reason) = flow {
                     conn.close(code, &reason);
+                    // What the protocol queued with its verdict (`connection_error`) goes
+                    // out before the close frame.
+                    let flush = write_batch(&mut ws, &conn);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
                     break;
                 }
             }
@@ -114,7 +118,15 @@ pub async fn run(
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+        // Then the closing handshake: what the client still sends (a message after the one
+        // that closed it, pongs, its close reply) is read, so the socket is not dropped with
+        // unread data (a reset, which can lose the close frame on the client's side).
+        let closing = async {
+            if ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
     }
 }
 
@@ -143,15 +155,4 @@ async fn write_batch(
 
 fn token_expiry(principal: Option<&Principal>) -> Option<u64> {
     principal.and_then(Principal::expires_at)
-}
-
-async fn sleep_until_unix(at: Option<u64>) {
-    let Some(at) = at else {
-        return std::future::pending().await;
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_secs(at.saturating_sub(now))).await;
 }

@@ -1,0 +1,187 @@
+//! Item 4 of issue 12, on the WebSocket side: on the AppSync dialect a `start` authorized with its own token
+//! (`payload.extensions.authorization`) ends when that token expires, while the connection and
+//! its other subscriptions go on; a second `connection_init` is refused (close 4429), so the
+//! principal the subscriptions were authorized as never changes under them.
+
+use crate::common::ws::*;
+use crate::common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The next JSON message that is not a keepalive (`ka`).
+async fn next_message(ws: &mut Ws) -> Value {
+    loop {
+        let m = next(ws).await;
+        if m["type"] != "ka" {
+            return m;
+        }
+    }
+}
+
+/// An AppSync `start` of `query` authorized with its own `token`.
+fn appsync_start(id: &str, query: &str, token: Option<&str>) -> Value {
+    let data = json!({ "query": query }).to_string();
+    let mut payload = json!({ "data": data });
+    if let Some(token) = token {
+        payload["extensions"] =
+            json!({"authorization": {"host": "x", "Authorization": format!("Bearer {token}")}});
+    }
+    json!({"id": id, "type": "start", "payload": payload})
+}
+
+async fn appsync_init(ws: &mut Ws, payload: Value) {
+    send(ws, json!({"type": "connection_init", "payload": payload})).await;
+    assert_eq!(next_message(ws).await["type"], "connection_ack");
+}
+
+const MINE: &str = "subscription { onOrderUpdated { orderId version } }";
+
+async fn a_start_with_its_own_token_ends_when_that_token_expires(kind: Kind) {
+    let s = Stack::start_with(kind, &jwt_toml());
+    let mut ws = connect(&s.herald, "graphql-ws").await;
+    appsync_init(&mut ws, json!({"x-api-key": ADMIN_KEY})).await;
+    // Both subscriptions are the same customer's; one token lasts 3 s, the other 10 min.
+    let short = customer_token("cust-x", 3);
+    let minted = Instant::now();
+    let long = customer_token("cust-x", 600);
+    send(&mut ws, appsync_start("short", MINE, Some(&short))).await;
+    send(&mut ws, appsync_start("long", MINE, Some(&long))).await;
+    let mut acks = 0;
+    while acks < 2 {
+        let m = next_message(&mut ws).await;
+        assert_eq!(m["type"], "start_ack", "{m}");
+        acks += 1;
+    }
+    s.publish(external_event("exp-1", "cust-x", None, 1)).await;
+    let (mut short_before, mut long_events) = (0u32, 0u32);
+    while short_before < 1 || long_events < 1 {
+        let m = next_message(&mut ws).await;
+        assert_eq!(m["type"], "data", "{m}");
+        match m["id"].as_str() {
+            Some("short") => short_before += 1,
+            Some("long") => long_events += 1,
+            _ => panic!("{m}"),
+        }
+    }
+    // Past the short token's exp: an error for its id, then `complete`.
+    let error = next_message(&mut ws).await;
+    let ended_after = minted.elapsed();
+    assert_eq!(
+        (error["id"].as_str(), error["type"].as_str()),
+        (Some("short"), Some("error")),
+        "{error}"
+    );
+    assert_eq!(
+        error["payload"]["errors"][0]["errorType"], "UnauthorizedException",
+        "{error}"
+    );
+    assert!(
+        error["payload"]["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired")),
+        "{error}"
+    );
+    assert_eq!(
+        next_message(&mut ws).await,
+        json!({"id": "short", "type": "complete"})
+    );
+    // The other subscription and the connection go on; the ended one gets nothing more.
+    let mut short_after = 0u32;
+    s.publish(external_event("exp-1", "cust-x", None, 2)).await;
+    loop {
+        let m = next_message(&mut ws).await;
+        assert_eq!(m["type"], "data", "{m}");
+        if m["id"] == "short" {
+            short_after += 1;
+            continue;
+        }
+        assert_eq!(m["payload"]["data"]["onOrderUpdated"]["version"], 2, "{m}");
+        long_events += 1;
+        break;
+    }
+    assert_eq!(short_after, 0);
+    assert_eq!(s.metric("herald_push_subscriptions_expired_total").await, 1);
+    crate::figures(
+        4,
+        "a_start_with_its_own_token_ends_when_that_token_expires",
+        json!({
+            "engine": format!("{kind:?}"),
+            "short_token_ttl_s": 3,
+            "short_events_before_expiry": short_before,
+            "short_ended_after_ms": ended_after.as_millis() as u64,
+            "short_events_after_expiry": short_after,
+            "long_events": long_events,
+        }),
+    );
+}
+
+async fn a_second_connection_init_is_refused_and_the_first_principal_stays(kind: Kind) {
+    let s = Stack::start_with(kind, &jwt_toml());
+    let mut refused = 0u32;
+    let mut starts_as_second_principal = 0u32;
+    // AppSync (start with a JSON-string payload) and legacy Apollo (object payload) alike.
+    for apollo in [false, true] {
+        let mut ws = connect(&s.herald, "graphql-ws").await;
+        let token = customer_token("cust-a", 600);
+        appsync_init(&mut ws, json!({"authorization": format!("Bearer {token}")})).await;
+        // A second init with an admin key, then at once a subscription only admin may start.
+        send(
+            &mut ws,
+            json!({"type": "connection_init", "payload": {"x-api-key": ADMIN_KEY}}),
+        )
+        .await;
+        let foreign = "subscription { onOrderUpdated(customerId: \"cust-b\") { orderId } }";
+        let start = if apollo {
+            json!({"id": "b", "type": "start", "payload": {"query": foreign}})
+        } else {
+            appsync_start("b", foreign, None)
+        };
+        send(&mut ws, start).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut messages = Vec::new();
+        let code = loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let m: Value = serde_json::from_str(&text).unwrap();
+                    if m["type"] != "ka" {
+                        messages.push(m);
+                    }
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) => break None,
+                Err(_) => panic!("the server kept the connection open after a second init"),
+            }
+        };
+        assert_eq!(code, Some(4429), "{messages:?}");
+        starts_as_second_principal += messages
+            .iter()
+            .filter(|m| m["id"] == "b" && m["type"] != "error")
+            .count() as u32;
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert_eq!(messages[0]["type"], "connection_error", "{messages:?}");
+        assert_eq!(
+            messages[0]["payload"]["errors"][0]["errorType"],
+            "TooManyInitialisationRequests"
+        );
+        refused += 1;
+    }
+    assert_eq!(starts_as_second_principal, 0);
+    crate::figures(
+        4,
+        "a_second_connection_init_is_refused_and_the_first_principal_stays",
+        json!({
+            "engine": format!("{kind:?}"),
+            "second_inits": 2,
+            "refused_with_4429": refused,
+            "subscriptions_started_as_second_principal": starts_as_second_principal,
+        }),
+    );
+}
+
+on_both_engines!(
+    a_start_with_its_own_token_ends_when_that_token_expires,
+    a_second_connection_init_is_refused_and_the_first_principal_stays,
+);
