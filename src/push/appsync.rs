@@ -7,7 +7,9 @@
 //! `connectionTimeoutMs`; `ka` keepalives; `start` whose `payload.data` is a JSON *string* of
 //! `{query, variables}` -> `start_ack` once live -> `data`; `stop` -> `complete`; `error` with
 //! an id for one subscription and without for the connection; `connection_error` when the
-//! connection is refused.
+//! connection is refused (then close 4401), or at a second `connection_init` (then close 4429,
+//! as `graphql-transport-ws` does: the first credential stays the connection's). A `start`
+//! authorized with its own token ends (`error`, then `complete`) when that token expires.
 //!
 //! Apollo: `connection_init` (credentials in its payload) -> `connection_ack`, `ka`, `start`
 //! whose payload is the request object -> `data`/`error`, `stop` -> `complete`,
@@ -75,6 +77,14 @@ impl Dialect for AppSync {
         let payload = json!({ "errors": self::errors(errors) });
         format!(r#"{{"id":{id},"type":"error","payload":{payload}}}"#)
     }
+
+    fn end(&self, id: &str) -> Option<String> {
+        Some(complete(id))
+    }
+}
+
+fn complete(id: &str) -> String {
+    format!(r#"{{"id":{},"type":"complete"}}"#, json_string(id))
 }
 
 impl Dialect for Apollo {
@@ -88,6 +98,10 @@ impl Dialect for Apollo {
 
     fn error(&self, id: &str, errors: &[GraphqlError]) -> String {
         error_message(id, errors)
+    }
+
+    fn end(&self, id: &str) -> Option<String> {
+        Some(complete(id))
     }
 }
 
@@ -115,6 +129,18 @@ fn on_message(session: &mut Session, text: &str) -> Flow {
     match message.kind.as_str() {
         "connection_init" => {
             session.inits += 1;
+            if session.inits > 1 {
+                // Never a second principal on one connection: its subscriptions were
+                // authorized as the first.
+                session.send(connection_error(
+                    "TooManyInitialisationRequests",
+                    "connection_init was already received on this connection",
+                ));
+                return Flow::Close(
+                    close::TOO_MANY_INITS,
+                    "too many initialisation requests".into(),
+                );
+            }
             if let Some(credential) = message
                 .payload
                 .as_ref()
@@ -129,23 +155,18 @@ fn on_message(session: &mut Session, text: &str) -> Flow {
             if session.principal.is_none() {
                 return refuse_connection(session, "no credentials");
             }
-            if !session.acked {
-                session.acked = true;
-                session.send(format!(
-                    r#"{{"type":"connection_ack","payload":{{"connectionTimeoutMs":{CONNECTION_TIMEOUT_MS}}}}}"#
-                ));
-                session.send(KEEPALIVE.into());
-            }
+            session.acked = true;
+            session.send(format!(
+                r#"{{"type":"connection_ack","payload":{{"connectionTimeoutMs":{CONNECTION_TIMEOUT_MS}}}}}"#
+            ));
+            session.send(KEEPALIVE.into());
             Flow::Continue
         }
         "start" => start(session, message.id, message.payload),
         "stop" => {
             if let Some(id) = message.id {
                 session.unsubscribe(&id);
-                session.send(format!(
-                    r#"{{"id":{},"type":"complete"}}"#,
-                    json_string(&id)
-                ));
+                session.send(complete(&id));
             }
             Flow::Continue
         }
@@ -239,12 +260,13 @@ fn start(session: &mut Session, id: Option<String>, payload: Option<Value>) -> F
 }
 
 fn refuse_connection(session: &Session, message: &str) -> Flow {
-    let payload =
-        json!({ "errors": [{ "errorType": "UnauthorizedException", "message": message }] });
-    session.send(format!(
-        r#"{{"type":"connection_error","payload":{payload}}}"#
-    ));
+    session.send(connection_error("UnauthorizedException", message));
     Flow::Close(close::UNAUTHORIZED, "unauthorized".into())
+}
+
+fn connection_error(error_type: &str, message: &str) -> String {
+    let payload = json!({ "errors": [{ "errorType": error_type, "message": message }] });
+    format!(r#"{{"type":"connection_error","payload":{payload}}}"#)
 }
 
 fn connection_level_error(error_type: &str, message: &str) -> String {

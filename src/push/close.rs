@@ -14,7 +14,9 @@ pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// The server is shutting down: reconnect (to this or another node).
 pub const SERVICE_RESTART: u16 = 1012;
 
-/// The client did not keep up: its outbound queue reached `push.outbound_queue_bytes`.
+/// The client did not keep up: its outbound queue (with the live events held for its
+/// replaying subscriptions) reached `push.outbound_queue_bytes`, or its socket took no write
+/// for three `push.keepalive_interval` (it stopped reading, during an `after` replay too).
 pub const SLOW_CONSUMER: u16 = 4008;
 /// A message the protocol does not define, or that does not parse (binary frames too).
 pub const BAD_REQUEST: u16 = 4400;
@@ -30,7 +32,8 @@ pub const TOKEN_EXPIRED: u16 = 4403;
 pub const INIT_TIMEOUT: u16 = 4408;
 /// A subscribe with an id already in use on the connection.
 pub const SUBSCRIBER_EXISTS: u16 = 4409;
-/// A second `connection_init`.
+/// A second `connection_init`, on both subprotocols (`graphql-ws` sends a
+/// `connection_error` first): a connection keeps the principal it was acknowledged as.
 pub const TOO_MANY_INITS: u16 = 4429;
 /// Nothing heard from the client for three keepalive intervals.
 pub const KEEPALIVE_TIMEOUT: u16 = 4504;

@@ -3,7 +3,10 @@
 //!
 //! The queue never blocks a producer: the hub must not wait on one slow socket. A push that
 //! would take the queued bytes over `push.outbound_queue_bytes` closes the connection with
-//! 4008 instead (a slow consumer is cut off, with a reason, before it costs memory).
+//! 4008 instead (a slow consumer is cut off, with a reason, before it costs memory). Live
+//! events the hub holds for a subscription that is still replaying (`after`) are bytes on
+//! their way to this connection too: they count against the same bound ([`ConnHandle::hold`]),
+//! so a replay cannot make a connection cost more than the queue would.
 
 use super::close;
 use bytes::Bytes;
@@ -71,6 +74,8 @@ pub struct ConnHandle {
     /// Woken when the queue gets something (a stored permit, so no wake-up is lost).
     pub ready: Notify,
     queued: AtomicUsize,
+    /// Bytes of live events the hub holds for this connection's replaying subscriptions.
+    held: AtomicUsize,
     limit: usize,
     closed: AtomicBool,
     close_frame: Mutex<Option<(u16, String)>>,
@@ -86,6 +91,7 @@ impl ConnHandle {
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
             queued: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             limit,
             closed: AtomicBool::new(false),
             close_frame: Mutex::new(None),
@@ -110,7 +116,7 @@ impl ConnHandle {
             return true;
         }
         let cost = out.cost();
-        let before = self.queued.fetch_add(cost, Ordering::AcqRel);
+        let before = self.queued.fetch_add(cost, Ordering::AcqRel) + self.held_bytes();
         if before + cost > self.limit && before > 0 {
             self.queued.fetch_sub(cost, Ordering::AcqRel);
             self.close(
@@ -122,6 +128,38 @@ impl ConnHandle {
         self.lock_queue().push_back(out);
         self.ready.notify_one();
         true
+    }
+
+    /// Charges `cost` bytes of a live event held back during a replay to the connection's
+    /// bound. `false` when the connection is closing, or when this charge made it a slow
+    /// consumer (it is then closing with 4008): the caller drops the event.
+    pub fn hold(&self, cost: usize) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let before = self.held.fetch_add(cost, Ordering::AcqRel) + self.queued_bytes();
+        if before + cost > self.limit && before > 0 {
+            self.held.fetch_sub(cost, Ordering::AcqRel);
+            self.close(
+                close::SLOW_CONSUMER,
+                "slow consumer: live events held during the replay exceed the outbound queue; reconnect and resume with `after`",
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Gives back the charge of held events (queued after the replay, or dropped).
+    pub fn release_held(&self, cost: usize) {
+        self.held.fetch_sub(cost, Ordering::AcqRel);
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 
     /// Called by the writer once a message has reached the socket's buffer.
@@ -198,6 +236,29 @@ mod tests {
     fn one_message_larger_than_the_limit_still_passes_an_empty_queue() {
         let conn = ConnHandle::new(10);
         assert!(conn.push(Out::Text("z".repeat(50))));
+        assert!(!conn.is_closed());
+    }
+
+    #[test]
+    fn held_replay_events_count_against_the_same_bound() {
+        let conn = ConnHandle::new(100);
+        assert!(conn.push(Out::Text("x".repeat(40))));
+        assert!(conn.hold(40));
+        // Queue 40 + held 40: a 30-byte push or hold would pass 100.
+        assert!(!conn.hold(30));
+        assert!(conn.is_closed());
+        assert_eq!(conn.close_frame().map(|f| f.0), Some(close::SLOW_CONSUMER));
+
+        let conn = ConnHandle::new(100);
+        assert!(conn.hold(60));
+        assert!(!conn.push(Out::Text("y".repeat(50))));
+        assert!(conn.is_closed());
+
+        // Released holds make room again.
+        let conn = ConnHandle::new(100);
+        assert!(conn.hold(60));
+        conn.release_held(60);
+        assert!(conn.push(Out::Text("z".repeat(90))));
         assert!(!conn.is_closed());
     }
 

@@ -14,7 +14,10 @@
 //! appended after its acknowledgement reaches it. A subscription resuming `after` a cursor
 //! starts in the catching-up state: live events are held (bounded) while the retained events
 //! in `(after, position]` are replayed from the engine, partition by partition, then the held
-//! ones follow, so there is neither a gap nor a duplicate at the switch.
+//! ones follow, so there is neither a gap nor a duplicate at the switch. Held events are
+//! charged to their connection's outbound byte bound ([`ConnHandle::hold`]): a client that
+//! stops reading during a replay is closed as a slow consumer (4008) instead of making the
+//! hold grow.
 
 use super::conn::{ConnHandle, Out, payload_text};
 use crate::graphql::{EventFilter, IndexKey, Projection};
@@ -25,7 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Live events held per catching-up subscription before it is refused as too far behind.
+/// Live events held per catching-up subscription before it is refused as too far behind
+/// (besides the byte bound every held event is charged to).
 pub const CATCH_UP_HOLD: usize = 10_000;
 
 pub type SubId = u64;
@@ -39,7 +43,9 @@ struct Sub {
     projection: Arc<Projection>,
     /// `Some` while replaying: live events held until the replay is done.
     held: Option<Vec<Out>>,
-    /// Set when the hold overflowed; the replay task reports it.
+    /// Bytes of `held`, charged to the connection until queued or dropped.
+    held_bytes: usize,
+    /// Set when the hold overflowed (its events are dropped); the replay task reports it.
     overflowed: bool,
     /// Events up to here (in their partition) are not delivered live (they were replayed, or
     /// the client has them).
@@ -61,7 +67,10 @@ pub struct HubStats {
     pub events_dispatched: AtomicU64,
     pub deliveries: AtomicU64,
     pub renders: AtomicU64,
+    /// Connections closed with 4008 for a full queue (counted by their socket loop).
     pub slow_consumers: AtomicU64,
+    /// Live events held for replaying subscriptions right now (a gauge).
+    pub held_events: AtomicU64,
 }
 
 pub struct Hub {
@@ -129,6 +138,7 @@ impl Hub {
                 key,
                 projection,
                 held: reg.catching_up.then(Vec::new),
+                held_bytes: 0,
                 overflowed: false,
                 floor: reg.after,
             },
@@ -147,6 +157,11 @@ impl Hub {
             return false;
         }
         if let Some(held) = sub.held.take() {
+            // The charge moves from the hold to the queue.
+            sub.conn.release_held(std::mem::take(&mut sub.held_bytes));
+            self.stats
+                .held_events
+                .fetch_sub(held.len() as u64, Ordering::Relaxed);
             for out in held {
                 sub.conn.push(out);
             }
@@ -154,12 +169,25 @@ impl Hub {
         true
     }
 
+    /// Drops what `sub` holds and gives its charge back to the connection.
+    fn drop_held(stats: &HubStats, sub: &mut Sub) {
+        if let Some(held) = &mut sub.held {
+            stats
+                .held_events
+                .fetch_sub(held.len() as u64, Ordering::Relaxed);
+            held.clear();
+            held.shrink_to_fit();
+        }
+        sub.conn.release_held(std::mem::take(&mut sub.held_bytes));
+    }
+
     /// Removes a subscription (stop/complete, connection closed). Idempotent.
     pub fn remove(&self, id: SubId) {
         let mut index = self.lock();
-        let Some(sub) = index.subs.remove(&id) else {
+        let Some(mut sub) = index.subs.remove(&id) else {
             return;
         };
+        Self::drop_held(&self.stats, &mut sub);
         if let Some(ids) = index.by_key.get_mut(&sub.key) {
             if let Some(pos) = ids.iter().position(|x| *x == id) {
                 ids.swap_remove(pos);
@@ -220,6 +248,7 @@ impl Hub {
                     continue;
                 };
                 if sub.conn.is_closed()
+                    || sub.overflowed
                     || sub
                         .floor
                         .as_ref()
@@ -272,20 +301,22 @@ impl Hub {
                     prefix: sub.prefix.clone(),
                     payload,
                 };
-                match &mut sub.held {
-                    Some(held) => {
-                        if held.len() >= CATCH_UP_HOLD {
-                            sub.overflowed = true;
-                        } else {
-                            held.push(out);
-                        }
+                if sub.held.is_none() {
+                    deliveries += 1;
+                    // A full queue closes the connection (4008); the socket counts it.
+                    sub.conn.push(out);
+                    continue;
+                }
+                let cost = out.cost();
+                if sub.held.as_ref().map_or(0, Vec::len) >= CATCH_UP_HOLD {
+                    sub.overflowed = true;
+                    Self::drop_held(&self.stats, sub);
+                } else if sub.conn.hold(cost) {
+                    if let Some(held) = &mut sub.held {
+                        held.push(out);
                     }
-                    None => {
-                        deliveries += 1;
-                        if !sub.conn.push(out) {
-                            self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    sub.held_bytes += cost;
+                    self.stats.held_events.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -324,6 +355,11 @@ impl Hub {
             "Distinct selection sets in use (one rendering per event each).",
             projections as u64,
         );
+        scrape.gauge(
+            "herald_push_held_events",
+            "Live events held for subscriptions still replaying (after), charged to their connection's push.outbound_queue_bytes.",
+            self.stats.held_events.load(Ordering::Relaxed),
+        );
         for (name, help, value) in [
             (
                 "herald_push_events_dispatched_total",
@@ -342,7 +378,7 @@ impl Hub {
             ),
             (
                 "herald_push_slow_consumers_total",
-                "Connections closed with 4008 because their outbound queue was full.",
+                "Connections closed with 4008 because their outbound queue (with the live events held during a replay) was full.",
                 &self.stats.slow_consumers,
             ),
         ] {
@@ -375,6 +411,7 @@ mod tests {
     use super::*;
     use crate::graphql::{DocumentLimits, GraphqlRequest, GraphqlSchema, Operation};
     use crate::model::{OrderEvent, OrderStatus};
+    use crate::push::close;
 
     fn spec(query: &str) -> (EventFilter, Arc<Projection>) {
         let schema = GraphqlSchema::load().unwrap();
@@ -548,6 +585,39 @@ mod tests {
         assert_eq!(got.len(), 1);
         hub.dispatch(&event("7-0", "o-1", 7));
         assert_eq!(received(&mut rx).len(), 1);
+    }
+
+    #[test]
+    fn held_events_count_against_the_connection_bound_and_a_full_hold_is_a_slow_consumer() {
+        let hub = Hub::new();
+        hub.start(&at("5-0"));
+        let conn = Arc::new(ConnHandle::new(400));
+        let (filter, projection) = spec("subscription { onOrderUpdated { orderId version } }");
+        let (id, _) = hub
+            .register(
+                Registration {
+                    conn: conn.clone(),
+                    prefix: Utf8Bytes::from_static("{\"id\":\"1\",\"type\":\"next\",\"payload\":"),
+                    filter,
+                    projection,
+                    catching_up: true,
+                    after: Some(at("3-0")),
+                },
+                None,
+            )
+            .expect("started hub");
+        // Each held event is ~80 bytes: the fifth or so passes 400 and closes the connection.
+        for v in 6..30 {
+            hub.dispatch(&event(&format!("{v}-0"), "o-1", v));
+        }
+        assert!(conn.is_closed());
+        assert_eq!(conn.close_frame().map(|f| f.0), Some(close::SLOW_CONSUMER));
+        let held = hub.stats.held_events.load(Ordering::Relaxed);
+        assert!((1..10).contains(&held), "{held}");
+        // Removing the subscription frees what it held.
+        hub.remove(id);
+        assert_eq!(hub.stats.held_events.load(Ordering::Relaxed), 0);
+        assert!(conn.take_batch().is_empty());
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct PushMetrics {
     pub rate_limited: AtomicU64,
     pub subscription_limit: AtomicU64,
     pub messages_too_big: AtomicU64,
+    pub stalled_writes: AtomicU64,
+    pub subscriptions_expired: AtomicU64,
 }
 
 pub struct PushState {
@@ -106,6 +108,16 @@ impl PushState {
                 "herald_push_messages_too_big_total",
                 "Connections closed with 1009 for a message over push.max_message_bytes.",
                 &m.messages_too_big,
+            ),
+            (
+                "herald_push_stalled_writes_total",
+                "Connections closed with 4008 because the socket took no write for three push.keepalive_interval (the client stopped reading).",
+                &m.stalled_writes,
+            ),
+            (
+                "herald_push_subscriptions_expired_total",
+                "Subscriptions ended because the token they were started with (AppSync extensions.authorization) expired.",
+                &m.subscriptions_expired,
             ),
         ] {
             scrape.counter(name, help, value.load(Ordering::Relaxed));

@@ -1,6 +1,7 @@
 //! The subscription core shared by both WebSocket protocols: a connection's subscriptions,
 //! their limits (subscribe rate, count per connection, the document rules), authorization,
-//! registration with the hub, `after` replays, and stopping them.
+//! registration with the hub, `after` replays, stopping them, and ending one whose own
+//! credential (AppSync's `extensions.authorization`) expires before the connection's.
 //!
 //! Protocol files (`transport_ws.rs`, `appsync.rs`) only translate messages; everything a
 //! subscription means (authorization, the hub, `after` replays, limits) lives here. It never
@@ -20,7 +21,7 @@ use crate::ratelimit::TokenBucket;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// How one subscription's messages are spelled: the core calls it when a subscription goes
@@ -36,6 +37,12 @@ pub trait Dialect: Send + Sync {
 
     /// The message that ends a subscription with errors.
     fn error(&self, id: &str, errors: &[GraphqlError]) -> String;
+
+    /// What follows [`Dialect::error`] when the server ends a live subscription on its own
+    /// (its token expired), if the dialect's error does not end it by itself.
+    fn end(&self, _id: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A subscription started on this connection: its hub id once registered, whether it ended.
@@ -153,15 +160,24 @@ impl Session {
                 return Err(Refusal::Errors(errors));
             }
         };
+        // A credential of its own that expires before the connection's ends the subscription
+        // then; one that does not is outlived by the connection's, which closes it (4403).
+        let connection_expiry = self.principal.as_ref().and_then(Principal::expires_at);
+        let expires_at = principal
+            .expires_at()
+            .filter(|at| connection_expiry.is_none_or(|conn| *at < conn));
         let slot = Arc::new(SubSlot::default());
-        let task = tokio::spawn(start(
-            self.state.clone(),
-            self.conn.clone(),
-            slot.clone(),
-            id.to_string(),
+        let task = tokio::spawn(run(
+            Started {
+                state: self.state.clone(),
+                conn: self.conn.clone(),
+                slot: slot.clone(),
+                id: id.to_string(),
+                dialect,
+            },
             spec,
             principal,
-            dialect,
+            expires_at,
         ));
         self.subs.insert(
             id.to_string(),
@@ -276,17 +292,96 @@ async fn authorize(
     Ok(())
 }
 
-/// The asynchronous part of a subscribe: authorize, register with the hub (queueing the ack
-/// under the hub's lock), replay `after` the cursor, then go live.
-async fn start(
+/// What a subscription's task holds besides its document and principal.
+struct Started {
     state: Arc<PushState>,
     conn: Arc<ConnHandle>,
     slot: Arc<SubSlot>,
     id: String,
+    dialect: &'static dyn Dialect,
+}
+
+/// A subscription's task: [`start`] it, then, when its credential expires at `expires_at`
+/// (seconds since the epoch), end it with an error (and the dialect's end message), whether
+/// it is live by then or still replaying.
+async fn run(
+    started: Started,
     spec: SubscriptionSpec,
     principal: Principal,
-    dialect: &'static dyn Dialect,
+    expires_at: Option<u64>,
 ) {
+    let Some(at) = expires_at else {
+        return start(started, spec, principal).await;
+    };
+    let Started {
+        state,
+        conn,
+        slot,
+        id,
+        dialect,
+    } = started;
+    let expiry = sleep_until_unix(Some(at));
+    tokio::pin!(expiry);
+    let starting = start(
+        Started {
+            state: state.clone(),
+            conn: conn.clone(),
+            slot: slot.clone(),
+            id: id.clone(),
+            dialect,
+        },
+        spec,
+        principal,
+    );
+    tokio::select! {
+        _ = starting => {
+            if slot.ended.load(Ordering::Acquire) {
+                return;
+            }
+            expiry.await;
+        }
+        _ = &mut expiry => {}
+    }
+    slot.ended.store(true, Ordering::Release);
+    slot.stopped.store(true, Ordering::SeqCst);
+    if slot.registered.load(Ordering::SeqCst) {
+        state.hub.remove(slot.hub_id.load(Ordering::SeqCst));
+    }
+    state
+        .metrics
+        .subscriptions_expired
+        .fetch_add(1, Ordering::Relaxed);
+    let error = GraphqlError::with_code(
+        "The token this subscription was started with expired; start it again with a fresh token (and `after` set to the last eventId received).",
+        "UNAUTHENTICATED",
+    );
+    conn.push(Out::Text(dialect.error(&id, &[error])));
+    if let Some(end) = dialect.end(&id) {
+        conn.push(Out::Text(end));
+    }
+}
+
+/// Sleeps until `at` (seconds since the Unix epoch); for ever when there is none.
+pub async fn sleep_until_unix(at: Option<u64>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(at).saturating_sub(now)).await;
+}
+
+/// The asynchronous part of a subscribe: authorize, register with the hub (queueing the ack
+/// under the hub's lock), replay `after` the cursor, then go live.
+async fn start(started: Started, spec: SubscriptionSpec, principal: Principal) {
+    let Started {
+        state,
+        conn,
+        slot,
+        id,
+        dialect,
+    } = started;
     let fail = |errors: Vec<GraphqlError>| {
         slot.ended.store(true, Ordering::Release);
         conn.push(Out::Text(dialect.error(&id, &errors)));

@@ -1,7 +1,9 @@
 //! One WebSocket connection's loop: reads client messages and hands them to the protocol,
 //! writes the outbound queue in batches (feed each message, then one flush), sends the
 //! protocol's keepalives, and closes the connection for the limits that belong to the socket
-//! (message size, UTF-8, keepalive timeout, `connection_init` timeout, token expiry, shutdown).
+//! (message size, UTF-8, keepalive timeout, `connection_init` timeout, token expiry, shutdown,
+//! and a socket that takes no write for the keepalive deadline: a client that stopped
+//! reading, closed with 4008 like any slow consumer, during an `after` replay too).
 //!
 //! It starts no subscription and spells no message itself: that is the core's and the
 //! protocols' work.
@@ -10,7 +12,7 @@ use super::PushState;
 use super::close;
 use super::conn::{ConnHandle, Out};
 use super::protocol::{Flow, Protocol};
-use super::session::Session;
+use super::session::{Session, sleep_until_unix};
 use crate::auth::Principal;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -18,7 +20,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -39,10 +41,15 @@ pub async fn run(
     let init_deadline = tokio::time::sleep(config.connection_init_timeout);
     tokio::pin!(init_deadline);
     let keepalive = config.keepalive_interval.max(Duration::from_millis(100));
+    // Nothing heard for this long closes with 4504; a write the socket does not take within
+    // it closes with 4008 (the client stopped reading: its replay or queue would wait on it
+    // for ever otherwise, holding the connection and what its subscriptions hold).
+    let deadline = keepalive * 3;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let shutdown = state.shutdown.clone();
+    let mut stalled = false;
 
     'conn: loop {
         let expiry = token_expiry(session.principal.as_ref());
@@ -58,6 +65,14 @@ pub async fn run(
                 tokio::select! {
                     result = write => if result.is_err() { break 'conn },
                     _ = conn.kill.notified() => break 'conn,
+                    _ = tokio::time::sleep(deadline) => {
+                        stalled = true;
+                        conn.close(
+                            close::SLOW_CONSUMER,
+                            "slow consumer: the client stopped reading; reconnect and resume with `after`",
+                        );
+                        break 'conn;
+                    }
                 }
             }
             message = ws.next() => {
@@ -87,6 +102,10 @@ pub async fn run(
                 };
                 if let Flow::Close(code, reason) = flow {
                     conn.close(code, &reason);
+                    // What the protocol queued with its verdict (`connection_error`) goes
+                    // out before the close frame.
+                    let flush = write_batch(&mut ws, &conn);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
                     break;
                 }
             }
@@ -108,14 +127,40 @@ pub async fn run(
         }
     }
     session.end_all();
-    state.connections.fetch_sub(1, Ordering::AcqRel);
     if let Some((code, reason)) = conn.close_frame() {
+        tracing::debug!(code, reason = %reason, "closing a WebSocket connection");
+        if code == close::SLOW_CONSUMER {
+            let counter = if stalled {
+                &state.metrics.stalled_writes
+            } else {
+                &state.hub.stats.slow_consumers
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        // A slow consumer's close frame waits behind what its socket has not taken yet: it
+        // gets the deadline again (the subscriptions and their queue are already freed), so
+        // a client that resumes reading learns why it was dropped.
+        let linger = if code == close::SLOW_CONSUMER {
+            deadline
+        } else {
+            Duration::from_secs(1)
+        };
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+        // Then the closing handshake: what the client still sends (a message after the one
+        // that closed it, pongs, its close reply) is read, so the socket is not dropped with
+        // unread data (a reset, which can lose the close frame on the client's side).
+        let closing = async {
+            if ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(linger, closing).await;
     }
+    // Counted until here: a lingering socket still holds its buffers.
+    state.connections.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Writes everything queued (feed each message), then flushes once.
@@ -143,15 +188,4 @@ async fn write_batch(
 
 fn token_expiry(principal: Option<&Principal>) -> Option<u64> {
     principal.and_then(Principal::expires_at)
-}
-
-async fn sleep_until_unix(at: Option<u64>) {
-    let Some(at) = at else {
-        return std::future::pending().await;
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_secs(at.saturating_sub(now))).await;
 }

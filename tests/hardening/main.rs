@@ -25,3 +25,4 @@ mod longpoll;
 mod retention;
 mod small;
 mod tenant;
+mod push;
