@@ -225,6 +225,7 @@ conformance!(
     attempts_are_listed_oldest_first_and_capped,
     deliveries_are_listed_newest_first_with_limit_and_before,
     retry_delivery_makes_any_delivery_pending_and_due,
+    patch_and_rotate_change_only_their_fields,
 );
 
 fn order(id: &str) -> Order {
@@ -2260,5 +2261,116 @@ async fn redis_endpoint_stored_before_health_fields_keeps_its_health() {
             updated_at_ms: 11_001,
             ..old
         })
+    );
+}
+
+async fn patch_and_rotate_change_only_their_fields(h: Harness) {
+    let e = &h.engine;
+    let mut ep = endpoint("ep_1");
+    ep.event_types = vec!["order.shipped".into()];
+    e.put_endpoint(&ep).await.unwrap();
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    // Health recorded by an attempt.
+    e.finish_attempt(
+        "msg_1",
+        &attempt(1, 2_000, Some(500)),
+        &AttemptOutcome::RetryAt(9_000),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let version = e.endpoints_version().await.unwrap();
+
+    let patched = e
+        .patch_endpoint(
+            "ep_1",
+            &EndpointPatch {
+                description: Some(Some("d ü/1".into())),
+                event_types: Some(Vec::new()),
+                updated_at_ms: 3_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(e.endpoints_version().await.unwrap() > version);
+    let rotated = e
+        .rotate_secret(
+            "ep_1",
+            "whsec_bmV3IHNlY3JldCBmb3IgdGhlIHRlc3Q=",
+            4_000,
+            90_000,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let other = e
+        .patch_endpoint(
+            "ep_1",
+            &EndpointPatch {
+                max_in_flight: Some(None),
+                rate_limit_per_second: Some(Some(7)),
+                updated_at_ms: 5_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let stored = e.endpoint("ep_1").await.unwrap().unwrap();
+    assert_eq!(stored, other);
+    // Each kept what the others wrote.
+    assert_eq!(stored.description.as_deref(), Some("d ü/1"));
+    assert!(stored.event_types.is_empty());
+    assert_eq!(stored.rate_limit_per_second, Some(7));
+    assert_eq!(stored.max_in_flight, None);
+    assert_eq!(stored.secrets, rotated.secrets);
+    assert_eq!(
+        stored.secrets,
+        vec![
+            EndpointSecret {
+                secret: "whsec_bmV3IHNlY3JldCBmb3IgdGhlIHRlc3Q=".into(),
+                expires_at_ms: None,
+            },
+            EndpointSecret {
+                secret: ep.secrets[0].secret.clone(),
+                expires_at_ms: Some(90_000),
+            },
+        ]
+    );
+    assert_eq!(stored.failing_since_ms, Some(2_000));
+    assert!(stored.enabled);
+    assert_eq!(stored.updated_at_ms, 5_000);
+    assert_eq!(patched.failing_since_ms, Some(2_000));
+    assert_eq!(
+        (stored.url, stored.created_at_ms),
+        (ep.url, ep.created_at_ms)
+    );
+
+    // Disabling records why; enabling clears it and the failure time.
+    let off = EndpointPatch {
+        enabled: Some(false),
+        updated_at_ms: 6_000,
+        ..Default::default()
+    };
+    let disabled = e.patch_endpoint("ep_1", &off).await.unwrap().unwrap();
+    assert!(!disabled.enabled);
+    assert_eq!(disabled.disabled_reason.as_deref(), Some(DISABLED_BY_USER));
+    let on = EndpointPatch {
+        enabled: Some(true),
+        updated_at_ms: 7_000,
+        ..Default::default()
+    };
+    let enabled = e.patch_endpoint("ep_1", &on).await.unwrap().unwrap();
+    assert!(enabled.enabled);
+    assert_eq!(enabled.disabled_reason, None);
+    assert_eq!(enabled.failing_since_ms, None);
+    assert_eq!(e.endpoint("ep_1").await.unwrap(), Some(enabled));
+
+    assert_eq!(e.patch_endpoint("ep_none", &on).await.unwrap(), None);
+    assert_eq!(
+        e.rotate_secret("ep_none", "whsec_x", 1, 2).await.unwrap(),
+        None
     );
 }

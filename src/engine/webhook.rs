@@ -217,17 +217,58 @@ pub enum EndpointHealth {
     },
 }
 
+/// A change of some of an endpoint's settings ([`WebhookStore::patch_endpoint`]): `None`
+/// leaves a field as it is; `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointPatch {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub description: Option<Option<String>>,
+    pub rate_limit_per_second: Option<Option<u32>>,
+    pub max_in_flight: Option<Option<u32>>,
+    /// Enabling a disabled endpoint clears its `disabled_reason` and `failing_since_ms`;
+    /// disabling an enabled one records [`DISABLED_BY_USER`]; the same state changes nothing.
+    pub enabled: Option<bool>,
+    /// The endpoint's new `updated_at_ms`.
+    pub updated_at_ms: u64,
+}
+
+/// The `disabled_reason` of an endpoint disabled through `PATCH {"enabled": false}`.
+pub const DISABLED_BY_USER: &str = "disabled through the API";
+
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
-    /// Creates or replaces an endpoint's settings. Its health (`enabled`, `disabled_reason`,
-    /// `failing_since_ms`) is taken from `endpoint` only when the endpoint is new or `enabled`
-    /// changes (a user enabling clears `failing_since_ms` too); otherwise the stored health is
-    /// kept, so updating other settings (PATCH, rotate-secret) from an older read never resets
-    /// health recorded meanwhile. The one case it cannot tell apart: an endpoint disabled
+    /// Creates or replaces an endpoint's settings (the API changes an endpoint with
+    /// [`Self::patch_endpoint`] and [`Self::rotate_secret`], which never write settings they
+    /// were not asked to). Its health (`enabled`, `disabled_reason`, `failing_since_ms`) is
+    /// taken from `endpoint` only when the endpoint is new or `enabled` changes (a user
+    /// enabling clears `failing_since_ms` too); otherwise the stored health is kept, so a
+    /// write from an older read never resets health recorded meanwhile. The one case it cannot tell apart: an endpoint disabled
     /// between a caller's read (enabled) and its write is enabled again by that write.
     async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()>;
 
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>>;
+
+    /// Changes the given settings of an endpoint in one step, field by field: whatever else
+    /// was written meanwhile (another PATCH's fields, a rotated secret, health recorded by the
+    /// sender) stays. The endpoint as it is afterwards, `None` when there is none.
+    async fn patch_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+    ) -> EngineResult<Option<Endpoint>>;
+
+    /// Rotates an endpoint's signing secret in one step: `secret` becomes the current one, the
+    /// current one keeps signing until `previous_expires_at_ms`, older ones stop; nothing else
+    /// changes but `updated_at_ms` (= `now_ms`). The endpoint as it is afterwards, `None` when
+    /// there is none.
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        now_ms: u64,
+        previous_expires_at_ms: u64,
+    ) -> EngineResult<Option<Endpoint>>;
 
     /// Every endpoint (the dispatcher matches events against them), in id order.
     async fn endpoints(&self) -> EngineResult<Vec<Endpoint>>;

@@ -197,6 +197,29 @@ impl WebhookState {
     }
 }
 
+/// An endpoint's secrets after a rotation to `secret`: the current one (the one without an
+/// expiry, else the newest) keeps signing until `previous_expires_at_ms`; older ones stop.
+fn rotated_secrets(
+    secrets: &[EndpointSecret],
+    secret: &str,
+    previous_expires_at_ms: u64,
+) -> Vec<EndpointSecret> {
+    let previous = secrets
+        .iter()
+        .find(|s| s.expires_at_ms.is_none())
+        .or_else(|| secrets.first())
+        .map(|s| EndpointSecret {
+            secret: s.secret.clone(),
+            expires_at_ms: Some(previous_expires_at_ms),
+        });
+    std::iter::once(EndpointSecret {
+        secret: secret.to_string(),
+        expires_at_ms: None,
+    })
+    .chain(previous)
+    .collect()
+}
+
 /// Whole milliseconds of a duration (saturating).
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -220,6 +243,67 @@ impl WebhookStore for MemoryEngine {
             }
             w.endpoints.insert(endpoint.id.clone(), stored);
             w.endpoints_version += 1;
+        })
+    }
+
+    async fn patch_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+    ) -> EngineResult<Option<Endpoint>> {
+        // One lock for the read and the write: nothing written meanwhile is lost.
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let endpoint = w.endpoints.get_mut(id)?;
+            if let Some(url) = &patch.url {
+                endpoint.url = url.clone();
+            }
+            if let Some(types) = &patch.event_types {
+                endpoint.event_types = types.clone();
+            }
+            if let Some(description) = &patch.description {
+                endpoint.description = description.clone();
+            }
+            if let Some(rate) = patch.rate_limit_per_second {
+                endpoint.rate_limit_per_second = rate;
+            }
+            if let Some(in_flight) = patch.max_in_flight {
+                endpoint.max_in_flight = in_flight;
+            }
+            match patch.enabled {
+                Some(true) if !endpoint.enabled => {
+                    endpoint.enabled = true;
+                    endpoint.disabled_reason = None;
+                    endpoint.failing_since_ms = None;
+                }
+                Some(false) if endpoint.enabled => {
+                    endpoint.enabled = false;
+                    endpoint.disabled_reason = Some(DISABLED_BY_USER.to_string());
+                }
+                _ => {}
+            }
+            endpoint.updated_at_ms = patch.updated_at_ms;
+            let out = endpoint.clone();
+            w.endpoints_version += 1;
+            Some(out)
+        })
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        now_ms: u64,
+        previous_expires_at_ms: u64,
+    ) -> EngineResult<Option<Endpoint>> {
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let endpoint = w.endpoints.get_mut(id)?;
+            endpoint.secrets = rotated_secrets(&endpoint.secrets, secret, previous_expires_at_ms);
+            endpoint.updated_at_ms = now_ms;
+            let out = endpoint.clone();
+            w.endpoints_version += 1;
+            Some(out)
         })
     }
 

@@ -204,6 +204,7 @@ struct Scripts {
     webhook_delete_endpoint: Script,
     webhook_put_endpoint: Script,
     webhook_read: Script,
+    webhook_update_endpoint: Script,
 }
 
 impl Scripts {
@@ -224,6 +225,9 @@ impl Scripts {
             )),
             webhook_put_endpoint: Script::new(include_str!("scripts/webhook_put_endpoint.lua")),
             webhook_read: Script::new(include_str!("scripts/webhook_read.lua")),
+            webhook_update_endpoint: Script::new(include_str!(
+                "scripts/webhook_update_endpoint.lua"
+            )),
         }
     }
 }

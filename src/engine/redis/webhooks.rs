@@ -163,6 +163,25 @@ fn merge_health(endpoint: &mut Endpoint, health: [Option<String>; 4]) -> EngineR
     Ok(())
 }
 
+/// The endpoint webhook_update_endpoint.lua answers: `None` for no endpoint, else its record
+/// with its health fields put over it.
+fn updated_endpoint(id: &str, reply: &Value) -> EngineResult<Option<Endpoint>> {
+    let bad = || corrupt("update-endpoint script returned an unexpected reply");
+    let parts = match reply {
+        Value::Nil => return Ok(None),
+        Value::Boolean(false) => return Ok(None),
+        other => items(other).ok_or_else(bad)?,
+    };
+    let [json, health @ ..] = parts else {
+        return Err(bad());
+    };
+    let mut endpoint = parse_endpoint(id, &text(json).ok_or_else(bad)?)?;
+    let health: Vec<Option<String>> = health.iter().map(text).collect();
+    let health: [Option<String>; 4] = health.try_into().map_err(|_| bad())?;
+    merge_health(&mut endpoint, health)?;
+    Ok(Some(endpoint))
+}
+
 /// A sorted-set score (RESP2 text or RESP3 double) as whole milliseconds.
 fn score_ms(value: &Value) -> Option<u64> {
     let score = match value {
@@ -300,6 +319,73 @@ impl WebhookStore for RedisEngine {
             );
         self.run_script("storing an endpoint", &invocation).await?;
         Ok(())
+    }
+
+    async fn patch_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+    ) -> EngineResult<Option<Endpoint>> {
+        let json = |value: serde_json::Value| value.to_string();
+        let mut settings: Vec<(&str, String)> = Vec::new();
+        if let Some(url) = &patch.url {
+            settings.push(("url", json(url.as_str().into())));
+        }
+        if let Some(types) = &patch.event_types {
+            settings.push(("eventTypes", json(types.clone().into())));
+        }
+        if let Some(description) = &patch.description {
+            settings.push(("description", json(description.clone().into())));
+        }
+        if let Some(rate) = patch.rate_limit_per_second {
+            settings.push(("rateLimitPerSecond", json(rate.into())));
+        }
+        if let Some(in_flight) = patch.max_in_flight {
+            settings.push(("maxInFlight", json(in_flight.into())));
+        }
+        let mut invocation = self.scripts.webhook_update_endpoint.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
+            .arg(id)
+            .arg(patch.updated_at_ms)
+            .arg("patch")
+            .arg(match patch.enabled {
+                None => "",
+                Some(true) => "1",
+                Some(false) => "0",
+            })
+            .arg(DISABLED_BY_USER)
+            .arg(settings.len());
+        for (name, value) in &settings {
+            invocation.arg(*name).arg(value);
+        }
+        let reply = self.run_script("changing an endpoint", &invocation).await?;
+        updated_endpoint(id, &reply)
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        now_ms: u64,
+        previous_expires_at_ms: u64,
+    ) -> EngineResult<Option<Endpoint>> {
+        let mut invocation = self.scripts.webhook_update_endpoint.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
+            .arg(id)
+            .arg(now_ms)
+            .arg("rotate")
+            .arg(secret)
+            .arg(previous_expires_at_ms);
+        let reply = self
+            .run_script("rotating an endpoint's secret", &invocation)
+            .await?;
+        updated_endpoint(id, &reply)
     }
 
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>> {
