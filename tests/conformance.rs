@@ -225,6 +225,7 @@ conformance!(
     attempts_are_listed_oldest_first_and_capped,
     deliveries_are_listed_newest_first_with_limit_and_before,
     retry_delivery_makes_any_delivery_pending_and_due,
+    create_endpoint_counts_and_inserts_in_one_step_per_partner,
     patch_and_rotate_change_only_their_fields,
 );
 
@@ -2262,6 +2263,59 @@ async fn redis_endpoint_stored_before_health_fields_keeps_its_health() {
             ..old
         })
     );
+}
+
+async fn create_endpoint_counts_and_inserts_in_one_step_per_partner(h: Harness) {
+    let e = &h.engine;
+    // Stored before any create counted: counted all the same.
+    e.put_endpoint(&endpoint("ep_old")).await.unwrap();
+    assert_eq!(
+        e.create_endpoint(&endpoint("ep_1"), 2).await.unwrap(),
+        EndpointCreation::Created
+    );
+    // Racing for no free slot: none passes.
+    let racers = futures_util::future::join_all(
+        (0..8).map(|i| async move { e.create_endpoint(&endpoint(&format!("ep_r{i}")), 2).await }),
+    )
+    .await;
+    assert!(
+        racers
+            .iter()
+            .all(|r| matches!(r, Ok(EndpointCreation::LimitReached { count: 2 })))
+    );
+    assert_eq!(e.endpoint("ep_r0").await.unwrap(), None);
+    // Other partners and endpoints without one are not counted against acme.
+    let mut globex = endpoint("ep_g");
+    globex.partner_id = Some("globex".into());
+    assert_eq!(
+        e.create_endpoint(&globex, 2).await.unwrap(),
+        EndpointCreation::Created
+    );
+    let mut admin = endpoint("ep_admin");
+    admin.partner_id = None;
+    assert_eq!(
+        e.create_endpoint(&admin, 1).await.unwrap(),
+        EndpointCreation::Created
+    );
+    // A delete frees a slot; one racer of many takes it.
+    assert!(e.delete_endpoint("ep_old").await.unwrap());
+    let racers = futures_util::future::join_all(
+        (0..8).map(|i| async move { e.create_endpoint(&endpoint(&format!("ep_s{i}")), 2).await }),
+    )
+    .await;
+    let created = racers
+        .iter()
+        .filter(|r| matches!(r, Ok(EndpointCreation::Created)))
+        .count();
+    assert_eq!(created, 1);
+    let acme = e
+        .endpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|ep| ep.partner_id.as_deref() == Some("acme"))
+        .count();
+    assert_eq!(acme, 2);
 }
 
 async fn patch_and_rotate_change_only_their_fields(h: Harness) {

@@ -401,6 +401,9 @@ pub struct WebhooksConfig {
     /// Dispatchers per node: each a consumer of its own in the dispatch group, so one's
     /// engine round overlaps another's work.
     pub dispatchers: usize,
+    /// Endpoints one partner may have (admin-created ones for it count); creating one more
+    /// answers 422 `endpoint-limit-reached`. Endpoints without a partner are not limited.
+    pub max_endpoints_per_partner: u32,
 }
 
 impl Default for WebhooksConfig {
@@ -428,6 +431,7 @@ impl Default for WebhooksConfig {
             retry_after_max: h(1),
             dispatch_linger: Duration::from_millis(2),
             dispatchers: 2,
+            max_endpoints_per_partner: 20,
         }
     }
 }

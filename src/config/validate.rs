@@ -159,6 +159,9 @@ impl Config {
                 "webhooks.dispatch_linger must be at most 1s (it delays the first attempt of every delivery)"
             );
         }
+        if !(1..=10_000).contains(&hooks.max_endpoints_per_partner) {
+            bail!("webhooks.max_endpoints_per_partner must be between 1 and 10000");
+        }
         let jwt = &self.auth.jwt;
         if !jwt.hs256_secret.is_empty() && jwt.hs256_secret.len() < checks.hs256_min_bytes {
             bail!(

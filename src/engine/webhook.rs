@@ -217,6 +217,17 @@ pub enum EndpointHealth {
     },
 }
 
+/// What [`WebhookStore::create_endpoint`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointCreation {
+    Created,
+    /// The endpoint's partner already has `count` endpoints, at or above the limit: nothing
+    /// was stored.
+    LimitReached {
+        count: u64,
+    },
+}
+
 /// A change of some of an endpoint's settings ([`WebhookStore::patch_endpoint`]): `None`
 /// leaves a field as it is; `Some(None)` clears an optional one.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -238,16 +249,27 @@ pub const DISABLED_BY_USER: &str = "disabled through the API";
 
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
-    /// Creates or replaces an endpoint's settings (the API changes an endpoint with
-    /// [`Self::patch_endpoint`] and [`Self::rotate_secret`], which never write settings they
-    /// were not asked to). Its health (`enabled`, `disabled_reason`, `failing_since_ms`) is
-    /// taken from `endpoint` only when the endpoint is new or `enabled` changes (a user
-    /// enabling clears `failing_since_ms` too); otherwise the stored health is kept, so a
-    /// write from an older read never resets health recorded meanwhile. The one case it cannot tell apart: an endpoint disabled
+    /// Creates or replaces an endpoint's settings, with no per-partner limit (the API creates
+    /// with [`Self::create_endpoint`] and changes with [`Self::patch_endpoint`] and
+    /// [`Self::rotate_secret`], which never write settings they were not asked to). Its health
+    /// (`enabled`, `disabled_reason`, `failing_since_ms`) is taken from `endpoint` only when
+    /// the endpoint is new or `enabled` changes (a user enabling clears `failing_since_ms`
+    /// too); otherwise the stored health is kept, so a write from an older read never resets
+    /// health recorded meanwhile. The one case it cannot tell apart: an endpoint disabled
     /// between a caller's read (enabled) and its write is enabled again by that write.
     async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()>;
 
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>>;
+
+    /// Stores a new endpoint unless its partner already has `max_per_partner` endpoints or
+    /// more (admin-created ones for that partner count too; endpoints without a partner are not
+    /// limited). The count and the insert are one step: two creates racing for the last slot
+    /// cannot both pass.
+    async fn create_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        max_per_partner: u32,
+    ) -> EngineResult<EndpointCreation>;
 
     /// Changes the given settings of an endpoint in one step, field by field: whatever else
     /// was written meanwhile (another PATCH's fields, a rotated secret, health recorded by the

@@ -1,5 +1,5 @@
-//! Webhook holes of issue 12, against the real binary on both engines: item 8's atomic PATCH /
-//! rotate-secret.
+//! Webhook holes of issue 12, against the real binary on both engines: item 6's per-partner
+//! endpoint limit and item 8's atomic PATCH / rotate-secret.
 
 use crate::common::sink::{Sink, verify};
 use crate::common::*;
@@ -7,7 +7,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-on_both_engines!(concurrent_patches_and_rotations_lose_no_update,);
+on_both_engines!(
+    endpoint_limit_answers_422_and_a_delete_frees_a_slot,
+    concurrent_creates_for_the_last_slot_admit_one,
+    concurrent_patches_and_rotations_lose_no_update,
+);
 
 /// Short schedule, loopback allowed (blocked by default).
 const WEBHOOKS_TOML: &str = r#"
@@ -54,6 +58,126 @@ async fn publish_n(s: &Stack, prefix: &str, n: usize) {
         ))
         .await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 6a: endpoints per partner.
+
+const LIMIT_TOML: &str = "max_endpoints_per_partner = 3\n";
+
+async fn assert_limit_problem(r: reqwest::Response, count: u64) {
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "/problems/endpoint-limit-reached", "{body}");
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains(&format!("has {count} webhook endpoints"))
+            && detail.contains("at most 3")
+            && detail.contains("max_endpoints_per_partner"),
+        "{detail}"
+    );
+}
+
+/// A partner at `max_endpoints_per_partner` (its own endpoints and one an admin created for
+/// it) is refused with 422 `endpoint-limit-reached` naming the limit and its count, by its own
+/// key and by an admin's; other partners and admin endpoints are unaffected; deleting one of
+/// its endpoints frees a slot.
+async fn endpoint_limit_answers_422_and_a_delete_frees_a_slot(kind: Kind) {
+    let s = start(kind, LIMIT_TOML);
+    let url = "http://127.0.0.1:9/hook";
+    let first = create_ok(&s, ACME_KEY, json!({"url": url})).await;
+    create_ok(&s, ACME_KEY, json!({"url": url})).await;
+    create_ok(&s, ADMIN_KEY, json!({"url": url, "partnerId": "acme"})).await;
+    let mut refused = 0;
+    assert_limit_problem(create(&s, ACME_KEY, json!({"url": url})).await, 3).await;
+    refused += 1;
+    assert_limit_problem(
+        create(&s, ADMIN_KEY, json!({"url": url, "partnerId": "acme"})).await,
+        3,
+    )
+    .await;
+    refused += 1;
+    // Others are unaffected.
+    for _ in 0..3 {
+        create_ok(&s, GLOBEX_KEY, json!({"url": url})).await;
+    }
+    create_ok(&s, ADMIN_KEY, json!({"url": url})).await;
+    // Nothing was stored by the refused creates.
+    let listed: Value = s.get("/v1/webhooks", ACME_KEY).await.json().await.unwrap();
+    assert_eq!(listed["endpoints"].as_array().unwrap().len(), 3);
+    // A delete frees a slot, and only one.
+    let r = s
+        .http
+        .delete(
+            s.herald
+                .url(&format!("/v1/webhooks/{}", first["id"].as_str().unwrap())),
+        )
+        .header("x-api-key", ACME_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    create_ok(&s, ACME_KEY, json!({"url": url})).await;
+    assert_limit_problem(create(&s, ACME_KEY, json!({"url": url})).await, 3).await;
+    refused += 1;
+    crate::figures(
+        6,
+        "endpoint_limit_answers_422_and_a_delete_frees_a_slot",
+        json!({
+            "engine": format!("{kind:?}").to_lowercase(),
+            "limit": 3,
+            "refused": refused,
+            "otherPartnersRefused": 0,
+        }),
+    );
+}
+
+/// Sixteen creates racing for a partner's last slot: exactly one passes (the count and the
+/// insert are one engine step), the others get 422, and the partner ends at the limit.
+async fn concurrent_creates_for_the_last_slot_admit_one(kind: Kind) {
+    const RACERS: usize = 16;
+    let s = start(kind, LIMIT_TOML);
+    let url = "http://127.0.0.1:9/hook";
+    create_ok(&s, ACME_KEY, json!({"url": url})).await;
+    create_ok(&s, ACME_KEY, json!({"url": url})).await;
+    let body = json!({"url": url});
+    let answers = futures_util::future::join_all((0..RACERS).map(|i| {
+        create(&s, if i % 2 == 0 { ACME_KEY } else { ADMIN_KEY }, {
+            let mut b = body.clone();
+            if i % 2 == 1 {
+                b["partnerId"] = json!("acme");
+            }
+            b
+        })
+    }))
+    .await;
+    let created = answers
+        .iter()
+        .filter(|r| r.status() == StatusCode::CREATED)
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|r| r.status() == StatusCode::UNPROCESSABLE_ENTITY)
+        .count();
+    let listed: Value = s.get("/v1/webhooks", ACME_KEY).await.json().await.unwrap();
+    let stored = listed["endpoints"].as_array().unwrap().len();
+    crate::figures(
+        6,
+        "concurrent_creates_for_the_last_slot_admit_one",
+        json!({
+            "engine": format!("{kind:?}").to_lowercase(),
+            "racers": RACERS,
+            "created": created,
+            "refused": refused,
+            "overLimit": stored.saturating_sub(3),
+        }),
+    );
+    assert_eq!((created, refused), (1, RACERS - 1));
+    assert_eq!(stored, 3);
 }
 
 // ---------------------------------------------------------------------------------------------

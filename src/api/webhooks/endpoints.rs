@@ -7,7 +7,7 @@ use crate::api::fields::FieldErrors;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::{Node, json_object, refuse_customers};
 use crate::auth::Principal;
-use crate::engine::webhook::{Endpoint, EndpointPatch, EndpointSecret};
+use crate::engine::webhook::{Endpoint, EndpointCreation, EndpointPatch, EndpointSecret};
 use crate::model::{OrderStatus, now_millis};
 use crate::webhooks::{signature, ssrf};
 use axum::Json;
@@ -127,7 +127,23 @@ fn limit(value: &Value, min: u64, max: u64) -> Result<Option<u32>, String> {
     }
 }
 
-/// `POST /v1/webhooks`: 201 with the endpoint and its `secret` (shown this once).
+/// The answer to a create beyond `webhooks.max_endpoints_per_partner`: 422 (the request is
+/// well formed, but the partner's quota of endpoints is used up; retrying will not help until
+/// one is deleted), naming the limit and the partner's current count.
+fn endpoint_limit_reached(partner_id: &str, count: u64, limit: u32) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "endpoint-limit-reached",
+        "Webhook endpoint limit reached",
+    )
+    .detail(format!(
+        "Partner {partner_id} has {count} webhook endpoints; at most {limit} are allowed \
+         (webhooks.max_endpoints_per_partner). Delete one before creating another."
+    ))
+}
+
+/// `POST /v1/webhooks`: 201 with the endpoint and its `secret` (shown this once); 422
+/// `endpoint-limit-reached` when the partner has `webhooks.max_endpoints_per_partner` already.
 pub async fn create_endpoint(
     State(state): State<Node>,
     principal: Principal,
@@ -198,7 +214,16 @@ pub async fn create_endpoint(
         updated_at_ms: now,
         failing_since_ms: None,
     };
-    state.engine.put_endpoint(&endpoint).await?;
+    let limit = state.config.webhooks.max_endpoints_per_partner;
+    if let EndpointCreation::LimitReached { count } =
+        state.engine.create_endpoint(&endpoint, limit).await?
+    {
+        return Err(endpoint_limit_reached(
+            endpoint.partner_id.as_deref().unwrap_or(""),
+            count,
+            limit,
+        ));
+    }
     tracing::info!(endpoint_id = %endpoint.id, partner_id = endpoint.partner_id.as_deref().unwrap_or(""), "webhook endpoint created");
     let mut view = endpoint_view(&endpoint);
     view["secret"] = Value::String(secret);

@@ -246,6 +246,29 @@ impl WebhookStore for MemoryEngine {
         })
     }
 
+    async fn create_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        max_per_partner: u32,
+    ) -> EngineResult<EndpointCreation> {
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            if let Some(partner) = endpoint.partner_id.as_deref() {
+                let count = w
+                    .endpoints
+                    .values()
+                    .filter(|e| e.partner_id.as_deref() == Some(partner) && e.id != endpoint.id)
+                    .count() as u64;
+                if count >= u64::from(max_per_partner) {
+                    return EndpointCreation::LimitReached { count };
+                }
+            }
+            w.endpoints.insert(endpoint.id.clone(), endpoint.clone());
+            w.endpoints_version += 1;
+            EndpointCreation::Created
+        })
+    }
+
     async fn patch_endpoint(
         &self,
         id: &str,

@@ -109,6 +109,9 @@ struct Keys {
     webhook_endpoints_version: String,
     webhook_health: String,
     webhook_schedule: String,
+    /// `P{p0}:webhooks:by_partner_built`: marks that the per-partner endpoint sets
+    /// (`by_partner:<partner id>`) hold every endpoint.
+    webhook_by_partner_built: String,
 }
 
 impl Keys {
@@ -131,6 +134,7 @@ impl Keys {
             webhook_endpoints_version: format!("{base}:webhooks:endpoints:version"),
             webhook_health: format!("{base}:webhooks:health"),
             webhook_schedule: format!("{base}:webhooks:schedule"),
+            webhook_by_partner_built: format!("{base}:webhooks:by_partner_built"),
             base,
         }
     }
@@ -204,6 +208,7 @@ struct Scripts {
     webhook_delete_endpoint: Script,
     webhook_put_endpoint: Script,
     webhook_read: Script,
+    webhook_create_endpoint: Script,
     webhook_update_endpoint: Script,
 }
 
@@ -225,6 +230,9 @@ impl Scripts {
             )),
             webhook_put_endpoint: Script::new(include_str!("scripts/webhook_put_endpoint.lua")),
             webhook_read: Script::new(include_str!("scripts/webhook_read.lua")),
+            webhook_create_endpoint: Script::new(include_str!(
+                "scripts/webhook_create_endpoint.lua"
+            )),
             webhook_update_endpoint: Script::new(include_str!(
                 "scripts/webhook_update_endpoint.lua"
             )),

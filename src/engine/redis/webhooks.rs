@@ -16,6 +16,8 @@
 //! | `P{p0}:webhooks:by_endpoint:<endpoint id>` | zset | delivery ids scored by creation time (ms) |
 //! | `P{p0}:webhooks:failed:<endpoint id>` | zset | failed delivery ids scored by creation time (ms) |
 //! | `P{p0}:webhooks:schedule` | zset | delivery ids scored by due time (ms) |
+//! | `P{p0}:webhooks:by_partner:<partner id>` | set | the partner's endpoint ids (its count against `max_endpoints_per_partner`) |
+//! | `P{p0}:webhooks:by_partner_built` | string | the `by_partner` sets hold every endpoint (older endpoints are indexed once) |
 //!
 //! Every change to more than one key is one script in `scripts/webhook_*.lua`. Times come from
 //! the caller, never from Redis' clock, so both engines agree under test. This file never
@@ -316,9 +318,44 @@ impl WebhookStore for RedisEngine {
                     .failing_since_ms
                     .map(|ms| ms.to_string())
                     .unwrap_or_default(),
-            );
+            )
+            .arg(endpoint.partner_id.as_deref().unwrap_or(""))
+            .arg(&self.keys.webhooks);
         self.run_script("storing an endpoint", &invocation).await?;
         Ok(())
+    }
+
+    async fn create_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        max_per_partner: u32,
+    ) -> EngineResult<EndpointCreation> {
+        let json = serde_json::to_string(endpoint).map_err(corrupt)?;
+        let mut invocation = self.scripts.webhook_create_endpoint.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
+            .key(&self.keys.webhook_by_partner_built)
+            .arg(&endpoint.id)
+            .arg(json)
+            .arg(endpoint.partner_id.as_deref().unwrap_or(""))
+            .arg(max_per_partner)
+            .arg(&self.keys.webhooks)
+            .arg(if endpoint.enabled { "1" } else { "0" })
+            .arg(endpoint.disabled_reason.as_deref().unwrap_or(""));
+        let reply = self.run_script("creating an endpoint", &invocation).await?;
+        let bad = || corrupt("create-endpoint script returned an unexpected reply");
+        let parts = items(&reply).ok_or_else(bad)?;
+        match (parts.first().and_then(text).as_deref(), parts.get(1)) {
+            (Some("created"), _) => Ok(EndpointCreation::Created),
+            (Some("limit"), Some(count)) => Ok(EndpointCreation::LimitReached {
+                count: int(count)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(bad)?,
+            }),
+            _ => Err(bad()),
+        }
     }
 
     async fn patch_endpoint(
