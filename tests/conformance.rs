@@ -227,6 +227,7 @@ conformance!(
     retry_delivery_makes_any_delivery_pending_and_due,
     create_endpoint_counts_and_inserts_in_one_step_per_partner,
     patch_and_rotate_change_only_their_fields,
+    sweep_deletes_old_records_and_every_record_of_a_deleted_endpoint,
 );
 
 fn order(id: &str) -> Order {
@@ -2427,4 +2428,80 @@ async fn patch_and_rotate_change_only_their_fields(h: Harness) {
         e.rotate_secret("ep_none", "whsec_x", 1, 2).await.unwrap(),
         None
     );
+}
+
+async fn sweep_deletes_old_records_and_every_record_of_a_deleted_endpoint(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    let mut failed = delivery("msg_f", "ep_1", 150, 150);
+    failed.state = DeliveryState::Failed;
+    create(
+        e,
+        &[
+            delivery("msg_old", "ep_1", 100, 100),
+            failed,
+            delivery("msg_new", "ep_1", 5_000, 5_000),
+            delivery("msg_2a", "ep_2", 100, 100),
+            delivery("msg_2b", "ep_2", 6_000, 6_000),
+        ],
+    )
+    .await;
+    e.finish_attempt(
+        "msg_old",
+        &attempt(1, 200, Some(500)),
+        &AttemptOutcome::RetryAt(300),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let mut targets = e.sweep_targets().await.unwrap();
+    targets.sort();
+    assert_eq!(targets, vec!["ep_1".to_string(), "ep_2".to_string()]);
+
+    // Bounded per call: one at a time, oldest first.
+    assert_eq!(e.sweep_deliveries("ep_1", 1_000, 1).await.unwrap(), 1);
+    assert_eq!(e.delivery("msg_old").await.unwrap(), None);
+    assert!(e.attempts("msg_old").await.unwrap().is_empty());
+    assert_eq!(e.sweep_deliveries("ep_1", 1_000, 10).await.unwrap(), 1);
+    assert_eq!(e.sweep_deliveries("ep_1", 1_000, 10).await.unwrap(), 0);
+    // Off the failed index and the schedule too.
+    assert_eq!(e.recover_failed("ep_1", 0, 10).await.unwrap(), 0);
+    let due = e
+        .claim_due(10_000, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let due: Vec<&str> = due.due.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(due, vec!["msg_2a", "msg_new", "msg_2b"]);
+    let listed: Vec<String> = e
+        .deliveries("ep_1", 10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(listed, vec!["msg_new".to_string()]);
+
+    // A deleted endpoint's records go whatever their age, then it is no longer a target.
+    assert!(e.delete_endpoint("ep_2").await.unwrap());
+    assert!(
+        e.sweep_targets()
+            .await
+            .unwrap()
+            .contains(&"ep_2".to_string())
+    );
+    assert_eq!(e.sweep_deliveries("ep_2", 0, 1).await.unwrap(), 1);
+    assert_eq!(e.sweep_deliveries("ep_2", 0, 10).await.unwrap(), 1);
+    assert_eq!(e.delivery("msg_2b").await.unwrap(), None);
+    assert_eq!(e.sweep_targets().await.unwrap(), vec!["ep_1".to_string()]);
+    // A delivery stored for an endpoint deleted meanwhile is swept all the same.
+    create(e, &[delivery("msg_late", "ep_gone", 100, 100)]).await;
+    assert!(
+        e.sweep_targets()
+            .await
+            .unwrap()
+            .contains(&"ep_gone".to_string())
+    );
+    assert_eq!(e.sweep_deliveries("ep_gone", 0, 10).await.unwrap(), 1);
+    assert_eq!(e.sweep_targets().await.unwrap(), vec!["ep_1".to_string()]);
 }

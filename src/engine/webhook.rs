@@ -292,6 +292,21 @@ pub trait WebhookStore: Send + Sync {
         previous_expires_at_ms: u64,
     ) -> EngineResult<Option<Endpoint>>;
 
+    /// The endpoints whose delivery records the retention sweep visits: every endpoint, and
+    /// every deleted one whose records are not all gone yet.
+    async fn sweep_targets(&self) -> EngineResult<Vec<String>>;
+
+    /// Deletes up to `max` delivery records of an endpoint created before `created_before_ms`
+    /// (of a deleted endpoint: whatever their age), with their attempt logs, their places in
+    /// the indexes and on the schedule, in one step; how many. Several nodes may sweep at
+    /// once: a record is deleted once, the others find it gone.
+    async fn sweep_deliveries(
+        &self,
+        endpoint_id: &str,
+        created_before_ms: u64,
+        max: usize,
+    ) -> EngineResult<usize>;
+
     /// Every endpoint (the dispatcher matches events against them), in id order.
     async fn endpoints(&self) -> EngineResult<Vec<Endpoint>>;
 
@@ -303,8 +318,9 @@ pub trait WebhookStore: Send + Sync {
     /// unchanged version proves the cache current for every claimed event.
     async fn endpoints_version(&self) -> EngineResult<u64>;
 
-    /// Deletes an endpoint and takes its pending deliveries off the schedule. `false` when
-    /// there was none.
+    /// Deletes an endpoint and takes its pending deliveries off the schedule; its delivery
+    /// records are left to the retention sweep ([`Self::sweep_deliveries`]), which deletes
+    /// them whatever their age. `false` when there was none.
     async fn delete_endpoint(&self, id: &str) -> EngineResult<bool>;
 
     /// Events for the dispatcher through the consumer group `webhooks` on the event log:

@@ -181,6 +181,26 @@ impl WebhookState {
         }
     }
 
+    /// Deletes one delivery record with its attempts and its places in the indexes and on the
+    /// schedule.
+    fn forget_delivery(&mut self, endpoint_id: &str, created_at_ms: u64, delivery_id: &str) {
+        let entry = (created_at_ms, delivery_id.to_string());
+        self.deliveries.remove(delivery_id);
+        self.unschedule(delivery_id);
+        if let Some(all) = self.by_endpoint.get_mut(endpoint_id) {
+            all.remove(&entry);
+            if all.is_empty() {
+                self.by_endpoint.remove(endpoint_id);
+            }
+        }
+        if let Some(failed) = self.failed.get_mut(endpoint_id) {
+            failed.remove(&entry);
+            if failed.is_empty() {
+                self.failed.remove(endpoint_id);
+            }
+        }
+    }
+
     /// Makes a delivery pending and due at `at_ms` (manual retry, recovery).
     fn reschedule(&mut self, delivery_id: &str, at_ms: u64, now_ms: u64) -> bool {
         let Some(stored) = self.deliveries.get_mut(delivery_id) else {
@@ -327,6 +347,42 @@ impl WebhookStore for MemoryEngine {
             let out = endpoint.clone();
             w.endpoints_version += 1;
             Some(out)
+        })
+    }
+
+    async fn sweep_targets(&self) -> EngineResult<Vec<String>> {
+        self.with_state(|state| {
+            let w = &state.webhooks;
+            let mut out: BTreeSet<String> = w.endpoints.keys().cloned().collect();
+            out.extend(w.by_endpoint.keys().cloned());
+            out.into_iter().collect()
+        })
+    }
+
+    async fn sweep_deliveries(
+        &self,
+        endpoint_id: &str,
+        created_before_ms: u64,
+        max: usize,
+    ) -> EngineResult<usize> {
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let live = w.endpoints.contains_key(endpoint_id);
+            let old: Vec<(u64, String)> = w
+                .by_endpoint
+                .get(endpoint_id)
+                .map(|all| {
+                    all.iter()
+                        .take_while(|(created, _)| !live || *created < created_before_ms)
+                        .take(max)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (created, id) in &old {
+                w.forget_delivery(endpoint_id, *created, id);
+            }
+            old.len()
         })
     }
 

@@ -109,6 +109,9 @@ struct Keys {
     webhook_endpoints_version: String,
     webhook_health: String,
     webhook_schedule: String,
+    /// `P{p0}:webhooks:deleted`: deleted endpoints whose delivery records the sweep has not
+    /// deleted yet (set; scripts also build it as `webhooks` + `deleted`).
+    webhook_deleted: String,
     /// `P{p0}:webhooks:by_partner_built`: marks that the per-partner endpoint sets
     /// (`by_partner:<partner id>`) hold every endpoint.
     webhook_by_partner_built: String,
@@ -134,6 +137,7 @@ impl Keys {
             webhook_endpoints_version: format!("{base}:webhooks:endpoints:version"),
             webhook_health: format!("{base}:webhooks:health"),
             webhook_schedule: format!("{base}:webhooks:schedule"),
+            webhook_deleted: format!("{base}:webhooks:deleted"),
             webhook_by_partner_built: format!("{base}:webhooks:by_partner_built"),
             base,
         }
@@ -210,6 +214,7 @@ struct Scripts {
     webhook_read: Script,
     webhook_create_endpoint: Script,
     webhook_update_endpoint: Script,
+    webhook_sweep: Script,
 }
 
 impl Scripts {
@@ -236,6 +241,7 @@ impl Scripts {
             webhook_update_endpoint: Script::new(include_str!(
                 "scripts/webhook_update_endpoint.lua"
             )),
+            webhook_sweep: Script::new(include_str!("scripts/webhook_sweep.lua")),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! | `P{p0}:webhooks:schedule` | zset | delivery ids scored by due time (ms) |
 //! | `P{p0}:webhooks:by_partner:<partner id>` | set | the partner's endpoint ids (its count against `max_endpoints_per_partner`) |
 //! | `P{p0}:webhooks:by_partner_built` | string | the `by_partner` sets hold every endpoint (older endpoints are indexed once) |
+//! | `P{p0}:webhooks:deleted` | set | deleted endpoints whose delivery records the retention sweep has yet to delete |
 //!
 //! Every change to more than one key is one script in `scripts/webhook_*.lua`. Times come from
 //! the caller, never from Redis' clock, so both engines agree under test. This file never
@@ -425,6 +426,45 @@ impl WebhookStore for RedisEngine {
         updated_endpoint(id, &reply)
     }
 
+    async fn sweep_targets(&self) -> EngineResult<Vec<String>> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HKEYS").arg(&self.keys.webhook_endpoints);
+        pipe.cmd("SMEMBERS").arg(&self.keys.webhook_deleted);
+        let what = "listing endpoints to sweep";
+        let mut conn = self.conn.clone();
+        let (live, deleted): (Vec<String>, Vec<String>) =
+            within(what, self.op_timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|e| map_err(what, e))?;
+        let mut out: Vec<String> = live.into_iter().chain(deleted).collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn sweep_deliveries(
+        &self,
+        endpoint_id: &str,
+        created_before_ms: u64,
+        max: usize,
+    ) -> EngineResult<usize> {
+        let mut invocation = self.scripts.webhook_sweep.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_schedule)
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_deleted)
+            .arg(&self.keys.webhooks)
+            .arg(endpoint_id)
+            .arg(created_before_ms)
+            .arg(max);
+        let reply = self
+            .run_script("sweeping delivery records", &invocation)
+            .await?;
+        int(&reply)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| corrupt("sweep script returned an unexpected reply"))
+    }
+
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>> {
         let mut pipe = ::redis::pipe();
         pipe.cmd("HGET").arg(&self.keys.webhook_endpoints).arg(id);
@@ -491,6 +531,7 @@ impl WebhookStore for RedisEngine {
             .key(&self.keys.webhook_schedule)
             .key(&self.keys.webhook_endpoints_version)
             .key(&self.keys.webhook_health)
+            .key(&self.keys.webhook_deleted)
             .arg(id)
             .arg(&self.keys.webhooks);
         let reply = self.run_script("deleting an endpoint", &invocation).await?;
