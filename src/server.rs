@@ -209,6 +209,12 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             bodies,
         );
         background.spawn(sender.run(shutdown.clone()));
+        let sweep = crate::webhooks::retention::RetentionSweep::new(
+            engine.clone(),
+            config.webhooks.delivery_retention,
+            config.webhooks.delivery_sweep_interval,
+        );
+        background.spawn(sweep.run(shutdown.clone()));
     }
     if roles.push {
         let schema =

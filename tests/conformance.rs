@@ -226,6 +226,9 @@ conformance!(
     deliveries_are_listed_newest_first_with_limit_and_before,
     retry_delivery_makes_any_delivery_pending_and_due,
     persistence_is_reported,
+    create_endpoint_counts_and_inserts_in_one_step_per_partner,
+    patch_and_rotate_change_only_their_fields,
+    sweep_deletes_old_records_and_every_record_of_a_deleted_endpoint,
 );
 
 fn order(id: &str) -> Order {
@@ -2279,4 +2282,244 @@ async fn persistence_is_reported(h: Harness) {
         expected == Persistence::None,
         "{reported:?}"
     );
+}
+
+async fn create_endpoint_counts_and_inserts_in_one_step_per_partner(h: Harness) {
+    let e = &h.engine;
+    // Stored before any create counted: counted all the same.
+    e.put_endpoint(&endpoint("ep_old")).await.unwrap();
+    assert_eq!(
+        e.create_endpoint(&endpoint("ep_1"), 2).await.unwrap(),
+        EndpointCreation::Created
+    );
+    // Racing for no free slot: none passes.
+    let racers = futures_util::future::join_all(
+        (0..8).map(|i| async move { e.create_endpoint(&endpoint(&format!("ep_r{i}")), 2).await }),
+    )
+    .await;
+    assert!(
+        racers
+            .iter()
+            .all(|r| matches!(r, Ok(EndpointCreation::LimitReached { count: 2 })))
+    );
+    assert_eq!(e.endpoint("ep_r0").await.unwrap(), None);
+    // Other partners and endpoints without one are not counted against acme.
+    let mut globex = endpoint("ep_g");
+    globex.partner_id = Some("globex".into());
+    assert_eq!(
+        e.create_endpoint(&globex, 2).await.unwrap(),
+        EndpointCreation::Created
+    );
+    let mut admin = endpoint("ep_admin");
+    admin.partner_id = None;
+    assert_eq!(
+        e.create_endpoint(&admin, 1).await.unwrap(),
+        EndpointCreation::Created
+    );
+    // A delete frees a slot; one racer of many takes it.
+    assert!(e.delete_endpoint("ep_old").await.unwrap());
+    let racers = futures_util::future::join_all(
+        (0..8).map(|i| async move { e.create_endpoint(&endpoint(&format!("ep_s{i}")), 2).await }),
+    )
+    .await;
+    let created = racers
+        .iter()
+        .filter(|r| matches!(r, Ok(EndpointCreation::Created)))
+        .count();
+    assert_eq!(created, 1);
+    let acme = e
+        .endpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|ep| ep.partner_id.as_deref() == Some("acme"))
+        .count();
+    assert_eq!(acme, 2);
+}
+
+async fn patch_and_rotate_change_only_their_fields(h: Harness) {
+    let e = &h.engine;
+    let mut ep = endpoint("ep_1");
+    ep.event_types = vec!["order.shipped".into()];
+    e.put_endpoint(&ep).await.unwrap();
+    create(e, &[delivery("msg_1", "ep_1", 100, 100)]).await;
+    // Health recorded by an attempt.
+    e.finish_attempt(
+        "msg_1",
+        &attempt(1, 2_000, Some(500)),
+        &AttemptOutcome::RetryAt(9_000),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let version = e.endpoints_version().await.unwrap();
+
+    let patched = e
+        .patch_endpoint(
+            "ep_1",
+            &EndpointPatch {
+                description: Some(Some("d ü/1".into())),
+                event_types: Some(Vec::new()),
+                updated_at_ms: 3_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(e.endpoints_version().await.unwrap() > version);
+    let rotated = e
+        .rotate_secret(
+            "ep_1",
+            "whsec_bmV3IHNlY3JldCBmb3IgdGhlIHRlc3Q=",
+            4_000,
+            90_000,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let other = e
+        .patch_endpoint(
+            "ep_1",
+            &EndpointPatch {
+                max_in_flight: Some(None),
+                rate_limit_per_second: Some(Some(7)),
+                updated_at_ms: 5_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let stored = e.endpoint("ep_1").await.unwrap().unwrap();
+    assert_eq!(stored, other);
+    // Each kept what the others wrote.
+    assert_eq!(stored.description.as_deref(), Some("d ü/1"));
+    assert!(stored.event_types.is_empty());
+    assert_eq!(stored.rate_limit_per_second, Some(7));
+    assert_eq!(stored.max_in_flight, None);
+    assert_eq!(stored.secrets, rotated.secrets);
+    assert_eq!(
+        stored.secrets,
+        vec![
+            EndpointSecret {
+                secret: "whsec_bmV3IHNlY3JldCBmb3IgdGhlIHRlc3Q=".into(),
+                expires_at_ms: None,
+            },
+            EndpointSecret {
+                secret: ep.secrets[0].secret.clone(),
+                expires_at_ms: Some(90_000),
+            },
+        ]
+    );
+    assert_eq!(stored.failing_since_ms, Some(2_000));
+    assert!(stored.enabled);
+    assert_eq!(stored.updated_at_ms, 5_000);
+    assert_eq!(patched.failing_since_ms, Some(2_000));
+    assert_eq!(
+        (stored.url, stored.created_at_ms),
+        (ep.url, ep.created_at_ms)
+    );
+
+    // Disabling records why; enabling clears it and the failure time.
+    let off = EndpointPatch {
+        enabled: Some(false),
+        updated_at_ms: 6_000,
+        ..Default::default()
+    };
+    let disabled = e.patch_endpoint("ep_1", &off).await.unwrap().unwrap();
+    assert!(!disabled.enabled);
+    assert_eq!(disabled.disabled_reason.as_deref(), Some(DISABLED_BY_USER));
+    let on = EndpointPatch {
+        enabled: Some(true),
+        updated_at_ms: 7_000,
+        ..Default::default()
+    };
+    let enabled = e.patch_endpoint("ep_1", &on).await.unwrap().unwrap();
+    assert!(enabled.enabled);
+    assert_eq!(enabled.disabled_reason, None);
+    assert_eq!(enabled.failing_since_ms, None);
+    assert_eq!(e.endpoint("ep_1").await.unwrap(), Some(enabled));
+
+    assert_eq!(e.patch_endpoint("ep_none", &on).await.unwrap(), None);
+    assert_eq!(
+        e.rotate_secret("ep_none", "whsec_x", 1, 2).await.unwrap(),
+        None
+    );
+}
+
+async fn sweep_deletes_old_records_and_every_record_of_a_deleted_endpoint(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&endpoint("ep_1")).await.unwrap();
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    let mut failed = delivery("msg_f", "ep_1", 150, 150);
+    failed.state = DeliveryState::Failed;
+    create(
+        e,
+        &[
+            delivery("msg_old", "ep_1", 100, 100),
+            failed,
+            delivery("msg_new", "ep_1", 5_000, 5_000),
+            delivery("msg_2a", "ep_2", 100, 100),
+            delivery("msg_2b", "ep_2", 6_000, 6_000),
+        ],
+    )
+    .await;
+    e.finish_attempt(
+        "msg_old",
+        &attempt(1, 200, Some(500)),
+        &AttemptOutcome::RetryAt(300),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let mut targets = e.sweep_targets().await.unwrap();
+    targets.sort();
+    assert_eq!(targets, vec!["ep_1".to_string(), "ep_2".to_string()]);
+
+    // Bounded per call: one at a time, oldest first.
+    assert_eq!(e.sweep_deliveries("ep_1", 1_000, 1).await.unwrap(), 1);
+    assert_eq!(e.delivery("msg_old").await.unwrap(), None);
+    assert!(e.attempts("msg_old").await.unwrap().is_empty());
+    assert_eq!(e.sweep_deliveries("ep_1", 1_000, 10).await.unwrap(), 1);
+    assert_eq!(e.sweep_deliveries("ep_1", 1_000, 10).await.unwrap(), 0);
+    // Off the failed index and the schedule too.
+    assert_eq!(e.recover_failed("ep_1", 0, 10).await.unwrap(), 0);
+    let due = e
+        .claim_due(10_000, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let due: Vec<&str> = due.due.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(due, vec!["msg_2a", "msg_new", "msg_2b"]);
+    let listed: Vec<String> = e
+        .deliveries("ep_1", 10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(listed, vec!["msg_new".to_string()]);
+
+    // A deleted endpoint's records go whatever their age, then it is no longer a target.
+    assert!(e.delete_endpoint("ep_2").await.unwrap());
+    assert!(
+        e.sweep_targets()
+            .await
+            .unwrap()
+            .contains(&"ep_2".to_string())
+    );
+    assert_eq!(e.sweep_deliveries("ep_2", 0, 1).await.unwrap(), 1);
+    assert_eq!(e.sweep_deliveries("ep_2", 0, 10).await.unwrap(), 1);
+    assert_eq!(e.delivery("msg_2b").await.unwrap(), None);
+    assert_eq!(e.sweep_targets().await.unwrap(), vec!["ep_1".to_string()]);
+    // A delivery stored for an endpoint deleted meanwhile is swept all the same.
+    create(e, &[delivery("msg_late", "ep_gone", 100, 100)]).await;
+    assert!(
+        e.sweep_targets()
+            .await
+            .unwrap()
+            .contains(&"ep_gone".to_string())
+    );
+    assert_eq!(e.sweep_deliveries("ep_gone", 0, 10).await.unwrap(), 1);
+    assert_eq!(e.sweep_targets().await.unwrap(), vec!["ep_1".to_string()]);
 }

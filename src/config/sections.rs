@@ -415,6 +415,16 @@ pub struct WebhooksConfig {
     /// Dispatchers per node: each a consumer of its own in the dispatch group, so one's
     /// engine round overlaps another's work.
     pub dispatchers: usize,
+    /// Endpoints one partner may have (admin-created ones for it count); creating one more
+    /// answers 422 `endpoint-limit-reached`. Endpoints without a partner are not limited.
+    pub max_endpoints_per_partner: u32,
+    /// Delivery records (with their attempts) older than this, counted from their creation,
+    /// are deleted by the retention sweep; a deleted endpoint's records go at its next round.
+    #[serde(deserialize_with = "duration")]
+    pub delivery_retention: Duration,
+    /// How often each node running the webhooks role sweeps (short in tests).
+    #[serde(deserialize_with = "duration")]
+    pub delivery_sweep_interval: Duration,
 }
 
 impl Default for WebhooksConfig {
@@ -442,6 +452,9 @@ impl Default for WebhooksConfig {
             retry_after_max: h(1),
             dispatch_linger: Duration::from_millis(2),
             dispatchers: 2,
+            max_endpoints_per_partner: 20,
+            delivery_retention: h(30 * 24),
+            delivery_sweep_interval: Duration::from_secs(60),
         }
     }
 }

@@ -112,11 +112,20 @@ fn webhook_schedule_parses_human_durations_and_bad_values_are_refused() {
         ]
     );
     assert_eq!(c.webhooks.disable_after, Duration::from_secs(5 * 24 * 3600));
+    assert_eq!(c.webhooks.max_endpoints_per_partner, 20);
+    assert_eq!(
+        c.webhooks.delivery_retention,
+        Duration::from_secs(30 * 24 * 3600)
+    );
+    assert_eq!(c.webhooks.delivery_sweep_interval, Duration::from_secs(60));
     for (key, value) in [
         ("HERALD_WEBHOOKS__RETRY_SCHEDULE", "[]"),
         ("HERALD_WEBHOOKS__JITTER", "1.5"),
         ("HERALD_WEBHOOKS__MAX_IN_FLIGHT", "0"),
         ("HERALD_WEBHOOKS__LEASE", "1s"),
+        ("HERALD_WEBHOOKS__MAX_ENDPOINTS_PER_PARTNER", "0"),
+        ("HERALD_WEBHOOKS__DELIVERY_RETENTION", "1d"),
+        ("HERALD_WEBHOOKS__DELIVERY_SWEEP_INTERVAL", "10ms"),
     ] {
         assert!(
             Config::load(None, env(&[(key, value)]), &Overrides::default()).is_err(),

@@ -170,6 +170,21 @@ impl Config {
                 "webhooks.dispatch_linger must be at most 1s (it delays the first attempt of every delivery)"
             );
         }
+        if !(1..=10_000).contains(&hooks.max_endpoints_per_partner) {
+            bail!("webhooks.max_endpoints_per_partner must be between 1 and 10000");
+        }
+        let schedule: std::time::Duration = hooks.retry_schedule.iter().sum();
+        if hooks.delivery_retention < std::time::Duration::from_secs(1)
+            || hooks.delivery_retention <= schedule
+        {
+            bail!(
+                "webhooks.delivery_retention must be at least 1s and longer than the whole retry_schedule ({}): a delivery must not be deleted while it is still being retried",
+                humantime::format_duration(schedule)
+            );
+        }
+        if hooks.delivery_sweep_interval < std::time::Duration::from_millis(100) {
+            bail!("webhooks.delivery_sweep_interval must be at least 100ms");
+        }
         let jwt = &self.auth.jwt;
         if !jwt.hs256_secret.is_empty() && jwt.hs256_secret.len() < checks.hs256_min_bytes {
             bail!(

@@ -217,17 +217,95 @@ pub enum EndpointHealth {
     },
 }
 
+/// What [`WebhookStore::create_endpoint`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointCreation {
+    Created,
+    /// The endpoint's partner already has `count` endpoints, at or above the limit: nothing
+    /// was stored.
+    LimitReached {
+        count: u64,
+    },
+}
+
+/// A change of some of an endpoint's settings ([`WebhookStore::patch_endpoint`]): `None`
+/// leaves a field as it is; `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointPatch {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub description: Option<Option<String>>,
+    pub rate_limit_per_second: Option<Option<u32>>,
+    pub max_in_flight: Option<Option<u32>>,
+    /// Enabling a disabled endpoint clears its `disabled_reason` and `failing_since_ms`;
+    /// disabling an enabled one records [`DISABLED_BY_USER`]; the same state changes nothing.
+    pub enabled: Option<bool>,
+    /// The endpoint's new `updated_at_ms`.
+    pub updated_at_ms: u64,
+}
+
+/// The `disabled_reason` of an endpoint disabled through `PATCH {"enabled": false}`.
+pub const DISABLED_BY_USER: &str = "disabled through the API";
+
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
-    /// Creates or replaces an endpoint's settings. Its health (`enabled`, `disabled_reason`,
-    /// `failing_since_ms`) is taken from `endpoint` only when the endpoint is new or `enabled`
-    /// changes (a user enabling clears `failing_since_ms` too); otherwise the stored health is
-    /// kept, so updating other settings (PATCH, rotate-secret) from an older read never resets
+    /// Creates or replaces an endpoint's settings, with no per-partner limit (the API creates
+    /// with [`Self::create_endpoint`] and changes with [`Self::patch_endpoint`] and
+    /// [`Self::rotate_secret`], which never write settings they were not asked to). Its health
+    /// (`enabled`, `disabled_reason`, `failing_since_ms`) is taken from `endpoint` only when
+    /// the endpoint is new or `enabled` changes (a user enabling clears `failing_since_ms`
+    /// too); otherwise the stored health is kept, so a write from an older read never resets
     /// health recorded meanwhile. The one case it cannot tell apart: an endpoint disabled
     /// between a caller's read (enabled) and its write is enabled again by that write.
     async fn put_endpoint(&self, endpoint: &Endpoint) -> EngineResult<()>;
 
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>>;
+
+    /// Stores a new endpoint unless its partner already has `max_per_partner` endpoints or
+    /// more (admin-created ones for that partner count too; endpoints without a partner are not
+    /// limited). The count and the insert are one step: two creates racing for the last slot
+    /// cannot both pass.
+    async fn create_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        max_per_partner: u32,
+    ) -> EngineResult<EndpointCreation>;
+
+    /// Changes the given settings of an endpoint in one step, field by field: whatever else
+    /// was written meanwhile (another PATCH's fields, a rotated secret, health recorded by the
+    /// sender) stays. The endpoint as it is afterwards, `None` when there is none.
+    async fn patch_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+    ) -> EngineResult<Option<Endpoint>>;
+
+    /// Rotates an endpoint's signing secret in one step: `secret` becomes the current one, the
+    /// current one keeps signing until `previous_expires_at_ms`, older ones stop; nothing else
+    /// changes but `updated_at_ms` (= `now_ms`). The endpoint as it is afterwards, `None` when
+    /// there is none.
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        now_ms: u64,
+        previous_expires_at_ms: u64,
+    ) -> EngineResult<Option<Endpoint>>;
+
+    /// The endpoints whose delivery records the retention sweep visits: every endpoint, and
+    /// every deleted one whose records are not all gone yet.
+    async fn sweep_targets(&self) -> EngineResult<Vec<String>>;
+
+    /// Deletes up to `max` delivery records of an endpoint created before `created_before_ms`
+    /// (of a deleted endpoint: whatever their age), with their attempt logs, their places in
+    /// the indexes and on the schedule, in one step; how many. Several nodes may sweep at
+    /// once: a record is deleted once, the others find it gone.
+    async fn sweep_deliveries(
+        &self,
+        endpoint_id: &str,
+        created_before_ms: u64,
+        max: usize,
+    ) -> EngineResult<usize>;
 
     /// Every endpoint (the dispatcher matches events against them), in id order.
     async fn endpoints(&self) -> EngineResult<Vec<Endpoint>>;
@@ -240,8 +318,9 @@ pub trait WebhookStore: Send + Sync {
     /// unchanged version proves the cache current for every claimed event.
     async fn endpoints_version(&self) -> EngineResult<u64>;
 
-    /// Deletes an endpoint and takes its pending deliveries off the schedule. `false` when
-    /// there was none.
+    /// Deletes an endpoint and takes its pending deliveries off the schedule; its delivery
+    /// records are left to the retention sweep ([`Self::sweep_deliveries`]), which deletes
+    /// them whatever their age. `false` when there was none.
     async fn delete_endpoint(&self, id: &str) -> EngineResult<bool>;
 
     /// Events for the dispatcher through the consumer group `webhooks` on the event log:

@@ -6,6 +6,8 @@
 //!   without an event.
 //! - [`sender`]: attempts due deliveries on the schedule, with per-endpoint [`limits`] and the
 //!   [`retry`] rules.
+//! - [`retention`]: deletes delivery records older than `delivery_retention`, and those of
+//!   deleted endpoints.
 //! - [`signature`]: Standard Webhooks secrets, signing and verification (`webhook-signature`).
 //! - [`ssrf`]: the connect-time SSRF defence: the address classifier, `allow_networks`, the
 //!   guarded DNS resolver and the HTTP client every delivery must go through.
@@ -15,6 +17,7 @@
 pub mod dispatcher;
 pub mod limits;
 pub mod operational;
+pub mod retention;
 pub mod retry;
 pub mod sender;
 pub mod signature;

@@ -56,6 +56,23 @@ const BODY_CACHE_ENTRIES: usize = 100_000;
 /// The part of a response body kept in the attempt log.
 pub const RESPONSE_KEEP_BYTES: usize = 20 * 1024;
 
+/// A response body as the attempt log keeps it: text of at most [`RESPONSE_KEEP_BYTES`].
+/// Invalid UTF-8 becomes U+FFFD (three bytes per bad byte), so the text is cut again after the
+/// conversion, at a character boundary: an attempt never keeps more whatever the endpoint
+/// answers.
+fn kept_response(body: &[u8]) -> String {
+    let body = &body[..body.len().min(RESPONSE_KEEP_BYTES)];
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    if text.len() > RESPONSE_KEEP_BYTES {
+        let mut end = RESPONSE_KEEP_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// An endpoint with what every attempt to it needs, worked out once per claimed batch: the
 /// destination checked against the SSRF rules and the live secrets parsed into keys.
 struct Prepared {
@@ -608,12 +625,7 @@ impl Sender {
         } else {
             AttemptResult::Status { code, retry_after }
         };
-        (
-            result,
-            Some(code),
-            error,
-            String::from_utf8_lossy(&kept).into_owned(),
-        )
+        (result, Some(code), error, kept_response(&kept))
     }
 
     async fn finish(
@@ -727,6 +739,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_responses_stay_within_20_kb_even_when_not_utf8() {
+        assert_eq!(kept_response(b"oops"), "oops");
+        let ascii = vec![b'x'; RESPONSE_KEEP_BYTES + 100];
+        assert_eq!(kept_response(&ascii).len(), RESPONSE_KEEP_BYTES);
+        // Every byte invalid: each would become three bytes of U+FFFD.
+        let invalid = vec![0xffu8; RESPONSE_KEEP_BYTES];
+        let kept = kept_response(&invalid);
+        assert!(kept.len() <= RESPONSE_KEEP_BYTES, "{}", kept.len());
+        assert!(kept.chars().all(|c| c == char::REPLACEMENT_CHARACTER));
+        // A multi-byte character across the limit is dropped whole.
+        let mut split = vec![b'x'; RESPONSE_KEEP_BYTES - 1];
+        split.extend("é".as_bytes());
+        assert_eq!(kept_response(&split).len(), RESPONSE_KEEP_BYTES - 1);
+    }
 
     #[test]
     fn body_cache_keeps_bodies_until_forgotten_and_stays_within_its_bounds() {

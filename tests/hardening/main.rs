@@ -26,3 +26,4 @@ mod retention;
 mod small;
 mod tenant;
 mod push;
+mod webhooks;

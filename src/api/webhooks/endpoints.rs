@@ -7,7 +7,7 @@ use crate::api::fields::FieldErrors;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::{Node, json_object, refuse_customers};
 use crate::auth::Principal;
-use crate::engine::webhook::{Endpoint, EndpointSecret};
+use crate::engine::webhook::{Endpoint, EndpointCreation, EndpointPatch, EndpointSecret};
 use crate::model::{OrderStatus, now_millis};
 use crate::webhooks::{signature, ssrf};
 use axum::Json;
@@ -127,7 +127,23 @@ fn limit(value: &Value, min: u64, max: u64) -> Result<Option<u32>, String> {
     }
 }
 
-/// `POST /v1/webhooks`: 201 with the endpoint and its `secret` (shown this once).
+/// The answer to a create beyond `webhooks.max_endpoints_per_partner`: 422 (the request is
+/// well formed, but the partner's quota of endpoints is used up; retrying will not help until
+/// one is deleted), naming the limit and the partner's current count.
+fn endpoint_limit_reached(partner_id: &str, count: u64, limit: u32) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "endpoint-limit-reached",
+        "Webhook endpoint limit reached",
+    )
+    .detail(format!(
+        "Partner {partner_id} has {count} webhook endpoints; at most {limit} are allowed \
+         (webhooks.max_endpoints_per_partner). Delete one before creating another."
+    ))
+}
+
+/// `POST /v1/webhooks`: 201 with the endpoint and its `secret` (shown this once); 422
+/// `endpoint-limit-reached` when the partner has `webhooks.max_endpoints_per_partner` already.
 pub async fn create_endpoint(
     State(state): State<Node>,
     principal: Principal,
@@ -198,7 +214,16 @@ pub async fn create_endpoint(
         updated_at_ms: now,
         failing_since_ms: None,
     };
-    state.engine.put_endpoint(&endpoint).await?;
+    let limit = state.config.webhooks.max_endpoints_per_partner;
+    if let EndpointCreation::LimitReached { count } =
+        state.engine.create_endpoint(&endpoint, limit).await?
+    {
+        return Err(endpoint_limit_reached(
+            endpoint.partner_id.as_deref().unwrap_or(""),
+            count,
+            limit,
+        ));
+    }
     tracing::info!(endpoint_id = %endpoint.id, partner_id = endpoint.partner_id.as_deref().unwrap_or(""), "webhook endpoint created");
     let mut view = endpoint_view(&endpoint);
     view["secret"] = Value::String(secret);
@@ -240,7 +265,9 @@ pub async fn get_endpoint(
     Ok(Json(view))
 }
 
-/// `PATCH /v1/webhooks/{id}`: url, eventTypes, enabled, description, limits.
+/// `PATCH /v1/webhooks/{id}`: url, eventTypes, enabled, description, limits. Only the fields
+/// given change, in one engine step: a concurrent PATCH of other fields, a rotated secret and
+/// health recorded meanwhile all stay.
 pub async fn patch_endpoint(
     State(state): State<Node>,
     principal: Principal,
@@ -248,54 +275,38 @@ pub async fn patch_endpoint(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let mut endpoint = visible_endpoint(&state, &principal, &id).await?;
+    visible_endpoint(&state, &principal, &id).await?;
     let body = json_object(&headers, body, state.config.http.max_json_depth)?;
     let mut f = FieldErrors::default();
     f.unknown_fields(&body, &settings_and("enabled"), "");
-    if let Some(v) = body.get("url")
-        && let Some(url) = f.check("/url", url(&state, v))
-    {
-        endpoint.url = url;
+    let mut patch = EndpointPatch::default();
+    if let Some(v) = body.get("url") {
+        patch.url = f.check("/url", url(&state, v));
     }
-    if let Some(v) = body.get("eventTypes")
-        && let Some(types) = event_types(&mut f, v)
-    {
-        endpoint.event_types = types;
+    if let Some(v) = body.get("eventTypes") {
+        patch.event_types = event_types(&mut f, v);
     }
-    if let Some(v) = body.get("description")
-        && let Some(d) = f.check("/description", description(v))
-    {
-        endpoint.description = d;
+    if let Some(v) = body.get("description") {
+        patch.description = f.check("/description", description(v));
     }
-    if let Some(v) = body.get("rateLimitPerSecond")
-        && let Some(r) = f.check("/rateLimitPerSecond", limit(v, 0, MAX_RATE_LIMIT))
-    {
-        endpoint.rate_limit_per_second = r;
+    if let Some(v) = body.get("rateLimitPerSecond") {
+        patch.rate_limit_per_second = f.check("/rateLimitPerSecond", limit(v, 0, MAX_RATE_LIMIT));
     }
-    if let Some(v) = body.get("maxInFlight")
-        && let Some(m) = f.check("/maxInFlight", limit(v, 1, MAX_IN_FLIGHT))
-    {
-        endpoint.max_in_flight = m;
+    if let Some(v) = body.get("maxInFlight") {
+        patch.max_in_flight = f.check("/maxInFlight", limit(v, 1, MAX_IN_FLIGHT));
     }
     match body.get("enabled") {
         None => {}
-        Some(Value::Bool(true)) => {
-            endpoint.enabled = true;
-            endpoint.disabled_reason = None;
-            endpoint.failing_since_ms = None;
-        }
-        Some(Value::Bool(false)) => {
-            if endpoint.enabled {
-                endpoint.disabled_reason = Some("disabled through the API".into());
-            }
-            endpoint.enabled = false;
-        }
+        Some(Value::Bool(enabled)) => patch.enabled = Some(*enabled),
         Some(_) => f.error("/enabled", "must be true or false"),
     }
     f.nothing_changed()?;
-    endpoint.updated_at_ms = now_millis();
-    state.engine.put_endpoint(&endpoint).await?;
-    Ok(Json(endpoint_view(&endpoint)))
+    patch.updated_at_ms = now_millis();
+    // The owner never changes, so the check above still holds; gone meanwhile is 404.
+    match state.engine.patch_endpoint(&id, &patch).await? {
+        Some(endpoint) => Ok(Json(endpoint_view(&endpoint))),
+        None => Err(no_such_endpoint()),
+    }
 }
 
 /// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries leave the schedule.
@@ -320,28 +331,20 @@ pub async fn rotate_secret(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let mut endpoint = visible_endpoint(&state, &principal, &id).await?;
+    visible_endpoint(&state, &principal, &id).await?;
     let now = now_millis();
     let previous_expires = now + ROTATION_OVERLAP.as_millis() as u64;
-    // Only the current secret lives on; older ones (already overlapping) stop now.
-    let previous = endpoint
-        .secrets
-        .iter()
-        .find(|s| s.expires_at_ms.is_none())
-        .or_else(|| endpoint.secrets.first())
-        .map(|s| EndpointSecret {
-            secret: s.secret.clone(),
-            expires_at_ms: Some(previous_expires),
-        });
     let secret = signature::generate_secret();
-    endpoint.secrets = std::iter::once(EndpointSecret {
-        secret: secret.clone(),
-        expires_at_ms: None,
-    })
-    .chain(previous)
-    .collect();
-    endpoint.updated_at_ms = now;
-    state.engine.put_endpoint(&endpoint).await?;
+    // One engine step: a PATCH racing this one keeps the new secret, and this one keeps its
+    // fields.
+    if state
+        .engine
+        .rotate_secret(&id, &secret, now, previous_expires)
+        .await?
+        .is_none()
+    {
+        return Err(no_such_endpoint());
+    }
     tracing::info!(endpoint_id = %id, "webhook secret rotated");
     Ok(Json(json!({
         "secret": secret,

@@ -181,6 +181,26 @@ impl WebhookState {
         }
     }
 
+    /// Deletes one delivery record with its attempts and its places in the indexes and on the
+    /// schedule.
+    fn forget_delivery(&mut self, endpoint_id: &str, created_at_ms: u64, delivery_id: &str) {
+        let entry = (created_at_ms, delivery_id.to_string());
+        self.deliveries.remove(delivery_id);
+        self.unschedule(delivery_id);
+        if let Some(all) = self.by_endpoint.get_mut(endpoint_id) {
+            all.remove(&entry);
+            if all.is_empty() {
+                self.by_endpoint.remove(endpoint_id);
+            }
+        }
+        if let Some(failed) = self.failed.get_mut(endpoint_id) {
+            failed.remove(&entry);
+            if failed.is_empty() {
+                self.failed.remove(endpoint_id);
+            }
+        }
+    }
+
     /// Makes a delivery pending and due at `at_ms` (manual retry, recovery).
     fn reschedule(&mut self, delivery_id: &str, at_ms: u64, now_ms: u64) -> bool {
         let Some(stored) = self.deliveries.get_mut(delivery_id) else {
@@ -195,6 +215,29 @@ impl WebhookState {
         self.schedule_at(delivery_id, at_ms);
         true
     }
+}
+
+/// An endpoint's secrets after a rotation to `secret`: the current one (the one without an
+/// expiry, else the newest) keeps signing until `previous_expires_at_ms`; older ones stop.
+fn rotated_secrets(
+    secrets: &[EndpointSecret],
+    secret: &str,
+    previous_expires_at_ms: u64,
+) -> Vec<EndpointSecret> {
+    let previous = secrets
+        .iter()
+        .find(|s| s.expires_at_ms.is_none())
+        .or_else(|| secrets.first())
+        .map(|s| EndpointSecret {
+            secret: s.secret.clone(),
+            expires_at_ms: Some(previous_expires_at_ms),
+        });
+    std::iter::once(EndpointSecret {
+        secret: secret.to_string(),
+        expires_at_ms: None,
+    })
+    .chain(previous)
+    .collect()
 }
 
 /// Whole milliseconds of a duration (saturating).
@@ -220,6 +263,126 @@ impl WebhookStore for MemoryEngine {
             }
             w.endpoints.insert(endpoint.id.clone(), stored);
             w.endpoints_version += 1;
+        })
+    }
+
+    async fn create_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        max_per_partner: u32,
+    ) -> EngineResult<EndpointCreation> {
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            if let Some(partner) = endpoint.partner_id.as_deref() {
+                let count = w
+                    .endpoints
+                    .values()
+                    .filter(|e| e.partner_id.as_deref() == Some(partner) && e.id != endpoint.id)
+                    .count() as u64;
+                if count >= u64::from(max_per_partner) {
+                    return EndpointCreation::LimitReached { count };
+                }
+            }
+            w.endpoints.insert(endpoint.id.clone(), endpoint.clone());
+            w.endpoints_version += 1;
+            EndpointCreation::Created
+        })
+    }
+
+    async fn patch_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+    ) -> EngineResult<Option<Endpoint>> {
+        // One lock for the read and the write: nothing written meanwhile is lost.
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let endpoint = w.endpoints.get_mut(id)?;
+            if let Some(url) = &patch.url {
+                endpoint.url = url.clone();
+            }
+            if let Some(types) = &patch.event_types {
+                endpoint.event_types = types.clone();
+            }
+            if let Some(description) = &patch.description {
+                endpoint.description = description.clone();
+            }
+            if let Some(rate) = patch.rate_limit_per_second {
+                endpoint.rate_limit_per_second = rate;
+            }
+            if let Some(in_flight) = patch.max_in_flight {
+                endpoint.max_in_flight = in_flight;
+            }
+            match patch.enabled {
+                Some(true) if !endpoint.enabled => {
+                    endpoint.enabled = true;
+                    endpoint.disabled_reason = None;
+                    endpoint.failing_since_ms = None;
+                }
+                Some(false) if endpoint.enabled => {
+                    endpoint.enabled = false;
+                    endpoint.disabled_reason = Some(DISABLED_BY_USER.to_string());
+                }
+                _ => {}
+            }
+            endpoint.updated_at_ms = patch.updated_at_ms;
+            let out = endpoint.clone();
+            w.endpoints_version += 1;
+            Some(out)
+        })
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        now_ms: u64,
+        previous_expires_at_ms: u64,
+    ) -> EngineResult<Option<Endpoint>> {
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let endpoint = w.endpoints.get_mut(id)?;
+            endpoint.secrets = rotated_secrets(&endpoint.secrets, secret, previous_expires_at_ms);
+            endpoint.updated_at_ms = now_ms;
+            let out = endpoint.clone();
+            w.endpoints_version += 1;
+            Some(out)
+        })
+    }
+
+    async fn sweep_targets(&self) -> EngineResult<Vec<String>> {
+        self.with_state(|state| {
+            let w = &state.webhooks;
+            let mut out: BTreeSet<String> = w.endpoints.keys().cloned().collect();
+            out.extend(w.by_endpoint.keys().cloned());
+            out.into_iter().collect()
+        })
+    }
+
+    async fn sweep_deliveries(
+        &self,
+        endpoint_id: &str,
+        created_before_ms: u64,
+        max: usize,
+    ) -> EngineResult<usize> {
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            let live = w.endpoints.contains_key(endpoint_id);
+            let old: Vec<(u64, String)> = w
+                .by_endpoint
+                .get(endpoint_id)
+                .map(|all| {
+                    all.iter()
+                        .take_while(|(created, _)| !live || *created < created_before_ms)
+                        .take(max)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (created, id) in &old {
+                w.forget_delivery(endpoint_id, *created, id);
+            }
+            old.len()
         })
     }
 

@@ -111,6 +111,12 @@ struct Keys {
     webhook_endpoints_version: String,
     webhook_health: String,
     webhook_schedule: String,
+    /// `P{p0}:webhooks:deleted`: deleted endpoints whose delivery records the sweep has not
+    /// deleted yet (set; scripts also build it as `webhooks` + `deleted`).
+    webhook_deleted: String,
+    /// `P{p0}:webhooks:by_partner_built`: marks that the per-partner endpoint sets
+    /// (`by_partner:<partner id>`) hold every endpoint.
+    webhook_by_partner_built: String,
 }
 
 impl Keys {
@@ -133,6 +139,8 @@ impl Keys {
             webhook_endpoints_version: format!("{base}:webhooks:endpoints:version"),
             webhook_health: format!("{base}:webhooks:health"),
             webhook_schedule: format!("{base}:webhooks:schedule"),
+            webhook_deleted: format!("{base}:webhooks:deleted"),
+            webhook_by_partner_built: format!("{base}:webhooks:by_partner_built"),
             base,
         }
     }
@@ -206,6 +214,9 @@ struct Scripts {
     webhook_delete_endpoint: Script,
     webhook_put_endpoint: Script,
     webhook_read: Script,
+    webhook_create_endpoint: Script,
+    webhook_update_endpoint: Script,
+    webhook_sweep: Script,
 }
 
 impl Scripts {
@@ -226,6 +237,13 @@ impl Scripts {
             )),
             webhook_put_endpoint: Script::new(include_str!("scripts/webhook_put_endpoint.lua")),
             webhook_read: Script::new(include_str!("scripts/webhook_read.lua")),
+            webhook_create_endpoint: Script::new(include_str!(
+                "scripts/webhook_create_endpoint.lua"
+            )),
+            webhook_update_endpoint: Script::new(include_str!(
+                "scripts/webhook_update_endpoint.lua"
+            )),
+            webhook_sweep: Script::new(include_str!("scripts/webhook_sweep.lua")),
         }
     }
 }

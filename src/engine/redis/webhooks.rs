@@ -16,6 +16,9 @@
 //! | `P{p0}:webhooks:by_endpoint:<endpoint id>` | zset | delivery ids scored by creation time (ms) |
 //! | `P{p0}:webhooks:failed:<endpoint id>` | zset | failed delivery ids scored by creation time (ms) |
 //! | `P{p0}:webhooks:schedule` | zset | delivery ids scored by due time (ms) |
+//! | `P{p0}:webhooks:by_partner:<partner id>` | set | the partner's endpoint ids (its count against `max_endpoints_per_partner`) |
+//! | `P{p0}:webhooks:by_partner_built` | string | the `by_partner` sets hold every endpoint (older endpoints are indexed once) |
+//! | `P{p0}:webhooks:deleted` | set | deleted endpoints whose delivery records the retention sweep has yet to delete |
 //!
 //! Every change to more than one key is one script in `scripts/webhook_*.lua`. Times come from
 //! the caller, never from Redis' clock, so both engines agree under test. This file never
@@ -163,6 +166,25 @@ fn merge_health(endpoint: &mut Endpoint, health: [Option<String>; 4]) -> EngineR
     Ok(())
 }
 
+/// The endpoint webhook_update_endpoint.lua answers: `None` for no endpoint, else its record
+/// with its health fields put over it.
+fn updated_endpoint(id: &str, reply: &Value) -> EngineResult<Option<Endpoint>> {
+    let bad = || corrupt("update-endpoint script returned an unexpected reply");
+    let parts = match reply {
+        Value::Nil => return Ok(None),
+        Value::Boolean(false) => return Ok(None),
+        other => items(other).ok_or_else(bad)?,
+    };
+    let [json, health @ ..] = parts else {
+        return Err(bad());
+    };
+    let mut endpoint = parse_endpoint(id, &text(json).ok_or_else(bad)?)?;
+    let health: Vec<Option<String>> = health.iter().map(text).collect();
+    let health: [Option<String>; 4] = health.try_into().map_err(|_| bad())?;
+    merge_health(&mut endpoint, health)?;
+    Ok(Some(endpoint))
+}
+
 /// A sorted-set score (RESP2 text or RESP3 double) as whole milliseconds.
 fn score_ms(value: &Value) -> Option<u64> {
     let score = match value {
@@ -297,9 +319,150 @@ impl WebhookStore for RedisEngine {
                     .failing_since_ms
                     .map(|ms| ms.to_string())
                     .unwrap_or_default(),
-            );
+            )
+            .arg(endpoint.partner_id.as_deref().unwrap_or(""))
+            .arg(&self.keys.webhooks);
         self.run_script("storing an endpoint", &invocation).await?;
         Ok(())
+    }
+
+    async fn create_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        max_per_partner: u32,
+    ) -> EngineResult<EndpointCreation> {
+        let json = serde_json::to_string(endpoint).map_err(corrupt)?;
+        let mut invocation = self.scripts.webhook_create_endpoint.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
+            .key(&self.keys.webhook_by_partner_built)
+            .arg(&endpoint.id)
+            .arg(json)
+            .arg(endpoint.partner_id.as_deref().unwrap_or(""))
+            .arg(max_per_partner)
+            .arg(&self.keys.webhooks)
+            .arg(if endpoint.enabled { "1" } else { "0" })
+            .arg(endpoint.disabled_reason.as_deref().unwrap_or(""));
+        let reply = self.run_script("creating an endpoint", &invocation).await?;
+        let bad = || corrupt("create-endpoint script returned an unexpected reply");
+        let parts = items(&reply).ok_or_else(bad)?;
+        match (parts.first().and_then(text).as_deref(), parts.get(1)) {
+            (Some("created"), _) => Ok(EndpointCreation::Created),
+            (Some("limit"), Some(count)) => Ok(EndpointCreation::LimitReached {
+                count: int(count)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(bad)?,
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    async fn patch_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+    ) -> EngineResult<Option<Endpoint>> {
+        let json = |value: serde_json::Value| value.to_string();
+        let mut settings: Vec<(&str, String)> = Vec::new();
+        if let Some(url) = &patch.url {
+            settings.push(("url", json(url.as_str().into())));
+        }
+        if let Some(types) = &patch.event_types {
+            settings.push(("eventTypes", json(types.clone().into())));
+        }
+        if let Some(description) = &patch.description {
+            settings.push(("description", json(description.clone().into())));
+        }
+        if let Some(rate) = patch.rate_limit_per_second {
+            settings.push(("rateLimitPerSecond", json(rate.into())));
+        }
+        if let Some(in_flight) = patch.max_in_flight {
+            settings.push(("maxInFlight", json(in_flight.into())));
+        }
+        let mut invocation = self.scripts.webhook_update_endpoint.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
+            .arg(id)
+            .arg(patch.updated_at_ms)
+            .arg("patch")
+            .arg(match patch.enabled {
+                None => "",
+                Some(true) => "1",
+                Some(false) => "0",
+            })
+            .arg(DISABLED_BY_USER)
+            .arg(settings.len());
+        for (name, value) in &settings {
+            invocation.arg(*name).arg(value);
+        }
+        let reply = self.run_script("changing an endpoint", &invocation).await?;
+        updated_endpoint(id, &reply)
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        now_ms: u64,
+        previous_expires_at_ms: u64,
+    ) -> EngineResult<Option<Endpoint>> {
+        let mut invocation = self.scripts.webhook_update_endpoint.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_endpoints_version)
+            .key(&self.keys.webhook_health)
+            .arg(id)
+            .arg(now_ms)
+            .arg("rotate")
+            .arg(secret)
+            .arg(previous_expires_at_ms);
+        let reply = self
+            .run_script("rotating an endpoint's secret", &invocation)
+            .await?;
+        updated_endpoint(id, &reply)
+    }
+
+    async fn sweep_targets(&self) -> EngineResult<Vec<String>> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HKEYS").arg(&self.keys.webhook_endpoints);
+        pipe.cmd("SMEMBERS").arg(&self.keys.webhook_deleted);
+        let what = "listing endpoints to sweep";
+        let mut conn = self.conn.clone();
+        let (live, deleted): (Vec<String>, Vec<String>) =
+            within(what, self.op_timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|e| map_err(what, e))?;
+        let mut out: Vec<String> = live.into_iter().chain(deleted).collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn sweep_deliveries(
+        &self,
+        endpoint_id: &str,
+        created_before_ms: u64,
+        max: usize,
+    ) -> EngineResult<usize> {
+        let mut invocation = self.scripts.webhook_sweep.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_schedule)
+            .key(&self.keys.webhook_endpoints)
+            .key(&self.keys.webhook_deleted)
+            .arg(&self.keys.webhooks)
+            .arg(endpoint_id)
+            .arg(created_before_ms)
+            .arg(max);
+        let reply = self
+            .run_script("sweeping delivery records", &invocation)
+            .await?;
+        int(&reply)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| corrupt("sweep script returned an unexpected reply"))
     }
 
     async fn endpoint(&self, id: &str) -> EngineResult<Option<Endpoint>> {
@@ -368,6 +531,7 @@ impl WebhookStore for RedisEngine {
             .key(&self.keys.webhook_schedule)
             .key(&self.keys.webhook_endpoints_version)
             .key(&self.keys.webhook_health)
+            .key(&self.keys.webhook_deleted)
             .arg(id)
             .arg(&self.keys.webhooks);
         let reply = self.run_script("deleting an endpoint", &invocation).await?;

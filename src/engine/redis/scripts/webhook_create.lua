@@ -19,6 +19,7 @@ local prefix = ARGV[2]
 local acks = tonumber(ARGV[3])
 local i = 4 + acks
 local created = 0
+local live = {}
 for _ = 1, tonumber(ARGV[i]) do
   i = i + 1
   local id, endpoint, created_at, due, failed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
@@ -32,6 +33,14 @@ for _ = 1, tonumber(ARGV[i]) do
     end
     if failed == '1' then
       redis.call('ZADD', prefix .. 'failed:' .. endpoint, created_at, id)
+    end
+    -- An endpoint deleted after the caller matched the event: the retention sweep deletes its
+    -- records (webhook_sweep.lua), so it must know of it.
+    if live[endpoint] == nil then
+      live[endpoint] = redis.call('HEXISTS', prefix .. 'endpoints', endpoint) == 1
+      if not live[endpoint] then
+        redis.call('SADD', prefix .. 'deleted', endpoint)
+      end
     end
     created = created + 1
   end

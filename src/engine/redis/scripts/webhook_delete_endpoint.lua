@@ -1,12 +1,23 @@
--- Deletes an endpoint and its health fields, takes its deliveries off the retry schedule and moves the endpoints
--- version forward, atomically. The delivery records and their logs stay (nothing lists them
--- once the endpoint is gone).
+-- Deletes an endpoint and its health fields, takes it out of its partner's set, takes its
+-- deliveries off the retry schedule and moves the endpoints version forward, atomically. Its
+-- delivery records and their logs are left to the retention sweep (webhook_sweep.lua): the
+-- endpoint joins the set of deleted endpoints to sweep, whose records go whatever their age.
 --
--- KEYS: 1 endpoints hash, 2 schedule zset, 3 endpoints version (string counter), 4 health hash
+-- KEYS: 1 endpoints hash, 2 schedule zset, 3 endpoints version (string counter), 4 health hash,
+--       5 deleted endpoints to sweep (set)
 -- ARGV: 1 endpoint id, 2 webhook key prefix
 -- Returns: 1 if the endpoint existed, else 0.
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then
   return 0
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local ok, e = pcall(cjson.decode, raw)
+if ok and type(e) == 'table' and type(e['partnerId']) == 'string' then
+  redis.call('SREM', ARGV[2] .. 'by_partner:' .. e['partnerId'], ARGV[1])
+end
+if redis.call('EXISTS', ARGV[2] .. 'by_endpoint:' .. ARGV[1]) == 1 then
+  redis.call('SADD', KEYS[5], ARGV[1])
 end
 redis.call('INCR', KEYS[3])
 redis.call('HDEL', KEYS[4], ARGV[1] .. ':enabled', ARGV[1] .. ':disabledReason',

@@ -9,12 +9,16 @@
 --
 -- KEYS: 1 endpoints hash, 2 endpoints version (string counter), 3 health hash
 -- ARGV: 1 endpoint id, 2 endpoint JSON, 3 enabled '1' | '0', 4 disabled reason ('' for none),
---       5 failingSinceMs ('' for none)
+--       5 failingSinceMs ('' for none), 6 partner id ('' for none), 7 webhook key prefix
+-- The endpoint joins its partner's set (see webhook_create_endpoint.lua); no limit applies here.
 -- Returns: the new version.
 local id = ARGV[1]
 local health = KEYS[3]
 local stored = redis.call('HGET', health, id .. ':enabled')
 redis.call('HSET', KEYS[1], id, ARGV[2])
+if ARGV[6] ~= '' then
+  redis.call('SADD', ARGV[7] .. 'by_partner:' .. ARGV[6], id)
+end
 if stored ~= ARGV[3] then
   -- New (or stored before health had its own fields), or `enabled` changes.
   redis.call('HSET', health, id .. ':enabled', ARGV[3])
