@@ -168,6 +168,9 @@ impl RedisEngine {
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
         let missing = int(missing).ok_or_else(bad)?;
+        if moved.is_empty() {
+            return Ok(moved);
+        }
         tracing::warn!(message_id = %message_id, order_id = %order_id, partition, %reason,
             later_commands = moved.len().saturating_sub(1), missing,
             "command moved to the dead-letter queue with its order's later commands");

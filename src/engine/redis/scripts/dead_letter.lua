@@ -14,13 +14,19 @@
 --       5 its `message` field as written ('' if none), 6 its counted receives, 7 deadAt,
 --       8 reason, 9 cmdq key prefix, 10 order hash key prefix, 11 dead-letter index key
 --       prefix (the order id completes each; they carry the same hash tag as KEYS)
--- Returns: {messageIds moved, in order (the poisoned one first), followers not found}
+-- Returns: {messageIds moved, in order (the poisoned one first), followers not found}; nothing
+-- moved if the entry is gone (completed since the caller read it).
 local commands, dlq = KEYS[1], KEYS[2]
 local group, entry, message_id, order_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local raw, receives, dead_at, reason = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local cmdq = ARGV[9] .. order_id
 local order = ARGV[10] .. order_id
 local index = ARGV[11] .. order_id
+
+-- Completed meanwhile (apply.lua deletes what it acknowledges): nothing to move.
+if #redis.call('XRANGE', commands, entry, entry) == 0 then
+  return {{}, 0}
+end
 
 -- Its place in the gate, and the commands after it, which leave the gate with it.
 local followers = {}
