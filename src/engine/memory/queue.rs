@@ -139,11 +139,7 @@ impl CommandQueue for MemoryEngine {
                         break;
                     };
                     from = seq + 1;
-                    let waiting = match state.messages.get(&seq) {
-                        Some(queued) => state.waits_its_turn(&queued.message),
-                        None => continue,
-                    };
-                    let Some(queued) = state.messages.get_mut(&seq) else {
+                    let Some(queued) = state.messages.get(&seq) else {
                         continue;
                     };
                     if let Some(until) = queued.invisible_until
@@ -152,6 +148,10 @@ impl CommandQueue for MemoryEngine {
                         next_visible = Some(next_visible.map_or(until, |n| n.min(until)));
                         continue;
                     }
+                    let waiting = state.waits_its_turn(&queued.message);
+                    let Some(queued) = state.messages.get_mut(&seq) else {
+                        continue;
+                    };
                     // Waiting behind an earlier command of its order is not a failed receive.
                     if !waiting {
                         if queued.receive_count >= max_receives {
