@@ -183,6 +183,10 @@ conformance!(
     released_command_is_receivable_at_once,
     command_received_more_than_max_receives_goes_to_dead_letters_and_redrive_returns_it,
     later_command_of_an_order_is_blocked_until_the_earlier_one_completes,
+    waiting_behind_an_earlier_command_is_not_a_failed_receive,
+    a_poisoned_head_goes_to_the_dead_letters_with_its_later_commands_in_order,
+    an_undecodable_head_goes_to_the_dead_letters_with_its_later_commands,
+    redrive_puts_an_orders_dead_letters_back_in_order_ahead_of_its_newer_commands,
     different_orders_are_received_together,
     a_batch_applies_each_command_in_order_as_apply_would,
     a_batch_blocks_a_command_listed_before_its_orders_earlier_one,
@@ -476,7 +480,7 @@ async fn command_received_more_than_max_receives_goes_to_dead_letters_and_redriv
     );
     let dead = e.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].message, cmd);
+    assert_eq!(dead[0].message.as_ref(), Some(&cmd));
     assert_eq!(e.queue_stats().await.unwrap().dead_letters, 1);
     // The dead letter no longer blocks the order's later commands.
     e.enqueue_command(&transition("o1", OrderStatus::Cancelled), None)
@@ -530,6 +534,235 @@ async fn later_command_of_an_order_is_blocked_until_the_earlier_one_completes(h:
             OrderStatus::Cancelled
         ]
     );
+}
+
+/// Issue 12 item 7 (a): a command received while an earlier command of its order is still
+/// unfinished waits its turn; those deliveries are not failed receives, however many there
+/// are, so it is never dead-lettered for waiting.
+async fn waiting_behind_an_earlier_command_is_not_a_failed_receive(h: Harness) {
+    let e = &h.engine;
+    let first = accept(e, "o1").await;
+    let later = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&later, None).await.unwrap();
+    let batch = receive(e, 10).await;
+    assert_eq!(batch.len(), 2, "{batch:?}");
+    let head = batch.iter().find(|c| c.message == first).unwrap().clone();
+    let mut waiting = batch.into_iter().find(|c| c.message == later).unwrap();
+    assert_eq!(
+        waiting.receive_count, 0,
+        "a receive while waiting does not count"
+    );
+    // The head is slow (its worker keeps it invisible) while the later command is handed out
+    // again and again, more often than max_receives.
+    let rounds = h.settings.max_receives + 2;
+    for _ in 0..rounds {
+        e.extend_visibility(&head).await.unwrap();
+        e.release(&waiting).await.unwrap();
+        let again = receive(e, 10).await;
+        assert_eq!(again.len(), 1, "{again:?}");
+        waiting = again.into_iter().next().unwrap();
+        assert_eq!(waiting.message, later);
+        assert_eq!(waiting.receive_count, 0);
+    }
+    assert!(e.dead_letters(10).await.unwrap().is_empty());
+    let confirm = change_to(e, "o1", OrderStatus::Confirmed).await;
+    e.apply(&head, Some(&confirm)).await.unwrap();
+    let cancel = change_to(e, "o1", OrderStatus::Cancelled).await;
+    assert!(matches!(
+        e.apply(&waiting, Some(&cancel)).await.unwrap(),
+        ApplyOutcome::Applied { .. }
+    ));
+    assert_eq!(e.queue_stats().await.unwrap(), QueueStats::default());
+}
+
+/// Receives and gives back everything until something is dead-lettered (bounded).
+async fn release_until_dead(e: &Arc<dyn Engine>) {
+    for _ in 0..30 {
+        if !e.dead_letters(1).await.unwrap().is_empty() {
+            return;
+        }
+        for got in receive(e, 10).await {
+            e.release(&got).await.unwrap();
+        }
+    }
+    panic!("nothing was dead-lettered");
+}
+
+fn dead_ids(dead: &[DeadLetter]) -> Vec<&str> {
+    dead.iter().map(|d| d.message_id.as_str()).collect()
+}
+
+/// Issue 12 item 7 (b): the head of an order received max_receives times goes to the dead
+/// letters with the order's later commands right behind it, in their order; the order is
+/// not blocked: a command queued for it afterwards runs.
+async fn a_poisoned_head_goes_to_the_dead_letters_with_its_later_commands_in_order(h: Harness) {
+    let e = &h.engine;
+    let head = accept(e, "o1").await;
+    let t1 = transition("o1", OrderStatus::Preparing);
+    let t2 = transition("o1", OrderStatus::Shipped);
+    for t in [&t1, &t2] {
+        e.enqueue_command(t, None).await.unwrap();
+    }
+    release_until_dead(e).await;
+    // Nothing else is handed out: the later commands went with their head.
+    assert!(receive(e, 10).await.is_empty());
+    let dead = e.dead_letters(10).await.unwrap();
+    assert_eq!(
+        dead_ids(&dead),
+        [&head.message_id, &t1.message_id, &t2.message_id]
+    );
+    assert_eq!(dead[0].reason, DEAD_MAX_RECEIVES);
+    assert_eq!(dead[0].receive_count, h.settings.max_receives);
+    assert_eq!(dead[1].reason, dead_behind(&head.message_id));
+    assert_eq!(dead[2].message.as_ref(), Some(&t2));
+    assert_eq!(
+        e.queue_stats().await.unwrap(),
+        QueueStats {
+            visible: 0,
+            in_flight: 0,
+            dead_letters: 3
+        }
+    );
+    let t3 = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&t3, None).await.unwrap();
+    let next = receive_one(e).await;
+    assert_eq!(next.message, t3);
+    let change = change_to(e, "o1", OrderStatus::Cancelled).await;
+    assert!(matches!(
+        e.apply(&next, Some(&change)).await.unwrap(),
+        ApplyOutcome::Applied { .. }
+    ));
+}
+
+/// A raw connection to the Redis (or the cluster master) holding `key`.
+fn raw_conn(h: &Harness, key: &str) -> ::redis::Connection {
+    match &h.redis {
+        Some(server) => server.conn(),
+        None => {
+            let cluster = common::cluster::RedisCluster::shared();
+            cluster.node_conn(cluster.master_of(key))
+        }
+    }
+}
+
+/// Issue 12 item 7 (b), Redis: a head whose stream entry does not decode (a foreign writer's
+/// or another version's) used to be set aside while its id stayed at the head of the order's
+/// FIFO gate, blocking the order for ever. It goes to the dead letters, raw, with the order's
+/// later commands; the order runs on. (Memory commands are never encoded: nothing to test.)
+async fn an_undecodable_head_goes_to_the_dead_letters_with_its_later_commands(h: Harness) {
+    if h.engine_config.kind == herald::config::EngineKind::Memory {
+        return;
+    }
+    let e = &h.engine;
+    let head = accept(e, "o1").await;
+    let t1 = transition("o1", OrderStatus::Preparing);
+    let t2 = transition("o1", OrderStatus::Shipped);
+    for t in [&t1, &t2] {
+        e.enqueue_command(t, None).await.unwrap();
+    }
+    let stream = format!(
+        "{}{}:commands",
+        h.engine_config.key_prefix,
+        herald::config::EngineConfig::hash_tag(partition_of("o1", e.partitions()))
+    );
+    let mut conn = raw_conn(&h, &stream);
+    let entries: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let entry = entries
+        .ids
+        .iter()
+        .find(|id| id.get::<String>("messageId").as_deref() == Some(head.message_id.as_str()))
+        .expect("the head's entry");
+    // The head's entry replaced by one that names it but does not decode.
+    let _: i64 = ::redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&entry.id)
+        .query(&mut conn)
+        .unwrap();
+    let _: String = ::redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("messageId")
+        .arg(&head.message_id)
+        .arg("orderId")
+        .arg("o1")
+        .arg("message")
+        .arg("{nope")
+        .query(&mut conn)
+        .unwrap();
+    assert!(receive(e, 10).await.is_empty(), "nothing handed out");
+    let dead = e.dead_letters(10).await.unwrap();
+    assert_eq!(
+        dead_ids(&dead),
+        [&head.message_id, &t1.message_id, &t2.message_id]
+    );
+    assert_eq!(
+        (&dead[0].message, dead[0].raw.as_deref()),
+        (&None, Some("{nope"))
+    );
+    assert!(
+        dead[0].reason.starts_with("undecodable"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(dead[1].reason, dead_behind(&head.message_id));
+    let t3 = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&t3, None).await.unwrap();
+    let next = receive_one(e).await;
+    assert_eq!(next.message, t3);
+    assert!(matches!(
+        e.apply(&next, None).await.unwrap(),
+        ApplyOutcome::Applied { .. }
+    ));
+}
+
+/// Issue 12 item 7 (c): redrive moves all of an order's dead letters at once (past the
+/// limit) and puts them in front of the order's FIFO in their original order, ahead of the
+/// command queued for the order while they were dead.
+async fn redrive_puts_an_orders_dead_letters_back_in_order_ahead_of_its_newer_commands(h: Harness) {
+    let e = &h.engine;
+    let head = accept(e, "o1").await;
+    let t1 = transition("o1", OrderStatus::Preparing);
+    let t2 = transition("o1", OrderStatus::Shipped);
+    for t in [&t1, &t2] {
+        e.enqueue_command(t, None).await.unwrap();
+    }
+    release_until_dead(e).await;
+    let newer = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&newer, None).await.unwrap();
+    assert_eq!(
+        e.redrive(1).await.unwrap(),
+        3,
+        "an order's dead letters move together"
+    );
+    assert!(e.dead_letters(10).await.unwrap().is_empty());
+    let mut done = Vec::new();
+    for _ in 0..30 {
+        if done.len() == 4 {
+            break;
+        }
+        for got in receive(e, 10).await {
+            match e.apply(&got, None).await.unwrap() {
+                ApplyOutcome::Applied { .. } => done.push(got.message.message_id.clone()),
+                ApplyOutcome::Blocked => e.release(&got).await.unwrap(),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        done,
+        [
+            head.message_id.clone(),
+            t1.message_id.clone(),
+            t2.message_id.clone(),
+            newer.message_id
+        ]
+    );
+    assert!(e.dead_letters(10).await.unwrap().is_empty());
 }
 
 async fn different_orders_are_received_together(h: Harness) {

@@ -15,7 +15,10 @@
 //! (SIGSTOP/SIGCONT) for longer than the queue's visibility timeout; the webhook sink going
 //! away and coming back on the same port.
 //!
-//! Afterwards: every accepted order reached its final state (or the dead-letter queue); every
+//! Afterwards: every accepted order reached its final state (or the dead-letter queue, which
+//! must stay empty: dead letters are bounded at 0, and the worker's refusals at the
+//! deliberately invalid share: rejected orders are exactly the invalid ones, every accepted
+//! cancel applied); every
 //! order's versions go 1, 2, 3 with exactly one event per version in the stream; every event
 //! reached every endpoint whose types match it (deliveries that ran out of retries during
 //! outages are replayed with `recover` first, as an operator would, and counted); every subscriber saw the whole stream exactly
@@ -125,6 +128,8 @@ lease = "3s"
 
 const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(2);
 const RSS_BOUND_KIB: u64 = 512 * 1024;
+/// Dead letters a run may leave: none (see the check in `run`).
+const DEAD_LETTERS_BOUND: u64 = 0;
 /// How long one order (or cancel) keeps trying other nodes before it counts as not accepted.
 const INTAKE_RETRY_FOR: Duration = Duration::from_secs(15);
 
@@ -795,6 +800,35 @@ async fn run(fault: Fault) {
     if queue["commands"]["visible"] != 0 || queue["commands"]["inFlight"] != 0 {
         failures.push(format!("the queue did not drain: {queue}"));
     }
+    // A dead letter counts as settled above (nothing lost), so bound them, and the refusals,
+    // apart: a run that dead-letters or refuses everything must fail, not report 0 lost.
+    // Dead letters: 0. A fault costs a command in flight at most one receive (its node killed
+    // while holding it, Redis stopped or paused past the visibility timeout), a command is in
+    // flight for milliseconds while faults come seconds apart, so none meets `max_receives`
+    // (5) of them; and waiting behind an earlier command of its order is not a receive
+    // (issue 12 item 7). Every order here is well formed, so any dead letter is a healthy one.
+    let dead_letters = queue["commands"]["deadLetters"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    if dead_letters > DEAD_LETTERS_BOUND {
+        failures.push(format!(
+            "{dead_letters} dead letters (bound {DEAD_LETTERS_BOUND}): {:?}",
+            dead.iter().take(20).collect::<Vec<_>>()
+        ));
+    }
+    // Refusals only for the deliberately invalid share: the orders the worker rejected are
+    // exactly those sent in a currency it refuses, and every accepted cancel applied.
+    let refusals = count_refusals(&api, &ledger.accepted).await;
+    if refusals.rejected != refusals.invalid
+        || refusals.valid_rejected > 0
+        || refusals.cancels_refused > 0
+    {
+        failures.push(format!(
+            "refusals beyond the invalid share: {} rejected of {} invalid, {} valid orders \
+             rejected, {} accepted cancels not applied",
+            refusals.rejected, refusals.invalid, refusals.valid_rejected, refusals.cancels_refused
+        ));
+    }
 
     // Versions: per order, the stream's versions are 1..=n, once each, and the history agrees.
     let mut by_order: HashMap<&str, Vec<u64>> = HashMap::new();
@@ -941,6 +975,13 @@ async fn run(fault: Fault) {
         "ordersNotAccepted": ledger.not_accepted,
         "notAcceptedLastAnswer": ledger.gave_up_on,
         "ordersLost": lost.len(),
+        "deadLetters": dead_letters,
+        "deadLettersBound": DEAD_LETTERS_BOUND,
+        "ordersInvalid": refusals.invalid,
+        "ordersRejected": refusals.rejected,
+        "validOrdersRejected": refusals.valid_rejected,
+        "cancelsAccepted": refusals.cancels,
+        "cancelsRefused": refusals.cancels_refused,
         "ordersInStream": orders_in_stream,
         "idempotentReplays": ledger.accepted.len(),
         "finalStates": final_states,
@@ -992,6 +1033,35 @@ fn settled(order: &AcceptedOrder, current: &Value, dead: &HashSet<String>) -> bo
         Some(cancel) => status == "cancelled" || dead.contains(cancel),
         None => true,
     }
+}
+
+/// What the worker refused, per the ledger: orders rejected, how many were sent invalid,
+/// valid ones rejected, and accepted cancels whose order did not end cancelled.
+#[derive(Default)]
+struct Refusals {
+    invalid: u64,
+    rejected: u64,
+    valid_rejected: u64,
+    cancels: u64,
+    cancels_refused: u64,
+}
+
+async fn count_refusals(api: &Api, orders: &[AcceptedOrder]) -> Refusals {
+    let mut r = Refusals::default();
+    for order in orders {
+        let current = api.order(&order.id).await;
+        let status = current["status"].as_str().unwrap_or_default();
+        r.invalid += u64::from(order.invalid);
+        if status == "rejected" {
+            r.rejected += 1;
+            r.valid_rejected += u64::from(!order.invalid);
+        }
+        if order.cancel.is_some() {
+            r.cancels += 1;
+            r.cancels_refused += u64::from(status != "cancelled");
+        }
+    }
+    r
 }
 
 async fn count_states(api: &Api, orders: &[AcceptedOrder], dead: &HashSet<String>) -> Value {

@@ -46,7 +46,9 @@ pub struct NewCommand {
 pub struct ReceivedCommand {
     pub receipt: String,
     pub message: NewCommand,
-    /// How many times this message has been received, this time included.
+    /// How many counted receives this message had, this one included if it counted: a
+    /// delivery while the command waits behind an earlier command of its order does not
+    /// count (so this may be 0).
     pub receive_count: u32,
 }
 
@@ -60,21 +62,55 @@ pub struct QueueStats {
     pub dead_letters: u64,
 }
 
+/// A command taken out of the queue: the poisoned head of its order, or one of the order's
+/// later commands that went with it (see [`CommandQueue`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
-    pub message: NewCommand,
+    pub message_id: String,
+    pub order_id: String,
+    /// The command; `None` when it does not decode (then `raw` holds it as written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<NewCommand>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    /// Why it is here: `maxReceives`, `undecodable: <error>`, or `behind <messageId>` for a
+    /// later command of the order that went with its poisoned head.
+    pub reason: String,
+    /// Counted receives (see [`CommandQueue::receive_batch`]).
     pub receive_count: u32,
     pub dead_at: String,
 }
 
+/// Why a head went to the dead-letter queue.
+pub const DEAD_MAX_RECEIVES: &str = "maxReceives";
+
+/// The reason recorded for a command that went with its poisoned head `head_message_id`.
+pub fn dead_behind(head_message_id: &str) -> String {
+    format!("behind {head_message_id}")
+}
+
 /// The command queue, with SQS semantics: at-least-once, visibility timeout, receive count and
 /// dead-letter queue, per-order FIFO (enforced by [`OrderStore::apply`](super::OrderStore::apply)).
+///
+/// Fairness rules every engine keeps (issue 12, item 7):
+/// - A receive counts toward `max_receives` only if the command is not waiting behind an
+///   earlier unfinished command of its order: a command that waits its turn is handed out
+///   (the worker holds it until it may run), but that delivery is not a failed receive, so a
+///   healthy command is never dead-lettered for waiting.
+/// - A poisoned head (received `max_receives` times, or on Redis an entry that does not
+///   decode) goes to the dead-letter queue together with every later command of its order
+///   that is still queued, in their order, right behind it (reason `behind <messageId>`).
+///   The order is not blocked: a command queued for it afterwards runs as usual.
+/// - Redrive moves dead letters back oldest first, an order's all together (the limit may be
+///   exceeded to finish the last order), and puts them at the front of their order's FIFO,
+///   in their original order, ahead of anything queued for the order meanwhile.
 #[async_trait]
 pub trait CommandQueue: Send + Sync {
     /// Receives up to `max` commands, waiting up to `wait` for the first one. Commands whose
     /// visibility timeout expired are received again; a command received more than
-    /// `max_receives` times goes to the dead-letter queue instead. An engine that reads its
+    /// `max_receives` times (counted receives: not while it waited behind an earlier command
+    /// of its order) goes to the dead-letter queue instead, with its order's later commands. An engine that reads its
     /// partitions in one go shares `max` out among them, rounded up: it may hand out up to
     /// `max` rounded up to a multiple of its partitions (16 partitions, `max` 10: up to 16).
     async fn receive_batch(&self, max: usize, wait: Duration)
@@ -91,6 +127,8 @@ pub trait CommandQueue: Send + Sync {
 
     async fn dead_letters(&self, limit: usize) -> EngineResult<Vec<DeadLetter>>;
 
-    /// Moves up to `limit` dead letters back to the queue, oldest first, receive count reset.
+    /// Moves up to `limit` dead letters back to the queue, oldest first, receive count reset:
+    /// all of an order's at once (so possibly more than `limit`), at the front of its FIFO in
+    /// their original order. Returns how many moved.
     async fn redrive(&self, limit: usize) -> EngineResult<usize>;
 }

@@ -27,3 +27,4 @@ mod retention;
 mod small;
 mod tenant;
 mod webhooks;
+mod queue;

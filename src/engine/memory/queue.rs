@@ -3,13 +3,20 @@
 //!
 //! It never changes an order: completing a command is `orders.rs`' apply, which also opens
 //! the FIFO gate for the order's next command.
+//!
+//! Fairness (see [`CommandQueue`]): a delivery counts as a receive only when the command is
+//! not waiting behind an earlier command of its order; a poisoned head takes the order's later
+//! commands to the dead letters with it; redrive puts an order's dead letters back at the
+//! front of its gate, in their order.
 
 use super::{MemoryEngine, State};
 use crate::engine::{
-    CommandQueue, DeadLetter, EngineResult, NewCommand, QueueStats, ReceivedCommand,
+    CommandQueue, DEAD_MAX_RECEIVES, DeadLetter, EngineResult, NewCommand, QueueStats,
+    ReceivedCommand, dead_behind,
 };
 use crate::model::now_rfc3339;
 use async_trait::async_trait;
+use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -21,12 +28,17 @@ pub(super) struct QueuedMessage {
 
 impl State {
     pub(super) fn enqueue(&mut self, message: NewCommand, receive_count: u32) {
-        let seq = self.next_message_seq;
-        self.next_message_seq += 1;
         self.pending_by_order
             .entry(message.order_id.clone())
             .or_default()
             .push_back(message.message_id.clone());
+        self.insert_message(message, receive_count);
+    }
+
+    /// Adds a message to the queue without touching its order's FIFO gate.
+    fn insert_message(&mut self, message: NewCommand, receive_count: u32) {
+        let seq = self.next_message_seq;
+        self.next_message_seq += 1;
         self.messages.insert(
             seq,
             QueuedMessage {
@@ -37,13 +49,65 @@ impl State {
         );
     }
 
-    fn forget_pending(&mut self, order_id: &str, message_id: &str) {
-        if let Some(queue) = self.pending_by_order.get_mut(order_id) {
-            queue.retain(|id| id != message_id);
-            if queue.is_empty() {
-                self.pending_by_order.remove(order_id);
+    /// Moves the message `seq` to the dead letters with every later command of its order
+    /// still queued, in their order, and takes them all out of the order's FIFO gate. Returns
+    /// the message ids moved.
+    fn dead_letter_with_followers(&mut self, seq: u64, reason: String) -> Vec<String> {
+        let Some(head) = self.messages.remove(&seq) else {
+            return Vec::new();
+        };
+        let order_id = head.message.order_id.clone();
+        let head_id = head.message.message_id.clone();
+        let mut followers = Vec::new();
+        if let Some(gate) = self.pending_by_order.get_mut(&order_id) {
+            if let Some(p) = gate.iter().position(|id| *id == head_id) {
+                followers = gate.drain(p..).skip(1).collect();
+            }
+            if gate.is_empty() {
+                self.pending_by_order.remove(&order_id);
             }
         }
+        let dead_at = now_rfc3339();
+        let mut moved = vec![head_id.clone()];
+        self.dead_letters.push_back(DeadLetter {
+            message_id: head_id.clone(),
+            order_id: order_id.clone(),
+            message: Some(head.message),
+            raw: None,
+            reason,
+            receive_count: head.receive_count,
+            dead_at: dead_at.clone(),
+        });
+        let seqs: std::collections::HashMap<String, u64> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| m.message.order_id == order_id)
+            .map(|(seq, m)| (m.message.message_id.clone(), *seq))
+            .collect();
+        for id in followers {
+            let Some(queued) = seqs.get(&id).and_then(|seq| self.messages.remove(seq)) else {
+                continue;
+            };
+            moved.push(id);
+            self.dead_letters.push_back(DeadLetter {
+                message_id: queued.message.message_id.clone(),
+                order_id: order_id.clone(),
+                message: Some(queued.message),
+                raw: None,
+                reason: dead_behind(&head_id),
+                receive_count: queued.receive_count,
+                dead_at: dead_at.clone(),
+            });
+        }
+        moved
+    }
+
+    /// Whether the command waits behind an earlier unfinished command of its order.
+    fn waits_its_turn(&self, message: &NewCommand) -> bool {
+        self.pending_by_order
+            .get(&message.order_id)
+            .and_then(|gate| gate.iter().position(|id| *id == message.message_id))
+            .is_some_and(|p| p > 0)
     }
 }
 
@@ -69,21 +133,33 @@ impl CommandQueue for MemoryEngine {
                 let mut batch = Vec::new();
                 let mut next_visible: Option<Instant> = None;
                 let mut dead = Vec::new();
-                for (seq, queued) in state.messages.iter_mut() {
-                    if batch.len() >= max {
+                let mut from = 0;
+                while batch.len() < max {
+                    let Some(seq) = state.messages.range(from..).next().map(|(seq, _)| *seq) else {
                         break;
-                    }
+                    };
+                    from = seq + 1;
+                    let Some(queued) = state.messages.get(&seq) else {
+                        continue;
+                    };
                     if let Some(until) = queued.invisible_until
                         && until > now
                     {
                         next_visible = Some(next_visible.map_or(until, |n| n.min(until)));
                         continue;
                     }
-                    if queued.receive_count >= max_receives {
-                        dead.push(*seq);
+                    let waiting = state.waits_its_turn(&queued.message);
+                    let Some(queued) = state.messages.get_mut(&seq) else {
                         continue;
+                    };
+                    // Waiting behind an earlier command of its order is not a failed receive.
+                    if !waiting {
+                        if queued.receive_count >= max_receives {
+                            dead.push(seq);
+                            continue;
+                        }
+                        queued.receive_count += 1;
                     }
-                    queued.receive_count += 1;
                     queued.invisible_until = Some(now + visibility);
                     batch.push(ReceivedCommand {
                         receipt: seq.to_string(),
@@ -92,14 +168,8 @@ impl CommandQueue for MemoryEngine {
                     });
                 }
                 for seq in dead {
-                    if let Some(queued) = state.messages.remove(&seq) {
-                        state.forget_pending(&queued.message.order_id, &queued.message.message_id);
-                        state.dead_letters.push_back(DeadLetter {
-                            message: queued.message,
-                            receive_count: queued.receive_count,
-                            dead_at: now_rfc3339(),
-                        });
-                    }
+                    let moved = state.dead_letter_with_followers(seq, DEAD_MAX_RECEIVES.into());
+                    batch.retain(|c| !moved.contains(&c.message.message_id));
                 }
                 (batch, next_visible)
             })?;
@@ -160,11 +230,32 @@ impl CommandQueue for MemoryEngine {
         let moved = self.with_state(|state| {
             let mut moved = 0;
             while moved < limit {
-                let Some(dead) = state.dead_letters.pop_front() else {
+                // The oldest dead letter that can go back names the next order to move whole.
+                let Some(order_id) = state
+                    .dead_letters
+                    .iter()
+                    .find(|d| d.message.is_some())
+                    .map(|d| d.order_id.clone())
+                else {
                     break;
                 };
-                state.enqueue(dead.message, 0);
-                moved += 1;
+                let (group, rest): (VecDeque<DeadLetter>, VecDeque<DeadLetter>) =
+                    std::mem::take(&mut state.dead_letters)
+                        .into_iter()
+                        .partition(|d| d.order_id == order_id && d.message.is_some());
+                state.dead_letters = rest;
+                let messages: Vec<NewCommand> =
+                    group.into_iter().filter_map(|d| d.message).collect();
+                moved += messages.len();
+                // At the front of the order's gate, in their order: ahead of anything queued
+                // for the order meanwhile.
+                let gate = state.pending_by_order.entry(order_id).or_default();
+                for message in messages.iter().rev() {
+                    gate.push_front(message.message_id.clone());
+                }
+                for message in messages {
+                    state.insert_message(message, 0);
+                }
             }
             moved
         })?;

@@ -161,45 +161,52 @@ impl RedisEngine {
     }
 
     /// Runs the claim script in every partition (retrying once after recreating a missing
-    /// group). Returns the claimed deliveries with their partitions and how many commands are
-    /// pending in all.
+    /// group). Returns the claimed deliveries and the poisoned ones (received more than
+    /// `max_receives` times, not handed out: the caller dead-letters them), each with its
+    /// partition and counted receives, and how many commands are pending in all.
+    #[allow(clippy::type_complexity)]
     pub(super) async fn claim_expired(
         &self,
         max: usize,
-    ) -> EngineResult<(Vec<(usize, StreamEntry, u32)>, u64)> {
+    ) -> EngineResult<(
+        Vec<(usize, StreamEntry, u32)>,
+        Vec<(usize, StreamEntry, u32)>,
+        u64,
+    )> {
         let count = per_partition(max, self.keys.partitions());
         let claims = futures_util::future::join_all(
             (0..self.keys.partitions()).map(|k| self.claim_expired_in(k, count)),
         )
         .await;
         let mut out = Vec::new();
+        let mut poisoned = Vec::new();
         let mut pending = 0;
         for (k, claim) in claims.into_iter().enumerate() {
-            let (claimed, in_partition) = claim?;
+            let (claimed, dead, in_partition) = claim?;
             pending += in_partition;
             out.extend(claimed.into_iter().map(|(entry, n)| (k, entry, n)));
+            poisoned.extend(dead.into_iter().map(|(entry, n)| (k, entry, n)));
         }
-        Ok((out, pending))
+        Ok((out, poisoned, pending))
     }
 
+    #[allow(clippy::type_complexity)]
     async fn claim_expired_in(
         &self,
         partition: usize,
         max: usize,
-    ) -> EngineResult<(Vec<(StreamEntry, u32)>, u64)> {
+    ) -> EngineResult<(Vec<(StreamEntry, u32)>, Vec<(StreamEntry, u32)>, u64)> {
         let keys = self.keys.part(partition);
         let cursor = cursor(&self.claim_cursors[partition]);
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .key(&keys.commands)
-            .key(&keys.dlq)
             .arg(GROUP)
             .arg(&self.settings.consumer_name)
             .arg(millis(self.settings.visibility_timeout))
             .arg(&cursor)
             .arg(max)
             .arg(self.settings.max_receives)
-            .arg(crate::model::now_rfc3339())
             .arg(&keys.cmdq_prefix)
             .arg(format!("{}:order:", keys.base));
         let reply = match self.eval("claiming expired commands", &invocation).await {
@@ -212,35 +219,29 @@ impl RedisEngine {
             Err(e) => return Err(map_err("claiming expired commands", e)),
         };
         let bad = || corrupt("claim script returned an unexpected reply");
-        let [next, pending, dead, claimed] = items(&reply).ok_or_else(bad)? else {
+        let [next, pending, poisoned, claimed] = items(&reply).ok_or_else(bad)? else {
             return Err(bad());
         };
         set_cursor(&self.claim_cursors[partition], next);
         let pending = int(pending).ok_or_else(bad)?.max(0) as u64;
-        let dead = int(dead).ok_or_else(bad)?;
-        if dead > 0 {
-            tracing::warn!(
-                count = dead,
-                partition,
-                max_receives = self.settings.max_receives,
-                "commands received too often moved to the dead-letter queue"
-            );
-        }
-        let mut out = Vec::new();
-        for item in items(claimed).ok_or_else(bad)? {
-            let [id, deliveries, fields] = items(item).ok_or_else(bad)? else {
-                return Err(bad());
-            };
-            let entry = StreamEntry {
-                id: text(id).ok_or_else(bad)?,
-                fields: reply::fields(fields).ok_or_else(bad)?,
-            };
-            let count = int(deliveries)
-                .ok_or_else(bad)?
-                .clamp(1, i64::from(u32::MAX)) as u32;
-            out.push((entry, count));
-        }
-        Ok((out, pending))
+        let deliveries = |list: &Value| -> EngineResult<Vec<(StreamEntry, u32)>> {
+            let mut out = Vec::new();
+            for item in items(list).ok_or_else(bad)? {
+                let [id, deliveries, fields] = items(item).ok_or_else(bad)? else {
+                    return Err(bad());
+                };
+                let entry = StreamEntry {
+                    id: text(id).ok_or_else(bad)?,
+                    fields: reply::fields(fields).ok_or_else(bad)?,
+                };
+                let count = int(deliveries)
+                    .ok_or_else(bad)?
+                    .clamp(0, i64::from(u32::MAX)) as u32;
+                out.push((entry, count));
+            }
+            Ok(out)
+        };
+        Ok((deliveries(claimed)?, deliveries(poisoned)?, pending))
     }
 
     /// New commands for this worker, about `count` in all (see [`per_partition`]), waiting

@@ -11,7 +11,8 @@
 //! | `engine.events_stream` (`P{pk}:events`) | stream | field `event`: the event JSON (DESIGN 1.3) |
 //! | `P{pk}:commands` | stream | the command queue: `messageId`, `orderId`, `message`; group `workers` |
 //! | `P{pk}:cmdq:<id>` | list | message ids of the order's unfinished commands queued after its first (per-order FIFO gate; the first is the hash's `firstCommand`, see `scripts/apply.lua`) |
-//! | `P{pk}:dlq` | stream | dead letters: `deadLetter` (JSON) plus the original command fields |
+//! | `P{pk}:dlq` | stream | dead letters: the command's `messageId`, `orderId`, `message` (as written), `receiveCount`, `deadAt`, `reason` (entries of earlier versions: `deadLetter` JSON plus the command fields) |
+//! | `P{pk}:dlq:order:<id>` | list | dead-letter entry ids of the order, in the order they died (redrive moves an order's dead letters together, see `scripts/redrive.lua`) |
 //! | `P{pk}:idem:<key>` | string | idempotency record (JSON), with a TTL, in the partition of the order its request acts on |
 //! | `P{pk}:commands:malformed` | hash | command entry id -> its fields, for entries that do not decode |
 //! | `P{p0}:meta` | hash | `partitions`: the layout the data was written with (`check_layout`) |
@@ -73,6 +74,8 @@ struct PartitionKeys {
     malformed_commands: String,
     /// `P{pk}:cmdq:`; scripts append an order id to it.
     cmdq_prefix: String,
+    /// `P{pk}:dlq:order:`; scripts append an order id to it (the order's dead-letter index).
+    dlq_index_prefix: String,
     /// `P{pk}:webhooks:lost`: gaps the webhook dispatch found in this partition's stream.
     webhook_lost: String,
 }
@@ -86,6 +89,7 @@ impl PartitionKeys {
             dlq: format!("{base}:dlq"),
             malformed_commands: format!("{base}:commands:malformed"),
             cmdq_prefix: format!("{base}:cmdq:"),
+            dlq_index_prefix: format!("{base}:dlq:order:"),
             webhook_lost: format!("{base}:webhooks:lost"),
             base,
         }
@@ -204,6 +208,8 @@ struct Scripts {
     apply: Script,
     claim: Script,
     redrive: Script,
+    dead_letter: Script,
+    uncount_waiting: Script,
     touch: Script,
     stats: Script,
     abandon: Script,
@@ -225,6 +231,8 @@ impl Scripts {
             apply: Script::new(include_str!("scripts/apply.lua")),
             claim: Script::new(include_str!("scripts/claim.lua")),
             redrive: Script::new(include_str!("scripts/redrive.lua")),
+            dead_letter: Script::new(include_str!("scripts/dead_letter.lua")),
+            uncount_waiting: Script::new(include_str!("scripts/uncount_waiting.lua")),
             touch: Script::new(include_str!("scripts/touch.lua")),
             stats: Script::new(include_str!("scripts/stats.lua")),
             abandon: Script::new(include_str!("scripts/abandon.lua")),

@@ -11,10 +11,12 @@ use super::groups::GROUP;
 use super::reply::{self, StreamEntry, corrupt, int, items};
 use super::{RedisEngine, millis};
 use crate::engine::{
-    CommandQueue, DeadLetter, EngineResult, NewCommand, QueueStats, ReceivedCommand,
+    Command, CommandQueue, DEAD_MAX_RECEIVES, DeadLetter, EngineResult, NewCommand, QueueStats,
+    ReceivedCommand,
 };
 use ::redis::Value;
 use async_trait::async_trait;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -29,15 +31,58 @@ fn parse_command(entry: &StreamEntry) -> Result<NewCommand, String> {
     serde_json::from_str(raw).map_err(|e| format!("`message` does not decode: {e}"))
 }
 
+/// A dead-letter stream entry: its fields, or (written by earlier versions) its `deadLetter`
+/// JSON `{message, receiveCount, deadAt}`.
+fn dead_letter_of(entry: &StreamEntry) -> Result<DeadLetter, String> {
+    if let Some(old) = entry.text("deadLetter") {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Old {
+            message: NewCommand,
+            receive_count: u32,
+            dead_at: String,
+        }
+        let old: Old = serde_json::from_str(old).map_err(|e| e.to_string())?;
+        return Ok(DeadLetter {
+            message_id: old.message.message_id.clone(),
+            order_id: old.message.order_id.clone(),
+            message: Some(old.message),
+            raw: None,
+            reason: DEAD_MAX_RECEIVES.into(),
+            receive_count: old.receive_count,
+            dead_at: old.dead_at,
+        });
+    }
+    let field = |name: &str| entry.text(name).ok_or(format!("no UTF-8 `{name}` field"));
+    let raw = field("message")?;
+    let message = serde_json::from_str::<NewCommand>(raw).ok();
+    Ok(DeadLetter {
+        message_id: field("messageId")?.to_string(),
+        order_id: field("orderId")?.to_string(),
+        raw: message.is_none().then(|| raw.to_string()),
+        message,
+        reason: field("reason")?.to_string(),
+        receive_count: field("receiveCount")?
+            .parse()
+            .map_err(|e| format!("receiveCount: {e}"))?,
+        dead_at: field("deadAt")?.to_string(),
+    })
+}
+
 impl RedisEngine {
     /// Turns stream entries into received commands. An entry that does not decode cannot be
-    /// handed to a worker; it is moved aside (kept in a hash, acknowledged, deleted) and logged,
-    /// so it neither blocks the queue nor disappears silently.
+    /// handed to a worker: if it names its order and message it is a poisoned command and goes
+    /// to the dead-letter queue with its order's later commands (`scripts/dead_letter.lua`),
+    /// so it never blocks its order; otherwise it is moved aside (kept in a hash,
+    /// acknowledged, deleted) and logged. Either way it neither blocks the queue nor
+    /// disappears silently. Also returns the messageIds dead-lettered (a later command of the
+    /// same order may be among the entries received: it must not be handed out).
     async fn to_received(
         &self,
         entries: Vec<(usize, StreamEntry, u32)>,
-    ) -> EngineResult<Vec<ReceivedCommand>> {
+    ) -> EngineResult<(Vec<ReceivedCommand>, HashSet<String>)> {
         let mut out = Vec::with_capacity(entries.len());
+        let mut moved = HashSet::new();
         for (partition, entry, receive_count) in entries {
             match parse_command(&entry) {
                 // A command filed under another partition than its order's (a foreign
@@ -59,10 +104,123 @@ impl RedisEngine {
                     message,
                     receive_count,
                 }),
+                Err(error)
+                    if entry.text("orderId").is_some_and(|o| !o.is_empty())
+                        && entry.text("messageId").is_some_and(|m| !m.is_empty()) =>
+                {
+                    tracing::error!(entry_id = %entry.id, partition, %error,
+                        "command entry does not decode; dead-lettered with its order's later commands");
+                    moved.extend(
+                        self.dead_letter(
+                            partition,
+                            &entry,
+                            receive_count,
+                            format!("undecodable: {error}"),
+                        )
+                        .await?,
+                    );
+                }
                 Err(error) => self.set_command_aside(partition, &entry, error).await?,
             }
         }
-        Ok(out)
+        out.retain(|c| !moved.contains(&c.message.message_id));
+        Ok((out, moved))
+    }
+
+    /// Moves a poisoned command entry to the dead-letter stream with its order's later
+    /// commands (`scripts/dead_letter.lua`); the messageIds moved.
+    async fn dead_letter(
+        &self,
+        partition: usize,
+        entry: &StreamEntry,
+        receive_count: u32,
+        reason: String,
+    ) -> EngineResult<Vec<String>> {
+        let keys = self.keys.part(partition);
+        let order_id = entry.text("orderId").unwrap_or_default();
+        let message_id = entry.text("messageId").unwrap_or_default();
+        let mut invocation = self.scripts.dead_letter.prepare_invoke();
+        invocation
+            .key(&keys.commands)
+            .key(&keys.dlq)
+            .arg(GROUP)
+            .arg(&entry.id)
+            .arg(message_id)
+            .arg(order_id)
+            .arg(entry.text("message").unwrap_or_default())
+            .arg(receive_count)
+            .arg(crate::model::now_rfc3339())
+            .arg(&reason)
+            .arg(&keys.cmdq_prefix)
+            .arg(format!("{}:order:", keys.base))
+            .arg(&keys.dlq_index_prefix);
+        let reply = self
+            .run_script("moving a command to the dead-letter queue", &invocation)
+            .await?;
+        let bad = || corrupt("dead-letter script returned an unexpected reply");
+        let [moved, missing] = items(&reply).ok_or_else(bad)? else {
+            return Err(bad());
+        };
+        let moved: Vec<String> = items(moved)
+            .ok_or_else(bad)?
+            .iter()
+            .map(reply::text)
+            .collect::<Option<_>>()
+            .ok_or_else(bad)?;
+        let missing = int(missing).ok_or_else(bad)?;
+        if moved.is_empty() {
+            return Ok(moved);
+        }
+        tracing::warn!(message_id = %message_id, order_id = %order_id, partition, %reason,
+            later_commands = moved.len().saturating_sub(1), missing,
+            "command moved to the dead-letter queue with its order's later commands");
+        Ok(moved)
+    }
+
+    /// Takes back the receive that a fresh read counted for each command that waits behind an
+    /// earlier command of its order (`scripts/uncount_waiting.lua`). Only a transition can
+    /// wait: a `processOrder` is its order's first command (and a redriven one goes back in
+    /// front).
+    async fn uncount_waiting(&self, batch: &mut [ReceivedCommand]) -> EngineResult<()> {
+        let mut by_partition: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, command) in batch.iter().enumerate() {
+            if matches!(command.message.command, Command::Transition { .. }) {
+                by_partition
+                    .entry(self.keys.partition(&command.message.order_id))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for (partition, indexes) in by_partition {
+            let keys = self.keys.part(partition);
+            let mut invocation = self.scripts.uncount_waiting.prepare_invoke();
+            invocation
+                .key(&keys.commands)
+                .arg(GROUP)
+                .arg(&self.settings.consumer_name)
+                .arg(&keys.cmdq_prefix)
+                .arg(format!("{}:order:", keys.base));
+            for i in &indexes {
+                let command = &batch[*i];
+                invocation
+                    .arg(&command.receipt)
+                    .arg(&command.message.message_id)
+                    .arg(&command.message.order_id);
+            }
+            let reply = self
+                .run_script("not counting receives of waiting commands", &invocation)
+                .await?;
+            let bad = || corrupt("uncount script returned an unexpected reply");
+            let counts = items(&reply).ok_or_else(bad)?;
+            if counts.len() != indexes.len() {
+                return Err(bad());
+            }
+            for (i, count) in indexes.into_iter().zip(counts) {
+                batch[i].receive_count =
+                    int(count).ok_or_else(bad)?.clamp(0, i64::from(u32::MAX)) as u32;
+            }
+        }
+        Ok(())
     }
 
     /// Moves a command entry that cannot be handed to a worker aside: kept in a hash,
@@ -135,15 +293,25 @@ impl CommandQueue for RedisEngine {
         let slice = (self.settings.visibility_timeout / 4).max(Duration::from_millis(50));
         loop {
             let now_ms = self.started.elapsed().as_millis() as u64;
-            let (expired, pending) = if now_ms >= self.next_claim_ms.load(Ordering::Relaxed) {
-                self.next_claim_ms
-                    .store(now_ms + slice.as_millis() as u64, Ordering::Relaxed);
-                self.claim_expired(max).await?
-            } else {
-                // Not looked: assume work may be in flight, so block in slices.
-                (Vec::new(), 1)
-            };
-            let mut batch = self.to_received(expired).await?;
+            let (expired, poisoned, pending) =
+                if now_ms >= self.next_claim_ms.load(Ordering::Relaxed) {
+                    self.next_claim_ms
+                        .store(now_ms + slice.as_millis() as u64, Ordering::Relaxed);
+                    self.claim_expired(max).await?
+                } else {
+                    // Not looked: assume work may be in flight, so block in slices.
+                    (Vec::new(), Vec::new(), 1)
+                };
+            let mut moved = HashSet::new();
+            for (partition, entry, receives) in poisoned {
+                moved.extend(
+                    self.dead_letter(partition, &entry, receives, DEAD_MAX_RECEIVES.into())
+                        .await?,
+                );
+            }
+            let (mut batch, more) = self.to_received(expired).await?;
+            moved.extend(more);
+            batch.retain(|c| !moved.contains(&c.message.message_id));
             if batch.len() >= max {
                 return Ok(batch);
             }
@@ -157,10 +325,11 @@ impl CommandQueue for RedisEngine {
                 remaining
             };
             let fresh = self.read_new(max - batch.len(), block).await?;
-            batch.extend(
-                self.to_received(fresh.into_iter().map(|(k, e)| (k, e, 1)).collect())
-                    .await?,
-            );
+            let (mut fresh, _) = self
+                .to_received(fresh.into_iter().map(|(k, e)| (k, e, 1)).collect())
+                .await?;
+            self.uncount_waiting(&mut fresh).await?;
+            batch.extend(fresh);
             if !batch.is_empty() || tokio::time::Instant::now() >= deadline || block.is_zero() {
                 return Ok(batch);
             }
@@ -278,17 +447,11 @@ impl RedisEngine {
             .await?;
         let mut out = Vec::new();
         for entry in reply::range_entries(&reply)? {
-            match entry
-                .text("deadLetter")
-                .map(serde_json::from_str::<DeadLetter>)
-            {
-                Some(Ok(dead)) => out.push(dead),
+            match dead_letter_of(&entry) {
+                Ok(dead) => out.push(dead),
                 // One unreadable entry must not hide the others.
-                Some(Err(e)) => {
-                    tracing::warn!(entry_id = %entry.id, error = %e, "dead letter does not decode")
-                }
-                None => {
-                    tracing::warn!(entry_id = %entry.id, "dead letter has no `deadLetter` field")
+                Err(error) => {
+                    tracing::warn!(entry_id = %entry.id, %error, "dead letter does not decode")
                 }
             }
         }
@@ -305,7 +468,8 @@ impl RedisEngine {
             .key(&keys.dlq)
             .key(&keys.commands)
             .arg(limit)
-            .arg(&keys.cmdq_prefix);
+            .arg(&keys.cmdq_prefix)
+            .arg(&keys.dlq_index_prefix);
         let reply = self
             .run_script("redriving dead letters", &invocation)
             .await?;

@@ -1,22 +1,38 @@
 -- Claims commands whose visibility timeout ran out (idle >= visibility) for this consumer.
--- A claim counts as a delivery; a command delivered more than max_receives times goes to the
--- dead-letter stream instead, in the same atomic step (acknowledged, deleted, and removed from
--- its order's FIFO gate so the order's later commands can run).
+-- A claim counts as a delivery, except for a command that waits behind an earlier unfinished
+-- command of its order (its FIFO gate, see apply.lua): waiting its turn is not a failed
+-- receive, so that claim is taken back (RETRYCOUNT) and never brings it closer to the
+-- dead-letter queue. A command that does not wait and was delivered more than max_receives
+-- times is poisoned: it is not handed out but returned apart, and the caller moves it to the
+-- dead-letter stream with its order's later commands (dead_letter.lua).
 --
--- KEYS: 1 commands stream, 2 dead-letter stream
+-- KEYS: 1 commands stream
 -- ARGV: 1 group, 2 consumer, 3 min idle ms, 4 XAUTOCLAIM cursor, 5 how many to claim,
---       6 max receives, 7 deadAt timestamp, 8 cmdq key prefix (the order id completes it),
---       9 order hash key prefix (likewise)
+--       6 max receives, 7 cmdq key prefix (the order id completes it), 8 order hash key
+--       prefix (likewise)
 -- The cmdq and order keys are built here because they depend on the entry; they carry the
 -- same hash tag as KEYS, so they live in the same cluster slot.
--- Returns: {next cursor, pending count, dead-lettered count, {{id, deliveries, fields}, ...}}
-local commands, dlq = KEYS[1], KEYS[2]
+-- Returns: {next cursor, pending count, {{id, receives, fields}, ...} poisoned,
+--           {{id, receives, fields}, ...} claimed}; receives are the counted ones.
+local commands = KEYS[1]
 local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
 local cursor, want = ARGV[4], tonumber(ARGV[5])
 local max_receives = tonumber(ARGV[6])
-local dead_at, cmdq_prefix, order_prefix = ARGV[7], ARGV[8], ARGV[9]
+local cmdq_prefix, order_prefix = ARGV[7], ARGV[8]
 
-local claimed, dead = {}, 0
+local function waits_its_turn(order_id, message_id)
+  if not order_id or not message_id then
+    return false
+  end
+  local first = redis.call('HGET', order_prefix .. order_id, 'firstCommand')
+  local position = redis.call('LPOS', cmdq_prefix .. order_id, message_id)
+  if first and first ~= '' and first ~= message_id then
+    return position ~= false
+  end
+  return position ~= false and position > 0
+end
+
+local claimed, poisoned = {}, {}
 -- A few rounds at most: XAUTOCLAIM scans a bounded part of the pending list per call.
 for _ = 1, 4 do
   local reply = redis.call('XAUTOCLAIM', commands, group, consumer, min_idle, cursor,
@@ -32,28 +48,17 @@ for _ = 1, 4 do
       if pending[1] then
         deliveries = pending[1][4]
       end
-      if deliveries > max_receives then
-        local f = {}
-        for i = 1, #raw, 2 do
-          f[raw[i]] = raw[i + 1]
-        end
-        local message = f['message'] or 'null'
+      local f = {}
+      for i = 1, #raw, 2 do
+        f[raw[i]] = raw[i + 1]
+      end
+      if waits_its_turn(f['orderId'], f['messageId']) then
+        deliveries = math.max(deliveries - 1, 0)
+        redis.call('XCLAIM', commands, group, consumer, 0, id, 'RETRYCOUNT', deliveries, 'JUSTID')
+        claimed[#claimed + 1] = {id, deliveries, raw}
+      elseif deliveries > max_receives then
         -- This claim is not a receive: the message was received deliveries - 1 times.
-        local dead_letter = '{"message":' .. message .. ',"receiveCount":' ..
-          tostring(deliveries - 1) .. ',"deadAt":"' .. dead_at .. '"}'
-        redis.call('XADD', dlq, '*', 'deadLetter', dead_letter, 'messageId', f['messageId'] or '',
-          'orderId', f['orderId'] or '', 'message', message)
-        redis.call('XACK', commands, group, id)
-        redis.call('XDEL', commands, id)
-        if f['orderId'] and f['messageId'] then
-          -- Out of the order's FIFO gate, wherever it stands (see apply.lua).
-          redis.call('LREM', cmdq_prefix .. f['orderId'], 0, f['messageId'])
-          local order = order_prefix .. f['orderId']
-          if redis.call('HGET', order, 'firstCommand') == f['messageId'] then
-            redis.call('HSET', order, 'firstCommand', '')
-          end
-        end
-        dead = dead + 1
+        poisoned[#poisoned + 1] = {id, deliveries - 1, raw}
       else
         claimed[#claimed + 1] = {id, deliveries, raw}
       end
@@ -65,4 +70,4 @@ for _ = 1, 4 do
 end
 
 local summary = redis.call('XPENDING', commands, group)
-return {cursor, summary[1], dead, claimed}
+return {cursor, summary[1], poisoned, claimed}
