@@ -23,8 +23,8 @@ pub fn figures(item: u32, test: &str, fields: Value) {
 // One module per item of issue 12 (tests/hardening/<name>.rs), added by the change that fixes it.
 mod longpoll;
 mod push;
+mod queue;
 mod retention;
 mod small;
 mod tenant;
 mod webhooks;
-mod queue;
