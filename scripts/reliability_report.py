@@ -37,7 +37,9 @@ def load_jsonl(path):
     return rows
 
 
-def num(v):
+def num(v, key=""):
+    if "code" in key.lower() and isinstance(v, int):
+        return str(v)  # a close or status code, not a count
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int):
@@ -45,9 +47,9 @@ def num(v):
     if isinstance(v, float):
         return f"{v:,.0f}" if v.is_integer() else f"{v:,.2f}"
     if isinstance(v, list):
-        return ", ".join(num(x) for x in v)
+        return ", ".join(num(x, key) for x in v)
     if isinstance(v, dict):
-        return "; ".join(f"{k} {num(x)}" for k, x in v.items())
+        return "; ".join(f"{k} {num(x, k)}" for k, x in v.items())
     if v is None:
         return ""
     return str(v)
@@ -168,6 +170,9 @@ def durability(rows):
 def counted(rows, names, suite, count_key, count_label, bad_key, bad_label):
     if not rows:
         return not_run(suite)
+    # In the order the descriptions are listed (tests.json), then any other test by name.
+    order = {name: i for i, name in enumerate(names)}
+    rows = sorted(rows, key=lambda r: (order.get(r["test"], len(order)), r["test"]))
     out = [
         [names.get(r["test"], f"`{r['test']}`"), num(r.get(count_key)), zero(r.get(bad_key))]
         for r in rows
