@@ -50,20 +50,49 @@ pub async fn list_events(
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
-    let entries = state
-        .long_polls
-        .read_events(&*state.engine, &caller.credential, &after, limit, wait)
-        .await?;
-    // A cursor some of whose following entries were removed (trimmed by retention) is
-    // answered 410, never with the entries after the gap as if nothing were missing. An entry
-    // is trimmed only once `event_retention` newer ones are kept, so a read of at most that
-    // many that came back short crossed no gap: only a full read needs the engine's word.
-    // Per partition: a read takes up to `limit` from each.
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut after = after;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let entries = state
+            .long_polls
+            .read_events(&*state.engine, &caller.credential, &after, limit, left)
+            .await?;
+        check_retained(&state, &after, &entries, limit).await?;
+        let (events, next) = page(entries, after.clone(), limit);
+        let events: Vec<Value> = events
+            .iter()
+            .filter(|e| {
+                principal.may_access_order(e.event.partner_id.as_deref(), &e.event.customer_id)
+            })
+            .map(|e| json!(e.with_event_id(e.shown_id())))
+            .collect();
+        // A long-poll answers when there is something this caller may see, not as soon as
+        // the log moved: entries of other partners' (or customers') orders move its cursor on
+        // and it goes on waiting, until its `waitMs` is over.
+        if !events.is_empty() || left.is_zero() || next == after {
+            return Ok(Json(json!({ "events": events, "next": next.to_string() })));
+        }
+        after = next;
+    }
+}
+
+/// A cursor some of whose following entries were removed (trimmed by retention) is answered
+/// 410, never with the entries after the gap as if nothing were missing. An entry is trimmed
+/// only once `event_retention` newer ones are kept, so a read of at most that many that came
+/// back short crossed no gap: only a full read needs the engine's word. Per partition: a read
+/// takes up to `limit` from each.
+async fn check_retained(
+    state: &Node,
+    after: &LogCursor,
+    entries: &[LogEntry],
+    limit: usize,
+) -> ApiResult<()> {
     let retention = state.config.engine.event_retention;
     let any_may_have = u64::try_from(limit).unwrap_or(u64::MAX) > retention;
-    let full = full_partitions(&entries, limit);
+    let full = full_partitions(entries, limit);
     let removed = if !after.is_start() && (any_may_have || !full.is_empty()) {
-        state.engine.removed_after(&after).await?
+        state.engine.removed_after(after).await?
     } else {
         Vec::new()
     };
@@ -85,13 +114,7 @@ pub async fn list_events(
             )),
         );
     }
-    let (events, next) = page(entries, after, limit);
-    let events: Vec<Value> = events
-        .iter()
-        .filter(|e| principal.may_access_order(e.event.partner_id.as_deref(), &e.event.customer_id))
-        .map(|e| json!(e.with_event_id(e.shown_id())))
-        .collect();
-    Ok(Json(json!({ "events": events, "next": next.to_string() })))
+    Ok(())
 }
 
 /// The events of the first `limit` entries of one read from `after` (entries come oldest

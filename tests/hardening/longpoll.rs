@@ -322,4 +322,59 @@ async fn long_polls_beyond_the_bounds_are_refused_and_hold_no_engine_connection(
     );
 }
 
-on_both_engines!(long_polls_beyond_the_bounds_are_refused_and_hold_no_engine_connection);
+on_both_engines!(
+    long_polls_beyond_the_bounds_are_refused_and_hold_no_engine_connection,
+    a_partners_long_poll_waits_through_other_partners_events,
+);
+
+/// A long-poll answers when there is something its caller may see: another partner's events
+/// move its cursor on, and it goes on waiting instead of answering `{events: []}` at once (which
+/// made every partner's long-poll a tight poll on a busy node).
+async fn a_partners_long_poll_waits_through_other_partners_events(kind: Kind) {
+    let s = Stack::start(kind);
+    let url = s.herald.url("/v1/events?after=$&waitMs=20000");
+    let http = s.http.clone();
+    let poll = tokio::spawn(async move {
+        let r = http
+            .get(url)
+            .header("x-api-key", ACME_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<Value>().await.unwrap()
+    });
+    eventually(Duration::from_secs(10), "the long-poll waits", || async {
+        (s.metric("herald_long_polls_waiting").await == 1).then_some(())
+    })
+    .await;
+    // Globex's order makes two events (accepted, confirmed) acme may not see.
+    s.order(GLOBEX_KEY, "lp-globex-1", "cust-g").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waited_through = !poll.is_finished();
+    assert!(
+        waited_through,
+        "acme's long-poll answered on globex's events"
+    );
+    let r = s
+        .post("/v1/orders", ACME_KEY, &order_body("lp-acme-1", "cust-a"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body = poll.await.unwrap();
+    let events = body["events"].as_array().cloned().unwrap_or_default();
+    assert!(!events.is_empty(), "{body}");
+    let foreign = events
+        .iter()
+        .filter(|e| e["orderId"] != "lp-acme-1" || e["partnerId"] != "acme")
+        .count();
+    assert_eq!(foreign, 0, "{body}");
+    crate::figures(
+        1,
+        &format!("a_partners_long_poll_waits_through_other_partners_events/{kind:?}"),
+        json!({
+            "engine": format!("{kind:?}"), "foreignEventsAppended": 2,
+            "answeredOnForeignEvents": usize::from(!waited_through),
+            "ownEventsReceived": events.len(), "foreignEventsReceived": foreign,
+        }),
+    );
+}
