@@ -20,7 +20,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -53,6 +53,17 @@ pub async fn run(
 
     'conn: loop {
         let expiry = token_expiry(session.principal.as_ref());
+        // Checked here as well as in the select below: with a write in progress at the
+        // expiry, or events queued again during each write, the queue's branch wins every
+        // turn of the biased select and a zero-length sleep is not ready at once, so events
+        // went on being written after the token's exp.
+        if expiry.is_some_and(has_passed) {
+            conn.close(
+                close::TOKEN_EXPIRED,
+                "token expired; reconnect with a fresh token",
+            );
+            break;
+        }
         tokio::select! {
             biased;
             _ = conn.kill.notified() => break,
@@ -188,4 +199,11 @@ async fn write_batch(
 
 fn token_expiry(principal: Option<&Principal>) -> Option<u64> {
     principal.and_then(Principal::expires_at)
+}
+
+/// Whether `at` (seconds since the Unix epoch) has come.
+fn has_passed(at: u64) -> bool {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .is_ok_and(|now| now >= Duration::from_secs(at))
 }

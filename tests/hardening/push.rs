@@ -346,7 +346,84 @@ async fn a_reader_that_stops_during_a_replay_is_closed_as_a_slow_consumer(kind: 
     );
 }
 
+/// A connection whose socket was busy with a write when its token expired: once the write
+/// goes through, the connection closes with 4403 before anything more is written, and an
+/// event published after the expiry never reaches it. The client stops reading (a small
+/// receive window, several MB of events queued, a queue bound large enough not to cut it off
+/// as a slow consumer), the token expires, one more event is published, then the client reads
+/// everything until the close.
+async fn a_connection_busy_writing_at_its_token_expiry_gets_nothing_after_it(kind: Kind) {
+    let toml = format!("{}\n[push]\noutbound_queue_bytes = 67108864\n", jwt_toml());
+    let s = Stack::start_with(kind, &toml);
+    let token = customer_token("cust-exp", 3);
+    let minted = Instant::now();
+    let mut ws = small_window_client(&s.herald, "graphql-transport-ws").await;
+    send(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {token}")}}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        sub(
+            "e",
+            "subscription { onOrderUpdated { orderId version data } }",
+        ),
+    )
+    .await;
+    let big = |order: &str, n: u64| {
+        let mut event = external_event(order, "cust-exp", None, n);
+        event["data"] = json!({"n": n, "blob": "b".repeat(8 * 1024)});
+        event
+    };
+    // Live: the first event arrives.
+    s.publish(external_event("first", "cust-exp", None, 1))
+        .await;
+    assert_eq!(
+        next(&mut ws).await["payload"]["data"]["onOrderUpdated"]["orderId"],
+        "first"
+    );
+    // The client reads nothing from here until the close: the server's write stalls.
+    let published = stream::iter(0..600u64)
+        .map(|n| {
+            let s = &s;
+            let event = big(&format!("before-{}", n % 20), n + 2);
+            async move { s.publish(event).await }
+        })
+        .buffer_unordered(8)
+        .count()
+        .await;
+    assert_eq!(published, 600);
+    // Past the token's exp (whole seconds: at most 3 s after minting), one more event.
+    tokio::time::sleep(Duration::from_millis(4500).saturating_sub(minted.elapsed())).await;
+    s.publish(external_event("late", "cust-exp", None, 1000))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut received, mut late) = (0u64, 0u64);
+    let code = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                received += 1;
+                if text.contains("\"late\"") {
+                    late += 1;
+                }
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_)) | None) => break None,
+            Err(_) => panic!("no close frame within 60 s of reading again ({received} messages)"),
+        }
+    };
+    assert_eq!(code, Some(4403), "{received} messages before the close");
+    assert_eq!(
+        late, 0,
+        "an event published after the token expired was delivered"
+    );
+}
+
 on_both_engines!(
+    a_connection_busy_writing_at_its_token_expiry_gets_nothing_after_it,
     a_start_with_its_own_token_ends_when_that_token_expires,
     a_second_connection_init_is_refused_and_the_first_principal_stays,
     a_reader_that_stops_during_a_replay_is_closed_as_a_slow_consumer,

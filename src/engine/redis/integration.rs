@@ -1178,3 +1178,28 @@ async fn idempotency_keys_are_found_by_key_whatever_order_they_act_on() {
     e.abandon_idempotent(key2).await.unwrap();
     assert_eq!(server.raw(&[b"EXISTS", claim.as_bytes()]), Value::Int(0));
 }
+
+fn config_get_calls(server: &Server) -> i64 {
+    let Value::BulkString(info) = server.raw(&[b"INFO", b"commandstats"]) else {
+        panic!("INFO is a bulk string");
+    };
+    let info = String::from_utf8(info).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_config|get:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// `GET /readyz` (no credential needed, probed every few seconds) reports the persistence:
+/// asking the servers again on every probe made each one cost two `CONFIG GET` per partition.
+#[tokio::test]
+async fn persistence_is_asked_once_however_often_it_is_reported() {
+    let server = Server::start();
+    let e = engine(&server, "p1").await;
+    server.raw(&[b"CONFIG", b"RESETSTAT"]);
+    for _ in 0..20 {
+        assert_eq!(e.persistence().await, Persistence::None);
+    }
+    let calls = config_get_calls(&server);
+    assert!(calls <= 2, "{calls} CONFIG GET for 20 reports");
+}

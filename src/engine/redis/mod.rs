@@ -287,6 +287,9 @@ pub struct RedisEngine {
     /// When the dispatcher's next claim runs `XAUTOCLAIM` (milliseconds since `started`): at
     /// most every quarter `reclaim_after`, like `next_claim_ms` for the command queue.
     next_dispatch_reclaim_ms: AtomicU64,
+    /// The last answer of [`RedisEngine::check_persistence`] and when it was asked: `GET
+    /// /readyz` reports it on every probe, and asking costs two `CONFIG GET` per partition.
+    persistence: tokio::sync::Mutex<Option<(std::time::Instant, Persistence)>>,
 }
 
 /// How a cluster's read of every partition waits (it cannot block on all of them in one
@@ -423,6 +426,7 @@ impl RedisEngine {
             started: std::time::Instant::now(),
             dispatch_cursors: (0..partitions).map(|_| Mutex::new("0-0".into())).collect(),
             next_dispatch_reclaim_ms: AtomicU64::new(0),
+            persistence: tokio::sync::Mutex::new(None),
         };
         engine
             .ping()

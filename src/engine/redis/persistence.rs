@@ -10,10 +10,32 @@ use super::conn::{Conn, within};
 use crate::engine::Persistence;
 use ::redis::RedisResult;
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How long an answer is reused. `GET /readyz` needs no credential and is probed every few
+/// seconds by load balancers: asked afresh each time, every probe cost two `CONFIG GET` per
+/// partition, one after the other (enough, with many partitions, to pass readyz' own deadline
+/// and report a durable Redis as `unknown`). A change of the servers' settings shows within
+/// this long.
+const PERSISTENCE_TTL: Duration = Duration::from_secs(30);
 
 impl RedisEngine {
-    /// The weakest persistence of the servers holding Herald's keys.
+    /// The weakest persistence of the servers holding Herald's keys, asked at most once per
+    /// [`PERSISTENCE_TTL`]; concurrent callers wait for the one asking.
     pub(super) async fn check_persistence(&self) -> Persistence {
+        let mut cached = self.persistence.lock().await;
+        if let Some((asked, persistence)) = cached.as_ref()
+            && asked.elapsed() < PERSISTENCE_TTL
+        {
+            return persistence.clone();
+        }
+        let persistence = self.ask_persistence().await;
+        *cached = Some((Instant::now(), persistence.clone()));
+        persistence
+    }
+
+    /// Asks every server holding Herald's keys (see [`RedisEngine::check_persistence`]).
+    async fn ask_persistence(&self) -> Persistence {
         let nodes: Vec<&str> = match &self.conn {
             Conn::Cluster(_) => self.keys.parts.iter().map(|p| p.base.as_str()).collect(),
             _ => vec![self.keys.base.as_str()],
