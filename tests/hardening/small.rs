@@ -438,7 +438,12 @@ async fn sigterm_drains_and_exits_cleanly(kind: Kind) {
     let accepted = send_orders(&api, &ids).await;
     assert_eq!(accepted, orders);
     let mut worker = node("worker");
-    let at_sigterm = queue_counts(&api).await;
+    // SIGTERM only once the worker has work in hand, or the test would prove nothing.
+    let at_sigterm = eventually(Duration::from_secs(20), "the worker takes work", || async {
+        let counts = queue_counts(&api).await;
+        (counts["inFlight"].as_u64().unwrap_or(0) > 0).then_some(counts)
+    })
+    .await;
     terminate_cleanly(&mut worker);
     let after = queue_counts(&api).await;
     assert_eq!(after["inFlight"], 0, "left in flight after exit: {after}");
