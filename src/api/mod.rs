@@ -219,6 +219,8 @@ pub enum Idempotency {
         key: String,
         order_id: Option<String>,
         fingerprint: String,
+        /// The engine's name for this claim, passed on with the response.
+        claim: String,
     },
 }
 
@@ -268,10 +270,11 @@ impl Idempotency {
             .into_response()
         };
         match found {
-            IdempotencyBegin::Started => Ok(Idempotency::Owned {
+            IdempotencyBegin::Started { claim } => Ok(Idempotency::Owned {
                 key,
                 order_id: order_id.map(str::to_string),
                 fingerprint,
+                claim,
             }),
             // Concurrent use of a key is a conflict whatever the body (as Stripe answers it).
             IdempotencyBegin::InFlight { .. } => Err(Problem::conflict(
@@ -306,13 +309,17 @@ impl Idempotency {
         match self {
             Idempotency::None => None,
             Idempotency::Owned {
-                key, fingerprint, ..
+                key,
+                fingerprint,
+                claim,
+                ..
             } => Some(IdempotentResponse {
                 key: key.clone(),
                 fingerprint: fingerprint.clone(),
                 status: status.as_u16(),
                 body: body.clone(),
                 ttl,
+                claim: claim.clone(),
             }),
         }
     }

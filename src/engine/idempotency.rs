@@ -23,13 +23,21 @@ pub struct IdempotentResponse {
     pub body: Value,
     #[serde(skip)]
     pub ttl: Duration,
+    /// The claim this response completes ([`IdempotencyBegin::Started`]'s `claim`): an engine
+    /// that can tell stores the effect and the response only while the key is still that
+    /// claim, so a request whose claim was abandoned (it timed out) and taken by a retry
+    /// meanwhile changes nothing. Empty: unconditional.
+    #[serde(skip)]
+    pub claim: String,
 }
 
 /// What `begin` found for an idempotency key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdempotencyBegin {
     /// No earlier request: this caller owns the key until it completes or abandons it.
-    Started,
+    /// `claim` names this ownership (pass it on in [`IdempotentResponse::claim`]); empty
+    /// where the engine needs none (the memory engine applies each step at once).
+    Started { claim: String },
     /// The first request with this key is still being processed.
     InFlight { fingerprint: String },
     /// The first request completed: replay its response (if the fingerprint matches).

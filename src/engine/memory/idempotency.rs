@@ -81,7 +81,9 @@ impl IdempotencyStore for MemoryEngine {
             state
                 .idempotency_expiry
                 .push_back((expires, key.to_string()));
-            IdempotencyBegin::Started
+            IdempotencyBegin::Started {
+                claim: String::new(),
+            }
         })
     }
 

@@ -75,6 +75,7 @@ fn completed(record: IdemRecord) -> Option<IdempotentResponse> {
             status,
             body,
             ttl: Duration::from_millis(ttl_ms),
+            claim: String::new(),
         }),
     }
 }
@@ -206,7 +207,7 @@ impl IdempotencyStore for RedisEngine {
                     self.copy_completed(own, &found).await?;
                     return Ok(IdempotencyBegin::Completed(found));
                 }
-                return Ok(IdempotencyBegin::Started);
+                return Ok(IdempotencyBegin::Started { claim });
             }
             let existing: Option<String> = self
                 .run(
@@ -256,6 +257,7 @@ mod tests {
             status: 202,
             body: serde_json::json!({"a": 1}),
             ttl: Duration::from_secs(5),
+            claim: String::new(),
         };
         let stored = done_record(&response).unwrap();
         assert!(stored.starts_with("{\"state\":\"done\""), "{stored}");

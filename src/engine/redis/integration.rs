@@ -1100,12 +1100,12 @@ async fn idempotency_keys_are_found_by_key_whatever_order_they_act_on() {
     let k = crate::model::partition_of(&order_id, 4);
     let o = order(&order_id);
     let ttl = Duration::from_secs(5);
-    assert_eq!(
+    assert!(matches!(
         e.begin_idempotent(key, Some(&order_id), "fp", ttl)
             .await
             .unwrap(),
-        IdempotencyBegin::Started
-    );
+        IdempotencyBegin::Started { .. }
+    ));
     let cmd = new_command(
         &order_id,
         Command::ProcessOrder {
@@ -1118,6 +1118,7 @@ async fn idempotency_keys_are_found_by_key_whatever_order_they_act_on() {
         status: 202,
         body: serde_json::json!({ "orderId": order_id }),
         ttl: Duration::from_secs(60),
+        claim: String::new(),
     };
     e.accept_order(
         &o,
@@ -1202,4 +1203,97 @@ async fn persistence_is_asked_once_however_often_it_is_reported() {
     }
     let calls = config_get_calls(&server);
     assert!(calls <= 2, "{calls} CONFIG GET for 20 reports");
+}
+
+/// A request whose Idempotency-Key claim was abandoned (its engine call timed out) and taken by
+/// the client's retry must not store anything when its delayed intake finally runs: the
+/// retry's order is the only one (with server-drawn ids the two would otherwise be two orders).
+#[tokio::test]
+async fn an_intake_whose_claim_was_abandoned_and_retaken_stores_nothing() {
+    let server = Server::start();
+    let e = partitioned(&server, "lost", 1).await;
+    let key = "admin:retried";
+    let ttl = Duration::from_secs(60);
+    let claim_of = |begin: IdempotencyBegin| match begin {
+        IdempotencyBegin::Started { claim } => claim,
+        other => panic!("expected a fresh claim, got {other:?}"),
+    };
+    let first = claim_of(e.begin_idempotent(key, None, "fp", ttl).await.unwrap());
+    e.abandon_idempotent(key).await.unwrap();
+    let retry = claim_of(e.begin_idempotent(key, None, "fp", ttl).await.unwrap());
+    assert_ne!(first, retry);
+    let accept = |id: &'static str, claim: String| {
+        let e = e.clone();
+        async move {
+            let o = order(id);
+            let cmd = new_command(
+                id,
+                Command::ProcessOrder {
+                    order: Box::new(o.clone()),
+                },
+            );
+            let response = IdempotentResponse {
+                key: key.into(),
+                fingerprint: "fp".into(),
+                status: 202,
+                body: serde_json::json!({ "orderId": id }),
+                ttl: Duration::from_secs(60),
+                claim,
+            };
+            e.accept_order(
+                &o,
+                &event(&o, OrderStatus::Accepted, None, 1),
+                &cmd,
+                Some(&response),
+            )
+            .await
+        }
+    };
+    // The first request's intake arrives late, after the retry claimed the key.
+    assert!(matches!(
+        accept("late-1", first).await,
+        Err(EngineError::Unavailable(_))
+    ));
+    assert!(e.order_status("late-1").await.unwrap().is_none());
+    assert!(matches!(
+        accept("retry-1", retry).await.unwrap(),
+        AcceptOutcome::Accepted { .. }
+    ));
+    let IdempotencyBegin::Completed(replayed) =
+        e.begin_idempotent(key, None, "fp", ttl).await.unwrap()
+    else {
+        panic!("the retry's response must be stored");
+    };
+    assert_eq!(replayed.body["orderId"], "retry-1");
+    // A transition queued under an abandoned claim is refused the same way.
+    let t_first = claim_of(
+        e.begin_idempotent("admin:t", None, "fp", ttl)
+            .await
+            .unwrap(),
+    );
+    e.abandon_idempotent("admin:t").await.unwrap();
+    let _t_retry = claim_of(
+        e.begin_idempotent("admin:t", None, "fp", ttl)
+            .await
+            .unwrap(),
+    );
+    let cancel = new_command(
+        "retry-1",
+        Command::Transition {
+            status: OrderStatus::Cancelled,
+            reason: None,
+        },
+    );
+    let response = IdempotentResponse {
+        key: "admin:t".into(),
+        fingerprint: "fp".into(),
+        status: 202,
+        body: serde_json::json!({}),
+        ttl: Duration::from_secs(60),
+        claim: t_first,
+    };
+    assert!(matches!(
+        e.enqueue_command(&cancel, Some(&response)).await,
+        Err(EngineError::Unavailable(_))
+    ));
 }

@@ -92,6 +92,17 @@ fn history_body(event: &OrderEvent, reason: Option<&str>) -> EngineResult<String
     Ok(json)
 }
 
+/// The intake script's answer for a request whose Idempotency-Key no longer holds its claim.
+const CLAIM_LOST: &str = "claim-lost";
+
+fn claim_lost() -> crate::engine::EngineError {
+    crate::engine::EngineError::Unavailable(
+        "the Idempotency-Key's claim was given up (the request had timed out) before its \
+         change reached the engine; nothing was stored"
+            .into(),
+    )
+}
+
 impl RedisEngine {
     /// What both intake requests end with: the command (`messageId`, `orderId`, its JSON) and
     /// the idempotent response stored in the same step (its key last among the keys, then the
@@ -103,15 +114,23 @@ impl RedisEngine {
         idempotent: Option<&IdempotentResponse>,
     ) -> EngineResult<()> {
         let message = serde_json::to_string(command).map_err(corrupt)?;
-        let (idem_json, idem_ttl) = match idempotent {
+        let (idem_json, idem_ttl, claim) = match idempotent {
             Some(r) => {
-                request.keys.push(
-                    self.keys
-                        .idem(self.keys.partition(&command.order_id), &r.key),
-                );
-                (done_record(r)?, millis(r.ttl))
+                let partition = self.keys.partition(&command.order_id);
+                request.keys.push(self.keys.idem(partition, &r.key));
+                // Where the response is written over the claim itself (the key's partition is
+                // the order's: always so for an order whose id Herald drew), the script
+                // stores nothing unless the key still holds this request's claim: a claim
+                // abandoned after a timeout and taken by a retry must not get a second order.
+                let own = crate::engine::idempotency_partition(&r.key, self.keys.partitions());
+                let claim = if own == partition {
+                    r.claim.clone()
+                } else {
+                    String::new()
+                };
+                (done_record(r)?, millis(r.ttl), claim)
             }
-            None => (String::new(), 1),
+            None => (String::new(), 1, String::new()),
         };
         request.values.extend([
             command.message_id.clone(),
@@ -119,6 +138,7 @@ impl RedisEngine {
             message,
             idem_json,
             idem_ttl.to_string(),
+            claim,
         ]);
         Ok(())
     }
@@ -176,6 +196,7 @@ impl OrderStore for RedisEngine {
             .await?;
         match text(&reply).as_deref() {
             Some("exists") => Ok(AcceptOutcome::AlreadyExists),
+            Some(CLAIM_LOST) => Err(claim_lost()),
             Some(id) => {
                 let event_id = parse_event_id(id)?;
                 self.complete_elsewhere(&order.order_id, idempotent).await;
@@ -211,6 +232,7 @@ impl OrderStore for RedisEngine {
                 Ok(EnqueueOutcome::Enqueued)
             }
             Some("unknown") => Ok(EnqueueOutcome::UnknownOrder),
+            Some(CLAIM_LOST) => Err(claim_lost()),
             _ => Err(corrupt(
                 "intake script returned an unexpected reply to an enqueue",
             )),

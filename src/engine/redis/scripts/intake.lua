@@ -10,12 +10,14 @@
 --   accept keys: order hash, idempotency key (optional); values: order JSON, customerId,
 --     '1' if a partnerId follows, partnerId, status, version, updatedAt, event JSON, history
 --     entry JSON without eventId, messageId, orderId (of the command), command JSON,
---     idempotent response JSON, its TTL in ms
+--     idempotent response JSON, its TTL in ms, the claim the key must still hold ('' for none)
 --   enqueue keys: order hash, order's cmdq list, idempotency key (optional); values:
---     messageId, orderId, command JSON, idempotent response JSON, its TTL in ms
+--     messageId, orderId, command JSON, idempotent response JSON, its TTL in ms, the claim
+--     the key must still hold ('' for none)
 -- Returns: per request, in order: accept: 'exists' or the new event id; enqueue: 'unknown'
---          (no such order, nothing written) or 'ok'; {'error', message} for a request that
---          failed.
+--          (no such order, nothing written) or 'ok'; either: 'claim-lost' (the idempotency
+--          key no longer holds the request's claim: it was abandoned after a timeout, maybe
+--          taken by a retry; nothing written); {'error', message} for a request that failed.
 local events, commands, retention = KEYS[1], KEYS[2], ARGV[1]
 
 -- Accepts a new order: the order hash (the order, its status, its first history entry as field
@@ -24,6 +26,9 @@ local events, commands, retention = KEYS[1], KEYS[2], ARGV[1]
 -- stream entry and, when given, the idempotent response. The history entry learns its event id
 -- from the XADD: it is spliced in front of the other fields.
 local function accept(k, v)
+  if k[2] and v[15] ~= '' and redis.call('GET', k[2]) ~= v[15] then
+    return 'claim-lost'
+  end
   if redis.call('EXISTS', k[1]) == 1 then
     return 'exists'
   end
@@ -48,6 +53,9 @@ end
 -- Queues a command for an existing order behind its earlier ones (the cmdq list), with the
 -- idempotent response if given.
 local function enqueue(k, v)
+  if k[3] and v[6] ~= '' and redis.call('GET', k[3]) ~= v[6] then
+    return 'claim-lost'
+  end
   if redis.call('EXISTS', k[1]) == 0 then
     return 'unknown'
   end
