@@ -109,7 +109,7 @@ impl RedisEngine {
                         && entry.text("messageId").is_some_and(|m| !m.is_empty()) =>
                 {
                     tracing::error!(entry_id = %entry.id, partition, %error,
-                        "command entry does not decode; dead-lettered with its order's later commands");
+                        "command entry does not decode; dead-lettered with its order's later commands once it heads its order");
                     moved.extend(
                         self.dead_letter(
                             partition,
@@ -168,6 +168,8 @@ impl RedisEngine {
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
         let missing = int(missing).ok_or_else(bad)?;
+        // Nothing moved: completed meanwhile, or (missing < 0) it still waits behind an
+        // earlier command of its order and stays pending until it heads the order.
         if moved.is_empty() {
             return Ok(moved);
         }
