@@ -327,9 +327,12 @@ impl CommandQueue for RedisEngine {
                 remaining
             };
             let fresh = self.read_new(max - batch.len(), block).await?;
-            let (mut fresh, _) = self
+            let (mut fresh, moved) = self
                 .to_received(fresh.into_iter().map(|(k, e)| (k, e, 1)).collect())
                 .await?;
+            // An undecodable head read here took its order's later commands to the dead
+            // letters: one of them may be among those claimed above.
+            batch.retain(|c| !moved.contains(&c.message.message_id));
             self.uncount_waiting(&mut fresh).await?;
             batch.extend(fresh);
             if !batch.is_empty() || tokio::time::Instant::now() >= deadline || block.is_zero() {
