@@ -186,6 +186,8 @@ conformance!(
     waiting_behind_an_earlier_command_is_not_a_failed_receive,
     a_poisoned_head_goes_to_the_dead_letters_with_its_later_commands_in_order,
     an_undecodable_head_goes_to_the_dead_letters_with_its_later_commands,
+    an_undecodable_command_waits_its_turn_before_it_is_dead_lettered,
+    commands_moved_with_an_undecodable_head_read_fresh_are_not_handed_out,
     redrive_puts_an_orders_dead_letters_back_in_order_ahead_of_its_newer_commands,
     different_orders_are_received_together,
     a_batch_applies_each_command_in_order_as_apply_would,
@@ -718,6 +720,115 @@ async fn an_undecodable_head_goes_to_the_dead_letters_with_its_later_commands(h:
         e.apply(&next, None).await.unwrap(),
         ApplyOutcome::Applied { .. }
     ));
+}
+
+/// Issue 12 item 7 (b), Redis: an undecodable command still waiting behind an earlier
+/// command of its order is no poisoned head yet. Dead-lettered at once (with its later
+/// commands) while the earlier one stayed in the gate, redrive would put it ahead of that one;
+/// it goes when it heads its order, and the earlier commands run first.
+async fn an_undecodable_command_waits_its_turn_before_it_is_dead_lettered(h: Harness) {
+    undecodable_behind_earlier_commands(h, 10).await;
+}
+
+/// Redis: a receive that claims a released follower and then reads its order's undecodable
+/// head fresh moves both to the dead letters; the follower must not be handed out with the
+/// batch (its worker would find it gone). Three at a time: P, t1 and t3 first (t2's entry,
+/// written last, is read after them), then t3 (released) is claimed in the receive that
+/// reads t2 at the head.
+async fn commands_moved_with_an_undecodable_head_read_fresh_are_not_handed_out(h: Harness) {
+    undecodable_behind_earlier_commands(h, 3).await;
+}
+
+/// Order o1: P, t1, t2 (undecodable), t3, received `per_receive` at a time and applied in
+/// order; t2 goes to the dead letters with t3 once P and t1 ran, and nothing dead-lettered is
+/// handed out.
+async fn undecodable_behind_earlier_commands(h: Harness, per_receive: usize) {
+    if h.engine_config.kind == herald::config::EngineKind::Memory {
+        return;
+    }
+    let e = &h.engine;
+    let head = accept(e, "o1").await;
+    let t1 = transition("o1", OrderStatus::Preparing);
+    let t2 = transition("o1", OrderStatus::Shipped);
+    let t3 = transition("o1", OrderStatus::Delivered);
+    for t in [&t1, &t2, &t3] {
+        e.enqueue_command(t, None).await.unwrap();
+    }
+    let stream = format!(
+        "{}{}:commands",
+        h.engine_config.key_prefix,
+        herald::config::EngineConfig::hash_tag(partition_of("o1", e.partitions()))
+    );
+    let mut conn = raw_conn(&h, &stream);
+    let entries: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let entry = entries
+        .ids
+        .iter()
+        .find(|id| id.get::<String>("messageId").as_deref() == Some(t2.message_id.as_str()))
+        .expect("t2's entry");
+    let _: i64 = ::redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&entry.id)
+        .query(&mut conn)
+        .unwrap();
+    let _: String = ::redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("messageId")
+        .arg(&t2.message_id)
+        .arg("orderId")
+        .arg("o1")
+        .arg("message")
+        .arg("{nope")
+        .query(&mut conn)
+        .unwrap();
+    let mut applied = Vec::new();
+    for round in 0..60 {
+        for got in receive(e, per_receive).await {
+            let to = if got.message == head {
+                OrderStatus::Confirmed
+            } else {
+                match got.message.command {
+                    Command::Transition { status, .. } => status,
+                    _ => panic!("{got:?}"),
+                }
+            };
+            let change = change_to(e, "o1", to).await;
+            match e.apply(&got, Some(&change)).await.unwrap() {
+                ApplyOutcome::Applied { .. } => applied.push(got.message.message_id.clone()),
+                ApplyOutcome::Blocked => e.release(&got).await.unwrap(),
+                other => panic!("{other:?}"),
+            }
+        }
+        let dead = e.dead_letters(10).await.unwrap();
+        if round == 0 {
+            assert!(
+                dead.is_empty(),
+                "dead-lettered while waiting behind {:?}: {dead:?}",
+                [&head.message_id, &t1.message_id]
+            );
+        }
+        if !dead.is_empty() {
+            break;
+        }
+        // Its delivery expires after the visibility timeout (the waiting t3 is released at
+        // once, so a receive does not wait).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(applied, [head.message_id.clone(), t1.message_id.clone()]);
+    let dead = e.dead_letters(10).await.unwrap();
+    assert_eq!(dead_ids(&dead), [&t2.message_id, &t3.message_id]);
+    assert!(
+        dead[0].reason.starts_with("undecodable"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(dead[1].reason, dead_behind(&t2.message_id));
 }
 
 /// Issue 12 item 7 (c): redrive moves all of an order's dead letters at once (past the

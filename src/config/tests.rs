@@ -134,6 +134,25 @@ fn webhook_schedule_parses_human_durations_and_bad_values_are_refused() {
     }
 }
 
+/// The retention sweep deletes records by age, pending or not: the retention must outlast the
+/// schedule as the sender runs it, each wait with its jitter and doubled for a timeout or a
+/// 429 (the default schedule's 27.6 h becomes about 66 h), not the schedule's plain sum.
+#[test]
+fn delivery_retention_outlasts_the_slowest_retry_schedule() {
+    let load = |retention: &str| {
+        Config::load(
+            None,
+            env(&[("HERALD_WEBHOOKS__DELIVERY_RETENTION", retention)]),
+            &Overrides::default(),
+        )
+    };
+    assert!(
+        load("2d").is_err(),
+        "2 days: retries of a timing-out endpoint run to ~66 h"
+    );
+    assert!(load("3d").is_ok());
+}
+
 #[test]
 fn rate_limits_default_on_for_partners_and_customers_and_a_zero_burst_is_refused() {
     let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();

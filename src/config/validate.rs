@@ -173,13 +173,19 @@ impl Config {
         if !(1..=10_000).contains(&hooks.max_endpoints_per_partner) {
             bail!("webhooks.max_endpoints_per_partner must be between 1 and 10000");
         }
-        let schedule: std::time::Duration = hooks.retry_schedule.iter().sum();
+        // The schedule at its slowest: every wait stretched by the jitter and doubled (a
+        // timeout or a 429 backs off twice as long, see `webhooks::retry`).
+        let schedule: std::time::Duration = hooks
+            .retry_schedule
+            .iter()
+            .map(|wait| wait.mul_f64(2.0 * (1.0 + hooks.jitter)))
+            .sum();
         if hooks.delivery_retention < std::time::Duration::from_secs(1)
             || hooks.delivery_retention <= schedule
         {
             bail!(
-                "webhooks.delivery_retention must be at least 1s and longer than the whole retry_schedule ({}): a delivery must not be deleted while it is still being retried",
-                humantime::format_duration(schedule)
+                "webhooks.delivery_retention must be at least 1s and longer than the whole retry_schedule at its slowest ({}: each wait with the jitter, doubled for timeouts and 429s): a delivery must not be deleted while it is still being retried",
+                humantime::format_duration(std::time::Duration::from_secs(schedule.as_secs()))
             );
         }
         if hooks.delivery_sweep_interval < std::time::Duration::from_millis(100) {

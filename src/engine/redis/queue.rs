@@ -109,7 +109,7 @@ impl RedisEngine {
                         && entry.text("messageId").is_some_and(|m| !m.is_empty()) =>
                 {
                     tracing::error!(entry_id = %entry.id, partition, %error,
-                        "command entry does not decode; dead-lettered with its order's later commands");
+                        "command entry does not decode; dead-lettered with its order's later commands once it heads its order");
                     moved.extend(
                         self.dead_letter(
                             partition,
@@ -168,6 +168,8 @@ impl RedisEngine {
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
         let missing = int(missing).ok_or_else(bad)?;
+        // Nothing moved: completed meanwhile, or (missing < 0) it still waits behind an
+        // earlier command of its order and stays pending until it heads the order.
         if moved.is_empty() {
             return Ok(moved);
         }
@@ -325,9 +327,12 @@ impl CommandQueue for RedisEngine {
                 remaining
             };
             let fresh = self.read_new(max - batch.len(), block).await?;
-            let (mut fresh, _) = self
+            let (mut fresh, moved) = self
                 .to_received(fresh.into_iter().map(|(k, e)| (k, e, 1)).collect())
                 .await?;
+            // An undecodable head read here took its order's later commands to the dead
+            // letters: one of them may be among those claimed above.
+            batch.retain(|c| !moved.contains(&c.message.message_id));
             self.uncount_waiting(&mut fresh).await?;
             batch.extend(fresh);
             if !batch.is_empty() || tokio::time::Instant::now() >= deadline || block.is_zero() {

@@ -15,7 +15,8 @@
 --       8 reason, 9 cmdq key prefix, 10 order hash key prefix, 11 dead-letter index key
 --       prefix (the order id completes each; they carry the same hash tag as KEYS)
 -- Returns: {messageIds moved, in order (the poisoned one first), followers not found}; nothing
--- moved if the entry is gone (completed since the caller read it).
+-- moved if the entry is gone (completed since the caller read it); {{}, -1} and nothing moved
+-- if the command waits behind an earlier command of its order (it stays pending).
 local commands, dlq = KEYS[1], KEYS[2]
 local group, entry, message_id, order_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local raw, receives, dead_at, reason = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -32,6 +33,29 @@ end
 local followers = {}
 local first = redis.call('HGET', order, 'firstCommand')
 local queued = redis.call('LRANGE', cmdq, 0, -1)
+
+-- Only a head is poisoned: a command still waiting behind an earlier unfinished command of
+-- its order (see apply.lua) stays where it is, or the earlier ones would run after it once
+-- redriven (redrive puts dead letters in front of the gate). It goes when it heads its order.
+local behind = false
+if first and first ~= '' and first ~= message_id then
+  for _, id in ipairs(queued) do
+    if id == message_id then
+      behind = true
+      break
+    end
+  end
+elseif first ~= message_id then
+  for i, id in ipairs(queued) do
+    if id == message_id then
+      behind = i > 1
+      break
+    end
+  end
+end
+if behind then
+  return {{}, -1}
+end
 if first == message_id then
   followers = queued
   redis.call('HSET', order, 'firstCommand', '')
