@@ -193,7 +193,8 @@ impl RedisEngine {
                     .push(i);
             }
         }
-        for (partition, indexes) in by_partition {
+        // One script per partition (a script touches one slot), run concurrently.
+        let calls = by_partition.into_iter().map(|(partition, indexes)| {
             let keys = self.keys.part(partition);
             let mut invocation = self.scripts.uncount_waiting.prepare_invoke();
             invocation
@@ -209,10 +210,16 @@ impl RedisEngine {
                     .arg(&command.message.message_id)
                     .arg(&command.message.order_id);
             }
-            let reply = self
-                .run_script("not counting receives of waiting commands", &invocation)
-                .await?;
-            let bad = || corrupt("uncount script returned an unexpected reply");
+            async move {
+                let reply = self
+                    .run_script("not counting receives of waiting commands", &invocation)
+                    .await?;
+                EngineResult::Ok((indexes, reply))
+            }
+        });
+        let replies = futures_util::future::try_join_all(calls).await?;
+        let bad = || corrupt("uncount script returned an unexpected reply");
+        for (indexes, reply) in replies {
             let counts = items(&reply).ok_or_else(bad)?;
             if counts.len() != indexes.len() {
                 return Err(bad());
