@@ -534,15 +534,6 @@ async fn follow(base: &str, after: &str, log: &Mutex<SubscriberLog>, stop: &Atom
 // ---------------------------------------------------------------------------------------------
 // Memory: each node slot's largest VmRSS.
 
-fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
 async fn sample_rss(live: Live, max: Arc<Mutex<BTreeMap<usize, u64>>>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         for (slot, pid) in live.pids() {

@@ -25,17 +25,6 @@ on_both_engines!(
     a_blocked_destination_fails_at_once,
 );
 
-/// Short schedule and timeouts, loopback allowed (blocked by default).
-const WEBHOOKS_TOML: &str = r#"
-[webhooks]
-allow_networks = ["127.0.0.0/8"]
-retry_schedule = ["0s", "200ms", "400ms"]
-jitter = 0.1
-request_timeout = "1s"
-connect_timeout = "500ms"
-lease = "2s"
-"#;
-
 /// Accepts TCP connections and never answers; counts them.
 async fn blackhole() -> (SocketAddr, Arc<Mutex<usize>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

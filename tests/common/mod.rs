@@ -590,3 +590,24 @@ pub fn partner_customer_token(customer: &str, partner: &str, ttl_secs: u64) -> S
     claims["partner_id"] = serde_json::json!(partner);
     hs256_token(&claims)
 }
+
+/// A process's resident memory (`VmRSS` in /proc), in KiB; `None` once it is gone.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Webhooks for tests: loopback sinks allowed (blocked by default), a short retry schedule.
+pub const WEBHOOKS_TOML: &str = r#"
+[webhooks]
+allow_networks = ["127.0.0.0/8"]
+retry_schedule = ["0s", "200ms", "400ms"]
+jitter = 0.1
+request_timeout = "1s"
+connect_timeout = "500ms"
+lease = "2s"
+"#;

@@ -188,17 +188,9 @@ async fn a_second_connection_init_is_refused_and_the_first_principal_stays(kind:
     );
 }
 
-/// The herald process's resident memory, in KiB.
+/// The process's resident memory in KiB (0 once it is gone).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    vm_rss_kib(pid).unwrap_or(0)
 }
 
 /// A WebSocket client whose socket receives through a small window (8 KiB receive buffer), so

@@ -9,16 +9,6 @@ use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
 
-const WEBHOOKS_TOML: &str = r#"
-[webhooks]
-allow_networks = ["127.0.0.0/8"]
-retry_schedule = ["0s", "200ms", "400ms"]
-jitter = 0.1
-request_timeout = "1s"
-connect_timeout = "500ms"
-lease = "2s"
-"#;
-
 async fn create_endpoint(s: &Stack, key: &str, body: Value) -> Value {
     let r = s.post("/v1/webhooks", key, &body).await;
     assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);

@@ -433,17 +433,9 @@ async fn heavy_failing_endpoint() -> (String, Arc<AtomicUsize>) {
     (format!("http://{addr}/heavy"), count)
 }
 
-/// Herald's resident memory in KiB (`VmRSS`).
+/// The process's resident memory in KiB (0 once it is gone).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    vm_rss_kib(pid).unwrap_or(0)
 }
 
 fn redis_used_kib(s: &Stack) -> u64 {
