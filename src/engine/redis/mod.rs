@@ -225,14 +225,24 @@ struct Scripts {
     webhook_sweep: Script,
 }
 
+/// A command-queue script with the functions they share (`scripts/queue_lib.lua`) in front.
+macro_rules! queue_script {
+    ($file:literal) => {
+        concat!(
+            include_str!("scripts/queue_lib.lua"),
+            include_str!(concat!("scripts/", $file))
+        )
+    };
+}
+
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
             apply: Script::new(include_str!("scripts/apply.lua")),
-            claim: Script::new(include_str!("scripts/claim.lua")),
-            redrive: Script::new(include_str!("scripts/redrive.lua")),
-            dead_letter: Script::new(include_str!("scripts/dead_letter.lua")),
-            uncount_waiting: Script::new(include_str!("scripts/uncount_waiting.lua")),
+            claim: Script::new(queue_script!("claim.lua")),
+            redrive: Script::new(queue_script!("redrive.lua")),
+            dead_letter: Script::new(queue_script!("dead_letter.lua")),
+            uncount_waiting: Script::new(queue_script!("uncount_waiting.lua")),
             touch: Script::new(include_str!("scripts/touch.lua")),
             stats: Script::new(include_str!("scripts/stats.lua")),
             abandon: Script::new(include_str!("scripts/abandon.lua")),

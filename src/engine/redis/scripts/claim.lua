@@ -20,18 +20,6 @@ local cursor, want = ARGV[4], tonumber(ARGV[5])
 local max_receives = tonumber(ARGV[6])
 local cmdq_prefix, order_prefix = ARGV[7], ARGV[8]
 
-local function waits_its_turn(order_id, message_id)
-  if not order_id or not message_id then
-    return false
-  end
-  local first = redis.call('HGET', order_prefix .. order_id, 'firstCommand')
-  local position = redis.call('LPOS', cmdq_prefix .. order_id, message_id)
-  if first and first ~= '' and first ~= message_id then
-    return position ~= false
-  end
-  return position ~= false and position > 0
-end
-
 local claimed, poisoned = {}, {}
 -- A few rounds at most: XAUTOCLAIM scans a bounded part of the pending list per call.
 for _ = 1, 4 do
@@ -48,11 +36,8 @@ for _ = 1, 4 do
       if pending[1] then
         deliveries = pending[1][4]
       end
-      local f = {}
-      for i = 1, #raw, 2 do
-        f[raw[i]] = raw[i + 1]
-      end
-      if waits_its_turn(f['orderId'], f['messageId']) then
+      local f = fields_of(raw)
+      if waits_its_turn(order_prefix, cmdq_prefix, f['orderId'], f['messageId']) then
         deliveries = math.max(deliveries - 1, 0)
         redis.call('XCLAIM', commands, group, consumer, 0, id, 'RETRYCOUNT', deliveries, 'JUSTID')
         claimed[#claimed + 1] = {id, deliveries, raw}

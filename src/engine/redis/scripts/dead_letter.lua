@@ -76,14 +76,6 @@ else
   end
 end
 
-local function fields_of(raw_fields)
-  local f = {}
-  for i = 1, #raw_fields, 2 do
-    f[raw_fields[i]] = raw_fields[i + 1]
-  end
-  return f
-end
-
 -- The followers' stream entries, by messageId.
 local wanted, left, found = {}, 0, {}
 for _, id in ipairs(followers) do

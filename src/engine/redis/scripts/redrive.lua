@@ -13,14 +13,6 @@
 local dlq, commands, limit = KEYS[1], KEYS[2], tonumber(ARGV[1])
 local entries = redis.call('XRANGE', dlq, '-', '+', 'COUNT', limit)
 
-local function fields_of(raw)
-  local f = {}
-  for i = 1, #raw, 2 do
-    f[raw[i]] = raw[i + 1]
-  end
-  return f
-end
-
 local moved, seen = 0, {}
 for _, entry in ipairs(entries) do
   if moved >= limit then

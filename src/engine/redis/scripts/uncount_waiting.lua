@@ -10,15 +10,6 @@
 local commands, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local cmdq_prefix, order_prefix = ARGV[3], ARGV[4]
 
-local function waits_its_turn(order_id, message_id)
-  local first = redis.call('HGET', order_prefix .. order_id, 'firstCommand')
-  local position = redis.call('LPOS', cmdq_prefix .. order_id, message_id)
-  if first and first ~= '' and first ~= message_id then
-    return position ~= false
-  end
-  return position ~= false and position > 0
-end
-
 local counts = {}
 for a = 5, #ARGV, 3 do
   local id = ARGV[a]
@@ -26,7 +17,7 @@ for a = 5, #ARGV, 3 do
   local count = 0
   if pending[1] and pending[1][2] == consumer then
     count = pending[1][4]
-    if count > 0 and waits_its_turn(ARGV[a + 2], ARGV[a + 1]) then
+    if count > 0 and waits_its_turn(order_prefix, cmdq_prefix, ARGV[a + 2], ARGV[a + 1]) then
       count = count - 1
       redis.call('XCLAIM', commands, group, consumer, 0, id, 'RETRYCOUNT', count, 'JUSTID')
     end
