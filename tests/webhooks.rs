@@ -54,16 +54,6 @@ async fn create_endpoint(s: &Stack, key: &str, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
-async fn patch(s: &Stack, path: &str, key: &str, body: Value) -> reqwest::Response {
-    s.http
-        .patch(s.herald.url(path))
-        .header("x-api-key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn order(s: &Stack, key: &str, id: &str) {
     let r = s.post("/v1/orders", key, &order_body(id, "cust-1")).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
@@ -241,7 +231,7 @@ async fn gone_disables_the_endpoint_until_it_is_enabled_again(kind: Kind) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sink.received("/gone").len(), 1);
     // Enabling clears the reason.
-    let r = patch(&s, &path, ADMIN_KEY, json!({"enabled": true})).await;
+    let r = s.patch(&path, ADMIN_KEY, &json!({"enabled": true})).await;
     assert_eq!(r.status(), StatusCode::OK);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["enabled"], true);
@@ -394,7 +384,7 @@ async fn partners_see_only_their_own_endpoints_and_deliveries(kind: Kind) {
         );
     }
     assert_eq!(
-        patch(&s, &acme_path, GLOBEX_KEY, json!({"enabled": false}))
+        s.patch(&acme_path, GLOBEX_KEY, &json!({"enabled": false}))
             .await
             .status(),
         StatusCode::NOT_FOUND

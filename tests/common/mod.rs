@@ -434,6 +434,16 @@ impl Stack {
             .expect("request")
     }
 
+    pub async fn patch(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .patch(self.herald.url(path))
+            .header("x-api-key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
         self.http
             .get(self.herald.url(path))

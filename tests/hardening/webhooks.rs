@@ -44,16 +44,6 @@ async fn create_ok(s: &Stack, key: &str, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
-async fn patch(s: &Stack, path: &str, key: &str, body: Value) -> reqwest::Response {
-    s.http
-        .patch(s.herald.url(path))
-        .header("x-api-key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn publish_n(s: &Stack, prefix: &str, n: usize) {
     for i in 0..n {
         s.publish(crate::common::ws::external_event(
@@ -583,9 +573,13 @@ async fn concurrent_patches_and_rotations_lose_no_update(kind: Kind) {
     for round in 0..ROUNDS {
         let description = format!("round {round}");
         let in_flight = (round % 50 + 1) as u64;
+        let (describe, limit) = (
+            json!({"description": description}),
+            json!({"maxInFlight": in_flight}),
+        );
         let (a, b, c) = tokio::join!(
-            patch(&s, &path, ACME_KEY, json!({"description": description})),
-            patch(&s, &path, ACME_KEY, json!({"maxInFlight": in_flight})),
+            s.patch(&path, ACME_KEY, &describe),
+            s.patch(&path, ACME_KEY, &limit),
             s.post(&rotate_path, ACME_KEY, &empty),
         );
         assert_eq!(a.status(), StatusCode::OK);
