@@ -12,6 +12,7 @@ pub const CHECKS: Checks = Checks {
     allow_networks: |cidrs| crate::webhooks::ssrf::AllowList::parse(cidrs).map(drop),
     hs256_min_bytes: crate::auth::MIN_HS256_SECRET_BYTES,
     rs256_key: |pem| crate::auth::rs256_public_key(pem).map(drop),
+    choice: |when| crate::workflow::expr::Expr::parse(when).map(drop),
 };
 
 impl Config {

@@ -113,6 +113,7 @@ impl WsHarness {
         ));
         let node = Node(Arc::new(Shared {
             engine,
+            workflow: Arc::new(crate::workflow::Workflow::plain(config.workflow.clone())),
             keys: keyring(),
             rate_limiter: crate::http::ratelimit::ApiRateLimiter::new(
                 &config.http,

@@ -26,6 +26,8 @@ macro_rules! counters {
             pub extra: OnceLock<ExtraSeries>,
             /// How late webhook attempts start after their due time.
             pub webhook_lateness: Histogram,
+            /// How late workflow timers are queued after their due time.
+            pub timer_lateness: Histogram,
             /// API requests answered 429 by the per-credential rate limit, by role.
             pub api_rate_limited: RoleCounter,
             /// Long-polls (`GET /v1/events?waitMs=`) waiting on this node now.
@@ -42,11 +44,14 @@ macro_rules! counters {
                 let recorder = PrometheusBuilder::new()
                     .set_buckets_for_metric(Matcher::Full(LATENESS.0.into()), &HISTOGRAM_BOUNDS)
                     .unwrap_or_else(|_| unreachable!("HISTOGRAM_BOUNDS is not empty"))
+                    .set_buckets_for_metric(Matcher::Full(TIMER_LATENESS.0.into()), &HISTOGRAM_BOUNDS)
+                    .unwrap_or_else(|_| unreachable!("HISTOGRAM_BOUNDS is not empty"))
                     .build_recorder();
                 Metrics {
                     $( $field: counter(&recorder, $name, $help, Vec::new()), )*
                     extra: OnceLock::new(),
                     webhook_lateness: Histogram::new(&recorder, LATENESS),
+                    timer_lateness: Histogram::new(&recorder, TIMER_LATENESS),
                     api_rate_limited: RoleCounter::new(&recorder, RATE_LIMITED),
                     long_polls_waiting: gauge(&recorder, LONG_POLLS_WAITING),
                     long_polls_refused_credential: refused_long_polls(&recorder, "credential"),
@@ -85,6 +90,12 @@ counters! {
     webhook_endpoints_disabled => "herald_webhook_endpoints_disabled_total", "Endpoints disabled (410 Gone, or failing for webhooks.disable_after).";
     webhook_deferred => "herald_webhook_deferred_total", "Deliveries put back a little later without an attempt because their endpoint was at its in-flight or rate limit.";
     webhook_sender_errors => "herald_webhook_sender_errors_total", "Sender engine calls that failed (the delivery is taken again when its lease ends).";
+    workflow_calls => "herald_workflow_calls_total", "HTTP calls made by workflow task and callback steps.";
+    workflow_call_failures => "herald_workflow_call_failures_total", "Workflow step calls that failed (timeout, connect, 4xx, 5xx, refused, invalid).";
+    workflow_retries => "herald_workflow_retries_scheduled_total", "Failed workflow steps put on a retry timer.";
+    workflow_caught => "herald_workflow_caught_total", "Failed workflow steps routed to a status by a catcher.";
+    workflow_timers_fired => "herald_workflow_timers_fired_total", "Workflow timers (waits, retries, callback timeouts) turned into commands by this node.";
+    workflow_callbacks => "herald_workflow_callbacks_total", "Callback task tokens completed (success or failure) through the API on this node.";
     webhook_events_lost => "herald_webhook_events_lost_total", "Events trimmed from the event log (retention) before any dispatcher read them, found by this node: no endpoint received them (GET /v1/webhooks/{id} shows the ranges).";
 }
 
@@ -94,6 +105,10 @@ type Family = (&'static str, &'static str);
 const LATENESS: Family = (
     "herald_webhook_attempt_lateness_seconds",
     "How long after its due time a webhook attempt started.",
+);
+const TIMER_LATENESS: Family = (
+    "herald_workflow_timer_lateness_seconds",
+    "How long after its due time a workflow timer was queued as a command.",
 );
 const RATE_LIMITED: Family = (
     "herald_api_rate_limited_total",

@@ -129,6 +129,57 @@ pub struct OrderRecord {
     pub order: Order,
     pub status: StatusRecord,
     pub history: Vec<HistoryEntry>,
+    /// The workflow's step history, oldest first (the newest `workflow.step_history_limit`);
+    /// empty for statuses without an action.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRecord>,
+    /// The order's open callback wait, if any (never shown: the worker asks it).
+    #[serde(skip)]
+    pub open_wait: Option<String>,
+}
+
+/// One entry of an order's step history (Step Functions' execution history, per order): what
+/// happened in which status, with the attempt, its outcome and latency where there was one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRecord {
+    /// What happened: `stateEntered`, `taskSucceeded`, `taskFailed`, `retryScheduled`,
+    /// `caught`, `waitStarted`, `waitElapsed`, `callbackSent`, `callbackSucceeded`,
+    /// `callbackFailed`, `callbackTimedOut`, `transitionChosen`, `stepFailed`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The status whose step this is, and the version the order entered it at (the attempt
+    /// series).
+    pub status: OrderStatus,
+    pub version: u64,
+    /// The step's name in the workflow definition.
+    pub step: String,
+    /// When it happened (RFC 3339).
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// The HTTP status the service answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// The error class of a failure: `timeout`, `connect`, `5xx`, `4xx`, `refused` (the SSRF
+    /// guard), `invalid` (a response the step cannot use), `callback`, `timedOut`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Words for an operator (never a secret, never an address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// When a retry, a wait or a callback's timeout is due (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<String>,
+    /// The status the step chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<OrderStatus>,
+    /// The service's answer or the callback's result (JSON), size-bounded
+    /// (`workflow.max_response_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<serde_json::Value>,
 }
 
 /// An event as it is stored in the event log (field `event` of a stream entry). The entry id is

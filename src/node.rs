@@ -24,6 +24,8 @@ pub struct Node(pub Arc<Shared>);
 
 pub struct Shared {
     pub engine: Arc<dyn Engine>,
+    /// The workflow with its compiled steps, and the key its callback tokens are signed with.
+    pub workflow: Arc<crate::workflow::Workflow>,
     pub config: Config,
     pub keys: KeyRing,
     /// Per-credential token buckets (`[http] rate_limit_*`), checked by [`Shared::admit`].

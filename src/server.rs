@@ -138,8 +138,20 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     ));
+    let token_key = if config.workflow.task_token_secret.is_empty() {
+        // Validation refuses an empty secret where tokens must outlive the process (Redis
+        // with a callback step); here they live as long as the memory engine's orders.
+        crate::workflow::token::TokenKey::random()
+    } else {
+        crate::workflow::token::TokenKey::new(config.workflow.task_token_secret.as_bytes())
+    };
+    let workflow = Arc::new(
+        crate::workflow::Workflow::new(config.workflow.clone(), token_key)
+            .map_err(|e| anyhow::anyhow!(e))?,
+    );
     let state = Node(Arc::new(Shared {
         engine: engine.clone(),
+        workflow: workflow.clone(),
         keys: KeyRing::from_config(&config.auth).context("loading [auth] keys")?,
         rate_limiter: ApiRateLimiter::new(&config.http, std::time::Instant::now()),
         config: config.clone(),
@@ -161,14 +173,22 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         background.spawn(long_polls.watch(engine.clone()));
     }
     if roles.worker {
+        let timers = Arc::new(Notify::new());
         let worker = Worker::new(
             engine.clone(),
-            config.workflow.clone(),
+            workflow.clone(),
             config.worker.clone(),
             config.queue.visibility_timeout,
             metrics.clone(),
-        );
+            timers.clone(),
+        )?;
         background.spawn(worker.run(shutdown.clone()));
+        background.spawn(crate::worker::timers::run(
+            engine.clone(),
+            metrics.clone(),
+            timers,
+            shutdown.clone(),
+        ));
     }
     if roles.webhooks {
         let client = ssrf::client(

@@ -232,6 +232,7 @@ mod tests {
             visibility_timeout: Duration::from_secs(30),
             max_receives: 5,
             history_limit: 10,
+            step_history_limit: 100,
             event_retention: RETENTION,
             consumer_name: "test".into(),
         }))

@@ -40,6 +40,7 @@ fn settings(consumer: &str) -> EngineSettings {
         visibility_timeout: VISIBILITY,
         max_receives: 3,
         history_limit: 5,
+        step_history_limit: 4,
         event_retention: 50,
         consumer_name: consumer.into(),
     }
@@ -235,6 +236,33 @@ conformance!(
     create_endpoint_counts_and_inserts_in_one_step_per_partner,
     patch_and_rotate_change_only_their_fields,
     sweep_deletes_old_records_and_every_record_of_a_deleted_endpoint,
+    // Workflow steps (issue 13).
+    a_change_writes_its_step_records_in_the_same_step,
+    step_records_are_kept_oldest_first_and_capped,
+    a_change_queues_its_follow_up_behind_the_orders_earlier_commands,
+    a_timer_is_not_receivable_before_it_is_due_and_fires_once,
+    concurrent_sweeps_fire_each_timer_once,
+    timers_fire_earliest_first_up_to_the_limit,
+    a_fired_timer_queues_behind_the_orders_earlier_commands,
+    pending_timers_and_next_due_ms_follow_the_schedule,
+    a_refused_change_writes_none_of_its_steps,
+    a_batch_writes_each_changes_steps,
+    a_step_on_a_stale_version_writes_nothing,
+    a_step_waits_behind_its_orders_earlier_commands,
+    a_step_sets_the_open_wait_or_leaves_it_as_it_is,
+    a_status_change_closes_the_open_wait,
+    a_wait_is_claimed_once_and_its_command_queued_behind_earlier_ones,
+    claiming_a_wait_of_an_unknown_order_is_refused,
+    a_timeout_loses_to_a_callback_that_claimed_the_wait_first,
+    a_timeout_that_claims_the_open_wait_fires_and_closes_it,
+    a_timeout_of_a_status_the_order_left_is_dropped,
+    a_waiting_receiver_wakes_when_a_timer_fires,
+    a_waiting_receiver_wakes_when_a_wait_is_claimed,
+    heads_its_order_answers_the_fifo_gate_apply_checks_and_writes_nothing,
+    an_orders_heartbeat_timer_is_replaced_not_added,
+    a_heartbeat_is_refused_unless_its_wait_is_open,
+    a_heartbeat_timer_that_lost_its_wait_is_dropped,
+    the_order_shows_its_open_wait,
 );
 
 fn order(id: &str) -> Order {
@@ -910,7 +938,7 @@ async fn a_batch_applies_each_command_in_order_as_apply_would(h: Harness) {
             .unwrap();
         match c.message.command {
             Command::ProcessOrder { .. } => index,
-            Command::Transition { .. } => 3,
+            Command::Transition { .. } | Command::Step { .. } => 3,
         }
     });
     let status = e.order_status("o1").await.unwrap().unwrap();
@@ -2882,4 +2910,1109 @@ async fn sweep_deletes_old_records_and_every_record_of_a_deleted_endpoint(h: Har
     );
     assert_eq!(e.sweep_deliveries("ep_gone", 0, 10).await.unwrap(), 1);
     assert_eq!(e.sweep_targets().await.unwrap(), vec!["ep_1".to_string()]);
+}
+
+// ---- Workflow steps (issue 13) ----
+//
+// Timer due times are plain numbers far in the future, chosen by the tests: the engine never
+// reads a clock for them (`fire_due_timers` is told the time), so nothing here sleeps.
+
+/// A due time no real clock reaches during the tests (2096).
+const T0: u64 = 4_000_000_000_000;
+
+fn step_command(
+    order_id: &str,
+    status: OrderStatus,
+    version: u64,
+    action: StepAction,
+) -> NewCommand {
+    command(
+        order_id,
+        Command::Step {
+            status,
+            version,
+            action,
+        },
+    )
+}
+
+/// The first attempt of a step's task, with a retrier's count so the content is not trivial.
+fn first_attempt(order_id: &str, status: OrderStatus, version: u64) -> NewCommand {
+    step_command(
+        order_id,
+        status,
+        version,
+        StepAction::Attempt {
+            attempt: 1,
+            retries: vec![0, 2],
+        },
+    )
+}
+
+fn elapsed(order_id: &str, status: OrderStatus, version: u64) -> NewCommand {
+    step_command(
+        order_id,
+        status,
+        version,
+        StepAction::Elapsed {
+            attempt: 0,
+            retries: vec![],
+            heartbeat: false,
+        },
+    )
+}
+
+/// A heartbeat deadline's command.
+fn beat(order_id: &str, status: OrderStatus, version: u64) -> NewCommand {
+    step_command(
+        order_id,
+        status,
+        version,
+        StepAction::Elapsed {
+            attempt: 1,
+            retries: vec![1],
+            heartbeat: true,
+        },
+    )
+}
+
+fn callback(order_id: &str, status: OrderStatus, version: u64) -> NewCommand {
+    step_command(
+        order_id,
+        status,
+        version,
+        StepAction::Callback {
+            attempt: 1,
+            succeeded: true,
+            result: Some(serde_json::json!({"carrier": "ups", "legs": [1, 2]})),
+        },
+    )
+}
+
+fn step_record(kind: &str, status: OrderStatus, version: u64) -> StepRecord {
+    StepRecord {
+        kind: kind.into(),
+        status,
+        version,
+        step: format!("step-{}", status.as_str()),
+        at: now_rfc3339(),
+        attempt: Some(1),
+        status_code: Some(503),
+        error: Some("5xx".into()),
+        detail: Some(format!("{kind} detail")),
+        latency_ms: Some(12),
+        due_at: None,
+        next: None,
+        response: Some(serde_json::json!({"kind": kind})),
+    }
+}
+
+fn queue_now(command: &NewCommand) -> Option<FollowUp> {
+    Some(FollowUp {
+        command: command.clone(),
+        due_ms: None,
+        claims_wait: None,
+    })
+}
+
+fn timer(command: &NewCommand, due_ms: u64, claims_wait: Option<&str>) -> Option<FollowUp> {
+    Some(FollowUp {
+        command: command.clone(),
+        due_ms: Some(due_ms),
+        claims_wait: claims_wait.map(str::to_owned),
+    })
+}
+
+/// Commands in the queue, received or not (whatever the visibility timeout did meanwhile).
+async fn queued(e: &Arc<dyn Engine>) -> u64 {
+    let stats = e.queue_stats().await.unwrap();
+    stats.visible + stats.in_flight
+}
+
+async fn step_kinds(e: &Arc<dyn Engine>, order_id: &str) -> Vec<String> {
+    let record = e.order(order_id).await.unwrap().unwrap();
+    record.steps.into_iter().map(|s| s.kind).collect()
+}
+
+/// Queues `cmd` and receives it (it must be the only command queued).
+async fn queue_and_receive(e: &Arc<dyn Engine>, cmd: &NewCommand) -> ReceivedCommand {
+    let outcome = e.enqueue_command(cmd, None).await.unwrap();
+    assert_eq!(outcome, EnqueueOutcome::Enqueued);
+    let got = receive_one(e).await;
+    assert_eq!(&got.message, cmd);
+    got
+}
+
+/// Accepts `order_id`, receives its processOrder command and applies the change to
+/// `confirmed` (version 2) with `steps`.
+async fn confirm_with(e: &Arc<dyn Engine>, order_id: &str, steps: StepWrites) {
+    accept(e, order_id).await;
+    let got = receive_one(e).await;
+    let mut change = change_to(e, order_id, OrderStatus::Confirmed).await;
+    change.steps = steps;
+    let outcome = e.apply(&got, Some(&change)).await.unwrap();
+    assert!(
+        matches!(outcome, ApplyOutcome::Applied { event_id: Some(_) }),
+        "{outcome:?}"
+    );
+}
+
+/// Accepts `order_id` and confirms it with a callback wait `wait_id` open, whose timeout is a
+/// timer at `due_ms` claiming it. Returns the timer's command.
+async fn confirm_waiting(
+    e: &Arc<dyn Engine>,
+    order_id: &str,
+    wait_id: &str,
+    due_ms: u64,
+) -> NewCommand {
+    let timeout = elapsed(order_id, OrderStatus::Confirmed, 2);
+    confirm_with(
+        e,
+        order_id,
+        StepWrites {
+            heartbeat: None,
+            records: vec![step_record("callbackSent", OrderStatus::Confirmed, 2)],
+            follow_up: timer(&timeout, due_ms, Some(wait_id)),
+            open_wait: Some(wait_id.into()),
+        },
+    )
+    .await;
+    timeout
+}
+
+/// Fires every timer due at `now_ms` (a generous limit); returns the due times fired, sorted
+/// (partitions fire in no set order between them).
+async fn fire(e: &Arc<dyn Engine>, now_ms: u64) -> TimerSweep {
+    let mut sweep = e.fire_due_timers(now_ms, 1000).await.unwrap();
+    sweep.fired.sort_unstable();
+    sweep
+}
+
+async fn a_change_writes_its_step_records_in_the_same_step(h: Harness) {
+    let e = &h.engine;
+    let records = vec![
+        step_record("stateEntered", OrderStatus::Confirmed, 2),
+        step_record("taskFailed", OrderStatus::Confirmed, 2),
+    ];
+    confirm_with(
+        e,
+        "o1",
+        StepWrites {
+            heartbeat: None,
+            records: records.clone(),
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    let record = e.order("o1").await.unwrap().unwrap();
+    assert_eq!(record.status.version, 2);
+    assert_eq!(record.steps, records, "content intact, oldest first");
+    assert_eq!(record.history.len(), 2);
+    assert_eq!(events(e).await.len(), 2);
+}
+
+async fn step_records_are_kept_oldest_first_and_capped(h: Harness) {
+    let e = &h.engine;
+    assert_eq!(h.settings.step_history_limit, 4);
+    let v2 = |kind: &str| step_record(kind, OrderStatus::Confirmed, 2);
+    confirm_with(
+        e,
+        "o1",
+        StepWrites {
+            heartbeat: None,
+            records: vec![v2("a"), v2("b"), v2("c")],
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    assert_eq!(step_kinds(e, "o1").await, ["a", "b", "c"]);
+    let got = queue_and_receive(e, &first_attempt("o1", OrderStatus::Confirmed, 2)).await;
+    let newest = vec![v2("d"), v2("e")];
+    let writes = StepWrites {
+        heartbeat: None,
+        records: newest.clone(),
+        ..StepWrites::default()
+    };
+    assert_eq!(
+        e.apply_step(&got, 2, &writes).await.unwrap(),
+        ApplyOutcome::Applied { event_id: None }
+    );
+    assert_eq!(
+        step_kinds(e, "o1").await,
+        ["b", "c", "d", "e"],
+        "the newest step_history_limit, oldest first"
+    );
+    let record = e.order("o1").await.unwrap().unwrap();
+    assert_eq!(record.steps[2..], newest[..], "content intact");
+}
+
+async fn a_change_queues_its_follow_up_behind_the_orders_earlier_commands(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let head = receive_one(e).await;
+    // A transition queued while the head runs: the follow-up goes behind it.
+    let cancel = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&cancel, None).await.unwrap();
+    let attempt = first_attempt("o1", OrderStatus::Confirmed, 2);
+    let mut change = change_to(e, "o1", OrderStatus::Confirmed).await;
+    change.steps = StepWrites {
+        heartbeat: None,
+        follow_up: queue_now(&attempt),
+        ..StepWrites::default()
+    };
+    assert!(matches!(
+        e.apply(&head, Some(&change)).await.unwrap(),
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    assert_eq!(e.pending_timers().await.unwrap(), 0, "queued, not a timer");
+    let batch = receive(e, 10).await;
+    let messages: Vec<&NewCommand> = batch.iter().map(|c| &c.message).collect();
+    assert_eq!(
+        messages,
+        [&cancel, &attempt],
+        "per-order FIFO, content intact"
+    );
+    let status = e.order_status("o1").await.unwrap().unwrap();
+    assert_eq!(
+        e.apply_step(&batch[1], status.version, &StepWrites::default())
+            .await
+            .unwrap(),
+        ApplyOutcome::Blocked,
+        "the follow-up waits for the earlier transition"
+    );
+    let change = change_to(e, "o1", OrderStatus::Cancelled).await;
+    e.apply(&batch[0], Some(&change)).await.unwrap();
+    // The order left `confirmed` meanwhile: the step is acknowledged as stale by the worker.
+    assert_eq!(
+        e.apply_step(&batch[1], 2, &StepWrites::default())
+            .await
+            .unwrap(),
+        ApplyOutcome::Stale { current_version: 3 }
+    );
+}
+
+async fn a_timer_is_not_receivable_before_it_is_due_and_fires_once(h: Harness) {
+    let e = &h.engine;
+    let attempt = first_attempt("o1", OrderStatus::Confirmed, 2);
+    confirm_with(
+        e,
+        "o1",
+        StepWrites {
+            heartbeat: None,
+            follow_up: timer(&attempt, T0, None),
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    assert_eq!(e.pending_timers().await.unwrap(), 1);
+    assert!(receive(e, 10).await.is_empty(), "held by the timer");
+    let early = fire(e, T0 - 1).await;
+    assert_eq!(
+        early,
+        TimerSweep {
+            fired: vec![],
+            next_due_ms: Some(T0)
+        }
+    );
+    assert!(receive(e, 10).await.is_empty(), "not due yet");
+    let due = fire(e, T0).await;
+    assert_eq!(
+        due,
+        TimerSweep {
+            fired: vec![T0],
+            next_due_ms: None
+        }
+    );
+    assert_eq!(e.pending_timers().await.unwrap(), 0);
+    let got = receive_one(e).await;
+    assert_eq!(
+        got.message, attempt,
+        "the command comes out as it was scheduled"
+    );
+    assert_eq!(
+        fire(e, T0 + 1_000).await,
+        TimerSweep::default(),
+        "fired once"
+    );
+    assert!(receive(e, 10).await.is_empty());
+}
+
+async fn concurrent_sweeps_fire_each_timer_once(h: Harness) {
+    let e = &h.engine;
+    let other = h.second_consumer().await;
+    let mut scheduled = Vec::new();
+    for i in 0..6 {
+        let id = format!("o{i}");
+        let attempt = first_attempt(&id, OrderStatus::Confirmed, 2);
+        confirm_with(
+            e,
+            &id,
+            StepWrites {
+                heartbeat: None,
+                follow_up: timer(&attempt, T0 + i, None),
+                ..StepWrites::default()
+            },
+        )
+        .await;
+        scheduled.push(attempt);
+    }
+    let (a, b) = tokio::join!(
+        e.fire_due_timers(T0 + 10, 1000),
+        other.fire_due_timers(T0 + 10, 1000)
+    );
+    let mut fired = [a.unwrap().fired, b.unwrap().fired].concat();
+    fired.sort_unstable();
+    assert_eq!(fired, (0..6).map(|i| T0 + i).collect::<Vec<_>>());
+    assert_eq!(e.pending_timers().await.unwrap(), 0);
+    let mut got: Vec<NewCommand> = receive(e, 100)
+        .await
+        .into_iter()
+        .map(|c| c.message)
+        .collect();
+    got.sort_by(|x, y| x.order_id.cmp(&y.order_id));
+    assert_eq!(got, scheduled, "each timer's command queued exactly once");
+}
+
+async fn timers_fire_earliest_first_up_to_the_limit(h: Harness) {
+    let e = &h.engine;
+    // Three timers of one order (one partition), scheduled out of due order.
+    let first = elapsed("o1", OrderStatus::Confirmed, 2);
+    confirm_with(
+        e,
+        "o1",
+        StepWrites {
+            heartbeat: None,
+            follow_up: timer(&first, T0 + 300, None),
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    let mut commands = vec![first];
+    for due in [T0 + 100, T0 + 200] {
+        let later = first_attempt("o1", OrderStatus::Confirmed, 2);
+        let got = queue_and_receive(e, &first_attempt("o1", OrderStatus::Confirmed, 2)).await;
+        let writes = StepWrites {
+            heartbeat: None,
+            follow_up: timer(&later, due, None),
+            ..StepWrites::default()
+        };
+        e.apply_step(&got, 2, &writes).await.unwrap();
+        commands.push(later);
+    }
+    assert_eq!(e.pending_timers().await.unwrap(), 3);
+    let sweep = e.fire_due_timers(T0 + 1_000, 1).await.unwrap();
+    assert_eq!(sweep.fired, [T0 + 100], "the earliest, and only `limit`");
+    assert_eq!(sweep.next_due_ms, Some(T0 + 200));
+    assert_eq!(e.pending_timers().await.unwrap(), 2);
+    let sweep = e.fire_due_timers(T0 + 1_000, 1000).await.unwrap();
+    assert_eq!(sweep.fired, [T0 + 200, T0 + 300], "earliest first");
+    assert_eq!(sweep.next_due_ms, None);
+    let got: Vec<NewCommand> = receive(e, 10)
+        .await
+        .into_iter()
+        .map(|c| c.message)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            commands[1].clone(),
+            commands[2].clone(),
+            commands[0].clone()
+        ],
+        "queued in due order"
+    );
+}
+
+async fn a_fired_timer_queues_behind_the_orders_earlier_commands(h: Harness) {
+    let e = &h.engine;
+    let due = elapsed("o1", OrderStatus::Confirmed, 2);
+    confirm_with(
+        e,
+        "o1",
+        StepWrites {
+            heartbeat: None,
+            follow_up: timer(&due, T0, None),
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    let cancel = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&cancel, None).await.unwrap();
+    assert_eq!(fire(e, T0).await.fired, [T0]);
+    let batch = receive(e, 10).await;
+    let messages: Vec<&NewCommand> = batch.iter().map(|c| &c.message).collect();
+    assert_eq!(messages, [&cancel, &due]);
+    assert_eq!(
+        e.apply_step(&batch[1], 2, &StepWrites::default())
+            .await
+            .unwrap(),
+        ApplyOutcome::Blocked
+    );
+}
+
+async fn pending_timers_and_next_due_ms_follow_the_schedule(h: Harness) {
+    let e = &h.engine;
+    assert_eq!(e.pending_timers().await.unwrap(), 0);
+    assert_eq!(fire(e, T0).await, TimerSweep::default());
+    // Orders of (on partitioned engines) different partitions.
+    for (id, due) in [("o1", T0 + 300), ("o2", T0 + 100), ("o3", T0 + 200)] {
+        let cmd = elapsed(id, OrderStatus::Confirmed, 2);
+        confirm_with(
+            e,
+            id,
+            StepWrites {
+                heartbeat: None,
+                follow_up: timer(&cmd, due, None),
+                ..StepWrites::default()
+            },
+        )
+        .await;
+    }
+    assert_eq!(e.pending_timers().await.unwrap(), 3);
+    let sweep = fire(e, T0).await;
+    assert_eq!(sweep.fired, Vec::<u64>::new());
+    assert_eq!(sweep.next_due_ms, Some(T0 + 100), "the earliest of all");
+    let sweep = fire(e, T0 + 150).await;
+    assert_eq!(sweep.fired, [T0 + 100]);
+    assert_eq!(sweep.next_due_ms, Some(T0 + 200));
+    assert_eq!(e.pending_timers().await.unwrap(), 2);
+    let sweep = fire(e, T0 + 1_000).await;
+    assert_eq!(sweep.fired, [T0 + 200, T0 + 300]);
+    assert_eq!(sweep.next_due_ms, None);
+    assert_eq!(e.pending_timers().await.unwrap(), 0);
+}
+
+async fn a_refused_change_writes_none_of_its_steps(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let cancel = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&cancel, None).await.unwrap();
+    let batch = receive(e, 10).await;
+    assert_eq!(batch.len(), 2);
+    let steps_for = |version: u64| StepWrites {
+        heartbeat: timer(
+            &beat("o1", OrderStatus::Cancelled, version),
+            T0 + 1,
+            Some("w1"),
+        ),
+        records: vec![step_record("stateEntered", OrderStatus::Cancelled, version)],
+        follow_up: timer(&elapsed("o1", OrderStatus::Cancelled, version), T0, None),
+        open_wait: Some("w1".into()),
+    };
+    let nothing_written = || async {
+        assert!(step_kinds(e, "o1").await.is_empty());
+        assert_eq!(e.pending_timers().await.unwrap(), 0);
+        assert_eq!(
+            e.claim_wait("o1", "w1", &callback("o1", OrderStatus::Cancelled, 2))
+                .await
+                .unwrap(),
+            ClaimOutcome::NotWaiting
+        );
+    };
+    // Blocked: the transition waits for the processOrder command.
+    let mut change = change_to(e, "o1", OrderStatus::Cancelled).await;
+    change.steps = steps_for(2);
+    assert_eq!(
+        e.apply(&batch[1], Some(&change)).await.unwrap(),
+        ApplyOutcome::Blocked
+    );
+    nothing_written().await;
+    // Stale: the order is not at the version the change was decided on.
+    let mut status = e.order_status("o1").await.unwrap().unwrap();
+    status.version = 7;
+    let mut stale = herald::workflow::status_change(&status, OrderStatus::Confirmed, None);
+    stale.steps = StepWrites {
+        follow_up: queue_now(&first_attempt("o1", OrderStatus::Confirmed, 8)),
+        ..steps_for(8)
+    };
+    assert_eq!(
+        e.apply(&batch[0], Some(&stale)).await.unwrap(),
+        ApplyOutcome::Stale { current_version: 1 }
+    );
+    nothing_written().await;
+    // AlreadyDone: a second delivery of an applied command.
+    let copy = batch[0].clone();
+    e.apply(&batch[0], None).await.unwrap();
+    assert_eq!(
+        e.apply(&copy, Some(&change)).await.unwrap(),
+        ApplyOutcome::AlreadyDone
+    );
+    nothing_written().await;
+    assert_eq!(e.order_status("o1").await.unwrap().unwrap().version, 1);
+    assert_eq!(
+        queued(e).await,
+        1,
+        "only the transition: no follow-up queued"
+    );
+}
+
+async fn a_batch_writes_each_changes_steps(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    accept(e, "o2").await;
+    let batch = receive(e, 10).await;
+    assert_eq!(batch.len(), 2);
+    let of = |id: &str| batch.iter().find(|c| c.message.order_id == id).unwrap();
+    let attempt = first_attempt("o1", OrderStatus::Confirmed, 2);
+    let mut change1 = change_to(e, "o1", OrderStatus::Confirmed).await;
+    change1.steps = StepWrites {
+        heartbeat: None,
+        records: vec![step_record("stateEntered", OrderStatus::Confirmed, 2)],
+        follow_up: queue_now(&attempt),
+        open_wait: None,
+    };
+    let timeout = elapsed("o2", OrderStatus::Confirmed, 2);
+    let mut change2 = change_to(e, "o2", OrderStatus::Confirmed).await;
+    change2.steps = StepWrites {
+        heartbeat: None,
+        records: vec![step_record("callbackSent", OrderStatus::Confirmed, 2)],
+        follow_up: timer(&timeout, T0, Some("w2")),
+        open_wait: Some("w2".into()),
+    };
+    let outcomes = e
+        .apply_batch(&[(of("o1"), Some(&change1)), (of("o2"), Some(&change2))])
+        .await
+        .unwrap();
+    for outcome in outcomes {
+        assert!(matches!(
+            outcome.unwrap(),
+            ApplyOutcome::Applied { event_id: Some(_) }
+        ));
+    }
+    assert_eq!(step_kinds(e, "o1").await, ["stateEntered"]);
+    assert_eq!(step_kinds(e, "o2").await, ["callbackSent"]);
+    assert_eq!(receive_one(e).await.message, attempt);
+    assert_eq!(e.pending_timers().await.unwrap(), 1);
+    assert_eq!(fire(e, T0).await.fired, [T0], "the wait w2 was open");
+    assert_eq!(receive_one(e).await.message, timeout);
+}
+
+async fn a_step_on_a_stale_version_writes_nothing(h: Harness) {
+    let e = &h.engine;
+    confirm_with(e, "o1", StepWrites::default()).await;
+    let got = queue_and_receive(e, &first_attempt("o1", OrderStatus::Confirmed, 1)).await;
+    let next = first_attempt("o1", OrderStatus::Confirmed, 2);
+    let writes = StepWrites {
+        heartbeat: timer(&beat("o1", OrderStatus::Confirmed, 2), T0, Some("w1")),
+        records: vec![step_record("taskFailed", OrderStatus::Confirmed, 2)],
+        follow_up: queue_now(&next),
+        open_wait: Some("w1".into()),
+    };
+    assert_eq!(
+        e.apply_step(&got, 1, &writes).await.unwrap(),
+        ApplyOutcome::Stale { current_version: 2 }
+    );
+    assert!(step_kinds(e, "o1").await.is_empty());
+    assert_eq!(e.pending_timers().await.unwrap(), 0, "no heartbeat timer");
+    assert_eq!(
+        queued(e).await,
+        1,
+        "only the step itself: no follow-up queued"
+    );
+    assert_eq!(
+        e.claim_wait("o1", "w1", &callback("o1", OrderStatus::Confirmed, 2))
+            .await
+            .unwrap(),
+        ClaimOutcome::NotWaiting,
+        "no wait opened"
+    );
+    // Decided again on the current version, it applies: no event, no version change.
+    assert_eq!(
+        e.apply_step(&got, 2, &writes).await.unwrap(),
+        ApplyOutcome::Applied { event_id: None }
+    );
+    let record = e.order("o1").await.unwrap().unwrap();
+    assert_eq!(
+        (record.status.status, record.status.version),
+        (OrderStatus::Confirmed, 2)
+    );
+    assert_eq!(record.history.len(), 2);
+    assert_eq!(step_kinds(e, "o1").await, ["taskFailed"]);
+    assert_eq!(e.pending_timers().await.unwrap(), 1, "the heartbeat timer");
+    assert_eq!(events(e).await.len(), 2, "a step makes no event");
+    assert_eq!(receive_one(e).await.message, next);
+    // Delivered again, the acknowledged step writes nothing more.
+    assert_eq!(
+        e.apply_step(&got, 2, &writes).await.unwrap(),
+        ApplyOutcome::AlreadyDone
+    );
+    assert_eq!(step_kinds(e, "o1").await, ["taskFailed"]);
+}
+
+async fn a_step_waits_behind_its_orders_earlier_commands(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let step = first_attempt("o1", OrderStatus::Accepted, 1);
+    e.enqueue_command(&step, None).await.unwrap();
+    let batch = receive(e, 10).await;
+    assert_eq!(batch.len(), 2);
+    assert_eq!(batch[1].message, step);
+    let writes = StepWrites {
+        heartbeat: None,
+        records: vec![step_record("taskSucceeded", OrderStatus::Accepted, 1)],
+        ..StepWrites::default()
+    };
+    assert_eq!(
+        e.apply_step(&batch[1], 1, &writes).await.unwrap(),
+        ApplyOutcome::Blocked
+    );
+    assert!(step_kinds(e, "o1").await.is_empty());
+    e.apply(&batch[0], None).await.unwrap();
+    assert_eq!(
+        e.apply_step(&batch[1], 1, &writes).await.unwrap(),
+        ApplyOutcome::Applied { event_id: None }
+    );
+    assert_eq!(step_kinds(e, "o1").await, ["taskSucceeded"]);
+}
+
+async fn a_step_sets_the_open_wait_or_leaves_it_as_it_is(h: Harness) {
+    let e = &h.engine;
+    confirm_with(e, "o1", StepWrites::default()).await;
+    let open = |wait: Option<&str>| StepWrites {
+        heartbeat: None,
+        open_wait: wait.map(str::to_owned),
+        ..StepWrites::default()
+    };
+    let got = queue_and_receive(e, &first_attempt("o1", OrderStatus::Confirmed, 2)).await;
+    e.apply_step(&got, 2, &open(Some("w1"))).await.unwrap();
+    // A step without a wait of its own leaves w1 open.
+    let got = queue_and_receive(e, &first_attempt("o1", OrderStatus::Confirmed, 2)).await;
+    e.apply_step(&got, 2, &open(None)).await.unwrap();
+    let done = callback("o1", OrderStatus::Confirmed, 2);
+    assert_eq!(
+        e.claim_wait("o1", "w1", &done).await.unwrap(),
+        ClaimOutcome::Queued
+    );
+    let got = receive_one(e).await;
+    assert_eq!(got.message, done);
+    // A step with a wait of its own replaces the open one.
+    e.apply_step(&got, 2, &open(Some("w2"))).await.unwrap();
+    let got = queue_and_receive(e, &first_attempt("o1", OrderStatus::Confirmed, 2)).await;
+    e.apply_step(&got, 2, &open(Some("w3"))).await.unwrap();
+    assert_eq!(
+        e.claim_wait("o1", "w2", &done).await.unwrap(),
+        ClaimOutcome::NotWaiting
+    );
+    assert_eq!(
+        e.claim_wait("o1", "w3", &done).await.unwrap(),
+        ClaimOutcome::Queued
+    );
+}
+
+async fn a_status_change_closes_the_open_wait(h: Harness) {
+    let e = &h.engine;
+    confirm_with(
+        e,
+        "o1",
+        StepWrites {
+            heartbeat: None,
+            open_wait: Some("w1".into()),
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    // A change without steps closes w1.
+    let got = queue_and_receive(e, &transition("o1", OrderStatus::Preparing)).await;
+    let change = change_to(e, "o1", OrderStatus::Preparing).await;
+    e.apply(&got, Some(&change)).await.unwrap();
+    let done = callback("o1", OrderStatus::Confirmed, 2);
+    assert_eq!(
+        e.claim_wait("o1", "w1", &done).await.unwrap(),
+        ClaimOutcome::NotWaiting
+    );
+    // A change whose status opens a wait of its own: that one is open, and only that one.
+    let got = queue_and_receive(
+        e,
+        &command(
+            "o1",
+            Command::Transition {
+                status: OrderStatus::Shipped,
+                reason: None,
+            },
+        ),
+    )
+    .await;
+    let mut change = change_to(e, "o1", OrderStatus::Shipped).await;
+    change.steps = StepWrites {
+        heartbeat: None,
+        open_wait: Some("w2".into()),
+        ..StepWrites::default()
+    };
+    e.apply(&got, Some(&change)).await.unwrap();
+    let done = callback("o1", OrderStatus::Shipped, 4);
+    assert_eq!(
+        e.claim_wait("o1", "w1", &done).await.unwrap(),
+        ClaimOutcome::NotWaiting
+    );
+    assert_eq!(
+        e.claim_wait("o1", "w2", &done).await.unwrap(),
+        ClaimOutcome::Queued
+    );
+    assert_eq!(receive_one(e).await.message, done);
+}
+
+async fn a_wait_is_claimed_once_and_its_command_queued_behind_earlier_ones(h: Harness) {
+    let e = &h.engine;
+    confirm_with(
+        e,
+        "o1",
+        StepWrites {
+            heartbeat: None,
+            open_wait: Some("w1".into()),
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    let cancel = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&cancel, None).await.unwrap();
+    let done = callback("o1", OrderStatus::Confirmed, 2);
+    assert_eq!(
+        e.claim_wait("o1", "w1", &done).await.unwrap(),
+        ClaimOutcome::Queued
+    );
+    let again = callback("o1", OrderStatus::Confirmed, 2);
+    assert_eq!(
+        e.claim_wait("o1", "w1", &again).await.unwrap(),
+        ClaimOutcome::NotWaiting,
+        "a callback token works once"
+    );
+    let batch = receive(e, 10).await;
+    let messages: Vec<&NewCommand> = batch.iter().map(|c| &c.message).collect();
+    assert_eq!(messages, [&cancel, &done], "per-order FIFO, content intact");
+}
+
+async fn claiming_a_wait_of_an_unknown_order_is_refused(h: Harness) {
+    let e = &h.engine;
+    let done = callback("nope", OrderStatus::Confirmed, 2);
+    assert_eq!(
+        e.claim_wait("nope", "w1", &done).await.unwrap(),
+        ClaimOutcome::UnknownOrder
+    );
+    assert!(receive(e, 10).await.is_empty());
+}
+
+async fn a_timeout_loses_to_a_callback_that_claimed_the_wait_first(h: Harness) {
+    let e = &h.engine;
+    confirm_waiting(e, "o1", "w1", T0).await;
+    let done = callback("o1", OrderStatus::Confirmed, 2);
+    assert_eq!(
+        e.claim_wait("o1", "w1", &done).await.unwrap(),
+        ClaimOutcome::Queued
+    );
+    let sweep = fire(e, T0).await;
+    assert_eq!(sweep.fired, Vec::<u64>::new(), "dropped, not fired");
+    assert_eq!(sweep.next_due_ms, None);
+    assert_eq!(e.pending_timers().await.unwrap(), 0, "removed");
+    let got: Vec<NewCommand> = receive(e, 10)
+        .await
+        .into_iter()
+        .map(|c| c.message)
+        .collect();
+    assert_eq!(got, [done], "only the callback's command");
+}
+
+async fn a_timeout_that_claims_the_open_wait_fires_and_closes_it(h: Harness) {
+    let e = &h.engine;
+    let timeout = confirm_waiting(e, "o1", "w1", T0).await;
+    assert_eq!(fire(e, T0).await.fired, [T0]);
+    assert_eq!(receive_one(e).await.message, timeout);
+    assert_eq!(
+        e.claim_wait("o1", "w1", &callback("o1", OrderStatus::Confirmed, 2))
+            .await
+            .unwrap(),
+        ClaimOutcome::NotWaiting,
+        "the late callback is refused"
+    );
+    assert!(receive(e, 10).await.is_empty());
+}
+
+async fn a_timeout_of_a_status_the_order_left_is_dropped(h: Harness) {
+    let e = &h.engine;
+    confirm_waiting(e, "o1", "w1", T0).await;
+    let got = queue_and_receive(e, &transition("o1", OrderStatus::Cancelled)).await;
+    let change = change_to(e, "o1", OrderStatus::Cancelled).await;
+    e.apply(&got, Some(&change)).await.unwrap();
+    let sweep = fire(e, T0).await;
+    assert_eq!(sweep.fired, Vec::<u64>::new());
+    assert_eq!(e.pending_timers().await.unwrap(), 0);
+    assert!(receive(e, 10).await.is_empty());
+}
+
+async fn a_waiting_receiver_wakes_when_a_timer_fires(h: Harness) {
+    let e = h.engine.clone();
+    let due = elapsed("o1", OrderStatus::Confirmed, 2);
+    confirm_with(
+        &e,
+        "o1",
+        StepWrites {
+            heartbeat: None,
+            follow_up: timer(&due, T0, None),
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    let receiver = {
+        let e = e.clone();
+        tokio::spawn(async move { e.receive_batch(10, Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fire(&e, T0).await.fired, [T0]);
+    let got = tokio::time::timeout(Duration::from_secs(3), receiver)
+        .await
+        .expect("receiver woke before its wait ran out")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message, due);
+}
+
+async fn a_waiting_receiver_wakes_when_a_wait_is_claimed(h: Harness) {
+    let e = h.engine.clone();
+    confirm_with(
+        &e,
+        "o1",
+        StepWrites {
+            heartbeat: None,
+            open_wait: Some("w1".into()),
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    let receiver = {
+        let e = e.clone();
+        tokio::spawn(async move { e.receive_batch(10, Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let done = callback("o1", OrderStatus::Confirmed, 2);
+    assert_eq!(
+        e.claim_wait("o1", "w1", &done).await.unwrap(),
+        ClaimOutcome::Queued
+    );
+    let got = tokio::time::timeout(Duration::from_secs(3), receiver)
+        .await
+        .expect("receiver woke before its wait ran out")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message, done);
+}
+
+async fn heads_its_order_answers_the_fifo_gate_apply_checks_and_writes_nothing(h: Harness) {
+    let e = &h.engine;
+    accept(e, "o1").await;
+    let cancel = transition("o1", OrderStatus::Cancelled);
+    e.enqueue_command(&cancel, None).await.unwrap();
+    let batch = receive(e, 10).await;
+    assert_eq!(batch.len(), 2);
+    let (first, second) = (&batch[0], &batch[1]);
+    assert!(e.heads_its_order(first).await.unwrap(), "the processOrder");
+    assert!(
+        !e.heads_its_order(second).await.unwrap(),
+        "behind the processOrder"
+    );
+    // Asking changed nothing: apply sees the same gate.
+    assert_eq!(queued(e).await, 2);
+    assert_eq!(e.apply(second, None).await.unwrap(), ApplyOutcome::Blocked);
+    e.apply(first, None).await.unwrap();
+    assert!(
+        e.heads_its_order(first).await.unwrap(),
+        "completed: apply would say AlreadyDone, not Blocked"
+    );
+    assert!(e.heads_its_order(second).await.unwrap(), "its turn now");
+    // Commands queued after the first: the oldest heads, the others wait.
+    let steps: Vec<NewCommand> = (0..2)
+        .map(|_| first_attempt("o1", OrderStatus::Accepted, 1))
+        .collect();
+    for step in &steps {
+        e.enqueue_command(step, None).await.unwrap();
+    }
+    let later = receive(e, 10).await;
+    assert_eq!(later.len(), 2);
+    assert!(
+        !e.heads_its_order(&later[0]).await.unwrap(),
+        "behind the transition"
+    );
+    e.apply(second, None).await.unwrap();
+    assert!(e.heads_its_order(&later[0]).await.unwrap());
+    assert!(!e.heads_its_order(&later[1]).await.unwrap());
+    assert_eq!(
+        e.apply_step(&later[1], 1, &StepWrites::default())
+            .await
+            .unwrap(),
+        ApplyOutcome::Blocked,
+        "as heads_its_order said"
+    );
+    assert_eq!(
+        e.apply_step(&later[0], 1, &StepWrites::default())
+            .await
+            .unwrap(),
+        ApplyOutcome::Applied { event_id: None }
+    );
+    assert!(e.heads_its_order(&later[1]).await.unwrap());
+}
+
+async fn an_orders_heartbeat_timer_is_replaced_not_added(h: Harness) {
+    let e = &h.engine;
+    // Confirmed with a callback wait w1: its timeout at T0 + 1000 and a heartbeat at T0.
+    let timeout = elapsed("o1", OrderStatus::Confirmed, 2);
+    confirm_with(
+        e,
+        "o1",
+        StepWrites {
+            records: vec![step_record("callbackSent", OrderStatus::Confirmed, 2)],
+            follow_up: timer(&timeout, T0 + 1_000, Some("w1")),
+            open_wait: Some("w1".into()),
+            heartbeat: timer(&beat("o1", OrderStatus::Confirmed, 2), T0, Some("w1")),
+        },
+    )
+    .await;
+    assert_eq!(
+        e.pending_timers().await.unwrap(),
+        2,
+        "timeout and heartbeat"
+    );
+    assert_eq!(fire(e, T0 - 1).await.next_due_ms, Some(T0));
+    // The callback's heartbeat moves the deadline: the old timer leaves the schedule.
+    let moved = beat("o1", OrderStatus::Confirmed, 2);
+    assert_eq!(
+        e.heartbeat(
+            "o1",
+            "w1",
+            timer(&moved, T0 + 500, Some("w1")).as_ref().unwrap()
+        )
+        .await
+        .unwrap(),
+        ClaimOutcome::Queued
+    );
+    assert_eq!(e.pending_timers().await.unwrap(), 2, "replaced, not added");
+    let sweep = fire(e, T0 + 100).await;
+    assert_eq!(sweep.fired, Vec::<u64>::new(), "the old deadline is gone");
+    assert_eq!(sweep.next_due_ms, Some(T0 + 500));
+    // A step's heartbeat replaces it too (and leaves the open wait as it is).
+    let got = queue_and_receive(e, &first_attempt("o1", OrderStatus::Confirmed, 2)).await;
+    let last = beat("o1", OrderStatus::Confirmed, 2);
+    let writes = StepWrites {
+        heartbeat: timer(&last, T0 + 600, Some("w1")),
+        ..StepWrites::default()
+    };
+    assert_eq!(
+        e.apply_step(&got, 2, &writes).await.unwrap(),
+        ApplyOutcome::Applied { event_id: None }
+    );
+    assert_eq!(e.pending_timers().await.unwrap(), 2, "replaced, not added");
+    let sweep = fire(e, T0 + 550).await;
+    assert_eq!(sweep.fired, Vec::<u64>::new(), "T0 + 500 is gone");
+    assert_eq!(sweep.next_due_ms, Some(T0 + 600));
+    // Due, it fires like any timer: it claims the wait and queues its command.
+    assert_eq!(fire(e, T0 + 600).await.fired, [T0 + 600]);
+    assert_eq!(receive_one(e).await.message, last, "content intact");
+    assert_eq!(
+        e.order("o1").await.unwrap().unwrap().open_wait,
+        None,
+        "the heartbeat deadline closed the wait"
+    );
+    // The timeout lost the wait to it: dropped when due.
+    assert_eq!(fire(e, T0 + 1_000).await, TimerSweep::default());
+    assert_eq!(e.pending_timers().await.unwrap(), 0);
+    assert!(receive(e, 10).await.is_empty());
+}
+
+async fn a_heartbeat_is_refused_unless_its_wait_is_open(h: Harness) {
+    let e = &h.engine;
+    let at = |due: u64| timer(&beat("o1", OrderStatus::Confirmed, 2), due, Some("w1")).unwrap();
+    assert_eq!(
+        e.heartbeat("o1", "w1", &at(T0)).await.unwrap(),
+        ClaimOutcome::UnknownOrder
+    );
+    confirm_with(e, "o1", StepWrites::default()).await;
+    assert_eq!(
+        e.heartbeat("o1", "w1", &at(T0)).await.unwrap(),
+        ClaimOutcome::NotWaiting,
+        "no wait open"
+    );
+    assert_eq!(e.pending_timers().await.unwrap(), 0, "nothing written");
+    let got = queue_and_receive(e, &first_attempt("o1", OrderStatus::Confirmed, 2)).await;
+    let writes = StepWrites {
+        open_wait: Some("w1".into()),
+        heartbeat: Some(at(T0 + 100)),
+        ..StepWrites::default()
+    };
+    e.apply_step(&got, 2, &writes).await.unwrap();
+    assert_eq!(
+        e.heartbeat("o1", "w2", &at(T0 + 200)).await.unwrap(),
+        ClaimOutcome::NotWaiting,
+        "another wait"
+    );
+    assert_eq!(e.pending_timers().await.unwrap(), 1);
+    let sweep = fire(e, T0).await;
+    assert_eq!(
+        sweep.next_due_ms,
+        Some(T0 + 100),
+        "the refused heartbeat replaced nothing"
+    );
+    // Claimed by the callback, the wait is closed: a heartbeat after it is refused.
+    let done = callback("o1", OrderStatus::Confirmed, 2);
+    assert_eq!(
+        e.claim_wait("o1", "w1", &done).await.unwrap(),
+        ClaimOutcome::Queued
+    );
+    assert_eq!(
+        e.heartbeat("o1", "w1", &at(T0 + 300)).await.unwrap(),
+        ClaimOutcome::NotWaiting
+    );
+    assert_eq!(fire(e, T0).await.next_due_ms, Some(T0 + 100));
+}
+
+async fn a_heartbeat_timer_that_lost_its_wait_is_dropped(h: Harness) {
+    let e = &h.engine;
+    confirm_with(
+        e,
+        "o1",
+        StepWrites {
+            open_wait: Some("w1".into()),
+            heartbeat: timer(&beat("o1", OrderStatus::Confirmed, 2), T0, Some("w1")),
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    // The order moves on (closing w1) before the heartbeat deadline.
+    let got = queue_and_receive(e, &transition("o1", OrderStatus::Cancelled)).await;
+    let change = change_to(e, "o1", OrderStatus::Cancelled).await;
+    e.apply(&got, Some(&change)).await.unwrap();
+    assert_eq!(e.pending_timers().await.unwrap(), 1);
+    let sweep = fire(e, T0).await;
+    assert_eq!(sweep, TimerSweep::default(), "dropped, not fired");
+    assert_eq!(e.pending_timers().await.unwrap(), 0);
+    assert!(receive(e, 10).await.is_empty());
+}
+
+async fn the_order_shows_its_open_wait(h: Harness) {
+    let e = &h.engine;
+    let open_wait = |id: &'static str| async move { e.order(id).await.unwrap().unwrap().open_wait };
+    confirm_with(e, "o1", StepWrites::default()).await;
+    assert_eq!(open_wait("o1").await, None, "never opened");
+    confirm_with(
+        e,
+        "o2",
+        StepWrites {
+            open_wait: Some("w1".into()),
+            ..StepWrites::default()
+        },
+    )
+    .await;
+    assert_eq!(open_wait("o2").await.as_deref(), Some("w1"));
+    let done = callback("o2", OrderStatus::Confirmed, 2);
+    e.claim_wait("o2", "w1", &done).await.unwrap();
+    assert_eq!(open_wait("o2").await, None, "claimed: closed");
+    let got = receive_one(e).await;
+    let writes = StepWrites {
+        open_wait: Some("w2".into()),
+        ..StepWrites::default()
+    };
+    e.apply_step(&got, 2, &writes).await.unwrap();
+    assert_eq!(open_wait("o2").await.as_deref(), Some("w2"));
+    let got = queue_and_receive(e, &transition("o2", OrderStatus::Cancelled)).await;
+    let change = change_to(e, "o2", OrderStatus::Cancelled).await;
+    e.apply(&got, Some(&change)).await.unwrap();
+    assert_eq!(open_wait("o2").await, None, "a status change closes it");
 }

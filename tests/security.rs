@@ -131,6 +131,10 @@ const ROUTES: &[Route] = &[
     route("GET", "/v1/admin/dlq", [401, 403, 403, 200]),
     route("POST", "/v1/admin/dlq/redrive", [401, 403, 403, 200]),
     route("GET", "/v1/admin/events/malformed", [401, 403, 403, 200]),
+    // No callback step is waiting: a token that does not verify is no task, for anyone.
+    route("POST", "/v1/tasks/{token}/success", [401, 403, 404, 404]),
+    route("POST", "/v1/tasks/{token}/failure", [401, 403, 404, 404]),
+    route("POST", "/v1/tasks/{token}/heartbeat", [401, 403, 404, 404]),
     route("DELETE", "/v1/webhooks/{webhook_id}", [401, 403, 404, 204]),
 ];
 
@@ -260,6 +264,10 @@ fn concrete(path: &str, f: &Fixture) -> String {
     path.replace("{order_id}", "gx-ord-7f3")
         .replace("{webhook_id}", &f.endpoint_b)
         .replace("{delivery_id}", &f.delivery_b)
+        .replace(
+            "{token}",
+            "htt1.Z3gtb3JkLTdmMw.accepted.1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )
 }
 
 fn body_for(method: &str, path: &str, role: usize) -> Option<Value> {
@@ -283,6 +291,8 @@ fn body_for(method: &str, path: &str, role: usize) -> Option<Value> {
             Some(json!({"since": "2020-01-01T00:00:00Z"}))
         }
         ("POST", "/graphql" | "/graphql/realtime") => Some(order_query),
+        ("POST", "/v1/tasks/{token}/success" | "/v1/tasks/{token}/failure") => Some(json!({})),
+        ("POST", "/v1/tasks/{token}/heartbeat") => None,
         _ => None,
     }
 }

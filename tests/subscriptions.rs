@@ -497,6 +497,37 @@ async fn console_page_shows_an_orders_events_live_in_chromium() {
     );
 }
 
+/// The console lists the workflow steps of the order it is subscribed to (issue 13): a wait
+/// step on `accepted` holds a new order 300 ms, then moves it to `confirmed`.
+#[tokio::test]
+async fn console_page_shows_the_workflow_steps_of_the_order_in_chromium() {
+    let s = Stack::start_with(
+        Kind::Memory,
+        "[workflow.steps.accepted]\nname = \"hold\"\ntype = \"wait\"\nafter = \"300ms\"\nnext = \"confirmed\"\n",
+    );
+    let mut c = Command::new("node");
+    c.arg("console-browser.mjs")
+        .args(["--url", &s.herald.url("/"), "--key", ADMIN_KEY])
+        .args(["--order", "web-steps-1", "--expect", "CONFIRMED"])
+        .args(["--expect-step", "waitElapsed", "--timeout-ms", "30000"]);
+    let mut browser = ClientProc::spawn(c);
+    browser.ready().await;
+    s.order(ADMIN_KEY, "web-steps-1", "cust-1").await;
+    let (ok, lines) = browser.finish().await;
+    assert!(ok, "{lines:?}");
+    let kinds: Vec<&str> = lines[0]["steps"]
+        .as_array()
+        .expect("the steps table")
+        .iter()
+        .filter_map(|row| row["What"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["stateEntered", "waitStarted", "waitElapsed"],
+        "{lines:?}"
+    );
+}
+
 // ---- protocol corners and limits, with a raw client (engine-independent) ----
 
 const ALL: &str = "subscription { onOrderUpdated { orderId version } }";

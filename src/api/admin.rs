@@ -41,7 +41,8 @@ pub async fn queues(State(state): State<Node>, principal: Principal) -> ApiResul
             "deadLetters": stats.dead_letters,
             "visibilityTimeoutMs": state.config.queue.visibility_timeout.as_millis() as u64,
             "maxReceives": state.config.queue.max_receives,
-        }
+        },
+        "workflowTimers": state.engine.pending_timers().await?,
     })))
 }
 

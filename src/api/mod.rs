@@ -1,12 +1,13 @@
 //! The HTTP API (DESIGN 1.2): routing and the request plumbing every handler uses
 //! (the caller extractor, JSON bodies, idempotency); the state they share is [`crate::node`]. Handlers live per resource: `orders.rs`,
-//! `events.rs`, `webhooks.rs`, `admin.rs`, `health.rs`. Handlers talk to the engine only.
+//! `events.rs`, `tasks.rs`, `webhooks.rs`, `admin.rs`, `health.rs`. Handlers talk to the engine only.
 
 pub mod admin;
 pub mod events;
 mod fields;
 pub mod health;
 pub mod orders;
+pub mod tasks;
 pub mod webhooks;
 
 /// The node's state every handler reads.
@@ -48,6 +49,9 @@ pub fn routes(api: bool) -> Routes<Node> {
             "/v1/orders/{order_id}/transitions",
             orders::create_transition,
         )
+        .post("/v1/tasks/{token}/success", tasks::succeed)
+        .post("/v1/tasks/{token}/failure", tasks::fail)
+        .post("/v1/tasks/{token}/heartbeat", tasks::heartbeat)
         .get("/v1/events", events::list_events)
         .post("/v1/events", events::publish_event)
         .post("/v1/webhooks", webhooks::create_endpoint)

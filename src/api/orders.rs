@@ -368,6 +368,10 @@ pub async fn get_order(
         map.insert("version".into(), json!(record.status.version));
         map.insert("updatedAt".into(), json!(record.status.updated_at));
         map.insert("history".into(), json!(record.history));
+        // The workflow's steps name services and their answers: partners and admins only.
+        if !matches!(principal, Principal::Customer { .. }) && !record.steps.is_empty() {
+            map.insert("steps".into(), json!(record.steps));
+        }
     }
     Ok(Json(body))
 }

@@ -11,6 +11,7 @@
 
 mod layers;
 mod sections;
+mod steps;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -19,6 +20,10 @@ pub use layers::Overrides;
 pub use sections::{
     AuthConfig, EngineConfig, EngineKind, GraphqlConfig, HttpConfig, JwtConfig, PartnerKey,
     PushConfig, QueueConfig, WebhooksConfig, WorkerConfig, WorkflowConfig,
+};
+pub use steps::{
+    CatchConfig, ChoiceConfig, ERROR_CLASSES, Jitter, RequestConfig, RetryConfig, StepConfig,
+    StepKind,
 };
 pub use validate::{Checks, MIN_HEADER_BYTES};
 

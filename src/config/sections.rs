@@ -4,6 +4,7 @@
 //! a combination of values is acceptable is `validate`'s question, and where values come from
 //! is `layers`'.
 
+use super::steps::StepConfig;
 use crate::model::OrderStatus;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -220,6 +221,22 @@ pub struct WorkflowConfig {
     pub currencies: Vec<String>,
     /// The transition table: status -> statuses it may move to.
     pub transitions: BTreeMap<OrderStatus, Vec<OrderStatus>>,
+    /// The steps: per status, the action run when an order enters it (`config/steps.rs`).
+    /// None by default: the worker confirms or rejects a new order and every later move comes
+    /// through the API.
+    pub steps: BTreeMap<OrderStatus, StepConfig>,
+    /// Step records each order keeps (the newest).
+    pub step_history_limit: usize,
+    /// Networks (CIDRs) a step's HTTP call may reach although the SSRF guard blocks them
+    /// (private, loopback...): the services a workflow calls usually live there.
+    pub allow_networks: Vec<String>,
+    /// Signs callback task tokens (at least 32 bytes). Required with the Redis engine when a
+    /// step is a callback (every node must verify the tokens of the others); the memory
+    /// engine draws one at start-up when it is empty.
+    pub task_token_secret: String,
+    /// The largest part of a service's answer (or a callback's result) kept in the step
+    /// history, in bytes; a longer JSON answer is kept as `{"truncated": true}`.
+    pub max_response_bytes: usize,
 }
 
 impl Default for WorkflowConfig {
@@ -235,6 +252,11 @@ impl Default for WorkflowConfig {
                 (Preparing, vec![Shipped, Cancelled]),
                 (Shipped, vec![Delivered]),
             ]),
+            steps: BTreeMap::new(),
+            step_history_limit: 100,
+            allow_networks: Vec::new(),
+            task_token_secret: String::new(),
+            max_response_bytes: 4096,
         }
     }
 }
@@ -460,9 +482,16 @@ impl Default for WebhooksConfig {
 }
 
 /// Durations are written the human way: `"30s"`, `"5m"`, `"250ms"`.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+}
+
+pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {

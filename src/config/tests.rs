@@ -345,6 +345,7 @@ fn validation_refuses_through_the_checks_it_is_given() {
         allow_networks: |_| Err("webhooks.allow_networks: refused by the caller".into()),
         hs256_min_bytes: 64,
         rs256_key: |_| anyhow::bail!("auth.jwt.rs256_public_key_pem: refused by the caller"),
+        choice: |_| Err("refused by the caller".into()),
     };
     let load = |pairs: &[(&str, &str)]| {
         Config::load_with(None, env(pairs), &Overrides::default(), &refuse_all)
@@ -370,4 +371,82 @@ fn validation_refuses_through_the_checks_it_is_given() {
         format!("{err:#}"),
         "auth.jwt.hs256_secret must be at least 64 bytes"
     );
+}
+
+#[test]
+fn the_example_workflow_loads_with_its_three_kinds_of_step() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/workflow-example.toml");
+    let c = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap();
+    let kinds: Vec<(crate::model::OrderStatus, StepKind)> = c
+        .workflow
+        .steps
+        .iter()
+        .map(|(s, step)| (*s, step.kind))
+        .collect();
+    use crate::model::OrderStatus::*;
+    assert_eq!(
+        kinds,
+        [
+            (Accepted, StepKind::Callback),
+            (Confirmed, StepKind::Task),
+            (Shipped, StepKind::Wait)
+        ]
+    );
+    let warehouse = &c.workflow.steps[&Confirmed];
+    assert_eq!(warehouse.retry[0].max_attempts, 3);
+    assert_eq!(warehouse.retry[0].delay(2), Duration::from_secs(2));
+    // A callback on Redis needs a shared token secret.
+    let err = Config::load(
+        Some(&path),
+        env(&[("HERALD_ENGINE__KIND", "redis")]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("task_token_secret"), "{err:#}");
+}
+
+#[test]
+fn malformed_steps_are_refused_naming_the_key() {
+    let refused = |toml: &str| {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "{toml}").unwrap();
+        format!(
+            "{:#}",
+            Config::load(Some(f.path()), env(&[]), &Overrides::default()).unwrap_err()
+        )
+    };
+    let task = "[workflow.steps.confirmed]\ntype = \"task\"\ndefault = \"preparing\"\n[workflow.steps.confirmed.request]\nurl = \"http://127.0.0.1:1/\"\n";
+    for (extra, expected) in [
+        ("", "none"),
+        (
+            "[[workflow.steps.confirmed.choices]]\nwhen = \"status = 200\"\nnext = \"preparing\"\n",
+            "workflow.steps.confirmed: choice `status = 200`",
+        ),
+        (
+            "[[workflow.steps.confirmed.choices]]\nwhen = \"status == 200\"\nnext = \"delivered\"\n",
+            "does not allow from `confirmed`",
+        ),
+        (
+            "[[workflow.steps.confirmed.catch]]\nerrors = [\"boom\"]\nnext = \"cancelled\"\n",
+            "unknown error class `boom`",
+        ),
+        (
+            "[[workflow.steps.confirmed.retry]]\nerrors = [\"5xx\"]\nbackoff_rate = 0.5\n",
+            "backoff_rate",
+        ),
+    ] {
+        let toml = format!("{task}{extra}");
+        if expected == "none" {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            writeln!(f, "{toml}").unwrap();
+            Config::load(Some(f.path()), env(&[]), &Overrides::default()).unwrap();
+        } else {
+            let err = refused(&toml);
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+    let err = refused("[workflow.steps.shipped]\ntype = \"wait\"\nnext = \"delivered\"\n");
+    assert!(err.contains("needs `after` or `until`"), "{err}");
+    let err = refused("[workflow.steps.confirmed]\ntype = \"task\"\ndefault = \"preparing\"\n");
+    assert!(err.contains("needs a `request`"), "{err}");
 }

@@ -23,6 +23,8 @@ pub struct Checks {
     pub hs256_min_bytes: usize,
     /// Parses a non-empty `auth.jwt.rs256_public_key_pem`.
     pub rs256_key: fn(&str) -> anyhow::Result<()>,
+    /// Parses a workflow choice expression (`workflow.steps.<status>.choices[].when`).
+    pub choice: fn(&str) -> Result<(), String>,
 }
 
 impl Config {
@@ -34,6 +36,42 @@ impl Config {
             bail!(
                 "workflow.transitions: `accepted` must allow `confirmed` and `rejected` (the worker's outcomes)"
             );
+        }
+        for (status, step) in &wf.steps {
+            let key = format!("workflow.steps.{status}");
+            step.check().map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+            for target in step.targets() {
+                if !wf.allows(*status, target) {
+                    bail!(
+                        "{key}: moves to `{target}`, which workflow.transitions does not allow from `{status}`"
+                    );
+                }
+            }
+            for choice in &step.choices {
+                (checks.choice)(&choice.when)
+                    .map_err(|e| anyhow::anyhow!("{key}: choice `{}`: {e}", choice.when))?;
+            }
+        }
+        if wf.step_history_limit == 0 {
+            bail!("workflow.step_history_limit must be at least 1");
+        }
+        if !wf.task_token_secret.is_empty() && wf.task_token_secret.len() < 32 {
+            bail!("workflow.task_token_secret must be at least 32 bytes");
+        }
+        if self.engine.kind == EngineKind::Redis
+            && wf.task_token_secret.is_empty()
+            && wf
+                .steps
+                .values()
+                .any(|s| s.kind == super::StepKind::Callback)
+        {
+            bail!(
+                "workflow.task_token_secret is required with the redis engine when a step is a callback (every node must verify the tokens the others issued)"
+            );
+        }
+        if !wf.allow_networks.is_empty() {
+            (checks.allow_networks)(&wf.allow_networks)
+                .map_err(|e| anyhow::anyhow!("workflow.allow_networks: {e}"))?;
         }
         if self.queue.max_receives == 0 {
             bail!("queue.max_receives must be at least 1");

@@ -9,6 +9,7 @@
 //! | `log.rs` | [`EventLog`] | the event log, and the one decoder of its entries |
 //! | `idempotency.rs` | [`IdempotencyStore`] | `Idempotency-Key` claims and replays |
 //! | `webhook.rs` | [`WebhookStore`](webhook::WebhookStore) | endpoints, deliveries, retry schedule |
+//! | `steps.rs` | [`StepStore`] | workflow step history, durable timers, callback waits |
 //!
 //! This file keeps only what ties them together: [`Engine`], [`EngineError`], the settings and
 //! [`open`]. `memory/` implements the seam inside the process, `redis/` on Redis streams and
@@ -28,12 +29,14 @@ pub mod memory;
 pub mod orders;
 pub mod queue;
 pub mod redis;
+pub mod steps;
 pub mod webhook;
 
 pub use idempotency::*;
 pub use log::*;
 pub use orders::*;
 pub use queue::*;
+pub use steps::*;
 
 use crate::config::Config;
 use async_trait::async_trait;
@@ -55,7 +58,7 @@ pub type EngineResult<T> = Result<T, EngineError>;
 
 #[async_trait]
 pub trait Engine:
-    OrderStore + CommandQueue + EventLog + IdempotencyStore + webhook::WebhookStore
+    OrderStore + CommandQueue + EventLog + IdempotencyStore + StepStore + webhook::WebhookStore
 {
     /// `memory` or `redis`.
     fn kind(&self) -> &'static str;
@@ -147,6 +150,8 @@ pub struct EngineSettings {
     pub visibility_timeout: Duration,
     pub max_receives: u32,
     pub history_limit: usize,
+    /// Step records an order keeps (the newest; `workflow.step_history_limit`).
+    pub step_history_limit: usize,
     pub event_retention: u64,
     /// Identifies this process as a queue consumer (Redis consumer name).
     pub consumer_name: String,
@@ -158,6 +163,7 @@ impl EngineSettings {
             visibility_timeout: config.queue.visibility_timeout,
             max_receives: config.queue.max_receives,
             history_limit: config.engine.history_limit,
+            step_history_limit: config.workflow.step_history_limit,
             event_retention: config.engine.event_retention,
             consumer_name,
         }

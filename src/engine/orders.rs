@@ -4,7 +4,7 @@
 //! step, so an engine can make each call atomic. It never decides the workflow (which
 //! transition is allowed, what an event says): the caller hands it the decided change.
 
-use super::{EngineResult, IdempotentResponse, NewCommand, ReceivedCommand};
+use super::{EngineResult, IdempotentResponse, NewCommand, ReceivedCommand, StepWrites};
 use crate::model::{EventId, Order, OrderEvent, OrderRecord, StatusRecord};
 use async_trait::async_trait;
 
@@ -16,6 +16,9 @@ pub struct StatusChange {
     pub event: OrderEvent,
     /// Reason recorded in the order's history (also carried in `event.data` when set).
     pub reason: Option<String>,
+    /// The workflow's writes for the status entered (its step records, the command or timer
+    /// that runs its action), made in the same step. The change also closes any open wait.
+    pub steps: StepWrites,
 }
 
 /// What happened to a command the worker tried to complete.

@@ -26,6 +26,50 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// Carry on the workflow step of `status`, which the order entered at `version`: run its
+    /// action, or act on its timer or its callback's result. Queued with the change that
+    /// entered the status, by a timer when due, or by `POST /v1/tasks/{token}/...`. A step of
+    /// a status the order has left (its version moved on) is acknowledged without effect.
+    #[serde(rename = "step")]
+    Step {
+        status: OrderStatus,
+        version: u64,
+        action: StepAction,
+    },
+}
+
+/// What a [`Command::Step`] does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum StepAction {
+    /// Make attempt `attempt` (1 = the first) of the step's HTTP call. `retries` counts the
+    /// retries each of the step's retriers has spent so far (Step Functions counts per
+    /// retrier).
+    Attempt {
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        retries: Vec<u32>,
+    },
+    /// The step's timer is due: a wait elapsed, or a callback's timeout (`heartbeat`: its
+    /// heartbeat deadline) for the callback's attempt `attempt`, with the retries its retriers
+    /// had spent (0 and empty for a wait).
+    Elapsed {
+        #[serde(default)]
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        retries: Vec<u32>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        heartbeat: bool,
+    },
+    /// The callback's token came back: `succeeded`, with the caller's JSON `result` (or error).
+    Callback {
+        /// The attempt whose token came back.
+        #[serde(default)]
+        attempt: u32,
+        succeeded: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<serde_json::Value>,
+    },
 }
 
 /// A command to enqueue. `message_id` is chosen by the caller (a UUID) so it can be returned to

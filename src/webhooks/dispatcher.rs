@@ -460,6 +460,7 @@ pub(crate) mod tests {
             visibility_timeout: Duration::from_secs(30),
             max_receives: 3,
             history_limit: 5,
+            step_history_limit: 100,
             event_retention: 100,
             consumer_name: "n1".into(),
         }))

@@ -4,13 +4,15 @@
 //
 //   node console-browser.mjs --url http://127.0.0.1:PORT/ --key KEY --order ORDERID \
 //     --expect CONFIRMED [--customer CUSTOMERID] [--timeout-ms T] [--screenshot PATH] \
-//     [--ready-file PATH] [--chromium /usr/bin/chromium]
+//     [--ready-file PATH] [--expect-step KIND] [--chromium /usr/bin/chromium]
 //
 // Exit 0 with `{"ok":true,"state":"...","events":[...rows...]}` once a row of #events shows the
 // expected status. Else exit 1 with `{"error":..., "state":..., "errors":[...], "page":"<page
 // text>"}`. `--ready-file` is written once the page says "subscribed" (the console has sent
 // `subscribe` after `connection_ack`), so a test knows when to publish. The screenshot, if asked
-// for, is taken in both cases. Never downloads a browser: it runs the system Chromium.
+// for, is taken in both cases. `--expect-step KIND` (e.g. `transitionChosen`) also waits for a
+// row of that kind in the workflow steps table (#steps), and the output lists those rows as
+// `steps`. Never downloads a browser: it runs the system Chromium.
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
@@ -31,6 +33,7 @@ try {
       'timeout-ms': { type: 'string', default: '15000' },
       screenshot: { type: 'string' },
       'ready-file': { type: 'string' },
+      'expect-step': { type: 'string' },
       chromium: { type: 'string', default: '/usr/bin/chromium' },
     },
     strict: true,
@@ -58,8 +61,8 @@ const hardStop = setTimeout(() => {
 
 const remaining = () => Math.max(1, deadline - Date.now());
 
-async function rows(page) {
-  return page.$$eval('#events tr', (trs) =>
+async function rows(page, table = '#events') {
+  return page.$$eval(`${table} tr`, (trs) =>
     trs.map((tr) => Object.fromEntries(
       [...tr.querySelectorAll('td')].map((td) => [td.dataset.label || td.cellIndex, td.textContent]),
     )),
@@ -106,8 +109,15 @@ try {
       expected,
       { timeout: remaining(), polling: 100 },
     );
+    if (options['expect-step']) {
+      await page.waitForFunction(
+        (kind) => [...document.querySelectorAll('#steps tr')].some((tr) => tr.dataset.kind === kind),
+        options['expect-step'],
+        { timeout: remaining(), polling: 100 },
+      );
+    }
     if (options.screenshot) await page.screenshot({ path: options.screenshot, fullPage: true });
-    emit({ ok: true, state: await page.textContent('#state'), events: await rows(page) });
+    emit({ ok: true, state: await page.textContent('#state'), events: await rows(page), steps: await rows(page, '#steps') });
     code = 0;
   } catch (err) {
     let pageText = null, state = null, errors = [], events = [];

@@ -6,14 +6,15 @@
 //! a few map operations, so a Tokio mutex would only add cost. Waiters (receivers, event
 //! readers) park on `Notify`s instead of polling.
 //!
-//! The engine follows the seam's rooms: `orders.rs`, `queue.rs`, `log.rs`, `idempotency.rs`
-//! and `webhooks.rs` each implement one trait and keep their part of [`State`]. This file
+//! The engine follows the seam's rooms: `orders.rs`, `queue.rs`, `log.rs`, `idempotency.rs`,
+//! `steps.rs` and `webhooks.rs` each implement one trait and keep their part of [`State`]. This file
 //! keeps the engine, the state they share and its lock; it never implements a room's behaviour.
 
 mod idempotency;
 mod log;
 mod orders;
 mod queue;
+mod steps;
 mod webhooks;
 
 use super::{DeadLetter, Engine, EngineError, EngineResult, EngineSettings, Persistence};
@@ -24,6 +25,7 @@ use orders::StoredOrder;
 use queue::QueuedMessage;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
+use steps::StepState;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use webhooks::WebhookState;
@@ -31,7 +33,8 @@ use webhooks::WebhookState;
 pub struct MemoryEngine {
     settings: EngineSettings,
     state: Mutex<State>,
-    /// Woken when a command becomes receivable (enqueued, released, redriven).
+    /// Woken when a command becomes receivable (enqueued, released, redriven, or queued by a
+    /// workflow step: a follow-up, a fired timer, a claimed wait).
     commands_ready: Notify,
     /// Woken when an event is appended.
     events_appended: Notify,
@@ -58,6 +61,8 @@ struct State {
     idempotency_expiry: VecDeque<(Instant, String)>,
     malformed: BTreeMap<EventId, MalformedEntry>,
     webhooks: WebhookState,
+    /// Workflow timers (the orders keep their own step history and open wait).
+    steps: StepState,
 }
 
 fn lock_poisoned() -> EngineError {

@@ -1,16 +1,21 @@
-//! Orders in the memory engine: each order with its status and capped history, and the
-//! accept, enqueue and apply calls that change them together with the log and the queue under
-//! one lock (what makes them atomic here).
+//! Orders in the memory engine: each order with its status and capped history (and the step
+//! history, open wait and heartbeat timer that `steps.rs` writes), and the accept, enqueue and apply calls that
+//! change them together with the log, the queue and the workflow's step writes under one lock
+//! (what makes them atomic here).
 //!
 //! It never decides a transition: the caller hands it the decided change, and it only checks
 //! the version and the per-order FIFO gate, exactly as the Redis scripts do.
 
+use super::queue::receipt_seq;
+use super::steps::WaitWrite;
 use super::{MemoryEngine, State};
 use crate::engine::{
     AcceptOutcome, ApplyOutcome, EngineError, EngineResult, EnqueueOutcome, IdempotentResponse,
     NewCommand, OrderStore, ReceivedCommand, StatusChange,
 };
-use crate::model::{EventId, HistoryEntry, Order, OrderEvent, OrderRecord, StatusRecord};
+use crate::model::{
+    EventId, HistoryEntry, Order, OrderEvent, OrderRecord, StatusRecord, StepRecord,
+};
 use async_trait::async_trait;
 use std::collections::VecDeque;
 
@@ -18,6 +23,21 @@ pub(super) struct StoredOrder {
     order: Order,
     status: StatusRecord,
     history: VecDeque<HistoryEntry>,
+    /// The workflow's step records, oldest first, capped at `step_history_limit`
+    /// (written by `steps.rs`).
+    pub(super) steps: VecDeque<StepRecord>,
+    /// The callback wait open on the order's current status, if any (`steps.rs`).
+    pub(super) open_wait: Option<String>,
+    /// The key of the order's heartbeat timer in the schedule, if it has one (`steps.rs`): an
+    /// order has at most one, and a new one takes the old one off the schedule.
+    pub(super) heartbeat: Option<(u64, u64)>,
+}
+
+impl StoredOrder {
+    /// The order's version (one per status change).
+    pub(super) fn version(&self) -> u64 {
+        self.status.version
+    }
 }
 
 impl State {
@@ -67,6 +87,9 @@ impl OrderStore for MemoryEngine {
                     order: order.clone(),
                     status,
                     history,
+                    steps: VecDeque::new(),
+                    open_wait: None,
+                    heartbeat: None,
                 }),
             );
             state.enqueue(command.clone(), 0);
@@ -110,9 +133,11 @@ impl OrderStore for MemoryEngine {
     async fn order(&self, order_id: &str) -> EngineResult<Option<OrderRecord>> {
         self.with_state(|state| {
             state.orders.get(order_id).map(|o| OrderRecord {
+                open_wait: o.open_wait.clone().filter(|wait| !wait.is_empty()),
                 order: o.order.clone(),
                 status: o.status.clone(),
                 history: o.history.iter().cloned().collect(),
+                steps: o.steps.iter().cloned().collect(),
             })
         })
     }
@@ -122,24 +147,16 @@ impl OrderStore for MemoryEngine {
         command: &ReceivedCommand,
         change: Option<&StatusChange>,
     ) -> EngineResult<ApplyOutcome> {
-        let seq: u64 = command
-            .receipt
-            .parse()
-            .map_err(|_| EngineError::Corrupt(format!("bad receipt `{}`", command.receipt)))?;
+        let seq = receipt_seq(command)?;
+        if let Some(heartbeat) = change.and_then(|c| c.steps.heartbeat.as_ref()) {
+            heartbeat.timer_due_ms()?;
+        }
         let settings = &self.settings;
         let message = &command.message;
+        let mut queued = false;
         let outcome = self.with_state(|state| {
-            let position = state
-                .pending_by_order
-                .get(&message.order_id)
-                .and_then(|q| q.iter().position(|id| *id == message.message_id));
-            match position {
-                None => {
-                    state.messages.remove(&seq);
-                    return Ok(ApplyOutcome::AlreadyDone);
-                }
-                Some(p) if p > 0 => return Ok(ApplyOutcome::Blocked),
-                Some(_) => {}
+            if let Some(outcome) = state.completion_gate(seq, message) {
+                return Ok(outcome);
             }
             let Some(stored) = state.orders.get_mut(&message.order_id) else {
                 return Err(EngineError::Corrupt(format!(
@@ -172,18 +189,23 @@ impl OrderStore for MemoryEngine {
                     }
                 }
                 event_id = Some(id);
+                // A status change always closes the open wait; the status entered may open
+                // its own.
+                queued = state.write_steps(
+                    &message.order_id,
+                    &change.steps,
+                    WaitWrite::Replace,
+                    settings.step_history_limit,
+                );
             }
-            if let Some(queue) = state.pending_by_order.get_mut(&message.order_id) {
-                queue.pop_front();
-                if queue.is_empty() {
-                    state.pending_by_order.remove(&message.order_id);
-                }
-            }
-            state.messages.remove(&seq);
+            state.acknowledge(seq, message);
             Ok(ApplyOutcome::Applied { event_id })
         })??;
         if let ApplyOutcome::Applied { event_id: Some(_) } = &outcome {
             self.events_appended.notify_waiters();
+        }
+        if queued {
+            self.commands_ready.notify_waiters();
         }
         Ok(outcome)
     }

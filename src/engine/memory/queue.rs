@@ -11,8 +11,8 @@
 
 use super::{MemoryEngine, State};
 use crate::engine::{
-    CommandQueue, DEAD_MAX_RECEIVES, DeadLetter, EngineResult, NewCommand, QueueStats,
-    ReceivedCommand, dead_behind,
+    ApplyOutcome, CommandQueue, DEAD_MAX_RECEIVES, DeadLetter, EngineError, EngineResult,
+    NewCommand, QueueStats, ReceivedCommand, dead_behind,
 };
 use crate::model::now_rfc3339;
 use async_trait::async_trait;
@@ -24,6 +24,14 @@ pub(super) struct QueuedMessage {
     message: NewCommand,
     receive_count: u32,
     invisible_until: Option<Instant>,
+}
+
+/// The queue sequence number a receipt names (the memory engine's receipts are just that).
+pub(super) fn receipt_seq(command: &ReceivedCommand) -> EngineResult<u64> {
+    command
+        .receipt
+        .parse()
+        .map_err(|_| EngineError::Corrupt(format!("bad receipt `{}`", command.receipt)))
 }
 
 impl State {
@@ -102,8 +110,43 @@ impl State {
         moved
     }
 
-    /// Whether the command waits behind an earlier unfinished command of its order.
-    fn waits_its_turn(&self, message: &NewCommand) -> bool {
+    /// The per-order FIFO gate of a completion (apply, apply_step): `Some(AlreadyDone)` (the
+    /// message is dropped from the queue) when the command is no longer pending, `Some(Blocked)`
+    /// when an earlier command of its order is, `None` when it is the order's turn.
+    pub(super) fn completion_gate(
+        &mut self,
+        seq: u64,
+        message: &NewCommand,
+    ) -> Option<ApplyOutcome> {
+        let position = self
+            .pending_by_order
+            .get(&message.order_id)
+            .and_then(|gate| gate.iter().position(|id| *id == message.message_id));
+        match position {
+            None => {
+                self.messages.remove(&seq);
+                Some(ApplyOutcome::AlreadyDone)
+            }
+            Some(p) if p > 0 => Some(ApplyOutcome::Blocked),
+            Some(_) => None,
+        }
+    }
+
+    /// Acknowledges the command at the head of its order's gate: takes it out of the queue and
+    /// opens the gate for the order's next command.
+    pub(super) fn acknowledge(&mut self, seq: u64, message: &NewCommand) {
+        if let Some(gate) = self.pending_by_order.get_mut(&message.order_id) {
+            gate.pop_front();
+            if gate.is_empty() {
+                self.pending_by_order.remove(&message.order_id);
+            }
+        }
+        self.messages.remove(&seq);
+    }
+
+    /// Whether the command waits behind an earlier unfinished command of its order (what
+    /// [`State::completion_gate`] answers `Blocked` for).
+    pub(super) fn waits_its_turn(&self, message: &NewCommand) -> bool {
         self.pending_by_order
             .get(&message.order_id)
             .and_then(|gate| gate.iter().position(|id| *id == message.message_id))

@@ -2,8 +2,8 @@
 //! consumer group, a Redis restart (scripts and group gone), Redis being down, entries written
 //! by other programs, blocking reads next to ordinary commands.
 //!
-//! Each test starts its own `redis-server` on an ephemeral loopback port (no persistence) and
-//! kills it when done; the shared Redis on 6379 is never touched.
+//! Each test starts its own `redis-server` on an ephemeral loopback port (no persistence, unless
+//! the test is about it) and kills it when done; the shared Redis on 6379 is never touched.
 
 use super::reply::{items, text};
 use super::*;
@@ -18,23 +18,46 @@ use tokio::time::Instant;
 struct Server {
     port: u16,
     child: Option<Child>,
+    /// With an append-only file (fsync on every write) in this directory, else no persistence.
+    aof: Option<tempfile::TempDir>,
 }
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(None)
+    }
+
+    /// A server that keeps its data in an AOF across [`Server::restart`].
+    fn start_aof() -> Server {
+        Server::start_with(Some(tempfile::tempdir().expect("temp dir")))
+    }
+
+    fn start_with(aof: Option<tempfile::TempDir>) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let mut server = Server { port, child: None };
+        let mut server = Server {
+            port,
+            child: None,
+            aof,
+        };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let child = Process::new("redis-server")
+        let mut process = Process::new("redis-server");
+        process
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""]);
+        match &self.aof {
+            Some(dir) => process
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir.path()),
+            None => process.args(["--appendonly", "no"]),
+        };
+        let child = process
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -103,6 +126,7 @@ fn settings(consumer: &str) -> EngineSettings {
         visibility_timeout: Duration::from_millis(300),
         max_receives: 2,
         history_limit: 10,
+        step_history_limit: 100,
         event_retention: 1000,
         consumer_name: consumer.into(),
     }
@@ -156,6 +180,7 @@ fn change(o: &Order, from: OrderStatus, to: OrderStatus, expected: u64) -> Statu
         expected_version: expected,
         event: event(o, to, Some(from), expected + 1),
         reason: Some("test".into()),
+        steps: Default::default(),
     }
 }
 
@@ -1296,4 +1321,383 @@ async fn an_intake_whose_claim_was_abandoned_and_retaken_stores_nothing() {
         e.enqueue_command(&cancel, Some(&response)).await,
         Err(EngineError::Unavailable(_))
     ));
+}
+
+fn step_record(kind: &str, version: u64) -> StepRecord {
+    StepRecord {
+        kind: kind.into(),
+        status: OrderStatus::Confirmed,
+        version,
+        step: "charge".into(),
+        at: now_rfc3339(),
+        attempt: None,
+        status_code: None,
+        error: None,
+        detail: None,
+        latency_ms: None,
+        due_at: None,
+        next: None,
+        response: None,
+    }
+}
+
+fn step_command(order_id: &str, version: u64, action: StepAction) -> NewCommand {
+    new_command(
+        order_id,
+        Command::Step {
+            status: OrderStatus::Confirmed,
+            version,
+            action,
+        },
+    )
+}
+
+fn hash_field(server: &Server, key: &str, field: &str) -> Option<String> {
+    match server.raw(&[b"HGET", key.as_bytes(), field.as_bytes()]) {
+        Value::Nil => None,
+        v => text(&v),
+    }
+}
+
+fn hash_fields(server: &Server, key: &str) -> Vec<String> {
+    let Value::Array(fields) = server.raw(&[b"HKEYS", key.as_bytes()]) else {
+        panic!("HKEYS is an array");
+    };
+    let mut fields: Vec<String> = fields.iter().filter_map(text).collect();
+    fields.sort();
+    fields
+}
+
+/// Receives until `message` comes (earlier commands still unacknowledged may come again
+/// meanwhile, whenever their visibility timeout runs out).
+async fn receive_until(e: &RedisEngine, message: &NewCommand) -> ReceivedCommand {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "{message:?} did not come");
+        let got = e
+            .receive_batch(10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if let Some(c) = got.into_iter().find(|c| &c.message == message) {
+            return c;
+        }
+    }
+}
+
+/// Received commands until `n` came, in the order they came.
+async fn receive_n(e: &RedisEngine, n: usize) -> Vec<ReceivedCommand> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} commands came",
+            got.len()
+        );
+        got.extend(
+            e.receive_batch(n - got.len(), Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    got
+}
+
+#[tokio::test]
+async fn step_writes_live_in_the_order_hash_and_timers_in_the_partition_zset() {
+    let server = Server::start();
+    let e = Arc::new(
+        RedisEngine::connect(
+            &config(&server, Duration::from_secs(2)),
+            EngineSettings {
+                step_history_limit: 3,
+                ..settings("c1")
+            },
+        )
+        .await
+        .expect("engine"),
+    );
+    let (o, _) = accept(&e, "o1").await;
+    let first = receive_n(&e, 1).await;
+    // Entering `confirmed` opens a callback wait, with a timer that claims it.
+    let timeout = step_command(
+        "o1",
+        2,
+        StepAction::Elapsed {
+            attempt: 0,
+            retries: vec![],
+            heartbeat: false,
+        },
+    );
+    let mut confirm = change(&o, OrderStatus::Accepted, OrderStatus::Confirmed, 1);
+    confirm.steps = StepWrites {
+        heartbeat: None,
+        records: vec![
+            step_record("stateEntered", 2),
+            step_record("callbackSent", 2),
+        ],
+        follow_up: Some(FollowUp {
+            command: timeout.clone(),
+            due_ms: Some(5_000),
+            claims_wait: Some("w1".into()),
+        }),
+        open_wait: Some("w1".into()),
+    };
+    assert!(matches!(
+        e.apply(&first[0], Some(&confirm)).await.unwrap(),
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    let key = "t:{p0}:order:o1";
+    assert_eq!(hash_field(&server, key, "wait").as_deref(), Some("w1"));
+    assert_eq!(hash_field(&server, key, "stepSeq").as_deref(), Some("2"));
+    let Value::Array(timers) =
+        server.raw(&[b"ZRANGE", b"t:{p0}:timers", b"0", b"-1", b"WITHSCORES"])
+    else {
+        panic!("ZRANGE is an array");
+    };
+    assert_eq!(timers.len(), 2);
+    assert_eq!(text(&timers[1]).as_deref(), Some("5000"));
+    let member: serde_json::Value = serde_json::from_str(&text(&timers[0]).unwrap()).unwrap();
+    assert_eq!(member["messageId"], timeout.message_id.as_str());
+    assert_eq!(member["orderId"], "o1");
+    assert_eq!(member["claimsWait"], "w1");
+    let queued: NewCommand = serde_json::from_str(member["message"].as_str().unwrap()).unwrap();
+    assert_eq!(queued, timeout);
+    assert_eq!(e.pending_timers().await.unwrap(), 1);
+
+    // The callback claims the wait; the timer then finds it closed and is dropped.
+    let callback = step_command(
+        "o1",
+        2,
+        StepAction::Callback {
+            attempt: 1,
+            succeeded: true,
+            result: None,
+        },
+    );
+    assert_eq!(
+        e.claim_wait("o1", "w2", &callback).await.unwrap(),
+        ClaimOutcome::NotWaiting
+    );
+    assert_eq!(
+        e.claim_wait("o1", "w1", &callback).await.unwrap(),
+        ClaimOutcome::Queued
+    );
+    assert_eq!(
+        e.claim_wait("o1", "w1", &callback).await.unwrap(),
+        ClaimOutcome::NotWaiting
+    );
+    assert_eq!(
+        e.claim_wait(
+            "o2",
+            "w1",
+            &new_command(
+                "o2",
+                Command::Step {
+                    status: OrderStatus::Confirmed,
+                    version: 2,
+                    action: StepAction::Elapsed {
+                        attempt: 0,
+                        retries: vec![],
+                        heartbeat: false,
+                    },
+                }
+            )
+        )
+        .await
+        .unwrap(),
+        ClaimOutcome::UnknownOrder
+    );
+    assert_eq!(hash_field(&server, key, "wait").as_deref(), Some(""));
+    let sweep = e.fire_due_timers(6_000, 10).await.unwrap();
+    assert_eq!(sweep, TimerSweep::default());
+    assert_eq!(e.pending_timers().await.unwrap(), 0);
+
+    // A transition queued after the callback: the step's follow-up goes behind it.
+    let cancel = new_command(
+        "o1",
+        Command::Transition {
+            status: OrderStatus::Cancelled,
+            reason: None,
+        },
+    );
+    e.enqueue_command(&cancel, None).await.unwrap();
+    let got = receive_n(&e, 2).await;
+    assert_eq!((&got[0].message, &got[1].message), (&callback, &cancel));
+    let attempt = step_command(
+        "o1",
+        2,
+        StepAction::Attempt {
+            attempt: 1,
+            retries: vec![],
+        },
+    );
+    let writes = StepWrites {
+        heartbeat: None,
+        records: vec![
+            step_record("callbackSucceeded", 2),
+            step_record("taskFailed", 2),
+            step_record("retryScheduled", 2),
+        ],
+        follow_up: Some(FollowUp {
+            command: attempt.clone(),
+            due_ms: None,
+            claims_wait: None,
+        }),
+        open_wait: None,
+    };
+    assert_eq!(
+        e.apply_step(&got[1], 2, &writes).await.unwrap(),
+        ApplyOutcome::Blocked
+    );
+    assert_eq!(
+        e.apply_step(&got[0], 1, &writes).await.unwrap(),
+        ApplyOutcome::Stale { current_version: 2 }
+    );
+    assert_eq!(hash_field(&server, key, "stepSeq").as_deref(), Some("2"));
+    assert_eq!(
+        e.apply_step(&got[0], 2, &writes).await.unwrap(),
+        ApplyOutcome::Applied { event_id: None }
+    );
+    assert_eq!(
+        e.apply_step(&got[0], 2, &writes).await.unwrap(),
+        ApplyOutcome::AlreadyDone
+    );
+    // Five records written, the newest three kept: `s:1` and `s:2` are gone from the hash.
+    let steps: Vec<String> = hash_fields(&server, key)
+        .into_iter()
+        .filter(|f| f.starts_with("s:"))
+        .collect();
+    assert_eq!(steps, ["s:3", "s:4", "s:5"]);
+    let record = e.order("o1").await.unwrap().unwrap();
+    let kinds: Vec<&str> = record.steps.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(kinds, ["callbackSucceeded", "taskFailed", "retryScheduled"]);
+    assert_eq!(record.status.version, 2);
+
+    // The follow-up waits behind the transition queued before it.
+    let follow_up = receive_until(&e, &attempt).await;
+    assert_eq!(
+        e.apply_step(&follow_up, 2, &StepWrites::default())
+            .await
+            .unwrap(),
+        ApplyOutcome::Blocked
+    );
+    // The transition closes the wait opened meanwhile (any status change does).
+    server.raw(&[b"HSET", key.as_bytes(), b"wait", b"w3"]);
+    let cancelled = change(&o, OrderStatus::Confirmed, OrderStatus::Cancelled, 2);
+    assert!(matches!(
+        e.apply(&got[1], Some(&cancelled)).await.unwrap(),
+        ApplyOutcome::Applied { event_id: Some(_) }
+    ));
+    assert_eq!(hash_field(&server, key, "wait").as_deref(), Some(""));
+    assert_eq!(
+        e.apply_step(&follow_up, 2, &StepWrites::default())
+            .await
+            .unwrap(),
+        ApplyOutcome::Stale { current_version: 3 }
+    );
+}
+
+#[tokio::test]
+async fn one_sweep_fires_the_earliest_timers_across_partitions_within_the_limit() {
+    let server = Server::start();
+    let e = partitioned(&server, "c1", 4).await;
+    // One order in each partition.
+    let mut ids: Vec<String> = Vec::new();
+    for i in 0.. {
+        let id = format!("o{i}");
+        if !ids
+            .iter()
+            .any(|x| e.keys.partition(x) == e.keys.partition(&id))
+        {
+            ids.push(id);
+        }
+        if ids.len() == 4 {
+            break;
+        }
+    }
+    // Partition order is not due order: the last order's timer is the earliest.
+    let mut timers = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (o, _) = accept(&e, id).await;
+        let got = receive_n(&e, 1).await;
+        let timer = step_command(
+            id,
+            2,
+            StepAction::Elapsed {
+                attempt: 0,
+                retries: vec![],
+                heartbeat: false,
+            },
+        );
+        let mut confirm = change(&o, OrderStatus::Accepted, OrderStatus::Confirmed, 1);
+        confirm.steps.follow_up = Some(FollowUp {
+            command: timer.clone(),
+            due_ms: Some(1_000 - 100 * i as u64),
+            claims_wait: None,
+        });
+        e.apply(&got[0], Some(&confirm)).await.unwrap();
+        timers.push(timer);
+        let zset = format!("t:{{p{}}}:timers", e.keys.partition(id));
+        assert_eq!(server.raw(&[b"ZCARD", zset.as_bytes()]), Value::Int(1));
+    }
+    assert_eq!(e.pending_timers().await.unwrap(), 4);
+    assert_eq!(
+        e.fire_due_timers(650, 10).await.unwrap(),
+        TimerSweep {
+            fired: vec![],
+            next_due_ms: Some(700)
+        }
+    );
+    let sweep = e.fire_due_timers(2_000, 2).await.unwrap();
+    assert_eq!(sweep.fired, [700, 800]);
+    assert_eq!(sweep.next_due_ms, Some(900));
+    let got = receive_n(&e, 2).await;
+    let mut queued: Vec<&NewCommand> = got.iter().map(|c| &c.message).collect();
+    queued.sort_by_key(|c| c.message_id.clone());
+    let mut expected = vec![&timers[3], &timers[2]];
+    expected.sort_by_key(|c| c.message_id.clone());
+    assert_eq!(queued, expected);
+    // An order gone meanwhile: its timer is removed without a command.
+    let gone = format!("t:{{p{}}}:order:{}", e.keys.partition(&ids[1]), ids[1]);
+    server.raw(&[b"DEL", gone.as_bytes()]);
+    let sweep = e.fire_due_timers(2_000, 10).await.unwrap();
+    assert_eq!(sweep.fired, [1_000]);
+    assert_eq!(sweep.next_due_ms, None);
+    assert_eq!(e.pending_timers().await.unwrap(), 0);
+    receive_until(&e, &timers[0]).await;
+}
+
+#[tokio::test]
+async fn a_timer_survives_a_redis_restart_from_the_aof() {
+    let mut server = Server::start_aof();
+    let e = engine(&server, "c1").await;
+    let (o, _) = accept(&e, "o1").await;
+    let got = receive_n(&e, 1).await;
+    let timer = step_command(
+        "o1",
+        2,
+        StepAction::Elapsed {
+            attempt: 0,
+            retries: vec![],
+            heartbeat: false,
+        },
+    );
+    let mut confirm = change(&o, OrderStatus::Accepted, OrderStatus::Confirmed, 1);
+    confirm.steps.follow_up = Some(FollowUp {
+        command: timer.clone(),
+        due_ms: Some(1_000),
+        claims_wait: None,
+    });
+    e.apply(&got[0], Some(&confirm)).await.unwrap();
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "engine did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(e.pending_timers().await.unwrap(), 1);
+    // NOSCRIPT after the restart: the script is loaded again.
+    assert_eq!(e.fire_due_timers(1_000, 10).await.unwrap().fired, [1_000]);
+    assert_eq!(receive_n(&e, 1).await[0].message, timer);
 }

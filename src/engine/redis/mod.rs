@@ -6,7 +6,8 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P{pk}:order:<id>` | hash | `order` (JSON), `customerId`, `partnerId`?, `status`, `version`, `updatedAt`, `firstCommand` (the unfinished `processOrder`'s messageId, else ''), and `h:<version>`: the history entries (JSON), the newest `history_limit` |
+//! | `P{pk}:order:<id>` | hash | `order` (JSON), `customerId`, `partnerId`?, `status`, `version`, `updatedAt`, `firstCommand` (the unfinished `processOrder`'s messageId, else ''), and `h:<version>`: the history entries (JSON), the newest `history_limit`; the workflow's `wait`? (the open callback wait's id, '' or absent: none), `hb`? (the order's heartbeat timer: its `P{pk}:timers` member, absent: none; a new one replaces it there), `stepSeq`? (step records written so far) and `s:<n>`: the step records (JSON), the newest `step_history_limit` |
+//! | `P{pk}:timers` | zset | workflow timers: score the due time (Unix ms), member the JSON `{messageId, orderId, message, claimsWait?}` of the command it queues (see `steps.rs`) |
 //! | `P{pk}:history:<id>` | list | history of orders written before it moved into the hash (read, never written) |
 //! | `engine.events_stream` (`P{pk}:events`) | stream | field `event`: the event JSON (DESIGN 1.3) |
 //! | `P{pk}:commands` | stream | the command queue: `messageId`, `orderId`, `message`; group `workers` |
@@ -31,8 +32,8 @@
 //! Readers read every partition: on one Redis with one command over all of them (a script or
 //! command may touch any key there), on a cluster one per partition (see `groups.rs`).
 //!
-//! The engine follows the seam's rooms: `orders.rs`, `queue.rs`, `log.rs`, `idempotency.rs`
-//! and `webhooks.rs` each implement one trait; `groups.rs` is the consumer-group plumbing the
+//! The engine follows the seam's rooms: `orders.rs`, `queue.rs`, `log.rs`, `idempotency.rs`,
+//! `steps.rs` and `webhooks.rs` each implement one trait; `groups.rs` is the consumer-group plumbing the
 //! queue and the webhook dispatch share; `conn.rs` the connections and error mapping;
 //! `reply.rs` the decoding of raw replies; `persistence.rs` asks the servers whether they keep
 //! Herald's data on disk. This file keeps the engine itself, its keys and
@@ -47,6 +48,7 @@ mod orders;
 mod persistence;
 mod queue;
 mod reply;
+mod steps;
 mod webhooks;
 
 use crate::config::EngineConfig;
@@ -78,6 +80,8 @@ struct PartitionKeys {
     dlq_index_prefix: String,
     /// `P{pk}:webhooks:lost`: gaps the webhook dispatch found in this partition's stream.
     webhook_lost: String,
+    /// `P{pk}:timers`: the partition's workflow timers (see `steps.rs`).
+    timers: String,
 }
 
 impl PartitionKeys {
@@ -91,6 +95,7 @@ impl PartitionKeys {
             cmdq_prefix: format!("{base}:cmdq:"),
             dlq_index_prefix: format!("{base}:dlq:order:"),
             webhook_lost: format!("{base}:webhooks:lost"),
+            timers: format!("{base}:timers"),
             base,
         }
     }
@@ -213,6 +218,9 @@ struct Scripts {
     touch: Script,
     stats: Script,
     abandon: Script,
+    fire_timers: Script,
+    claim_wait: Script,
+    heartbeat: Script,
     webhook_create: Script,
     webhook_claim_due: Script,
     webhook_finish: Script,
@@ -246,6 +254,9 @@ impl Scripts {
             touch: Script::new(include_str!("scripts/touch.lua")),
             stats: Script::new(include_str!("scripts/stats.lua")),
             abandon: Script::new(include_str!("scripts/abandon.lua")),
+            fire_timers: Script::new(include_str!("scripts/fire_timers.lua")),
+            claim_wait: Script::new(include_str!("scripts/claim_wait.lua")),
+            heartbeat: Script::new(include_str!("scripts/heartbeat.lua")),
             webhook_create: Script::new(include_str!("scripts/webhook_create.lua")),
             webhook_claim_due: Script::new(include_str!("scripts/webhook_claim_due.lua")),
             webhook_finish: Script::new(include_str!("scripts/webhook_finish.lua")),
@@ -690,6 +701,7 @@ mod tests {
         assert_eq!(keys.part(7).events, "herald:{p7}:events");
         assert_eq!(keys.part(7).commands, "herald:{p7}:commands");
         assert_eq!(keys.part(7).webhook_lost, "herald:{p7}:webhooks:lost");
+        assert_eq!(keys.part(7).timers, "herald:{p7}:timers");
         assert_eq!(keys.idem(7, "admin:k"), "herald:{p7}:idem:admin:k");
         assert_eq!(keys.partition_of_stream("herald:{p7}:events"), Some(7));
         assert_eq!(keys.partition_of_stream("herald:{p15}:commands"), Some(15));

@@ -9,6 +9,9 @@
 //! hash fields (by version, the hash winning), so those orders read as before; nothing migrates
 //! them, and their list keeps its last entries until the order's key is deleted.
 //!
+//! A completion's workflow step writes (step records, open wait, follow-up command or timer,
+//! heartbeat timer) ride on the same `apply.lua` call as its status change; `steps.rs` encodes and reads them.
+//!
 //! It owns the mapping between orders and their keys. It never decides a transition: the
 //! worker hands it the decided [`StatusChange`], and the scripts only check the version and
 //! the per-order FIFO gate.
@@ -18,10 +21,11 @@ use super::groups::GROUP;
 use super::idempotency::done_record;
 use super::intake::IntakeRequest;
 use super::reply::{corrupt, int, items, text};
+use super::steps::{step_args, step_records};
 use super::{RedisEngine, millis, parse_event_id};
 use crate::engine::{
     AcceptOutcome, ApplyOutcome, EngineResult, EnqueueOutcome, IdempotentResponse, NewCommand,
-    OrderStore, ReceivedCommand, StatusChange,
+    OrderStore, ReceivedCommand, StatusChange, StepWrites,
 };
 use crate::model::{HistoryEntry, Order, OrderEvent, OrderRecord, OrderStatus, StatusRecord};
 use async_trait::async_trait;
@@ -289,6 +293,8 @@ impl OrderStore for RedisEngine {
             .map_err(|e| corrupt(format!("order {order_id}: `order` does not decode: {e}")))?;
         let history = merged_history(order_id, &hash, &history, self.settings.history_limit)?;
         Ok(Some(OrderRecord {
+            open_wait: hash.get("wait").filter(|wait| !wait.is_empty()).cloned(),
+            steps: step_records(order_id, &hash, self.settings.step_history_limit)?,
             order,
             status,
             history,
@@ -323,7 +329,16 @@ impl OrderStore for RedisEngine {
             .filter(|(_, members)| !members.is_empty())
             .flat_map(|(k, members)| members.chunks(APPLY_CHUNK).map(move |c| (k, c)))
             .map(|(k, members)| async move {
-                let chunk: Vec<_> = members.iter().map(|i| batch[*i]).collect();
+                let chunk: Vec<_> = members
+                    .iter()
+                    .map(|i| {
+                        let (command, change) = batch[*i];
+                        (
+                            command,
+                            change.map_or(Completion::Acknowledge, Completion::Change),
+                        )
+                    })
+                    .collect();
                 (members, self.apply_chunk(k, &chunk).await)
             });
         let mut outcomes: Vec<Option<EngineResult<ApplyOutcome>>> =
@@ -351,28 +366,30 @@ impl RedisEngine {
     }
 
     /// One `apply.lua` call for commands of `partition`.
-    async fn apply_chunk(
+    pub(super) async fn apply_chunk(
         &self,
         partition: usize,
-        chunk: &[(&ReceivedCommand, Option<&StatusChange>)],
+        chunk: &[(&ReceivedCommand, Completion<'_>)],
     ) -> EngineResult<Vec<EngineResult<ApplyOutcome>>> {
         let keys = self.keys.part(partition);
         let mut invocation = self.scripts.apply.prepare_invoke();
         invocation
             .key(&keys.events)
             .key(&keys.commands)
+            .key(&keys.timers)
             .arg(GROUP)
             .arg(self.settings.event_retention.max(1))
-            .arg(self.settings.history_limit.max(1));
-        for (command, change) in chunk {
+            .arg(self.settings.history_limit.max(1))
+            .arg(self.settings.step_history_limit.max(1));
+        for (command, completion) in chunk {
             let message = &command.message;
             invocation
                 .key(self.keys.order(&message.order_id))
                 .key(self.keys.cmdq(&message.order_id))
                 .arg(&command.receipt)
                 .arg(&message.message_id);
-            match change {
-                Some(change) => {
+            match completion {
+                Completion::Change(change) => {
                     let event = &change.event;
                     invocation
                         .arg("1")
@@ -382,16 +399,35 @@ impl RedisEngine {
                         .arg(&event.occurred_at)
                         .arg(event.to_json())
                         .arg(history_body(event, change.reason.as_deref())?);
+                    // A status change always closes the previous wait.
+                    let wait = change.steps.open_wait.as_deref().unwrap_or_default();
+                    step_args(&mut invocation, message, Some(wait), &change.steps)?;
                 }
-                None => {
+                Completion::Step {
+                    expected_version,
+                    writes,
+                } => {
                     invocation
-                        .arg("0")
-                        .arg("")
+                        .arg("2")
+                        .arg(*expected_version)
                         .arg("")
                         .arg("")
                         .arg("")
                         .arg("")
                         .arg("");
+                    step_args(
+                        &mut invocation,
+                        message,
+                        writes.open_wait.as_deref(),
+                        writes,
+                    )?;
+                }
+                Completion::Acknowledge => {
+                    invocation.arg("0");
+                    for _ in 0..14 {
+                        invocation.arg("");
+                    }
+                    invocation.arg(0);
                 }
             }
         }
@@ -410,6 +446,21 @@ impl RedisEngine {
             .map(|((command, _), reply)| apply_outcome(command, reply))
             .collect())
     }
+}
+
+/// What `apply.lua` does with a command once it heads its order (see the script).
+#[derive(Clone, Copy)]
+pub(super) enum Completion<'a> {
+    /// Acknowledge it, nothing else ([`OrderStore::apply`] without a change).
+    Acknowledge,
+    /// The status change and its step writes ([`OrderStore::apply`]).
+    Change(&'a StatusChange),
+    /// Step writes only, if the order is still at `expected_version`
+    /// ([`StepStore::apply_step`](crate::engine::StepStore::apply_step)).
+    Step {
+        expected_version: u64,
+        writes: &'a StepWrites,
+    },
 }
 
 /// One command's outcome from the apply script's reply.

@@ -180,13 +180,16 @@ impl RedisEngine {
     }
 
     /// Takes back the receive that a fresh read counted for each command that waits behind an
-    /// earlier command of its order (`scripts/uncount_waiting.lua`). Only a transition can
-    /// wait: a `processOrder` is its order's first command (and a redriven one goes back in
-    /// front).
+    /// earlier command of its order (`scripts/uncount_waiting.lua`). Only a transition or a
+    /// workflow step can wait: a `processOrder` is its order's first command (and a redriven
+    /// one goes back in front).
     async fn uncount_waiting(&self, batch: &mut [ReceivedCommand]) -> EngineResult<()> {
         let mut by_partition: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
         for (i, command) in batch.iter().enumerate() {
-            if matches!(command.message.command, Command::Transition { .. }) {
+            if matches!(
+                command.message.command,
+                Command::Transition { .. } | Command::Step { .. }
+            ) {
                 by_partition
                     .entry(self.keys.partition(&command.message.order_id))
                     .or_default()

@@ -8,8 +8,15 @@
 //! order may have moved on meanwhile. Nothing here performs I/O or touches the engine: callers
 //! read the status and apply the decision.
 
+pub mod expr;
+pub mod steps;
+pub mod template;
+pub mod token;
+
+pub use steps::{Outcome, Step, StepDecision, Workflow};
+
 use crate::config::WorkflowConfig;
-use crate::engine::{Command, StatusChange};
+use crate::engine::{Command, StatusChange, StepWrites};
 use crate::model::{Order, OrderEvent, OrderStatus, StatusRecord, now_rfc3339};
 
 /// Whether the table lets an order in `from` move to `to`; on refusal, where it may move
@@ -47,16 +54,54 @@ pub fn business_rejection(order: &Order, workflow: &WorkflowConfig) -> Option<St
 
 /// What the worker does with a command, given the order's current status.
 #[derive(Debug, Clone, PartialEq)]
+// A decision lives on the stack for one command and is moved once: boxing the change would
+// add an allocation per command to save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Decision {
     /// Write this change (status, history, event) and acknowledge the command.
     Change(StatusChange),
     /// Acknowledge without a change (the workflow no longer allows the command), and why.
     Refuse(String),
+    /// Stay in the status (at `version`) and write these: a new order entering the step of
+    /// `accepted` ([`crate::engine::StepStore::apply_step`]).
+    Stay { version: u64, writes: StepWrites },
 }
 
-/// Decides a command against the order's current status: a new order is confirmed or
-/// rejected by [`business_rejection`]; a transition happens if the table allows it now.
-pub fn decide(workflow: &WorkflowConfig, command: &Command, status: &StatusRecord) -> Decision {
+/// Decides a command against the order's current status: a new order is rejected by
+/// [`business_rejection`], or else runs the step of `accepted` if there is one, or else is
+/// confirmed; a transition happens if the table allows it now. A change into a status with a
+/// step carries what entering it writes (`order` is needed only where
+/// [`Workflow::entry_needs_order`] says so). Step commands are the worker's: they call out.
+pub fn decide(
+    workflow: &Workflow,
+    command: &Command,
+    status: &StatusRecord,
+    order: Option<&Order>,
+    now_ms: u64,
+) -> Decision {
+    let decision = decide_move(workflow, command, status, now_ms);
+    match decision {
+        Decision::Change(mut change) => {
+            change.steps = workflow.entry_writes(
+                &status.order_id,
+                order,
+                change.event.status,
+                change.event.version,
+                now_ms,
+            );
+            Decision::Change(change)
+        }
+        other => other,
+    }
+}
+
+fn decide_move(
+    workflow: &Workflow,
+    command: &Command,
+    status: &StatusRecord,
+    now_ms: u64,
+) -> Decision {
+    let table = &workflow.config;
     match command {
         Command::ProcessOrder { order } => {
             if status.status != OrderStatus::Accepted {
@@ -65,20 +110,35 @@ pub fn decide(workflow: &WorkflowConfig, command: &Command, status: &StatusRecor
                     status.status
                 ));
             }
-            let change = match business_rejection(order, workflow) {
+            let change = match business_rejection(order, table) {
                 Some(reason) => status_change(status, OrderStatus::Rejected, Some(reason)),
+                None if workflow.step(OrderStatus::Accepted).is_some() => {
+                    return Decision::Stay {
+                        version: status.version,
+                        writes: workflow.entry_writes(
+                            &order.order_id,
+                            Some(order),
+                            OrderStatus::Accepted,
+                            status.version,
+                            now_ms,
+                        ),
+                    };
+                }
                 None => status_change(status, OrderStatus::Confirmed, None),
             };
             Decision::Change(change)
         }
         Command::Transition { status: to, reason } => {
-            match check_transition(workflow, status.status, *to) {
+            match check_transition(table, status.status, *to) {
                 Ok(()) => Decision::Change(status_change(status, *to, reason.clone())),
                 Err(_) => Decision::Refuse(format!(
                     "transition {} -> {to} is not allowed",
                     status.status
                 )),
             }
+        }
+        Command::Step { .. } => {
+            Decision::Refuse("a step command is run by the worker, not decided here".into())
         }
     }
 }
@@ -118,6 +178,7 @@ pub fn status_change(
         expected_version: status.version,
         event,
         reason,
+        steps: StepWrites::default(),
     }
 }
 
@@ -171,9 +232,10 @@ mod tests {
 
     #[test]
     fn a_new_order_is_confirmed_or_rejected_with_its_reason() {
-        let wf = WorkflowConfig::default();
+        let wf = Workflow::plain(WorkflowConfig::default());
         let good = order("USD", 1);
-        let Decision::Change(c) = decide(&wf, &process(good.clone()), &initial_status(&good))
+        let Decision::Change(c) =
+            decide(&wf, &process(good.clone()), &initial_status(&good), None, 0)
         else {
             panic!("a valid order is decided");
         };
@@ -182,7 +244,9 @@ mod tests {
             (OrderStatus::Confirmed, 1, None)
         );
         let bad = order("XXX", 1);
-        let Decision::Change(c) = decide(&wf, &process(bad.clone()), &initial_status(&bad)) else {
+        let Decision::Change(c) =
+            decide(&wf, &process(bad.clone()), &initial_status(&bad), None, 0)
+        else {
             panic!("an invalid order is decided");
         };
         assert_eq!(c.event.status, OrderStatus::Rejected);
@@ -191,12 +255,12 @@ mod tests {
 
     #[test]
     fn a_command_the_table_no_longer_allows_is_refused() {
-        let wf = WorkflowConfig::default();
+        let wf = Workflow::plain(WorkflowConfig::default());
         let o = order("USD", 1);
         let mut status = initial_status(&o);
         status.status = OrderStatus::Shipped;
         assert!(matches!(
-            decide(&wf, &process(o.clone()), &status),
+            decide(&wf, &process(o.clone()), &status, None, 0),
             Decision::Refuse(_)
         ));
         let back = Command::Transition {
@@ -204,13 +268,16 @@ mod tests {
             reason: None,
         };
         assert_eq!(
-            decide(&wf, &back, &status),
+            decide(&wf, &back, &status, None, 0),
             Decision::Refuse("transition shipped -> preparing is not allowed".into())
         );
         assert_eq!(
-            check_transition(&wf, OrderStatus::Shipped, OrderStatus::Preparing),
+            check_transition(&wf.config, OrderStatus::Shipped, OrderStatus::Preparing),
             Err(&[OrderStatus::Delivered][..])
         );
-        assert_eq!(wf.targets(OrderStatus::Delivered), &[] as &[OrderStatus]);
+        assert_eq!(
+            wf.config.targets(OrderStatus::Delivered),
+            &[] as &[OrderStatus]
+        );
     }
 }

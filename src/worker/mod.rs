@@ -12,12 +12,22 @@
 //! ([`OrderStore::apply_batch`](crate::engine::OrderStore::apply_batch)); a later command of
 //! the same order, and any command that call did not finish, runs on its own, concurrently:
 //! different orders proceed in parallel.
+//!
+//! Workflow steps (`crate::workflow::steps`) run here too: a [`Command::Step`] is run on its
+//! own by `steps.rs` (the HTTP call of a task or callback, a timer's or a callback's outcome),
+//! and `timers.rs` turns due timers into commands.
+
+mod steps;
+pub mod timers;
 
 use crate::backoff::Backoff;
-use crate::config::{WorkerConfig, WorkflowConfig};
-use crate::engine::{ApplyOutcome, Command, Engine, EngineError, ReceivedCommand, StatusChange};
+use crate::config::WorkerConfig;
+use crate::engine::{
+    ApplyOutcome, Command, Engine, EngineError, ReceivedCommand, StatusChange, StepWrites,
+};
 use crate::metrics::Metrics;
-use crate::workflow::{self, Decision};
+use crate::webhooks::ssrf::AllowList;
+use crate::workflow::{self, Decision, StepDecision, Workflow};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -26,27 +36,79 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Worker {
     engine: Arc<dyn Engine>,
-    workflow: WorkflowConfig,
+    workflow: Arc<Workflow>,
     config: WorkerConfig,
     visibility_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// The SSRF-guarded client of task and callback calls (`workflow.allow_networks`).
+    client: reqwest::Client,
+    allow: AllowList,
+    /// Wakes this node's timer loop when this worker schedules a timer.
+    timers: Arc<tokio::sync::Notify>,
+}
+
+/// What completing a command writes: [`OrderStore::apply`](crate::engine::OrderStore::apply)
+/// with an optional change (batched with the others), or
+/// [`StepStore::apply_step`](crate::engine::StepStore::apply_step).
+#[derive(Debug, Clone)]
+enum Plan {
+    Apply(Option<StatusChange>),
+    Stay { version: u64, writes: StepWrites },
+}
+
+impl Plan {
+    fn has_change(&self) -> bool {
+        match self {
+            Plan::Apply(change) => change.is_some(),
+            Plan::Stay { .. } => true,
+        }
+    }
+
+    /// The due time of a timer it schedules, if any.
+    fn timer_due(&self) -> Option<u64> {
+        let writes = match self {
+            Plan::Apply(Some(change)) => &change.steps,
+            Plan::Stay { writes, .. } => writes,
+            Plan::Apply(None) => return None,
+        };
+        writes.follow_up.as_ref().and_then(|f| f.due_ms)
+    }
 }
 
 impl Worker {
     pub fn new(
         engine: Arc<dyn Engine>,
-        workflow: WorkflowConfig,
+        workflow: Arc<Workflow>,
         config: WorkerConfig,
         visibility_timeout: Duration,
         metrics: Arc<Metrics>,
-    ) -> Arc<Worker> {
-        Arc::new(Worker {
+        timers: Arc<tokio::sync::Notify>,
+    ) -> anyhow::Result<Arc<Worker>> {
+        let allow = AllowList::parse(&workflow.config.allow_networks)
+            .map_err(|e| anyhow::anyhow!("workflow.allow_networks: {e}"))?;
+        let longest = workflow
+            .config
+            .steps
+            .values()
+            .filter_map(|s| s.request.as_ref().map(|r| r.timeout))
+            .max()
+            .unwrap_or(Duration::from_secs(10));
+        let client = crate::webhooks::ssrf::client(
+            allow.clone(),
+            longest.min(Duration::from_secs(10)),
+            longest,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Arc::new(Worker {
             engine,
             workflow,
             config,
             visibility_timeout,
             metrics,
-        })
+            client,
+            allow,
+            timers,
+        }))
     }
 
     /// Runs until `shutdown` fires, then finishes the batches in flight (releasing the commands
@@ -105,9 +167,13 @@ impl Worker {
             return;
         }
         let mut seen = std::collections::HashSet::new();
-        let (firsts, laters): (Vec<&ReceivedCommand>, Vec<&ReceivedCommand>) = batch
-            .iter()
-            .partition(|command| seen.insert(command.message.order_id.as_str()));
+        // A step command that calls out or reads the order runs on its own; it still holds
+        // its order's place. A wait's timer is decided with the others.
+        let (firsts, laters): (Vec<&ReceivedCommand>, Vec<&ReceivedCommand>) =
+            batch.iter().partition(|command| {
+                seen.insert(command.message.order_id.as_str())
+                    && self.workflow.decided_in_batch(&command.message.command)
+            });
         let laters = laters
             .into_iter()
             .map(|command| self.process(command, false, shutdown));
@@ -125,12 +191,27 @@ impl Worker {
         )
         .await;
         let mut batch = Vec::with_capacity(commands.len());
+        let mut stays = Vec::new();
         let mut on_their_own = Vec::new();
         for (command, decision) in commands.iter().zip(decided) {
             match decision {
-                Ok(change) => batch.push((*command, change)),
+                Ok(Plan::Apply(change)) => batch.push((*command, change)),
+                // New orders entering the step of `accepted`: written one by one, at once.
+                Ok(plan @ Plan::Stay { .. }) => stays.push((*command, plan)),
                 // Its own round reports the error (or succeeds, if it was passing).
                 Err(_) => on_their_own.push(*command),
+            }
+        }
+        let stayed = futures_util::future::join_all(
+            stays
+                .iter()
+                .map(|(command, plan)| self.write(command, plan)),
+        )
+        .await;
+        for ((command, plan), outcome) in stays.iter().zip(stayed) {
+            match outcome {
+                Ok(outcome) if self.finished(&outcome, plan.has_change()) => {}
+                _ => on_their_own.push(*command),
             }
         }
         let pairs: Vec<_> = batch
@@ -141,7 +222,15 @@ impl Worker {
             Ok(outcomes) => {
                 for ((command, change), outcome) in batch.iter().zip(outcomes) {
                     match outcome {
-                        Ok(outcome) if self.finished(&outcome, change.is_some()) => {}
+                        Ok(outcome) if self.finished(&outcome, change.is_some()) => {
+                            if let Some(due) = change
+                                .as_ref()
+                                .and_then(|c| c.steps.follow_up.as_ref())
+                                .and_then(|f| f.due_ms)
+                            {
+                                self.timer_scheduled(due);
+                            }
+                        }
                         _ => on_their_own.push(*command),
                     }
                 }
@@ -192,6 +281,9 @@ impl Worker {
         if shutdown.is_cancelled() {
             self.release(command).await;
             return;
+        }
+        if !self.workflow.decided_in_batch(&command.message.command) {
+            return self.run_step(command, shutdown).await;
         }
         let started = Instant::now();
         let mut last_extended = started;
@@ -253,17 +345,41 @@ impl Worker {
         command: &ReceivedCommand,
         read_status: bool,
     ) -> Result<(ApplyOutcome, bool), EngineError> {
-        let change = self.decide(command, read_status).await?;
-        let outcome = self.engine.apply(command, change.as_ref()).await?;
-        Ok((outcome, change.is_some()))
+        let plan = self.decide(command, read_status).await?;
+        let outcome = self.write(command, &plan).await?;
+        Ok((outcome, plan.has_change()))
     }
 
-    /// The change the workflow makes for a command, `None` if it refuses it (logged).
+    /// Completes a command with its plan, and wakes this node's timer loop for a timer it
+    /// scheduled.
+    async fn write(
+        &self,
+        command: &ReceivedCommand,
+        plan: &Plan,
+    ) -> Result<ApplyOutcome, EngineError> {
+        let outcome = match plan {
+            Plan::Apply(change) => self.engine.apply(command, change.as_ref()).await?,
+            Plan::Stay { version, writes } => {
+                self.engine.apply_step(command, *version, writes).await?
+            }
+        };
+        if let (ApplyOutcome::Applied { .. }, Some(due)) = (&outcome, plan.timer_due()) {
+            self.timer_scheduled(due);
+        }
+        Ok(outcome)
+    }
+
+    fn timer_scheduled(&self, _due_ms: u64) {
+        self.timers.notify_one();
+    }
+
+    /// The plan for a (non-step) command: the change the workflow makes, or none if it refuses
+    /// it (logged), or the step writes of a new order entering the step of `accepted`.
     async fn decide(
         &self,
         command: &ReceivedCommand,
         read_status: bool,
-    ) -> Result<Option<StatusChange>, EngineError> {
+    ) -> Result<Plan, EngineError> {
         let order_id = &command.message.order_id;
         let status = match &command.message.command {
             // If anything ran before it, the engine answers `Stale` and the next round reads.
@@ -273,17 +389,74 @@ impl Worker {
                 None => return Err(missing(order_id)),
             },
         };
+        // The order itself, where entering the target status needs it (a wait `until` one
+        // of its fields); a new order carries it.
+        let loaded;
+        let order = match &command.message.command {
+            Command::ProcessOrder { order } => Some(order.as_ref()),
+            Command::Transition { status: to, .. } if self.workflow.entry_needs_order(*to) => {
+                loaded = self.engine.order(order_id).await?.map(|r| r.order);
+                loaded.as_ref()
+            }
+            _ => None,
+        };
+        if let Command::Step {
+            status: step_status,
+            version,
+            ..
+        } = &command.message.command
+        {
+            // A wait's timer (see `Workflow::decided_in_batch`): moot if the order moved on.
+            let step = self.workflow.step(*step_status);
+            let (Some(step), true) = (
+                step,
+                status.version == *version && status.status == *step_status,
+            ) else {
+                tracing::info!(message_id = %command.message.message_id, order_id = %order_id,
+                    "wait timer of a status the order has left; acknowledged without effect");
+                return Ok(Plan::Apply(None));
+            };
+            let StepDecision::Move {
+                to,
+                reason,
+                mut records,
+            } = self.workflow.wait_elapsed(step, *version)
+            else {
+                return Ok(Plan::Apply(None));
+            };
+            let mut change = workflow::status_change(&status, to, Some(reason));
+            let entry =
+                self.workflow
+                    .entry_writes(order_id, None, to, change.event.version, now_ms());
+            records.extend(entry.records);
+            change.steps = StepWrites { records, ..entry };
+            return Ok(Plan::Apply(Some(change)));
+        }
         Ok(
-            match workflow::decide(&self.workflow, &command.message.command, &status) {
-                Decision::Change(change) => Some(change),
+            match workflow::decide(
+                &self.workflow,
+                &command.message.command,
+                &status,
+                order,
+                now_ms(),
+            ) {
+                Decision::Change(change) => Plan::Apply(Some(change)),
+                Decision::Stay { version, writes } => Plan::Stay { version, writes },
                 Decision::Refuse(why) => {
                     tracing::info!(message_id = %command.message.message_id, order_id = %order_id, reason = %why,
                         "command acknowledged without change");
-                    None
+                    Plan::Apply(None)
                 }
             },
         )
     }
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn missing(order_id: &str) -> EngineError {
@@ -323,6 +496,7 @@ mod tests {
             visibility_timeout: Duration::from_secs(30),
             max_receives: 5,
             history_limit: 10,
+            step_history_limit: 100,
             event_retention: 1000,
             consumer_name: "w".into(),
         }));
@@ -340,7 +514,7 @@ mod tests {
         }
         let worker = Worker::new(
             engine.clone(),
-            WorkflowConfig::default(),
+            Arc::new(Workflow::plain(crate::config::WorkflowConfig::default())),
             WorkerConfig {
                 batch_size: 10,
                 batches_in_flight: 1,
@@ -348,7 +522,9 @@ mod tests {
             },
             Duration::from_secs(30),
             Arc::new(Metrics::default()),
-        );
+            Default::default(),
+        )
+        .unwrap();
         let batch = engine
             .receive_batch(10, Duration::from_millis(20))
             .await
