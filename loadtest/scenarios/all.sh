@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates BENCHMARKS.md: runs every scenario script (intake, fanout, webhooks, e2e,
-# commandstats and scale when present), each writing its JSON results and SVG plots under
-# RESULTS/<section>/, then renders BENCHMARKS.md from them with `herald-loadtest report` (plots
-# copied into docs/benchmarks/). SECTIONS picks which scripts run (the report still renders
+# commandstats, scale and workflow when present), each writing its JSON results and SVG plots
+# under RESULTS/<section>/, then renders BENCHMARKS.md from them with `herald-loadtest report`
+# (plots copied into docs/benchmarks/). SECTIONS picks which scripts run (the report still renders
 # every section from what RESULTS holds).
 #
 #   loadtest/scenarios/all.sh                  # the full figures (about 20 minutes)
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/../.."
 
 PROFILE=${PROFILE:-full}
 RESULTS=${RESULTS:-target/bench}
-SECTIONS=${SECTIONS:-"intake fanout webhooks e2e commandstats scale"}
+SECTIONS=${SECTIONS:-"intake fanout webhooks e2e commandstats scale workflow"}
 REPORT_OUT=${REPORT_OUT:-BENCHMARKS.md}
 
 case "$PROFILE" in
@@ -42,6 +42,7 @@ case "$PROFILE" in
     export FAULT_DRAIN=${FAULT_DRAIN:-5s}
     export ORDERS=${ORDERS:-2000} EVENTS=${EVENTS:-1000} IDLE=${IDLE:-3}
     export SCALE_CONNS=${SCALE_CONNS:-200} SCALE_RATE=${SCALE_RATE:-100}
+    export TIMERS=${TIMERS:-2000}
     ;;
   *) echo "PROFILE must be full or quick" >&2; exit 2 ;;
 esac

@@ -793,6 +793,7 @@ async fn run_registered(
         customer_prefix: customer_prefix.to_string(),
         customers: u64::from(args.subscribers),
         items: args.items,
+        metadata: None,
     });
     let t0 = Instant::now();
     let schedule = Schedule::new(t0, args.rate, args.duration);

@@ -13,12 +13,12 @@
 //! The run is `--warmup` then `--duration`; only requests due (open loop) or started (closed
 //! loop) in the measured window count in the results.
 
+use crate::feed::Feed;
 use crate::rate::{self, Schedule};
 use crate::stats::{self, Counters, LatencySummary, Outcome, SharedHistogram, Table};
 use crate::sys;
 use anyhow::{Context, bail};
 use clap::Args;
-use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -169,7 +169,7 @@ pub fn order_number(id_prefix: &str, order_id: &str) -> Option<u64> {
 
 /// Sends this run's orders: `POST /v1/orders` with client-made ids `{id_prefix}{n}`, spread
 /// over customers `{customer_prefix}{n mod customers}`, in a valid currency (so the worker
-/// confirms them). Shared by `intake` and `e2e`.
+/// confirms them). Shared by `intake`, `e2e` and `workflow`.
 pub struct OrderClient {
     pub client: reqwest::Client,
     /// `{base}/v1/orders` of each node; order `n` goes to `orders_urls[n mod len]`.
@@ -179,6 +179,8 @@ pub struct OrderClient {
     pub customer_prefix: String,
     pub customers: u64,
     pub items: u32,
+    /// The orders' `metadata` (the same for every order), or none.
+    pub metadata: Option<serde_json::Value>,
 }
 
 impl OrderClient {
@@ -221,8 +223,12 @@ impl OrderClient {
             })
             .collect::<Vec<_>>()
             .join(",");
+        let metadata = self
+            .metadata
+            .as_ref()
+            .map_or_else(String::new, |m| format!(r#","metadata":{m}"#));
         format!(
-            r#"{{"orderId":"{}{n}","customerId":"{}{}","items":[{items}],"currency":"USD"}}"#,
+            r#"{{"orderId":"{}{n}","customerId":"{}{}","items":[{items}],"currency":"USD"{metadata}}}"#,
             self.id_prefix,
             self.customer_prefix,
             self.customer_of(n)
@@ -426,101 +432,6 @@ impl Pending {
     }
 }
 
-/// `GET /v1/events` page; unknown fields are ignored.
-#[derive(Deserialize)]
-struct FeedPage {
-    #[serde(default)]
-    events: Vec<FeedEvent>,
-    next: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FeedEvent {
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    order_id: String,
-    event_id: Option<String>,
-}
-
-struct Feed {
-    client: reqwest::Client,
-    url: String,
-    key: String,
-    id_prefix: String,
-    timeout: Duration,
-    errors: AtomicU64,
-}
-
-impl Feed {
-    const WAIT_MS: u64 = 1000;
-    const LIMIT: u32 = 1000;
-
-    async fn fetch(&self, after: &str, wait_ms: u64) -> anyhow::Result<FeedPage> {
-        let url = format!(
-            "{}?after={after}&limit={}&waitMs={wait_ms}",
-            self.url,
-            Self::LIMIT
-        );
-        let resp = self
-            .client
-            .get(url)
-            .header("x-api-key", &self.key)
-            .timeout(Duration::from_millis(wait_ms) + self.timeout)
-            .send()
-            .await
-            .context("GET /v1/events")?;
-        let status = resp.status();
-        let body = resp.bytes().await.context("GET /v1/events: body")?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-            bail!("GET /v1/events: HTTP {status}: {text}");
-        }
-        serde_json::from_slice(&body).context("GET /v1/events: not a feed page")
-    }
-
-    /// The order number `n` of one of this run's ids (`lt-<run>-<n>`).
-    fn order_number(&self, order_id: &str) -> Option<u64> {
-        order_number(&self.id_prefix, order_id)
-    }
-
-    /// Follows the feed from `cursor` until aborted.
-    async fn tail(self: Arc<Self>, pending: Arc<Pending>, mut cursor: String) {
-        let mut last_report: Option<Instant> = None;
-        loop {
-            match self.fetch(&cursor, Self::WAIT_MS).await {
-                Ok(page) => {
-                    let at = Instant::now();
-                    let mut last_id = None;
-                    for ev in page.events {
-                        let how = match ev.kind.as_str() {
-                            "order.confirmed" => Some(Resolution::Confirmed),
-                            "order.rejected" => Some(Resolution::Rejected),
-                            _ => None,
-                        };
-                        if let (Some(how), Some(n)) = (how, self.order_number(&ev.order_id)) {
-                            pending.resolve(n, how, at);
-                        }
-                        last_id = ev.event_id.or(last_id);
-                    }
-                    if let Some(next) = page.next.or(last_id) {
-                        cursor = next;
-                    }
-                }
-                Err(e) => {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
-                    if last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                        eprintln!("\nevent feed: {e:#}");
-                        last_report = Some(Instant::now());
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-}
-
 pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
     let mode = Mode::from_args(&args)?;
     if args.duration.is_zero() {
@@ -546,29 +457,9 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
 
     // The feed cursor is fixed before the first order goes out, so no confirmation is missed.
     let feed = if args.confirm_latency {
-        let feed = Arc::new(Feed {
-            client: reqwest::Client::builder()
-                .http1_only()
-                .tcp_nodelay(true)
-                .no_proxy()
-                .build()
-                .context("building the feed client")?,
-            url: format!("{base_url}/v1/events"),
-            key: args
-                .admin_key
-                .clone()
-                .unwrap_or_else(|| args.api_key.clone()),
-            id_prefix: id_prefix.clone(),
-            timeout: args.timeout,
-            errors: AtomicU64::new(0),
-        });
-        let first = feed
-            .fetch("$", 0)
-            .await
-            .context("--confirm-latency: reading the event feed")?;
-        let cursor = first
-            .next
-            .context("--confirm-latency: the event feed gave no `next` cursor")?;
+        let key = args.admin_key.as_deref().unwrap_or(&args.api_key);
+        let feed = Arc::new(Feed::new(&base_url, key, args.timeout)?);
+        let cursor = feed.end_cursor().await.context("--confirm-latency")?;
         Some((feed, cursor))
     } else {
         None
@@ -596,6 +487,7 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
         customer_prefix: "c-".into(),
         customers: args.customers,
         items: args.items,
+        metadata: None,
     };
     let ctx = Arc::new(Ctx::new(
         orders,
@@ -606,7 +498,22 @@ pub async fn run(args: IntakeArgs) -> anyhow::Result<()> {
 
     let tail = match (&feed, &pending) {
         (Some((feed, cursor)), Some(p)) => {
-            Some(tokio::spawn(feed.clone().tail(p.clone(), cursor.clone())))
+            let (p, prefix) = (p.clone(), id_prefix.clone());
+            Some(tokio::spawn(feed.clone().tail(
+                cursor.clone(),
+                move |events, at| {
+                    for ev in events {
+                        let how = match ev.kind.as_str() {
+                            "order.confirmed" => Resolution::Confirmed,
+                            "order.rejected" => Resolution::Rejected,
+                            _ => continue,
+                        };
+                        if let Some(n) = order_number(&prefix, &ev.order_id) {
+                            p.resolve(n, how, at);
+                        }
+                    }
+                },
+            )))
         }
         _ => None,
     };
@@ -946,31 +853,10 @@ mod tests {
 
     #[test]
     fn order_numbers_come_only_from_this_runs_ids() {
-        let feed = Feed {
-            client: reqwest::Client::new(),
-            url: String::new(),
-            key: String::new(),
-            id_prefix: "lt-abc-".into(),
-            timeout: Duration::from_secs(1),
-            errors: AtomicU64::new(0),
-        };
-        assert_eq!(feed.order_number("lt-abc-42"), Some(42));
-        assert_eq!(feed.order_number("lt-abd-42"), None);
-        assert_eq!(feed.order_number("lt-abc-x"), None);
-        assert_eq!(feed.order_number("ord-1"), None);
-    }
-
-    #[test]
-    fn feed_page_parses_the_documented_shape() {
-        let page: FeedPage = serde_json::from_str(
-            r#"{"events":[{"eventId":"1-0","type":"order.confirmed","orderId":"lt-a-1",
-                "status":"confirmed","version":2,"customerId":"c-1"}],"next":"1-0"}"#,
-        )
-        .expect("valid page");
-        assert_eq!(page.events.len(), 1);
-        assert_eq!(page.events[0].kind, "order.confirmed");
-        assert_eq!(page.events[0].order_id, "lt-a-1");
-        assert_eq!(page.next.as_deref(), Some("1-0"));
+        assert_eq!(order_number("lt-abc-", "lt-abc-42"), Some(42));
+        assert_eq!(order_number("lt-abc-", "lt-abd-42"), None);
+        assert_eq!(order_number("lt-abc-", "lt-abc-x"), None);
+        assert_eq!(order_number("lt-abc-", "ord-1"), None);
     }
 
     #[test]
@@ -983,6 +869,7 @@ mod tests {
             customer_prefix: "c-".into(),
             customers: 10,
             items: 1,
+            metadata: None,
         };
         assert_eq!(orders.orders_url(0), "http://a/v1/orders");
         assert_eq!(orders.orders_url(1), "http://b/v1/orders");
@@ -999,6 +886,7 @@ mod tests {
             customer_prefix: "c-".into(),
             customers: 10,
             items: 2,
+            metadata: Some(serde_json::json!({"dueAt": 1700000000000u64})),
         };
         let v: serde_json::Value = serde_json::from_str(&orders.body(13)).expect("json");
         assert_eq!(v["orderId"], "lt-r-13");
@@ -1006,5 +894,6 @@ mod tests {
         assert_eq!(v["currency"], "USD");
         assert_eq!(v["items"].as_array().map(Vec::len), Some(2));
         assert_eq!(v["items"][0]["quantity"], 1);
+        assert_eq!(v["metadata"]["dueAt"], 1700000000000u64);
     }
 }

@@ -3,11 +3,13 @@
 
 mod e2e;
 mod fanout;
+mod feed;
 mod idle;
 mod intake;
 mod intake_reference;
 mod plot;
 mod procs;
+mod prom;
 mod publish;
 mod rate;
 mod reference;
@@ -16,7 +18,9 @@ mod signing;
 mod sink;
 mod stats;
 mod sys;
+mod task_service;
 mod webhooks;
+mod workflow;
 mod ws;
 
 use clap::{Parser, Subcommand};
@@ -81,6 +85,19 @@ enum Scenario {
     /// Herald must allow loopback webhooks: `[webhooks] allow_networks = ["127.0.0.0/8"]`.
     E2e(e2e::E2eArgs),
 
+    /// Workflow steps (issue 13): orders confirmed per second through a task step, or how late
+    /// a burst of timers due at once moves its orders
+    ///
+    /// `--mode throughput`: --clients orders in the workflow at once, each client sending its
+    /// next order when the event feed shows the last one confirmed; with --service-listen the
+    /// tool also runs the service the task step calls (200 {"approved": true} at once).
+    /// Run against Herald with the step and without steps, same build and engine, for the ratio.
+    /// `--mode lateness`: --orders orders all with `metadata.dueAt` the same instant --lead
+    /// ahead, for a `wait` step `until = "order.metadata.dueAt"`; lateness = the status change's
+    /// `occurredAt` (and its arrival on the feed) - dueAt, beside Herald's
+    /// `herald_workflow_timer_lateness_seconds` read from /metrics.
+    Workflow(workflow::WorkflowArgs),
+
     /// BENCHMARKS.md from the JSON results the scenario scripts wrote
     ///
     /// Tables, same-run ratios and the targets of the issues marked met or NOT met are
@@ -110,6 +127,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Webhooks(args) => webhooks::run(args).await,
             Scenario::Report(args) => report::run(args).await,
             Scenario::E2e(args) => e2e::run(args).await,
+            Scenario::Workflow(args) => workflow::run(args).await,
         }
     })
 }

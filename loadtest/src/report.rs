@@ -1,5 +1,5 @@
 //! `herald-loadtest report`: renders BENCHMARKS.md from the JSON results the scenario scripts
-//! wrote (`<results>/{intake,fanout,webhooks,e2e,commandstats,scale}/*.json`, plus each folder's `manifest.json`:
+//! wrote (`<results>/{intake,fanout,webhooks,e2e,commandstats,scale,workflow}/*.json`, plus each folder's `manifest.json`:
 //! the command that produced it and the facts only the script knows, such as the Redis version).
 //!
 //! Every table, ratio and "met / NOT met" verdict is computed here from the numbers; the prose
@@ -47,16 +47,18 @@ pub enum Section {
     E2e,
     Commandstats,
     Scale,
+    Workflow,
 }
 
 impl Section {
-    const ALL: [Section; 6] = [
+    const ALL: [Section; 7] = [
         Section::Intake,
         Section::Fanout,
         Section::Webhooks,
         Section::E2e,
         Section::Commandstats,
         Section::Scale,
+        Section::Workflow,
     ];
 
     fn dir(self) -> &'static str {
@@ -67,6 +69,7 @@ impl Section {
             Section::E2e => "e2e",
             Section::Commandstats => "commandstats",
             Section::Scale => "scale",
+            Section::Workflow => "workflow",
         }
     }
 
@@ -87,6 +90,7 @@ impl Section {
             Section::E2e => "End to end",
             Section::Commandstats => "Redis commands and Redis CPU per order and per delivery",
             Section::Scale => "Scale on Redis Cluster",
+            Section::Workflow => "Workflow steps",
         }
     }
 
@@ -479,6 +483,7 @@ pub fn render(intro: Option<&str>, inputs: &[SectionInput], results: &str) -> St
             Section::E2e => e2e(&mut out, input),
             Section::Commandstats => commandstats(&mut out, input),
             Section::Scale => scale(&mut out, input),
+            Section::Workflow => workflow(&mut out, input),
         }
         if out.len() == before {
             let _ = writeln!(
@@ -1787,6 +1792,240 @@ fn scale(out: &mut String, input: &SectionInput) {
     targets(out, "check (issue 11)", &ts);
 }
 
+// ---- workflow steps -------------------------------------------------------------------------
+
+/// The workflow a `workflow.sh` run measured: the second word of its label (`<engine> plain
+/// ...` or `<engine> task ...`, the script's convention).
+fn workflow_kind(r: &Run) -> &str {
+    s(&r.v, "label")
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("")
+}
+
+/// Engines in the order they are read: memory, then the others by name.
+fn engine_order(engine: &str) -> (bool, String) {
+    (engine != "memory", engine.to_string())
+}
+
+/// Orders of a throughput run that did not end `confirmed`: POST errors, other statuses, no
+/// outcome in time.
+fn not_confirmed(v: &Value) -> f64 {
+    let sum = |k: &str| {
+        v[k].as_object()
+            .map(|e| e.values().filter_map(Value::as_f64).sum())
+            .unwrap_or(0.0)
+    };
+    sum("errors") + sum("ended_otherwise") + f(v, "timed_out").unwrap_or(0.0)
+}
+
+fn workflow(out: &mut String, input: &SectionInput) {
+    let mut throughput: Vec<&Run> = input
+        .of("workflow")
+        .filter(|r| s(&r.v, "mode") == Some("throughput"))
+        .collect();
+    let mut lateness: Vec<&Run> = input
+        .of("workflow")
+        .filter(|r| s(&r.v, "mode") == Some("lateness"))
+        .collect();
+    let mut intakes: Vec<&Run> = input.of("intake").collect();
+    if throughput.is_empty() && lateness.is_empty() && intakes.is_empty() {
+        return;
+    }
+    let kind_order = |r: &Run| -> u8 {
+        match workflow_kind(r) {
+            "plain" => 0,
+            "task" => 1,
+            _ => 2,
+        }
+    };
+    throughput.sort_by_key(|r| (engine_order(engine(r)), kind_order(r)));
+    lateness.sort_by_key(|r| engine_order(engine(r)));
+    intakes.sort_by_key(|r| engine_order(engine(r)));
+
+    // Per engine: plain intake, then the workflow without steps, then with the step.
+    let mut rows: Vec<((bool, String), u8, Vec<String>)> = Vec::new();
+    for r in &intakes {
+        let v = &r.v;
+        rows.push((
+            engine_order(engine(r)),
+            0,
+            vec![
+                format!(
+                    "{}, plain intake: {} clients, each sending its next order on the 202",
+                    engine(r),
+                    int_or_dash(f(v, "clients"))
+                ),
+                String::new(),
+                int_or_dash(f(v, "throughput_per_s")),
+                lat(v, "accept_latency_ms", &["p50", "p99"]),
+                String::new(),
+                int(v["errors"]
+                    .as_object()
+                    .map(|e| e.values().filter_map(Value::as_f64).sum())
+                    .unwrap_or(0.0)),
+                String::new(),
+                plot_cell(r),
+            ],
+        ));
+    }
+    for r in &throughput {
+        let v = &r.v;
+        let what = match workflow_kind(r) {
+            "plain" => "no steps",
+            "task" => "one task step at `accepted`",
+            other => other,
+        };
+        let confirmed_in_window =
+            f(v, "confirmed_per_s").unwrap_or(0.0) * f(v, "duration_s").unwrap_or(0.0);
+        let calls = f(v, "task_service.calls_in_window")
+            .filter(|_| confirmed_in_window > 0.0)
+            .map_or_else(String::new, |c| format!("{:.2}", c / confirmed_in_window));
+        rows.push((
+            engine_order(engine(r)),
+            1 + kind_order(r),
+            vec![
+                format!(
+                    "{}, {what}: {} orders in the workflow at once",
+                    engine(r),
+                    int_or_dash(f(v, "clients"))
+                ),
+                int_or_dash(f(v, "confirmed_per_s")),
+                int_or_dash(f(v, "accepted_per_s")),
+                lat(v, "accept_latency_ms", &["p50", "p99"]),
+                lat(v, "confirm_latency_ms", &["p50", "p99", "p999"]),
+                int(not_confirmed(v)),
+                calls,
+                plot_cell(r),
+            ],
+        ));
+    }
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, _, row)| row).collect();
+    if !rows.is_empty() {
+        table(
+            out,
+            &[
+                "run",
+                "confirmed/s",
+                "accepted/s",
+                "accept p50 / p99 ms",
+                "send -> confirmed p50 / p99 / p99.9 ms",
+                "not confirmed",
+                "task calls per confirmed order",
+                "plot",
+            ],
+            &rows,
+        );
+    }
+
+    // The same-run comparison, per engine.
+    let mut engines: Vec<&str> = throughput.iter().map(|r| engine(r)).collect();
+    engines.sort_by_key(|e| engine_order(e));
+    engines.dedup();
+    let confirmed = |eng: &str, kind: &str| {
+        throughput
+            .iter()
+            .find(|r| engine(r) == eng && workflow_kind(r) == kind)
+            .and_then(|r| f(&r.v, "confirmed_per_s"))
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => percent(a / b),
+        _ => "-".into(),
+    };
+    let rows: Vec<Vec<String>> = engines
+        .iter()
+        .map(|&eng| {
+            let (plain, task) = (confirmed(eng, "plain"), confirmed(eng, "task"));
+            let intake = intakes
+                .iter()
+                .find(|r| engine(r) == eng)
+                .and_then(|r| f(&r.v, "throughput_per_s"));
+            vec![
+                eng.to_string(),
+                int_or_dash(task),
+                int_or_dash(plain),
+                ratio(task, plain),
+                int_or_dash(intake),
+                ratio(task, intake),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "Same run, same build, same engine: orders confirmed per second with one task step \
+             beside the workflow without steps, and beside plain intake (202s per second):\n"
+        );
+        table(
+            out,
+            &[
+                "engine",
+                "with a task step, confirmed/s",
+                "without steps, confirmed/s",
+                "task ÷ without steps",
+                "plain intake, accepted/s",
+                "task ÷ plain intake",
+            ],
+            &rows,
+        );
+    }
+
+    let rows: Vec<Vec<String>> = lateness
+        .iter()
+        .map(|r| {
+            let v = &r.v;
+            let herald = &v["herald_timer_lateness"];
+            let herald_cell = if herald.is_null() || f(herald, "count") == Some(0.0) {
+                "-".to_string()
+            } else {
+                format!(
+                    "{} / {} (p99 bucket <= {}; {} timers)",
+                    ms(f(herald, "p50_ms")),
+                    ms(f(herald, "p99_ms")),
+                    ms(f(herald, "p99_bucket_ms")),
+                    int_or_dash(f(herald, "count"))
+                )
+            };
+            let ready = match f(v, "timers_ready_before_due_ms") {
+                Some(ms) => format!("{} ms before", int(ms)),
+                None => "**not** before the due time".into(),
+            };
+            let early = f(v, "event_early").unwrap_or(0.0) + f(v, "seen_early").unwrap_or(0.0);
+            vec![
+                engine(r).to_string(),
+                int_or_dash(f(v, "accepted")),
+                ready,
+                lat(v, "event_lateness_ms", &["p50", "p99", "max"]),
+                lat(v, "seen_lateness_ms", &["p50", "p99", "max"]),
+                herald_cell,
+                format!("{} / {}", int_or_dash(f(v, "missing")), int(early)),
+                plot_cell(r),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "Timer lateness: orders created beforehand, every one due at the same instant (a \
+             `wait` step `until = \"order.metadata.dueAt\"`, next `confirmed`):\n"
+        );
+        table(
+            out,
+            &[
+                "engine",
+                "timers due at once",
+                "all scheduled",
+                "occurredAt - dueAt p50 / p99 / max ms",
+                "seen on the feed - dueAt p50 / p99 / max ms",
+                "Herald's histogram (due -> queued) p50 / p99 ms",
+                "missing / early",
+                "plot",
+            ],
+            &rows,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2358,6 +2597,73 @@ mod tests {
             "| fan-out deliveries/s with 1, 2 and 3 Herald nodes | at 1 node(s) | **NOT met** |"
         ));
         assert!(doc.contains("| 3 | 12,000 | 2.00 / 8.00 | 3.00 | - | - | - | - |"));
+    }
+
+    fn workflow_run(engine: &str, kind: &str, confirmed: f64, calls: Option<u64>) -> Run {
+        run(
+            &format!("{engine}-{kind}"),
+            json!({"scenario": "workflow", "mode": "throughput",
+                   "label": format!("{engine} {kind} clients=256"), "clients": 256,
+                   "duration_s": 10.0, "confirmed_per_s": confirmed, "accepted_per_s": confirmed,
+                   "accept_latency_ms": lat(1.0, 4.0), "confirm_latency_ms": lat(5.0, 20.0),
+                   "errors": {}, "ended_otherwise": {"rejected": 2}, "timed_out": 1,
+                   "task_service": calls.map(|c| json!({"calls": c, "calls_in_window": c})),
+                   "machine": machine()}),
+        )
+    }
+
+    #[test]
+    fn workflow_section_reads_the_task_step_against_the_same_runs_plain_figures() {
+        let mut runs = vec![
+            workflow_run("redis", "task", 2_000.0, Some(20_000)),
+            workflow_run("memory", "task", 5_000.0, Some(50_000)),
+            workflow_run("memory", "plain", 10_000.0, None),
+            workflow_run("redis", "plain", 4_000.0, None),
+            intake_run("memory", 64, 25_000.0, 3.0),
+            run(
+                "memory-lateness",
+                json!({"scenario": "workflow", "mode": "lateness", "label": "memory wait",
+                       "accepted": 10000, "missing": 0, "event_early": 0, "seen_early": 0,
+                       "timers_ready_before_due_ms": 3500.0,
+                       "event_lateness_ms": lat(30.0, 80.0), "seen_lateness_ms": lat(40.0, 95.0),
+                       "herald_timer_lateness": {"count": 10000, "p50_ms": 3.0, "p99_ms": 9.5,
+                                                 "p99_bucket_ms": 10.0},
+                       "machine": machine()}),
+            ),
+            run(
+                "redis-lateness",
+                json!({"scenario": "workflow", "mode": "lateness", "label": "redis wait",
+                       "accepted": 10000, "missing": 3, "event_early": 0, "seen_early": 0,
+                       "timers_ready_before_due_ms": null,
+                       "event_lateness_ms": lat(300.0, 800.0), "seen_lateness_ms": null,
+                       "herald_timer_lateness": null, "machine": machine()}),
+            ),
+        ];
+        runs[4].v["label"] = json!("memory plain intake clients=64");
+        let doc = render(None, &[input(Section::Workflow, runs)], "target/bench");
+        assert!(doc.contains("## Workflow steps"));
+        // Memory first, plain intake, then without steps, then with the step; 10 s windows make
+        // 50,000 calls one per order.
+        let intake = doc.find("| memory, plain intake: 64").expect("intake row");
+        let plain = doc
+            .find("| memory, no steps: 256")
+            .expect("memory plain row");
+        let task = doc
+            .find("| memory, one task step at `accepted`: 256")
+            .expect("task row");
+        let redis = doc.find("| redis, no steps: 256").expect("redis plain row");
+        assert!(intake < plain && plain < task && task < redis);
+        assert!(doc.contains(
+            "| memory, one task step at `accepted`: 256 orders in the workflow at once | 5,000 | 5,000 | 1.00 / 4.00 | 5.00 / 20.0 / 40.0 | 3 | 1.00 |"
+        ));
+        assert!(doc.contains("| memory | 5,000 | 10,000 | 50 % | 25,000 | 20 % |"));
+        assert!(doc.contains("| redis | 2,000 | 4,000 | 50 % | - | - |"));
+        assert!(doc.contains(
+            "| memory | 10,000 | 3,500 ms before | 30.0 / 80.0 / 240 | 40.0 / 95.0 / 285 | 3.00 / 9.50 (p99 bucket <= 10.0; 10,000 timers) | 0 / 0 |"
+        ));
+        assert!(doc.contains(
+            "| redis | 10,000 | **not** before the due time | 300 / 800 / 2,400 | no samples | - | 3 / 0 |"
+        ));
     }
 
     #[test]
