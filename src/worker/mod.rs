@@ -285,9 +285,7 @@ impl Worker {
         if !self.workflow.decided_in_batch(&command.message.command) {
             return self.run_step(command, shutdown).await;
         }
-        let started = Instant::now();
-        let mut last_extended = started;
-        let mut wait = Duration::from_millis(2);
+        let mut turn = TurnWait::new();
         loop {
             let outcome = match self.try_apply(command, read_status).await {
                 Ok((outcome, had_change)) if self.finished(&outcome, had_change) => return,
@@ -304,28 +302,17 @@ impl Worker {
                 ApplyOutcome::Applied { .. } | ApplyOutcome::AlreadyDone => return,
                 ApplyOutcome::Stale { .. } => read_status = true,
                 ApplyOutcome::Blocked => {
-                    Metrics::inc(&self.metrics.commands_blocked);
+                    if turn.pause(self, command, shutdown).await {
+                        continue;
+                    }
                     if shutdown.is_cancelled() {
                         self.release(command).await;
-                        return;
-                    }
-                    // Waiting longer than a visibility timeout means the earlier command is
-                    // stuck (its holder died, or it is failing toward the dead-letter queue).
-                    // Give the slot back; the command returns after its visibility timeout.
-                    if started.elapsed() > self.visibility_timeout {
+                    } else {
+                        // Give the slot back; the command returns after its visibility timeout.
                         tracing::info!(message_id = %command.message.message_id, order_id = %command.message.order_id,
                             "command still waiting for an earlier command of its order; leaving it for redelivery");
-                        return;
                     }
-                    // Keep the command invisible while it waits its turn.
-                    if last_extended.elapsed() > self.visibility_timeout / 3 {
-                        if let Err(e) = self.engine.extend_visibility(command).await {
-                            tracing::warn!(error = %e, message_id = %command.message.message_id, "extending visibility failed");
-                        }
-                        last_extended = Instant::now();
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(100));
+                    return;
                 }
             }
         }
@@ -449,6 +436,49 @@ impl Worker {
                 }
             },
         )
+    }
+}
+
+/// A command waiting for its order's earlier command (per-order FIFO): backs off, keeps the
+/// command invisible meanwhile, and says when to stop waiting.
+struct TurnWait {
+    started: Instant,
+    last_extended: Instant,
+    wait: Duration,
+}
+
+impl TurnWait {
+    fn new() -> TurnWait {
+        let now = Instant::now();
+        TurnWait {
+            started: now,
+            last_extended: now,
+            wait: Duration::from_millis(2),
+        }
+    }
+
+    /// One pause of a blocked command; false when the worker should stop waiting: at shutdown,
+    /// or after a visibility timeout, which means the earlier command is stuck (its holder
+    /// died, or it is failing toward the dead-letter queue).
+    async fn pause(
+        &mut self,
+        worker: &Worker,
+        command: &ReceivedCommand,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        Metrics::inc(&worker.metrics.commands_blocked);
+        if shutdown.is_cancelled() || self.started.elapsed() > worker.visibility_timeout {
+            return false;
+        }
+        if self.last_extended.elapsed() > worker.visibility_timeout / 3 {
+            if let Err(e) = worker.engine.extend_visibility(command).await {
+                tracing::warn!(error = %e, message_id = %command.message.message_id, "extending visibility failed");
+            }
+            self.last_extended = Instant::now();
+        }
+        tokio::time::sleep(self.wait).await;
+        self.wait = (self.wait * 2).min(Duration::from_millis(100));
+        true
     }
 }
 

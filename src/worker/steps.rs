@@ -14,7 +14,7 @@
 //! [`idempotency_key`]) and `Herald-Attempt`, goes through the SSRF guard
 //! (`workflow.allow_networks`), and keeps the command invisible while it runs.
 
-use super::{Plan, Worker, missing, now_ms};
+use super::{Plan, TurnWait, Worker, missing, now_ms};
 use crate::config::StepKind;
 use crate::engine::{ApplyOutcome, Command, EngineError, ReceivedCommand, StepAction, StepWrites};
 use crate::metrics::Metrics;
@@ -53,9 +53,7 @@ impl Worker {
                 return;
             }
         };
-        let started = Instant::now();
-        let mut last_extended = started;
-        let mut wait = Duration::from_millis(2);
+        let mut turn = TurnWait::new();
         loop {
             match self.write(command, &plan).await {
                 Ok(outcome @ (ApplyOutcome::Applied { .. } | ApplyOutcome::AlreadyDone)) => {
@@ -65,19 +63,10 @@ impl Worker {
                 // The order moved on while the step ran: its outcome is moot.
                 Ok(ApplyOutcome::Stale { .. }) => plan = Plan::Apply(None),
                 Ok(ApplyOutcome::Blocked) => {
-                    Metrics::inc(&self.metrics.commands_blocked);
-                    if shutdown.is_cancelled() || started.elapsed() > self.visibility_timeout {
+                    if !turn.pause(self, command, shutdown).await {
                         self.release(command).await;
                         return;
                     }
-                    if last_extended.elapsed() > self.visibility_timeout / 3 {
-                        if let Err(e) = self.engine.extend_visibility(command).await {
-                            tracing::warn!(error = %e, message_id = %command.message.message_id, "extending visibility failed");
-                        }
-                        last_extended = Instant::now();
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(100));
                 }
                 Err(e) => {
                     Metrics::inc(&self.metrics.worker_errors);
@@ -92,9 +81,7 @@ impl Worker {
     /// Waits until `command` heads its order's FIFO; false if it gave the command back
     /// (shutdown, or waiting longer than a visibility timeout) or failed to ask.
     async fn wait_for_turn(&self, command: &ReceivedCommand, shutdown: &CancellationToken) -> bool {
-        let started = Instant::now();
-        let mut last_extended = started;
-        let mut wait = Duration::from_millis(2);
+        let mut turn = TurnWait::new();
         loop {
             match self.engine.heads_its_order(command).await {
                 Ok(true) => return true,
@@ -106,19 +93,10 @@ impl Worker {
                     return false;
                 }
             }
-            Metrics::inc(&self.metrics.commands_blocked);
-            if shutdown.is_cancelled() || started.elapsed() > self.visibility_timeout {
+            if !turn.pause(self, command, shutdown).await {
                 self.release(command).await;
                 return false;
             }
-            if last_extended.elapsed() > self.visibility_timeout / 3 {
-                if let Err(e) = self.engine.extend_visibility(command).await {
-                    tracing::warn!(error = %e, message_id = %command.message.message_id, "extending visibility failed");
-                }
-                last_extended = Instant::now();
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(100));
         }
     }
 

@@ -244,12 +244,7 @@ impl StepStore for RedisEngine {
             .eval_on(&self.intake, what, &invocation)
             .await
             .map_err(|e| map_err(what, e))?;
-        match text(&reply).as_deref() {
-            Some("queued") => Ok(ClaimOutcome::Queued),
-            Some("notwaiting") => Ok(ClaimOutcome::NotWaiting),
-            Some("unknown") => Ok(ClaimOutcome::UnknownOrder),
-            _ => Err(corrupt("heartbeat script returned an unexpected reply")),
-        }
+        claim_outcome(&reply, "heartbeat")
     }
 
     async fn apply_step(
@@ -326,12 +321,7 @@ impl StepStore for RedisEngine {
             .eval_on(&self.intake, what, &invocation)
             .await
             .map_err(|e| map_err(what, e))?;
-        match text(&reply).as_deref() {
-            Some("queued") => Ok(ClaimOutcome::Queued),
-            Some("notwaiting") => Ok(ClaimOutcome::NotWaiting),
-            Some("unknown") => Ok(ClaimOutcome::UnknownOrder),
-            _ => Err(corrupt("claim-wait script returned an unexpected reply")),
-        }
+        claim_outcome(&reply, "claim-wait")
     }
 
     async fn pending_timers(&self) -> EngineResult<u64> {
@@ -343,6 +333,19 @@ impl StepStore for RedisEngine {
             }))
             .await?;
         Ok(counts.into_iter().sum())
+    }
+}
+
+/// The answer of the scripts that act on an order's open wait (`claim_wait.lua`,
+/// `heartbeat.lua`): `queued`, `notwaiting` or `unknown`.
+fn claim_outcome(reply: &::redis::Value, script: &str) -> EngineResult<ClaimOutcome> {
+    match text(reply).as_deref() {
+        Some("queued") => Ok(ClaimOutcome::Queued),
+        Some("notwaiting") => Ok(ClaimOutcome::NotWaiting),
+        Some("unknown") => Ok(ClaimOutcome::UnknownOrder),
+        _ => Err(corrupt(format!(
+            "{script} script returned an unexpected reply"
+        ))),
     }
 }
 
