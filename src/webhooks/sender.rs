@@ -724,8 +724,8 @@ impl Sender {
 }
 
 /// An error with its sources (`error sending request: connection refused`), which is what
-/// an operator reading the attempt log needs.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// an operator reading the attempt log needs (the workflow's calls report theirs the same way).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

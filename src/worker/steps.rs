@@ -19,6 +19,7 @@ use crate::config::StepKind;
 use crate::engine::{ApplyOutcome, Command, EngineError, ReceivedCommand, StepAction, StepWrites};
 use crate::metrics::Metrics;
 use crate::model::{Order, OrderRecord};
+use crate::webhooks::sender::error_chain;
 use crate::webhooks::ssrf;
 use crate::workflow::steps::{failed_after_callback, idempotency_key};
 use crate::workflow::template::{Escape, fill_str, fill_url};
@@ -437,17 +438,6 @@ fn spent(
         }
     }
     (attempt, retries)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
