@@ -114,6 +114,7 @@ impl WsHarness {
         let node = Node(Arc::new(Shared {
             engine,
             workflow: Arc::new(crate::workflow::Workflow::plain(config.workflow.clone())),
+            workflow_timers: Default::default(),
             keys: keyring(),
             rate_limiter: crate::http::ratelimit::ApiRateLimiter::new(
                 &config.http,

@@ -26,6 +26,9 @@ pub struct Shared {
     pub engine: Arc<dyn Engine>,
     /// The workflow with its compiled steps, and the key its callback tokens are signed with.
     pub workflow: Arc<crate::workflow::Workflow>,
+    /// Wakes this node's workflow timer loop (if it runs the worker role) when a request
+    /// schedules a timer (a callback's heartbeat deadline).
+    pub workflow_timers: Arc<tokio::sync::Notify>,
     pub config: Config,
     pub keys: KeyRing,
     /// Per-credential token buckets (`[http] rate_limit_*`), checked by [`Shared::admit`].

@@ -149,9 +149,11 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         crate::workflow::Workflow::new(config.workflow.clone(), token_key)
             .map_err(|e| anyhow::anyhow!(e))?,
     );
+    let workflow_timers = Arc::new(Notify::new());
     let state = Node(Arc::new(Shared {
         engine: engine.clone(),
         workflow: workflow.clone(),
+        workflow_timers: workflow_timers.clone(),
         keys: KeyRing::from_config(&config.auth).context("loading [auth] keys")?,
         rate_limiter: ApiRateLimiter::new(&config.http, std::time::Instant::now()),
         config: config.clone(),
@@ -173,7 +175,7 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         background.spawn(long_polls.watch(engine.clone()));
     }
     if roles.worker {
-        let timers = Arc::new(Notify::new());
+        let timers = workflow_timers.clone();
         let worker = Worker::new(
             engine.clone(),
             workflow.clone(),

@@ -73,16 +73,19 @@ pub async fn heartbeat(
         .heartbeat(&task.order_id, &task.wait_id(), &timer)
         .await?
     {
-        ClaimOutcome::Queued => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "orderId": task.order_id,
-                "status": task.status,
-                "version": task.version,
-                "heartbeatDueInMs": due.saturating_sub(now),
-            })),
-        )
-            .into_response()),
+        ClaimOutcome::Queued => {
+            state.workflow_timers.notify_one();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "orderId": task.order_id,
+                    "status": task.status,
+                    "version": task.version,
+                    "heartbeatDueInMs": due.saturating_sub(now),
+                })),
+            )
+                .into_response())
+        }
         ClaimOutcome::NotWaiting => Err(not_waiting()),
         ClaimOutcome::UnknownOrder => Err(no_such_task()),
     }

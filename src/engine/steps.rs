@@ -33,6 +33,12 @@ pub struct StepWrites {
 }
 
 impl StepWrites {
+    /// Whether it schedules a timer (a follow-up due later, or a heartbeat deadline): the
+    /// writer wakes its node's timer loop, which may be sleeping past that due time.
+    pub fn schedules_timer(&self) -> bool {
+        self.heartbeat.is_some() || self.follow_up.as_ref().is_some_and(|f| f.due_ms.is_some())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
             && self.follow_up.is_none()

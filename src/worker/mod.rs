@@ -64,14 +64,13 @@ impl Plan {
         }
     }
 
-    /// The due time of a timer it schedules, if any.
-    fn timer_due(&self) -> Option<u64> {
-        let writes = match self {
-            Plan::Apply(Some(change)) => &change.steps,
-            Plan::Stay { writes, .. } => writes,
-            Plan::Apply(None) => return None,
-        };
-        writes.follow_up.as_ref().and_then(|f| f.due_ms)
+    /// Whether it schedules a timer.
+    fn schedules_timer(&self) -> bool {
+        match self {
+            Plan::Apply(Some(change)) => change.steps.schedules_timer(),
+            Plan::Stay { writes, .. } => writes.schedules_timer(),
+            Plan::Apply(None) => false,
+        }
     }
 }
 
@@ -223,12 +222,8 @@ impl Worker {
                 for ((command, change), outcome) in batch.iter().zip(outcomes) {
                     match outcome {
                         Ok(outcome) if self.finished(&outcome, change.is_some()) => {
-                            if let Some(due) = change
-                                .as_ref()
-                                .and_then(|c| c.steps.follow_up.as_ref())
-                                .and_then(|f| f.due_ms)
-                            {
-                                self.timer_scheduled(due);
+                            if change.as_ref().is_some_and(|c| c.steps.schedules_timer()) {
+                                self.timers.notify_one();
                             }
                         }
                         _ => on_their_own.push(*command),
@@ -350,14 +345,10 @@ impl Worker {
                 self.engine.apply_step(command, *version, writes).await?
             }
         };
-        if let (ApplyOutcome::Applied { .. }, Some(due)) = (&outcome, plan.timer_due()) {
-            self.timer_scheduled(due);
+        if matches!(outcome, ApplyOutcome::Applied { .. }) && plan.schedules_timer() {
+            self.timers.notify_one();
         }
         Ok(outcome)
-    }
-
-    fn timer_scheduled(&self, _due_ms: u64) {
-        self.timers.notify_one();
     }
 
     /// The plan for a (non-step) command: the change the workflow makes, or none if it refuses

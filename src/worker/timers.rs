@@ -1,7 +1,7 @@
 //! The timer loop: turns the workflow's due timers (waits, retries, callback timeouts) into
 //! commands ([`StepStore::fire_due_timers`](crate::engine::StepStore::fire_due_timers)), on
 //! every worker node. It sleeps until the earliest timer is due, and is woken early when this
-//! node's worker schedules one; timers another node scheduled are found by a sweep at least
+//! node's worker schedules one (or a heartbeat request on this node moves a deadline); timers another node scheduled are found by a sweep at least
 //! every [`POLL`], so a timer fires within tens of milliseconds of its due time when the node
 //! that scheduled it lives, and within [`POLL`] when only others do. Firing is atomic per
 //! timer in the engine: several nodes sweeping fire each timer once.
