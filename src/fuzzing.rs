@@ -113,7 +113,13 @@ impl WsHarness {
         ));
         let node = Node(Arc::new(Shared {
             engine,
-            workflow: Arc::new(crate::workflow::Workflow::plain(config.workflow.clone())),
+            workflow: Arc::new(
+                crate::workflow::Workflow::new(
+                    config.workflow.clone(),
+                    crate::workflow::token::TokenKey::random(),
+                )
+                .expect("the fuzzed node's workflow compiles"),
+            ),
             workflow_timers: Default::default(),
             keys: keyring(),
             rate_limiter: crate::http::ratelimit::ApiRateLimiter::new(

@@ -182,6 +182,34 @@ pub struct StepRecord {
     pub response: Option<serde_json::Value>,
 }
 
+impl StepRecord {
+    /// A record of `kind` for the step `step` of `status` (entered at `version`), at `at`;
+    /// the optional details unset.
+    pub fn new(
+        kind: &str,
+        status: OrderStatus,
+        version: u64,
+        step: &str,
+        at: String,
+    ) -> StepRecord {
+        StepRecord {
+            kind: kind.into(),
+            status,
+            version,
+            step: step.into(),
+            at,
+            attempt: None,
+            status_code: None,
+            error: None,
+            detail: None,
+            latency_ms: None,
+            due_at: None,
+            next: None,
+            response: None,
+        }
+    }
+}
+
 /// An event as it is stored in the event log (field `event` of a stream entry). The entry id is
 /// not part of the body: it is the [`EventId`] the log assigns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

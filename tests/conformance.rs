@@ -2991,19 +2991,19 @@ fn callback(order_id: &str, status: OrderStatus, version: u64) -> NewCommand {
 
 fn step_record(kind: &str, status: OrderStatus, version: u64) -> StepRecord {
     StepRecord {
-        kind: kind.into(),
-        status,
-        version,
-        step: format!("step-{}", status.as_str()),
-        at: now_rfc3339(),
         attempt: Some(1),
         status_code: Some(503),
         error: Some("5xx".into()),
         detail: Some(format!("{kind} detail")),
         latency_ms: Some(12),
-        due_at: None,
-        next: None,
         response: Some(serde_json::json!({"kind": kind})),
+        ..StepRecord::new(
+            kind,
+            status,
+            version,
+            &format!("step-{}", status.as_str()),
+            now_rfc3339(),
+        )
     }
 }
 

@@ -308,38 +308,38 @@ fn example(service: &Service, t: Timings) -> String {
     ))
     .expect("config/workflow-example.toml");
     let base = service.base();
-    let text = replace(&text, "http://127.0.0.1:9401", &base, 1);
-    let text = replace(&text, "http://127.0.0.1:9402", &base, 1);
-    let text = replace(
-        &text,
-        "callback_timeout = \"15m\"",
-        &format!("callback_timeout = \"{}\"", t.callback_timeout),
-        1,
-    );
-    let text = replace(
-        &text,
-        "after = \"14d\"",
-        &format!("after = \"{}\"", t.after),
-        1,
-    );
-    let text = replace(
-        &text,
-        "interval = \"1s\"",
-        &format!("interval = \"{}\"", t.interval),
-        2,
-    );
-    let text = replace(
-        &text,
-        "backoff_rate = 2.0",
-        &format!("backoff_rate = {BACKOFF_RATE}.0"),
-        2,
-    );
-    replace(
-        &text,
-        "timeout = \"2s\"",
-        &format!("timeout = \"{}\"", t.warehouse_timeout),
-        1,
-    )
+    let edits = [
+        ("http://127.0.0.1:9401".to_string(), base.clone(), 1),
+        ("http://127.0.0.1:9402".to_string(), base, 1),
+        (
+            "callback_timeout = \"15m\"".to_string(),
+            format!("callback_timeout = \"{}\"", t.callback_timeout),
+            1,
+        ),
+        (
+            "after = \"14d\"".to_string(),
+            format!("after = \"{}\"", t.after),
+            1,
+        ),
+        (
+            "interval = \"1s\"".to_string(),
+            format!("interval = \"{}\"", t.interval),
+            2,
+        ),
+        (
+            "backoff_rate = 2.0".to_string(),
+            format!("backoff_rate = {BACKOFF_RATE}.0"),
+            2,
+        ),
+        (
+            "timeout = \"2s\"".to_string(),
+            format!("timeout = \"{}\"", t.warehouse_timeout),
+            1,
+        ),
+    ];
+    edits.iter().fold(text, |text, (from, to, count)| {
+        replace(&text, from, to, *count)
+    })
 }
 
 /// Herald's environment: on Redis the token secret the example asks for there.

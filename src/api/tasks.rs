@@ -18,6 +18,7 @@ use crate::auth::Principal;
 use crate::engine::{ClaimOutcome, Command, NewCommand, StepAction};
 use crate::metrics::Metrics;
 use crate::model::now_rfc3339;
+use crate::workflow::token::TaskToken;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -43,16 +44,7 @@ pub async fn heartbeat(
     Path(token): Path<String>,
 ) -> ApiResult<Response> {
     refuse_customers(&principal, "send workflow task heartbeats")?;
-    let Some(task) = state.workflow.token_key().verify(&token) else {
-        return Err(no_such_task());
-    };
-    let status = state.engine.order_status(&task.order_id).await?;
-    let visible = status
-        .as_ref()
-        .is_some_and(|s| principal.may_access_order(s.partner_id.as_deref(), &s.customer_id));
-    if !visible {
-        return Err(no_such_task());
-    }
+    let task = visible_task(&state, &principal, &token).await?;
     let now = crate::worker::now_ms();
     let Some(timer) = state.workflow.heartbeat_timer(
         &task.order_id,
@@ -91,6 +83,23 @@ pub async fn heartbeat(
     }
 }
 
+/// The task a token names, if it verifies and its order is one the caller may see; else the
+/// same 404 whatever the reason (a forged token is no oracle of order ids).
+async fn visible_task(state: &Node, principal: &Principal, token: &str) -> ApiResult<TaskToken> {
+    let Some(task) = state.workflow.token_key().verify(token) else {
+        return Err(no_such_task());
+    };
+    let status = state.engine.order_status(&task.order_id).await?;
+    let visible = status
+        .as_ref()
+        .is_some_and(|s| principal.may_access_order(s.partner_id.as_deref(), &s.customer_id));
+    if visible {
+        Ok(task)
+    } else {
+        Err(no_such_task())
+    }
+}
+
 fn no_such_task() -> Problem {
     Problem::not_found("No task with this token is visible to this credential.")
 }
@@ -126,9 +135,7 @@ async fn complete(
     succeeded: bool,
 ) -> ApiResult<Response> {
     refuse_customers(principal, "complete workflow tasks")?;
-    let Some(task) = state.workflow.token_key().verify(token) else {
-        return Err(no_such_task());
-    };
+    let task = visible_task(state, principal, token).await?;
     let body = json_object(headers, body, state.config.http.max_json_depth)?;
     if !succeeded {
         for (field, value) in &body {
@@ -139,13 +146,6 @@ async fn complete(
                 )));
             }
         }
-    }
-    let status = state.engine.order_status(&task.order_id).await?;
-    let visible = status
-        .as_ref()
-        .is_some_and(|s| principal.may_access_order(s.partner_id.as_deref(), &s.customer_id));
-    if !visible {
-        return Err(no_such_task());
     }
     let message_id = uuid::Uuid::now_v7().to_string();
     let command = NewCommand {

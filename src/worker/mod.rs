@@ -494,7 +494,43 @@ mod tests {
     use crate::engine::{EngineSettings, LogEntry};
     use crate::model::{LogCursor, OrderStatus};
 
-    async fn accept(engine: &Arc<dyn Engine>, id: &str) {
+    /// A memory engine whose commands stay invisible for `visibility`.
+    pub(super) fn memory_engine(visibility: Duration) -> Arc<dyn Engine> {
+        Arc::new(MemoryEngine::new(EngineSettings {
+            visibility_timeout: visibility,
+            max_receives: 5,
+            history_limit: 10,
+            step_history_limit: 100,
+            event_retention: 1000,
+            consumer_name: "w".into(),
+        }))
+    }
+
+    /// A worker on `engine` running `workflow`, one batch of 10 in flight.
+    pub(super) fn worker(
+        engine: &Arc<dyn Engine>,
+        workflow: crate::config::WorkflowConfig,
+        visibility: Duration,
+    ) -> Arc<Worker> {
+        let workflow = Workflow::new(workflow, crate::workflow::token::TokenKey::random())
+            .expect("the test workflow compiles");
+        Worker::new(
+            engine.clone(),
+            Arc::new(workflow),
+            WorkerConfig {
+                batch_size: 10,
+                batches_in_flight: 1,
+                receive_wait: Duration::from_millis(20),
+            },
+            visibility,
+            Arc::new(Metrics::default()),
+            Default::default(),
+        )
+        .expect("the test worker builds")
+    }
+
+    /// Accepts a new order `id` with its `processOrder` command.
+    pub(super) async fn accept(engine: &Arc<dyn Engine>, id: &str) {
         let o = order(id);
         let cmd = command(
             id,
@@ -513,14 +549,7 @@ mod tests {
     /// status read before them, it would refuse it. It must run after the confirmation.
     #[tokio::test]
     async fn commands_of_one_order_in_one_batch_run_in_order_on_the_status_before_them() {
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
-            visibility_timeout: Duration::from_secs(30),
-            max_receives: 5,
-            history_limit: 10,
-            step_history_limit: 100,
-            event_retention: 1000,
-            consumer_name: "w".into(),
-        }));
+        let engine = memory_engine(Duration::from_secs(30));
         accept(&engine, "o1").await;
         accept(&engine, "o2").await;
         for status in [OrderStatus::Preparing, OrderStatus::Shipped] {
@@ -533,19 +562,7 @@ mod tests {
             );
             engine.enqueue_command(&cmd, None).await.unwrap();
         }
-        let worker = Worker::new(
-            engine.clone(),
-            Arc::new(Workflow::plain(crate::config::WorkflowConfig::default())),
-            WorkerConfig {
-                batch_size: 10,
-                batches_in_flight: 1,
-                receive_wait: Duration::from_millis(20),
-            },
-            Duration::from_secs(30),
-            Arc::new(Metrics::default()),
-            Default::default(),
-        )
-        .unwrap();
+        let worker = worker(&engine, Default::default(), Duration::from_secs(30));
         let batch = engine
             .receive_batch(10, Duration::from_millis(20))
             .await

@@ -442,13 +442,11 @@ fn spent(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{accept, memory_engine, worker};
     use super::super::*;
     use crate::config::{CatchConfig, RequestConfig, RetryConfig, StepConfig, StepKind};
-    use crate::engine::EngineSettings;
-    use crate::engine::fixtures::{new_command, order};
-    use crate::engine::memory::MemoryEngine;
+    use crate::engine::fixtures::new_command;
     use crate::model::OrderStatus;
-    use crate::workflow::token::TokenKey;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -473,14 +471,7 @@ mod tests {
                     .await;
             }
         });
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(EngineSettings {
-            visibility_timeout: Duration::from_secs(2),
-            max_receives: 5,
-            history_limit: 10,
-            step_history_limit: 100,
-            event_retention: 1000,
-            consumer_name: "w".into(),
-        }));
+        let engine = memory_engine(Duration::from_secs(2));
         let mut config = crate::config::WorkflowConfig {
             allow_networks: vec!["127.0.0.0/8".into()],
             ..Default::default()
@@ -518,31 +509,8 @@ mod tests {
                 heartbeat: None,
             },
         );
-        let wf = Arc::new(Workflow::new(config, TokenKey::new(b"k")).unwrap());
-        let worker = Worker::new(
-            engine.clone(),
-            wf,
-            WorkerConfig {
-                batch_size: 10,
-                batches_in_flight: 1,
-                receive_wait: Duration::from_millis(20),
-            },
-            Duration::from_secs(2),
-            Arc::new(Metrics::default()),
-            Default::default(),
-        )
-        .unwrap();
-        let o = order("o1");
-        let cmd = new_command(
-            "o1",
-            Command::ProcessOrder {
-                order: Box::new(o.clone()),
-            },
-        );
-        engine
-            .accept_order(&o, &workflow::accepted_event(&o), &cmd, None)
-            .await
-            .unwrap();
+        let worker = worker(&engine, config, Duration::from_secs(2));
+        accept(&engine, "o1").await;
         let stop = CancellationToken::new();
         let receive = |n| {
             let e = engine.clone();

@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_new_order_is_confirmed_or_rejected_with_its_reason() {
-        let wf = Workflow::plain(WorkflowConfig::default());
+        let wf = Workflow::new(WorkflowConfig::default(), token::TokenKey::random()).unwrap();
         let good = order("USD", 1);
         let Decision::Change(c) =
             decide(&wf, &process(good.clone()), &initial_status(&good), None, 0)
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_command_the_table_no_longer_allows_is_refused() {
-        let wf = Workflow::plain(WorkflowConfig::default());
+        let wf = Workflow::new(WorkflowConfig::default(), token::TokenKey::random()).unwrap();
         let o = order("USD", 1);
         let mut status = initial_status(&o);
         status.status = OrderStatus::Shipped;

@@ -87,21 +87,7 @@ pub fn idempotency_key(order_id: &str, status: OrderStatus, version: u64) -> Str
 }
 
 fn record(kind: &str, step: &Step, version: u64) -> StepRecord {
-    StepRecord {
-        kind: kind.into(),
-        status: step.status,
-        version,
-        step: step.name.clone(),
-        at: now_rfc3339(),
-        attempt: None,
-        status_code: None,
-        error: None,
-        detail: None,
-        latency_ms: None,
-        due_at: None,
-        next: None,
-        response: None,
-    }
+    StepRecord::new(kind, step.status, version, &step.name, now_rfc3339())
 }
 
 fn rfc3339_ms(ms: u64) -> String {
@@ -148,15 +134,6 @@ impl Workflow {
             steps,
             token_key,
         })
-    }
-
-    /// The default workflow (no steps).
-    pub fn plain(config: WorkflowConfig) -> Workflow {
-        Workflow {
-            config,
-            steps: BTreeMap::new(),
-            token_key: TokenKey::random(),
-        }
     }
 
     pub fn step(&self, status: OrderStatus) -> Option<&Step> {
@@ -593,21 +570,9 @@ impl Workflow {
         let context = self.template_context(step, order, version, attempt);
         match step.config.request.as_ref().and_then(|r| r.body.as_ref()) {
             Some(template) => super::template::fill_value(template, &context),
-            None => {
-                let mut body = json!({
-                    "orderId": order.order_id,
-                    "customerId": order.customer_id,
-                    "partnerId": order.partner_id,
-                    "status": step.status,
-                    "version": version,
-                    "attempt": attempt,
-                    "order": order,
-                });
-                if step.config.kind == StepKind::Callback {
-                    body["taskToken"] = context["taskToken"].clone();
-                }
-                body
-            }
+            // The default body is what placeholders read: the ids, the attempt, the order
+            // (and the token of a callback).
+            None => context,
         }
     }
 
@@ -718,21 +683,11 @@ pub fn bounded(v: &Value, max: usize) -> Value {
 mod tests {
     use super::*;
     use crate::config::{CatchConfig, ChoiceConfig, RequestConfig, RetryConfig};
-    use crate::model::LineItem;
 
     fn order() -> Order {
         Order {
-            order_id: "o1".into(),
-            customer_id: "c1".into(),
-            partner_id: None,
-            items: vec![LineItem {
-                sku: "s".into(),
-                quantity: 1,
-                unit_price: serde_json::Number::from(3),
-            }],
-            currency: "USD".into(),
             metadata: Some(json!({"dueAt": 5_000})),
-            created_at: now_rfc3339(),
+            ..crate::engine::fixtures::order("o1")
         }
     }
 

@@ -246,10 +246,12 @@ impl StepStore for MemoryEngine {
         wait_id: &str,
         command: &NewCommand,
     ) -> EngineResult<ClaimOutcome> {
-        debug_assert_eq!(
-            command.order_id, order_id,
-            "a wait's command is for its order"
-        );
+        if command.order_id != order_id {
+            return Err(EngineError::Corrupt(format!(
+                "command {} is for order {}, not {order_id}",
+                command.message_id, command.order_id
+            )));
+        }
         let outcome = self.with_state(|state| {
             let Some(stored) = state.orders.get_mut(order_id) else {
                 return ClaimOutcome::UnknownOrder;

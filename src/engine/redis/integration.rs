@@ -1324,21 +1324,13 @@ async fn an_intake_whose_claim_was_abandoned_and_retaken_stores_nothing() {
 }
 
 fn step_record(kind: &str, version: u64) -> StepRecord {
-    StepRecord {
-        kind: kind.into(),
-        status: OrderStatus::Confirmed,
+    StepRecord::new(
+        kind,
+        OrderStatus::Confirmed,
         version,
-        step: "charge".into(),
-        at: now_rfc3339(),
-        attempt: None,
-        status_code: None,
-        error: None,
-        detail: None,
-        latency_ms: None,
-        due_at: None,
-        next: None,
-        response: None,
-    }
+        "charge",
+        now_rfc3339(),
+    )
 }
 
 fn step_command(order_id: &str, version: u64, action: StepAction) -> NewCommand {

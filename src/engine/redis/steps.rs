@@ -355,21 +355,13 @@ mod tests {
     use crate::model::OrderStatus;
 
     fn record(kind: &str) -> String {
-        serde_json::to_string(&StepRecord {
-            kind: kind.into(),
-            status: OrderStatus::Confirmed,
-            version: 2,
-            step: "charge".into(),
-            at: "2026-01-01T00:00:00Z".into(),
-            attempt: None,
-            status_code: None,
-            error: None,
-            detail: None,
-            latency_ms: None,
-            due_at: None,
-            next: None,
-            response: None,
-        })
+        serde_json::to_string(&StepRecord::new(
+            kind,
+            OrderStatus::Confirmed,
+            2,
+            "charge",
+            "2026-01-01T00:00:00Z".into(),
+        ))
         .unwrap()
     }
 
