@@ -82,6 +82,7 @@ counters! {
     tail_gaps => "herald_event_tail_gaps_total", "Times the event tail found entries removed from the log (retention) before it read them: this node's subscribers missed them.";
     webhook_events_dispatched => "herald_webhook_events_dispatched_total", "Event log entries turned into deliveries (or acknowledged with none) by this node.";
     webhook_deliveries_created => "herald_webhook_deliveries_created_total", "Webhook deliveries created by this node's dispatcher.";
+    webhook_deliveries_held => "herald_webhook_deliveries_held_total", "Deliveries to perOrder endpoints created behind an earlier pending delivery of their order (they wait for it to end; none for unordered endpoints).";
     webhook_dispatch_errors => "herald_webhook_dispatch_errors_total", "Dispatcher engine calls that failed (the events are claimed again).";
     webhook_attempts => "herald_webhook_attempts_total", "Webhook HTTP attempts made.";
     webhook_succeeded => "herald_webhook_deliveries_succeeded_total", "Webhook deliveries answered with 2xx.";

@@ -236,6 +236,12 @@ conformance!(
     create_endpoint_counts_and_inserts_in_one_step_per_partner,
     patch_and_rotate_change_only_their_fields,
     sweep_deletes_old_records_and_every_record_of_a_deleted_endpoint,
+    // Per-order ordered webhooks (issue 14).
+    ordered_deliveries_of_one_order_go_out_one_at_a_time_in_version_order,
+    a_retrying_order_does_not_hold_back_other_orders_or_unordered_deliveries,
+    a_failed_head_releases_the_next_and_a_manual_retry_waits_for_its_turn,
+    recovering_an_orders_failed_deliveries_sends_them_one_at_a_time,
+    deleting_an_ordered_endpoint_and_sweeping_leaves_no_line_behind,
     // Workflow steps (issue 13).
     a_change_writes_its_step_records_in_the_same_step,
     step_records_are_kept_oldest_first_and_capped,
@@ -1599,6 +1605,7 @@ fn endpoint(id: &str) -> Endpoint {
         created_at_ms: 1_000,
         updated_at_ms: 1_000,
         failing_since_ms: None,
+        ordering: Ordering::None,
     }
 }
 
@@ -1617,6 +1624,7 @@ fn delivery(id: &str, endpoint_id: &str, created_at_ms: u64, due_ms: u64) -> Del
         updated_at_ms: created_at_ms,
         next_attempt_at_ms: Some(due_ms),
         last_status_code: None,
+        order_line: None,
     }
 }
 
@@ -4015,4 +4023,226 @@ async fn the_order_shows_its_open_wait(h: Harness) {
     let change = change_to(e, "o2", OrderStatus::Cancelled).await;
     e.apply(&got, Some(&change)).await.unwrap();
     assert_eq!(open_wait("o2").await, None, "a status change closes it");
+}
+
+// ---- Per-order ordered webhooks (issue 14) ----
+
+/// A delivery of order `order` at `version` to a `perOrder` endpoint, due at `created_at_ms`.
+fn ordered(id: &str, endpoint_id: &str, order: &str, version: u64, created_at_ms: u64) -> Delivery {
+    Delivery {
+        order_line: Some(OrderLine {
+            order_id: order.into(),
+            version,
+        }),
+        ..delivery(id, endpoint_id, created_at_ms, created_at_ms)
+    }
+}
+
+fn ordered_endpoint(id: &str) -> Endpoint {
+    Endpoint {
+        ordering: Ordering::PerOrder,
+        ..endpoint(id)
+    }
+}
+
+async fn succeed(e: &Arc<dyn Engine>, id: &str, at_ms: u64) {
+    e.finish_attempt(
+        id,
+        &attempt(1, at_ms, Some(200)),
+        &AttemptOutcome::Succeeded,
+        DAY,
+    )
+    .await
+    .unwrap();
+}
+
+async fn ordered_deliveries_of_one_order_go_out_one_at_a_time_in_version_order(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&ordered_endpoint("ep_1")).await.unwrap();
+    // Created in two batches, the second one (versions 3, 4) first: the line is by version.
+    create(e, &[ordered("msg_2", "ep_1", "o/1 é", 2, 1_000)]).await;
+    create(
+        e,
+        &[
+            ordered("msg_4", "ep_1", "o/1 é", 4, 1_000),
+            ordered("msg_3", "ep_1", "o/1 é", 3, 1_000),
+        ],
+    )
+    .await;
+    let waiting = e.delivery("msg_3").await.unwrap().unwrap();
+    assert_eq!(waiting.state, DeliveryState::Pending);
+    assert_eq!(waiting.next_attempt_at_ms, None);
+    assert_eq!(
+        waiting.order_line,
+        Some(OrderLine {
+            order_id: "o/1 é".into(),
+            version: 3
+        })
+    );
+    let mut sent = Vec::new();
+    for now in [2_000, 3_000, 4_000] {
+        let due = claim(e, now, 10, LONG_LEASE).await;
+        assert_eq!(due.len(), 1, "one delivery of the order at a time");
+        sent.push(due[0].id.clone());
+        succeed(e, &due[0].id, now).await;
+    }
+    assert_eq!(sent, ["msg_2", "msg_3", "msg_4"]);
+    assert!(claim(e, 9_000, 10, LONG_LEASE).await.is_empty());
+    assert_eq!(e.next_due_ms().await.unwrap(), None);
+    // The line is empty again: the order's next delivery goes out at once.
+    create(e, &[ordered("msg_5", "ep_1", "o/1 é", 5, 10_000)]).await;
+    assert_eq!(ids(&claim(e, 10_000, 10, LONG_LEASE).await), ["msg_5"]);
+}
+
+async fn a_retrying_order_does_not_hold_back_other_orders_or_unordered_deliveries(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&ordered_endpoint("ep_1")).await.unwrap();
+    e.put_endpoint(&endpoint("ep_2")).await.unwrap();
+    create(
+        e,
+        &[
+            ordered("msg_x1", "ep_1", "x", 1, 1_000),
+            ordered("msg_x2", "ep_1", "x", 2, 1_000),
+            ordered("msg_y1", "ep_1", "y", 1, 1_000),
+            ordered("msg_y2", "ep_1", "y", 2, 1_000),
+            delivery("msg_u1", "ep_2", 1_000, 1_000),
+            delivery("msg_u2", "ep_2", 1_000, 1_000),
+        ],
+    )
+    .await;
+    let mut first = ids(&claim(e, 1_000, 10, LONG_LEASE).await)
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    first.sort();
+    // Unordered deliveries are all due at once; each order sends its head only.
+    assert_eq!(first, ["msg_u1", "msg_u2", "msg_x1", "msg_y1"]);
+    // x's head fails and retries later; y goes on.
+    e.finish_attempt(
+        "msg_x1",
+        &attempt(1, 1_100, Some(500)),
+        &AttemptOutcome::RetryAt(50_000),
+        DAY,
+    )
+    .await
+    .unwrap();
+    succeed(e, "msg_y1", 1_200).await;
+    assert_eq!(ids(&claim(e, 2_000, 10, LONG_LEASE).await), ["msg_y2"]);
+    succeed(e, "msg_y2", 2_100).await;
+    assert!(claim(e, 49_999, 10, LONG_LEASE).await.is_empty());
+    assert_eq!(
+        e.delivery("msg_x2")
+            .await
+            .unwrap()
+            .unwrap()
+            .next_attempt_at_ms,
+        None
+    );
+    // Its retry is x's head again; then x2.
+    assert_eq!(ids(&claim(e, 50_000, 10, LONG_LEASE).await), ["msg_x1"]);
+    succeed(e, "msg_x1", 50_100).await;
+    assert_eq!(ids(&claim(e, 50_100, 10, LONG_LEASE).await), ["msg_x2"]);
+}
+
+async fn a_failed_head_releases_the_next_and_a_manual_retry_waits_for_its_turn(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&ordered_endpoint("ep_1")).await.unwrap();
+    create(
+        e,
+        &[
+            ordered("msg_1", "ep_1", "x", 1, 1_000),
+            ordered("msg_2", "ep_1", "x", 2, 1_000),
+            ordered("msg_3", "ep_1", "x", 3, 1_000),
+        ],
+    )
+    .await;
+    assert_eq!(ids(&claim(e, 1_000, 10, LONG_LEASE).await), ["msg_1"]);
+    // The schedule is exhausted: msg_1 is failed (kept for manual retry), msg_2 is released
+    // at the time of that attempt.
+    e.finish_attempt(
+        "msg_1",
+        &attempt(8, 1_500, Some(500)),
+        &AttemptOutcome::Failed,
+        DAY,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        e.delivery("msg_1").await.unwrap().unwrap().state,
+        DeliveryState::Failed
+    );
+    assert_eq!(
+        e.delivery("msg_2")
+            .await
+            .unwrap()
+            .unwrap()
+            .next_attempt_at_ms,
+        Some(1_500)
+    );
+    assert_eq!(ids(&claim(e, 1_500, 10, LONG_LEASE).await), ["msg_2"]);
+    // A manual retry of msg_1 while msg_2 is in flight: msg_1 rejoins the line and, being
+    // the lowest version, goes out as soon as msg_2 ends, before msg_3.
+    assert!(e.retry_delivery("msg_1", 1_600).await.unwrap());
+    let retried = e.delivery("msg_1").await.unwrap().unwrap();
+    assert_eq!(retried.state, DeliveryState::Pending);
+    assert_eq!(retried.next_attempt_at_ms, None);
+    assert!(claim(e, 1_600, 10, LONG_LEASE).await.is_empty());
+    succeed(e, "msg_2", 1_700).await;
+    assert_eq!(ids(&claim(e, 1_700, 10, LONG_LEASE).await), ["msg_1"]);
+    succeed(e, "msg_1", 1_800).await;
+    assert_eq!(ids(&claim(e, 1_800, 10, LONG_LEASE).await), ["msg_3"]);
+    succeed(e, "msg_3", 1_900).await;
+    // Alone in its line, a retried delivery is due when asked.
+    assert!(e.retry_delivery("msg_3", 5_000).await.unwrap());
+    assert_eq!(
+        e.delivery("msg_3")
+            .await
+            .unwrap()
+            .unwrap()
+            .next_attempt_at_ms,
+        Some(5_000)
+    );
+    assert_eq!(ids(&claim(e, 5_000, 10, LONG_LEASE).await), ["msg_3"]);
+}
+
+async fn recovering_an_orders_failed_deliveries_sends_them_one_at_a_time(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&ordered_endpoint("ep_1")).await.unwrap();
+    create(
+        e,
+        &[
+            ordered("msg_1", "ep_1", "x", 1, 1_000),
+            ordered("msg_2", "ep_1", "x", 2, 2_000),
+        ],
+    )
+    .await;
+    for (id, at) in [("msg_1", 3_000), ("msg_2", 4_000)] {
+        assert_eq!(ids(&claim(e, at, 10, LONG_LEASE).await), [id]);
+        e.finish_attempt(id, &attempt(1, at, None), &AttemptOutcome::Failed, DAY)
+            .await
+            .unwrap();
+    }
+    assert_eq!(e.recover_failed("ep_1", 0, 9_000).await.unwrap(), 2);
+    assert_eq!(ids(&claim(e, 9_000, 10, LONG_LEASE).await), ["msg_1"]);
+    succeed(e, "msg_1", 9_100).await;
+    assert_eq!(ids(&claim(e, 9_100, 10, LONG_LEASE).await), ["msg_2"]);
+}
+
+async fn deleting_an_ordered_endpoint_and_sweeping_leaves_no_line_behind(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&ordered_endpoint("ep_1")).await.unwrap();
+    create(
+        e,
+        &[
+            ordered("msg_1", "ep_1", "x", 1, 1_000),
+            ordered("msg_2", "ep_1", "x", 2, 1_000),
+        ],
+    )
+    .await;
+    assert!(e.delete_endpoint("ep_1").await.unwrap());
+    assert_eq!(e.sweep_deliveries("ep_1", 0, 100).await.unwrap(), 2);
+    // A new endpoint of the same id starts with an empty line.
+    e.put_endpoint(&ordered_endpoint("ep_1")).await.unwrap();
+    create(e, &[ordered("msg_3", "ep_1", "x", 3, 2_000)]).await;
+    assert_eq!(ids(&claim(e, 2_000, 10, LONG_LEASE).await), ["msg_3"]);
 }

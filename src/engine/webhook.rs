@@ -91,6 +91,32 @@ pub struct Endpoint {
     /// The first failed attempt since the last success (endpoint health).
     #[serde(default)]
     pub failing_since_ms: Option<u64>,
+    /// Whether one order's deliveries to this endpoint go out one at a time, in event order.
+    #[serde(default)]
+    pub ordering: Ordering,
+}
+
+/// How an endpoint's deliveries are ordered (`ordering` in the API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Ordering {
+    /// Every delivery is attempted as soon as it is due (the default).
+    #[default]
+    None,
+    /// One order's deliveries are attempted one at a time in event (version) order: a delivery
+    /// waits while an earlier one of the same order to the same endpoint is pending. A head
+    /// that ends (succeeds, or fails for good) releases the next one.
+    PerOrder,
+}
+
+/// The place of an ordered delivery (to a [`Ordering::PerOrder`] endpoint) in its order's
+/// line: deliveries of one (endpoint, order) go out one at a time, lowest version first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderLine {
+    pub order_id: String,
+    /// The order's version of the delivered event.
+    pub version: u64,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +173,10 @@ pub struct Delivery {
     pub next_attempt_at_ms: Option<u64>,
     #[serde(default)]
     pub last_status_code: Option<u16>,
+    /// Set for a delivery to a [`Ordering::PerOrder`] endpoint: it waits (`Pending` without
+    /// `next_attempt_at_ms`) while an earlier delivery of its order is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_line: Option<OrderLine>,
 }
 
 /// One HTTP attempt of a delivery, as the delivery log shows it.
@@ -237,6 +267,7 @@ pub struct EndpointPatch {
     pub description: Option<Option<String>>,
     pub rate_limit_per_second: Option<Option<u32>>,
     pub max_in_flight: Option<Option<u32>>,
+    pub ordering: Option<Ordering>,
     /// Enabling a disabled endpoint clears its `disabled_reason` and `failing_since_ms`;
     /// disabling an enabled one records [`DISABLED_BY_USER`]; the same state changes nothing.
     pub enabled: Option<bool>,
@@ -352,11 +383,18 @@ pub trait WebhookStore: Send + Sync {
     /// delivery whose id exists already is left exactly as it is (a redelivered event changes
     /// nothing).
     /// `events` are (partition, entry id) pairs.
+    ///
+    /// A delivery with an [`OrderLine`] joins its (endpoint, order) line and is scheduled
+    /// only when the line was empty; otherwise it waits (`Pending`, no `next_attempt_at_ms`)
+    /// until every delivery of the line with a lower version has ended: when a line's head
+    /// ends (succeeds, or fails for good), [`Self::finish_attempts`] schedules the line's
+    /// lowest version at the attempt's time. Returns how many new deliveries were made to
+    /// wait so (0 when none is ordered).
     async fn create_deliveries(
         &self,
         events: &[(usize, EventId)],
         deliveries: &[Delivery],
-    ) -> EngineResult<()>;
+    ) -> EngineResult<usize>;
 
     /// Stores and schedules deliveries that no log entry stands behind (operational notices
     /// such as `endpoint.disabled`), with the same rules as [`Self::create_deliveries`] but
@@ -429,11 +467,13 @@ pub trait WebhookStore: Send + Sync {
     ) -> EngineResult<Vec<Delivery>>;
 
     /// Manual retry: the delivery becomes pending and due at `at_ms` (whatever its state; its
-    /// attempt count is kept). `false` when unknown.
+    /// attempt count is kept). An ordered one (with an [`OrderLine`]) rejoins its line: due
+    /// at `at_ms` when the line is empty (or it is the line's scheduled head), else it waits
+    /// for its turn by version. `false` when unknown.
     async fn retry_delivery(&self, delivery_id: &str, at_ms: u64) -> EngineResult<bool>;
 
     /// Schedules every failed delivery of the endpoint created at or after `since_ms` again
-    /// at `at_ms`; how many.
+    /// at `at_ms` (ordered ones rejoin their lines as in [`Self::retry_delivery`]); how many.
     async fn recover_failed(
         &self,
         endpoint_id: &str,

@@ -14,7 +14,7 @@
 //! [`super::operational`].
 
 use crate::backoff::Backoff;
-use crate::engine::webhook::{Delivery, DeliveryState, Endpoint, LostEvents};
+use crate::engine::webhook::{Delivery, DeliveryState, Endpoint, LostEvents, OrderLine, Ordering};
 use crate::engine::{Engine, LogEntry};
 use crate::metrics::Metrics;
 use crate::model::{EventId, LoggedEvent, now_millis};
@@ -248,7 +248,8 @@ impl Dispatcher {
             if events.is_empty() {
                 continue;
             }
-            self.engine.create_deliveries(&events, &deliveries).await?;
+            let held = self.engine.create_deliveries(&events, &deliveries).await?;
+            Metrics::add(&self.metrics.webhook_deliveries_held, held as u64);
             Metrics::add(&self.metrics.webhook_events_dispatched, events.len() as u64);
             if !deliveries.is_empty() {
                 Metrics::add(
@@ -310,7 +311,17 @@ pub fn deliveries_for(event: &LoggedEvent, endpoints: &[Endpoint], now_ms: u64) 
     let body = body(event);
     let event_id = event.qualified_id();
     matching
-        .map(|endpoint| new_delivery(endpoint, &event_id, &event.event.event_type, &body, now_ms))
+        .map(|endpoint| {
+            let mut delivery =
+                new_delivery(endpoint, &event_id, &event.event.event_type, &body, now_ms);
+            if endpoint.ordering == Ordering::PerOrder {
+                delivery.order_line = Some(OrderLine {
+                    order_id: event.event.order_id.clone(),
+                    version: event.event.version,
+                });
+            }
+            delivery
+        })
         .collect()
 }
 
@@ -336,6 +347,7 @@ pub(crate) fn new_delivery(
         updated_at_ms: now_ms,
         next_attempt_at_ms: Some(now_ms),
         last_status_code: None,
+        order_line: None,
     }
 }
 
@@ -418,6 +430,7 @@ pub(crate) mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             failing_since_ms: None,
+            ordering: Ordering::None,
         }
     }
 

@@ -7,7 +7,7 @@ use crate::api::fields::FieldErrors;
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::{Node, json_object, refuse_customers};
 use crate::auth::Principal;
-use crate::engine::webhook::{Endpoint, EndpointCreation, EndpointPatch, EndpointSecret};
+use crate::engine::webhook::{Endpoint, EndpointCreation, EndpointPatch, EndpointSecret, Ordering};
 use crate::model::{OrderStatus, now_millis};
 use crate::webhooks::{signature, ssrf};
 use axum::Json;
@@ -39,6 +39,7 @@ fn endpoint_view(e: &Endpoint) -> Value {
         "disabledReason": e.disabled_reason,
         "rateLimitPerSecond": e.rate_limit_per_second,
         "maxInFlight": e.max_in_flight,
+        "ordering": ordering_name(e.ordering),
         "createdAt": ms_to_rfc3339(e.created_at_ms),
         "updatedAt": ms_to_rfc3339(e.updated_at_ms),
         "failingSince": e.failing_since_ms.map(ms_to_rfc3339),
@@ -47,15 +48,31 @@ fn endpoint_view(e: &Endpoint) -> Value {
 
 /// The fields create and patch both take, and the one only `extra` takes (create:
 /// `partnerId`, patch: `enabled`).
-fn settings_and(extra: &'static str) -> [&'static str; 6] {
+fn settings_and(extra: &'static str) -> [&'static str; 7] {
     [
         "url",
         "eventTypes",
         "description",
         "rateLimitPerSecond",
         "maxInFlight",
+        "ordering",
         extra,
     ]
+}
+
+fn ordering_name(ordering: Ordering) -> &'static str {
+    match ordering {
+        Ordering::None => "none",
+        Ordering::PerOrder => "perOrder",
+    }
+}
+
+fn ordering(value: &Value) -> Result<Ordering, String> {
+    match value.as_str() {
+        Some("none") => Ok(Ordering::None),
+        Some("perOrder") => Ok(Ordering::PerOrder),
+        _ => Err("must be `none` or `perOrder`".into()),
+    }
 }
 
 // The checks of the fields create and patch share. Each reads one value and says what is
@@ -171,6 +188,10 @@ pub async fn create_endpoint(
         .get("maxInFlight")
         .map(|v| f.check("/maxInFlight", limit(v, 1, MAX_IN_FLIGHT)))
         .unwrap_or(Some(None));
+    let ordering = body
+        .get("ordering")
+        .map(|v| f.check("/ordering", ordering(v)))
+        .unwrap_or(Some(Ordering::None));
     let partner_id = match (body.get("partnerId"), &principal) {
         (None | Some(Value::Null), Principal::Partner { partner_id }) => Some(partner_id.clone()),
         (None | Some(Value::Null), _) => None,
@@ -189,8 +210,14 @@ pub async fn create_endpoint(
         }
     };
     f.nothing_changed()?;
-    let (Some(url), Some(event_types), Some(description), Some(rate), Some(in_flight)) =
-        (url, event_types, description, rate, in_flight)
+    let (
+        Some(url),
+        Some(event_types),
+        Some(description),
+        Some(rate),
+        Some(in_flight),
+        Some(ordering),
+    ) = (url, event_types, description, rate, in_flight, ordering)
     else {
         return Err(Problem::bad_request("The request body is not valid."));
     };
@@ -213,6 +240,7 @@ pub async fn create_endpoint(
         created_at_ms: now,
         updated_at_ms: now,
         failing_since_ms: None,
+        ordering,
     };
     let limit = state.config.webhooks.max_endpoints_per_partner;
     if let EndpointCreation::LimitReached { count } =
@@ -294,6 +322,9 @@ pub async fn patch_endpoint(
     }
     if let Some(v) = body.get("maxInFlight") {
         patch.max_in_flight = f.check("/maxInFlight", limit(v, 1, MAX_IN_FLIGHT));
+    }
+    if let Some(v) = body.get("ordering") {
+        patch.ordering = f.check("/ordering", ordering(v));
     }
     match body.get("enabled") {
         None => {}

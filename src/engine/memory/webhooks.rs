@@ -31,6 +31,9 @@ pub(super) struct WebhookState {
     /// The retry schedule, `(due ms, delivery id)`; `due` finds a delivery's entry.
     schedule: BTreeSet<(u64, String)>,
     due: HashMap<String, u64>,
+    /// Per (endpoint, order), the pending deliveries to a `perOrder` endpoint as
+    /// `(version, id)`: only the first one is scheduled; the others wait (see [`OrderLine`]).
+    lines: HashMap<(String, String), BTreeSet<(u64, String)>>,
     /// The dispatch group: the newest log entry handed out...
     dispatched_up_to: EventId,
     /// ...and the entries handed out and not acknowledged, with when they were handed out
@@ -59,7 +62,9 @@ impl WebhookState {
 
     /// Stores each delivery whose id is new and schedules it (a `Pending` one without a time
     /// is due at its creation); a known id is left exactly as it is.
-    fn store_deliveries(&mut self, deliveries: &[Delivery]) {
+    /// Returns how many were made to wait behind their order's line.
+    fn store_deliveries(&mut self, deliveries: &[Delivery]) -> usize {
+        let mut held = 0;
         for delivery in deliveries {
             if self.deliveries.contains_key(&delivery.id) {
                 continue;
@@ -69,8 +74,13 @@ impl WebhookState {
                 let at_ms = delivery
                     .next_attempt_at_ms
                     .unwrap_or(delivery.created_at_ms);
-                delivery.next_attempt_at_ms = Some(at_ms);
-                self.schedule_at(&delivery.id, at_ms);
+                if self.join_line(&delivery) {
+                    delivery.next_attempt_at_ms = Some(at_ms);
+                    self.schedule_at(&delivery.id, at_ms);
+                } else {
+                    delivery.next_attempt_at_ms = None;
+                    held += 1;
+                }
             } else {
                 delivery.next_attempt_at_ms = None;
             }
@@ -86,6 +96,51 @@ impl WebhookState {
                     attempts: VecDeque::new(),
                 },
             );
+        }
+        held
+    }
+
+    /// Puts a pending delivery in its order's line; whether it may be scheduled: it is
+    /// unordered, or the line was empty (it is the head). An ordered one already in the line
+    /// is the head when it is the one scheduled.
+    fn join_line(&mut self, delivery: &Delivery) -> bool {
+        let Some(line) = &delivery.order_line else {
+            return true;
+        };
+        let members = self
+            .lines
+            .entry((delivery.endpoint_id.clone(), line.order_id.clone()))
+            .or_default();
+        let entry = (line.version, delivery.id.clone());
+        if members.contains(&entry) {
+            return self.due.contains_key(&delivery.id);
+        }
+        let head = members.is_empty();
+        members.insert(entry);
+        head
+    }
+
+    /// Takes an ended (succeeded or failed) delivery out of its order's line and schedules the
+    /// line's next one (lowest version) at `at_ms`, unless one is scheduled already.
+    fn leave_line(&mut self, delivery: &Delivery, at_ms: u64) {
+        let Some(line) = &delivery.order_line else {
+            return;
+        };
+        let key = (delivery.endpoint_id.clone(), line.order_id.clone());
+        let Some(members) = self.lines.get_mut(&key) else {
+            return;
+        };
+        members.remove(&(line.version, delivery.id.clone()));
+        let Some((_, next)) = members.first().cloned() else {
+            self.lines.remove(&key);
+            return;
+        };
+        if members.iter().any(|(_, id)| self.due.contains_key(id)) {
+            return;
+        }
+        self.schedule_at(&next, at_ms);
+        if let Some(stored) = self.deliveries.get_mut(&next) {
+            stored.delivery.next_attempt_at_ms = Some(at_ms);
         }
     }
 
@@ -149,7 +204,10 @@ impl WebhookState {
             let delivery = delivery.clone();
             match next {
                 Some(at_ms) => w.schedule_at(delivery_id, at_ms),
-                None => w.unschedule(delivery_id),
+                None => {
+                    w.unschedule(delivery_id);
+                    w.leave_line(&delivery, now_ms);
+                }
             }
             w.index_failed(&delivery);
 
@@ -185,7 +243,17 @@ impl WebhookState {
     /// schedule.
     fn forget_delivery(&mut self, endpoint_id: &str, created_at_ms: u64, delivery_id: &str) {
         let entry = (created_at_ms, delivery_id.to_string());
-        self.deliveries.remove(delivery_id);
+        if let Some(stored) = self.deliveries.remove(delivery_id)
+            && let Some(line) = &stored.delivery.order_line
+        {
+            let key = (endpoint_id.to_string(), line.order_id.clone());
+            if let Some(members) = self.lines.get_mut(&key) {
+                members.remove(&(line.version, delivery_id.to_string()));
+                if members.is_empty() {
+                    self.lines.remove(&key);
+                }
+            }
+        }
         self.unschedule(delivery_id);
         if let Some(all) = self.by_endpoint.get_mut(endpoint_id) {
             all.remove(&entry);
@@ -208,11 +276,19 @@ impl WebhookState {
         };
         let delivery = &mut stored.delivery;
         delivery.state = DeliveryState::Pending;
-        delivery.next_attempt_at_ms = Some(at_ms);
         delivery.updated_at_ms = now_ms;
         let delivery = delivery.clone();
         self.index_failed(&delivery);
-        self.schedule_at(delivery_id, at_ms);
+        // An ordered delivery goes back into its order's line: due at `at_ms` when it is the
+        // head, else waiting for its turn.
+        let head = self.join_line(&delivery);
+        let next = head.then_some(at_ms);
+        if let Some(stored) = self.deliveries.get_mut(delivery_id) {
+            stored.delivery.next_attempt_at_ms = next;
+        }
+        if head {
+            self.schedule_at(delivery_id, at_ms);
+        }
         true
     }
 }
@@ -312,6 +388,9 @@ impl WebhookStore for MemoryEngine {
             }
             if let Some(in_flight) = patch.max_in_flight {
                 endpoint.max_in_flight = in_flight;
+            }
+            if let Some(ordering) = patch.ordering {
+                endpoint.ordering = ordering;
             }
             match patch.enabled {
                 Some(true) if !endpoint.enabled => {
@@ -413,6 +492,7 @@ impl WebhookStore for MemoryEngine {
             for delivery_id in ids {
                 w.unschedule(&delivery_id);
             }
+            w.lines.retain(|(endpoint, _), _| endpoint != id);
             true
         })
     }
@@ -513,17 +593,20 @@ impl WebhookStore for MemoryEngine {
         &self,
         events: &[(usize, EventId)],
         deliveries: &[Delivery],
-    ) -> EngineResult<()> {
+    ) -> EngineResult<usize> {
         self.with_state(|state| {
-            state.webhooks.store_deliveries(deliveries);
+            let held = state.webhooks.store_deliveries(deliveries);
             for (_, event) in events {
                 state.webhooks.unacked.remove(event);
             }
+            held
         })
     }
 
     async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()> {
-        self.with_state(|state| state.webhooks.store_deliveries(deliveries))
+        self.with_state(|state| {
+            state.webhooks.store_deliveries(deliveries);
+        })
     }
 
     async fn claim_due(&self, now_ms: u64, max: usize, lease: Duration) -> EngineResult<DueBatch> {

@@ -16,6 +16,7 @@
 //! | `P{p0}:webhooks:by_endpoint:<endpoint id>` | zset | delivery ids scored by creation time (ms) |
 //! | `P{p0}:webhooks:failed:<endpoint id>` | zset | failed delivery ids scored by creation time (ms) |
 //! | `P{p0}:webhooks:schedule` | zset | delivery ids scored by due time (ms) |
+//! | `P{p0}:webhooks:line:<endpoint id>:<order id>` | zset | the pending deliveries of one order to a `perOrder` endpoint, scored by the order's version: only the lowest is scheduled, the others wait (see [`OrderLine`]) |
 //! | `P{p0}:webhooks:by_partner:<partner id>` | set | the partner's endpoint ids (its count against `max_endpoints_per_partner`) |
 //! | `P{p0}:webhooks:by_partner_built` | string | the `by_partner` sets hold every endpoint (older endpoints are indexed once) |
 //! | `P{p0}:webhooks:deleted` | set | deleted endpoints whose delivery records the retention sweep has yet to delete |
@@ -85,6 +86,14 @@ fn delivery_hash(delivery: &Delivery, due_ms: Option<u64>) -> Vec<String> {
     if let Some(code) = delivery.last_status_code {
         out.extend(["lastStatusCode".to_string(), code.to_string()]);
     }
+    if let Some(line) = &delivery.order_line {
+        out.extend([
+            "orderId".to_string(),
+            line.order_id.clone(),
+            "orderVersion".to_string(),
+            line.version.to_string(),
+        ]);
+    }
     out
 }
 
@@ -128,6 +137,13 @@ fn parse_delivery(fields: &HashMap<String, String>) -> EngineResult<Option<Deliv
             .get("lastStatusCode")
             .map(|raw| number(id, "lastStatusCode", raw))
             .transpose()?,
+        order_line: match fields.get("orderId") {
+            None => None,
+            Some(order_id) => Some(OrderLine {
+                order_id: order_id.clone(),
+                version: number(id, "orderVersion", &text("orderVersion")?)?,
+            }),
+        },
     }))
 }
 
@@ -201,12 +217,14 @@ impl RedisEngine {
     /// with the deliveries; another partition's stream is in another slot, so its events are
     /// acknowledged right after the deliveries are stored (a crash in between redelivers them,
     /// and stored delivery ids make the redo change nothing). With no delivery, the events are
-    /// acknowledged with plain `XACK`s: nothing else to keep atomic.
+    /// acknowledged with plain `XACK`s: nothing else to keep atomic. Returns how many new
+    /// deliveries wait behind their order's line.
     async fn store_deliveries(
         &self,
         events: &[(usize, EventId)],
         deliveries: &[Delivery],
-    ) -> EngineResult<()> {
+    ) -> EngineResult<usize> {
+        let mut held = 0;
         let mut acks: Vec<Vec<String>> = vec![Vec::new(); self.keys.partitions()];
         for (k, id) in events {
             if let Some(ids) = acks.get_mut(*k) {
@@ -243,10 +261,20 @@ impl RedisEngine {
                     } else {
                         "0"
                     })
+                    .arg(
+                        delivery
+                            .order_line
+                            .as_ref()
+                            .map_or("", |line| line.order_id.as_str()),
+                    )
+                    .arg(delivery.order_line.as_ref().map_or(0, |line| line.version))
                     .arg(hash.len())
                     .arg(hash);
             }
-            self.run_script("creating deliveries", &invocation).await?;
+            let reply = self.run_script("creating deliveries", &invocation).await?;
+            held = int(&reply)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| corrupt("create-deliveries script returned an unexpected reply"))?;
         }
         let acked = futures_util::future::join_all(
             acks.iter()
@@ -255,7 +283,8 @@ impl RedisEngine {
                 .map(|(k, ids)| self.ack_events(k, ids)),
         )
         .await;
-        acked.into_iter().collect()
+        acked.into_iter().collect::<EngineResult<()>>()?;
+        Ok(held)
     }
 
     /// `XACK` of events of one partition in the dispatch group.
@@ -380,6 +409,11 @@ impl WebhookStore for RedisEngine {
         }
         if let Some(in_flight) = patch.max_in_flight {
             settings.push(("maxInFlight", json(in_flight.into())));
+        }
+        if let Some(ordering) = patch.ordering {
+            let value = serde_json::to_value(ordering)
+                .map_err(|e| corrupt(format!("endpoint {id}: ordering does not encode: {e}")))?;
+            settings.push(("ordering", json(value)));
         }
         let mut invocation = self.scripts.webhook_update_endpoint.prepare_invoke();
         invocation
@@ -630,12 +664,12 @@ impl WebhookStore for RedisEngine {
         &self,
         events: &[(usize, EventId)],
         deliveries: &[Delivery],
-    ) -> EngineResult<()> {
+    ) -> EngineResult<usize> {
         self.store_deliveries(events, deliveries).await
     }
 
     async fn enqueue_deliveries(&self, deliveries: &[Delivery]) -> EngineResult<()> {
-        self.store_deliveries(&[], deliveries).await
+        self.store_deliveries(&[], deliveries).await.map(|_| ())
     }
 
     async fn claim_due(&self, now_ms: u64, max: usize, lease: Duration) -> EngineResult<DueBatch> {
@@ -902,6 +936,10 @@ mod tests {
             updated_at_ms: 1_764_213_743_124,
             next_attempt_at_ms: Some(1_764_213_743_200),
             last_status_code: Some(503),
+            order_line: Some(OrderLine {
+                order_id: "o:1".into(),
+                version: 7,
+            }),
         }
     }
 

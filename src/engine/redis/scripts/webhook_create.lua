@@ -11,23 +11,38 @@
 --       and failed keys are built from it and carry the same hash tag), 3 number of event ids
 --       to acknowledge (0 for deliveries no log entry stands behind, such as operational
 --       notices), then the event ids, then the number of deliveries, then per delivery: id,
---       endpointId, createdAtMs, due ms ('' when not scheduled), '1' if failed, number of hash
---       arguments n, n hash arguments (field, value, ...)
--- Returns: how many deliveries were new.
+--       endpointId, createdAtMs, due ms ('' when not scheduled), '1' if failed, order id ('' for
+--       a delivery to an unordered endpoint), the order's version, number of hash arguments n,
+--       n hash arguments (field, value, ...)
+-- An ordered delivery (order id given) joins its order's line (`line:<endpoint>:<order>`,
+-- scored by version) and is scheduled only when the line was empty: otherwise it waits
+-- (pending, no nextAttemptAtMs) until the line's head ends (webhook_finish.lua).
+-- Returns: how many new deliveries were made to wait in their order's line.
 local schedule, events = KEYS[1], KEYS[2]
 local prefix = ARGV[2]
 local acks = tonumber(ARGV[3])
 local i = 4 + acks
-local created = 0
+local held = 0
 local live = {}
 for _ = 1, tonumber(ARGV[i]) do
   i = i + 1
   local id, endpoint, created_at, due, failed = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
     ARGV[i + 4]
-  local first, n = i + 6, tonumber(ARGV[i + 5])
+  local order, version = ARGV[i + 5], ARGV[i + 6]
+  local first, n = i + 8, tonumber(ARGV[i + 7])
   i = first + n - 1
   if redis.call('ZADD', prefix .. 'by_endpoint:' .. endpoint, 'NX', created_at, id) == 1 then
-    redis.call('HSET', prefix .. 'delivery:' .. id, unpack(ARGV, first, first + n - 1))
+    local key = prefix .. 'delivery:' .. id
+    redis.call('HSET', key, unpack(ARGV, first, first + n - 1))
+    if due ~= '' and order ~= '' then
+      local line = prefix .. 'line:' .. endpoint .. ':' .. order
+      redis.call('ZADD', line, version, id)
+      if redis.call('ZCARD', line) > 1 then
+        due = ''
+        held = held + 1
+        redis.call('HDEL', key, 'nextAttemptAtMs')
+      end
+    end
     if due ~= '' then
       redis.call('ZADD', schedule, due, id)
     end
@@ -42,7 +57,6 @@ for _ = 1, tonumber(ARGV[i]) do
         redis.call('SADD', prefix .. 'deleted', endpoint)
       end
     end
-    created = created + 1
   end
 end
 if acks > 0 then
@@ -52,4 +66,4 @@ if acks > 0 then
     redis.pcall('XACK', events, ARGV[1], unpack(ARGV, j, math.min(j + 999, 3 + acks)))
   end
 end
-return created
+return held

@@ -63,10 +63,29 @@ local function health_of(endpoint_id)
   return h
 end
 
+-- An ordered delivery that ended (succeeded or failed) leaves its order's line, and the line's
+-- next one (lowest version) is scheduled at `now` unless one of the line is scheduled already.
+-- Unordered deliveries never come here.
+local function leave_line(endpoint_id, order, id, now)
+  local line = prefix .. 'line:' .. endpoint_id .. ':' .. order
+  redis.call('ZREM', line, id)
+  local members = redis.call('ZRANGE', line, 0, -1)
+  if #members == 0 then
+    return
+  end
+  for _, member in ipairs(members) do
+    if redis.call('ZSCORE', schedule, member) then
+      return
+    end
+  end
+  redis.call('ZADD', schedule, now, members[1])
+  redis.call('HSET', prefix .. 'delivery:' .. members[1], 'nextAttemptAtMs', now)
+end
+
 local function finish(id, attempt, now, code, outcome, retry_at, gone_reason)
   local key = prefix .. 'delivery:' .. id
-  local record = redis.call('HMGET', key, 'endpointId', 'createdAtMs', 'state')
-  local endpoint_id, created_at, state = record[1], record[2], record[3]
+  local record = redis.call('HMGET', key, 'endpointId', 'createdAtMs', 'state', 'orderId')
+  local endpoint_id, created_at, state, order = record[1], record[2], record[3], record[4]
   if not endpoint_id then
     return {'unchanged'}
   end
@@ -109,6 +128,9 @@ local function finish(id, attempt, now, code, outcome, retry_at, gone_reason)
   redis.call('HSET', key, unpack(set))
   if #del > 0 then
     redis.call('HDEL', key, unpack(del))
+  end
+  if order and outcome ~= 'retry' then
+    leave_line(endpoint_id, order, id, now)
   end
 
   -- The endpoint's health.

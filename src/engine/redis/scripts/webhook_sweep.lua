@@ -1,6 +1,7 @@
 -- Retention of delivery records: deletes up to a number of one endpoint's deliveries created
 -- before a time (of a deleted endpoint, whatever their age), each with its attempt log, its
--- places in the by_endpoint and failed indexes and on the schedule, in one atomic step. Bounded
+-- places in the by_endpoint and failed indexes, on the schedule and in its order's line (an
+-- ordered delivery), in one atomic step. Bounded
 -- work per call; the caller calls again while a call deletes as many as it may. Safe on several
 -- nodes at once: what one deletes, the other no longer finds. A deleted endpoint whose records
 -- are all gone leaves the set of deleted endpoints to sweep.
@@ -19,6 +20,10 @@ if live then
 end
 local ids = redis.call('ZRANGEBYSCORE', by_endpoint, '-inf', upto, 'LIMIT', 0, tonumber(ARGV[4]))
 for _, id in ipairs(ids) do
+  local order = redis.call('HGET', prefix .. 'delivery:' .. id, 'orderId')
+  if order then
+    redis.call('ZREM', prefix .. 'line:' .. endpoint .. ':' .. order, id)
+  end
   redis.call('DEL', prefix .. 'delivery:' .. id, prefix .. 'attempts:' .. id)
 end
 -- In slices: unpack has a limit on how many values it returns.
