@@ -242,6 +242,7 @@ conformance!(
     a_failed_head_releases_the_next_and_a_manual_retry_waits_for_its_turn,
     recovering_an_orders_failed_deliveries_sends_them_one_at_a_time,
     deleting_an_ordered_endpoint_and_sweeping_leaves_no_line_behind,
+    an_ordered_delivery_waits_for_earlier_events_and_yields_to_a_lower_version,
     // Workflow steps (issue 13).
     a_change_writes_its_step_records_in_the_same_step,
     step_records_are_kept_oldest_first_and_capped,
@@ -2038,6 +2039,7 @@ async fn claim_due_returns_due_deliveries_in_due_order_once_per_lease(h: Harness
             endpoint_id: "ep_1".into(),
             attempts: 0,
             due_ms: 100,
+            ordered_event_id: None,
         }
     );
     let rest = claim(e, 1_000, 10, LONG_LEASE).await;
@@ -4245,4 +4247,74 @@ async fn deleting_an_ordered_endpoint_and_sweeping_leaves_no_line_behind(h: Harn
     e.put_endpoint(&ordered_endpoint("ep_1")).await.unwrap();
     create(e, &[ordered("msg_3", "ep_1", "x", 3, 2_000)]).await;
     assert_eq!(ids(&claim(e, 2_000, 10, LONG_LEASE).await), ["msg_3"]);
+}
+
+async fn an_ordered_delivery_waits_for_earlier_events_and_yields_to_a_lower_version(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&ordered_endpoint("ep_1")).await.unwrap();
+    // Two events of one order, claimed by two dispatchers.
+    let first = append_event(e, "o1").await;
+    let second = append_event(e, "o1").await;
+    let by_n1 = e
+        .claim_events("n1", 1, Duration::ZERO, LONG_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&by_n1), [first]);
+    let by_n2 = e
+        .claim_events("n2", 1, Duration::ZERO, LONG_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(entry_ids(&by_n2), [second]);
+    let qualified = |(k, id): (usize, EventId)| qualified_entry_id(k, &id.to_string());
+    let of_event = |id: &str, version: u64, event: (usize, EventId)| Delivery {
+        event_id: qualified(event),
+        ..ordered(id, "ep_1", "o1", version, 1_000)
+    };
+    // n2 stores version 2 first: it heads the line.
+    e.create_deliveries(&[second], &[of_event("msg_2", 2, second)])
+        .await
+        .unwrap();
+    let due = claim(e, 1_000, 10, LONG_LEASE).await;
+    assert_eq!(ids(&due), ["msg_2"]);
+    assert_eq!(due[0].ordered_event_id, Some(qualified(second)));
+    // The earlier event is claimed and not yet turned into deliveries: not its turn yet.
+    assert_eq!(
+        e.ordered_turn("msg_2", &qualified(second), 1_000)
+            .await
+            .unwrap(),
+        OrderedTurn::EarlierEventsPending
+    );
+    // n1 stores version 1: msg_2 gives its turn to it.
+    e.create_deliveries(&[first], &[of_event("msg_1", 1, first)])
+        .await
+        .unwrap();
+    assert_eq!(
+        e.ordered_turn("msg_2", &qualified(second), 1_100)
+            .await
+            .unwrap(),
+        OrderedTurn::Yielded
+    );
+    assert_eq!(
+        e.delivery("msg_2")
+            .await
+            .unwrap()
+            .unwrap()
+            .next_attempt_at_ms,
+        None
+    );
+    assert_eq!(ids(&claim(e, 1_100, 10, LONG_LEASE).await), ["msg_1"]);
+    assert_eq!(
+        e.ordered_turn("msg_1", &qualified(first), 1_100)
+            .await
+            .unwrap(),
+        OrderedTurn::Ready
+    );
+    succeed(e, "msg_1", 1_200).await;
+    assert_eq!(ids(&claim(e, 1_200, 10, LONG_LEASE).await), ["msg_2"]);
+    assert_eq!(
+        e.ordered_turn("msg_2", &qualified(second), 1_200)
+            .await
+            .unwrap(),
+        OrderedTurn::Ready
+    );
 }

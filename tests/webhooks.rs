@@ -23,6 +23,7 @@ on_both_engines!(
     rotated_secret_signs_beside_the_old_one,
     endpoint_urls_are_validated,
     a_blocked_destination_fails_at_once,
+    per_order_endpoint_holds_a_failing_order_back_alone_and_delivers_it_in_order,
 );
 
 /// Accepts TCP connections and never answers; counts them.
@@ -669,4 +670,240 @@ async fn two_nodes_deliver_each_event_once() {
         })
         .collect();
     assert_eq!(delivered, in_stream, "every stream event delivered");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-order ordered delivery (issue 14).
+
+/// A retry schedule long enough (120 retries, 250 ms apart) that a failing head keeps
+/// retrying until the test heals the sink.
+fn ordered_toml() -> String {
+    let waits = vec!["\"250ms\""; 120].join(", ");
+    format!(
+        r#"
+[webhooks]
+allow_networks = ["127.0.0.0/8"]
+retry_schedule = ["0s", {waits}]
+jitter = 0.1
+request_timeout = "1s"
+connect_timeout = "500ms"
+lease = "2s"
+dispatchers = 2
+"#
+    )
+}
+
+async fn admin_send(
+    node: &Herald,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = client()
+        .request(method, node.url(path))
+        .header("x-api-key", ADMIN_KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+async fn node_json(node: &Herald, path: &str) -> Value {
+    let r = admin_send(node, reqwest::Method::GET, path, None).await;
+    assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+    r.json().await.unwrap()
+}
+
+/// Moves an order through confirmed (the worker), preparing and shipped: versions 1 to 4.
+async fn four_events(node: &Herald, order_id: &str) {
+    let r = admin_send(
+        node,
+        reqwest::Method::POST,
+        "/v1/orders",
+        Some(order_body(order_id, "cust-1")),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    for (status, version) in [("confirmed", 2), ("preparing", 3), ("shipped", 4)] {
+        if status != "confirmed" {
+            let path = format!("/v1/orders/{order_id}/transitions");
+            let r = admin_send(
+                node,
+                reqwest::Method::POST,
+                &path,
+                Some(json!({"status": status})),
+            )
+            .await;
+            assert_eq!(r.status(), StatusCode::ACCEPTED, "{order_id} to {status}");
+        }
+        eventually(
+            Duration::from_secs(20),
+            &format!("{order_id} {status}"),
+            || async {
+                let s = node_json(node, &format!("/v1/orders/{order_id}/status")).await;
+                (s["version"].as_u64() >= Some(version)).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+fn body_of(r: &common::sink::Received) -> Value {
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// The requests the sink received for one order, in arrival order.
+fn of_order(sink: &Sink, path: &str, order_id: &str) -> Vec<common::sink::Received> {
+    sink.received(path)
+        .into_iter()
+        .filter(|r| body_of(r)["data"]["orderId"] == order_id)
+        .collect()
+}
+
+/// The versions answered 200, in arrival order.
+fn delivered_versions(requests: &[common::sink::Received]) -> Vec<u64> {
+    requests
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| body_of(r)["data"]["version"].as_u64().unwrap())
+        .collect()
+}
+
+/// The scenario of issue 14 on any set of nodes sharing one engine: order X fails at the sink
+/// (500) while Y and Z are delivered; X's later events wait behind its head; healed, X's
+/// events arrive strictly in version order, each once, signed.
+async fn ordered_scenario(nodes: &[&Herald], sink: &Sink) {
+    let path = "/ordered";
+    sink.fail_bodies_containing(r#""orderId":"ord-x""#);
+    let r = admin_send(
+        nodes[0],
+        reqwest::Method::POST,
+        "/v1/webhooks",
+        Some(json!({"url": sink.url(path), "eventTypes": ["order.*"], "ordering": "perOrder"})),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let ep: Value = r.json().await.unwrap();
+    assert_eq!(ep["ordering"], "perOrder");
+    let ep_id = ep["id"].as_str().unwrap().to_string();
+    let secret = ep["secret"].as_str().unwrap().to_string();
+    let shown = node_json(nodes[nodes.len() - 1], &format!("/v1/webhooks/{ep_id}")).await;
+    assert_eq!(shown["ordering"], "perOrder");
+
+    for (i, order_id) in ["ord-x", "ord-y", "ord-z"].into_iter().enumerate() {
+        four_events(nodes[i % nodes.len()], order_id).await;
+    }
+    // Y and Z flow while X fails: all their events, in order.
+    for order_id in ["ord-y", "ord-z"] {
+        let got = eventually(
+            Duration::from_secs(20),
+            &format!("{order_id} delivered"),
+            || async {
+                let got = of_order(sink, path, order_id);
+                (delivered_versions(&got).len() >= 4).then_some(got)
+            },
+        )
+        .await;
+        assert_eq!(
+            delivered_versions(&got),
+            [1, 2, 3, 4],
+            "{order_id} in order"
+        );
+    }
+    // X's three later deliveries wait (pending, not scheduled) behind its failing head.
+    let list = format!("/v1/webhooks/{ep_id}/deliveries?limit=100");
+    eventually(
+        Duration::from_secs(20),
+        "X's later deliveries waiting",
+        || async {
+            let listed = node_json(nodes[0], &list).await;
+            let waiting = listed["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["state"] == "pending" && d["nextAttemptAt"].is_null())
+                .count();
+            (waiting == 3).then_some(())
+        },
+    )
+    .await;
+    let mut held = 0;
+    for node in nodes {
+        let text = admin_send(node, reqwest::Method::GET, "/metrics", None)
+            .await
+            .text()
+            .await
+            .unwrap();
+        held += text
+            .lines()
+            .find_map(|l| l.strip_prefix("herald_webhook_deliveries_held_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert!(held >= 3, "X's waiting deliveries are counted: {held}");
+    let x = of_order(sink, path, "ord-x");
+    assert!(!x.is_empty());
+    assert!(
+        x.iter().all(|r| r.id() == x[0].id() && r.status == 500),
+        "only X's head was attempted while it failed"
+    );
+    assert_eq!(body_of(&x[0])["data"]["version"], 1);
+
+    sink.heal(r#""orderId":"ord-x""#);
+    eventually(
+        Duration::from_secs(20),
+        "every delivery succeeded",
+        || async {
+            let listed = node_json(nodes[0], &list).await;
+            let deliveries = listed["deliveries"].as_array().unwrap().clone();
+            (deliveries.len() == 12 && deliveries.iter().all(|d| d["state"] == "succeeded"))
+                .then_some(())
+        },
+    )
+    .await;
+    let x = of_order(sink, path, "ord-x");
+    let versions: Vec<u64> = x
+        .iter()
+        .map(|r| body_of(r)["data"]["version"].as_u64().unwrap())
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] <= w[1]),
+        "X strictly in version order: {versions:?}"
+    );
+    assert_eq!(
+        delivered_versions(&x),
+        [1, 2, 3, 4],
+        "X's events each once, in order"
+    );
+    let ok: Vec<_> = sink
+        .received(path)
+        .into_iter()
+        .filter(|r| r.status == 200)
+        .collect();
+    assert_eq!(ok.len(), 12, "each of the 12 events delivered once");
+    let ids: HashSet<&str> = ok.iter().map(|r| r.id()).collect();
+    assert_eq!(ids.len(), 12);
+    let answers = verify(&ok.iter().map(|r| (secret.clone(), r)).collect::<Vec<_>>());
+    assert!(answers.iter().all(|a| a == "ok"), "{answers:?}");
+}
+
+async fn per_order_endpoint_holds_a_failing_order_back_alone_and_delivers_it_in_order(kind: Kind) {
+    let sink = Sink::start().await;
+    let s = Stack::start_with(kind, &ordered_toml());
+    ordered_scenario(&[&s.herald], &sink).await;
+}
+
+#[tokio::test]
+async fn per_order_ordering_holds_across_two_nodes_on_four_partitions() {
+    let sink = Sink::start().await;
+    let redis = RedisServer::start(true);
+    let options = || HeraldOptions {
+        redis_url: Some(redis.url()),
+        extra_toml: ordered_toml(),
+        env: vec![("HERALD_ENGINE__PARTITIONS".into(), "4".into())],
+        ..HeraldOptions::default()
+    };
+    let a = Herald::start(options());
+    let b = Herald::start(options());
+    ordered_scenario(&[&a, &b], &sink).await;
 }

@@ -206,6 +206,23 @@ pub struct DueDelivery {
     /// When it became due: its scheduled time, or the end of the lease of an attempt that
     /// never finished.
     pub due_ms: u64,
+    /// For a delivery with an [`OrderLine`]: its event's id (as `Delivery::event_id`), which
+    /// the sender hands to [`WebhookStore::ordered_turn`] before the attempt.
+    pub ordered_event_id: Option<String>,
+}
+
+/// What [`WebhookStore::ordered_turn`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderedTurn {
+    /// Every earlier event of the log has its deliveries and none of its order's line comes
+    /// first: attempt it.
+    Ready,
+    /// An earlier event of the log is claimed by a dispatcher and not yet turned into
+    /// deliveries (it may be an earlier event of the same order): try again a little later.
+    EarlierEventsPending,
+    /// A lower version of its order's line exists (created after this one by another
+    /// dispatcher): that one is scheduled now and this one waits behind it.
+    Yielded,
 }
 
 /// What [`WebhookStore::claim_due`] returns.
@@ -409,6 +426,20 @@ pub trait WebhookStore: Send + Sync {
     /// step. A scheduled delivery whose record or endpoint is gone is dropped from the
     /// schedule.
     async fn claim_due(&self, now_ms: u64, max: usize, lease: Duration) -> EngineResult<DueBatch>;
+
+    /// Whether an ordered delivery (one with an [`OrderLine`], just claimed) may be attempted
+    /// now. Two dispatchers may turn an order's consecutive events into deliveries in either
+    /// order, so the later version can head the line before the earlier one exists. First it
+    /// checks that no event of the log before `event_id` (in its partition) is still claimed
+    /// and unacknowledged (an acknowledged event has its deliveries); then, in that order, that
+    /// no lower version is in the delivery's line, else that one is scheduled at `now_ms` and
+    /// this one waits for its turn ([`OrderedTurn::Yielded`]).
+    async fn ordered_turn(
+        &self,
+        delivery_id: &str,
+        event_id: &str,
+        now_ms: u64,
+    ) -> EngineResult<OrderedTurn>;
 
     /// The bodies of deliveries, in the order asked (`None` for an unknown id), in one round
     /// trip.

@@ -21,7 +21,7 @@ use crate::backoff::Backoff;
 use crate::config::WebhooksConfig;
 use crate::engine::Engine;
 use crate::engine::webhook::{
-    Attempt, AttemptOutcome, DueDelivery, Endpoint, EndpointHealth, FinishedAttempt,
+    Attempt, AttemptOutcome, DueDelivery, Endpoint, EndpointHealth, FinishedAttempt, OrderedTurn,
 };
 use crate::metrics::Metrics;
 use crate::model::now_millis;
@@ -44,6 +44,9 @@ use tokio_util::sync::CancellationToken;
 pub const RECHECK: Duration = Duration::from_millis(500);
 /// Attempts this node runs at once, all endpoints together.
 const MAX_CONCURRENT_ATTEMPTS: usize = 256;
+/// How soon an ordered delivery is looked at again while an earlier event of the log is still
+/// being turned into deliveries (a dispatcher's step: milliseconds).
+const ORDERED_RECHECK: Duration = Duration::from_millis(50);
 /// Deliveries claimed per engine call.
 const CLAIM_BATCH: usize = 64;
 /// How long a claimed delivery waits on this node for its endpoint's in-flight or rate limit
@@ -472,6 +475,30 @@ impl Sender {
         endpoint: Lookup,
         _slot: OwnedSemaphorePermit,
     ) {
+        if let Some(event_id) = &delivery.ordered_event_id {
+            match self
+                .engine
+                .ordered_turn(&delivery.id, event_id, now_millis())
+                .await
+            {
+                Ok(OrderedTurn::Ready) => {}
+                Ok(OrderedTurn::EarlierEventsPending) => {
+                    // An earlier event (maybe of this order) is still being turned into
+                    // deliveries by a dispatcher: look again shortly.
+                    self.defer(&delivery, ORDERED_RECHECK).await;
+                    return;
+                }
+                Ok(OrderedTurn::Yielded) => {
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.webhook_sender_errors);
+                    tracing::warn!(error = %e, delivery_id = %delivery.id, "webhook sender: checking an ordered delivery's turn failed; the delivery is taken again after its lease");
+                    return;
+                }
+            }
+        }
         let endpoint = match endpoint {
             Lookup::Known(endpoint) => Ok(Some(endpoint)),
             Lookup::Deleted => Ok(None),

@@ -21,6 +21,8 @@ pub struct Received {
     pub at: Instant,
     /// Wall-clock seconds at receipt (what a receiver checks `webhook-timestamp` against).
     pub unix: i64,
+    /// The status code the sink answered.
+    pub status: u16,
 }
 
 impl Received {
@@ -44,6 +46,8 @@ pub enum Answer {
 pub struct SinkState {
     received: Arc<Mutex<Vec<Received>>>,
     answers: Arc<Mutex<HashMap<String, Answer>>>,
+    /// Requests whose body contains one of these are answered 500, whatever their path.
+    failing: Arc<Mutex<Vec<String>>>,
 }
 
 pub struct Sink {
@@ -110,6 +114,16 @@ impl Sink {
             .insert(path.to_string(), answer);
     }
 
+    /// Answers 500 to every request whose body contains `needle` until [`Self::heal`].
+    pub fn fail_bodies_containing(&self, needle: &str) {
+        self.state.failing.lock().unwrap().push(needle.to_string());
+    }
+
+    /// Stops failing the bodies containing `needle`.
+    pub fn heal(&self, needle: &str) {
+        self.state.failing.lock().unwrap().retain(|n| n != needle);
+    }
+
     pub fn received(&self, path: &str) -> Vec<Received> {
         self.state
             .received
@@ -144,14 +158,30 @@ async fn record(State(state): State<SinkState>, request: Request) -> Response {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let failing = state
+        .failing
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|needle| body.contains(needle.as_str()));
+    let answer = match failing {
+        true => Some(Answer::Status(500)),
+        false => state.answers.lock().unwrap().get(&path).copied(),
+    };
+    let status = match answer {
+        None | Some(Answer::Slow(_)) => 200,
+        Some(Answer::Status(code)) => code,
+        Some(Answer::Redirect) => 302,
+    };
     state.received.lock().unwrap().push(Received {
         path: path.clone(),
         headers: headers(&parts.headers),
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body,
         at: Instant::now(),
         unix,
+        status,
     });
-    let answer = state.answers.lock().unwrap().get(&path).copied();
     match answer {
         None => (StatusCode::OK, "thanks").into_response(),
         Some(Answer::Slow(delay)) => {

@@ -144,6 +144,34 @@ impl WebhookState {
         }
     }
 
+    /// [`WebhookStore::ordered_turn`]'s second half: a claimed ordered delivery that is not
+    /// the lowest version of its line gives its turn to the lowest (scheduled at `now_ms`) and
+    /// waits.
+    fn yield_to_lower_version(&mut self, delivery_id: &str, now_ms: u64) -> OrderedTurn {
+        let Some(delivery) = self.deliveries.get(delivery_id).map(|s| s.delivery.clone()) else {
+            return OrderedTurn::Ready;
+        };
+        let Some(line) = &delivery.order_line else {
+            return OrderedTurn::Ready;
+        };
+        let key = (delivery.endpoint_id.clone(), line.order_id.clone());
+        let Some((_, lowest)) = self.lines.get(&key).and_then(|m| m.first()).cloned() else {
+            return OrderedTurn::Ready;
+        };
+        if lowest == delivery_id {
+            return OrderedTurn::Ready;
+        }
+        self.unschedule(delivery_id);
+        if let Some(stored) = self.deliveries.get_mut(delivery_id) {
+            stored.delivery.next_attempt_at_ms = None;
+        }
+        self.schedule_at(&lowest, now_ms);
+        if let Some(stored) = self.deliveries.get_mut(&lowest) {
+            stored.delivery.next_attempt_at_ms = Some(now_ms);
+        }
+        OrderedTurn::Yielded
+    }
+
     fn schedule_at(&mut self, delivery_id: &str, at_ms: u64) {
         self.unschedule(delivery_id);
         self.schedule.insert((at_ms, delivery_id.to_string()));
@@ -635,6 +663,7 @@ impl WebhookStore for MemoryEngine {
                         endpoint_id: d.endpoint_id.clone(),
                         attempts: d.attempts,
                         due_ms,
+                        ordered_event_id: d.order_line.as_ref().map(|_| d.event_id.clone()),
                     });
                 match delivery {
                     Some(delivery) => {
@@ -645,6 +674,24 @@ impl WebhookStore for MemoryEngine {
                 }
             }
             out
+        })
+    }
+
+    async fn ordered_turn(
+        &self,
+        delivery_id: &str,
+        event_id: &str,
+        now_ms: u64,
+    ) -> EngineResult<OrderedTurn> {
+        let entry: Option<EventId> = event_id.parse().ok();
+        self.with_state(|state| {
+            let w = &mut state.webhooks;
+            if let Some(entry) = entry
+                && w.unacked.range(..entry).next().is_some()
+            {
+                return OrderedTurn::EarlierEventsPending;
+            }
+            w.yield_to_lower_version(delivery_id, now_ms)
         })
     }
 

@@ -223,6 +223,7 @@ struct Scripts {
     heartbeat: Script,
     webhook_create: Script,
     webhook_claim_due: Script,
+    webhook_ordered_turn: Script,
     webhook_finish: Script,
     webhook_reschedule: Script,
     webhook_delete_endpoint: Script,
@@ -259,6 +260,7 @@ impl Scripts {
             heartbeat: Script::new(include_str!("scripts/heartbeat.lua")),
             webhook_create: Script::new(include_str!("scripts/webhook_create.lua")),
             webhook_claim_due: Script::new(include_str!("scripts/webhook_claim_due.lua")),
+            webhook_ordered_turn: Script::new(include_str!("scripts/webhook_ordered_turn.lua")),
             webhook_finish: Script::new(include_str!("scripts/webhook_finish.lua")),
             webhook_reschedule: Script::new(include_str!("scripts/webhook_reschedule.lua")),
             webhook_delete_endpoint: Script::new(include_str!(

@@ -698,9 +698,10 @@ impl WebhookStore for RedisEngine {
             due: Vec::new(),
         };
         for item in items(due).ok_or_else(bad)? {
-            let [id, endpoint, attempts, due_ms] = items(item).ok_or_else(bad)? else {
+            let [id, endpoint, attempts, due_ms, ordered] = items(item).ok_or_else(bad)? else {
                 return Err(bad());
             };
+            let ordered = text(ordered).ok_or_else(bad)?;
             out.due.push(DueDelivery {
                 id: text(id).ok_or_else(bad)?,
                 endpoint_id: text(endpoint).ok_or_else(bad)?,
@@ -708,9 +709,60 @@ impl WebhookStore for RedisEngine {
                     .and_then(|n| u32::try_from(n).ok())
                     .ok_or_else(bad)?,
                 due_ms: score_ms(due_ms).ok_or_else(bad)?,
+                ordered_event_id: (!ordered.is_empty()).then_some(ordered),
             });
         }
         Ok(out)
+    }
+
+    async fn ordered_turn(
+        &self,
+        delivery_id: &str,
+        event_id: &str,
+        now_ms: u64,
+    ) -> EngineResult<OrderedTurn> {
+        // `<partition>/<entry id>` outside partition 0 (model::qualified_entry_id).
+        let (partition, entry) = match event_id.split_once('/') {
+            Some((k, entry)) => (k.parse::<usize>().unwrap_or(usize::MAX), entry),
+            None => (0, event_id),
+        };
+        if partition < self.keys.partitions() && entry.parse::<EventId>().is_ok() {
+            let what = "reading the webhook dispatch group's pending events";
+            let pending: ::redis::RedisResult<Value> = self
+                .query(
+                    what,
+                    ::redis::cmd("XPENDING")
+                        .arg(&self.keys.part(partition).events)
+                        .arg(DISPATCH_GROUP)
+                        .arg("-")
+                        .arg(format!("({entry}"))
+                        .arg(1),
+                )
+                .await;
+            match pending {
+                Ok(reply) if items(&reply).is_some_and(|earlier| !earlier.is_empty()) => {
+                    return Ok(OrderedTurn::EarlierEventsPending);
+                }
+                Ok(_) => {}
+                // The group vanished (Redis restarted empty): nothing is pending.
+                Err(e) if is_nogroup(&e) => {}
+                Err(e) => return Err(map_err(what, e)),
+            }
+        }
+        let mut invocation = self.scripts.webhook_ordered_turn.prepare_invoke();
+        invocation
+            .key(&self.keys.webhook_schedule)
+            .arg(&self.keys.webhooks)
+            .arg(delivery_id)
+            .arg(now_ms);
+        let reply = self
+            .run_script("checking an ordered delivery's turn", &invocation)
+            .await?;
+        match int(&reply) {
+            Some(0) => Ok(OrderedTurn::Ready),
+            Some(1) => Ok(OrderedTurn::Yielded),
+            _ => Err(corrupt("ordered-turn script returned an unexpected reply")),
+        }
     }
 
     async fn delivery_bodies(&self, ids: &[String]) -> EngineResult<Vec<Option<String>>> {
