@@ -23,6 +23,7 @@ on_both_engines!(
     rotated_secret_signs_beside_the_old_one,
     endpoint_urls_are_validated,
     a_blocked_destination_fails_at_once,
+    ordering_is_none_by_default_and_checked,
     per_order_endpoint_holds_a_failing_order_back_alone_and_delivers_it_in_order,
 );
 
@@ -674,6 +675,38 @@ async fn two_nodes_deliver_each_event_once() {
 
 // ---------------------------------------------------------------------------------------------
 // Per-order ordered delivery (issue 14).
+
+async fn ordering_is_none_by_default_and_checked(kind: Kind) {
+    let s = Stack::start_with(kind, WEBHOOKS_TOML);
+    let ep = create_endpoint(&s, ADMIN_KEY, json!({"url": "https://example.com/hook"})).await;
+    assert_eq!(ep["ordering"], "none");
+    let path = format!("/v1/webhooks/{}", ep["id"].as_str().unwrap());
+    let r = s
+        .patch(&path, ADMIN_KEY, &json!({"ordering": "perOrder"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let shown: Value = s.get(&path, ADMIN_KEY).await.json().await.unwrap();
+    assert_eq!(shown["ordering"], "perOrder");
+    for bad in [json!("fifo"), json!(null), json!(1)] {
+        let r = s.patch(&path, ADMIN_KEY, &json!({ "ordering": bad })).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["errors"][0]["pointer"], "#/ordering", "{bad}");
+        let r = s
+            .post(
+                "/v1/webhooks",
+                ADMIN_KEY,
+                &json!({"url": "https://example.com/hook", "ordering": bad}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let shown: Value = s.get(&path, ADMIN_KEY).await.json().await.unwrap();
+    assert_eq!(
+        shown["ordering"], "perOrder",
+        "a refused PATCH changes nothing"
+    );
+}
 
 /// A retry schedule long enough (120 retries, 250 ms apart) that a failing head keeps
 /// retrying until the test heals the sink.
