@@ -89,7 +89,7 @@ counters! {
     webhook_retried => "herald_webhook_retries_scheduled_total", "Failed attempts put back on the retry schedule.";
     webhook_failed => "herald_webhook_deliveries_failed_total", "Webhook deliveries failed for good (schedule exhausted or 410); kept for manual retry.";
     webhook_endpoints_disabled => "herald_webhook_endpoints_disabled_total", "Endpoints disabled (410 Gone, or failing for webhooks.disable_after).";
-    webhook_deferred => "herald_webhook_deferred_total", "Deliveries put back a little later without an attempt because their endpoint was at its in-flight or rate limit.";
+    webhook_deferred => "herald_webhook_deferred_total", "Deliveries put back a little later without an attempt because their endpoint was at its in-flight or rate limit, or (perOrder endpoints) an earlier event was still being dispatched.";
     webhook_sender_errors => "herald_webhook_sender_errors_total", "Sender engine calls that failed (the delivery is taken again when its lease ends).";
     workflow_calls => "herald_workflow_calls_total", "HTTP calls made by workflow task and callback steps.";
     workflow_call_failures => "herald_workflow_call_failures_total", "Workflow step calls that failed (timeout, connect, 4xx, 5xx, refused, invalid).";
