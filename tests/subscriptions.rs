@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::sink::{Answer, Sink};
 use common::ws::*;
 use common::*;
 use futures_util::SinkExt;
@@ -842,4 +843,204 @@ async fn token_expiry_and_shutdown_close_the_connection_with_their_codes() {
         "reconnect on shutdown"
     );
     assert!(s.herald.terminate());
+}
+
+// ---- the console's operations (admin) view, in Chromium ----
+
+/// Where the admin view's screenshots go: `HERALD_CONSOLE_SCREENSHOTS` (relative to the repo,
+/// e.g. `docs/console` to regenerate the checked-in ones), else a temporary directory.
+fn screenshot_dir() -> (Option<tempfile::TempDir>, PathBuf) {
+    match std::env::var("HERALD_CONSOLE_SCREENSHOTS") {
+        Ok(dir) if !dir.is_empty() => {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+            std::fs::create_dir_all(&path).expect("screenshot directory");
+            (None, path)
+        }
+        _ => {
+            let tmp = tempfile::tempdir().expect("temp dir");
+            let path = tmp.path().to_path_buf();
+            (Some(tmp), path)
+        }
+    }
+}
+
+/// Runs tests/clients/console-admin.mjs to its end (it bounds itself); its JSON line.
+async fn console_admin(url: &str, key: &str, args: &[&str], shots: Option<&Path>) -> Value {
+    let mut c = Command::new("node");
+    c.current_dir(clients_dir())
+        .arg("console-admin.mjs")
+        .args(["--url", url, "--key", key])
+        .args(args);
+    if let Some(dir) = shots {
+        c.arg("--screenshots").arg(dir);
+    }
+    let out = tokio::task::spawn_blocking(move || c.output())
+        .await
+        .expect("join")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let value: Value = serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "console-admin.mjs said: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success() && value["ok"] == true, "{value:#}");
+    value
+}
+
+async fn admin_post(base: &str, path: &str, body: &Value) -> Value {
+    let r = client()
+        .post(format!("{base}{path}"))
+        .header("x-api-key", ADMIN_KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("admin post");
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.expect("json answer")
+}
+
+/// Redis, roles split so the test can make a real dead letter: the front node (api, push,
+/// webhooks) takes an order whose command a crashed consumer of the `workers` group had
+/// received; the worker node then finds it over `max_receives` and dead-letters it. A webhook
+/// endpoint points at a sink that answers 500, and a malformed entry is XADDed to the event
+/// log. The page shows the figures, redrives the dead letter (confirmed) and sees the queue
+/// empty, retries the failed delivery and sees a new attempt, and lists the malformed entry.
+#[tokio::test]
+async fn console_admin_view_redrives_retries_and_shows_malformed_events_on_redis() {
+    let redis = RedisServer::start(true);
+    let toml = format!(
+        "{WEBHOOKS_TOML}\n[engine]\npartitions = 1\n[queue]\nvisibility_timeout = \"300ms\"\nmax_receives = 1\n"
+    );
+    let node = |roles: &str| {
+        Herald::start(HeraldOptions {
+            redis_url: Some(redis.url()),
+            roles: roles.into(),
+            extra_toml: toml.clone(),
+            ..HeraldOptions::default()
+        })
+    };
+    let front = node("api,push,webhooks");
+    let base = front.base.clone();
+    let sink = Sink::start().await;
+    sink.answer("/fail", Answer::Status(500));
+    let endpoint = admin_post(&base, "/v1/webhooks", &json!({"url": sink.url("/fail")})).await;
+    let endpoint_id = endpoint["id"].as_str().expect("endpoint id").to_string();
+    admin_post(&base, "/v1/orders", &order_body("console-dead-1", "cust-c")).await;
+    let mut conn = redis.conn();
+    let _: ::redis::Value = ::redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("crashed")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("herald:{p0}:commands")
+        .arg(">")
+        .query(&mut conn)
+        .expect("XREADGROUP");
+    let _: String = ::redis::cmd("XADD")
+        .arg("herald:{p0}:events")
+        .arg("*")
+        .arg("event")
+        .arg("{\"type\": \"order.shipped\", <b>cut</b>")
+        .query(&mut conn)
+        .expect("XADD");
+    let _worker = node("worker");
+    let (_tmp, shots) = screenshot_dir();
+    let seen = console_admin(
+        &front.url("/"),
+        ADMIN_KEY,
+        &[
+            "--dead-letters",
+            "1",
+            "--endpoint",
+            &endpoint_id,
+            "--malformed",
+            "1",
+        ],
+        Some(&shots),
+    )
+    .await;
+    assert_eq!(
+        seen["deadLetters"][0]["Order"], "console-dead-1",
+        "{seen:#}"
+    );
+    assert_eq!(seen["deadLetters"][0]["Reason"], "maxReceives", "{seen:#}");
+    assert_eq!(
+        seen["confirmation"],
+        "Move 1 dead letter(s) back to the queue?"
+    );
+    assert!(
+        seen["redriveNote"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("Redrove 1 ")),
+        "{seen:#}"
+    );
+    assert!(
+        seen["afterRedrive"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("The dead-letter queue is empty.")),
+        "{seen:#}"
+    );
+    let attempts = seen["attempts"].as_array().expect("attempt rows");
+    let before = seen["failedDelivery"]["attempts"].as_u64().unwrap_or(0) as usize;
+    assert!(attempts.len() > before, "{seen:#}");
+    assert!(attempts.iter().all(|a| a["Code"] == "500"), "{seen:#}");
+    // The malformed entry is shown as text: its markup is not markup on the page.
+    assert_eq!(
+        seen["malformed"][0]["Raw"], "{\"type\": \"order.shipped\", <b>cut</b>",
+        "{seen:#}"
+    );
+    assert_eq!(seen["errors"], json!([]), "{seen:#}");
+    for panel in ["queues", "dlq", "webhooks", "malformed", "admin"] {
+        assert!(
+            shots.join(format!("console-{panel}.png")).exists(),
+            "{panel}"
+        );
+    }
+}
+
+/// Memory engine: the same page on one node; nothing dead-lettered (the memory engine has no
+/// way in from outside to crash a receive), a failing endpoint's delivery retried by hand.
+#[tokio::test]
+async fn console_admin_view_retries_a_failed_delivery_on_memory() {
+    let s = Stack::start_with(Kind::Memory, WEBHOOKS_TOML);
+    let sink = Sink::start().await;
+    sink.answer("/fail", Answer::Status(500));
+    let base = s.herald.base.clone();
+    let endpoint = admin_post(&base, "/v1/webhooks", &json!({"url": sink.url("/fail")})).await;
+    let endpoint_id = endpoint["id"].as_str().expect("endpoint id").to_string();
+    admin_post(&base, "/v1/orders", &order_body("console-mem-1", "cust-c")).await;
+    let seen = console_admin(
+        &s.herald.url("/"),
+        ADMIN_KEY,
+        &["--dead-letters", "0", "--endpoint", &endpoint_id],
+        None,
+    )
+    .await;
+    assert_eq!(seen["queues"]["q-dlq"], "0", "{seen:#}");
+    assert_eq!(seen["queues"]["q-malformed"], "0", "{seen:#}");
+    let before = seen["failedDelivery"]["attempts"].as_u64().unwrap_or(0) as usize;
+    assert!(
+        seen["attempts"].as_array().map(Vec::len).unwrap_or(0) > before,
+        "{seen:#}"
+    );
+    assert_eq!(seen["errors"], json!([]), "{seen:#}");
+}
+
+/// A partner key opens nothing: the page says the view needs an admin key.
+#[tokio::test]
+async fn console_admin_view_refuses_a_partner_key_with_a_clear_message() {
+    let s = Stack::start(Kind::Memory);
+    let seen = console_admin(&s.herald.url("/"), ACME_KEY, &["--refused"], None).await;
+    assert!(
+        seen["refused"]
+            .as_str()
+            .is_some_and(|m| m.contains("not an admin key")),
+        "{seen:#}"
+    );
+    assert_eq!(seen["adminHidden"], true);
 }
