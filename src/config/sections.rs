@@ -356,6 +356,9 @@ pub struct PushConfig {
     /// How often the server keeps idle connections alive (`ka` / ping).
     #[serde(deserialize_with = "duration")]
     pub keepalive_interval: Duration,
+    /// Orders a resync snapshot may hold (README "Resync"); a subscription or feed whose
+    /// snapshot would hold more is refused (`SNAPSHOT_TOO_LARGE`, 413), never truncated.
+    pub max_snapshot_orders: usize,
 }
 
 impl Default for PushConfig {
@@ -368,6 +371,7 @@ impl Default for PushConfig {
             subscribe_rate: 20,
             connection_init_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(60),
+            max_snapshot_orders: 10_000,
         }
     }
 }

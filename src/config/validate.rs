@@ -151,6 +151,7 @@ impl Config {
                 "http.long_poll_max_waiting_per_credential",
                 http.long_poll_max_waiting_per_credential,
             ),
+            ("push.max_snapshot_orders", self.push.max_snapshot_orders),
         ] {
             if value == 0 {
                 bail!("{key} must be at least 1");

@@ -18,6 +18,7 @@ use crate::graphql::{
 };
 use crate::model::{EventId, LogCursor, LoggedEvent};
 use crate::ratelimit::TokenBucket;
+use crate::resync::{self, Covered, SnapshotError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -389,6 +390,7 @@ async fn start(started: Started, spec: SubscriptionSpec, principal: Principal) {
     let SubscriptionSpec {
         mut filter,
         after,
+        resync,
         projection,
     } = spec;
     if let Err(e) = authorize(&state, &principal, &mut filter).await {
@@ -413,7 +415,7 @@ async fn start(started: Started, spec: SubscriptionSpec, principal: Principal) {
         prefix: prefix.clone(),
         filter: filter.clone(),
         projection: projection.clone(),
-        catching_up: after.is_some(),
+        catching_up: after.is_some() || resync,
         after: after.clone(),
     };
     let ack = dialect.ack(&id).map(Out::Text);
@@ -433,20 +435,40 @@ async fn start(started: Started, spec: SubscriptionSpec, principal: Principal) {
         .metrics
         .subscriptions_started
         .fetch_add(1, Ordering::Relaxed);
-    let Some(after) = after else { return };
-    match replay(
-        &state,
-        &conn,
-        &filter,
-        &projection,
-        &prefix,
-        &after,
-        &position,
-    )
-    .await
-    {
-        Ok(()) => {
-            if !state.hub.go_live(hub_id) {
+    // With `after`, the retained events in (after, position]; with `resync` and an expired
+    // cursor (or none), a snapshot of the current statuses instead. Either way the held live
+    // events follow, those the snapshot covered left out.
+    let replayed = match &after {
+        None if !resync => return,
+        None => Ok(false),
+        Some(after) => {
+            match replay(
+                &state,
+                &conn,
+                &filter,
+                &projection,
+                &prefix,
+                after,
+                &position,
+            )
+            .await
+            {
+                Ok(()) => Ok(true),
+                Err(e) if resync && e.code() == Some(CURSOR_EXPIRED) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let covered = match replayed {
+        Ok(true) => Ok(None),
+        Ok(false) => send_snapshot(&state, &conn, &filter, &projection, &prefix, &position)
+            .await
+            .map(Some),
+        Err(e) => Err(e),
+    };
+    match covered {
+        Ok(covered) => {
+            if !state.hub.go_live(hub_id, covered) {
                 state.hub.remove(hub_id);
                 fail(vec![GraphqlError::with_code(
                     "The subscription fell too far behind while replaying; resubscribe with `after` set to the last eventId received.",
@@ -459,6 +481,47 @@ async fn start(started: Started, spec: SubscriptionSpec, principal: Principal) {
             fail(vec![e]);
         }
     }
+}
+
+/// The code of a cursor older than the retained log.
+const CURSOR_EXPIRED: &str = "CURSOR_EXPIRED";
+
+/// Sends the resync snapshot of the orders `filter` covers, taken after the subscription was
+/// registered at `position` (each event's `eventId` is that position), paced by the
+/// connection's queue; returns what it covered, for the hub to leave out of the live events.
+async fn send_snapshot(
+    state: &PushState,
+    conn: &ConnHandle,
+    filter: &EventFilter,
+    projection: &crate::graphql::Projection,
+    prefix: &Utf8Bytes,
+    position: &LogCursor,
+) -> Result<Covered, GraphqlError> {
+    let engine = &*state.node.engine;
+    let max = state.node.config.push.max_snapshot_orders;
+    let snapshot = resync::take(engine, &resync::scope_of(filter), max, position)
+        .await
+        .map_err(|e| match e {
+            SnapshotError::TooMany { .. } => {
+                GraphqlError::with_code(format!("Resync refused: {e}."), "SNAPSHOT_TOO_LARGE")
+            }
+            SnapshotError::Engine(e) => unavailable(e),
+        })?;
+    let until = engine.log_end().await.map_err(unavailable)?;
+    for event in &snapshot {
+        if !filter.matches(event) {
+            continue;
+        }
+        conn.wait_for_room().await;
+        if conn.is_closed() {
+            break;
+        }
+        conn.push(Out::Event {
+            prefix: prefix.clone(),
+            payload: payload_text(projection.render_event(event)),
+        });
+    }
+    Ok(Covered::new(&snapshot, until))
 }
 
 /// The `after` argument as a cursor of a log of `partitions` partitions; `BAD_USER_INPUT`
@@ -540,7 +603,7 @@ async fn check_retained<L: EventLog + ?Sized>(
         format!(
             "Cursor `{after}` is older than the retained event log ({oldest}); events after it may be gone. Resubscribe without `after` and reload state from GET /v1/orders/{{id}}."
         ),
-        "CURSOR_EXPIRED",
+        CURSOR_EXPIRED,
     ))
 }
 
