@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 const MAX_LIMIT: usize = 1000;
-const MAX_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -57,7 +56,8 @@ pub async fn list_events(
         Some("$") => state.engine.log_end().await?,
         Some(cursor) => LogCursor::parse(cursor, partitions).map_err(Problem::bad_request)?,
     };
-    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let wait =
+        Duration::from_millis(q.wait_ms.unwrap_or(0)).min(state.config.http.long_poll_max_wait);
     let deadline = tokio::time::Instant::now() + wait;
     let mut after = after;
     loop {

@@ -312,6 +312,10 @@ pub struct HttpConfig {
     pub long_poll_max_waiting: usize,
     /// Long-polls one credential may hold waiting on this node at once; more get 429.
     pub long_poll_max_waiting_per_credential: usize,
+    /// The longest a long-poll waits (`waitMs` of `GET /v1/events`, `Prefer: wait=` of
+    /// `GET /v1/orders/{id}/status`); a longer ask waits this long.
+    #[serde(deserialize_with = "duration")]
+    pub long_poll_max_wait: Duration,
 }
 
 impl Default for HttpConfig {
@@ -330,6 +334,7 @@ impl Default for HttpConfig {
             body_read_timeout: Duration::from_secs(30),
             long_poll_max_waiting: 1000,
             long_poll_max_waiting_per_credential: 50,
+            long_poll_max_wait: Duration::from_secs(30),
         }
     }
 }

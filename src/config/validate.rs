@@ -160,6 +160,7 @@ impl Config {
         for (key, value) in [
             ("http.header_read_timeout", http.header_read_timeout),
             ("http.body_read_timeout", http.body_read_timeout),
+            ("http.long_poll_max_wait", http.long_poll_max_wait),
             (
                 "push.connection_init_timeout",
                 self.push.connection_init_timeout,
