@@ -967,5 +967,7 @@ mod resync {
                 .contains("push.max_snapshot_orders"),
             "{error}"
         );
+        assert_eq!(s.metric("herald_push_snapshots_sent_total").await, 1);
+        assert_eq!(s.metric("herald_push_snapshots_refused_total").await, 1);
     }
 }

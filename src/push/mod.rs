@@ -50,6 +50,8 @@ pub struct PushMetrics {
     pub messages_too_big: AtomicU64,
     pub stalled_writes: AtomicU64,
     pub subscriptions_expired: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_refused: AtomicU64,
 }
 
 pub struct PushState {
@@ -118,6 +120,16 @@ impl PushState {
                 "herald_push_subscriptions_expired_total",
                 "Subscriptions ended because the token they were started with (AppSync extensions.authorization) expired.",
                 &m.subscriptions_expired,
+            ),
+            (
+                "herald_push_snapshots_sent_total",
+                "Resync snapshots sent (subscriptions with resync: true whose cursor was expired or absent).",
+                &m.snapshots_sent,
+            ),
+            (
+                "herald_push_snapshots_refused_total",
+                "Resync snapshots refused for holding more than push.max_snapshot_orders orders.",
+                &m.snapshots_refused,
             ),
         ] {
             scrape.counter(name, help, value.load(Ordering::Relaxed));

@@ -503,11 +503,16 @@ async fn send_snapshot(
         .await
         .map_err(|e| match e {
             SnapshotError::TooMany { .. } => {
+                state
+                    .metrics
+                    .snapshots_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 GraphqlError::with_code(format!("Resync refused: {e}."), "SNAPSHOT_TOO_LARGE")
             }
             SnapshotError::Engine(e) => unavailable(e),
         })?;
     let until = engine.log_end().await.map_err(unavailable)?;
+    state.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
     for event in &snapshot {
         if !filter.matches(event) {
             continue;
