@@ -13,7 +13,7 @@
 // and fails the run. Never downloads a browser.
 import { appendFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 function emit(value) {
   const line = JSON.stringify(value) + '\n';
@@ -54,15 +54,7 @@ const hardStop = setTimeout(() => {
 }, timeoutMs + 10000);
 
 try {
-  browser = await chromium.launch({
-    executablePath: options.chromium,
-    headless: true,
-    timeout: Math.max(1, deadline - Date.now()),
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  browser = await launchChromium(options.chromium, Math.max(1, deadline - Date.now()));
   const page = await browser.newPage();
   await page.goto(new URL('/healthz', options.url).href, { waitUntil: 'domcontentloaded' });
   await page.evaluate((url) => {
