@@ -72,6 +72,26 @@ pub struct PushState {
 }
 
 impl PushState {
+    /// Takes one of the node's `push.max_connections` slots (WebSocket connections and SSE
+    /// streams alike), or answers why not: 503 with `Retry-After`, counted. The caller gives
+    /// the slot back (`connections.fetch_sub`) when its connection or stream ends.
+    #[allow(clippy::result_large_err)]
+    pub fn take_connection_slot(&self) -> Result<(), axum::response::Response> {
+        let max = self.node.config.push.max_connections;
+        if self.connections.fetch_add(1, Ordering::AcqRel) < max {
+            return Ok(());
+        }
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+        self.metrics
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        Err(crate::http::problem::Problem::unavailable(format!(
+            "This node holds its maximum of {max} WebSocket connections and SSE streams (push.max_connections); retry on another node or later."
+        ))
+        .retry_after(5)
+        .into_response())
+    }
+
     /// The series of the push side, read into a `/metrics` scrape.
     pub fn metric_series(&self, scrape: &crate::metrics::Scrape) {
         self.hub
@@ -92,7 +112,7 @@ impl PushState {
             ),
             (
                 "herald_push_connections_refused_total",
-                "WebSocket upgrades refused with 503 at push.max_connections.",
+                "WebSocket upgrades and SSE streams refused with 503 at push.max_connections.",
                 &m.connections_refused,
             ),
             (

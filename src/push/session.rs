@@ -233,7 +233,8 @@ impl Session {
 }
 
 /// The checks a subscription's start makes before it registers (authorization, narrowing
-/// `filter`; the cursor, and that the log still holds what follows it), for a transport that
+/// `filter`; the node following the log, waited for a few seconds after start-up; the cursor,
+/// and that the log still holds what follows it), for a transport that
 /// must refuse before it answers (SSE answers a refusal with an HTTP status, never an empty
 /// stream). The start makes them again: the log may be trimmed in between.
 pub async fn check_before_start(
@@ -243,6 +244,13 @@ pub async fn check_before_start(
     after: Option<&str>,
 ) -> Result<(), GraphqlError> {
     authorize(state, principal, filter).await?;
+    // A node that just started follows the log within moments: wait rather than refuse.
+    if !state.hub.wait_started(Duration::from_secs(5)).await {
+        return Err(GraphqlError::with_code(
+            "This node is starting and not yet following the event log; retry.",
+            "SERVICE_UNAVAILABLE",
+        ));
+    }
     if let Some(after) = after {
         let after = parse_after(after, state.node.engine.partitions())?;
         check_retained(&*state.node.engine, &after).await?;

@@ -258,38 +258,36 @@ async fn try_open(
         return problem.into_response();
     }
 
-    let max = state.node.config.push.max_connections;
-    if state.connections.fetch_add(1, Ordering::AcqRel) >= max {
-        state.connections.fetch_sub(1, Ordering::AcqRel);
-        state
-            .metrics
-            .connections_refused
-            .fetch_add(1, Ordering::Relaxed);
-        return Problem::unavailable(format!(
-            "This node holds its maximum of {max} connections and streams (push.max_connections); retry on another node or later."
-        ))
-        .retry_after(5)
-        .into_response();
+    if let Err(refused) = state.take_connection_slot() {
+        return refused;
     }
     let config = &state.node.config.push;
     let conn = Arc::new(ConnHandle::new(config.outbound_queue_bytes));
-    let mut session = Session::new(state.clone(), conn.clone(), None);
+    // Until the stream is handed to its writer, dropping this (the client left while the
+    // subscription started: the handler's future is dropped) ends the subscription and gives
+    // the slot back.
+    let mut opening = Opening {
+        session: Some(Session::new(state.clone(), conn.clone(), None)),
+    };
     let spec = SubscriptionSpec {
         filter,
         after,
         projection: Arc::new(Projection::sse_frame()),
     };
-    session.start_prepared("sse", spec, principal, &DIALECT);
+    if let Some(session) = &mut opening.session {
+        session.start_prepared("sse", spec, principal, &DIALECT);
+    }
     // Answer once the subscription is live (its `: live`) or refused: a client that saw the
     // response misses no event published after it.
     let started = tokio::time::timeout(Duration::from_secs(10), conn.ready.notified()).await;
     if started.is_err() {
-        session.end_all();
-        state.connections.fetch_sub(1, Ordering::AcqRel);
         return Problem::unavailable("The stream did not start in time; retry.")
             .retry_after(1)
             .into_response();
     }
+    let Some(session) = opening.session.take() else {
+        return Problem::unavailable("The stream did not start; retry.").into_response();
+    };
     // Open (and live) from here: `herald_push_sse_streams` counts it; the guard gives its
     // connection slot back however it ends.
     state
@@ -317,6 +315,21 @@ async fn try_open(
     // Proxies (nginx) must not buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// A stream between its connection slot and its writer: dropped with the session still in
+/// it, it ends the subscription and gives the slot back.
+struct Opening {
+    session: Option<Session>,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(mut session) = self.session.take() {
+            session.end_all();
+            session.state.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Gives a stream's connection slot back and counts it closed, however it ends.
