@@ -193,6 +193,7 @@ on_both_engines!(
     a_cursor_older_than_retention_is_410_before_the_stream,
     a_stream_ends_with_an_error_when_its_customer_token_expires,
     quiet_streams_get_heartbeats_and_shutdown_ends_them,
+    streams_count_against_the_nodes_connection_limit,
     python_httpx_sse_client_resumes_with_last_event_id,
     browser_event_source_with_a_token_reconnects_with_last_event_id,
 );
@@ -525,6 +526,30 @@ async fn quiet_streams_get_heartbeats_and_shutdown_ends_them(kind: Kind) {
             .await
             .is_none_or(|f| f.comments == ["ping"])
     );
+}
+
+async fn streams_count_against_the_nodes_connection_limit(kind: Kind) {
+    let s = Stack::start_with(kind, "[push]\nmax_connections = 1\n");
+    let first = open(&s, "/v1/events/stream", &[("x-api-key", ADMIN_KEY)]).await;
+    let r = match try_open(&s, "/v1/events/stream", &[("x-api-key", ADMIN_KEY)]).await {
+        Ok(_) => panic!("a second stream opened past push.max_connections = 1"),
+        Err(r) => r,
+    };
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(s.metric("herald_push_connections_refused_total").await, 1);
+    // The slot comes back when the stream ends.
+    drop(first);
+    eventually(
+        Duration::from_secs(10),
+        "the slot is free again",
+        || async {
+            try_open(&s, "/v1/events/stream", &[("x-api-key", ADMIN_KEY)])
+                .await
+                .ok()
+        },
+    )
+    .await;
 }
 
 fn clients_dir() -> PathBuf {
