@@ -306,15 +306,8 @@ fn order_id_taken(order_id: &str) -> Problem {
     )
 }
 
-/// The answer for an order the caller may not see: exactly the one for a missing order, byte
-/// for byte (it does not even echo the id), so no route is an oracle of another tenant's
-/// order ids.
-fn no_such_order() -> Problem {
-    Problem::not_found("No order with this orderId is visible to this credential.")
-}
-
 /// Loads an order's status and checks the caller may see it; an order it may not see is
-/// answered as a missing one ([`no_such_order`]).
+/// answered as a missing one ([`Problem::no_such_order`]).
 async fn authorized_status(
     state: &Node,
     principal: &Principal,
@@ -326,7 +319,7 @@ async fn authorized_status(
         {
             Ok(status)
         }
-        _ => Err(no_such_order()),
+        _ => Err(Problem::no_such_order()),
     }
 }
 
@@ -452,7 +445,7 @@ pub async fn get_order(
                 &record.status.customer_id,
             )
         })
-        .ok_or_else(no_such_order)?;
+        .ok_or_else(Problem::no_such_order)?;
     let mut body = serde_json::to_value(&record.order).unwrap_or_default();
     if let Value::Object(map) = &mut body {
         map.insert("status".into(), json!(record.status.status));
@@ -572,7 +565,7 @@ async fn create_transition_inner(
         }
         Ok(EnqueueOutcome::UnknownOrder) => {
             idempotency.abandon(state).await;
-            Err(no_such_order())
+            Err(Problem::no_such_order())
         }
         Err(e) => {
             idempotency.abandon(state).await;

@@ -87,6 +87,8 @@ pub struct HubStats {
 pub struct Hub {
     index: Mutex<Index>,
     pub stats: HubStats,
+    /// Woken when the tail starts (the hub has a position: subscriptions can go live).
+    started: tokio::sync::Notify,
 }
 
 /// What a new subscription needs from the hub.
@@ -113,6 +115,7 @@ impl Hub {
         Hub {
             index: Mutex::new(Index::default()),
             stats: HubStats::default(),
+            started: tokio::sync::Notify::new(),
         }
     }
 
@@ -156,6 +159,23 @@ impl Hub {
             },
         );
         Some((id, position))
+    }
+
+    /// Waits at most `limit` for the tail to start (a node that just started); whether it
+    /// has, i.e. whether a subscription can register now.
+    pub async fn wait_started(&self, limit: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                let started = self.started.notified();
+                tokio::pin!(started);
+                started.as_mut().enable();
+                if self.lock().position.is_some() {
+                    return;
+                }
+                started.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 
     /// Ends a catching-up phase: the held live events are queued after the replayed ones and
@@ -432,6 +452,8 @@ impl EventSink for Hub {
             }
             position => *position = Some(cursor.clone()),
         }
+        drop(index);
+        self.started.notify_waiters();
     }
 
     fn publish(&self, event: Arc<LoggedEvent>) {

@@ -161,6 +161,20 @@ impl Session {
                 return Err(Refusal::Errors(errors));
             }
         };
+        self.start_prepared(id, spec, principal, dialect);
+        Ok(())
+    }
+
+    /// Starts a prepared subscription under `id` (unused: [`Session::subscribe`] checked it,
+    /// an SSE stream has only one): authorization, registration and any replay run in a task
+    /// of their own, which reports errors on the connection through `dialect`.
+    pub fn start_prepared(
+        &mut self,
+        id: &str,
+        spec: SubscriptionSpec,
+        principal: Principal,
+        dialect: &'static dyn Dialect,
+    ) {
         // A credential of its own that expires before the connection's ends the subscription
         // then; one that does not is outlived by the connection's, which closes it (4403).
         let connection_expiry = self.principal.as_ref().and_then(Principal::expires_at);
@@ -187,7 +201,6 @@ impl Session {
                 task: task.abort_handle(),
             },
         );
-        Ok(())
     }
 
     /// Stops a subscription (client `complete`/`stop`). Unknown ids are ignored, as the
@@ -218,6 +231,32 @@ impl Session {
             self.end(handle);
         }
     }
+}
+
+/// The checks a subscription's start makes before it registers (authorization, narrowing
+/// `filter`; the node following the log, waited for a few seconds after start-up; the cursor,
+/// and that the log still holds what follows it), for a transport that
+/// must refuse before it answers (SSE answers a refusal with an HTTP status, never an empty
+/// stream). The start makes them again: the log may be trimmed in between.
+pub async fn check_before_start(
+    state: &PushState,
+    principal: &Principal,
+    filter: &mut EventFilter,
+    after: Option<&str>,
+) -> Result<(), GraphqlError> {
+    authorize(state, principal, filter).await?;
+    // A node that just started follows the log within moments: wait rather than refuse.
+    if !state.hub.wait_started(Duration::from_secs(5)).await {
+        return Err(GraphqlError::with_code(
+            "This node is starting and not yet following the event log; retry.",
+            "SERVICE_UNAVAILABLE",
+        ));
+    }
+    if let Some(after) = after {
+        let after = parse_after(after, state.node.engine.partitions())?;
+        check_retained(&*state.node.engine, &after).await?;
+    }
+    Ok(())
 }
 
 /// Checks a subscription against its caller and narrows it to what the caller may see. A
