@@ -808,3 +808,76 @@ fn the_redis_engine_refuses_to_start_without_a_stream_token_secret() {
         "{stderr}"
     );
 }
+
+/// `?resync=true` (README "Resync"): an expired Last-Event-ID starts the stream with a
+/// snapshot of the current statuses instead of a 410.
+mod resync {
+    use super::*;
+
+    on_both_engines!(an_expired_last_event_id_with_resync_streams_a_snapshot_then_live_events);
+
+    async fn an_expired_last_event_id_with_resync_streams_a_snapshot_then_live_events(kind: Kind) {
+        let s = Stack::start_with(kind, "[engine]\nevent_retention = 10\n");
+        s.order(ADMIN_KEY, "ss-1", "cust-s").await;
+        s.order(ADMIN_KEY, "ss-2", "cust-s").await;
+        s.order(ADMIN_KEY, "ss-3", "cust-other").await;
+        for v in 0..250 {
+            s.publish(external_event("x-1", "cust-x", None, v + 3))
+                .await;
+        }
+        let mut stream = open(
+            &s,
+            "/v1/events/stream?customerId=cust-s&resync=true",
+            &[("x-api-key", ADMIN_KEY), ("last-event-id", "1-0")],
+        )
+        .await;
+        let snapshot = stream.events(2).await;
+        let got: Vec<(Option<String>, Value, Value)> = snapshot
+            .iter()
+            .map(|f| {
+                let e = f.json();
+                (f.event.clone(), e["orderId"].clone(), e["version"].clone())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("order.snapshot".into()), json!("ss-1"), json!(2)),
+                (Some("order.snapshot".into()), json!("ss-2"), json!(2)),
+            ]
+        );
+        // Both carry the live start as their id: a reconnect from it misses nothing.
+        assert_eq!(snapshot[0].id, snapshot[1].id);
+        let r = s
+            .post(
+                "/v1/orders/ss-2/transitions",
+                ADMIN_KEY,
+                &json!({"status": "preparing"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let live = stream.events(1).await;
+        assert_eq!(live[0].event.as_deref(), Some("order.preparing"));
+        assert_eq!(live[0].json()["orderId"], "ss-2");
+        assert_eq!(live[0].json()["version"], 3);
+        // Without resync the same cursor is still refused; a bad resync value is a 400.
+        refused(
+            &s,
+            "/v1/events/stream?customerId=cust-s",
+            &[("x-api-key", ADMIN_KEY), ("last-event-id", "1-0")],
+            410,
+        )
+        .await;
+        let problem = refused(
+            &s,
+            "/v1/events/stream?resync=yes",
+            &[("x-api-key", ADMIN_KEY)],
+            400,
+        )
+        .await;
+        assert!(
+            problem["detail"].as_str().unwrap_or("").contains("`yes`"),
+            "{problem}"
+        );
+    }
+}

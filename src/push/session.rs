@@ -243,6 +243,7 @@ pub async fn check_before_start(
     principal: &Principal,
     filter: &mut EventFilter,
     after: Option<&str>,
+    resync: bool,
 ) -> Result<(), GraphqlError> {
     authorize(state, principal, filter).await?;
     // A node that just started follows the log within moments: wait rather than refuse.
@@ -254,7 +255,10 @@ pub async fn check_before_start(
     }
     if let Some(after) = after {
         let after = parse_after(after, state.node.engine.partitions())?;
-        check_retained(&*state.node.engine, &after).await?;
+        // With resync an expired cursor is no refusal: the start sends a snapshot instead.
+        if !resync {
+            check_retained(&*state.node.engine, &after).await?;
+        }
     }
     Ok(())
 }

@@ -17,6 +17,9 @@
 //!   was trimmed during the start, the replay fell behind, the credential expired, or the
 //!   client fell behind its outbound queue (slow consumer). Shutdown just ends the stream.
 //!
+//! `?resync=true` is the subscription's `resync` (README "Resync"): an expired `Last-Event-ID`
+//! (or none) starts the stream with `order.snapshot` frames instead of a 410.
+//!
 //! Streams count against `push.max_connections` with the WebSocket connections.
 
 use super::PushState;
@@ -98,6 +101,12 @@ fn problem_for(code: &str, message: &str) -> Problem {
         )
         .detail(message),
         "SERVICE_UNAVAILABLE" => Problem::unavailable(message).retry_after(1),
+        "SNAPSHOT_TOO_LARGE" => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "snapshot-too-large",
+            "Snapshot too large",
+        )
+        .detail(message),
         _ => Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -118,7 +127,14 @@ pub async fn order_events(
         order_id: Some(order_id),
         ..EventFilter::default()
     };
-    open(state, filter, &params, &headers, &["token", "lastEventId"]).await
+    open(
+        state,
+        filter,
+        &params,
+        &headers,
+        &["token", "lastEventId", "resync"],
+    )
+    .await
 }
 
 /// `GET /v1/events/stream`: every event the caller may see, narrowed by `customerId`,
@@ -150,7 +166,14 @@ pub async fn events_stream(
             op: StringOp::In(types),
         });
     }
-    let known = ["token", "lastEventId", "customerId", "partnerId", "type"];
+    let known = [
+        "token",
+        "lastEventId",
+        "resync",
+        "customerId",
+        "partnerId",
+        "type",
+    ];
     open(state, filter, &params, &headers, &known).await
 }
 
@@ -246,8 +269,26 @@ async fn try_open(
                 .map(|(_, v)| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         });
+    // `?resync=true`: an expired Last-Event-ID (or none) starts with a snapshot of the current
+    // statuses (README "Resync").
+    let resync = match params
+        .iter()
+        .find(|(k, _)| k == "resync")
+        .map(|(_, v)| v.as_str())
+    {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Problem::bad_request(format!(
+                "resync must be `true` or `false`, not `{other}`."
+            ))
+            .into_response();
+        }
+    };
     let one_order = filter.order_id.is_some();
-    if let Err(e) = check_before_start(&state, &principal, &mut filter, after.as_deref()).await {
+    if let Err(e) =
+        check_before_start(&state, &principal, &mut filter, after.as_deref(), resync).await
+    {
         let code = e.code().unwrap_or("INTERNAL");
         let problem = if code == "FORBIDDEN" && one_order {
             // The same answer whether the order is missing or someone else's.
@@ -272,7 +313,7 @@ async fn try_open(
     let spec = SubscriptionSpec {
         filter,
         after,
-        resync: false,
+        resync,
         projection: Arc::new(Projection::sse_frame()),
     };
     if let Some(session) = &mut opening.session {
