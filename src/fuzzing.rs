@@ -142,6 +142,7 @@ impl WsHarness {
             connections: Default::default(),
             metrics: Default::default(),
             shutdown: Default::default(),
+            stream_tokens: crate::auth::StreamTokenKey::random(),
         });
         WsHarness { runtime, state }
     }

@@ -14,6 +14,7 @@
 //!   long-polls of `GET /v1/events`, served from one shared wait per node.
 //! - [`graphql`]: the schema, documents, filters and projections.
 //! - [`push`]: WebSocket subscriptions: the hub, the protocols, `POST /graphql`, the console.
+//! - `resync`: the snapshots of a resync (current statuses as `order.snapshot` events).
 //! - [`webhooks`]: partner webhooks: dispatcher, sender, signatures and the SSRF guard.
 //! - [`server`]: `herald serve`, roles and shutdown; [`http`]: the HTTP plumbing api and push
 //!   share (connection limits, problem+json, rate limits, the route table).
@@ -39,6 +40,7 @@ pub mod model;
 mod node;
 mod push;
 mod ratelimit;
+mod resync;
 pub mod server;
 mod tail;
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! The long-polls of `GET /v1/events?waitMs=`: how many may wait, and the one wait per node
-//! they are all served from.
+//! The long-polls of `GET /v1/events?waitMs=` and of `GET /v1/orders/{id}/status` with
+//! `Prefer: wait=` or `waitForVersion=`: how many may wait, and the one wait per node they are
+//! all served from.
 //!
-//! A waiting request makes no blocking engine call of its own. It reads without waiting; when
-//! that finds nothing it waits on this node's "the log moved" signal and reads again (still
+//! A waiting request makes no blocking engine call of its own. It reads without waiting (the
+//! log, or the order's status); when that finds nothing it waits on this node's "the log moved" signal and reads again (still
 //! without waiting) each time the signal fires, until it finds entries, its `waitMs` is over
 //! or the node shuts down. One task per node ([`LongPolls::watch`]) makes the only blocking
 //! read, and only while some request waits: on Redis that is one dedicated connection per node
@@ -188,12 +189,38 @@ impl LongPolls {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<LogEntry>, Problem> {
-        // Subscribed before the first read: a move signalled after it wakes this request even
-        // if it comes before the request starts waiting.
+        let found = self
+            .wait_for(credential, wait, || async {
+                let entries = log.read_events(after, max, Duration::ZERO).await?;
+                Ok((!entries.is_empty()).then_some(entries))
+            })
+            .await?;
+        Ok(found.unwrap_or_default())
+    }
+
+    /// What `check` finds: at once when it finds something or `wait` is zero; else, once
+    /// admitted against the bounds, `check` again each time the log moved, until it finds
+    /// something (`Some`), `wait` is over or the node shuts down (`None`). `check` is how a
+    /// request looks without waiting (a non-blocking read of the log, of an order's status):
+    /// it runs once per move of the log, never in a loop of its own.
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        credential: &CredentialId,
+        wait: Duration,
+        mut check: F,
+    ) -> Result<Option<T>, Problem>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, Problem>>,
+    {
+        // Subscribed before the first check: a move signalled after it wakes this request
+        // even if it comes before the request starts waiting.
         let mut moved = self.moved.subscribe();
-        let entries = log.read_events(after, max, Duration::ZERO).await?;
-        if !entries.is_empty() || wait.is_zero() {
-            return Ok(entries);
+        if let Some(found) = check().await? {
+            return Ok(Some(found));
+        }
+        if wait.is_zero() {
+            return Ok(None);
         }
         let _waiting = self.admit(credential)?;
         let deadline = Instant::now() + wait;
@@ -201,15 +228,14 @@ impl LongPolls {
             tokio::select! {
                 changed = moved.changed() => {
                     if changed.is_err() {
-                        return Ok(Vec::new());
+                        return Ok(None);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
-                _ = self.shutdown.cancelled() => return Ok(Vec::new()),
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = self.shutdown.cancelled() => return Ok(None),
             }
-            let entries = log.read_events(after, max, Duration::ZERO).await?;
-            if !entries.is_empty() {
-                return Ok(entries);
+            if let Some(found) = check().await? {
+                return Ok(Some(found));
             }
         }
     }

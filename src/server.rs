@@ -250,6 +250,13 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
             connections: Default::default(),
             metrics: Default::default(),
             shutdown: push_shutdown.clone(),
+            // Validation refuses an empty secret with the redis engine (nodes accept each
+            // other's tokens); the memory engine is one process.
+            stream_tokens: if config.push.stream_token_secret.is_empty() {
+                crate::auth::StreamTokenKey::random()
+            } else {
+                crate::auth::StreamTokenKey::new(config.push.stream_token_secret.as_bytes())
+            },
         });
         let weak = Arc::downgrade(&push);
         let _ = metrics.extra.set(Box::new(move |scrape| {
@@ -281,6 +288,9 @@ pub async fn serve(mut config: Config, roles: Roles) -> anyhow::Result<()> {
         println!("herald:   console: http://{addr}/");
         println!(
             "herald:   graphql: ws://{addr}/graphql (graphql-transport-ws, graphql-ws/AppSync)"
+        );
+        println!(
+            "herald:   sse:     GET  http://{addr}/v1/events/stream  http://{addr}/v1/orders/{{orderId}}/events"
         );
     }
     if roles.api {

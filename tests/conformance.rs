@@ -270,6 +270,9 @@ conformance!(
     a_heartbeat_is_refused_unless_its_wait_is_open,
     a_heartbeat_timer_that_lost_its_wait_is_dropped,
     the_order_shows_its_open_wait,
+    // Resync snapshots (issue 14).
+    orders_are_listed_by_customer_partner_and_all_with_their_current_status,
+    a_listing_over_its_bound_is_refused_whole,
 );
 
 fn order(id: &str) -> Order {
@@ -4317,4 +4320,125 @@ async fn an_ordered_delivery_waits_for_earlier_events_and_yields_to_a_lower_vers
             .unwrap(),
         OrderedTurn::Ready
     );
+}
+/// Accepts an order of `customer` at `partner` (none when `None`).
+async fn accept_owned(engine: &Arc<dyn Engine>, id: &str, customer: &str, partner: Option<&str>) {
+    let mut o = order(id);
+    o.customer_id = customer.into();
+    o.partner_id = partner.map(Into::into);
+    let cmd = command(id, process(&o));
+    let outcome = engine
+        .accept_order(&o, &accepted_event(&o), &cmd, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, AcceptOutcome::Accepted { .. }),
+        "{outcome:?}"
+    );
+}
+
+fn listed(listing: Listing) -> Vec<(String, OrderStatus, u64)> {
+    match listing {
+        Listing::Statuses(statuses) => statuses
+            .into_iter()
+            .map(|s| (s.order_id, s.status, s.version))
+            .collect(),
+        Listing::TooMany { max } => panic!("listing refused over {max}"),
+    }
+}
+
+async fn orders_are_listed_by_customer_partner_and_all_with_their_current_status(h: Harness) {
+    let e = &h.engine;
+    accept_owned(e, "o-1", "ann", Some("acme")).await;
+    accept_owned(e, "o-2", "ann", Some("zeta")).await;
+    accept_owned(e, "o-3", "bob", Some("acme")).await;
+    accept_owned(e, "o-4", "ann", None).await;
+    // A customerId that is a prefix of another's lists only its own orders.
+    accept_owned(e, "o-5", "an", Some("acme")).await;
+    // o-1 moves on: a listing shows its current status and version.
+    let received = receive(e, 10).await;
+    let first = received
+        .iter()
+        .find(|r| r.message.order_id == "o-1")
+        .unwrap();
+    let change = change_to(e, "o-1", OrderStatus::Confirmed).await;
+    e.apply(first, Some(&change)).await.unwrap();
+    let id = |s: &str| s.to_string();
+    assert_eq!(
+        listed(
+            e.list_statuses(&OrderScope::Customer(id("ann")), 100)
+                .await
+                .unwrap()
+        ),
+        [
+            (id("o-1"), OrderStatus::Confirmed, 2),
+            (id("o-2"), OrderStatus::Accepted, 1),
+            (id("o-4"), OrderStatus::Accepted, 1),
+        ]
+    );
+    let acme = listed(
+        e.list_statuses(&OrderScope::Partner(id("acme")), 100)
+            .await
+            .unwrap(),
+    );
+    let names: Vec<&str> = acme.iter().map(|(o, _, _)| o.as_str()).collect();
+    assert_eq!(names, ["o-1", "o-3", "o-5"]);
+    let all = listed(e.list_statuses(&OrderScope::All, 100).await.unwrap());
+    let names: Vec<&str> = all.iter().map(|(o, _, _)| o.as_str()).collect();
+    assert_eq!(names, ["o-1", "o-2", "o-3", "o-4", "o-5"]);
+    assert_eq!(
+        listed(
+            e.list_statuses(&OrderScope::Order(id("o-3")), 100)
+                .await
+                .unwrap()
+        ),
+        [(id("o-3"), OrderStatus::Accepted, 1)]
+    );
+    assert!(
+        listed(
+            e.list_statuses(&OrderScope::Order(id("o-9")), 100)
+                .await
+                .unwrap()
+        )
+        .is_empty()
+    );
+    assert!(
+        listed(
+            e.list_statuses(&OrderScope::Customer(id("nobody")), 100)
+                .await
+                .unwrap()
+        )
+        .is_empty()
+    );
+    assert!(
+        listed(
+            e.list_statuses(&OrderScope::Partner(id("nobody")), 100)
+                .await
+                .unwrap()
+        )
+        .is_empty()
+    );
+}
+
+async fn a_listing_over_its_bound_is_refused_whole(h: Harness) {
+    let e = &h.engine;
+    for n in 0..6 {
+        accept_owned(e, &format!("o-{n}"), "ann", Some("acme")).await;
+    }
+    for scope in [
+        OrderScope::Customer("ann".into()),
+        OrderScope::Partner("acme".into()),
+        OrderScope::All,
+    ] {
+        assert_eq!(
+            e.list_statuses(&scope, 5).await.unwrap(),
+            Listing::TooMany { max: 5 },
+            "{scope:?}"
+        );
+        assert_eq!(
+            listed(e.list_statuses(&scope, 6).await.unwrap()).len(),
+            6,
+            "{scope:?}"
+        );
+    }
 }

@@ -97,6 +97,10 @@ const ROUTES: &[Route] = &[
         [401, 403, 404, 202],
     ),
     route("GET", "/v1/events", [401, 200, 200, 200]),
+    // Server-Sent Events: a stream of the caller's own events (only its first chunk is read).
+    route("GET", "/v1/events/stream", [401, 200, 200, 200]),
+    route("GET", "/v1/orders/{order_id}/events", [401, 404, 404, 200]),
+    route("POST", "/v1/stream-tokens", [401, 201, 201, 201]),
     route("POST", "/v1/events", [401, 403, 403, 202]),
     route("POST", "/v1/webhooks", [401, 403, 403, 201]),
     route("GET", "/v1/webhooks", [401, 403, 200, 200]),
@@ -189,7 +193,8 @@ impl Transcript {
             Value::Object(map) => {
                 for (k, v) in map {
                     match (k.as_str(), v) {
-                        ("secret", Value::String(s)) => self.secret(s),
+                        // Webhook secrets; stream tokens (POST /v1/stream-tokens).
+                        ("secret" | "token", Value::String(s)) => self.secret(s),
                         _ => self.secrets_in(v),
                     }
                 }
@@ -250,7 +255,20 @@ async fn call(
     }
     let r = request.send().await.expect("request");
     let status = r.status().as_u16();
-    let text = r.text().await.unwrap_or_default();
+    let streaming = r
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "text/event-stream");
+    let text = if streaming {
+        // A stream never ends by itself: its first chunk (`retry:`, `: live`) is the answer.
+        let mut r = r;
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+            .await
+            .expect("a first chunk");
+        String::from_utf8_lossy(&chunk.ok().flatten().unwrap_or_default()).into_owned()
+    } else {
+        r.text().await.unwrap_or_default()
+    };
     if status >= 400 {
         t.error_bodies.push(text.clone());
     }

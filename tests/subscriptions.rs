@@ -1044,3 +1044,130 @@ async fn console_admin_view_refuses_a_partner_key_with_a_clear_message() {
     );
     assert_eq!(seen["adminHidden"], true);
 }
+/// Resync (README "Resync"): a snapshot of the current statuses instead of `CURSOR_EXPIRED`,
+/// then live events, through the reference `graphql-ws` client.
+mod resync {
+    use super::*;
+
+    on_both_engines!(
+        resync_after_a_trimmed_cursor_sends_a_snapshot_then_live_events_and_resumes_from_it,
+        resync_without_after_starts_with_a_snapshot_and_is_refused_over_its_bound,
+    );
+
+    /// Trims every entry of the log written so far (retention 10) with events of another
+    /// customer's order.
+    async fn trim_the_log(s: &Stack) {
+        for v in 0..250 {
+            s.publish(external_event("t-1", "cust-trim", None, v + 3))
+                .await;
+        }
+    }
+
+    const FIELDS: &str = "eventId type orderId status version";
+
+    async fn resync_after_a_trimmed_cursor_sends_a_snapshot_then_live_events_and_resumes_from_it(
+        kind: Kind,
+    ) {
+        let s = Stack::start_with(kind, "[engine]\nevent_retention = 10\n");
+        s.order(ADMIN_KEY, "rs-1", "cust-r").await;
+        s.order(ADMIN_KEY, "rs-2", "cust-r").await;
+        s.order(ADMIN_KEY, "rs-3", "cust-other").await;
+        s.transition("rs-1", "preparing", 3).await;
+        trim_the_log(&s).await;
+        let query = format!(
+            "subscription {{ onOrderUpdated(customerId: \"cust-r\", after: \"1-0\", resync: true) {{ {FIELDS} }} }}"
+        );
+        let mut client =
+            ClientProc::graphql_ws(&ws_url(&s.herald), ADMIN_KEY, &query, json!({}), 3);
+        client.ready().await;
+        // Once the snapshot is in (else the transition could land before the snapshot is
+        // read, and the snapshot would show it instead).
+        eventually(Duration::from_secs(20), "the snapshot", || async {
+            (client.lines.lock().unwrap().len() >= 2).then_some(())
+        })
+        .await;
+        s.transition("rs-2", "preparing", 3).await;
+        let lines = client.events().await;
+        let got: Vec<(Value, Value, Value, Value)> = lines
+            .iter()
+            .map(|l| {
+                let e = event(l);
+                (
+                    e["type"].clone(),
+                    e["orderId"].clone(),
+                    e["status"].clone(),
+                    e["version"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    json!("order.snapshot"),
+                    json!("rs-1"),
+                    json!("PREPARING"),
+                    json!(3)
+                ),
+                (
+                    json!("order.snapshot"),
+                    json!("rs-2"),
+                    json!("CONFIRMED"),
+                    json!(2)
+                ),
+                (
+                    json!("order.preparing"),
+                    json!("rs-2"),
+                    json!("PREPARING"),
+                    json!(3)
+                ),
+            ],
+            "{lines:?}"
+        );
+        // Both snapshot events carry the live start as eventId: resuming from it (without
+        // resync) misses nothing after the snapshot and repeats nothing before it.
+        let start = event(&lines[0])["eventId"].as_str().unwrap().to_string();
+        assert_eq!(event(&lines[1])["eventId"], start.as_str());
+        let query = format!(
+            "subscription {{ onOrderUpdated(customerId: \"cust-r\", after: \"{start}\") {{ {FIELDS} }} }}"
+        );
+        let resumed = ClientProc::graphql_ws(&ws_url(&s.herald), ADMIN_KEY, &query, json!({}), 1)
+            .events()
+            .await;
+        assert_eq!(event(&resumed[0])["orderId"], "rs-2");
+        assert_eq!(event(&resumed[0])["version"], 3);
+        assert_eq!(event(&resumed[0])["type"], "order.preparing");
+    }
+
+    async fn resync_without_after_starts_with_a_snapshot_and_is_refused_over_its_bound(kind: Kind) {
+        let s = Stack::start_with(kind, "[push]\nmax_snapshot_orders = 2\n");
+        s.order(ACME_KEY, "rb-1", "cust-b").await;
+        s.order(ACME_KEY, "rb-2", "cust-b").await;
+        s.order(GLOBEX_KEY, "rb-3", "cust-g").await;
+        // A partner's resync covers its own orders only (two: within the bound).
+        let query = format!("subscription {{ onOrderUpdated(resync: true) {{ {FIELDS} }} }}");
+        let lines = ClientProc::graphql_ws(&ws_url(&s.herald), ACME_KEY, &query, json!({}), 2)
+            .events()
+            .await;
+        let orders: Vec<&Value> = lines.iter().map(|l| &event(l)["orderId"]).collect();
+        assert_eq!(orders, [&json!("rb-1"), &json!("rb-2")]);
+        assert!(lines.iter().all(|l| event(l)["type"] == "order.snapshot"));
+        // The admin's covers all three: refused whole, not truncated.
+        let error = ClientProc::graphql_ws(&ws_url(&s.herald), ADMIN_KEY, &query, json!({}), 1)
+            .error()
+            .await;
+        assert_eq!(
+            error[0]["extensions"]["code"], "SNAPSHOT_TOO_LARGE",
+            "{error}"
+        );
+        assert!(
+            error[0]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("push.max_snapshot_orders"),
+            "{error}"
+        );
+        assert_eq!(s.metric("herald_push_snapshots_sent_total").await, 1);
+        assert_eq!(s.metric("herald_push_snapshots_refused_total").await, 1);
+    }
+}

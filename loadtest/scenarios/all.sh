@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates BENCHMARKS.md: runs every scenario script (intake, fanout, webhooks, e2e,
+# Regenerates BENCHMARKS.md: runs every scenario script (intake, fanout, sse, webhooks, e2e,
 # commandstats, scale and workflow when present), each writing its JSON results and SVG plots
 # under RESULTS/<section>/, then renders BENCHMARKS.md from them with `herald-loadtest report`
 # (plots copied into docs/benchmarks/). SECTIONS picks which scripts run (the report still renders
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/../.."
 
 PROFILE=${PROFILE:-full}
 RESULTS=${RESULTS:-target/bench}
-SECTIONS=${SECTIONS:-"intake fanout webhooks e2e commandstats scale workflow"}
+SECTIONS=${SECTIONS:-"intake fanout sse webhooks e2e commandstats scale workflow"}
 REPORT_OUT=${REPORT_OUT:-BENCHMARKS.md}
 
 case "$PROFILE" in
@@ -33,7 +33,7 @@ case "$PROFILE" in
     # A few seconds per run, hundreds of connections instead of thousands.
     export DURATION=${DURATION:-3s} WARMUP=${WARMUP:-1s}
     export CLIENTS=${CLIENTS:-"16 64"} BENCH_REQUESTS=${BENCH_REQUESTS:-20000}
-    export CONNS=${CONNS:-200} RATES=${RATES:-"100 max"}
+    export CONNS=${CONNS:-200} RATES=${RATES:-"100 max"} SSE_CONNS=${SSE_CONNS:-200} SSE_RATES=${SSE_RATES:-100}
     export TARGETED_CONNS=${TARGETED_CONNS:-500} TARGETED_RATE=${TARGETED_RATE:-1000}
     export STALL_CONNS=${STALL_CONNS:-200} STALL_DURATION=${STALL_DURATION:-3s}
     export IDLE_CONNS=${IDLE_CONNS:-1000}

@@ -5,6 +5,10 @@
 # Every connection is a descriptor, in the servers as in the load generator.
 ulimit -n "$(ulimit -Hn)"
 
+# The redis engine requires push.stream_token_secret (nodes accept each other's SSE stream
+# tokens); every Herald a scenario starts shares this one.
+export HERALD_PUSH__STREAM_TOKEN_SECRET="${HERALD_PUSH__STREAM_TOKEN_SECRET:-loadtest-stream-token-secret-0123456789}"
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 pids=()

@@ -18,8 +18,12 @@
 //! - `--stalled-percent P`: that share of subscribers (spread evenly over the indices) stop
 //!   reading once subscribed. They count in no figure except "stalled": after the run they read
 //!   again to find out whether the server closed them (and with which close code).
+//! - `--sse-connections N --sse-url http://H`: N Server-Sent Events streams on Herald beside
+//!   the WebSocket subscribers, fed by the same events, measured the same way into figures of
+//!   their own (see [`sse`]): one run compares the two transports.
 
 mod shards;
+mod sse;
 
 use crate::procs::{ProcessInfo, Shard};
 use crate::publish::{self, Clock, OpenLoop, Sink, Target, Window};
@@ -133,6 +137,15 @@ pub struct FanoutArgs {
     /// results.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub processes: u32,
+
+    /// Server-Sent Events streams (`GET /v1/events/stream`) opened beside the WebSocket
+    /// subscribers (broadcast, open loop, one process, `--target herald` only).
+    #[arg(long, default_value_t = 0)]
+    pub sse_connections: u32,
+
+    /// Herald's HTTP address for the SSE streams, e.g. `http://127.0.0.1:8080`.
+    #[arg(long)]
+    pub sse_url: Option<String>,
 
     /// Internal: this process is subscriber process K of --processes, started by the one that
     /// publishes; it talks to it over stdin/stdout.
@@ -935,6 +948,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         )
         .await;
     }
+    if args.sse_connections > 0
+        && (!matches!(args.rate, Rate::PerSecond(_))
+            || args.processes > 1
+            || args.mode != Mode::Broadcast
+            || args.target != Target::Herald)
+    {
+        bail!(
+            "--sse-connections runs with --target herald, --mode broadcast, an events/s --rate and one process"
+        );
+    }
     let started_at = SystemTime::now();
     let endpoints = resolve_endpoints(&args).await?;
     let endpoint = &endpoints[0];
@@ -984,6 +1007,20 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     if opened.connected == 0 {
         bail!("no subscriber could connect");
     }
+    // Every SSE stream is live once its response head arrived (Herald answers only then).
+    let sse_ctx = Ctx::new();
+    let mut sse_subs = if args.sse_connections > 0 {
+        let subs = sse::open(&args, &sse_ctx).await?;
+        eprintln!(
+            "fanout: {} of {} SSE streams open in {:.2} s",
+            subs.connected,
+            args.sse_connections,
+            subs.connect_time.as_secs_f64()
+        );
+        Some(subs)
+    } else {
+        None
+    };
     if !args.protocol.acks_subscriptions() {
         tokio::time::sleep(args.settle).await;
     }
@@ -997,6 +1034,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         end: wall0 + nanos(args.warmup + args.duration),
     };
     let _ = ctx.window.set(window);
+    let _ = sse_ctx.window.set(window);
     clients.start(window).await?;
     let end = t0 + args.warmup + args.duration;
     let progress = tokio::spawn(progress(ctx.clone(), t0, args.warmup, end));
@@ -1022,13 +1060,35 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         .await?
         .map_err(|_| anyhow::anyhow!("the publisher thread panicked"))??;
     let drain_deadline = Instant::now() + args.drain;
-    while ctx.outstanding() > 0 && Instant::now() < drain_deadline {
+    // Broadcast: every event is owed to every open stream.
+    let sse_connected = sse_subs.as_ref().map_or(0, |s| s.connected);
+    let sse_owed = published.total * sse_connected;
+    while (ctx.outstanding() > 0 || sse_ctx.delivered.load(Ordering::Relaxed) < sse_owed)
+        && Instant::now() < drain_deadline
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     progress.abort();
     eprintln!();
 
     let finished = clients.finish(&ctx).await?;
+    let sse = match sse_subs.take() {
+        Some(subs) => {
+            let f = finish_local(subs.tasks, subs.stop, &sse_ctx).await?;
+            Some(SseReport {
+                connected: subs.connected,
+                connect_errors: subs.connect_errors,
+                connect_time: subs.connect_time,
+                expected: published.measured * subs.connected,
+                latency: LatencySummary::from_histogram(&f.latency),
+                histogram: f.latency,
+                counts: f.counts,
+                lost: f.lost,
+                first_server_error: f.first_server_error,
+            })
+        }
+        None => None,
+    };
     let report = Report {
         args: &args,
         endpoint,
@@ -1046,17 +1106,19 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         stalled_end: finished.stalled_end,
         first_server_error: finished.first_server_error,
         processes: opened.processes,
+        sse,
     };
     print!("{}", report.table().render());
     if let Some(path) = &args.out.json {
         stats::write_json(path, &report.json())?;
     }
     if let Some(path) = &args.out.svg {
-        stats::write_svg(
-            path,
-            &report.title(),
-            &[("publish->receive", &finished.latency)],
-        )?;
+        let mut series = vec![("publish->receive", &finished.latency)];
+        if let Some(sse) = &report.sse {
+            series[0].0 = "WebSocket publish->receive";
+            series.push(("SSE publish->receive", &sse.histogram));
+        }
+        stats::write_svg(path, &report.title(), &series)?;
     }
     Ok(())
 }
@@ -1107,6 +1169,80 @@ struct Report<'a> {
     stalled_end: BTreeMap<String, u64>,
     first_server_error: Option<String>,
     processes: Vec<ProcessInfo>,
+    /// The SSE streams of the same run, if any.
+    sse: Option<SseReport>,
+}
+
+/// What the SSE streams of a run found.
+struct SseReport {
+    connected: u64,
+    connect_errors: BTreeMap<String, u64>,
+    connect_time: Duration,
+    /// Deliveries owed for the measured events (every stream gets every event).
+    expected: u64,
+    counts: Counts,
+    latency: Option<LatencySummary>,
+    histogram: Histogram<u64>,
+    lost: BTreeMap<String, u64>,
+    first_server_error: Option<String>,
+}
+
+impl SseReport {
+    fn add_rows(&self, t: &mut Table, requested: u32, seconds: f64) {
+        t.row(
+            "SSE streams",
+            format!(
+                "{} of {requested} in {:.2} s",
+                self.connected,
+                self.connect_time.as_secs_f64()
+            ),
+        );
+        for (e, n) in &self.connect_errors {
+            t.row(format!("SSE connect error {e}"), n.to_string());
+        }
+        t.row(
+            "SSE deliveries",
+            format!("{:.1}/s", self.counts.arrived_in_window as f64 / seconds),
+        )
+        .row(
+            "SSE expected / received",
+            format!("{} / {}", self.expected, self.counts.measured),
+        );
+        t.latency("SSE publish->receive", self.latency.as_ref());
+        let c = &self.counts;
+        for (name, v) in [
+            ("SSE gap events", c.gap_events),
+            ("SSE duplicates", c.duplicates),
+            ("SSE events without marks", c.unmarked),
+            ("SSE server errors", c.server_errors),
+        ] {
+            if v > 0 {
+                t.row(name, v.to_string());
+            }
+        }
+        if let Some(e) = &self.first_server_error {
+            t.row("SSE first server error", e.clone());
+        }
+        for (reason, n) in &self.lost {
+            t.row(format!("SSE lost ({reason})"), n.to_string());
+        }
+    }
+
+    fn json(&self, seconds: f64) -> serde_json::Value {
+        json!({
+            "connected": self.connected,
+            "connect_errors": self.connect_errors,
+            "connect_time_s": self.connect_time.as_secs_f64(),
+            "deliveries_per_s": self.counts.arrived_in_window as f64 / seconds,
+            "expected_deliveries": self.expected,
+            "received": self.counts.measured,
+            "missing": self.expected.saturating_sub(self.counts.measured),
+            "counts": self.counts,
+            "latency_ms": self.latency,
+            "lost": self.lost,
+            "first_server_error": self.first_server_error,
+        })
+    }
 }
 
 impl Report<'_> {
@@ -1212,6 +1348,9 @@ impl Report<'_> {
         for (reason, n) in &self.stalled_end {
             t.row(format!("stalled, after run: {reason}"), n.to_string());
         }
+        if let Some(sse) = &self.sse {
+            sse.add_rows(&mut t, a.sse_connections, self.seconds());
+        }
         for p in &self.processes {
             p.add_row(&mut t);
         }
@@ -1253,6 +1392,8 @@ impl Report<'_> {
             "stalled_after_run": self.stalled_end,
             "first_server_error": self.first_server_error,
             "processes": self.processes,
+            "sse_connections": a.sse_connections,
+            "sse": self.sse.as_ref().map(|sse| sse.json(self.seconds())),
             "started_at": humantime::format_rfc3339_seconds(self.started_at).to_string(),
             "machine": sys::machine(),
             "tool": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },

@@ -43,6 +43,7 @@ pub struct ReportArgs {
 pub enum Section {
     Intake,
     Fanout,
+    Sse,
     Webhooks,
     E2e,
     Commandstats,
@@ -51,9 +52,10 @@ pub enum Section {
 }
 
 impl Section {
-    const ALL: [Section; 7] = [
+    const ALL: [Section; 8] = [
         Section::Intake,
         Section::Fanout,
+        Section::Sse,
         Section::Webhooks,
         Section::E2e,
         Section::Commandstats,
@@ -65,6 +67,7 @@ impl Section {
         match self {
             Section::Intake => "intake",
             Section::Fanout => "fanout",
+            Section::Sse => "sse",
             Section::Webhooks => "webhooks",
             Section::E2e => "e2e",
             Section::Commandstats => "commandstats",
@@ -86,6 +89,7 @@ impl Section {
         match self {
             Section::Intake => "Order intake",
             Section::Fanout => "WebSocket fan-out",
+            Section::Sse => "Server-Sent Events beside WebSocket",
             Section::Webhooks => "Webhook deliveries",
             Section::E2e => "End to end",
             Section::Commandstats => "Redis commands and Redis CPU per order and per delivery",
@@ -479,6 +483,7 @@ pub fn render(intro: Option<&str>, inputs: &[SectionInput], results: &str) -> St
         match input.section {
             Section::Intake => intake(&mut out, input),
             Section::Fanout => fanout(&mut out, input),
+            Section::Sse => sse(&mut out, input),
             Section::Webhooks => webhooks(&mut out, input),
             Section::E2e => e2e(&mut out, input),
             Section::Commandstats => commandstats(&mut out, input),
@@ -894,6 +899,92 @@ fn fanout_describe(v: &Value) -> String {
 
 /// The same configuration measured on Herald and on the reference.
 type Pair<'a> = (Option<&'a Run>, Option<&'a Run>);
+
+/// Fan-out runs with SSE streams beside the WebSocket subscribers (`fanout --sse-connections`):
+/// the two transports' publish -> receive latency from the same events, same minutes.
+fn sse(out: &mut String, input: &SectionInput) {
+    let mut runs: Vec<&Run> = input
+        .of("fanout")
+        .filter(|r| !r.v["sse"].is_null())
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    runs.sort_by_key(|r| {
+        (
+            f(&r.v, "connections").unwrap_or(0.0) as u64,
+            f(&r.v, "rate").unwrap_or(0.0) as u64,
+        )
+    });
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let v = &r.v;
+            let ratio = match (f(v, "sse.latency_ms.p99"), f(v, "latency_ms.p99")) {
+                (Some(sse), Some(ws)) if ws > 0.0 => format!("{:.2}", sse / ws),
+                _ => "-".into(),
+            };
+            vec![
+                format!(
+                    "{} WebSocket + {} SSE, {} events/s",
+                    int_or_dash(f(v, "connected")),
+                    int_or_dash(f(v, "sse.connected")),
+                    int_or_dash(f(v, "rate"))
+                ),
+                format!(
+                    "{} / {}",
+                    int_or_dash(f(v, "deliveries_per_s")),
+                    int_or_dash(f(v, "sse.deliveries_per_s"))
+                ),
+                lat(v, "latency_ms", &["p50", "p99"]),
+                lat(v, "sse.latency_ms", &["p50", "p99"]),
+                ratio,
+                format!(
+                    "{} / {}",
+                    int_or_dash(f(v, "missing")),
+                    int_or_dash(f(v, "sse.missing"))
+                ),
+                plot_cell(r),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "run",
+            "deliveries/s (WS / SSE)",
+            "WebSocket p50 / p99 ms",
+            "SSE p50 / p99 ms",
+            "SSE p99 / WS p99",
+            "missing (WS / SSE)",
+            "plot",
+        ],
+        &rows,
+    );
+    let at_1000 = runs
+        .iter()
+        .filter(|r| f(&r.v, "sse.connected").unwrap_or(0.0) >= 1000.0)
+        .min_by_key(|r| f(&r.v, "rate").unwrap_or(0.0) as u64);
+    let target = match at_1000 {
+        Some(r) => Target::new(
+            "SSE publish -> receive p50 / p99 at 1,000 streams, beside the WebSocket path of the same run",
+            format!(
+                "SSE {} ms, WebSocket {} ms ({} events/s, {} SSE deliveries missing)",
+                lat(&r.v, "sse.latency_ms", &["p50", "p99"]),
+                lat(&r.v, "latency_ms", &["p50", "p99"]),
+                int_or_dash(f(&r.v, "rate")),
+                int_or_dash(f(&r.v, "sse.missing")),
+            ),
+            Some(f(&r.v, "sse.missing") == Some(0.0) && !r.v["sse"]["latency_ms"].is_null()),
+        ),
+        None => Target::new(
+            "SSE publish -> receive p50 / p99 at 1,000 streams, beside the WebSocket path of the same run",
+            "no run with 1,000 SSE streams",
+            None,
+        ),
+    };
+    targets(out, "issue 14", &[target]);
+}
 
 fn fanout(out: &mut String, input: &SectionInput) {
     let runs: Vec<&Run> = input.of("fanout").collect();

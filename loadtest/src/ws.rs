@@ -286,7 +286,7 @@ pub fn source_addr(server: IpAddr, index: usize, count: u8) -> Option<IpAddr> {
 
 /// Connects, bound to `source` when given. The port is chosen at connect time
 /// (IP_BIND_ADDRESS_NO_PORT), so one source address can still reach many 4-tuples.
-async fn connect_tcp(server: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+pub async fn connect_tcp(server: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
     let socket = if server.is_ipv4() {
         TcpSocket::new_v4()
     } else {

@@ -5,8 +5,9 @@
 use super::problem::{ApiResult, Problem};
 use super::{Node, json_object};
 use crate::auth::{Caller, Principal};
-use crate::engine::{LogEntry, full_partitions};
+use crate::engine::{LogEntry, OrderScope, full_partitions};
 use crate::model::{LogCursor, LoggedEvent, OrderEvent, qualified_entry_id};
+use crate::resync::{Covered, SnapshotError};
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
@@ -17,7 +18,6 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 const MAX_LIMIT: usize = 1000;
-const MAX_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,6 +26,10 @@ pub struct FeedQuery {
     after: Option<String>,
     limit: Option<usize>,
     wait_ms: Option<u64>,
+    /// With no `after`, or one older than the retained log: answer with a snapshot of the
+    /// current statuses instead (see [`resync`]).
+    #[serde(default)]
+    resync: bool,
 }
 
 /// `GET /v1/events?after=&limit=&waitMs=`: events after the cursor, oldest first, and the
@@ -43,13 +47,17 @@ pub async fn list_events(
 ) -> ApiResult<Json<Value>> {
     let principal = caller.principal;
     let partitions = state.engine.partitions();
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    if q.resync && q.after.is_none() {
+        return resync(&state, &principal, limit).await.map(Json);
+    }
     let after = match q.after.as_deref() {
         None | Some("0") | Some("") => LogCursor::start(partitions),
         Some("$") => state.engine.log_end().await?,
         Some(cursor) => LogCursor::parse(cursor, partitions).map_err(Problem::bad_request)?,
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
+    let wait =
+        Duration::from_millis(q.wait_ms.unwrap_or(0)).min(state.config.http.long_poll_max_wait);
     let deadline = tokio::time::Instant::now() + wait;
     let mut after = after;
     loop {
@@ -58,7 +66,12 @@ pub async fn list_events(
             .long_polls
             .read_events(&*state.engine, &caller.credential, &after, limit, left)
             .await?;
-        check_retained(&state, &after, &entries, limit).await?;
+        match check_retained(&state, &after, &entries, limit).await {
+            Err(expired) if q.resync && expired.status == StatusCode::GONE.as_u16() => {
+                return resync(&state, &principal, limit).await.map(Json);
+            }
+            checked => checked?,
+        }
         let (events, next) = page(entries, after.clone(), limit);
         let events: Vec<Value> = events
             .iter()
@@ -75,6 +88,53 @@ pub async fn list_events(
         }
         after = next;
     }
+}
+
+/// `GET /v1/events?resync=true` with no `after`, or one older than the retained log: the
+/// current status of every order the caller may see, as `order.snapshot` events whose
+/// `eventId` is the log position taken before the snapshot was read, then the events after
+/// that position the snapshot did not already show (an order's version above the
+/// snapshot's), up to `limit`, and the `next` cursor after them: nothing missed, nothing
+/// twice. `resynced: true` says the answer starts with a snapshot. Beyond
+/// `push.max_snapshot_orders` orders: 413 `snapshot-too-large`.
+async fn resync(state: &Node, principal: &Principal, limit: usize) -> ApiResult<Value> {
+    let position = state.engine.log_end().await?;
+    let scope = match principal {
+        Principal::Admin => OrderScope::All,
+        Principal::Partner { partner_id } => OrderScope::Partner(partner_id.clone()),
+        Principal::Customer { customer_id, .. } => OrderScope::Customer(customer_id.clone()),
+    };
+    let max = state.config.push.max_snapshot_orders;
+    let snapshot = crate::resync::take(&*state.engine, &scope, max, &position)
+        .await
+        .map_err(|e| match e {
+            SnapshotError::TooMany { .. } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "snapshot-too-large",
+                "Snapshot too large",
+            )
+            .detail(format!("Resync refused: {e}.")),
+            SnapshotError::Engine(e) => e.into(),
+        })?;
+    let snapshot: Vec<LoggedEvent> = snapshot
+        .into_iter()
+        .filter(|e| principal.may_access_order(e.event.partner_id.as_deref(), &e.event.customer_id))
+        .collect();
+    let covered = Covered::new(&snapshot, position.clone());
+    let entries = state
+        .engine
+        .read_events(&position, limit, Duration::ZERO)
+        .await?;
+    let (live, next) = page(entries, position, limit);
+    let events: Vec<Value> = snapshot
+        .iter()
+        .chain(live.iter().filter(|e| {
+            !covered.covers(&e.event)
+                && principal.may_access_order(e.event.partner_id.as_deref(), &e.event.customer_id)
+        }))
+        .map(|e| json!(e.with_event_id(e.shown_id())))
+        .collect();
+    Ok(json!({ "events": events, "next": next.to_string(), "resynced": true }))
 }
 
 /// A cursor some of whose following entries were removed (trimmed by retention) is answered

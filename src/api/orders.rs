@@ -4,14 +4,14 @@
 use super::fields::{FieldErrors, string};
 use super::problem::{ApiResult, Problem};
 use super::{Idempotency, Node, accepted_response, json_object, refuse_customers};
-use crate::auth::Principal;
+use crate::auth::{Caller, Principal};
 use crate::engine::{AcceptOutcome, Command, EnqueueOutcome, NewCommand};
 use crate::metrics::Metrics;
 use crate::model::{LineItem, Order, OrderStatus, StatusRecord, now_rfc3339};
 use crate::workflow;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -306,15 +306,8 @@ fn order_id_taken(order_id: &str) -> Problem {
     )
 }
 
-/// The answer for an order the caller may not see: exactly the one for a missing order, byte
-/// for byte (it does not even echo the id), so no route is an oracle of another tenant's
-/// order ids.
-fn no_such_order() -> Problem {
-    Problem::not_found("No order with this orderId is visible to this credential.")
-}
-
 /// Loads an order's status and checks the caller may see it; an order it may not see is
-/// answered as a missing one ([`no_such_order`]).
+/// answered as a missing one ([`Problem::no_such_order`]).
 async fn authorized_status(
     state: &Node,
     principal: &Principal,
@@ -326,23 +319,114 @@ async fn authorized_status(
         {
             Ok(status)
         }
-        _ => Err(no_such_order()),
+        _ => Err(Problem::no_such_order()),
     }
 }
 
-/// `GET /v1/orders/{id}/status`
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusQuery {
+    /// Answer once the order's version is above this one (or at the deadline).
+    wait_for_version: Option<String>,
+}
+
+/// `GET /v1/orders/{id}/status`: the status at once; with `Prefer: wait=N` (RFC 7240) and/or
+/// `?waitForVersion=V`, a long-poll that answers as soon as the order's version is above `V`
+/// (with only `Prefer`, above the version it had when the request came), or with the current
+/// status once `N` seconds (at most `http.long_poll_max_wait`, its default without `Prefer`)
+/// are over. `Preference-Applied: wait=<seconds waited at most>` says a `Prefer: wait` was
+/// honoured. Waiting is served from the node's one wait on the log and bounded like every
+/// long-poll (`crate::longpoll`: 429/503); the order's status is read again only when the
+/// log moved.
 pub async fn get_status(
     State(state): State<Node>,
-    principal: Principal,
+    caller: Caller,
     Path(order_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let status = authorized_status(&state, &principal, &order_id).await?;
-    Ok(Json(json!({
+    Query(q): Query<StatusQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let principal = &caller.principal;
+    let prefer = prefer_wait(&headers)?;
+    let target = q
+        .wait_for_version
+        .as_deref()
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                Problem::bad_request(format!(
+                    "waitForVersion must be a version number (a non-negative integer), not `{v}`."
+                ))
+            })
+        })
+        .transpose()?;
+    let status = authorized_status(&state, principal, &order_id).await?;
+    if prefer.is_none() && target.is_none() {
+        return Ok(Json(status_json(&status)).into_response());
+    }
+    let max = state.config.http.long_poll_max_wait;
+    let wait = prefer.map_or(max, |asked| asked.min(max));
+    let target = target.unwrap_or(status.version);
+    let status = if status.version > target {
+        status
+    } else {
+        let found = state
+            .long_polls
+            .wait_for(&caller.credential, wait, || async {
+                let status = authorized_status(&state, principal, &order_id).await?;
+                Ok((status.version > target).then_some(status))
+            })
+            .await?;
+        match found {
+            Some(status) => status,
+            None => authorized_status(&state, principal, &order_id).await?,
+        }
+    };
+    let mut response = Json(status_json(&status)).into_response();
+    if prefer.is_some() {
+        // Whole seconds, as asked: what the request was willing to wait, at most the bound.
+        let applied = format!("wait={}", wait.as_secs());
+        if let Ok(value) = axum::http::HeaderValue::from_str(&applied) {
+            response.headers_mut().insert("preference-applied", value);
+        }
+    }
+    Ok(response)
+}
+
+fn status_json(status: &StatusRecord) -> Value {
+    json!({
         "orderId": status.order_id,
         "status": status.status,
         "version": status.version,
         "updatedAt": status.updated_at,
-    })))
+    })
+}
+
+/// The `wait` preference of the request's `Prefer` headers (RFC 7240: comma-separated
+/// preferences, names case-insensitive, `wait=<delta-seconds>`), if any; other preferences are
+/// ignored, as the RFC asks. A `wait` that is not a number of seconds is a 400.
+fn prefer_wait(headers: &HeaderMap) -> ApiResult<Option<std::time::Duration>> {
+    for value in headers.get_all("prefer") {
+        let text = value
+            .to_str()
+            .map_err(|_| Problem::bad_request("The Prefer header is not visible ASCII."))?;
+        for preference in text.split(',') {
+            // A preference may carry parameters after `;`.
+            let head = preference.split(';').next().unwrap_or("").trim();
+            let Some((name, value)) = head.split_once('=') else {
+                continue;
+            };
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                continue;
+            }
+            let value = value.trim().trim_matches('"');
+            let seconds = value.parse::<u64>().map_err(|_| {
+                Problem::bad_request(format!(
+                    "Prefer: wait must be a number of seconds (RFC 7240), not `{value}`."
+                ))
+            })?;
+            return Ok(Some(std::time::Duration::from_secs(seconds)));
+        }
+    }
+    Ok(None)
 }
 
 /// `GET /v1/orders/{id}`
@@ -361,7 +445,7 @@ pub async fn get_order(
                 &record.status.customer_id,
             )
         })
-        .ok_or_else(no_such_order)?;
+        .ok_or_else(Problem::no_such_order)?;
     let mut body = serde_json::to_value(&record.order).unwrap_or_default();
     if let Value::Object(map) = &mut body {
         map.insert("status".into(), json!(record.status.status));
@@ -481,7 +565,7 @@ async fn create_transition_inner(
         }
         Ok(EnqueueOutcome::UnknownOrder) => {
             idempotency.abandon(state).await;
-            Err(no_such_order())
+            Err(Problem::no_such_order())
         }
         Err(e) => {
             idempotency.abandon(state).await;
@@ -551,5 +635,31 @@ mod tests {
             })))
             .is_ok()
         );
+    }
+
+    #[test]
+    fn prefer_wait_is_read_among_other_preferences_and_a_bad_one_is_refused() {
+        let headers = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("prefer", v.parse().unwrap());
+            }
+            h
+        };
+        let secs = |s| Some(std::time::Duration::from_secs(s));
+        assert_eq!(prefer_wait(&headers(&[])).unwrap(), None);
+        assert_eq!(prefer_wait(&headers(&["respond-async"])).unwrap(), None);
+        assert_eq!(prefer_wait(&headers(&["wait=10"])).unwrap(), secs(10));
+        assert_eq!(
+            prefer_wait(&headers(&["respond-async, Wait = 5"])).unwrap(),
+            secs(5)
+        );
+        assert_eq!(
+            prefer_wait(&headers(&["return=minimal", "wait=\"3\""])).unwrap(),
+            secs(3)
+        );
+        let refused = prefer_wait(&headers(&["wait=soon"])).unwrap_err();
+        assert_eq!(refused.status, 400);
+        assert!(refused.detail.as_deref().unwrap_or("").contains("`soon`"));
     }
 }

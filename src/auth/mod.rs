@@ -11,12 +11,14 @@
 
 mod jwt;
 mod keys;
+mod stream_token;
 
 #[cfg(test)]
 mod fixtures;
 
 pub use jwt::{MIN_HS256_SECRET_BYTES, rs256_public_key};
 pub use keys::{KeyRing, generate_admin_key};
+pub use stream_token::StreamTokenKey;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

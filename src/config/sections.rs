@@ -312,6 +312,10 @@ pub struct HttpConfig {
     pub long_poll_max_waiting: usize,
     /// Long-polls one credential may hold waiting on this node at once; more get 429.
     pub long_poll_max_waiting_per_credential: usize,
+    /// The longest a long-poll waits (`waitMs` of `GET /v1/events`, `Prefer: wait=` of
+    /// `GET /v1/orders/{id}/status`); a longer ask waits this long.
+    #[serde(deserialize_with = "duration")]
+    pub long_poll_max_wait: Duration,
 }
 
 impl Default for HttpConfig {
@@ -330,13 +334,15 @@ impl Default for HttpConfig {
             body_read_timeout: Duration::from_secs(30),
             long_poll_max_waiting: 1000,
             long_poll_max_waiting_per_credential: 50,
+            long_poll_max_wait: Duration::from_secs(30),
         }
     }
 }
 
-/// The push hub and its WebSocket connections (DESIGN 1.4). Every limit answers with a
-/// documented error or close code (README, "Subscriptions").
-#[derive(Debug, Clone, Deserialize)]
+/// The push hub, its WebSocket connections (DESIGN 1.4) and its Server-Sent Events streams.
+/// Every limit answers with a documented error or close code (README, "Subscriptions" and
+/// "Server-Sent Events").
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PushConfig {
     /// WebSocket connections this node holds at once; more are refused with HTTP 503.
@@ -356,6 +362,51 @@ pub struct PushConfig {
     /// How often the server keeps idle connections alive (`ka` / ping).
     #[serde(deserialize_with = "duration")]
     pub keepalive_interval: Duration,
+    /// Orders a resync snapshot may hold (README "Resync"); a subscription or feed whose
+    /// snapshot would hold more is refused (`SNAPSHOT_TOO_LARGE`, 413), never truncated.
+    pub max_snapshot_orders: usize,
+    /// The HMAC-SHA256 key of the stream tokens `POST /v1/stream-tokens` mints for
+    /// `?token=`; empty: a random key per process (memory engine only: nodes on one Redis
+    /// must accept each other's tokens).
+    pub stream_token_secret: String,
+    /// How long a stream token may be used to open a stream.
+    #[serde(deserialize_with = "duration")]
+    pub stream_token_ttl: Duration,
+    /// How often a quiet SSE stream gets a `: ping` comment line.
+    #[serde(deserialize_with = "duration")]
+    pub sse_heartbeat_interval: Duration,
+    /// The `retry:` hint sent once when an SSE stream opens (the client's reconnection delay).
+    #[serde(deserialize_with = "duration")]
+    pub sse_retry: Duration,
+}
+
+impl std::fmt::Debug for PushConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushConfig")
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_subscriptions_per_connection",
+                &self.max_subscriptions_per_connection,
+            )
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("outbound_queue_bytes", &self.outbound_queue_bytes)
+            .field("subscribe_rate", &self.subscribe_rate)
+            .field("connection_init_timeout", &self.connection_init_timeout)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("max_snapshot_orders", &self.max_snapshot_orders)
+            .field(
+                "stream_token_secret",
+                &if self.stream_token_secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("stream_token_ttl", &self.stream_token_ttl)
+            .field("sse_heartbeat_interval", &self.sse_heartbeat_interval)
+            .field("sse_retry", &self.sse_retry)
+            .finish()
+    }
 }
 
 impl Default for PushConfig {
@@ -368,6 +419,11 @@ impl Default for PushConfig {
             subscribe_rate: 20,
             connection_init_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(60),
+            max_snapshot_orders: 10_000,
+            stream_token_secret: String::new(),
+            stream_token_ttl: Duration::from_secs(60),
+            sse_heartbeat_interval: Duration::from_secs(15),
+            sse_retry: Duration::from_secs(3),
         }
     }
 }

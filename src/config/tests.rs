@@ -38,6 +38,7 @@ fn layers_apply_in_order_file_env_flags() {
             ("HERALD_QUEUE__MAX_RECEIVES", "7"),
             ("HERALD_ENGINE__KEY_PREFIX", "env:"),
             ("HERALD_ADMIN_KEY", "admin-key-from-env-0001"),
+            ("HERALD_PUSH__STREAM_TOKEN_SECRET", STREAM_SECRET),
             ("PATH", "/bin"),
         ]),
         &Overrides {
@@ -238,7 +239,11 @@ fn http_and_graphql_limits_parse_and_bad_ones_are_refused() {
 
 #[test]
 fn partitions_are_for_the_redis_engine_and_need_a_tagged_stream() {
-    let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Overrides::default());
+    let load = |pairs: &[(&str, &str)]| {
+        let mut pairs = pairs.to_vec();
+        pairs.push(("HERALD_PUSH__STREAM_TOKEN_SECRET", STREAM_SECRET));
+        Config::load(None, env(&pairs), &Overrides::default())
+    };
     let redis = ("HERALD_ENGINE__KIND", "redis");
     let c = load(&[redis, ("HERALD_ENGINE__PARTITIONS", "16")]).unwrap();
     assert_eq!(c.engine.partitions, 16);
@@ -398,11 +403,36 @@ fn the_example_workflow_loads_with_its_three_kinds_of_step() {
     // A callback on Redis needs a shared token secret.
     let err = Config::load(
         Some(&path),
-        env(&[("HERALD_ENGINE__KIND", "redis")]),
+        env(&[
+            ("HERALD_ENGINE__KIND", "redis"),
+            ("HERALD_PUSH__STREAM_TOKEN_SECRET", STREAM_SECRET),
+        ]),
         &Overrides::default(),
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("task_token_secret"), "{err:#}");
+}
+
+const STREAM_SECRET: &str = "stream-token-secret-0123456789abcdef";
+
+#[test]
+fn the_redis_engine_needs_a_shared_stream_token_secret_of_32_bytes() {
+    let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Overrides::default());
+    let redis = ("HERALD_ENGINE__KIND", "redis");
+    let err = load(&[redis]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("push.stream_token_secret is required"),
+        "{err:#}"
+    );
+    let err = load(&[redis, ("HERALD_PUSH__STREAM_TOKEN_SECRET", "short")]).unwrap_err();
+    assert!(format!("{err:#}").contains("at least 32 bytes"), "{err:#}");
+    let c = load(&[redis, ("HERALD_PUSH__STREAM_TOKEN_SECRET", STREAM_SECRET)]).unwrap();
+    assert!(
+        !format!("{c:?}").contains(STREAM_SECRET),
+        "Debug hides the secret"
+    );
+    // The memory engine draws a key per process when none is set.
+    assert!(load(&[]).is_ok());
 }
 
 #[test]

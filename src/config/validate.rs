@@ -58,6 +58,15 @@ impl Config {
         if !wf.task_token_secret.is_empty() && wf.task_token_secret.len() < 32 {
             bail!("workflow.task_token_secret must be at least 32 bytes");
         }
+        let push_secret = &self.push.stream_token_secret;
+        if !push_secret.is_empty() && push_secret.len() < 32 {
+            bail!("push.stream_token_secret must be at least 32 bytes");
+        }
+        if self.engine.kind == EngineKind::Redis && push_secret.is_empty() {
+            bail!(
+                "push.stream_token_secret is required with the redis engine (every node must accept the stream tokens the others mint); set at least 32 random bytes, e.g. HERALD_PUSH__STREAM_TOKEN_SECRET=$(openssl rand -hex 32)"
+            );
+        }
         if self.engine.kind == EngineKind::Redis
             && wf.task_token_secret.is_empty()
             && wf
@@ -151,6 +160,7 @@ impl Config {
                 "http.long_poll_max_waiting_per_credential",
                 http.long_poll_max_waiting_per_credential,
             ),
+            ("push.max_snapshot_orders", self.push.max_snapshot_orders),
         ] {
             if value == 0 {
                 bail!("{key} must be at least 1");
@@ -159,11 +169,17 @@ impl Config {
         for (key, value) in [
             ("http.header_read_timeout", http.header_read_timeout),
             ("http.body_read_timeout", http.body_read_timeout),
+            ("http.long_poll_max_wait", http.long_poll_max_wait),
             (
                 "push.connection_init_timeout",
                 self.push.connection_init_timeout,
             ),
             ("push.keepalive_interval", self.push.keepalive_interval),
+            ("push.stream_token_ttl", self.push.stream_token_ttl),
+            (
+                "push.sse_heartbeat_interval",
+                self.push.sse_heartbeat_interval,
+            ),
         ] {
             if value.is_zero() {
                 bail!("{key} must be longer than 0s");

@@ -45,6 +45,40 @@ pub enum AcceptOutcome {
     AlreadyExists,
 }
 
+/// Which orders a listing ([`OrderStore::list_statuses`]) covers: what a resync snapshot reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderScope {
+    /// One order (none when it does not exist).
+    Order(String),
+    /// Every order of this customerId, at any partner (the caller narrows by partner).
+    Customer(String),
+    /// Every order of this partnerId.
+    Partner(String),
+    /// Every order.
+    All,
+}
+
+impl OrderScope {
+    /// Whether `status` is an order of this scope.
+    pub fn covers(&self, status: &StatusRecord) -> bool {
+        match self {
+            OrderScope::Order(id) => status.order_id == *id,
+            OrderScope::Customer(id) => status.customer_id == *id,
+            OrderScope::Partner(id) => status.partner_id.as_deref() == Some(id.as_str()),
+            OrderScope::All => true,
+        }
+    }
+}
+
+/// What [`OrderStore::list_statuses`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listing {
+    /// Every order of the scope, by orderId.
+    Statuses(Vec<StatusRecord>),
+    /// The scope holds more than the bound asked for: nothing is returned, never a part.
+    TooMany { max: usize },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum EnqueueOutcome {
     Enqueued,
@@ -74,6 +108,14 @@ pub trait OrderStore: Send + Sync {
     async fn order_status(&self, order_id: &str) -> EngineResult<Option<StatusRecord>>;
 
     async fn order(&self, order_id: &str) -> EngineResult<Option<OrderRecord>>;
+
+    /// The current status of every order of `scope`, sorted by orderId, or
+    /// [`Listing::TooMany`] when it holds more than `max` (a resync snapshot is whole or
+    /// refused). Each record is read as it is at the time of the read (records of different
+    /// orders may come from slightly different moments; each is one order's whole record).
+    /// Orders accepted before the engine kept its per-customer and per-partner index (Redis
+    /// data written by older versions) are not listed.
+    async fn list_statuses(&self, scope: &OrderScope, max: usize) -> EngineResult<Listing>;
 
     /// Completes a received command: applies `change` (status, history, event) if given, and
     /// acknowledges the command, all or nothing. Enforces per-order FIFO and optimistic

@@ -156,6 +156,9 @@ pub struct SubscriptionSpec {
     pub filter: EventFilter,
     /// The resume cursor (`after:`), passed through unchecked: the log judges it.
     pub after: Option<String>,
+    /// `resync: true`: when `after` is older than the retained log, or absent, start with a
+    /// snapshot of the current status of every order the subscription covers (README "Resync").
+    pub resync: bool,
     pub projection: Arc<Projection>,
 }
 

@@ -309,6 +309,15 @@ impl<'d> Planner<'d> {
             partnerless: false,
         };
         let after = id_argument(&self.argument(field, "after")).map_err(bad)?;
+        let resync = match self.argument(field, "resync") {
+            Value::Null => false,
+            Value::Bool(resync) => resync,
+            other => {
+                return Err(bad(format!(
+                    "Argument `resync`: expected a Boolean, got {other}"
+                )));
+            }
+        };
         let fields = self.object_fields(group, true, "OrderEvent")?;
         let projection = Projection::new(
             "subscription",
@@ -321,6 +330,7 @@ impl<'d> Planner<'d> {
         Ok(Operation::Subscription(SubscriptionSpec {
             filter,
             after,
+            resync,
             projection: Arc::new(projection),
         }))
     }

@@ -68,6 +68,8 @@ pub struct Projection {
     /// Bytes of static text, plus a per-field allowance: the starting capacity of a render.
     capacity_hint: usize,
     selects_data: bool,
+    /// A Server-Sent Events frame instead of a GraphQL result ([`Projection::sse_frame`]).
+    sse: bool,
 }
 
 /// Rough size of one field value (ids, timestamps); `data` is measured per event.
@@ -137,6 +139,20 @@ impl Projection {
             segments,
             capacity_hint,
             selects_data,
+            sse: false,
+        }
+    }
+
+    /// The whole event as one Server-Sent Events frame:
+    /// `id: <eventId>\nevent: <type>\ndata: <the event's JSON, as in webhooks>\n\n`. Every SSE
+    /// stream shares it, so the hub renders each event once for all of them.
+    pub fn sse_frame() -> Projection {
+        Projection {
+            key: "sse".into(),
+            segments: Vec::new(),
+            capacity_hint: 512,
+            selects_data: true,
+            sse: true,
         }
     }
 
@@ -148,6 +164,9 @@ impl Projection {
 
     /// `{"data":{"<response key>":{<selected fields in document order>}}}` for one event.
     pub fn render_event(&self, event: &LoggedEvent) -> Bytes {
+        if self.sse {
+            return render_sse_frame(event, self.capacity_hint);
+        }
         // `data` is exposed as a JSON string: serialise the value once, then escape it as a string.
         let data = match (&event.event.data, self.selects_data) {
             (Some(value), true) => Some(serde_json::to_string(value).unwrap_or_default()),
@@ -169,6 +188,30 @@ impl Projection {
         write_segments(&mut buf, &self.segments, &Source::Order(order));
         Bytes::from(buf)
     }
+}
+
+fn render_sse_frame(event: &LoggedEvent, capacity: usize) -> Bytes {
+    let id = event.shown_id();
+    let mut buf = Vec::with_capacity(capacity);
+    // A line break in a field would end it early: ids are cursors (never one), and an event
+    // type written by another program is cut at its first one.
+    let line = |text: &str| {
+        text.split(['\r', '\n'])
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    buf.extend_from_slice(b"id: ");
+    buf.extend_from_slice(line(id).as_bytes());
+    buf.extend_from_slice(b"\nevent: ");
+    buf.extend_from_slice(line(&event.event.event_type).as_bytes());
+    buf.extend_from_slice(b"\ndata: ");
+    // serde_json escapes every line break inside strings: the JSON is one line.
+    if serde_json::to_writer(&mut buf, &event.with_event_id(id)).is_err() {
+        buf.extend_from_slice(b"null");
+    }
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
 }
 
 enum Source<'a> {

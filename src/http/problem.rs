@@ -97,6 +97,13 @@ impl Problem {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail(detail)
     }
 
+    /// The answer for an order the caller may not see: exactly the one for a missing order,
+    /// byte for byte (it does not even echo the id), on every route that takes an order id
+    /// (the API's and the SSE stream's), so none is an oracle of another tenant's order ids.
+    pub fn no_such_order() -> Problem {
+        Problem::not_found("No order with this orderId is visible to this credential.")
+    }
+
     pub fn conflict(slug: &str, title: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::CONFLICT, slug, title).detail(detail)
     }

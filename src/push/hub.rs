@@ -22,6 +22,7 @@
 use super::conn::{ConnHandle, Out, payload_text};
 use crate::graphql::{EventFilter, IndexKey, Projection};
 use crate::model::{EventId, LogCursor, LoggedEvent};
+use crate::resync::Covered;
 use crate::tail::EventSink;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +43,7 @@ struct Sub {
     key: IndexKey,
     projection: Arc<Projection>,
     /// `Some` while replaying: live events held until the replay is done.
-    held: Option<Vec<Out>>,
+    held: Option<Vec<Held>>,
     /// Bytes of `held`, charged to the connection until queued or dropped.
     held_bytes: usize,
     /// Set when the hold overflowed (its events are dropped); the replay task reports it.
@@ -50,6 +51,16 @@ struct Sub {
     /// Events up to here (in their partition) are not delivered live (they were replayed, or
     /// the client has them).
     floor: Option<LogCursor>,
+    /// After a resync snapshot: the versions it showed, not delivered again live.
+    covered: Option<Covered>,
+}
+
+/// A live event held for a subscription still catching up, with what a resync snapshot
+/// needs to tell whether it already showed it.
+struct Held {
+    order_id: String,
+    version: u64,
+    out: Out,
 }
 
 #[derive(Default)]
@@ -76,6 +87,8 @@ pub struct HubStats {
 pub struct Hub {
     index: Mutex<Index>,
     pub stats: HubStats,
+    /// Woken when the tail starts (the hub has a position: subscriptions can go live).
+    started: tokio::sync::Notify,
 }
 
 /// What a new subscription needs from the hub.
@@ -102,6 +115,7 @@ impl Hub {
         Hub {
             index: Mutex::new(Index::default()),
             stats: HubStats::default(),
+            started: tokio::sync::Notify::new(),
         }
     }
 
@@ -141,14 +155,34 @@ impl Hub {
                 held_bytes: 0,
                 overflowed: false,
                 floor: reg.after,
+                covered: None,
             },
         );
         Some((id, position))
     }
 
+    /// Waits at most `limit` for the tail to start (a node that just started); whether it
+    /// has, i.e. whether a subscription can register now.
+    pub async fn wait_started(&self, limit: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                let started = self.started.notified();
+                tokio::pin!(started);
+                started.as_mut().enable();
+                if self.lock().position.is_some() {
+                    return;
+                }
+                started.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
     /// Ends a catching-up phase: the held live events are queued after the replayed ones and
     /// the subscription is live. `false` when it fell too far behind while replaying.
-    pub fn go_live(&self, id: SubId) -> bool {
+    /// After a resync snapshot, live events `covered` by it (an order's version at most the
+    /// snapshot's), held or still to come, are not delivered.
+    pub fn go_live(&self, id: SubId, covered: Option<Covered>) -> bool {
         let mut index = self.lock();
         let Some(sub) = index.subs.get_mut(&id) else {
             return false;
@@ -162,10 +196,16 @@ impl Hub {
             self.stats
                 .held_events
                 .fetch_sub(held.len() as u64, Ordering::Relaxed);
-            for out in held {
-                sub.conn.push(out);
+            for held in held {
+                let shown = covered
+                    .as_ref()
+                    .is_some_and(|c| c.covers_version(&held.order_id, held.version));
+                if !shown {
+                    sub.conn.push(held.out);
+                }
             }
         }
+        sub.covered = covered;
         true
     }
 
@@ -257,6 +297,15 @@ impl Hub {
                 {
                     continue;
                 }
+                if let Some(covered) = &sub.covered {
+                    if covered.covers(e) {
+                        continue;
+                    }
+                    // Past the snapshot's end nothing more can be covered.
+                    if position.is_some_and(|p| covered.is_behind(p)) {
+                        sub.covered = None;
+                    }
+                }
                 // A subscription resumed from a cursor ahead of this node in some partition
                 // (it came from a node further along) has seen more there than this event's
                 // cursor says: shown as is, a later resume from it would replay that again.
@@ -313,7 +362,11 @@ impl Hub {
                     Self::drop_held(&self.stats, sub);
                 } else if sub.conn.hold(cost) {
                     if let Some(held) = &mut sub.held {
-                        held.push(out);
+                        held.push(Held {
+                            order_id: e.order_id.clone(),
+                            version: e.version,
+                            out,
+                        });
                     }
                     sub.held_bytes += cost;
                     self.stats.held_events.fetch_add(1, Ordering::Relaxed);
@@ -399,6 +452,8 @@ impl EventSink for Hub {
             }
             position => *position = Some(cursor.clone()),
         }
+        drop(index);
+        self.started.notify_waiters();
     }
 
     fn publish(&self, event: Arc<LoggedEvent>) {
@@ -580,11 +635,51 @@ mod tests {
         );
         hub.dispatch(&event("6-0", "o-1", 6));
         assert!(received(&mut rx).is_empty(), "held while replaying");
-        assert!(hub.go_live(id));
+        assert!(hub.go_live(id, None));
         let got = received(&mut rx);
         assert_eq!(got.len(), 1);
         hub.dispatch(&event("7-0", "o-1", 7));
         assert_eq!(received(&mut rx).len(), 1);
+    }
+
+    #[test]
+    fn after_a_snapshot_live_events_it_covered_are_left_out_held_or_not() {
+        let hub = Hub::new();
+        hub.start(&at("5-0"));
+        let (id, mut rx) = subscribe(
+            &hub,
+            "subscription { onOrderUpdated { orderId version } }",
+            true,
+            None,
+        );
+        // While the snapshot is read: o-1 moves to 2 (the snapshot shows 2), o-2 to 1 (the
+        // snapshot was read before it existed).
+        hub.dispatch(&event("6-0", "o-1", 2));
+        hub.dispatch(&event("7-0", "o-2", 1));
+        let snapshot = [crate::resync::snapshot_event(
+            crate::model::StatusRecord {
+                order_id: "o-1".into(),
+                customer_id: "c-1".into(),
+                partner_id: None,
+                status: OrderStatus::Confirmed,
+                version: 3,
+                updated_at: "2026-11-27T10:00:00Z".into(),
+            },
+            &at("5-0"),
+        )];
+        assert!(hub.go_live(id, Some(Covered::new(&snapshot, at("8-0")))));
+        let held: Vec<_> = received(&mut rx)
+            .iter()
+            .map(|m| m["payload"]["data"]["onOrderUpdated"]["orderId"].clone())
+            .collect();
+        assert_eq!(held, ["o-2"]);
+        // o-1's version 3 came before the snapshot's end: the snapshot showed it.
+        hub.dispatch(&event("8-0", "o-1", 3));
+        assert!(received(&mut rx).is_empty());
+        hub.dispatch(&event("9-0", "o-1", 4));
+        let live = received(&mut rx);
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0]["payload"]["data"]["onOrderUpdated"]["version"], 4);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`protocol`]: the seam the core and the socket loop call; [`close`]: every close code.
 //! - [`transport_ws`]: `graphql-transport-ws`; [`appsync`]: `graphql-ws` (AppSync, Apollo).
 //! - [`ws`]: the handshake, which picks the protocol; [`query`]: `POST /graphql`.
+//! - [`sse`]: Server-Sent Events streams, a transport of their own over the same core, and
+//!   the stream tokens `EventSource` opens them with.
 //!
 //! Imports go one way: `ws` -> `socket` -> `protocol` -> `session` -> `hub`/`conn`; the
 //! protocol files import the seam and the session, never each other; nothing here imports
@@ -22,6 +24,7 @@ pub mod protocol;
 pub mod query;
 pub mod session;
 pub mod socket;
+pub mod sse;
 pub mod transport_ws;
 pub mod ws;
 
@@ -50,6 +53,12 @@ pub struct PushMetrics {
     pub messages_too_big: AtomicU64,
     pub stalled_writes: AtomicU64,
     pub subscriptions_expired: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_refused: AtomicU64,
+    pub sse_streams_opened: AtomicU64,
+    pub sse_streams_closed: AtomicU64,
+    pub sse_streams_refused: AtomicU64,
+    pub sse_streams_dropped: AtomicU64,
 }
 
 pub struct PushState {
@@ -60,14 +69,43 @@ pub struct PushState {
     pub connections: AtomicUsize,
     pub metrics: PushMetrics,
     pub shutdown: CancellationToken,
+    /// Signs and checks the `?token=` of SSE streams (`push.stream_token_secret`).
+    pub stream_tokens: crate::auth::StreamTokenKey,
 }
 
 impl PushState {
+    /// Takes one of the node's `push.max_connections` slots (WebSocket connections and SSE
+    /// streams alike), or answers why not: 503 with `Retry-After`, counted. The caller gives
+    /// the slot back (`connections.fetch_sub`) when its connection or stream ends.
+    #[allow(clippy::result_large_err)]
+    pub fn take_connection_slot(&self) -> Result<(), axum::response::Response> {
+        let max = self.node.config.push.max_connections;
+        if self.connections.fetch_add(1, Ordering::AcqRel) < max {
+            return Ok(());
+        }
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+        self.metrics
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        Err(crate::http::problem::Problem::unavailable(format!(
+            "This node holds its maximum of {max} WebSocket connections and SSE streams (push.max_connections); retry on another node or later."
+        ))
+        .retry_after(5)
+        .into_response())
+    }
+
     /// The series of the push side, read into a `/metrics` scrape.
     pub fn metric_series(&self, scrape: &crate::metrics::Scrape) {
         self.hub
             .metric_series(scrape, self.connections.load(Ordering::Relaxed) as u64);
         let m = &self.metrics;
+        let opened = m.sse_streams_opened.load(Ordering::Relaxed);
+        let closed = m.sse_streams_closed.load(Ordering::Relaxed);
+        scrape.gauge(
+            "herald_push_sse_streams",
+            "Server-Sent Events streams open on this node (counted in push.max_connections with the WebSocket connections).",
+            opened.saturating_sub(closed),
+        );
         for (name, help, value) in [
             (
                 "herald_push_connections_opened_total",
@@ -76,7 +114,7 @@ impl PushState {
             ),
             (
                 "herald_push_connections_refused_total",
-                "WebSocket upgrades refused with 503 at push.max_connections.",
+                "WebSocket upgrades and SSE streams refused with 503 at push.max_connections.",
                 &m.connections_refused,
             ),
             (
@@ -119,6 +157,36 @@ impl PushState {
                 "Subscriptions ended because the token they were started with (AppSync extensions.authorization) expired.",
                 &m.subscriptions_expired,
             ),
+            (
+                "herald_push_snapshots_sent_total",
+                "Resync snapshots sent (subscriptions with resync: true whose cursor was expired or absent).",
+                &m.snapshots_sent,
+            ),
+            (
+                "herald_push_snapshots_refused_total",
+                "Resync snapshots refused for holding more than push.max_snapshot_orders orders.",
+                &m.snapshots_refused,
+            ),
+            (
+                "herald_push_sse_streams_opened_total",
+                "Server-Sent Events streams opened.",
+                &m.sse_streams_opened,
+            ),
+            (
+                "herald_push_sse_streams_closed_total",
+                "Server-Sent Events streams ended, for any reason.",
+                &m.sse_streams_closed,
+            ),
+            (
+                "herald_push_sse_streams_refused_total",
+                "Server-Sent Events streams refused before they started, with a problem+json answer (credentials, authorization, query parameters, cursor, push.max_connections).",
+                &m.sse_streams_refused,
+            ),
+            (
+                "herald_push_sse_streams_dropped_total",
+                "Server-Sent Events streams ended as slow consumers (outbound queue full, or no chunk taken for three push.sse_heartbeat_interval), with a final event: error.",
+                &m.sse_streams_dropped,
+            ),
         ] {
             scrape.counter(name, help, value.load(Ordering::Relaxed));
         }
@@ -134,6 +202,9 @@ pub fn routes() -> Routes<Arc<PushState>> {
         .get("/graphql/realtime", ws::upgrade)
         .post("/graphql/realtime", query::graphql_query)
         .get("/", console)
+        .get("/v1/orders/{order_id}/events", sse::order_events)
+        .get("/v1/events/stream", sse::events_stream)
+        .post("/v1/stream-tokens", sse::mint_stream_token)
 }
 
 pub fn router(state: Arc<PushState>) -> Router {

@@ -18,6 +18,7 @@ use crate::graphql::{
 };
 use crate::model::{EventId, LogCursor, LoggedEvent};
 use crate::ratelimit::TokenBucket;
+use crate::resync::{self, Covered, SnapshotError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -160,6 +161,20 @@ impl Session {
                 return Err(Refusal::Errors(errors));
             }
         };
+        self.start_prepared(id, spec, principal, dialect);
+        Ok(())
+    }
+
+    /// Starts a prepared subscription under `id` (unused: [`Session::subscribe`] checked it,
+    /// an SSE stream has only one): authorization, registration and any replay run in a task
+    /// of their own, which reports errors on the connection through `dialect`.
+    pub fn start_prepared(
+        &mut self,
+        id: &str,
+        spec: SubscriptionSpec,
+        principal: Principal,
+        dialect: &'static dyn Dialect,
+    ) {
         // A credential of its own that expires before the connection's ends the subscription
         // then; one that does not is outlived by the connection's, which closes it (4403).
         let connection_expiry = self.principal.as_ref().and_then(Principal::expires_at);
@@ -186,7 +201,6 @@ impl Session {
                 task: task.abort_handle(),
             },
         );
-        Ok(())
     }
 
     /// Stops a subscription (client `complete`/`stop`). Unknown ids are ignored, as the
@@ -217,6 +231,36 @@ impl Session {
             self.end(handle);
         }
     }
+}
+
+/// The checks a subscription's start makes before it registers (authorization, narrowing
+/// `filter`; the node following the log, waited for a few seconds after start-up; the cursor,
+/// and that the log still holds what follows it), for a transport that
+/// must refuse before it answers (SSE answers a refusal with an HTTP status, never an empty
+/// stream). The start makes them again: the log may be trimmed in between.
+pub async fn check_before_start(
+    state: &PushState,
+    principal: &Principal,
+    filter: &mut EventFilter,
+    after: Option<&str>,
+    resync: bool,
+) -> Result<(), GraphqlError> {
+    authorize(state, principal, filter).await?;
+    // A node that just started follows the log within moments: wait rather than refuse.
+    if !state.hub.wait_started(Duration::from_secs(5)).await {
+        return Err(GraphqlError::with_code(
+            "This node is starting and not yet following the event log; retry.",
+            "SERVICE_UNAVAILABLE",
+        ));
+    }
+    if let Some(after) = after {
+        let after = parse_after(after, state.node.engine.partitions())?;
+        // With resync an expired cursor is no refusal: the start sends a snapshot instead.
+        if !resync {
+            check_retained(&*state.node.engine, &after).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks a subscription against its caller and narrows it to what the caller may see. A
@@ -389,6 +433,7 @@ async fn start(started: Started, spec: SubscriptionSpec, principal: Principal) {
     let SubscriptionSpec {
         mut filter,
         after,
+        resync,
         projection,
     } = spec;
     if let Err(e) = authorize(&state, &principal, &mut filter).await {
@@ -413,7 +458,7 @@ async fn start(started: Started, spec: SubscriptionSpec, principal: Principal) {
         prefix: prefix.clone(),
         filter: filter.clone(),
         projection: projection.clone(),
-        catching_up: after.is_some(),
+        catching_up: after.is_some() || resync,
         after: after.clone(),
     };
     let ack = dialect.ack(&id).map(Out::Text);
@@ -433,20 +478,40 @@ async fn start(started: Started, spec: SubscriptionSpec, principal: Principal) {
         .metrics
         .subscriptions_started
         .fetch_add(1, Ordering::Relaxed);
-    let Some(after) = after else { return };
-    match replay(
-        &state,
-        &conn,
-        &filter,
-        &projection,
-        &prefix,
-        &after,
-        &position,
-    )
-    .await
-    {
-        Ok(()) => {
-            if !state.hub.go_live(hub_id) {
+    // With `after`, the retained events in (after, position]; with `resync` and an expired
+    // cursor (or none), a snapshot of the current statuses instead. Either way the held live
+    // events follow, those the snapshot covered left out.
+    let replayed = match &after {
+        None if !resync => return,
+        None => Ok(false),
+        Some(after) => {
+            match replay(
+                &state,
+                &conn,
+                &filter,
+                &projection,
+                &prefix,
+                after,
+                &position,
+            )
+            .await
+            {
+                Ok(()) => Ok(true),
+                Err(e) if resync && e.code() == Some(CURSOR_EXPIRED) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let covered = match replayed {
+        Ok(true) => Ok(None),
+        Ok(false) => send_snapshot(&state, &conn, &filter, &projection, &prefix, &position)
+            .await
+            .map(Some),
+        Err(e) => Err(e),
+    };
+    match covered {
+        Ok(covered) => {
+            if !state.hub.go_live(hub_id, covered) {
                 state.hub.remove(hub_id);
                 fail(vec![GraphqlError::with_code(
                     "The subscription fell too far behind while replaying; resubscribe with `after` set to the last eventId received.",
@@ -459,6 +524,52 @@ async fn start(started: Started, spec: SubscriptionSpec, principal: Principal) {
             fail(vec![e]);
         }
     }
+}
+
+/// The code of a cursor older than the retained log.
+const CURSOR_EXPIRED: &str = "CURSOR_EXPIRED";
+
+/// Sends the resync snapshot of the orders `filter` covers, taken after the subscription was
+/// registered at `position` (each event's `eventId` is that position), paced by the
+/// connection's queue; returns what it covered, for the hub to leave out of the live events.
+async fn send_snapshot(
+    state: &PushState,
+    conn: &ConnHandle,
+    filter: &EventFilter,
+    projection: &crate::graphql::Projection,
+    prefix: &Utf8Bytes,
+    position: &LogCursor,
+) -> Result<Covered, GraphqlError> {
+    let engine = &*state.node.engine;
+    let max = state.node.config.push.max_snapshot_orders;
+    let snapshot = resync::take(engine, &resync::scope_of(filter), max, position)
+        .await
+        .map_err(|e| match e {
+            SnapshotError::TooMany { .. } => {
+                state
+                    .metrics
+                    .snapshots_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                GraphqlError::with_code(format!("Resync refused: {e}."), "SNAPSHOT_TOO_LARGE")
+            }
+            SnapshotError::Engine(e) => unavailable(e),
+        })?;
+    let until = engine.log_end().await.map_err(unavailable)?;
+    state.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+    for event in &snapshot {
+        if !filter.matches(event) {
+            continue;
+        }
+        conn.wait_for_room().await;
+        if conn.is_closed() {
+            break;
+        }
+        conn.push(Out::Event {
+            prefix: prefix.clone(),
+            payload: payload_text(projection.render_event(event)),
+        });
+    }
+    Ok(Covered::new(&snapshot, until))
 }
 
 /// The `after` argument as a cursor of a log of `partitions` partitions; `BAD_USER_INPUT`
@@ -540,7 +651,7 @@ async fn check_retained<L: EventLog + ?Sized>(
         format!(
             "Cursor `{after}` is older than the retained event log ({oldest}); events after it may be gone. Resubscribe without `after` and reload state from GET /v1/orders/{{id}}."
         ),
-        "CURSOR_EXPIRED",
+        CURSOR_EXPIRED,
     ))
 }
 

@@ -107,21 +107,8 @@ pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> R
         None => None,
     };
 
-    let max = state.node.config.push.max_connections;
-    if state.connections.fetch_add(1, Ordering::AcqRel) >= max {
-        state.connections.fetch_sub(1, Ordering::AcqRel);
-        state
-            .metrics
-            .connections_refused
-            .fetch_add(1, Ordering::Relaxed);
-        let mut response = Problem::unavailable(format!(
-            "This node holds its maximum of {max} WebSocket connections (push.max_connections); retry on another node or later."
-        ))
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return response;
+    if let Err(refused) = state.take_connection_slot() {
+        return refused;
     }
     state
         .metrics

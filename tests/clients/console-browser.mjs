@@ -15,7 +15,7 @@
 // `steps`. Never downloads a browser: it runs the system Chromium.
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 function emit(value) {
   process.stdout.write(JSON.stringify(value) + '\n');
@@ -70,18 +70,7 @@ async function rows(page, table = '#events') {
 }
 
 try {
-  // Flags as this machine needs them: no sandbox as root, and no background traffic to hosts a
-  // closed network refuses. playwright gives each launch a fresh, empty profile directory of
-  // its own (it refuses an explicit --user-data-dir) and deletes it on close.
-  browser = await chromium.launch({
-    executablePath: options.chromium,
-    headless: true,
-    timeout: remaining(),
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  browser = await launchChromium(options.chromium, remaining());
   const page = await browser.newPage();
   const consoleLines = [];
   page.on('console', (msg) => consoleLines.push(`${msg.type()}: ${msg.text()}`));

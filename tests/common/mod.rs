@@ -207,8 +207,14 @@ pub fn herald_command() -> Command {
             cmd.env_remove(name);
         }
     }
+    // Required by the redis engine (nodes accept each other's stream tokens); the same for
+    // every node a test starts.
+    cmd.env("HERALD_PUSH__STREAM_TOKEN_SECRET", STREAM_TOKEN_SECRET);
     cmd
 }
+
+/// `push.stream_token_secret` of every Herald the tests start.
+pub const STREAM_TOKEN_SECRET: &str = "test-stream-token-secret-0123456789abcdef";
 
 impl Herald {
     pub fn start(options: HeraldOptions) -> Herald {

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use idempotency::IdempotencyRecord;
 use orders::StoredOrder;
 use queue::QueuedMessage;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use steps::StepState;
 use tokio::sync::Notify;
@@ -45,6 +45,10 @@ struct State {
     /// Boxed: when the map grows it rehashes by moving entries, and moving a pointer instead
     /// of a whole order keeps that pause short with millions of orders.
     orders: HashMap<String, Box<StoredOrder>>,
+    /// Order ids per customerId and per partnerId: what a resync snapshot lists
+    /// (`OrderStore::list_statuses`). Orders are never deleted, so neither are entries.
+    orders_by_customer: HashMap<String, BTreeSet<String>>,
+    orders_by_partner: HashMap<String, BTreeSet<String>>,
     events: VecDeque<(EventId, String)>,
     last_event_id: EventId,
     /// The newest entry trimmed by retention (`EventLog::removed_after`).

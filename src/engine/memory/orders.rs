@@ -11,13 +11,13 @@ use super::steps::WaitWrite;
 use super::{MemoryEngine, State};
 use crate::engine::{
     AcceptOutcome, ApplyOutcome, EngineError, EngineResult, EnqueueOutcome, IdempotentResponse,
-    NewCommand, OrderStore, ReceivedCommand, StatusChange,
+    Listing, NewCommand, OrderScope, OrderStore, ReceivedCommand, StatusChange,
 };
 use crate::model::{
     EventId, HistoryEntry, Order, OrderEvent, OrderRecord, StatusRecord, StepRecord,
 };
 use async_trait::async_trait;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 pub(super) struct StoredOrder {
     order: Order,
@@ -81,6 +81,18 @@ impl OrderStore for MemoryEngine {
                 updated_at: accepted_event.occurred_at.clone(),
             };
             let history = VecDeque::from([State::history_entry(event_id, accepted_event, None)]);
+            state
+                .orders_by_customer
+                .entry(order.customer_id.clone())
+                .or_default()
+                .insert(order.order_id.clone());
+            if let Some(partner_id) = &order.partner_id {
+                state
+                    .orders_by_partner
+                    .entry(partner_id.clone())
+                    .or_default()
+                    .insert(order.order_id.clone());
+            }
             state.orders.insert(
                 order.order_id.clone(),
                 Box::new(StoredOrder {
@@ -128,6 +140,31 @@ impl OrderStore for MemoryEngine {
 
     async fn order_status(&self, order_id: &str) -> EngineResult<Option<StatusRecord>> {
         self.with_state(|state| state.orders.get(order_id).map(|o| o.status.clone()))
+    }
+
+    async fn list_statuses(&self, scope: &OrderScope, max: usize) -> EngineResult<Listing> {
+        self.with_state(|state| {
+            let status = |id: &String| state.orders.get(id).map(|o| o.status.clone());
+            let indexed = |index: &HashMap<String, BTreeSet<String>>, key: &String| {
+                let ids = index.get(key);
+                if ids.map_or(0, BTreeSet::len) > max {
+                    return Listing::TooMany { max };
+                }
+                Listing::Statuses(ids.into_iter().flatten().filter_map(status).collect())
+            };
+            match scope {
+                OrderScope::Order(id) => Listing::Statuses(status(id).into_iter().collect()),
+                OrderScope::Customer(id) => indexed(&state.orders_by_customer, id),
+                OrderScope::Partner(id) => indexed(&state.orders_by_partner, id),
+                OrderScope::All if state.orders.len() > max => Listing::TooMany { max },
+                OrderScope::All => {
+                    let mut all: Vec<StatusRecord> =
+                        state.orders.values().map(|o| o.status.clone()).collect();
+                    all.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+                    Listing::Statuses(all)
+                }
+            }
+        })
     }
 
     async fn order(&self, order_id: &str) -> EngineResult<Option<OrderRecord>> {

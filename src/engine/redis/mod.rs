@@ -82,6 +82,10 @@ struct PartitionKeys {
     webhook_lost: String,
     /// `P{pk}:timers`: the partition's workflow timers (see `steps.rs`).
     timers: String,
+    /// `P{pk}:orders:index`: the partition's orders by owner, a sorted set read by lex
+    /// range (all scores 0): `o:<orderId>`, `c:<customerId>\0<orderId>` and
+    /// `p:<partnerId>\0<orderId>`, written by the intake script with one ZADD per accept.
+    orders_index: String,
 }
 
 impl PartitionKeys {
@@ -96,6 +100,7 @@ impl PartitionKeys {
             dlq_index_prefix: format!("{base}:dlq:order:"),
             webhook_lost: format!("{base}:webhooks:lost"),
             timers: format!("{base}:timers"),
+            orders_index: format!("{base}:orders:index"),
             base,
         }
     }

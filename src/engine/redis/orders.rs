@@ -24,8 +24,8 @@ use super::reply::{corrupt, int, items, text};
 use super::steps::{step_args, step_records};
 use super::{RedisEngine, millis, parse_event_id};
 use crate::engine::{
-    AcceptOutcome, ApplyOutcome, EngineResult, EnqueueOutcome, IdempotentResponse, NewCommand,
-    OrderStore, ReceivedCommand, StatusChange, StepWrites,
+    AcceptOutcome, ApplyOutcome, EngineResult, EnqueueOutcome, IdempotentResponse, Listing,
+    NewCommand, OrderScope, OrderStore, ReceivedCommand, StatusChange, StepWrites,
 };
 use crate::model::{HistoryEntry, Order, OrderEvent, OrderRecord, OrderStatus, StatusRecord};
 use async_trait::async_trait;
@@ -47,6 +47,9 @@ struct HistoryBody<'a> {
 
 /// The hash fields a status record is made of (`order_status` reads only these).
 const STATUS_FIELDS: [&str; 5] = ["customerId", "partnerId", "status", "version", "updatedAt"];
+
+/// Orders whose status one pipeline of a listing reads.
+const LISTING_BATCH: usize = 500;
 
 /// Where the order hash keeps history entries: `h:<version>`.
 const HISTORY_FIELD: &str = "h:";
@@ -180,7 +183,10 @@ impl OrderStore for RedisEngine {
         let history = history_body(accepted_event, None)?;
         let mut request = IntakeRequest {
             kind: "accept",
-            keys: vec![self.keys.order(&order.order_id)],
+            keys: vec![
+                self.keys.order(&order.order_id),
+                self.keys.of(&order.order_id).orders_index.clone(),
+            ],
             values: vec![
                 order_json,
                 order.customer_id.clone(),
@@ -263,6 +269,89 @@ impl OrderStore for RedisEngine {
             return Ok(None);
         }
         Self::status_record(order_id, &hash).map(Some)
+    }
+
+    async fn list_statuses(&self, scope: &OrderScope, max: usize) -> EngineResult<Listing> {
+        let prefix: Vec<u8> = match scope {
+            OrderScope::Order(id) => {
+                return Ok(Listing::Statuses(
+                    self.order_status(id).await?.into_iter().collect(),
+                ));
+            }
+            OrderScope::Customer(id) => [b"c:", id.as_bytes(), b"\0"].concat(),
+            OrderScope::Partner(id) => [b"p:", id.as_bytes(), b"\0"].concat(),
+            OrderScope::All => b"o:".to_vec(),
+        };
+        // Every member with the prefix lies in [prefix, prefix with its last byte + 1).
+        let min = [b"[".as_slice(), &prefix].concat();
+        let mut max_bound = [b"(".as_slice(), &prefix].concat();
+        if let Some(last) = max_bound.last_mut() {
+            *last += 1;
+        }
+        // Per partition: a pipeline of one partition stays in one slot (one cluster node).
+        let mut by_partition: Vec<Vec<String>> = Vec::new();
+        let mut listed = 0;
+        for partition in 0..self.keys.partitions() {
+            let members: Vec<Vec<u8>> = self
+                .run(
+                    "listing orders",
+                    ::redis::cmd("ZRANGEBYLEX")
+                        .arg(&self.keys.part(partition).orders_index)
+                        .arg(&min)
+                        .arg(&max_bound)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg((max + 1).saturating_sub(listed)),
+                )
+                .await?;
+            listed += members.len();
+            if listed > max {
+                return Ok(Listing::TooMany { max });
+            }
+            let ids = members
+                .into_iter()
+                .map(|member| {
+                    String::from_utf8(member[prefix.len().min(member.len())..].to_vec())
+                        .map_err(|_| corrupt("orders index: an order id is not UTF-8"))
+                })
+                .collect::<EngineResult<Vec<String>>>()?;
+            by_partition.push(ids);
+        }
+        let mut statuses = Vec::with_capacity(listed);
+        for chunk in by_partition
+            .iter()
+            .flat_map(|ids| ids.chunks(LISTING_BATCH))
+        {
+            let mut pipe = ::redis::pipe();
+            for id in chunk {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.order(id))
+                    .arg(&STATUS_FIELDS);
+            }
+            let what = "reading listed order statuses";
+            let mut conn = self.conn.clone();
+            let rows: Vec<Vec<Option<String>>> =
+                within(what, self.op_timeout, pipe.query_async(&mut conn))
+                    .await
+                    .map_err(|e| map_err(what, e))?;
+            for (id, values) in chunk.iter().zip(rows) {
+                let hash: HashMap<String, String> = STATUS_FIELDS
+                    .iter()
+                    .zip(values)
+                    .filter_map(|(name, value)| Some((name.to_string(), value?)))
+                    .collect();
+                if hash.is_empty() {
+                    continue;
+                }
+                let status = Self::status_record(id, &hash)?;
+                // The index is matched by prefix: an id with a NUL could alias another's.
+                if scope.covers(&status) {
+                    statuses.push(status);
+                }
+            }
+        }
+        statuses.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+        Ok(Listing::Statuses(statuses))
     }
 
     async fn order(&self, order_id: &str) -> EngineResult<Option<OrderRecord>> {

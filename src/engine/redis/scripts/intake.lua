@@ -7,7 +7,7 @@
 -- KEYS: 1 events stream, 2 commands stream, then each request's own keys
 -- ARGV: 1 event retention, then per request: kind ('accept' | 'enqueue'), its number of keys,
 --       its number of values, the values
---   accept keys: order hash, idempotency key (optional); values: order JSON, customerId,
+--   accept keys: order hash, the partition's orders index, idempotency key (optional); values: order JSON, customerId,
 --     '1' if a partnerId follows, partnerId, status, version, updatedAt, event JSON, history
 --     entry JSON without eventId, messageId, orderId (of the command), command JSON,
 --     idempotent response JSON, its TTL in ms, the claim the key must still hold ('' for none)
@@ -24,9 +24,10 @@ local events, commands, retention = KEYS[1], KEYS[2], ARGV[1]
 -- `h:1`, and the `processOrder` command's messageId as `firstCommand`: the order's FIFO gate
 -- while that command is unfinished, see apply.lua), the `order.accepted` event, the command's
 -- stream entry and, when given, the idempotent response. The history entry learns its event id
--- from the XADD: it is spliced in front of the other fields.
+-- from the XADD: it is spliced in front of the other fields. One ZADD files the order in the
+-- partition's orders index under its id, its customer and its partner (see `orders_index`).
 local function accept(k, v)
-  if k[2] and v[15] ~= '' and redis.call('GET', k[2]) ~= v[15] then
+  if k[3] and v[15] ~= '' and redis.call('GET', k[3]) ~= v[15] then
     return 'claim-lost'
   end
   if redis.call('EXISTS', k[1]) == 1 then
@@ -43,9 +44,15 @@ local function accept(k, v)
     fields[#fields + 1] = v[4]
   end
   redis.call('HSET', k[1], unpack(fields))
+  local members = {0, 'o:' .. v[11], 0, 'c:' .. v[2] .. '\0' .. v[11]}
+  if v[3] == '1' then
+    members[5] = 0
+    members[6] = 'p:' .. v[4] .. '\0' .. v[11]
+  end
+  redis.call('ZADD', k[2], unpack(members))
   redis.call('XADD', commands, '*', 'messageId', v[10], 'orderId', v[11], 'message', v[12])
-  if k[2] then
-    redis.call('SET', k[2], v[13], 'PX', v[14])
+  if k[3] then
+    redis.call('SET', k[3], v[13], 'PX', v[14])
   end
   return event_id
 end
