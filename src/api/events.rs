@@ -94,8 +94,8 @@ pub async fn list_events(
 /// current status of every order the caller may see, as `order.snapshot` events whose
 /// `eventId` is the log position taken before the snapshot was read, then the events after
 /// that position the snapshot did not already show (an order's version above the
-/// snapshot's), up to `limit`, and the `next` cursor after them: nothing missed, nothing
-/// twice. `resynced: true` says the answer starts with a snapshot. Beyond
+/// snapshot's), read in pages of `limit` until past the log's end as it was once the snapshot
+/// was read, and the `next` cursor after them: nothing missed, nothing twice. `resynced: true` says the answer starts with a snapshot. Beyond
 /// `push.max_snapshot_orders` orders: 413 `snapshot-too-large`.
 async fn resync(state: &Node, principal: &Principal, limit: usize) -> ApiResult<Value> {
     let position = state.engine.log_end().await?;
@@ -120,18 +120,32 @@ async fn resync(state: &Node, principal: &Principal, limit: usize) -> ApiResult<
         .into_iter()
         .filter(|e| principal.may_access_order(e.event.partner_id.as_deref(), &e.event.customer_id))
         .collect();
-    let covered = Covered::new(&snapshot, position.clone());
-    let entries = state
-        .engine
-        .read_events(&position, limit, Duration::ZERO)
-        .await?;
-    let (live, next) = page(entries, position, limit);
-    let events: Vec<Value> = snapshot
-        .iter()
-        .chain(live.iter().filter(|e| {
+    // The log's end once every status was read: an event past it was appended after the
+    // snapshot, so the snapshot cannot cover it. The answer reads at least up to there,
+    // whatever `limit` says, so `next` is past every event the snapshot may cover and a
+    // following page can never repeat what the snapshot showed.
+    let until = state.engine.log_end().await?;
+    let covered = Covered::new(&snapshot, until.clone());
+    let mut next = position;
+    let mut live = Vec::new();
+    while !next.covers(&until) {
+        let entries = state
+            .engine
+            .read_events(&next, limit, Duration::ZERO)
+            .await?;
+        if entries.is_empty() {
+            break;
+        }
+        let (events, after) = page(entries, next, limit);
+        live.extend(events.into_iter().filter(|e| {
             !covered.covers(&e.event)
                 && principal.may_access_order(e.event.partner_id.as_deref(), &e.event.customer_id)
-        }))
+        }));
+        next = after;
+    }
+    let events: Vec<Value> = snapshot
+        .iter()
+        .chain(live.iter())
         .map(|e| json!(e.with_event_id(e.shown_id())))
         .collect();
     Ok(json!({ "events": events, "next": next.to_string(), "resynced": true }))
