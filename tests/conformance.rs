@@ -242,6 +242,7 @@ conformance!(
     a_failed_head_releases_the_next_and_a_manual_retry_waits_for_its_turn,
     recovering_an_orders_failed_deliveries_sends_them_one_at_a_time,
     deleting_an_ordered_endpoint_and_sweeping_leaves_no_line_behind,
+    sweeping_a_lines_head_hands_the_turn_to_the_next,
     an_ordered_delivery_waits_for_earlier_events_and_yields_to_a_lower_version,
     // Workflow steps (issue 13).
     a_change_writes_its_step_records_in_the_same_step,
@@ -4250,6 +4251,24 @@ async fn deleting_an_ordered_endpoint_and_sweeping_leaves_no_line_behind(h: Harn
     e.put_endpoint(&ordered_endpoint("ep_1")).await.unwrap();
     create(e, &[ordered("msg_3", "ep_1", "x", 3, 2_000)]).await;
     assert_eq!(ids(&claim(e, 2_000, 10, LONG_LEASE).await), ["msg_3"]);
+}
+
+async fn sweeping_a_lines_head_hands_the_turn_to_the_next(h: Harness) {
+    let e = &h.engine;
+    e.put_endpoint(&ordered_endpoint("ep_1")).await.unwrap();
+    create(
+        e,
+        &[
+            ordered("msg_1", "ep_1", "x", 1, 1_000),
+            ordered("msg_2", "ep_1", "x", 2, 2_000),
+        ],
+    )
+    .await;
+    // Retention removes the scheduled head (the older record) while msg_2 waits behind it.
+    assert_eq!(e.sweep_deliveries("ep_1", 1_500, 100).await.unwrap(), 1);
+    // The line's next one is scheduled (at the sweep's clock), not left waiting for ever.
+    let later = herald::model::now_millis() + 60_000;
+    assert_eq!(ids(&claim(e, later, 10, LONG_LEASE).await), ["msg_2"]);
 }
 
 async fn an_ordered_delivery_waits_for_earlier_events_and_yields_to_a_lower_version(h: Harness) {

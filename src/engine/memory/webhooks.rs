@@ -271,18 +271,25 @@ impl WebhookState {
     /// schedule.
     fn forget_delivery(&mut self, endpoint_id: &str, created_at_ms: u64, delivery_id: &str) {
         let entry = (created_at_ms, delivery_id.to_string());
+        self.unschedule(delivery_id);
+        // A swept line member may have been its line's scheduled head: the line's next one
+        // is scheduled, or the rest of the line would wait for ever, then be swept unsent.
+        // Lines of a deleted endpoint are only emptied.
         if let Some(stored) = self.deliveries.remove(delivery_id)
             && let Some(line) = &stored.delivery.order_line
         {
-            let key = (endpoint_id.to_string(), line.order_id.clone());
-            if let Some(members) = self.lines.get_mut(&key) {
-                members.remove(&(line.version, delivery_id.to_string()));
-                if members.is_empty() {
-                    self.lines.remove(&key);
+            if self.endpoints.contains_key(endpoint_id) {
+                self.leave_line(&stored.delivery, now_millis());
+            } else {
+                let key = (endpoint_id.to_string(), line.order_id.clone());
+                if let Some(members) = self.lines.get_mut(&key) {
+                    members.remove(&(line.version, delivery_id.to_string()));
+                    if members.is_empty() {
+                        self.lines.remove(&key);
+                    }
                 }
             }
         }
-        self.unschedule(delivery_id);
         if let Some(all) = self.by_endpoint.get_mut(endpoint_id) {
             all.remove(&entry);
             if all.is_empty() {

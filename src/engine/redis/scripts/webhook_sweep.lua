@@ -19,10 +19,13 @@ if live then
   upto = '(' .. ARGV[3]
 end
 local ids = redis.call('ZRANGEBYSCORE', by_endpoint, '-inf', upto, 'LIMIT', 0, tonumber(ARGV[4]))
+local swept_lines = {}
 for _, id in ipairs(ids) do
   local order = redis.call('HGET', prefix .. 'delivery:' .. id, 'orderId')
   if order then
-    redis.call('ZREM', prefix .. 'line:' .. endpoint .. ':' .. order, id)
+    local line = prefix .. 'line:' .. endpoint .. ':' .. order
+    redis.call('ZREM', line, id)
+    swept_lines[line] = true
   end
   redis.call('DEL', prefix .. 'delivery:' .. id, prefix .. 'attempts:' .. id)
 end
@@ -32,6 +35,27 @@ for i = 1, #ids, 1000 do
   redis.call('ZREM', by_endpoint, unpack(ids, i, last))
   redis.call('ZREM', failed, unpack(ids, i, last))
   redis.call('ZREM', schedule, unpack(ids, i, last))
+end
+-- A swept member may have been its line's scheduled head: what is left of the line gets its
+-- lowest version scheduled now (as webhook_finish.lua's leave_line), or it would wait for ever
+-- and then be swept unsent. Lines of a deleted endpoint are only emptied.
+if live then
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  for line in pairs(swept_lines) do
+    local members = redis.call('ZRANGE', line, 0, -1)
+    local scheduled = false
+    for _, member in ipairs(members) do
+      if redis.call('ZSCORE', schedule, member) then
+        scheduled = true
+        break
+      end
+    end
+    if #members > 0 and not scheduled then
+      redis.call('ZADD', schedule, now_ms, members[1])
+      redis.call('HSET', prefix .. 'delivery:' .. members[1], 'nextAttemptAtMs', now_ms)
+    end
+  end
 end
 if not live and redis.call('EXISTS', by_endpoint) == 0 then
   redis.call('SREM', deleted, endpoint)
