@@ -8,7 +8,7 @@
 //! again. It never decides who may see what (the callers narrow the scope to the caller's
 //! orders first) and never sends anything: the subscription core and the HTTP feed do.
 
-use crate::engine::{EngineError, Listing, OrderScope, OrderStore};
+use crate::engine::{EngineError, EventLog, Listing, OrderScope, OrderStore};
 use crate::graphql::EventFilter;
 use crate::model::{LogCursor, LoggedEvent, OrderEvent, StatusRecord, partition_of};
 use std::collections::HashMap;
@@ -44,8 +44,7 @@ pub fn scope_of(filter: &EventFilter) -> OrderScope {
 }
 
 /// The snapshot event of one order's current status: `type` `order.snapshot`, `occurredAt`
-/// its `updatedAt`, and as `eventId` the cursor `position`, where the live part starts (a
-/// client that reconnects with it misses nothing after the snapshot).
+/// its `updatedAt`, and as `eventId` the cursor `position` (see [`take`] for which).
 pub fn snapshot_event(status: StatusRecord, position: &LogCursor) -> LoggedEvent {
     let partitions = position.partitions();
     let partition = partition_of(&status.order_id, partitions);
@@ -67,20 +66,43 @@ pub fn snapshot_event(status: StatusRecord, position: &LogCursor) -> LoggedEvent
     }
 }
 
+/// How many times [`take`] reads a snapshot while the log moves under it.
+const STABLE_READS: usize = 3;
+
 /// The snapshot of `scope` taken after the live part was registered at `position`: every
-/// order's current status as a snapshot event, refused whole beyond `max` orders.
-pub async fn take<S: OrderStore + ?Sized>(
+/// order's current status as a snapshot event, refused whole beyond `max` orders; with the
+/// log's end once it was read (past it, no event can be one the snapshot showed).
+///
+/// The snapshot is read again (up to [`STABLE_READS`] times) until the log did not move
+/// during a read: that snapshot is exactly the state at the log's end, so its events carry
+/// that end as `eventId`, and a client that resumes from it gets nothing the snapshot already
+/// showed and misses nothing after it. When the log keeps moving, the last read is used and
+/// its events carry `position`: a client resuming from it misses nothing, but may get again an
+/// event the snapshot showed (its `version` tells).
+pub async fn take<S: OrderStore + EventLog + ?Sized>(
     store: &S,
     scope: &OrderScope,
     max: usize,
     position: &LogCursor,
-) -> Result<Vec<LoggedEvent>, SnapshotError> {
-    match store.list_statuses(scope, max).await? {
-        Listing::TooMany { max } => Err(SnapshotError::TooMany { max }),
-        Listing::Statuses(statuses) => Ok(statuses
-            .into_iter()
-            .map(|status| snapshot_event(status, position))
-            .collect()),
+) -> Result<(Vec<LoggedEvent>, LogCursor), SnapshotError> {
+    let mut start = store.log_end().await?;
+    let mut reads = 0;
+    loop {
+        reads += 1;
+        let statuses = match store.list_statuses(scope, max).await? {
+            Listing::TooMany { max } => return Err(SnapshotError::TooMany { max }),
+            Listing::Statuses(statuses) => statuses,
+        };
+        let end = store.log_end().await?;
+        if end == start || reads == STABLE_READS {
+            let id = if end == start { &end } else { position };
+            let events = statuses
+                .into_iter()
+                .map(|status| snapshot_event(status, id))
+                .collect();
+            return Ok((events, end));
+        }
+        start = end;
     }
 }
 

@@ -105,7 +105,7 @@ async fn resync(state: &Node, principal: &Principal, limit: usize) -> ApiResult<
         Principal::Customer { customer_id, .. } => OrderScope::Customer(customer_id.clone()),
     };
     let max = state.config.push.max_snapshot_orders;
-    let snapshot = crate::resync::take(&*state.engine, &scope, max, &position)
+    let (snapshot, until) = crate::resync::take(&*state.engine, &scope, max, &position)
         .await
         .map_err(|e| match e {
             SnapshotError::TooMany { .. } => Problem::new(
@@ -120,11 +120,10 @@ async fn resync(state: &Node, principal: &Principal, limit: usize) -> ApiResult<
         .into_iter()
         .filter(|e| principal.may_access_order(e.event.partner_id.as_deref(), &e.event.customer_id))
         .collect();
-    // The log's end once every status was read: an event past it was appended after the
-    // snapshot, so the snapshot cannot cover it. The answer reads at least up to there,
+    // `until`, the log's end once every status was read: an event past it was appended after
+    // the snapshot, so the snapshot cannot cover it. The answer reads at least up to there,
     // whatever `limit` says, so `next` is past every event the snapshot may cover and a
     // following page can never repeat what the snapshot showed.
-    let until = state.engine.log_end().await?;
     let covered = Covered::new(&snapshot, until.clone());
     let mut next = position;
     let mut live = Vec::new();

@@ -542,7 +542,7 @@ async fn send_snapshot(
 ) -> Result<Covered, GraphqlError> {
     let engine = &*state.node.engine;
     let max = state.node.config.push.max_snapshot_orders;
-    let snapshot = resync::take(engine, &resync::scope_of(filter), max, position)
+    let (snapshot, until) = resync::take(engine, &resync::scope_of(filter), max, position)
         .await
         .map_err(|e| match e {
             SnapshotError::TooMany { .. } => {
@@ -554,10 +554,12 @@ async fn send_snapshot(
             }
             SnapshotError::Engine(e) => unavailable(e),
         })?;
-    let until = engine.log_end().await.map_err(unavailable)?;
     state.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
-    for event in &snapshot {
-        if !filter.matches(event) {
+    // Only what was sent covers live events: an order whose snapshot the filter left out
+    // (a `type` filter without `order.snapshot`, say) keeps every live event it matches.
+    let mut sent = Vec::with_capacity(snapshot.len());
+    for event in snapshot {
+        if !filter.matches(&event) {
             continue;
         }
         conn.wait_for_room().await;
@@ -566,10 +568,11 @@ async fn send_snapshot(
         }
         conn.push(Out::Event {
             prefix: prefix.clone(),
-            payload: payload_text(projection.render_event(event)),
+            payload: payload_text(projection.render_event(&event)),
         });
+        sent.push(event);
     }
-    Ok(Covered::new(&snapshot, until))
+    Ok(Covered::new(&sent, until))
 }
 
 /// The `after` argument as a cursor of a log of `partitions` partitions; `BAD_USER_INPUT`
