@@ -45,8 +45,12 @@ pub const RECHECK: Duration = Duration::from_millis(500);
 /// Attempts this node runs at once, all endpoints together.
 const MAX_CONCURRENT_ATTEMPTS: usize = 256;
 /// How soon an ordered delivery is looked at again while an earlier event of the log is still
-/// being turned into deliveries (a dispatcher's step: milliseconds).
+/// being turned into deliveries (a dispatcher's step: milliseconds). Doubled at each recheck
+/// of the same delivery up to [`ORDERED_RECHECK_MAX`]: an event held by a dispatcher that died
+/// waits for its lease to run out, and its partition's ordered deliveries must not spin on the
+/// engine meanwhile.
 const ORDERED_RECHECK: Duration = Duration::from_millis(50);
+const ORDERED_RECHECK_MAX: Duration = Duration::from_secs(5);
 /// Deliveries claimed per engine call.
 const CLAIM_BATCH: usize = 64;
 /// How long a claimed delivery waits on this node for its endpoint's in-flight or rate limit
@@ -216,6 +220,9 @@ pub struct Sender {
     /// for its own to be recorded.
     finished: mpsc::Sender<Finished>,
     finished_queue: Mutex<Option<mpsc::Receiver<Finished>>>,
+    /// Ordered deliveries deferred behind earlier events, with how many times in a row (the
+    /// recheck's backoff); an entry goes when its delivery gets its turn or yields it.
+    ordered_rechecks: Mutex<HashMap<String, u32>>,
 }
 
 /// A completed attempt and where to answer once it is recorded (`None`: it was not).
@@ -247,6 +254,7 @@ impl Sender {
             bodies,
             finished,
             finished_queue: Mutex::new(Some(finished_queue)),
+            ordered_rechecks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -467,6 +475,25 @@ impl Sender {
         }
     }
 
+    /// The wait before an ordered delivery's next look at its turn: [`ORDERED_RECHECK`],
+    /// doubled at each recheck in a row, at most [`ORDERED_RECHECK_MAX`].
+    fn ordered_recheck_delay(&self, delivery_id: &str) -> Duration {
+        let Ok(mut rechecks) = self.ordered_rechecks.lock() else {
+            return ORDERED_RECHECK;
+        };
+        // A delivery another node took over leaves its entry here: the map is bounded by
+        // starting over (its deliveries then recheck early once more).
+        if rechecks.len() >= 10_000 && !rechecks.contains_key(delivery_id) {
+            rechecks.clear();
+        }
+        let n = rechecks.entry(delivery_id.to_string()).or_insert(0);
+        let delay = ORDERED_RECHECK
+            .saturating_mul(1u32 << (*n).min(16))
+            .min(ORDERED_RECHECK_MAX);
+        *n = n.saturating_add(1);
+        delay
+    }
+
     /// One attempt of one claimed delivery, start to finish.
     async fn attempt(
         self: Arc<Self>,
@@ -476,16 +503,22 @@ impl Sender {
         _slot: OwnedSemaphorePermit,
     ) {
         if let Some(event_id) = &delivery.ordered_event_id {
-            match self
+            let turn = self
                 .engine
                 .ordered_turn(&delivery.id, event_id, now_millis())
-                .await
+                .await;
+            if !matches!(turn, Ok(OrderedTurn::EarlierEventsPending))
+                && let Ok(mut rechecks) = self.ordered_rechecks.lock()
             {
+                rechecks.remove(&delivery.id);
+            }
+            match turn {
                 Ok(OrderedTurn::Ready) => {}
                 Ok(OrderedTurn::EarlierEventsPending) => {
                     // An earlier event (maybe of this order) is still being turned into
-                    // deliveries by a dispatcher: look again shortly.
-                    self.defer(&delivery, ORDERED_RECHECK).await;
+                    // deliveries by a dispatcher: look again shortly, then less and less often.
+                    let delay = self.ordered_recheck_delay(&delivery.id);
+                    self.defer(&delivery, delay).await;
                     return;
                 }
                 Ok(OrderedTurn::Yielded) => {
