@@ -2,6 +2,9 @@
 //! the polling `/status` and the whole order with its history.
 
 use super::fields::{FieldErrors, string};
+use super::openapi::schemas::{
+    CreateOrder, OrderAccepted, OrderStatusView, OrderView, TransitionAccepted, TransitionRequest,
+};
 use super::problem::{ApiResult, Problem};
 use super::{Idempotency, Node, accepted_response, json_object, refuse_customers};
 use crate::auth::Principal;
@@ -169,6 +172,19 @@ fn status_url(order_id: &str) -> String {
 }
 
 /// `POST /v1/orders`
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "orders",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
+    request_body = CreateOrder,
+    responses(
+        (status = 202, description = "Accepted: the status record exists and the order is queued.", body = OrderAccepted, headers(("Location" = String, description = "The order's status URL."), ("Retry-After" = u32, description = "Seconds before the first poll."))),
+        (status = 403, description = "A customer token, or a partner key naming another partnerId.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`order-exists`: the orderId is taken; or `idempotency-in-flight`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency-key-reused`: the key was first used with another request.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn create_order(
     State(state): State<Node>,
     principal: Principal,
@@ -331,6 +347,16 @@ async fn authorized_status(
 }
 
 /// `GET /v1/orders/{id}/status`
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}/status",
+    tag = "orders",
+    params(("order_id" = String, Path, description = "The order's id.")),
+    responses(
+        (status = 200, description = "The order's current status.", body = OrderStatusView),
+        (status = 404, description = "No order with this id is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get_status(
     State(state): State<Node>,
     principal: Principal,
@@ -346,6 +372,16 @@ pub async fn get_status(
 }
 
 /// `GET /v1/orders/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}",
+    tag = "orders",
+    params(("order_id" = String, Path, description = "The order's id.")),
+    responses(
+        (status = 200, description = "The order, its status and history.", body = OrderView),
+        (status = 404, description = "No order with this id is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get_order(
     State(state): State<Node>,
     principal: Principal,
@@ -377,6 +413,20 @@ pub async fn get_order(
 }
 
 /// `POST /v1/orders/{id}/transitions`
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{order_id}/transitions",
+    tag = "orders",
+    params(("order_id" = String, Path, description = "The order's id."), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
+    request_body = TransitionRequest,
+    responses(
+        (status = 202, description = "Allowed from the current status, and queued.", body = TransitionAccepted, headers(("Location" = String, description = "The order's status URL."), ("Retry-After" = u32, description = "Seconds before the first poll."))),
+        (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No order with this id is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`illegal-transition`: not allowed from the current status (nothing queued); or `idempotency-in-flight`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency-key-reused`.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn create_transition(
     State(state): State<Node>,
     principal: Principal,

@@ -12,6 +12,7 @@
 //! gets 409 and queues nothing. Partner keys complete their own orders' tokens; customers
 //! cannot complete tokens.
 
+use super::openapi::schemas::{HeartbeatAccepted, TaskCompleted, TaskFailure};
 use super::problem::{ApiResult, Problem};
 use super::{Node, json_object, refuse_customers};
 use crate::auth::Principal;
@@ -38,6 +39,18 @@ fn not_waiting() -> Problem {
 
 /// `POST /v1/tasks/{token}/heartbeat`: the callback's service is still at work; the step's
 /// heartbeat deadline starts again.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{token}/heartbeat",
+    tag = "tasks",
+    params(("token" = String, Path, description = "The task token the workflow sent with the callback.")),
+    responses(
+        (status = 202, description = "The task's heartbeat deadline moved.", body = HeartbeatAccepted),
+        (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No task with this token is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`task-not-waiting` or `task-without-heartbeat`: nothing was changed.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn heartbeat(
     State(state): State<Node>,
     principal: Principal,
@@ -105,6 +118,19 @@ fn no_such_task() -> Problem {
 }
 
 /// `POST /v1/tasks/{token}/success`
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{token}/success",
+    tag = "tasks",
+    params(("token" = String, Path, description = "The task token the workflow sent with the callback.")),
+    request_body(content = Object, description = "The task's result: any JSON object, passed to the workflow."),
+    responses(
+        (status = 202, description = "Queued for the worker.", body = TaskCompleted),
+        (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No task with this token is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`task-not-waiting`: nothing was changed.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn succeed(
     State(state): State<Node>,
     principal: Principal,
@@ -116,6 +142,19 @@ pub async fn succeed(
 }
 
 /// `POST /v1/tasks/{token}/failure`
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{token}/failure",
+    tag = "tasks",
+    params(("token" = String, Path, description = "The task token the workflow sent with the callback.")),
+    request_body = TaskFailure,
+    responses(
+        (status = 202, description = "Queued for the worker.", body = TaskCompleted),
+        (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No task with this token is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`task-not-waiting`: nothing was changed.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn fail(
     State(state): State<Node>,
     principal: Principal,

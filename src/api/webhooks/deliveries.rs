@@ -4,6 +4,9 @@
 
 use super::{lost_events_view, ms_to_rfc3339, visible_endpoint};
 use crate::api::fields::FieldErrors;
+use crate::api::openapi::schemas::{
+    DeliveryDetail, DeliveryPage, RecoverAccepted, RecoverRequest, RetryAccepted,
+};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::{Node, json_object};
 use crate::auth::Principal;
@@ -48,8 +51,11 @@ fn attempt_view(a: &Attempt) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// At most this many (1 to 250; default 50).
+    #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
     /// Deliveries created before this time: RFC 3339 or milliseconds since the epoch.
     before: Option<String>,
@@ -70,6 +76,17 @@ fn parse_time(field: &str, value: &str) -> ApiResult<u64> {
 
 /// `GET /v1/webhooks/{id}/deliveries?limit&before`: newest first; `next` is the `before` of
 /// the following page.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{webhook_id}/deliveries",
+    tag = "webhooks",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`)."), PageQuery),
+    responses(
+        (status = 200, description = "Deliveries, newest first.", body = DeliveryPage),
+        (status = 400, description = "`before` is not a time.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn list_deliveries(
     State(state): State<Node>,
     principal: Principal,
@@ -106,6 +123,13 @@ async fn visible_delivery(
 
 /// `GET /v1/webhooks/{id}/deliveries/{deliveryId}`: the delivery, its payload and every
 /// attempt (status code, latency, first 20 KB of the response).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
+    tag = "webhooks",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`)."), ("delivery_id" = String, Path, description = "The delivery's id (`msg_...`, the `webhook-id` header).")),
+    responses((status = 200, description = "The delivery, its body and every attempt.", body = DeliveryDetail), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint, or no such delivery of it, visible to this credential.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn get_delivery(
     State(state): State<Node>,
     principal: Principal,
@@ -120,6 +144,13 @@ pub async fn get_delivery(
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{deliveryId}/retry`: attempt again now (202).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+    tag = "webhooks",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`)."), ("delivery_id" = String, Path, description = "The delivery's id (`msg_...`, the `webhook-id` header).")),
+    responses((status = 202, description = "Attempted again now.", body = RetryAccepted), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint, or no such delivery of it, visible to this credential.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn retry_delivery(
     State(state): State<Node>,
     principal: Principal,
@@ -143,6 +174,14 @@ pub async fn retry_delivery(
 /// `POST /v1/webhooks/{id}/recover` `{since}`: every failed delivery created since then is
 /// attempted again now (202 with how many), and `lostEvents`: the gaps found since then that
 /// no recovery can bring back (events trimmed from the log before any dispatcher read them).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{webhook_id}/recover",
+    tag = "webhooks",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
+    request_body = RecoverRequest,
+    responses((status = 202, description = "Failed deliveries since then are attempted again.", body = RecoverAccepted), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn recover(
     State(state): State<Node>,
     principal: Principal,
