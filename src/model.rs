@@ -97,6 +97,7 @@ pub struct LineItem {
 /// An order as accepted at intake. Immutable once accepted; its status lives in [`StatusRecord`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(description = "An order as accepted at intake; immutable once accepted.")]
 pub struct Order {
     pub order_id: String,
     pub customer_id: String,
@@ -232,6 +233,9 @@ impl StepRecord {
 /// not part of the body: it is the [`EventId`] the log assigns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(
+    description = "An order event (DESIGN 1.3): `type` is `order.<status>`; `data` is any JSON value, passed through untouched."
+)]
 pub struct OrderEvent {
     #[serde(rename = "type")]
     pub event_type: String,

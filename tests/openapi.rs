@@ -1,10 +1,11 @@
 //! `GET /openapi.json` against the real binary: the served document lists exactly the routes
 //! the node serves, a third-party validator (openapi-spec-validator) accepts it, and a client
-//! generated from it by openapi-python-client runs the README quick start, every answer
-//! validated against the document (memory and Redis engines).
+//! generated from it by openapi-python-client runs the README quick start and then every other
+//! route, every answer validated against the document (memory and Redis engines).
 
 mod common;
 
+use common::sink::{Answer, Sink};
 use common::*;
 use herald::server::{Roles, route_table};
 use reqwest::StatusCode;
@@ -222,4 +223,72 @@ async fn generated_python_client_runs_the_quick_start_memory() {
 #[tokio::test]
 async fn generated_python_client_runs_the_quick_start_redis() {
     generated_client_runs_the_quick_start(Kind::Redis).await;
+}
+
+/// Every route the quick start does not reach, through the generated client, against a real
+/// webhook sink (one path answering 200, one 500): each answer validated against the document.
+async fn generated_client_reaches_every_other_route(kind: Kind) {
+    let sink = Sink::start().await;
+    sink.answer("/failing", Answer::Status(500));
+    let stack = Stack::start_with(kind, WEBHOOKS_TOML);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let (ok_url, failing_url) = (sink.url("/ok"), sink.url("/failing"));
+    let (ok, lines, output) = python(
+        &[
+            "openapi_tour.py",
+            "--base-url",
+            &stack.herald.base,
+            "--key",
+            ADMIN_KEY,
+            "--dir",
+            &dir_arg,
+            "--ok-url",
+            &ok_url,
+            "--failing-url",
+            &failing_url,
+        ],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(ok, "{output}\n{}", stack.herald.logs());
+    let result = lines.last().expect("a result line");
+    assert_eq!(result["ok"], true, "{output}");
+    // With the quick start's, the tour's operations are every route but the WebSocket
+    // upgrade (and its alias), which no HTTP client can hold to a JSON schema.
+    let reached: BTreeSet<String> = result["operations"]
+        .as_array()
+        .expect("operations")
+        .iter()
+        .filter_map(|o| o.as_str().map(str::to_string))
+        .chain(
+            [
+                "GET /readyz",
+                "GET /v1/orders/{order_id}",
+                "GET /v1/orders/{order_id}/status",
+                "POST /v1/orders/{order_id}/transitions",
+                "GET /v1/events",
+            ]
+            .map(String::from),
+        )
+        .collect();
+    let unreached: Vec<String> = route_table(Roles::ALL)
+        .into_iter()
+        .map(|(method, path)| format!("{method} {path}"))
+        .filter(|route| !reached.contains(route) && !route.starts_with("GET /graphql"))
+        .filter(|route| route != "POST /graphql/realtime")
+        .collect();
+    assert!(unreached.is_empty(), "not reached: {unreached:?}");
+    assert!(!sink.received("/ok").is_empty());
+    assert!(!sink.received("/failing").is_empty());
+}
+
+#[tokio::test]
+async fn generated_python_client_reaches_every_other_route_memory() {
+    generated_client_reaches_every_other_route(Kind::Memory).await;
+}
+
+#[tokio::test]
+async fn generated_python_client_reaches_every_other_route_redis() {
+    generated_client_reaches_every_other_route(Kind::Redis).await;
 }

@@ -38,6 +38,8 @@ impl LimitQuery {
     get,
     path = "/v1/admin/queues",
     tag = "admin",
+    summary = "Queue statistics",
+    description = "Admin keys only: the command queue's depth, in flight and dead letters, and the pending workflow timers.",
     responses((status = 200, description = "Queue depth, in flight, dead letters, pending timers.", body = QueueReport), (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json")),
 )]
 pub async fn queues(State(state): State<Node>, principal: Principal) -> ApiResult<Json<Value>> {
@@ -60,6 +62,8 @@ pub async fn queues(State(state): State<Node>, principal: Principal) -> ApiResul
     get,
     path = "/v1/admin/dlq",
     tag = "admin",
+    summary = "List dead letters",
+    description = "Admin keys only: commands that exhausted their receives, oldest first.",
     params(LimitQuery),
     responses((status = 200, description = "Dead letters, oldest first (default 100, at most 1000).", body = DeadLetterList), (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json")),
 )]
@@ -78,6 +82,8 @@ pub async fn dead_letters(
     post,
     path = "/v1/admin/dlq/redrive",
     tag = "admin",
+    summary = "Redrive dead letters",
+    description = "Admin keys only: moves dead letters back to the queue, oldest first.",
     params(LimitQuery),
     responses((status = 200, description = "How many dead letters went back to the queue (default 1000, at most 100 000).", body = Redriven), (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json")),
 )]
@@ -97,6 +103,8 @@ pub async fn redrive(
     get,
     path = "/v1/admin/events/malformed",
     tag = "admin",
+    summary = "List malformed events",
+    description = "Admin keys only: event log entries that did not parse, set aside with the reason.",
     params(LimitQuery),
     responses((status = 200, description = "Log entries that are not events, set aside with the reason (default 100, at most 1000).", body = MalformedEntries), (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json")),
 )]

@@ -46,6 +46,8 @@ pub struct FeedQuery {
     get,
     path = "/v1/events",
     tag = "events",
+    summary = "Read the event log",
+    description = "Events after the cursor, oldest first, and the cursor to ask with next (`0` or none: the oldest retained, `$`: now). With `waitMs` a long-poll, bounded per credential (429) and per node (503). Partners and customers see only their own orders' events. A cursor followed by entries the retention removed is 410 `cursor-expired`.",
     params(FeedQuery),
     responses(
         (status = 200, description = "Events after the cursor, oldest first, and the next cursor.", body = EventPage),
@@ -168,6 +170,8 @@ fn page(
     post,
     path = "/v1/events",
     tag = "events",
+    summary = "Publish an event",
+    description = "Admin keys only: appends an event in the documented form, as an external producer's XADD would; it fans out like Herald's own.",
     request_body(content = OrderEvent, description = "An event in the documented form (DESIGN 1.3), fanned out like Herald's own."),
     responses(
         (status = 202, description = "Appended to the log.", body = EventPublished),

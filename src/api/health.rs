@@ -19,6 +19,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
     get,
     path = "/healthz",
     tag = "operations",
+    summary = "Liveness",
+    description = "The process is up. No credentials.",
     security(()),
     responses((status = 200, description = "The process is alive.", body = Health)),
 )]
@@ -34,6 +36,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
     get,
     path = "/readyz",
     tag = "operations",
+    summary = "Readiness",
+    description = "The engine answers now. `persistence` says how it keeps its data (`volatile`, `aof`, `snapshots`, `none` or `unknown`), with `persistenceWarning` when the data would not survive a restart of Redis. No credentials.",
     security(()),
     responses(
         (status = 200, description = "The engine answered.", body = Readiness),
@@ -73,6 +77,7 @@ pub async fn readyz(State(state): State<Node>) -> Response {
     get,
     path = "/metrics",
     tag = "operations",
+    summary = "Prometheus metrics",
     description = "Prometheus text format. Admin keys only, unless `http.public_metrics`.",
     responses(
         (status = 200, description = "The metrics.", content_type = "text/plain", body = String),

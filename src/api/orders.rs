@@ -176,6 +176,8 @@ fn status_url(order_id: &str) -> String {
     post,
     path = "/v1/orders",
     tag = "orders",
+    summary = "Create an order",
+    description = "Validated at once (400 with every field error, nothing queued). The status record and the `order.accepted` event exist before the 202 is sent. Leave `orderId` out to have Herald draw one. With `Idempotency-Key`, a repeat answers the first response; on 503 the order may have been accepted all the same: retry with the same key.",
     params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
     request_body = CreateOrder,
     responses(
@@ -351,6 +353,8 @@ async fn authorized_status(
     get,
     path = "/v1/orders/{order_id}/status",
     tag = "orders",
+    summary = "Read an order's status",
+    description = "The polling answer: status, version (one more per change) and when it changed. An order the caller may not see answers exactly as a missing one.",
     params(("order_id" = String, Path, description = "The order's id.")),
     responses(
         (status = 200, description = "The order's current status.", body = OrderStatusView),
@@ -376,6 +380,8 @@ pub async fn get_status(
     get,
     path = "/v1/orders/{order_id}",
     tag = "orders",
+    summary = "Read an order",
+    description = "The order as accepted, its current status and its status history (oldest first, capped); partner and admin callers also see the workflow's steps. An order the caller may not see answers exactly as a missing one.",
     params(("order_id" = String, Path, description = "The order's id.")),
     responses(
         (status = 200, description = "The order, its status and history.", body = OrderView),
@@ -417,6 +423,8 @@ pub async fn get_order(
     post,
     path = "/v1/orders/{order_id}/transitions",
     tag = "orders",
+    summary = "Request a transition",
+    description = "Queued behind the order's earlier commands if the transition table allows it from the current status; else 409 and nothing is queued. Not for customer tokens.",
     params(("order_id" = String, Path, description = "The order's id."), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
     request_body = TransitionRequest,
     responses(

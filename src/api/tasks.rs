@@ -43,6 +43,8 @@ fn not_waiting() -> Problem {
     post,
     path = "/v1/tasks/{token}/heartbeat",
     tag = "tasks",
+    summary = "Heartbeat a callback task",
+    description = "The called service is still at work: the step's heartbeat deadline starts again.",
     params(("token" = String, Path, description = "The task token the workflow sent with the callback.")),
     responses(
         (status = 202, description = "The task's heartbeat deadline moved.", body = HeartbeatAccepted),
@@ -122,6 +124,8 @@ fn no_such_task() -> Problem {
     post,
     path = "/v1/tasks/{token}/success",
     tag = "tasks",
+    summary = "Complete a callback task",
+    description = "The service a workflow step called back reports success with any JSON result; the worker moves the order on. A token completes its step once.",
     params(("token" = String, Path, description = "The task token the workflow sent with the callback.")),
     request_body(content = Object, description = "The task's result: any JSON object, passed to the workflow."),
     responses(
@@ -146,6 +150,8 @@ pub async fn succeed(
     post,
     path = "/v1/tasks/{token}/failure",
     tag = "tasks",
+    summary = "Fail a callback task",
+    description = "The service a workflow step called back reports failure (`error`, `cause`); the step's catchers and retries apply. A token completes its step once.",
     params(("token" = String, Path, description = "The task token the workflow sent with the callback.")),
     request_body = TaskFailure,
     responses(

@@ -110,6 +110,9 @@ pub struct QueueStats {
 /// later commands that went with it (see [`CommandQueue`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(
+    description = "A command taken out of the queue: the poisoned head of its order, or one of its later commands that went with it."
+)]
 pub struct DeadLetter {
     pub message_id: String,
     pub order_id: String,

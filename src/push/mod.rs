@@ -151,6 +151,8 @@ const CONSOLE: &str = include_str!("console.html");
     get,
     path = "/",
     tag = "graphql",
+    summary = "Console page",
+    description = "The live console: subscribe to orders and watch them change. No credentials (the page asks for a key).",
     security(()),
     responses((status = 200, description = "The live console page: subscribe to orders and watch them change.", content_type = "text/html", body = String)),
 )]

@@ -23,6 +23,8 @@ use std::sync::Arc;
     post,
     path = "/graphql",
     tag = "graphql",
+    summary = "GraphQL query",
+    description = "A GraphQL query (`order(orderId)`) over HTTP; every answer, errors included, is a GraphQL response. `/graphql/realtime` is an alias.",
     request_body = GraphqlRequestBody,
     responses(
         (status = 200, description = "`data`, or GraphQL `errors` for a document that does not validate.", body = GraphqlResponse),

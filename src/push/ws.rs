@@ -68,6 +68,8 @@ impl Subprotocol {
     get,
     path = "/graphql",
     tag = "graphql",
+    summary = "Subscribe over WebSocket",
+    description = "The WebSocket upgrade for GraphQL subscriptions (subprotocol `graphql-transport-ws`, or `graphql-ws` for AppSync's dialect). Credentials may also come in `connection_init` or AppSync's `header` query parameter, so the upgrade itself asks for none; a refusal is a close code (see the README). `/graphql/realtime` is an alias.",
     security(()),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol."),

@@ -103,7 +103,11 @@ class Checker:
         validator = jsonschema.Draft202012Validator(
             {"$ref": DOCUMENT_URI + pointer}, registry=self.registry
         )
-        body = json.loads(response.content)
+        # A JSON body is validated as its value; a text one (metrics, the console) as a string.
+        if content_type == "application/json" or content_type.endswith("+json"):
+            body = json.loads(response.content)
+        else:
+            body = response.content.decode("utf-8")
         errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
         if errors:
             fail(

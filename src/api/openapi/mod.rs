@@ -230,6 +230,8 @@ fn document() -> &'static Bytes {
     get,
     path = "/openapi.json",
     tag = "operations",
+    summary = "This document",
+    description = "The OpenAPI 3.1 document of every HTTP route, generated from the handlers. No credentials.",
     security(()),
     responses((status = 200, description = "This document (OpenAPI 3.1).", content_type = "application/json", body = Object)),
 )]

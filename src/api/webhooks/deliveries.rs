@@ -80,6 +80,8 @@ fn parse_time(field: &str, value: &str) -> ApiResult<u64> {
     get,
     path = "/v1/webhooks/{webhook_id}/deliveries",
     tag = "webhooks",
+    summary = "List an endpoint's deliveries",
+    description = "Newest first; `next` is the `before` of the following page.",
     params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`)."), PageQuery),
     responses(
         (status = 200, description = "Deliveries, newest first.", body = DeliveryPage),
@@ -127,6 +129,8 @@ async fn visible_delivery(
     get,
     path = "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
     tag = "webhooks",
+    summary = "Read a delivery",
+    description = "The delivery, the body it sends and every attempt (status code, latency, the first 20 KB of the response).",
     params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`)."), ("delivery_id" = String, Path, description = "The delivery's id (`msg_...`, the `webhook-id` header).")),
     responses((status = 200, description = "The delivery, its body and every attempt.", body = DeliveryDetail), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint, or no such delivery of it, visible to this credential.", body = Problem, content_type = "application/problem+json")),
 )]
@@ -148,6 +152,8 @@ pub async fn get_delivery(
     post,
     path = "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
     tag = "webhooks",
+    summary = "Retry a delivery",
+    description = "The delivery is attempted again now, whatever its state.",
     params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`)."), ("delivery_id" = String, Path, description = "The delivery's id (`msg_...`, the `webhook-id` header).")),
     responses((status = 202, description = "Attempted again now.", body = RetryAccepted), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint, or no such delivery of it, visible to this credential.", body = Problem, content_type = "application/problem+json")),
 )]
@@ -178,6 +184,8 @@ pub async fn retry_delivery(
     post,
     path = "/v1/webhooks/{webhook_id}/recover",
     tag = "webhooks",
+    summary = "Recover failed deliveries",
+    description = "Every failed delivery created since `since` is attempted again now; `lostEvents` lists the gaps since then that no recovery can bring back.",
     params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
     request_body = RecoverRequest,
     responses((status = 202, description = "Failed deliveries since then are attempted again.", body = RecoverAccepted), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),

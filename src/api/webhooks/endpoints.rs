@@ -152,6 +152,8 @@ fn endpoint_limit_reached(partner_id: &str, count: u64, limit: u32) -> Problem {
     post,
     path = "/v1/webhooks",
     tag = "webhooks",
+    summary = "Create a webhook endpoint",
+    description = "201 with the endpoint and its signing `secret`, shown this once. A partner key creates endpoints for its own partnerId; an admin key for any, or for every order.",
     request_body = CreateWebhookEndpoint,
     responses(
         (status = 201, description = "Created; the secret is shown this once.", body = CreatedWebhookEndpoint, headers(("Location" = String, description = "The endpoint's URL."))),
@@ -254,6 +256,8 @@ pub async fn create_endpoint(
     get,
     path = "/v1/webhooks",
     tag = "webhooks",
+    summary = "List webhook endpoints",
+    description = "The caller's endpoints (admin: all), oldest first.",
     responses((status = 200, description = "The caller's endpoints (admin: all), oldest first.", body = WebhookEndpointList), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json")),
 )]
 pub async fn list_endpoints(
@@ -279,6 +283,8 @@ pub async fn list_endpoints(
     get,
     path = "/v1/webhooks/{webhook_id}",
     tag = "webhooks",
+    summary = "Read a webhook endpoint",
+    description = "The endpoint (never its secret), with `lostEvents`: events trimmed from the log before any dispatcher read them since it was created. Another partner's endpoint answers as a missing one.",
     params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
     responses((status = 200, description = "The endpoint (never its secret).", body = WebhookEndpointDetail), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),
 )]
@@ -300,6 +306,8 @@ pub async fn get_endpoint(
     patch,
     path = "/v1/webhooks/{webhook_id}",
     tag = "webhooks",
+    summary = "Change a webhook endpoint",
+    description = "Only the fields given change, in one step; `null` clears an optional one, `enabled: true` enables a disabled endpoint.",
     params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
     request_body = PatchWebhookEndpoint,
     responses((status = 200, description = "The endpoint as changed.", body = WebhookEndpoint), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),
@@ -350,6 +358,8 @@ pub async fn patch_endpoint(
     delete,
     path = "/v1/webhooks/{webhook_id}",
     tag = "webhooks",
+    summary = "Delete a webhook endpoint",
+    description = "Its pending deliveries leave the schedule.",
     params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
     responses((status = 204, description = "Deleted; its pending deliveries leave the schedule."), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),
 )]
@@ -373,6 +383,8 @@ pub async fn delete_endpoint(
     post,
     path = "/v1/webhooks/{webhook_id}/rotate-secret",
     tag = "webhooks",
+    summary = "Rotate an endpoint's secret",
+    description = "A new secret, shown this once; the previous one keeps signing beside it for 24 hours (space-separated signatures).",
     params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
     responses((status = 200, description = "A new secret, shown this once; the previous one signs beside it for 24 h.", body = RotatedSecret), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),
 )]
