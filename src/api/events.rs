@@ -24,12 +24,13 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct FeedQuery {
-    /// Cursor: an `eventId` (see `LogCursor`), `0` for the oldest retained, `$` for "from now".
+    /// Cursor: an `eventId` or a page's `next`, `0` for the oldest retained, `$` for "from
+    /// now".
     after: Option<String>,
     /// At most this many events (1 to 1000; default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
-    /// Long-poll: wait up to this long (at most 30 000) for a first event.
+    /// Long-poll: wait up to this many milliseconds (at most 30000) for a first event.
     #[param(maximum = 30000)]
     wait_ms: Option<u64>,
 }

@@ -178,7 +178,7 @@ fn status_url(order_id: &str) -> String {
     tag = "orders",
     summary = "Create an order",
     description = "Validated at once (400 with every field error, nothing queued). The status record and the `order.accepted` event exist before the 202 is sent. Leave `orderId` out to have Herald draw one. With `Idempotency-Key`, a repeat answers the first response; on 503 the order may have been accepted all the same: retry with the same key.",
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
     request_body = CreateOrder,
     responses(
         (status = 202, description = "Accepted: the status record exists and the order is queued.", body = OrderAccepted, headers(("Location" = String, description = "The order's status URL."), ("Retry-After" = u32, description = "Seconds before the first poll."))),
@@ -425,7 +425,7 @@ pub async fn get_order(
     tag = "orders",
     summary = "Request a transition",
     description = "Queued behind the order's earlier commands if the transition table allows it from the current status; else 409 and nothing is queued. Not for customer tokens.",
-    params(("order_id" = String, Path, description = "The order's id."), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
+    params(("order_id" = String, Path, description = "The order's id."), ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
     request_body = TransitionRequest,
     responses(
         (status = 202, description = "Allowed from the current status, and queued.", body = TransitionAccepted, headers(("Location" = String, description = "The order's status URL."), ("Retry-After" = u32, description = "Seconds before the first poll."))),
