@@ -25,6 +25,19 @@ const MAX_ITEMS: usize = 100;
 const MAX_REASON_LEN: usize = 500;
 const MAX_METADATA_BYTES: usize = 8 * 1024;
 
+/// The fields an intake body may hold (anything else is a field error), a line item's, and a
+/// transition's. The OpenAPI schemas name the same (a unit test of `openapi` checks).
+pub(crate) const ORDER_FIELDS: &[&str] = &[
+    "orderId",
+    "customerId",
+    "partnerId",
+    "items",
+    "currency",
+    "metadata",
+];
+pub(crate) const LINE_ITEM_FIELDS: &[&str] = &["sku", "quantity", "unitPrice"];
+pub(crate) const TRANSITION_FIELDS: &[&str] = &["status", "reason"];
+
 /// A required or optional identifier: 1..=128 visible ASCII characters; order ids (which
 /// appear in URLs) are further limited to `A-Z a-z 0-9 . _ ~ : -`. `null` counts as absent.
 fn id(
@@ -82,7 +95,7 @@ fn items(c: &mut FieldErrors, body: &Map<String, Value>) -> Vec<LineItem> {
             c.error(&base, "must be an object");
             continue;
         };
-        c.unknown_fields(item, &["sku", "quantity", "unitPrice"], &base);
+        c.unknown_fields(item, LINE_ITEM_FIELDS, &base);
         let sku = c.required(item, &base, "sku", |v| match string(v)? {
             s if !s.is_empty() && s.len() <= MAX_ID_LEN => Ok(s.to_string()),
             _ => Err(format!("must be 1 to {MAX_ID_LEN} characters")),
@@ -113,18 +126,7 @@ fn items(c: &mut FieldErrors, body: &Map<String, Value>) -> Vec<LineItem> {
 /// Validates an intake body into an order (without its id and timestamp yet).
 fn validate_order(body: &Map<String, Value>) -> Result<Order, Problem> {
     let mut c = FieldErrors::default();
-    c.unknown_fields(
-        body,
-        &[
-            "orderId",
-            "customerId",
-            "partnerId",
-            "items",
-            "currency",
-            "metadata",
-        ],
-        "",
-    );
+    c.unknown_fields(body, ORDER_FIELDS, "");
     let order_id = id(&mut c, body, "orderId", false, true);
     let customer_id = id(&mut c, body, "customerId", true, false);
     let partner_id = id(&mut c, body, "partnerId", false, false);
@@ -458,7 +460,7 @@ async fn create_transition_inner(
     refuse_customers(principal, "request transitions")?;
     let body = json_object(headers, body, state.config.http.max_json_depth)?;
     let mut c = FieldErrors::default();
-    c.unknown_fields(&body, &["status", "reason"], "");
+    c.unknown_fields(&body, TRANSITION_FIELDS, "");
     let target = c.required(&body, "", "status", |v| string(v)?.parse::<OrderStatus>());
     let reason = match body.get("reason") {
         None | Some(Value::Null) => None,

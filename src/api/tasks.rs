@@ -28,6 +28,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+/// The fields a failure body may hold (both strings).
+pub(crate) const FAILURE_FIELDS: &[&str] = &["error", "cause"];
+
 fn not_waiting() -> Problem {
     Problem::conflict(
         "task-not-waiting",
@@ -184,7 +187,7 @@ async fn complete(
     let body = json_object(headers, body, state.config.http.max_json_depth)?;
     if !succeeded {
         for (field, value) in &body {
-            let known = field == "error" || field == "cause";
+            let known = FAILURE_FIELDS.contains(&field.as_str());
             if !known || !(value.is_string() || value.is_null()) {
                 return Err(Problem::bad_request(format!(
                     "A failure body holds only `error` and `cause`, both strings; `{field}` is not allowed here."

@@ -279,6 +279,44 @@ mod tests {
         assert!(unserved.is_empty(), "documented, not served: {unserved:?}");
     }
 
+    /// The request bodies' schemas name exactly the fields their handlers take (each handler
+    /// refuses any other as a field error).
+    #[test]
+    fn request_schemas_name_the_fields_their_handlers_take() {
+        use crate::api::{orders, tasks, webhooks};
+        let doc: serde_json::Value = serde_json::from_slice(document()).expect("JSON");
+        let schemas = &doc["components"]["schemas"];
+        let properties = |name: &str| -> BTreeSet<String> {
+            schemas[name]["properties"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{name} has properties"))
+                .keys()
+                .cloned()
+                .collect()
+        };
+        let set = |fields: &[&str]| -> BTreeSet<String> {
+            fields.iter().map(|f| f.to_string()).collect()
+        };
+        let cases = [
+            ("CreateOrder", set(orders::ORDER_FIELDS)),
+            ("LineItem", set(orders::LINE_ITEM_FIELDS)),
+            ("TransitionRequest", set(orders::TRANSITION_FIELDS)),
+            ("TaskFailure", set(tasks::FAILURE_FIELDS)),
+            (
+                "CreateWebhookEndpoint",
+                set(&webhooks::endpoints::settings_and("partnerId")),
+            ),
+            (
+                "PatchWebhookEndpoint",
+                set(&webhooks::endpoints::settings_and("enabled")),
+            ),
+            ("RecoverRequest", set(webhooks::deliveries::RECOVER_FIELDS)),
+        ];
+        for (schema, taken) in cases {
+            assert_eq!(properties(schema), taken, "{schema}");
+        }
+    }
+
     #[test]
     fn operation_ids_are_unique() {
         let doc: serde_json::Value = serde_json::from_slice(document()).expect("JSON");

@@ -24,6 +24,8 @@ use time::format_description::well_known::Rfc3339;
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 250;
+/// The fields a recover body may hold.
+pub(crate) const RECOVER_FIELDS: &[&str] = &["since"];
 
 fn delivery_view(d: &Delivery) -> Value {
     json!({
@@ -200,7 +202,7 @@ pub async fn recover(
     let endpoint = visible_endpoint(&state, &principal, &id).await?;
     let body = json_object(&headers, body, state.config.http.max_json_depth)?;
     let mut f = FieldErrors::default();
-    f.unknown_fields(&body, &["since"], "");
+    f.unknown_fields(&body, RECOVER_FIELDS, "");
     let since = f.required(&body, "", "since", |v| match v {
         Value::String(s) => OffsetDateTime::parse(s, &Rfc3339)
             .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)

@@ -51,7 +51,7 @@ fn endpoint_view(e: &Endpoint) -> Value {
 
 /// The fields create and patch both take, and the one only `extra` takes (create:
 /// `partnerId`, patch: `enabled`).
-fn settings_and(extra: &'static str) -> [&'static str; 6] {
+pub(crate) fn settings_and(extra: &'static str) -> [&'static str; 6] {
     [
         "url",
         "eventTypes",
