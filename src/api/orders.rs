@@ -183,7 +183,7 @@ fn status_url(order_id: &str) -> String {
     params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
     request_body = CreateOrder,
     responses(
-        (status = 202, description = "Accepted: the status record exists and the order is queued.", body = OrderAccepted, headers(("Location" = String, description = "The order's status URL."), ("Retry-After" = u32, description = "Seconds before the first poll."))),
+        (status = 202, description = "Accepted: the status record exists and the order is queued.", body = OrderAccepted, headers(("Location" = String, description = "The order's status URL."), ("Retry-After" = u32, description = "Seconds before the first poll."), ("Idempotent-Replayed" = String, description = "`true` when this is the replay of an earlier request with the same Idempotency-Key."))),
         (status = 403, description = "A customer token, or a partner key naming another partnerId.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`order-exists`: the orderId is taken; or `idempotency-in-flight`.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`idempotency-key-reused`: the key was first used with another request.", body = Problem, content_type = "application/problem+json"),
@@ -430,7 +430,7 @@ pub async fn get_order(
     params(("order_id" = String, Path, description = "The order's id."), ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
     request_body = TransitionRequest,
     responses(
-        (status = 202, description = "Allowed from the current status, and queued.", body = TransitionAccepted, headers(("Location" = String, description = "The order's status URL."), ("Retry-After" = u32, description = "Seconds before the first poll."))),
+        (status = 202, description = "Allowed from the current status, and queued.", body = TransitionAccepted, headers(("Location" = String, description = "The order's status URL."), ("Retry-After" = u32, description = "Seconds before the first poll."), ("Idempotent-Replayed" = String, description = "`true` when this is the replay of an earlier request with the same Idempotency-Key."))),
         (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No order with this id is visible to this credential.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`illegal-transition`: not allowed from the current status (nothing queued); or `idempotency-in-flight`.", body = Problem, content_type = "application/problem+json"),

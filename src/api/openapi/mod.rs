@@ -19,6 +19,8 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use std::sync::OnceLock;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{Object, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, OpenApi as Document, PathItem, Ref, RefOr, Response as ApiResponse,
@@ -145,15 +147,16 @@ impl Modify for SharedAnswers {
                     add_problem(
                         op,
                         429,
-                        "Over this credential's rate limit (`[http] rate_limit_*`); see \
-                         `Retry-After` and `RateLimit-*`.",
+                        "Over this credential's rate limit (`[http] rate_limit_*`).",
                     );
                     add_problem(
                         op,
                         503,
-                        "The storage engine is unreachable or did not answer in time.",
+                        "The storage engine is unreachable or did not answer in time; a \
+                         change asked for may have been applied all the same.",
                     );
                 }
+                add_problem_headers(op);
                 if op.request_body.is_some() {
                     add_problem(op, 400, "The body is not valid; `errors` names each field.");
                     add_problem(
@@ -200,6 +203,69 @@ fn add_problem(op: &mut utoipa::openapi::path::Operation, status: u16, descripti
         .responses
         .entry(status.to_string())
         .or_insert_with(|| RefOr::T(problem_response(description)));
+}
+
+/// A response header: its name, description and type.
+type HeaderDoc = (&'static str, &'static str, Type);
+
+/// The headers Herald sends with these answers, on every operation that documents them:
+/// `WWW-Authenticate` with a 401, `Retry-After` with a 429 or 503, and the rate limit's
+/// `RateLimit-*` with a 429.
+fn add_problem_headers(op: &mut utoipa::openapi::path::Operation) {
+    let headers: [(&str, &[HeaderDoc]); 3] = [
+        (
+            "401",
+            &[(
+                "WWW-Authenticate",
+                "`Bearer realm=\"herald\"` and, for a refused token, the reason.",
+                Type::String,
+            )],
+        ),
+        (
+            "429",
+            &[
+                (
+                    "Retry-After",
+                    "Whole seconds until a request is allowed again.",
+                    Type::Integer,
+                ),
+                (
+                    "RateLimit-Limit",
+                    "The bucket's size (the burst).",
+                    Type::Integer,
+                ),
+                ("RateLimit-Remaining", "0.", Type::Integer),
+                (
+                    "RateLimit-Reset",
+                    "Seconds until the bucket is full again.",
+                    Type::Integer,
+                ),
+            ],
+        ),
+        (
+            "503",
+            &[(
+                "Retry-After",
+                "Seconds to wait before retrying.",
+                Type::Integer,
+            )],
+        ),
+    ];
+    for (status, named) in headers {
+        if let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) {
+            for (name, description, kind) in named {
+                response
+                    .headers
+                    .entry((*name).to_string())
+                    .or_insert_with(|| {
+                        HeaderBuilder::new()
+                            .schema(Object::with_type(kind.clone()))
+                            .description(Some(*description))
+                            .build()
+                    });
+            }
+        }
+    }
 }
 
 /// A response whose body is a [`Problem`].
