@@ -138,7 +138,7 @@ impl std::fmt::Debug for EndpointSecret {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum DeliveryState {
     /// Scheduled or being attempted.
