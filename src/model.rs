@@ -234,7 +234,7 @@ impl StepRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(
-    description = "An order event (DESIGN 1.3): `type` is `order.<status>`; `data` is any JSON value, passed through untouched."
+    description = "An order event (DESIGN 1.3): `type` is `order.<status>` (or `order.snapshot`, an order's current status at the start of a resync); `data` is any JSON value, passed through untouched."
 )]
 pub struct OrderEvent {
     #[serde(rename = "type")]

@@ -33,9 +33,11 @@ pub struct FeedQuery {
     /// Long-poll: wait up to this many milliseconds (at most 30000) for a first event.
     #[param(maximum = 30000)]
     wait_ms: Option<u64>,
-    /// With no `after`, or one older than the retained log: answer with a snapshot of the
-    /// current statuses instead (see [`resync`]).
+    /// `true`: with no `after`, or one older than the retained log (instead of 410), answer
+    /// with a snapshot of the current statuses (`order.snapshot` events) and the events after
+    /// it, marked `resynced: true`. More than `push.max_snapshot_orders` orders: 413.
     #[serde(default)]
+    #[param(required = false)]
     resync: bool,
 }
 
@@ -52,12 +54,13 @@ pub struct FeedQuery {
     path = "/v1/events",
     tag = "events",
     summary = "Read the event log",
-    description = "Events after the cursor, oldest first, and the cursor to ask with next (`0` or none: the oldest retained, `$`: now). With `waitMs` a long-poll, bounded per credential (429) and per node (503). Partners and customers see only their own orders' events. A cursor followed by entries the retention removed is 410 `cursor-expired`.",
+    description = "Events after the cursor, oldest first, and the cursor to ask with next (`0` or none: the oldest retained, `$`: now). With `waitMs` a long-poll, bounded per credential (429) and per node (503). Partners and customers see only their own orders' events. A cursor followed by entries the retention removed is 410 `cursor-expired`, unless `resync=true`: then (and with no `after`) the page starts with a snapshot of the current statuses as `order.snapshot` events, then the events after it, with `resynced: true`.",
     params(FeedQuery),
     responses(
         (status = 200, description = "Events after the cursor, oldest first, and the next cursor.", body = EventPage),
         (status = 400, description = "The cursor is not a cursor of this log.", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`cursor-expired`: events after the cursor were removed by retention.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`snapshot-too-large`: a resync would snapshot more than `push.max_snapshot_orders` orders; narrow the credential or read the log from a cursor.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over this credential's rate limit or its long-polls (`Retry-After`).", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The node's long-polls are all taken, or the engine did not answer.", body = Problem, content_type = "application/problem+json"),
     ),

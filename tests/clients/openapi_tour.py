@@ -179,6 +179,31 @@ def main():
     )
     step("published", eventId=published.event_id)
 
+    # Server-Sent Events. A stream token is minted (201); the streams themselves never end,
+    # so here each is reached with a request it refuses before streaming, the refusal held to
+    # the document (tests/sse.rs reads the streams with a real SSE client).
+    minted = call(
+        "post", "/v1/stream-tokens", api("events", "mint_stream_token").sync_detailed(client=client), 201
+    )
+    step("stream token", expiresAt=str(minted.expires_at))
+    # Two credentials at once (the header and ?token=) are refused.
+    call(
+        "get",
+        "/v1/events/stream",
+        api("events", "events_stream").sync_detailed(client=client, token=minted.token),
+        400,
+    )
+    # A Last-Event-ID that is no event id is refused, with the minted token as the only
+    # credential.
+    call(
+        "get",
+        "/v1/orders/{order_id}/events",
+        api("events", "order_events").sync_detailed(
+            accepted.order_id, client=anonymous, token=minted.token, last_event_id_header="not-a-cursor"
+        ),
+        400,
+    )
+
     # GraphQL over HTTP.
     answer = call(
         "post",

@@ -42,7 +42,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         description = "Real-time order status push server: order intake (202 + id), status \
             polling, the event log, partner webhooks (Standard Webhooks) and operations. \
             Errors are RFC 9457 `application/problem+json`. Subscriptions are GraphQL over \
-            WebSocket at `/graphql` (see the README); this document covers the HTTP routes.",
+            WebSocket at `/graphql` (see the README), or Server-Sent Events; this document covers the HTTP routes.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
@@ -76,6 +76,9 @@ const PROBLEM_JSON: &str = "application/problem+json";
         push::ws::upgrade,
         push::query::graphql_query,
         push::console,
+        push::sse::order_events,
+        push::sse::events_stream,
+        push::sse::mint_stream_token,
     ),
     components(schemas(
         Problem, FieldError, OrderStatus, LineItem, Order, HistoryEntry, OrderEvent,

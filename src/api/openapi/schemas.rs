@@ -12,7 +12,7 @@
 #![allow(dead_code)]
 
 use crate::engine::DeadLetter;
-use crate::engine::webhook::DeliveryState;
+use crate::engine::webhook::{DeliveryState, Ordering};
 use crate::model::{
     HistoryEntry, LineItem, MalformedEntry, Order, OrderEvent, OrderStatus, StepRecord,
 };
@@ -168,6 +168,23 @@ pub struct EventPage {
     pub events: Vec<EventView>,
     /// The cursor after this page: pass it as `after` for the next one.
     pub next: String,
+    /// `true` when the page starts with a snapshot (`?resync=true` with no `after`, or one
+    /// older than the retained log): `order.snapshot` events of the current statuses, then the
+    /// events after them. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resynced: Option<bool>,
+}
+
+/// `POST /v1/stream-tokens`: a token for `?token=` on the Server-Sent Events routes.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamToken {
+    /// Opens streams as the caller of the mint; pass as `?token=` (an `EventSource` cannot
+    /// set headers). Never an API key in a URL.
+    pub token: String,
+    /// RFC 3339: streams may be opened with it until then (`push.stream_token_ttl`).
+    #[schema(format = DateTime)]
+    pub expires_at: String,
 }
 
 /// The 202 of `POST /v1/events`: the event is in the log.
@@ -195,6 +212,9 @@ pub struct WebhookEndpoint {
     pub rate_limit_per_second: Option<u32>,
     /// None: the `[webhooks]` default.
     pub max_in_flight: Option<u32>,
+    /// `none` (the default) or `perOrder`: one order's deliveries one at a time, in event
+    /// order.
+    pub ordering: Ordering,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -245,6 +265,9 @@ pub struct CreateWebhookEndpoint {
     pub rate_limit_per_second: Option<u32>,
     #[schema(minimum = 1, maximum = 1000)]
     pub max_in_flight: Option<u32>,
+    /// `none` (the default) or `perOrder`: one order's deliveries to this endpoint go out one
+    /// at a time, in event order.
+    pub ordering: Option<Ordering>,
 }
 
 /// `PATCH /v1/webhooks/{id}`: the fields to change; `null` clears an optional one.
@@ -261,6 +284,9 @@ pub struct PatchWebhookEndpoint {
     pub rate_limit_per_second: Option<u32>,
     #[schema(minimum = 1, maximum = 1000)]
     pub max_in_flight: Option<u32>,
+    /// `none` (the default) or `perOrder`: one order's deliveries to this endpoint go out one
+    /// at a time, in event order.
+    pub ordering: Option<Ordering>,
     /// `true` enables a disabled endpoint again.
     pub enabled: Option<bool>,
 }
