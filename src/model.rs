@@ -11,7 +11,19 @@ use time::format_description::well_known::Rfc3339;
 
 /// An order's status. The wire form is lower case (`"confirmed"`); GraphQL uses the upper-case
 /// enum names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     Accepted,
@@ -70,17 +82,22 @@ impl FromStr for OrderStatus {
 
 /// One line of an order. `unit_price` is a JSON number in the currency's major unit; intake
 /// checks that it is finite and not negative.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LineItem {
+    #[schema(min_length = 1, max_length = 128)]
     pub sku: String,
+    /// Not positive: well-formed, and rejected by the worker's business validation.
     pub quantity: i64,
+    /// In the currency's major unit; finite, not negative.
+    #[schema(value_type = f64, minimum = 0)]
     pub unit_price: serde_json::Number,
 }
 
 /// An order as accepted at intake. Immutable once accepted; its status lives in [`StatusRecord`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(description = "An order as accepted at intake; immutable once accepted.")]
 pub struct Order {
     pub order_id: String,
     pub customer_id: String,
@@ -89,6 +106,7 @@ pub struct Order {
     pub items: Vec<LineItem>,
     pub currency: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     pub created_at: String,
 }
@@ -108,7 +126,7 @@ pub struct StatusRecord {
 }
 
 /// One entry of an order's status history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
     pub event_id: String,
@@ -140,7 +158,7 @@ pub struct OrderRecord {
 
 /// One entry of an order's step history (Step Functions' execution history, per order): what
 /// happened in which status, with the attempt, its outcome and latency where there was one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepRecord {
     /// What happened: `stateEntered`, `taskSucceeded`, `taskFailed`, `retryScheduled`,
@@ -179,6 +197,7 @@ pub struct StepRecord {
     /// The service's answer or the callback's result (JSON), size-bounded
     /// (`workflow.max_response_bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub response: Option<serde_json::Value>,
 }
 
@@ -212,8 +231,11 @@ impl StepRecord {
 
 /// An event as it is stored in the event log (field `event` of a stream entry). The entry id is
 /// not part of the body: it is the [`EventId`] the log assigns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(
+    description = "An order event (DESIGN 1.3): `type` is `order.<status>` (or `order.snapshot`, an order's current status at the start of a resync); `data` is any JSON value, passed through untouched."
+)]
 pub struct OrderEvent {
     #[serde(rename = "type")]
     pub event_type: String,
@@ -533,7 +555,7 @@ fn read_varint(input: &mut &[u8]) -> Option<u64> {
 }
 
 /// A log entry that is not a valid event: kept aside with the reason, never dropped silently.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MalformedEntry {
     /// The entry id, `<partition>/<entry id>` outside partition 0 (see

@@ -82,6 +82,7 @@ const fn route(method: &'static str, path: &'static str, expect: [u16; 4]) -> Ro
 const ROUTES: &[Route] = &[
     route("GET", "/healthz", [200, 200, 200, 200]),
     route("GET", "/readyz", [200, 200, 200, 200]),
+    route("GET", "/openapi.json", [200, 200, 200, 200]),
     route("GET", "/metrics", [401, 403, 403, 200]),
     route("GET", "/", [200, 200, 200, 200]),
     route("GET", "/graphql", [426, 426, 426, 426]),

@@ -2,6 +2,7 @@
 //! Admin keys only.
 
 use super::Node;
+use super::openapi::schemas::{DeadLetterList, MalformedEntries, QueueReport, Redriven};
 use super::problem::{ApiResult, Problem};
 use crate::auth::Principal;
 use axum::Json;
@@ -17,8 +18,10 @@ fn require_admin(principal: &Principal) -> ApiResult<()> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LimitQuery {
+    /// At most this many (capped; see each route).
     limit: Option<usize>,
 }
 
@@ -31,6 +34,14 @@ impl LimitQuery {
 }
 
 /// `GET /v1/admin/queues`
+#[utoipa::path(
+    get,
+    path = "/v1/admin/queues",
+    tag = "admin",
+    summary = "Queue statistics",
+    description = "Admin keys only: the command queue's depth, in flight and dead letters, and the pending workflow timers.",
+    responses((status = 200, description = "Queue depth, in flight, dead letters, pending timers.", body = QueueReport), (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn queues(State(state): State<Node>, principal: Principal) -> ApiResult<Json<Value>> {
     require_admin(&principal)?;
     let stats = state.engine.queue_stats().await?;
@@ -47,6 +58,15 @@ pub async fn queues(State(state): State<Node>, principal: Principal) -> ApiResul
 }
 
 /// `GET /v1/admin/dlq?limit=`
+#[utoipa::path(
+    get,
+    path = "/v1/admin/dlq",
+    tag = "admin",
+    summary = "List dead letters",
+    description = "Admin keys only: commands that exhausted their receives, oldest first.",
+    params(LimitQuery),
+    responses((status = 200, description = "Dead letters, oldest first (default 100, at most 1000).", body = DeadLetterList), (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn dead_letters(
     State(state): State<Node>,
     principal: Principal,
@@ -58,6 +78,15 @@ pub async fn dead_letters(
 }
 
 /// `POST /v1/admin/dlq/redrive?limit=`: moves dead letters back to the queue, oldest first.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/dlq/redrive",
+    tag = "admin",
+    summary = "Redrive dead letters",
+    description = "Admin keys only: moves dead letters back to the queue, oldest first.",
+    params(LimitQuery),
+    responses((status = 200, description = "How many dead letters went back to the queue (default 1000, at most 100 000).", body = Redriven), (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn redrive(
     State(state): State<Node>,
     principal: Principal,
@@ -70,6 +99,15 @@ pub async fn redrive(
 }
 
 /// `GET /v1/admin/events/malformed?limit=`
+#[utoipa::path(
+    get,
+    path = "/v1/admin/events/malformed",
+    tag = "admin",
+    summary = "List malformed events",
+    description = "Admin keys only: event log entries that did not parse, set aside with the reason.",
+    params(LimitQuery),
+    responses((status = 200, description = "Log entries that are not events, set aside with the reason (default 100, at most 1000).", body = MalformedEntries), (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn malformed_events(
     State(state): State<Node>,
     principal: Principal,

@@ -2,6 +2,7 @@
 //! consumers that poll instead of subscribing; `POST` appends an event the way another
 //! service's XADD would, validated first (admin only).
 
+use super::openapi::schemas::{EventPage, EventPublished};
 use super::problem::{ApiResult, Problem};
 use super::{Node, json_object};
 use crate::auth::{Caller, Principal};
@@ -19,16 +20,24 @@ use std::time::Duration;
 
 const MAX_LIMIT: usize = 1000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct FeedQuery {
-    /// Cursor: an `eventId` (see `LogCursor`), `0` for the oldest retained, `$` for "from now".
+    /// Cursor: an `eventId` or a page's `next`, `0` for the oldest retained, `$` for "from
+    /// now".
     after: Option<String>,
+    /// At most this many events (1 to 1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Long-poll: wait up to this many milliseconds (at most 30000) for a first event.
+    #[param(maximum = 30000)]
     wait_ms: Option<u64>,
-    /// With no `after`, or one older than the retained log: answer with a snapshot of the
-    /// current statuses instead (see [`resync`]).
+    /// `true`: with no `after`, or one older than the retained log (instead of 410), answer
+    /// with a snapshot of the current statuses (`order.snapshot` events) and the events after
+    /// it, marked `resynced: true`. More than `push.max_snapshot_orders` orders: 413.
     #[serde(default)]
+    #[param(required = false)]
     resync: bool,
 }
 
@@ -40,6 +49,22 @@ pub struct FeedQuery {
 /// A request that would wait is a long-poll: served from the node's one shared wait (never a
 /// blocking engine read of its own) and bounded per credential (429) and per node (503), see
 /// `crate::longpoll`.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Read the event log",
+    description = "Events after the cursor, oldest first, and the cursor to ask with next (`0` or none: the oldest retained, `$`: now). With `waitMs` a long-poll, bounded per credential (429) and per node (503). Partners and customers see only their own orders' events. A cursor followed by entries the retention removed is 410 `cursor-expired`, unless `resync=true`: then (and with no `after`) the page starts with a snapshot of the current statuses as `order.snapshot` events, then the events after it, with `resynced: true`.",
+    params(FeedQuery),
+    responses(
+        (status = 200, description = "Events after the cursor, oldest first, and the next cursor.", body = EventPage),
+        (status = 400, description = "The cursor is not a cursor of this log.", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`cursor-expired`: events after the cursor were removed by retention.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`snapshot-too-large`: a resync would snapshot more than `push.max_snapshot_orders` orders; narrow the credential or read the log from a cursor.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over this credential's rate limit or its long-polls (`Retry-After`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The node's long-polls are all taken, or the engine did not answer.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn list_events(
     State(state): State<Node>,
     caller: Caller,
@@ -218,6 +243,18 @@ fn page(
 }
 
 /// `POST /v1/events` (admin): appends a validated event, as an external producer would.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Publish an event",
+    description = "Admin keys only: appends an event in the documented form, as an external producer's XADD would; it fans out like Herald's own.",
+    request_body(content = OrderEvent, description = "An event in the documented form (DESIGN 1.3), fanned out like Herald's own."),
+    responses(
+        (status = 202, description = "Appended to the log.", body = EventPublished),
+        (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn publish_event(
     State(state): State<Node>,
     principal: Principal,

@@ -1,6 +1,7 @@
 //! Liveness, readiness and metrics.
 
 use super::Node;
+use super::openapi::schemas::{Health, Readiness};
 use super::problem::Problem;
 use crate::auth::Principal;
 use crate::engine::Persistence;
@@ -14,6 +15,15 @@ use std::time::Duration;
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness",
+    description = "The process is up. No credentials.",
+    security(()),
+    responses((status = 200, description = "The process is alive.", body = Health)),
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -22,6 +32,18 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// (`persistence`: `volatile`, `aof`, `snapshots`, `none` or `unknown`, with a
 /// `persistenceWarning` when the data would not survive a restart of Redis): a Redis without
 /// persistence serves, and the operator can see it.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness",
+    description = "The engine answers now. `persistence` says how it keeps its data (`volatile`, `aof`, `snapshots`, `none` or `unknown`), with `persistenceWarning` when the data would not survive a restart of Redis. No credentials.",
+    security(()),
+    responses(
+        (status = 200, description = "The engine answered.", body = Readiness),
+        (status = 503, description = "The engine is unreachable or did not answer in time.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn readyz(State(state): State<Node>) -> Response {
     match tokio::time::timeout(READY_TIMEOUT, state.engine.ping()).await {
         Ok(Ok(())) => {
@@ -51,6 +73,17 @@ pub async fn readyz(State(state): State<Node>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format. Needs an admin key unless `http.public_metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "Prometheus text format. Admin keys only, unless `http.public_metrics`.",
+    responses(
+        (status = 200, description = "The metrics.", content_type = "text/plain", body = String),
+        (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn metrics(State(state): State<Node>, request: Request<axum::body::Body>) -> Response {
     if !state.config.http.public_metrics {
         let (mut parts, _) = request.into_parts();

@@ -1,11 +1,13 @@
 //! The HTTP API (DESIGN 1.2): routing and the request plumbing every handler uses
 //! (the caller extractor, JSON bodies, idempotency); the state they share is [`crate::node`]. Handlers live per resource: `orders.rs`,
-//! `events.rs`, `tasks.rs`, `webhooks.rs`, `admin.rs`, `health.rs`. Handlers talk to the engine only.
+//! `events.rs`, `tasks.rs`, `webhooks.rs`, `admin.rs`, `health.rs`; `openapi/` derives the
+//! OpenAPI document from their attributes. Handlers talk to the engine only.
 
 pub mod admin;
 pub mod events;
 mod fields;
 pub mod health;
+pub mod openapi;
 pub mod orders;
 pub mod tasks;
 pub mod webhooks;
@@ -31,8 +33,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
-/// The routes: `api` adds the order, event, webhook and admin resources (the `api` role);
-/// health, readiness and metrics are always served.
+/// The routes: `api` adds the order, event, webhook and admin resources (the `api` role) and
+/// their OpenAPI document; health, readiness and metrics are always served.
 pub fn routes(api: bool) -> Routes<Node> {
     let routes = Routes::default()
         .get("/healthz", health::healthz)
@@ -42,6 +44,7 @@ pub fn routes(api: bool) -> Routes<Node> {
         return routes;
     }
     routes
+        .get("/openapi.json", openapi::openapi_json)
         .post("/v1/orders", orders::create_order)
         .get("/v1/orders/{order_id}", orders::get_order)
         .get("/v1/orders/{order_id}/status", orders::get_status)

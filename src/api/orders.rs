@@ -2,6 +2,9 @@
 //! the polling `/status` and the whole order with its history.
 
 use super::fields::{FieldErrors, string};
+use super::openapi::schemas::{
+    CreateOrder, OrderAccepted, OrderStatusView, OrderView, TransitionAccepted, TransitionRequest,
+};
 use super::problem::{ApiResult, Problem};
 use super::{Idempotency, Node, accepted_response, json_object, refuse_customers};
 use crate::auth::{Caller, Principal};
@@ -21,6 +24,19 @@ const MAX_ID_LEN: usize = 128;
 const MAX_ITEMS: usize = 100;
 const MAX_REASON_LEN: usize = 500;
 const MAX_METADATA_BYTES: usize = 8 * 1024;
+
+/// The fields an intake body may hold (anything else is a field error), a line item's, and a
+/// transition's. The OpenAPI schemas name the same (a unit test of `openapi` checks).
+pub(crate) const ORDER_FIELDS: &[&str] = &[
+    "orderId",
+    "customerId",
+    "partnerId",
+    "items",
+    "currency",
+    "metadata",
+];
+pub(crate) const LINE_ITEM_FIELDS: &[&str] = &["sku", "quantity", "unitPrice"];
+pub(crate) const TRANSITION_FIELDS: &[&str] = &["status", "reason"];
 
 /// A required or optional identifier: 1..=128 visible ASCII characters; order ids (which
 /// appear in URLs) are further limited to `A-Z a-z 0-9 . _ ~ : -`. `null` counts as absent.
@@ -79,7 +95,7 @@ fn items(c: &mut FieldErrors, body: &Map<String, Value>) -> Vec<LineItem> {
             c.error(&base, "must be an object");
             continue;
         };
-        c.unknown_fields(item, &["sku", "quantity", "unitPrice"], &base);
+        c.unknown_fields(item, LINE_ITEM_FIELDS, &base);
         let sku = c.required(item, &base, "sku", |v| match string(v)? {
             s if !s.is_empty() && s.len() <= MAX_ID_LEN => Ok(s.to_string()),
             _ => Err(format!("must be 1 to {MAX_ID_LEN} characters")),
@@ -110,18 +126,7 @@ fn items(c: &mut FieldErrors, body: &Map<String, Value>) -> Vec<LineItem> {
 /// Validates an intake body into an order (without its id and timestamp yet).
 fn validate_order(body: &Map<String, Value>) -> Result<Order, Problem> {
     let mut c = FieldErrors::default();
-    c.unknown_fields(
-        body,
-        &[
-            "orderId",
-            "customerId",
-            "partnerId",
-            "items",
-            "currency",
-            "metadata",
-        ],
-        "",
-    );
+    c.unknown_fields(body, ORDER_FIELDS, "");
     let order_id = id(&mut c, body, "orderId", false, true);
     let customer_id = id(&mut c, body, "customerId", true, false);
     let partner_id = id(&mut c, body, "partnerId", false, false);
@@ -169,6 +174,21 @@ fn status_url(order_id: &str) -> String {
 }
 
 /// `POST /v1/orders`
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "orders",
+    summary = "Create an order",
+    description = "Validated at once (400 with every field error, nothing queued). The status record and the `order.accepted` event exist before the 202 is sent. Leave `orderId` out to have Herald draw one. With `Idempotency-Key`, a repeat answers the first response; on 503 the order may have been accepted all the same: retry with the same key.",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
+    request_body = CreateOrder,
+    responses(
+        (status = 202, description = "Accepted: the status record exists and the order is queued.", body = OrderAccepted, headers(("Location" = String, description = "The order's status URL."), ("Retry-After" = u32, description = "Seconds before the first poll."), ("Idempotent-Replayed" = String, description = "`true` when this is the replay of an earlier request with the same Idempotency-Key."))),
+        (status = 403, description = "A customer token, or a partner key naming another partnerId.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`order-exists`: the orderId is taken; or `idempotency-in-flight`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency-key-reused`: the key was first used with another request.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn create_order(
     State(state): State<Node>,
     principal: Principal,
@@ -323,10 +343,14 @@ async fn authorized_status(
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
-    /// Answer once the order's version is above this one (or at the deadline).
+    /// Long-poll: answer once the order's version is above this one (a non-negative integer),
+    /// or with the current status once the wait is over (`Prefer: wait`, else
+    /// `http.long_poll_max_wait`).
+    #[param(value_type = Option<u64>, minimum = 0)]
     wait_for_version: Option<String>,
 }
 
@@ -338,6 +362,26 @@ pub struct StatusQuery {
 /// honoured. Waiting is served from the node's one wait on the log and bounded like every
 /// long-poll (`crate::longpoll`: 429/503); the order's status is read again only when the
 /// log moved.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}/status",
+    tag = "orders",
+    summary = "Read an order's status",
+    description = "The polling answer: status, version (one more per change) and when it changed. An order the caller may not see answers exactly as a missing one. With `Prefer: wait=N` (RFC 7240) and/or `?waitForVersion=V` it is a long-poll: it answers as soon as the order's version is above `V` (with only `Prefer`, above the version it had when the request came), or with the current status once `N` seconds (at most `http.long_poll_max_wait`, the wait without `Prefer`) are over; bounded per credential (429) and per node (503) like every long-poll.",
+    params(
+        ("order_id" = String, Path, description = "The order's id."),
+        StatusQuery,
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): long-poll for at most `N` whole seconds (capped at `http.long_poll_max_wait`). Other preferences are ignored.", example = "wait=20"),
+    ),
+    responses(
+        (status = 200, description = "The order's current status (after a long-poll: the first version above the one waited on, or the status when the wait ended).", body = OrderStatusView,
+            headers(("Preference-Applied" = String, description = "`wait=<seconds>`: sent when a `Prefer: wait` was honoured; the longest this request was willing to wait, at most the bound."))),
+        (status = 400, description = "`waitForVersion` is not a non-negative integer, or `Prefer: wait` is not a number of seconds.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No order with this id is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over this credential's rate limit or its long-polls (`Retry-After`).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The node's long-polls are all taken, or the engine did not answer.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get_status(
     State(state): State<Node>,
     caller: Caller,
@@ -430,6 +474,18 @@ fn prefer_wait(headers: &HeaderMap) -> ApiResult<Option<std::time::Duration>> {
 }
 
 /// `GET /v1/orders/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}",
+    tag = "orders",
+    summary = "Read an order",
+    description = "The order as accepted, its current status and its status history (oldest first, capped); partner and admin callers also see the workflow's steps. An order the caller may not see answers exactly as a missing one.",
+    params(("order_id" = String, Path, description = "The order's id.")),
+    responses(
+        (status = 200, description = "The order, its status and history.", body = OrderView),
+        (status = 404, description = "No order with this id is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get_order(
     State(state): State<Node>,
     principal: Principal,
@@ -461,6 +517,22 @@ pub async fn get_order(
 }
 
 /// `POST /v1/orders/{id}/transitions`
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{order_id}/transitions",
+    tag = "orders",
+    summary = "Request a transition",
+    description = "Queued behind the order's earlier commands if the transition table allows it from the current status; else 409 and nothing is queued. Not for customer tokens.",
+    params(("order_id" = String, Path, description = "The order's id."), ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "1 to 255 visible ASCII characters: a repeat is answered with the first response (`Idempotent-Replayed: true`)."),),
+    request_body = TransitionRequest,
+    responses(
+        (status = 202, description = "Allowed from the current status, and queued.", body = TransitionAccepted, headers(("Location" = String, description = "The order's status URL."), ("Retry-After" = u32, description = "Seconds before the first poll."), ("Idempotent-Replayed" = String, description = "`true` when this is the replay of an earlier request with the same Idempotency-Key."))),
+        (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No order with this id is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`illegal-transition`: not allowed from the current status (nothing queued); or `idempotency-in-flight`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency-key-reused`.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn create_transition(
     State(state): State<Node>,
     principal: Principal,
@@ -484,7 +556,7 @@ async fn create_transition_inner(
     refuse_customers(principal, "request transitions")?;
     let body = json_object(headers, body, state.config.http.max_json_depth)?;
     let mut c = FieldErrors::default();
-    c.unknown_fields(&body, &["status", "reason"], "");
+    c.unknown_fields(&body, TRANSITION_FIELDS, "");
     let target = c.required(&body, "", "status", |v| string(v)?.parse::<OrderStatus>());
     let reason = match body.get("reason") {
         None | Some(Value::Null) => None,

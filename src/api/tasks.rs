@@ -12,6 +12,7 @@
 //! gets 409 and queues nothing. Partner keys complete their own orders' tokens; customers
 //! cannot complete tokens.
 
+use super::openapi::schemas::{HeartbeatAccepted, TaskCompleted, TaskFailure};
 use super::problem::{ApiResult, Problem};
 use super::{Node, json_object, refuse_customers};
 use crate::auth::Principal;
@@ -27,6 +28,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+/// The fields a failure body may hold (both strings).
+pub(crate) const FAILURE_FIELDS: &[&str] = &["error", "cause"];
+
 fn not_waiting() -> Problem {
     Problem::conflict(
         "task-not-waiting",
@@ -38,6 +42,20 @@ fn not_waiting() -> Problem {
 
 /// `POST /v1/tasks/{token}/heartbeat`: the callback's service is still at work; the step's
 /// heartbeat deadline starts again.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{token}/heartbeat",
+    tag = "tasks",
+    summary = "Heartbeat a callback task",
+    description = "The called service is still at work: the step's heartbeat deadline starts again.",
+    params(("token" = String, Path, description = "The task token the workflow sent with the callback.")),
+    responses(
+        (status = 202, description = "The task's heartbeat deadline moved.", body = HeartbeatAccepted),
+        (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No task with this token is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`task-not-waiting` or `task-without-heartbeat`: nothing was changed.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn heartbeat(
     State(state): State<Node>,
     principal: Principal,
@@ -105,6 +123,21 @@ fn no_such_task() -> Problem {
 }
 
 /// `POST /v1/tasks/{token}/success`
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{token}/success",
+    tag = "tasks",
+    summary = "Complete a callback task",
+    description = "The service a workflow step called back reports success with any JSON result; the worker moves the order on. A token completes its step once.",
+    params(("token" = String, Path, description = "The task token the workflow sent with the callback.")),
+    request_body(content = Object, description = "The task's result: any JSON object, passed to the workflow."),
+    responses(
+        (status = 202, description = "Queued for the worker.", body = TaskCompleted),
+        (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No task with this token is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`task-not-waiting`: nothing was changed.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn succeed(
     State(state): State<Node>,
     principal: Principal,
@@ -116,6 +149,21 @@ pub async fn succeed(
 }
 
 /// `POST /v1/tasks/{token}/failure`
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{token}/failure",
+    tag = "tasks",
+    summary = "Fail a callback task",
+    description = "The service a workflow step called back reports failure (`error`, `cause`); the step's catchers and retries apply. A token completes its step once.",
+    params(("token" = String, Path, description = "The task token the workflow sent with the callback.")),
+    request_body = TaskFailure,
+    responses(
+        (status = 202, description = "Queued for the worker.", body = TaskCompleted),
+        (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No task with this token is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`task-not-waiting`: nothing was changed.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn fail(
     State(state): State<Node>,
     principal: Principal,
@@ -139,7 +187,7 @@ async fn complete(
     let body = json_object(headers, body, state.config.http.max_json_depth)?;
     if !succeeded {
         for (field, value) in &body {
-            let known = field == "error" || field == "cause";
+            let known = FAILURE_FIELDS.contains(&field.as_str());
             if !known || !(value.is_string() || value.is_null()) {
                 return Err(Problem::bad_request(format!(
                     "A failure body holds only `error` and `cause`, both strings; `{field}` is not allowed here."

@@ -108,13 +108,17 @@ pub struct QueueStats {
 
 /// A command taken out of the queue: the poisoned head of its order, or one of the order's
 /// later commands that went with it (see [`CommandQueue`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(
+    description = "A command taken out of the queue: the poisoned head of its order, or one of its later commands that went with it."
+)]
 pub struct DeadLetter {
     pub message_id: String,
     pub order_id: String,
     /// The command; `None` when it does not decode (then `raw` holds it as written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub message: Option<NewCommand>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<String>,

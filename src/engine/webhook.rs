@@ -97,8 +97,9 @@ pub struct Endpoint {
 }
 
 /// How an endpoint's deliveries are ordered (`ordering` in the API).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = WebhookOrdering)]
 pub enum Ordering {
     /// Every delivery is attempted as soon as it is due (the default).
     #[default]
@@ -138,7 +139,7 @@ impl std::fmt::Debug for EndpointSecret {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum DeliveryState {
     /// Scheduled or being attempted.

@@ -7,14 +7,16 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// JSON Pointer (RFC 6901) in URI fragment form, e.g. `#/items/0/quantity`.
     pub pointer: String,
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem (`application/problem+json`): `type` names the problem
+/// (`/problems/<slug>`), `errors` lists the field errors of a 400 `validation`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub problem_type: String,
@@ -28,6 +30,7 @@ pub struct Problem {
     /// Response headers beside the content type (`Retry-After`, `WWW-Authenticate`, the
     /// `RateLimit-*` headers of a 429).
     #[serde(skip)]
+    #[schema(ignore)]
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 

@@ -217,7 +217,17 @@ pub fn router(state: Arc<PushState>) -> Router {
 
 const CONSOLE: &str = include_str!("console.html");
 
-async fn console() -> impl IntoResponse {
+/// `GET /`
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "graphql",
+    summary = "Console page",
+    description = "The live console: subscribe to orders and watch them change. No credentials (the page asks for a key).",
+    security(()),
+    responses((status = 200, description = "The live console page: subscribe to orders and watch them change.", content_type = "text/html", body = String)),
+)]
+pub async fn console() -> impl IntoResponse {
     (
         [
             (header::CACHE_CONTROL, "no-cache"),

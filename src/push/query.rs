@@ -6,6 +6,7 @@
 //! with `Retry-After` and `RateLimit-*`), all with GraphQL errors.
 
 use super::PushState;
+use crate::api::openapi::schemas::{GraphqlRequest as GraphqlRequestBody, GraphqlResponse};
 use crate::graphql::{GraphqlError, GraphqlRequest, Operation};
 use crate::http::problem::Problem;
 use crate::node::Refusal;
@@ -16,6 +17,26 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
+/// `POST /graphql`: a GraphQL query (`order(orderId)`); every answer, errors included, is a
+/// GraphQL response.
+#[utoipa::path(
+    post,
+    path = "/graphql",
+    tag = "graphql",
+    summary = "GraphQL query",
+    description = "A GraphQL query (`order(orderId)`) over HTTP; every answer, errors included, is a GraphQL response. `/graphql/realtime` is an alias.",
+    request_body = GraphqlRequestBody,
+    responses(
+        (status = 200, description = "`data`, or GraphQL `errors` for a document that does not validate.", body = GraphqlResponse),
+        (status = 400, description = "The body is not a GraphQL request.", body = GraphqlResponse),
+        (status = 401, description = "Missing or invalid credentials (`UNAUTHENTICATED`).", body = GraphqlResponse),
+        (status = 408, description = "The body did not arrive within http.body_read_timeout.", body = GraphqlResponse),
+        (status = 413, description = "The body exceeds push.max_message_bytes.", body = GraphqlResponse),
+        (status = 415, description = "The body is not `application/json`.", body = GraphqlResponse),
+        (status = 429, description = "Over this credential's rate limit (`RATE_LIMITED`).", body = GraphqlResponse),
+        (status = 503, description = "The status store is unavailable.", body = GraphqlResponse),
+    ),
+)]
 pub async fn graphql_query(
     State(state): State<Arc<PushState>>,
     headers: HeaderMap,

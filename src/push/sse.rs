@@ -25,6 +25,7 @@
 use super::PushState;
 use super::conn::{ConnHandle, Out};
 use super::session::{Dialect, Session, check_before_start};
+use crate::api::openapi::schemas::StreamToken;
 use crate::auth::{AuthError, Principal, credential_from_headers};
 use crate::graphql::{
     EventFilter, FilterExpr, FilterField, GraphqlError, Projection, StringOp, SubscriptionSpec,
@@ -117,6 +118,28 @@ fn problem_for(code: &str, message: &str) -> Problem {
 }
 
 /// `GET /v1/orders/{orderId}/events`: one order's events.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}/events",
+    tag = "events",
+    summary = "Stream one order's events (SSE)",
+    description = "Server-Sent Events of one order: its events as they happen, resumable with `Last-Event-ID`. Authenticate with the headers or `?token=`. An order the caller may not see answers exactly as a missing one (404).",
+    params(
+        ("order_id" = String, Path, description = "The order's id."),
+        ("lastEventId" = Option<String>, Query, description = "Resume just after this `eventId` (an `EventSource` reconnect sends the `Last-Event-ID` header instead, which wins)."),
+        ("token" = Option<String>, Query, description = "A stream token from `POST /v1/stream-tokens`, for clients that cannot set headers; never an API key. Not with an `Authorization` / `x-api-key` header."),
+        ("resync" = Option<bool>, Query, description = "`true`: with no cursor, or an expired one (instead of 410), start with `order.snapshot` frames of the current statuses (more than `push.max_snapshot_orders` orders: 413)."),
+        ("Last-Event-ID" = Option<String>, Header, description = "The SSE reconnection cursor: resume just after this `eventId`."),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: `retry:`, `: live` once subscribed, then one frame per event (`id: <eventId>`, `event: <type>`, `data: <OrderEvent JSON>`), `: ping` heartbeats, and at most one last `event: error` frame with a problem JSON body.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "An unknown query parameter, a bad `resync`, a malformed cursor, or two credentials.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No order with this id is visible to this credential.", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`cursor-expired`: events after the cursor were removed by retention (reconnect without it, or with `resync=true`).", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`snapshot-too-large`: a resync would snapshot more than `push.max_snapshot_orders` orders.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`push.max_connections` reached, the replay fell behind, or the stream did not start in time (`Retry-After`).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn order_events(
     State(state): State<Arc<PushState>>,
     Path(order_id): Path<String>,
@@ -139,6 +162,30 @@ pub async fn order_events(
 
 /// `GET /v1/events/stream`: every event the caller may see, narrowed by `customerId`,
 /// `partnerId` and `type` (repeated or comma separated: any of them).
+#[utoipa::path(
+    get,
+    path = "/v1/events/stream",
+    tag = "events",
+    summary = "Stream the event log (SSE)",
+    description = "Server-Sent Events of every event the caller may see, narrowed by customer, partner and type; resumable with `Last-Event-ID`. Authenticate with the headers or `?token=`.",
+    params(
+        ("customerId" = Option<String>, Query, description = "Only this customer's orders."),
+        ("partnerId" = Option<String>, Query, description = "Only this partner's orders."),
+        ("type" = Option<Vec<String>>, Query, description = "Only these event types (repeated or comma separated: any of them), e.g. `order.shipped`.", style = Form, explode),
+        ("lastEventId" = Option<String>, Query, description = "Resume just after this `eventId` (an `EventSource` reconnect sends the `Last-Event-ID` header instead, which wins)."),
+        ("token" = Option<String>, Query, description = "A stream token from `POST /v1/stream-tokens`, for clients that cannot set headers; never an API key. Not with an `Authorization` / `x-api-key` header."),
+        ("resync" = Option<bool>, Query, description = "`true`: with no cursor, or an expired one (instead of 410), start with `order.snapshot` frames of the current statuses (more than `push.max_snapshot_orders` orders: 413)."),
+        ("Last-Event-ID" = Option<String>, Header, description = "The SSE reconnection cursor: resume just after this `eventId`."),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: `retry:`, `: live` once subscribed, then one frame per event (`id: <eventId>`, `event: <type>`, `data: <OrderEvent JSON>`), `: ping` heartbeats, and at most one last `event: error` frame with a problem JSON body.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "An unknown query parameter, a bad `resync`, a malformed cursor, or two credentials.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The filter names orders this credential may not see.", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`cursor-expired`: events after the cursor were removed by retention (reconnect without it, or with `resync=true`).", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`snapshot-too-large`: a resync would snapshot more than `push.max_snapshot_orders` orders.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`push.max_connections` reached, the replay fell behind, or the stream did not start in time (`Retry-After`).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn events_stream(
     State(state): State<Arc<PushState>>,
     Query(params): Query<Vec<(String, String)>>,
@@ -512,6 +559,16 @@ fn frames(first: Bytes, conn: &ConnHandle) -> (Bytes, bool) {
 
 /// `POST /v1/stream-tokens`: a token for `?token=` on the SSE routes, for the caller of this
 /// request (any role), valid `push.stream_token_ttl` to open streams.
+#[utoipa::path(
+    post,
+    path = "/v1/stream-tokens",
+    tag = "events",
+    summary = "Mint a stream token",
+    description = "A short-lived token (`push.stream_token_ttl`) for `?token=` on the SSE routes, opening streams as the caller of this request (any credential). `Cache-Control: no-store`.",
+    responses(
+        (status = 201, description = "The token and until when it opens streams.", body = StreamToken),
+    ),
+)]
 pub async fn mint_stream_token(
     State(state): State<Arc<PushState>>,
     headers: HeaderMap,

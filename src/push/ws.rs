@@ -60,6 +60,22 @@ impl Subprotocol {
     }
 }
 
+/// `GET /graphql`: the WebSocket upgrade for subscriptions (subprotocol
+/// `graphql-transport-ws`, or `graphql-ws` for AppSync's dialect). Credentials may also come
+/// in `connection_init` or AppSync's `header` query parameter, so the upgrade itself asks for
+/// none; a refusal is a close code (see the README).
+#[utoipa::path(
+    get,
+    path = "/graphql",
+    tag = "graphql",
+    summary = "Subscribe over WebSocket",
+    description = "The WebSocket upgrade for GraphQL subscriptions (subprotocol `graphql-transport-ws`, or `graphql-ws` for AppSync's dialect). Credentials may also come in `connection_init` or AppSync's `header` query parameter, so the upgrade itself asks for none; a refusal is a close code (see the README). `/graphql/realtime` is an alias.",
+    security(()),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol."),
+        (status = 426, description = "Not a WebSocket upgrade request.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn upgrade(State(state): State<Arc<PushState>>, mut req: Request) -> Response {
     let headers = req.headers();
     let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade")

@@ -4,6 +4,9 @@
 
 use super::{lost_events_view, ms_to_rfc3339, visible_endpoint};
 use crate::api::fields::FieldErrors;
+use crate::api::openapi::schemas::{
+    DeliveryDetail, DeliveryPage, RecoverAccepted, RecoverRequest, RetryAccepted,
+};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::{Node, json_object};
 use crate::auth::Principal;
@@ -21,6 +24,8 @@ use time::format_description::well_known::Rfc3339;
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 250;
+/// The fields a recover body may hold.
+pub(crate) const RECOVER_FIELDS: &[&str] = &["since"];
 
 fn delivery_view(d: &Delivery) -> Value {
     json!({
@@ -48,8 +53,11 @@ fn attempt_view(a: &Attempt) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// At most this many (1 to 250; default 50).
+    #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
     /// Deliveries created before this time: RFC 3339 or milliseconds since the epoch.
     before: Option<String>,
@@ -70,6 +78,19 @@ fn parse_time(field: &str, value: &str) -> ApiResult<u64> {
 
 /// `GET /v1/webhooks/{id}/deliveries?limit&before`: newest first; `next` is the `before` of
 /// the following page.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{webhook_id}/deliveries",
+    tag = "webhooks",
+    summary = "List an endpoint's deliveries",
+    description = "Newest first; `next` is the `before` of the following page.",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`)."), PageQuery),
+    responses(
+        (status = 200, description = "Deliveries, newest first.", body = DeliveryPage),
+        (status = 400, description = "`before` is not a time.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn list_deliveries(
     State(state): State<Node>,
     principal: Principal,
@@ -106,6 +127,15 @@ async fn visible_delivery(
 
 /// `GET /v1/webhooks/{id}/deliveries/{deliveryId}`: the delivery, its payload and every
 /// attempt (status code, latency, first 20 KB of the response).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
+    tag = "webhooks",
+    summary = "Read a delivery",
+    description = "The delivery, the body it sends and every attempt (status code, latency, the first 20 KB of the response).",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`)."), ("delivery_id" = String, Path, description = "The delivery's id (`msg_...`, the `webhook-id` header).")),
+    responses((status = 200, description = "The delivery, its body and every attempt.", body = DeliveryDetail), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint, or no such delivery of it, visible to this credential.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn get_delivery(
     State(state): State<Node>,
     principal: Principal,
@@ -120,6 +150,15 @@ pub async fn get_delivery(
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{deliveryId}/retry`: attempt again now (202).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+    tag = "webhooks",
+    summary = "Retry a delivery",
+    description = "The delivery is attempted again now, whatever its state.",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`)."), ("delivery_id" = String, Path, description = "The delivery's id (`msg_...`, the `webhook-id` header).")),
+    responses((status = 202, description = "Attempted again now.", body = RetryAccepted), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint, or no such delivery of it, visible to this credential.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn retry_delivery(
     State(state): State<Node>,
     principal: Principal,
@@ -143,6 +182,16 @@ pub async fn retry_delivery(
 /// `POST /v1/webhooks/{id}/recover` `{since}`: every failed delivery created since then is
 /// attempted again now (202 with how many), and `lostEvents`: the gaps found since then that
 /// no recovery can bring back (events trimmed from the log before any dispatcher read them).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{webhook_id}/recover",
+    tag = "webhooks",
+    summary = "Recover failed deliveries",
+    description = "Every failed delivery created since `since` is attempted again now; `lostEvents` lists the gaps since then that no recovery can bring back.",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
+    request_body = RecoverRequest,
+    responses((status = 202, description = "Failed deliveries since then are attempted again.", body = RecoverAccepted), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn recover(
     State(state): State<Node>,
     principal: Principal,
@@ -153,7 +202,7 @@ pub async fn recover(
     let endpoint = visible_endpoint(&state, &principal, &id).await?;
     let body = json_object(&headers, body, state.config.http.max_json_depth)?;
     let mut f = FieldErrors::default();
-    f.unknown_fields(&body, &["since"], "");
+    f.unknown_fields(&body, RECOVER_FIELDS, "");
     let since = f.required(&body, "", "since", |v| match v {
         Value::String(s) => OffsetDateTime::parse(s, &Rfc3339)
             .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)

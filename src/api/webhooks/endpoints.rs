@@ -4,6 +4,10 @@
 
 use super::{lost_events_view, ms_to_rfc3339, no_such_endpoint, owns, visible_endpoint};
 use crate::api::fields::FieldErrors;
+use crate::api::openapi::schemas::{
+    CreateWebhookEndpoint, CreatedWebhookEndpoint, PatchWebhookEndpoint, RotatedSecret,
+    WebhookEndpoint, WebhookEndpointDetail, WebhookEndpointList,
+};
 use crate::api::problem::{ApiResult, Problem};
 use crate::api::{Node, json_object, refuse_customers};
 use crate::auth::Principal;
@@ -48,7 +52,7 @@ fn endpoint_view(e: &Endpoint) -> Value {
 
 /// The fields create and patch both take, and the one only `extra` takes (create:
 /// `partnerId`, patch: `enabled`).
-fn settings_and(extra: &'static str) -> [&'static str; 7] {
+pub(crate) fn settings_and(extra: &'static str) -> [&'static str; 7] {
     [
         "url",
         "eventTypes",
@@ -161,6 +165,19 @@ fn endpoint_limit_reached(partner_id: &str, count: u64, limit: u32) -> Problem {
 
 /// `POST /v1/webhooks`: 201 with the endpoint and its `secret` (shown this once); 422
 /// `endpoint-limit-reached` when the partner has `webhooks.max_endpoints_per_partner` already.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    summary = "Create a webhook endpoint",
+    description = "201 with the endpoint and its signing `secret`, shown this once. A partner key creates endpoints for its own partnerId; an admin key for any, or for every order.",
+    request_body = CreateWebhookEndpoint,
+    responses(
+        (status = 201, description = "Created; the secret is shown this once.", body = CreatedWebhookEndpoint, headers(("Location" = String, description = "The endpoint's URL."))),
+        (status = 403, description = "A customer token, or a partner key naming another partnerId.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`endpoint-limit-reached`: the partner has `webhooks.max_endpoints_per_partner`.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn create_endpoint(
     State(state): State<Node>,
     principal: Principal,
@@ -263,6 +280,14 @@ pub async fn create_endpoint(
 }
 
 /// `GET /v1/webhooks`: the caller's endpoints (admin: all), oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    summary = "List webhook endpoints",
+    description = "The caller's endpoints (admin: all), oldest first.",
+    responses((status = 200, description = "The caller's endpoints (admin: all), oldest first.", body = WebhookEndpointList), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn list_endpoints(
     State(state): State<Node>,
     principal: Principal,
@@ -282,6 +307,15 @@ pub async fn list_endpoints(
 
 /// `GET /v1/webhooks/{id}`: the endpoint, with `lostEvents` (events trimmed from the log
 /// before any dispatcher read them since it was created; see [`lost_events_view`]).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{webhook_id}",
+    tag = "webhooks",
+    summary = "Read a webhook endpoint",
+    description = "The endpoint (never its secret), with `lostEvents`: events trimmed from the log before any dispatcher read them since it was created. Another partner's endpoint answers as a missing one.",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
+    responses((status = 200, description = "The endpoint (never its secret).", body = WebhookEndpointDetail), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn get_endpoint(
     State(state): State<Node>,
     principal: Principal,
@@ -296,6 +330,16 @@ pub async fn get_endpoint(
 /// `PATCH /v1/webhooks/{id}`: url, eventTypes, enabled, description, limits. Only the fields
 /// given change, in one engine step: a concurrent PATCH of other fields, a rotated secret and
 /// health recorded meanwhile all stay.
+#[utoipa::path(
+    patch,
+    path = "/v1/webhooks/{webhook_id}",
+    tag = "webhooks",
+    summary = "Change a webhook endpoint",
+    description = "Only the fields given change, in one step; `null` clears an optional one, `enabled: true` enables a disabled endpoint.",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
+    request_body = PatchWebhookEndpoint,
+    responses((status = 200, description = "The endpoint as changed.", body = WebhookEndpoint), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn patch_endpoint(
     State(state): State<Node>,
     principal: Principal,
@@ -341,6 +385,15 @@ pub async fn patch_endpoint(
 }
 
 /// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries leave the schedule.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{webhook_id}",
+    tag = "webhooks",
+    summary = "Delete a webhook endpoint",
+    description = "Its pending deliveries leave the schedule.",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
+    responses((status = 204, description = "Deleted; its pending deliveries leave the schedule."), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn delete_endpoint(
     State(state): State<Node>,
     principal: Principal,
@@ -357,6 +410,15 @@ pub async fn delete_endpoint(
 
 /// `POST /v1/webhooks/{id}/rotate-secret`: a new secret, returned once; the previous one keeps
 /// signing beside it for [`ROTATION_OVERLAP`] (space-separated signatures).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{webhook_id}/rotate-secret",
+    tag = "webhooks",
+    summary = "Rotate an endpoint's secret",
+    description = "A new secret, shown this once; the previous one keeps signing beside it for 24 hours (space-separated signatures).",
+    params(("webhook_id" = String, Path, description = "The endpoint's id (`ep_...`).")),
+    responses((status = 200, description = "A new secret, shown this once; the previous one signs beside it for 24 h.", body = RotatedSecret), (status = 403, description = "A customer token.", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint visible to this credential.", body = Problem, content_type = "application/problem+json")),
+)]
 pub async fn rotate_secret(
     State(state): State<Node>,
     principal: Principal,

@@ -9,8 +9,8 @@
 //! Handlers live per resource, `endpoints.rs` and `deliveries.rs`; this file holds what both
 //! need: who may see an endpoint, and the time format of the views.
 
-mod deliveries;
-mod endpoints;
+pub(crate) mod deliveries;
+pub(crate) mod endpoints;
 
 pub use deliveries::{get_delivery, list_deliveries, recover, retry_delivery};
 pub use endpoints::{
