@@ -14,6 +14,7 @@ use std::time::Duration;
 
 on_both_engines!(
     long_poll_status_answers_once_the_version_passes_the_one_waited_for,
+    curl_runs_the_readmes_long_poll_status_command,
     long_poll_status_answers_with_the_current_status_at_its_deadline,
     long_poll_status_is_bounded_per_credential_and_a_plain_read_is_not,
     long_poll_status_refuses_bad_preferences_and_hides_foreign_orders,
@@ -73,6 +74,33 @@ async fn until_waiting(http: &reqwest::Client, base: &str, n: u64) {
         || async { (waiting_long_polls(http, base).await == n).then_some(()) },
     )
     .await;
+}
+
+/// The README's command, run by curl: it blocks until the order moves past the version it
+/// names, then prints the new status.
+async fn curl_runs_the_readmes_long_poll_status_command(kind: Kind) {
+    let s = Stack::start(kind);
+    s.order(ADMIN_KEY, "lp-curl", "cust-1").await;
+    let url = format!(
+        "{}/v1/orders/lp-curl/status?waitForVersion=2",
+        s.herald.base
+    );
+    let curl = tokio::process::Command::new("curl")
+        .args(["-s", "--max-time", "30", "-H"])
+        .arg(format!("x-api-key: {ADMIN_KEY}"))
+        .args(["-H", "Prefer: wait=25"])
+        .arg(&url)
+        .kill_on_drop(true)
+        .output();
+    let curl = tokio::spawn(curl);
+    until_waiting(&s.http, &s.herald.base, 1).await;
+    transition(&s, "lp-curl", "preparing").await;
+    let out = curl.await.expect("curl task").expect("curl runs");
+    assert!(out.status.success(), "curl: {out:?}");
+    let body: Value = serde_json::from_slice(&out.stdout).expect("curl printed JSON");
+    assert_eq!(body["orderId"], "lp-curl");
+    assert_eq!(body["status"], "preparing");
+    assert_eq!(body["version"], 3);
 }
 
 async fn long_poll_status_answers_once_the_version_passes_the_one_waited_for(kind: Kind) {
