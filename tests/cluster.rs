@@ -33,14 +33,10 @@ async fn cluster(masters: usize, replicas: usize) -> RedisCluster {
 }
 
 fn stack_on(cluster: &RedisCluster) -> Stack {
-    Stack {
-        herald: Herald::start(HeraldOptions {
-            redis_url: Some(cluster.url()),
-            ..HeraldOptions::default()
-        }),
-        redis: None,
-        http: client(),
-    }
+    Stack::joining(Herald::start(HeraldOptions {
+        redis_url: Some(cluster.url()),
+        ..HeraldOptions::default()
+    }))
 }
 
 #[tokio::test]
@@ -545,14 +541,12 @@ async fn endpoints(a: &Stack, b: &Stack, sink: &Sink) -> (String, String) {
 async fn two_nodes(cluster: &RedisCluster, toml: &'static str) -> (Stack, Stack) {
     let url = cluster.url();
     let start = |url: String| {
-        tokio::task::spawn_blocking(move || Stack {
-            herald: Herald::start(HeraldOptions {
+        tokio::task::spawn_blocking(move || {
+            Stack::joining(Herald::start(HeraldOptions {
                 redis_url: Some(url),
                 extra_toml: toml.to_string(),
                 ..HeraldOptions::default()
-            }),
-            redis: None,
-            http: client(),
+            }))
         })
     };
     let (a, b) = tokio::join!(start(url.clone()), start(url));
@@ -700,15 +694,11 @@ async fn with_partitions_orders_spread_over_the_masters_and_subscriptions_resume
  {
     let _shared = HEAVY.read().await;
     let cluster = cluster(3, 0).await;
-    let s = Stack {
-        herald: Herald::start(HeraldOptions {
-            redis_url: Some(cluster.url()),
-            extra_toml: "[engine]\npartitions = 8\n".to_string(),
-            ..HeraldOptions::default()
-        }),
-        redis: None,
-        http: client(),
-    };
+    let s = Stack::joining(Herald::start(HeraldOptions {
+        redis_url: Some(cluster.url()),
+        extra_toml: "[engine]\npartitions = 8\n".to_string(),
+        ..HeraldOptions::default()
+    }));
     partitioned_orders(&s, 0, 24).await;
     // The orders' keys are spread over the masters by their partitions' hash tags.
     let mut masters_used = BTreeSet::new();

@@ -268,14 +268,10 @@ async fn long_poll_status_on_one_node_is_woken_by_a_transition_another_node_appl
         roles: "api".into(),
         ..HeraldOptions::default()
     });
-    let working_node = Stack {
-        herald: Herald::start(HeraldOptions {
-            redis_url: Some(redis.url()),
-            ..HeraldOptions::default()
-        }),
-        redis: None,
-        http: client(),
-    };
+    let working_node = Stack::joining(Herald::start(HeraldOptions {
+        redis_url: Some(redis.url()),
+        ..HeraldOptions::default()
+    }));
     working_node.order(ADMIN_KEY, "lp-x", "cust-1").await;
     let http = client();
     let waiting = tokio::spawn({

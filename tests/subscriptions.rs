@@ -449,14 +449,10 @@ async fn subscriber_on_node_a_gets_events_produced_through_node_b() {
         roles: "push".into(),
         ..HeraldOptions::default()
     });
-    let producer = Stack {
-        herald: Herald::start(HeraldOptions {
-            redis_url: Some(redis.url()),
-            ..HeraldOptions::default()
-        }),
-        redis: None,
-        http: client(),
-    };
+    let producer = Stack::joining(Herald::start(HeraldOptions {
+        redis_url: Some(redis.url()),
+        ..HeraldOptions::default()
+    }));
     let mut client = ClientProc::graphql_ws(
         &ws_url(&push_only),
         ADMIN_KEY,

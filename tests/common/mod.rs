@@ -403,6 +403,16 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// A stack over `herald`, a node of a Redis (or Cluster) someone else owns and stops:
+    /// the second node of a multi-node test.
+    pub fn joining(herald: Herald) -> Stack {
+        Stack {
+            herald,
+            redis: None,
+            http: client(),
+        }
+    }
+
     pub fn start(kind: Kind) -> Stack {
         Self::start_with(kind, "")
     }

@@ -29,13 +29,8 @@ async fn webhooks_stopped_past_retention_report_the_gap_when_restarted() {
         extra_toml: format!("{WEBHOOKS_TOML}\n[engine]\nevent_retention = 10\n"),
         ..HeraldOptions::default()
     };
-    let node = |herald| Stack {
-        herald,
-        redis: None,
-        http: client(),
-    };
-    let api = node(Herald::start(options("api")));
-    let mut hooks = node(Herald::start(options("api,webhooks")));
+    let api = Stack::joining(Herald::start(options("api")));
+    let mut hooks = Stack::joining(Herald::start(options("api,webhooks")));
     let ep = create_endpoint(&api, ADMIN_KEY, json!({"url": sink.url("/gap")})).await;
     let ep_path = format!("/v1/webhooks/{}", ep["id"].as_str().unwrap());
     let event = |n: u64| {
@@ -55,7 +50,7 @@ async fn webhooks_stopped_past_retention_report_the_gap_when_restarted() {
     for n in 1..=300 {
         published.push(api.publish(event(n)).await);
     }
-    hooks = node(Herald::start(options("api,webhooks")));
+    hooks = Stack::joining(Herald::start(options("api,webhooks")));
     let lost = eventually(Duration::from_secs(20), "the gap reported", || async {
         let view: Value = hooks.get(&ep_path, ADMIN_KEY).await.json().await.unwrap();
         view["lostEvents"]

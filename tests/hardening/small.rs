@@ -450,11 +450,7 @@ async fn sigterm_drains_and_exits_cleanly(kind: Kind) {
     assert_eq!(after["deadLetters"], 0, "{after}");
 
     let _worker = node("worker");
-    let s = Stack {
-        herald: api,
-        redis: None,
-        http: client(),
-    };
+    let s = Stack::joining(api);
     for id in &ids {
         s.wait_for_status(id, "confirmed", 2).await;
     }
